@@ -1,0 +1,1 @@
+//! The load tester: many real WebRTC peers from one process, with measurements.

@@ -1,0 +1,106 @@
+//! One track delivered to one sink, and the RTCP sender reports it owes that sink.
+
+use crate::clock::{WallClock, ntp_add, rtp_ticks};
+use crate::forwarder::Forwarder;
+use crate::ids::{LayerIndex, SinkId, SubscriptionId};
+use crate::track::PublisherReport;
+use std::time::{Duration, Instant};
+
+/// How often a subscriber gets a sender report for each of its streams.
+pub const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Parameters the caller negotiated with the subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionParams {
+    /// SSRC the subscriber expects.
+    pub ssrc: u32,
+    /// Payload type the subscriber negotiated for the track's codec.
+    pub payload_type: u8,
+    /// Highest layer the subscriber should receive.
+    pub max_layer: LayerIndex,
+}
+
+/// An RTCP sender report for one subscriber stream, in the subscriber's SSRC and timestamp
+/// space. Converted to the wire format at the edge.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SenderReport {
+    pub ssrc: u32,
+    pub ntp: u64,
+    pub rtp_time: u32,
+    pub packet_count: u32,
+    pub octet_count: u32,
+}
+
+/// A subscription, owned by the track it subscribes to.
+#[derive(Debug)]
+pub struct Subscription {
+    pub(crate) id: SubscriptionId,
+    pub(crate) sink: SinkId,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) max_layer: LayerIndex,
+    pub(crate) next_report: Option<Instant>,
+}
+
+impl Subscription {
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    pub fn sink(&self) -> SinkId {
+        self.sink
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
+
+    /// The sender report due at `now`, if one is due. Uses the publisher's own report for the
+    /// layer being forwarded when there is one, so that audio and video of one publisher keep
+    /// their lip-sync relation downstream; otherwise maps our wall clock to the last packet
+    /// sent.
+    pub(crate) fn poll_report(
+        &mut self,
+        now: Instant,
+        clock: &WallClock,
+        publisher: Option<&PublisherReport>,
+    ) -> Option<SenderReport> {
+        let (last_ts, last_at) = self.forwarder.last_sent()?;
+        match self.next_report {
+            None => {
+                // First media went out: report soon, so the subscriber can sync early.
+                self.next_report = Some(now + SENDER_REPORT_INTERVAL / 5);
+                return None;
+            }
+            Some(due) if now < due => return None,
+            Some(_) => {}
+        }
+        self.next_report = Some(now + SENDER_REPORT_INTERVAL);
+        let clock_rate = self.forwarder.config().clock_rate;
+        let (ntp, rtp_time) = match (publisher, self.forwarder.timestamp_offset()) {
+            (Some(r), Some(offset)) => {
+                let elapsed = now.saturating_duration_since(r.received_at);
+                (
+                    ntp_add(r.ntp, elapsed),
+                    r.rtp_time
+                        .wrapping_add(rtp_ticks(elapsed, clock_rate))
+                        .wrapping_add(offset),
+                )
+            }
+            _ => (
+                clock.ntp(now),
+                last_ts.wrapping_add(rtp_ticks(
+                    now.saturating_duration_since(last_at),
+                    clock_rate,
+                )),
+            ),
+        };
+        let (packet_count, octet_count) = self.forwarder.counters();
+        Some(SenderReport {
+            ssrc: self.forwarder.config().ssrc,
+            ntp,
+            rtp_time,
+            packet_count,
+            octet_count,
+        })
+    }
+}
