@@ -1,1 +1,18 @@
-//! The SFU node.
+//! The SFU node: one process of the mesh.
+//!
+//! - [`media`]: worker threads that own rooms, their WebRTC peer connections (webrtc-rs's
+//!   sans-IO `rtc`) and a shared UDP socket each; the forwarding core (`sfu-core`) runs inside.
+//! - [`http`]: WebSocket signaling, WHIP/WHEP, the demo page, health and metrics (axum).
+//! - [`auth`]: LiveKit-compatible JWT access tokens.
+//! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, start and stop.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod media;
+pub mod metrics;
+pub mod server;
+pub mod signaling;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,231 @@
+//! Node configuration: defaults, then a TOML file, then environment variables and flags.
+//!
+//! With no configuration at all the node runs in development mode: API key `devkey`, secret
+//! `secret`, HTTP on port 7880, media on UDP port 7882 and up, and a log line saying so.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+/// The development API key and secret used when no keys are configured.
+pub const DEV_API_KEY: &str = "devkey";
+pub const DEV_API_SECRET: &str = "secret";
+
+/// Complete node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP server (signaling, WHIP/WHEP, demo, metrics) listens.
+    pub http_bind: SocketAddr,
+    /// Media transport.
+    pub rtc: RtcConfig,
+    /// API key → secret. Empty means development mode.
+    pub keys: BTreeMap<String, String>,
+    /// Per-room limits and forwarding choices.
+    pub room: RoomLimits,
+    /// Limits on signaling input.
+    pub limits: InputLimits,
+    /// `tracing` filter, e.g. `info,sfu_node=debug`.
+    pub log: String,
+}
+
+/// Media transport settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcConfig {
+    /// First UDP port; worker `i` uses `udp_port + i`.
+    pub udp_port: u16,
+    /// Address the UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Addresses announced to peers as ICE host candidates. Empty: this host's interface
+    /// addresses (non-loopback first, then 127.0.0.1).
+    pub node_ips: Vec<IpAddr>,
+    /// Media worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+/// Room limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomLimits {
+    /// Participants per room on this node; 0 means no limit.
+    pub max_participants: usize,
+    /// Highest simulcast layer sent to subscribers by default (0 = lowest).
+    pub default_max_layer: usize,
+}
+
+/// Limits on signaling input, so oversized input gets an error instead of eating memory.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputLimits {
+    /// Largest WebSocket JSON message accepted.
+    pub max_message_bytes: usize,
+    /// Largest SDP accepted over WHIP/WHEP.
+    pub max_sdp_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7880),
+            rtc: RtcConfig::default(),
+            keys: BTreeMap::new(),
+            room: RoomLimits::default(),
+            limits: InputLimits::default(),
+            // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
+            // warn; keep it out of operators' logs unless asked for.
+            log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"
+                .to_owned(),
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            udp_port: 7882,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            node_ips: Vec::new(),
+            workers: 0,
+        }
+    }
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        Self {
+            max_participants: 0,
+            default_max_layer: 2,
+        }
+    }
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_sdp_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Whether no API keys were configured, so the development key is in use.
+    pub fn is_dev(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The API keys in effect (the development key in development mode).
+    pub fn effective_keys(&self) -> BTreeMap<String, String> {
+        if self.is_dev() {
+            [(DEV_API_KEY.to_owned(), DEV_API_SECRET.to_owned())].into()
+        } else {
+            self.keys.clone()
+        }
+    }
+
+    /// Number of media workers to run.
+    pub fn worker_count(&self) -> usize {
+        if self.rtc.workers > 0 {
+            self.rtc.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Addresses to announce as ICE candidates.
+    pub fn announced_ips(&self) -> Vec<IpAddr> {
+        if !self.rtc.node_ips.is_empty() {
+            return self.rtc.node_ips.clone();
+        }
+        if !self.rtc.bind_ip.is_unspecified() {
+            return vec![self.rtc.bind_ip];
+        }
+        let mut ips: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .map(|addrs| {
+                addrs
+                    .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+                    .filter(|ip| !ip.is_loopback())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ips.dedup();
+        ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        ips
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.rtc.udp_port == 0 && self.worker_count() > 1 {
+            // Ephemeral ports are fine (tests use them) but each worker then picks its own.
+        }
+        if let Some((k, _)) = self.keys.iter().find(|(k, s)| k.is_empty() || s.len() < 6) {
+            bail!("API key {k:?}: keys must be non-empty and secrets at least 6 characters long");
+        }
+        if self.limits.max_message_bytes < 1024 || self.limits.max_sdp_bytes < 1024 {
+            bail!("limits must be at least 1024 bytes");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `key:secret,key2:secret2` (the `--keys` flag and `SFU_KEYS`).
+pub fn parse_keys(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair
+                .split_once(':')
+                .with_context(|| format!("key {pair:?} is not of the form key:secret"))?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_development_mode_on_7880() {
+        let c = Config::default();
+        assert!(c.is_dev());
+        assert_eq!(c.http_bind.port(), 7880);
+        assert_eq!(
+            c.effective_keys().get("devkey").map(String::as_str),
+            Some("secret")
+        );
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_fields_are_errors() {
+        let c: Config = toml::from_str(
+            "http_bind = \"127.0.0.1:9000\"\n[rtc]\nudp_port = 9100\n[keys]\nprod = \"0123456789\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.http_bind.port(), 9000);
+        assert_eq!(c.rtc.udp_port, 9100);
+        assert!(!c.is_dev());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn keys_flag_parses_and_rejects_garbage() {
+        let k = parse_keys("a:secret1, b:secret2").unwrap();
+        assert_eq!(k.len(), 2);
+        assert!(parse_keys("nocolon").is_err());
+        let mut c = Config::default();
+        c.keys = parse_keys("a:short").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The node's HTTP surface: WebSocket signaling, WHIP and WHEP, the demo page, health,
+//! readiness and metrics. Runs on the multi-threaded tokio runtime; media stays on the workers.
+
+mod demo;
+mod problem;
+mod whip;
+mod ws;
+
+use crate::auth::{Authenticator, Grants};
+use crate::config::Config;
+use crate::media::MediaPlane;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+pub use problem::Problem;
+use std::sync::Arc;
+use tower_http::cors::{Any, CorsLayer};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub media: MediaPlane,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<whip::Sessions>,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, media: MediaPlane, metrics: Arc<Metrics>) -> Self {
+        let keys = config.effective_keys();
+        Self {
+            auth: Arc::new(Authenticator::new(&keys)),
+            config,
+            media,
+            metrics,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Verifies a bearer token from the `Authorization` header.
+    fn bearer(&self, headers: &HeaderMap) -> Result<Grants, Problem> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
+        Ok(self.auth.verify(token.trim())?)
+    }
+}
+
+/// Room names: 1 to 128 printable characters without `/`.
+pub fn check_room_name(room: &str) -> Result<(), Problem> {
+    if room.is_empty() || room.len() > 128 || room.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+            "room names are 1 to 128 printable characters without '/'",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    // WHIP/WHEP players and SDKs run on other origins; they need to read these headers.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            header::HeaderName::from_static("accept-patch"),
+        ]);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/rtc", get(ws::upgrade))
+        .merge(whip::routes())
+        .merge(demo::routes())
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    // The workers answer a snapshot only if their loops are running.
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(2), state.media.snapshot());
+    match probe.await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media workers not responding",
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

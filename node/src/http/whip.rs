@@ -1,0 +1,368 @@
+//! WHIP (RFC 9725) and WHEP endpoints.
+//!
+//! `POST /whip/{room}` publishes, `POST /whep/{room}` plays (`?participant=IDENTITY` picks the
+//! publisher; by default the one that joined first). Both answer `201 Created` with the SDP
+//! answer and a `Location` for the session; `DELETE` on it ends the session; `PATCH` with an
+//! `application/trickle-ice-sdpfrag` body trickles candidates (ICE restarts are not supported
+//! and get `422`). The session URL holds a 128-bit random id and is the capability to end or
+//! patch the session.
+
+use super::{AppState, Problem, check_room_name};
+use crate::media::{Command, JoinRequest, ParticipantKind};
+use crate::signaling::protocol::{PeerTarget, ServerMessage};
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// Which endpoint a session belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Endpoint {
+    Whip,
+    Whep,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Whip => "whip",
+            Endpoint::Whep => "whep",
+        }
+    }
+}
+
+struct Session {
+    endpoint: Endpoint,
+    room: String,
+    participant: String,
+    etag: String,
+    remote_ufrag: Option<String>,
+}
+
+/// Live WHIP/WHEP sessions by id.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        // A poisoned lock only means a handler panicked mid-update; the map is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/whip/{room}", post(whip))
+        .route("/whep/{room}", post(whep))
+        .route("/whip/{room}/{session}", delete(end).patch(patch))
+        .route("/whep/{room}/{session}", delete(end).patch(patch))
+}
+
+#[derive(Deserialize)]
+struct WhepQuery {
+    participant: Option<String>,
+}
+
+async fn whip(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    start(state, Endpoint::Whip, room, None, headers, body).await
+}
+
+async fn whep(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<WhepQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    start(
+        state,
+        Endpoint::Whep,
+        room,
+        query.participant,
+        headers,
+        body,
+    )
+    .await
+}
+
+async fn start(
+    state: AppState,
+    endpoint: Endpoint,
+    room: String,
+    source: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    check_room_name(&room)?;
+    let grants = state.bearer(&headers)?;
+    grants.may_join(&room)?;
+    let allowed = match endpoint {
+        Endpoint::Whip => grants.can_publish,
+        Endpoint::Whep => grants.can_subscribe,
+    };
+    if !allowed {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the access token does not allow {}",
+                match endpoint {
+                    Endpoint::Whip => "publishing",
+                    Endpoint::Whep => "subscribing",
+                }
+            ),
+        ));
+    }
+    let sdp = read_body(&state, &headers, body, SDP).await?;
+    let remote_ufrag = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned);
+
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let kind = match endpoint {
+        Endpoint::Whip => ParticipantKind::Whip,
+        Endpoint::Whep => ParticipantKind::Whep { source },
+    };
+    let joined = state
+        .media
+        .request(&room, |reply| {
+            Command::Join(
+                JoinRequest {
+                    room: room.clone(),
+                    grants,
+                    kind,
+                    auto_subscribe: false,
+                    events: Some(events),
+                },
+                reply,
+            )
+        })
+        .await?;
+    let participant = joined.participant.sid;
+    let answer = state
+        .media
+        .request(&room, |reply| match endpoint {
+            Endpoint::Whip => Command::Publish {
+                room: room.clone(),
+                participant: participant.clone(),
+                sdp,
+                reply,
+            },
+            Endpoint::Whep => Command::Play {
+                room: room.clone(),
+                participant: participant.clone(),
+                sdp,
+                reply,
+            },
+        })
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = state.media.send(
+                &room,
+                Command::Leave {
+                    room: room.clone(),
+                    participant,
+                    reason: "negotiation failed".into(),
+                },
+            );
+            return Err(e.into());
+        }
+    };
+
+    let id = format!("{:032x}", rand::random::<u128>());
+    let etag = format!("\"{:016x}\"", rand::random::<u64>());
+    state.sessions.lock().insert(
+        id.clone(),
+        Session {
+            endpoint,
+            room: room.clone(),
+            participant,
+            etag: etag.clone(),
+            remote_ufrag,
+        },
+    );
+    // Forget the session once the participant is gone, whatever ended it.
+    let sessions = state.sessions.clone();
+    let session_id = id.clone();
+    tokio::spawn(async move {
+        while let Some(m) = events_rx.recv().await {
+            if matches!(m, ServerMessage::Left { .. }) {
+                break;
+            }
+        }
+        sessions.lock().remove(&session_id);
+    });
+
+    let location = format!("/{}/{}/{}", endpoint.path(), encode_segment(&room), id);
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    for (name, value) in [(header::LOCATION, location), (header::ETAG, etag)] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn end(
+    State(state): State<AppState>,
+    Path((_room, id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    let session = state
+        .sessions
+        .lock()
+        .remove(&id)
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not_found", "no such session"))?;
+    let _ = state.media.send(
+        &session.room,
+        Command::Leave {
+            room: session.room.clone(),
+            participant: session.participant,
+            reason: format!("{} session deleted", session.endpoint.path()),
+        },
+    );
+    Ok(StatusCode::OK)
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((_room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Problem> {
+    let (room, participant, endpoint, etag, remote_ufrag) = {
+        let sessions = state.sessions.lock();
+        let s = sessions
+            .get(&id)
+            .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "not_found", "no such session"))?;
+        (
+            s.room.clone(),
+            s.participant.clone(),
+            s.endpoint,
+            s.etag.clone(),
+            s.remote_ufrag.clone(),
+        )
+    };
+    if let Some(m) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && m.trim() != "*"
+        && m.trim() != etag
+    {
+        return Err(Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "etag_mismatch",
+            "If-Match does not match the session's ETag",
+        ));
+    }
+    let fragment = read_body(&state, &headers, body, SDPFRAG).await?;
+    let ufrag = fragment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"));
+    if let (Some(new), Some(old)) = (ufrag, remote_ufrag.as_deref())
+        && new != old
+    {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ice_restart_unsupported",
+            "ICE restarts are not supported; start a new session",
+        ));
+    }
+    let target = match endpoint {
+        Endpoint::Whip => PeerTarget::Publisher,
+        Endpoint::Whep => PeerTarget::Subscriber,
+    };
+    let mut mid = None;
+    for line in fragment.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            mid = Some(m.to_owned());
+        } else if let Some(c) = line
+            .strip_prefix("a=")
+            .filter(|c| c.starts_with("candidate:"))
+        {
+            let candidate = c.to_owned();
+            let sdp_mid = mid.clone();
+            state
+                .media
+                .request(&room, |reply| Command::Trickle {
+                    room: room.clone(),
+                    participant: participant.clone(),
+                    target,
+                    candidate,
+                    sdp_mid,
+                    reply,
+                })
+                .await?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads a text body of the given content type, within the SDP size limit.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    content_type: &str,
+) -> Result<String, Problem> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !given.trim().to_ascii_lowercase().starts_with(content_type) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type {content_type}"),
+        ));
+    }
+    let limit = state.config.limits.max_sdp_bytes;
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {limit} bytes"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "invalid_sdp", "body is not UTF-8"))
+}
+
+/// Percent-encodes a path segment (everything but RFC 3986 unreserved characters).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(super::encode_segment("my room/ü"), "my%20room%2F%C3%BC");
+        assert_eq!(super::encode_segment("demo-1_a.b~"), "demo-1_a.b~");
+    }
+}

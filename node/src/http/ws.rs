@@ -1,0 +1,335 @@
+//! WebSocket signaling at `/rtc?access_token=...` (protocol in `docs/signaling.md`).
+//!
+//! The token is checked before the upgrade, so a bad token gets an HTTP problem response, not a
+//! WebSocket that closes. After the upgrade each text frame is one JSON message; a malformed or
+//! oversized one gets an `error` message and the session continues.
+
+use super::{AppState, Problem, check_room_name};
+use crate::auth::Grants;
+use crate::media::{Command, JoinRequest, ParticipantKind};
+use crate::signaling::protocol::{ClientMessage, ErrorCode, ServerMessage, SignalError};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// Frames above this are refused by the WebSocket layer itself (close code 1009); below it,
+/// the configured message limit applies and gets a protocol error instead.
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Deserialize)]
+pub struct ConnectQuery {
+    access_token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<ConnectQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, Problem> {
+    let grants = state
+        .auth
+        .verify(query.access_token.as_deref().unwrap_or(""))?;
+    let room = grants.room.clone().unwrap_or_default();
+    check_room_name(&room)?;
+    grants.may_join(&room)?;
+    let ws = ws.map_err(|e| {
+        Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            e.to_string(),
+        )
+    })?;
+    Ok(ws
+        .max_message_size(MAX_FRAME)
+        .on_upgrade(move |socket| Session::new(state, grants, room).run(socket)))
+}
+
+struct Session {
+    state: AppState,
+    grants: Grants,
+    room: String,
+    participant: Option<String>,
+    events_tx: mpsc::UnboundedSender<ServerMessage>,
+    events_rx: mpsc::UnboundedReceiver<ServerMessage>,
+}
+
+/// What the loop does after a client message.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn new(state: AppState, grants: Grants, room: String) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            state,
+            grants,
+            room,
+            participant: None,
+            events_tx,
+            events_rx,
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        loop {
+            tokio::select! {
+                frame = socket.recv() => {
+                    let Some(Ok(frame)) = frame else { break };
+                    let flow = match frame {
+                        Message::Text(text) => self.on_text(&mut socket, text.as_str()).await,
+                        Message::Binary(_) => {
+                            self.error(&mut socket, ErrorCode::BadRequest, "binary frames are not part of the protocol", None).await;
+                            Flow::Continue
+                        }
+                        Message::Close(_) => Flow::Stop,
+                        _ => Flow::Continue,
+                    };
+                    if matches!(flow, Flow::Stop) {
+                        break;
+                    }
+                }
+                Some(event) = self.events_rx.recv() => {
+                    let left = matches!(event, ServerMessage::Left { .. });
+                    if send(&mut socket, &event).await.is_err() || left {
+                        // The node ended the session (e.g. the same identity joined again).
+                        self.participant = None;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(sid) = self.participant.take() {
+            let _ = self.state.media.send(
+                &self.room,
+                Command::Leave {
+                    room: self.room.clone(),
+                    participant: sid,
+                    reason: "signaling connection closed".into(),
+                },
+            );
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Flow {
+        let limit = self.state.config.limits.max_message_bytes;
+        if text.len() > limit {
+            self.error(
+                socket,
+                ErrorCode::TooLarge,
+                &format!("message larger than {limit} bytes"),
+                None,
+            )
+            .await;
+            return Flow::Continue;
+        }
+        let message: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(
+                    socket,
+                    ErrorCode::BadRequest,
+                    &format!("malformed message: {e}"),
+                    None,
+                )
+                .await;
+                return Flow::Continue;
+            }
+        };
+        let request = request_name(&message);
+        match self.handle(message).await {
+            Ok(Some(reply)) => {
+                let _ = send(socket, &reply).await;
+                if matches!(reply, ServerMessage::Left { .. }) {
+                    Flow::Stop
+                } else {
+                    Flow::Continue
+                }
+            }
+            Ok(None) => Flow::Continue,
+            Err(e) => {
+                self.error(socket, e.code, &e.message, Some(request)).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        message: ClientMessage,
+    ) -> Result<Option<ServerMessage>, SignalError> {
+        let room = self.room.clone();
+        if let ClientMessage::Join { auto_subscribe } = message {
+            if self.participant.is_some() {
+                return Err(SignalError::new(ErrorCode::InvalidState, "already joined"));
+            }
+            let request = JoinRequest {
+                room: room.clone(),
+                grants: self.grants.clone(),
+                kind: ParticipantKind::Client,
+                auto_subscribe,
+                events: Some(self.events_tx.clone()),
+            };
+            let joined = self
+                .state
+                .media
+                .request(&room, |reply| Command::Join(request, reply))
+                .await?;
+            self.participant = Some(joined.participant.sid.clone());
+            return Ok(Some(ServerMessage::Joined {
+                room,
+                participant: joined.participant,
+                participants: joined.others,
+            }));
+        }
+        if let ClientMessage::Ping { id } = message {
+            return Ok(Some(ServerMessage::Pong { id }));
+        }
+        let Some(participant) = self.participant.clone() else {
+            return Err(SignalError::new(ErrorCode::InvalidState, "send join first"));
+        };
+        let media = &self.state.media;
+        match message {
+            ClientMessage::Publish { sdp } => {
+                let answer = media
+                    .request(&room, |reply| Command::Publish {
+                        room: room.clone(),
+                        participant,
+                        sdp,
+                        reply,
+                    })
+                    .await?;
+                Ok(Some(ServerMessage::PublishAnswer { sdp: answer }))
+            }
+            ClientMessage::Unpublish { track } => {
+                media
+                    .request(&room, |reply| Command::Unpublish {
+                        room: room.clone(),
+                        participant,
+                        track,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::Subscribe { tracks } | ClientMessage::Unsubscribe { tracks }
+                if tracks.len() > 1000 =>
+            {
+                Err(SignalError::new(
+                    ErrorCode::BadRequest,
+                    "at most 1000 tracks per request",
+                ))
+            }
+            ClientMessage::Subscribe { tracks } => {
+                media
+                    .request(&room, |reply| Command::Subscribe {
+                        room: room.clone(),
+                        participant,
+                        tracks,
+                        subscribe: true,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::Unsubscribe { tracks } => {
+                media
+                    .request(&room, |reply| Command::Subscribe {
+                        room: room.clone(),
+                        participant,
+                        tracks,
+                        subscribe: false,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::Answer { sdp } => {
+                media
+                    .request(&room, |reply| Command::SubscriberAnswer {
+                        room: room.clone(),
+                        participant,
+                        sdp,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::Trickle {
+                target,
+                candidate,
+                sdp_mid,
+            } => {
+                media
+                    .request(&room, |reply| Command::Trickle {
+                        room: room.clone(),
+                        participant,
+                        target,
+                        candidate,
+                        sdp_mid,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::Leave => {
+                self.participant = None;
+                media.send(
+                    &room,
+                    Command::Leave {
+                        room: room.clone(),
+                        participant,
+                        reason: "client left".into(),
+                    },
+                )?;
+                Ok(Some(ServerMessage::Left {
+                    reason: "client left".into(),
+                }))
+            }
+            ClientMessage::Join { .. } | ClientMessage::Ping { .. } => Ok(None),
+        }
+    }
+
+    async fn error(
+        &self,
+        socket: &mut WebSocket,
+        code: ErrorCode,
+        message: &str,
+        request: Option<&str>,
+    ) {
+        self.state.metrics.signaling_errors.inc();
+        let _ = send(
+            socket,
+            &ServerMessage::Error {
+                code,
+                message: message.to_owned(),
+                request: request.map(str::to_owned),
+            },
+        )
+        .await;
+    }
+}
+
+fn request_name(m: &ClientMessage) -> &'static str {
+    match m {
+        ClientMessage::Join { .. } => "join",
+        ClientMessage::Publish { .. } => "publish",
+        ClientMessage::Unpublish { .. } => "unpublish",
+        ClientMessage::Subscribe { .. } => "subscribe",
+        ClientMessage::Unsubscribe { .. } => "unsubscribe",
+        ClientMessage::Answer { .. } => "answer",
+        ClientMessage::Trickle { .. } => "trickle",
+        ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Leave => "leave",
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(message).unwrap_or_default();
+    socket.send(Message::Text(text.into())).await
+}

@@ -1,0 +1,161 @@
+//! `sfu-node`: run a node (the default), or mint an access token.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sfu_node::config::{self, Config};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A cascading SFU node: WebRTC rooms over WebSocket, WHIP and WHEP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node (what happens without a subcommand too).
+    Serve,
+    /// Mint an access token.
+    Token(TokenArgs),
+}
+
+/// Settings that override the configuration file. Each also reads an environment variable.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SFU_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (signaling, WHIP/WHEP, demo page, metrics).
+    #[arg(long, env = "SFU_HTTP_BIND", global = true)]
+    bind: Option<SocketAddr>,
+    /// First media UDP port; worker i uses port + i.
+    #[arg(long, env = "SFU_UDP_PORT", global = true)]
+    udp_port: Option<u16>,
+    /// Address to announce to peers (repeat or comma-separate for several).
+    #[arg(long, env = "SFU_NODE_IP", value_delimiter = ',', global = true)]
+    node_ip: Vec<IpAddr>,
+    /// Media worker threads (0: one per core).
+    #[arg(long, env = "SFU_WORKERS", global = true)]
+    workers: Option<usize>,
+    /// API keys as key:secret pairs, comma-separated. None: development mode.
+    #[arg(long, env = "SFU_KEYS", global = true, hide_env_values = true)]
+    keys: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info,sfu_node=debug".
+    #[arg(long, env = "SFU_LOG", global = true)]
+    log: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Participant identity (the token's `sub`).
+    #[arg(long)]
+    identity: String,
+    /// Room the token grants access to.
+    #[arg(long)]
+    room: String,
+    /// Display name (defaults to the identity).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, env = "SFU_API_KEY", default_value = config::DEV_API_KEY)]
+    api_key: String,
+    #[arg(long, env = "SFU_API_SECRET", default_value = config::DEV_API_SECRET, hide_env_values = true)]
+    api_secret: String,
+    /// Do not allow publishing.
+    #[arg(long)]
+    no_publish: bool,
+    /// Do not allow subscribing.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Grant room administration.
+    #[arg(long)]
+    admin: bool,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    valid_for: u64,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut c = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(b) = args.bind {
+        c.http_bind = b;
+    }
+    if let Some(p) = args.udp_port {
+        c.rtc.udp_port = p;
+    }
+    if !args.node_ip.is_empty() {
+        c.rtc.node_ips = args.node_ip.clone();
+    }
+    if let Some(w) = args.workers {
+        c.rtc.workers = w;
+    }
+    if let Some(k) = &args.keys {
+        c.keys = config::parse_keys(k).context("--keys / SFU_KEYS")?;
+    }
+    if let Some(l) = &args.log {
+        c.log = l.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Token(t)) => {
+            let mut claims = sfu_node::auth::join_claims(
+                &t.api_key,
+                &t.identity,
+                &t.room,
+                !t.no_publish,
+                !t.no_subscribe,
+                Duration::from_secs(t.valid_for),
+            );
+            claims.name = Some(t.name.unwrap_or(t.identity));
+            claims.video.room_admin = t.admin;
+            println!("{}", sfu_node::auth::mint(&t.api_secret, &claims)?);
+            Ok(())
+        }
+        Some(Cmd::Serve) | None => {
+            let config = load_config(&cli.serve)?;
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&config.log)
+                        .context("invalid log filter")?,
+                )
+                .init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let server = sfu_node::Server::start(config).await?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+                    _ = terminate() => tracing::info!("terminated; stopping"),
+                }
+                server.stop().await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,191 @@
+//! The media plane: worker threads that own rooms, their peer connections and a UDP socket.
+//!
+//! Rooms are sharded over workers by a hash of their name, so everything a packet touches on
+//! its way from publisher to subscribers (peer connections, the forwarding core, the socket)
+//! belongs to one thread and is used with `&mut`: no lock, no channel, no task wake-up per
+//! packet. The signaling layer talks to a room's worker with [`Command`]s; the worker talks back
+//! with replies and per-participant [`ServerMessage`] events, at signaling rate.
+
+pub mod demux;
+pub mod peer;
+mod room;
+mod room_drive;
+mod room_publish;
+mod room_subscribe;
+pub mod udp;
+mod worker;
+
+use crate::auth::Grants;
+use crate::metrics::Metrics;
+use crate::signaling::protocol::{
+    ErrorCode, ParticipantView, PeerTarget, ServerMessage, SignalError,
+};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+pub use worker::WorkerConfig;
+
+/// How a participant is connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantKind {
+    /// A WebSocket client (the demo page, SDKs): publishes and subscribes.
+    Client,
+    /// A WHIP publisher (OBS, GStreamer, ffmpeg...).
+    Whip,
+    /// A WHEP player; plays the tracks of `source` (an identity) or of the first publisher.
+    Whep { source: Option<String> },
+}
+
+/// A request to join a room.
+pub struct JoinRequest {
+    pub room: String,
+    pub grants: Grants,
+    pub kind: ParticipantKind,
+    pub auto_subscribe: bool,
+    /// Where events for this participant go (WebSocket clients only).
+    pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
+}
+
+/// The answer to a join.
+#[derive(Debug)]
+pub struct Joined {
+    pub participant: ParticipantView,
+    pub others: Vec<ParticipantView>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SignalError>>;
+
+/// What signaling asks of a room's worker.
+pub enum Command {
+    Join(JoinRequest, Reply<Joined>),
+    Leave {
+        room: String,
+        participant: String,
+        reason: String,
+    },
+    /// An SDP offer for the participant's publisher peer connection; replies with the answer.
+    Publish {
+        room: String,
+        participant: String,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Unpublish {
+        room: String,
+        participant: String,
+        track: String,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        room: String,
+        participant: String,
+        tracks: Vec<String>,
+        subscribe: bool,
+        reply: Reply<()>,
+    },
+    /// The answer to the server's offer on the subscriber peer connection.
+    SubscriberAnswer {
+        room: String,
+        participant: String,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    /// A WHEP offer; replies with the answer.
+    Play {
+        room: String,
+        participant: String,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Trickle {
+        room: String,
+        participant: String,
+        target: PeerTarget,
+        candidate: String,
+        sdp_mid: Option<String>,
+        reply: Reply<()>,
+    },
+    /// Counts for `/metrics` and readiness.
+    Snapshot(oneshot::Sender<WorkerSnapshot>),
+}
+
+/// A worker's view of its load.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WorkerSnapshot {
+    pub rooms: usize,
+    pub participants: usize,
+    pub tracks: usize,
+    pub peers: usize,
+}
+
+/// Handle to the media workers.
+#[derive(Clone)]
+pub struct MediaPlane {
+    workers: Arc<[mpsc::UnboundedSender<Command>]>,
+    udp_addrs: Arc<[SocketAddr]>,
+}
+
+impl MediaPlane {
+    /// Starts `config.workers` worker threads, each with its own UDP socket.
+    pub fn start(config: WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut workers = Vec::new();
+        let mut udp_addrs = Vec::new();
+        for index in 0..config.workers.max(1) {
+            let (tx, addr) = worker::spawn(index, &config, metrics.clone())?;
+            workers.push(tx);
+            udp_addrs.push(addr);
+        }
+        Ok(Self {
+            workers: workers.into(),
+            udp_addrs: udp_addrs.into(),
+        })
+    }
+
+    /// Local addresses of the workers' UDP sockets.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// Sends a command to the worker owning `room`.
+    pub fn send(&self, room: &str, command: Command) -> Result<(), SignalError> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        let index = (h.finish() % self.workers.len() as u64) as usize;
+        self.workers[index]
+            .send(command)
+            .map_err(|_| SignalError::new(ErrorCode::Internal, "media worker stopped"))
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub async fn request<T>(
+        &self,
+        room: &str,
+        build: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, SignalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(room, build(tx))?;
+        rx.await.map_err(|_| {
+            SignalError::new(ErrorCode::Internal, "media worker dropped the request")
+        })?
+    }
+
+    /// Sums the workers' snapshots.
+    pub async fn snapshot(&self) -> WorkerSnapshot {
+        let mut total = WorkerSnapshot::default();
+        for w in self.workers.iter() {
+            let (tx, rx) = oneshot::channel();
+            if w.send(Command::Snapshot(tx)).is_ok()
+                && let Ok(s) = rx.await
+            {
+                total.rooms += s.rooms;
+                total.participants += s.participants;
+                total.tracks += s.tracks;
+                total.peers += s.peers;
+            }
+        }
+        total
+    }
+}

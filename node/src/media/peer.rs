@@ -1,0 +1,237 @@
+//! One WebRTC peer connection of a participant, driven through webrtc-rs's sans-IO core.
+//!
+//! The node is an ICE-lite endpoint: it announces host candidates on its worker's shared UDP
+//! socket, never sends connectivity checks itself, and learns each peer's address from the
+//! checks the peer sends. Every peer connection is created with ufrag and password chosen here
+//! so that [`demux`](super::demux) can route a peer's first STUN packet to it.
+//!
+//! Interceptors are chosen per direction. Publisher connections get NACK generation (loss on the
+//! first hop is repaired by the publisher), receiver reports and transport-wide congestion
+//! control feedback (so the browser's bandwidth estimate can ramp up). Subscriber connections
+//! get none: the forwarding core answers NACKs from its per-track cache and writes sender
+//! reports itself, so no per-subscriber copy of any packet is kept.
+
+use rand::RngExt;
+use rtc::interceptor::{
+    NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder,
+};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Which way media flows on a peer connection, from the node's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The participant publishes; the node receives.
+    Publish,
+    /// The participant subscribes; the node sends.
+    Subscribe,
+}
+
+/// ICE credentials of one peer connection.
+#[derive(Clone, Debug)]
+pub struct IceCredentials {
+    pub ufrag: String,
+    pub pwd: String,
+}
+
+impl IceCredentials {
+    /// Random credentials with the lengths RFC 8839 requires (ufrag ≥ 4, pwd ≥ 22 characters).
+    pub fn random() -> Self {
+        Self {
+            ufrag: random_alnum(16),
+            pwd: random_alnum(32),
+        }
+    }
+}
+
+fn random_alnum(n: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Codecs the node negotiates, in order of preference.
+fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
+    let video_feedback = || {
+        vec![
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "".into(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "pli".into(),
+            },
+            RTCPFeedback {
+                typ: "ccm".into(),
+                parameter: "fir".into(),
+            },
+        ]
+    };
+    let codec =
+        |mime: &str, clock_rate, channels, fmtp: &str, pt, feedback| RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate,
+                channels,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback: feedback,
+            },
+            payload_type: pt,
+        };
+    me.register_codec(
+        codec(
+            MIME_TYPE_OPUS,
+            48_000,
+            2,
+            "minptime=10;useinbandfec=1",
+            111,
+            vec![],
+        ),
+        RtpCodecKind::Audio,
+    )?;
+    let video = [
+        (MIME_TYPE_VP8, "", 96u8),
+        (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            102,
+        ),
+        (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            104,
+        ),
+        (MIME_TYPE_VP9, "profile-id=0", 98),
+        (MIME_TYPE_AV1, "level-idx=5;profile=0;tier=0", 45),
+    ];
+    for (mime, fmtp, pt) in video {
+        me.register_codec(
+            codec(mime, 90_000, 0, fmtp, pt, video_feedback()),
+            RtpCodecKind::Video,
+        )?;
+        me.register_codec(
+            codec(
+                MIME_TYPE_RTX,
+                90_000,
+                0,
+                &format!("apt={pt}"),
+                pt + 1,
+                vec![],
+            ),
+            RtpCodecKind::Video,
+        )?;
+    }
+    Ok(())
+}
+
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Builds a peer connection for one direction.
+pub fn build(
+    direction: Direction,
+    credentials: &IceCredentials,
+    now: Instant,
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    let mut me = MediaEngine::default();
+    register_codecs(&mut me)?;
+    let mut registry = Registry::new();
+    if direction == Direction::Publish {
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            me.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: MID_URI.into(),
+                },
+                kind,
+                None,
+            )?;
+            me.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: TWCC_URI.into(),
+                },
+                kind,
+                None,
+            )?;
+            me.register_feedback(
+                RTCPFeedback {
+                    typ: "transport-cc".into(),
+                    parameter: "".into(),
+                },
+                kind,
+            );
+        }
+        for uri in [RID_URI, RRID_URI] {
+            me.register_header_extension(
+                RTCRtpHeaderExtensionCapability { uri: uri.into() },
+                RtpCodecKind::Video,
+                None,
+            )?;
+        }
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.into(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
+        registry = registry
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
+    }
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(credentials.ufrag.clone(), credentials.pwd.clone())
+        // As ICE-lite answerer we wait for the browser's DTLS ClientHello.
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .build(now)
+}
+
+/// Announces the worker's socket as host candidates, then ends gathering, so the local
+/// description carries every candidate (no trickle from our side is needed).
+pub fn add_host_candidates(
+    pc: &mut RTCPeerConnection,
+    addrs: &[SocketAddr],
+) -> Result<(), rtc::shared::error::Error> {
+    for addr in addrs {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+}

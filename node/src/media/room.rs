@@ -1,0 +1,529 @@
+//! The part of a room that lives on this node: its participants, their peer connections, the
+//! tracks they publish, and the forwarding core that connects them.
+//!
+//! A [`LocalRoom`] is owned by one media worker and used with `&mut` only. Its methods are
+//! split by concern over several files: this one (membership and events), `room_publish`
+//! (publisher peer connections and their tracks), `room_subscribe` (subscriber peer
+//! connections, negotiation, WHEP sources) and `room_drive` (datagrams, timers and the packet
+//! path).
+
+use super::peer::{Direction, IceCredentials};
+use super::udp::SendQueue;
+use super::{JoinRequest, Joined, ParticipantKind};
+use crate::signaling::protocol::{
+    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackView,
+};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use sfu_core::{LayerIndex, MediaKind, SubscriptionId, TrackId};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// A peer connection that has not connected after this long is given up.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Period of the room's housekeeping (connection deadlines).
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Settings shared by all rooms of a worker.
+pub struct RoomContext {
+    /// Host candidates announced to peers (the worker's socket on each announced address).
+    pub candidates: Vec<SocketAddr>,
+    pub max_participants: usize,
+    pub default_max_layer: LayerIndex,
+    pub core: sfu_core::RoomConfig,
+}
+
+/// Changes to the worker's datagram routing that a room asks for.
+pub enum DemuxUpdate {
+    /// Route STUN with this ufrag to the peer.
+    Add { ufrag: String, peer: usize },
+    /// The peer is gone: forget its ufrag and addresses.
+    Remove {
+        ufrag: String,
+        addrs: Vec<SocketAddr>,
+    },
+}
+
+/// A participant connected to this node.
+pub(super) struct Participant {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub kind: ParticipantKind,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub auto_subscribe: bool,
+    /// Join order, so WHEP players pick publishers deterministically.
+    pub seq: u64,
+    pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
+    pub publisher: Option<usize>,
+    pub subscriber: Option<usize>,
+    pub tracks: Vec<TrackId>,
+}
+
+impl Participant {
+    pub fn send(&self, message: ServerMessage) {
+        if let Some(events) = &self.events {
+            // A closed channel means the WebSocket is going away; its leave follows.
+            let _ = events.send(message);
+        }
+    }
+}
+
+/// A track published by a participant of this room.
+pub(super) struct Published {
+    pub id: TrackId,
+    pub owner: String,
+    pub kind: MediaKind,
+    pub rtc_codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+    pub name: String,
+    pub rids: Vec<String>,
+    pub peer: usize,
+}
+
+impl Published {
+    pub fn view(&self) -> TrackView {
+        TrackView {
+            sid: self.id.to_string(),
+            participant: self.owner.clone(),
+            kind: match self.kind {
+                MediaKind::Audio => "audio",
+                MediaKind::Video => "video",
+            },
+            codec: self.rtc_codec.mime_type.clone(),
+            layers: self.rids.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// A track received on a publisher peer connection.
+pub(super) struct Inbound {
+    pub track: TrackId,
+    /// Simulcast RIDs, lowest quality first (one empty entry for a single stream).
+    pub rids: Vec<String>,
+    /// SSRC of each layer once its first packet arrived.
+    pub ssrcs: Vec<Option<u32>>,
+}
+
+impl Inbound {
+    pub fn layer_of(&self, ssrc: u32) -> Option<LayerIndex> {
+        self.ssrcs.iter().position(|s| *s == Some(ssrc))
+    }
+}
+
+/// A track sent on a subscriber peer connection.
+pub(super) struct Outbound {
+    pub sender: RTCRtpSenderId,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    /// The track feeding it (fixed for WebSocket clients; chosen by the node for WHEP).
+    pub source: Option<TrackId>,
+    pub subscription: Option<SubscriptionId>,
+    /// Whether the subscriber has accepted it in a completed offer/answer.
+    pub negotiated: bool,
+}
+
+/// Subscriber-side negotiation state (the node offers).
+#[derive(Default)]
+pub(super) struct Negotiation {
+    pub offer_outstanding: bool,
+    pub needs_offer: bool,
+}
+
+/// A peer connection and what flows over it.
+pub(super) struct Peer {
+    pub pc: RTCPeerConnection,
+    pub direction: Direction,
+    pub participant: String,
+    pub ice: IceCredentials,
+    pub addrs: Vec<SocketAddr>,
+    pub generation: u32,
+    pub created_at: Instant,
+    pub connected: bool,
+    pub timer: Option<Instant>,
+    /// Publisher side, by webrtc-rs track id.
+    pub inbound: HashMap<String, Inbound>,
+    /// Subscriber side.
+    pub outbound: Vec<Outbound>,
+    pub negotiation: Negotiation,
+    /// Whether the first offer or answer was made (candidates are added once).
+    pub described: bool,
+}
+
+/// See the module documentation.
+pub struct LocalRoom {
+    pub(super) name: String,
+    pub(super) ctx: Arc<RoomContext>,
+    pub(super) core: sfu_core::Room,
+    pub(super) participants: HashMap<String, Participant>,
+    pub(super) peers: slab::Slab<Peer>,
+    pub(super) tracks: HashMap<TrackId, Published>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    pub(super) demux: Vec<DemuxUpdate>,
+    pub(super) next_generation: u32,
+    pub(super) next_seq: u64,
+    pub(super) next_housekeeping: Instant,
+    /// The deadline the worker has armed for this room.
+    pub armed: Option<Instant>,
+    /// Core counters already added to the metrics.
+    pub reported: sfu_core::RoomStats,
+    /// Packets dropped at the edge of the room, and those already reported.
+    pub drops: super::room_drive::EdgeDrops,
+    pub reported_drops: super::room_drive::EdgeDrops,
+}
+
+impl LocalRoom {
+    pub fn new(name: String, ctx: Arc<RoomContext>, now: Instant) -> Self {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let core = sfu_core::Room::new(sfu_core::WallClock::new(now, unix), ctx.core);
+        Self {
+            name,
+            ctx,
+            core,
+            participants: HashMap::new(),
+            peers: slab::Slab::new(),
+            tracks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            demux: Vec::new(),
+            next_generation: 0,
+            next_seq: 0,
+            next_housekeeping: now + HOUSEKEEPING,
+            armed: None,
+            reported: sfu_core::RoomStats::default(),
+            drops: Default::default(),
+            reported_drops: Default::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn core_stats(&self) -> &sfu_core::RoomStats {
+        self.core.stats()
+    }
+
+    pub fn take_demux_updates(&mut self) -> std::vec::Drain<'_, DemuxUpdate> {
+        self.demux.drain(..)
+    }
+
+    /// Records an address a peer sent a connectivity check from.
+    pub fn note_peer_addr(&mut self, peer: usize, addr: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(peer)
+            && !p.addrs.contains(&addr)
+        {
+            p.addrs.push(addr);
+        }
+    }
+
+    pub(super) fn participant(&self, sid: &str) -> Result<&Participant, SignalError> {
+        self.participants.get(sid).ok_or_else(|| {
+            SignalError::new(ErrorCode::NotFound, "no such participant in this room")
+        })
+    }
+
+    pub(super) fn view(&self, p: &Participant) -> ParticipantView {
+        ParticipantView {
+            sid: p.sid.clone(),
+            identity: p.identity.clone(),
+            name: p.name.clone(),
+            tracks: p
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t).map(Published::view))
+                .collect(),
+        }
+    }
+
+    /// Sends a message to every WebSocket participant except `except`.
+    pub(super) fn broadcast(&self, except: &str, message: &ServerMessage) {
+        for p in self.participants.values().filter(|p| p.sid != except) {
+            p.send(message.clone());
+        }
+    }
+
+    /// Adds a participant. A second session with the same identity replaces the first, as
+    /// users who reload a page expect.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        request: JoinRequest,
+        out: &mut SendQueue,
+    ) -> Result<Joined, SignalError> {
+        let identity = request.grants.identity.clone();
+        // WHEP players often share one viewer token, so only publishing kinds are unique.
+        let unique = !matches!(request.kind, ParticipantKind::Whep { .. });
+        if let Some(old) = self
+            .participants
+            .values()
+            .find(|p| unique && p.identity == identity && p.kind == request.kind)
+            .map(|p| p.sid.clone())
+        {
+            self.leave(
+                now,
+                &old,
+                "another session joined with the same identity",
+                out,
+            );
+        }
+        if self.ctx.max_participants > 0 && self.participants.len() >= self.ctx.max_participants {
+            return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
+        }
+        let sid = format!("PA_{:016x}", rand::random::<u64>());
+        self.next_seq += 1;
+        let whip = request.kind == ParticipantKind::Whip;
+        let whep = matches!(request.kind, ParticipantKind::Whep { .. });
+        let participant = Participant {
+            sid: sid.clone(),
+            identity,
+            name: request.grants.name.clone(),
+            can_publish: request.grants.can_publish && !whep,
+            can_subscribe: request.grants.can_subscribe && !whip,
+            auto_subscribe: request.auto_subscribe && request.kind == ParticipantKind::Client,
+            kind: request.kind,
+            seq: self.next_seq,
+            events: request.events,
+            publisher: None,
+            subscriber: None,
+            tracks: Vec::new(),
+        };
+        let view = self.view(&participant);
+        let others = self.participants.values().map(|p| self.view(p)).collect();
+        self.broadcast(
+            &sid,
+            &ServerMessage::ParticipantJoined {
+                participant: view.clone(),
+            },
+        );
+        self.participants.insert(sid, participant);
+        Ok(Joined {
+            participant: view,
+            others,
+        })
+    }
+
+    /// Removes a participant, its peer connections and its tracks.
+    pub fn leave(&mut self, now: Instant, sid: &str, reason: &str, out: &mut SendQueue) {
+        let Some(p) = self.participants.get(sid) else {
+            return;
+        };
+        p.send(ServerMessage::Left {
+            reason: reason.to_owned(),
+        });
+        let peers: Vec<usize> = p.publisher.into_iter().chain(p.subscriber).collect();
+        for key in peers {
+            self.remove_peer(now, key, out);
+        }
+        self.participants.remove(sid);
+        self.broadcast(
+            sid,
+            &ServerMessage::ParticipantLeft {
+                participant: sid.to_owned(),
+            },
+        );
+        tracing::info!(room = %self.name, participant = sid, reason, "participant left");
+    }
+
+    /// A trickled ICE candidate from the client. Being ICE-lite we learn addresses from the
+    /// client's checks anyway, but a candidate can let a check through sooner.
+    pub fn trickle(
+        &mut self,
+        sid: &str,
+        target: crate::signaling::protocol::PeerTarget,
+        candidate: String,
+        sdp_mid: Option<String>,
+    ) -> Result<(), SignalError> {
+        use crate::signaling::protocol::PeerTarget;
+        let p = self.participant(sid)?;
+        let key = match target {
+            PeerTarget::Publisher => p.publisher,
+            PeerTarget::Subscriber => p.subscriber,
+        }
+        .ok_or_else(|| SignalError::new(ErrorCode::InvalidState, "no such peer connection yet"))?;
+        if candidate.is_empty() {
+            return Ok(());
+        }
+        let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+            candidate,
+            sdp_mid,
+            ..Default::default()
+        };
+        self.peers[key]
+            .pc
+            .add_remote_candidate(init)
+            .map_err(|e| SignalError::new(ErrorCode::BadRequest, format!("bad candidate: {e}")))
+    }
+
+    /// Creates a peer connection for a participant.
+    pub(super) fn create_peer(
+        &mut self,
+        now: Instant,
+        participant: &str,
+        direction: Direction,
+    ) -> Result<usize, SignalError> {
+        let ice = IceCredentials::random();
+        let pc = super::peer::build(direction, &ice, now).map_err(|e| {
+            SignalError::new(
+                ErrorCode::Internal,
+                format!("creating peer connection: {e}"),
+            )
+        })?;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let key = self.peers.insert(Peer {
+            pc,
+            direction,
+            participant: participant.to_owned(),
+            ice: ice.clone(),
+            addrs: Vec::new(),
+            generation: self.next_generation,
+            created_at: now,
+            connected: false,
+            timer: None,
+            inbound: HashMap::new(),
+            outbound: Vec::new(),
+            negotiation: Negotiation::default(),
+            described: false,
+        });
+        self.demux.push(DemuxUpdate::Add {
+            ufrag: ice.ufrag,
+            peer: key,
+        });
+        if let Some(p) = self.participants.get_mut(participant) {
+            match direction {
+                Direction::Publish => p.publisher = Some(key),
+                Direction::Subscribe => p.subscriber = Some(key),
+            }
+        }
+        Ok(key)
+    }
+
+    /// Closes and forgets a peer connection, with everything it published or received.
+    pub(super) fn remove_peer(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        // Best effort: tell the browser (DTLS close_notify) so it does not wait for a timeout.
+        let _ = rtc::sansio::Protocol::close(&mut peer.pc);
+        while let Some(t) = rtc::sansio::Protocol::poll_write(&mut peer.pc) {
+            out.push(t.transport.peer_addr, t.message);
+        }
+        let peer = self.peers.remove(key);
+        self.demux.push(DemuxUpdate::Remove {
+            ufrag: peer.ice.ufrag,
+            addrs: peer.addrs,
+        });
+        for o in &peer.outbound {
+            if let Some(sub) = o.subscription {
+                self.core.unsubscribe(sub);
+            }
+        }
+        let tracks: Vec<TrackId> = peer.inbound.values().map(|i| i.track).collect();
+        if let Some(p) = self.participants.get_mut(&peer.participant) {
+            if p.publisher == Some(key) {
+                p.publisher = None;
+            }
+            if p.subscriber == Some(key) {
+                p.subscriber = None;
+            }
+        }
+        for t in tracks {
+            self.unpublish_track(now, t, out);
+        }
+    }
+
+    /// A peer connection failed or closed on its own.
+    pub(super) fn on_peer_failed(
+        &mut self,
+        now: Instant,
+        key: usize,
+        why: &str,
+        out: &mut SendQueue,
+    ) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let sid = peer.participant.clone();
+        let direction = peer.direction;
+        let Some(p) = self.participants.get(&sid) else {
+            self.remove_peer(now, key, out);
+            return;
+        };
+        tracing::info!(room = %self.name, participant = %sid, ?direction, why, "peer connection ended");
+        if p.kind == ParticipantKind::Client {
+            p.send(ServerMessage::Error {
+                code: ErrorCode::PeerFailed,
+                message: format!("{direction:?} peer connection {why}"),
+                request: None,
+            });
+            self.remove_peer(now, key, out);
+        } else {
+            // A WHIP/WHEP session is its peer connection.
+            self.leave(now, &sid, why, out);
+        }
+    }
+
+    /// Schedules the peer's next timeout.
+    pub(super) fn rearm(&mut self, key: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let next = rtc::sansio::Protocol::poll_timeout(&mut peer.pc);
+        if next != peer.timer {
+            peer.timer = next;
+            if let Some(t) = next {
+                self.timers.push(Reverse((t, key, peer.generation)));
+            }
+        }
+    }
+
+    /// When the room next needs [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let peers = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        [
+            peers,
+            self.core.poll_timeout(),
+            Some(self.next_housekeeping),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Gives up on peer connections that never connected.
+    pub(super) fn housekeeping(&mut self, now: Instant, out: &mut SendQueue) {
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + HOUSEKEEPING;
+        let stale: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                !p.connected && now.saturating_duration_since(p.created_at) > CONNECT_TIMEOUT
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            self.on_peer_failed(now, key, "did not connect in time", out);
+        }
+    }
+}

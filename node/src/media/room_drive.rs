@@ -1,0 +1,329 @@
+//! The packet path of a room: datagrams into peer connections, media into the forwarding core,
+//! the core's outputs into subscribers' peer connections and onto the wire; and timers.
+//!
+//! Everything here runs on the room's worker thread for each datagram. Per packet and
+//! subscriber it does one header rewrite (in the core), one SRTP encryption (in webrtc-rs) and
+//! one entry in the worker's send batch; payloads are shared, never copied.
+
+use super::ParticipantKind;
+use super::peer::Direction;
+use super::room::LocalRoom;
+use super::udp::SendQueue;
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu_core::Output;
+use std::cmp::Reverse;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Counters of packets the room layer dropped (the core counts its own).
+#[derive(Default, Debug, Clone, Copy)]
+pub struct EdgeDrops {
+    /// Datagrams a peer connection rejected (bad DTLS/SRTP, failed authentication).
+    pub rejected: u64,
+    /// RTP for a track or layer the room does not know.
+    pub unknown_track: u64,
+    /// Packets a subscriber's peer connection refused to send.
+    pub send_failed: u64,
+}
+
+impl LocalRoom {
+    /// A datagram from `from` for peer `key`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        key: usize,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut SendQueue,
+    ) {
+        let local_addr = self.ctx.candidates[0];
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let input = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(input) {
+            self.drops.rejected += 1;
+            tracing::trace!(room = %self.name, "datagram rejected: {e}");
+        }
+        self.drive(now, key, out);
+    }
+
+    /// Runs due timers: peer connections', the core's and the room's own.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut SendQueue) {
+        while let Some(&Reverse((t, key, generation))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            if peer.generation != generation || peer.timer != Some(t) {
+                continue;
+            }
+            peer.timer = None;
+            if let Err(e) = peer.pc.handle_timeout(now) {
+                tracing::debug!(room = %self.name, "peer timeout: {e}");
+            }
+            self.drive(now, key, out);
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+            self.route_core_outputs(now, out);
+        }
+        self.housekeeping(now, out);
+    }
+
+    /// Drains a peer connection: its events, its media, its datagrams; then the core's outputs.
+    pub(super) fn drive(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+        // Events first: a track opened by a packet must be known before that packet is read.
+        loop {
+            let Some(peer) = self.peers.get_mut(key) else {
+                return;
+            };
+            let Some(event) = peer.pc.poll_event() else {
+                break;
+            };
+            self.on_event(now, key, event, out);
+        }
+        loop {
+            let Some(peer) = self.peers.get_mut(key) else {
+                return;
+            };
+            let Some(message) = peer.pc.poll_read() else {
+                break;
+            };
+            self.on_message(now, key, message, out);
+        }
+        if let Some(peer) = self.peers.get_mut(key) {
+            while let Some(t) = peer.pc.poll_write() {
+                out.push(t.transport.peer_addr, t.message);
+            }
+        }
+        self.route_core_outputs(now, out);
+        self.rearm(key);
+    }
+
+    fn on_event(
+        &mut self,
+        now: Instant,
+        key: usize,
+        event: RTCPeerConnectionEvent,
+        out: &mut SendQueue,
+    ) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Connected => {
+                    let peer = &mut self.peers[key];
+                    if peer.connected {
+                        return;
+                    }
+                    peer.connected = true;
+                    let (sid, direction) = (peer.participant.clone(), peer.direction);
+                    tracing::info!(room = %self.name, participant = %sid, ?direction, "peer connected");
+                    if direction == Direction::Subscribe {
+                        let whep = self
+                            .participants
+                            .get(&sid)
+                            .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
+                        if whep {
+                            self.choose_whep_sources(now, out);
+                        } else {
+                            self.attach_subscriptions(now, key);
+                        }
+                    }
+                }
+                RTCPeerConnectionState::Failed => self.on_peer_failed(now, key, "failed", out),
+                RTCPeerConnectionState::Closed => self.on_peer_failed(now, key, "closed", out),
+                _ => {}
+            },
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                let peer = &mut self.peers[key];
+                if let Some(inbound) = peer.inbound.get_mut(&init.track_id) {
+                    let rid = init.rid.unwrap_or_default();
+                    let layer = inbound.rids.iter().position(|r| *r == rid).unwrap_or(0);
+                    inbound.ssrcs[layer] = Some(init.ssrc);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        key: usize,
+        message: TaggedRTCMessage,
+        out: &mut SendQueue,
+    ) {
+        match message.message {
+            RTCMessage::RtpPacket(rtc_track, packet) => {
+                let peer = &self.peers[key];
+                let target = peer
+                    .inbound
+                    .get(&rtc_track)
+                    .and_then(|i| Some((i.track, i.layer_of(packet.header.ssrc)?)));
+                match target {
+                    Some((track, layer)) => {
+                        self.core.handle_rtp(now, track, layer, packet);
+                        // Fan out at once so the send batch never holds more than one input
+                        // packet's worth of copies.
+                        self.route_core_outputs(now, out);
+                    }
+                    None => self.drops.unknown_track += 1,
+                }
+            }
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(now, key, &packets),
+            _ => {}
+        }
+    }
+
+    fn on_rtcp(&mut self, now: Instant, key: usize, packets: &[Box<dyn rtcp::Packet>]) {
+        let peer = &self.peers[key];
+        match peer.direction {
+            Direction::Publish => {
+                for p in packets {
+                    let Some(sr) = p.as_any().downcast_ref::<SenderReport>() else {
+                        continue;
+                    };
+                    let target = peer
+                        .inbound
+                        .values()
+                        .find_map(|i| Some((i.track, i.layer_of(sr.ssrc)?)));
+                    if let Some((track, layer)) = target {
+                        self.core
+                            .handle_sender_report(now, track, layer, sr.ntp_time, sr.rtp_time);
+                    }
+                }
+            }
+            Direction::Subscribe => {
+                let subscription = |ssrc: u32| {
+                    peer.outbound
+                        .iter()
+                        .find(|o| o.ssrc == ssrc)
+                        .and_then(|o| o.subscription)
+                };
+                let mut keyframes = Vec::new();
+                let mut nacks = Vec::new();
+                for p in packets {
+                    let any = p.as_any();
+                    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                        keyframes.extend(subscription(pli.media_ssrc));
+                    } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                        keyframes.extend(fir.fir.iter().filter_map(|e| subscription(e.ssrc)));
+                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        if let Some(sub) = subscription(nack.media_ssrc) {
+                            let lost: Vec<u16> =
+                                nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                            nacks.push((sub, lost));
+                        }
+                    }
+                }
+                for sub in keyframes {
+                    self.core.handle_keyframe_request(now, sub);
+                }
+                for (sub, lost) in nacks {
+                    self.core.handle_nack(now, sub, &lost);
+                }
+            }
+        }
+    }
+
+    /// Carries out what the forwarding core asked for.
+    pub(super) fn route_core_outputs(&mut self, now: Instant, out: &mut SendQueue) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Rtp { sink, packet, .. } => {
+                    let Some(peer) = self.peers.get_mut(sink.0 as usize) else {
+                        continue;
+                    };
+                    let message = TaggedRTCMessage {
+                        now,
+                        // The track id is not used on the write path; an empty String does
+                        // not allocate.
+                        message: RTCMessage::RtpPacket(String::new(), packet),
+                    };
+                    if peer.pc.handle_write(message).is_err() {
+                        self.drops.send_failed += 1;
+                    }
+                    while let Some(t) = peer.pc.poll_write() {
+                        out.push(t.transport.peer_addr, t.message);
+                    }
+                }
+                Output::SenderReport { sink, report, .. } => {
+                    let sr = SenderReport {
+                        ssrc: report.ssrc,
+                        ntp_time: report.ntp,
+                        rtp_time: report.rtp_time,
+                        packet_count: report.packet_count,
+                        octet_count: report.octet_count,
+                        ..Default::default()
+                    };
+                    self.write_rtcp(now, sink.0 as usize, Box::new(sr), out);
+                }
+                Output::KeyframeRequest { track, layer } => {
+                    let Some(published) = self.tracks.get(&track) else {
+                        continue;
+                    };
+                    let key = published.peer;
+                    let ssrc = self
+                        .peers
+                        .get(key)
+                        .and_then(|p| p.inbound.values().find(|i| i.track == track))
+                        .and_then(|i| *i.ssrcs.get(layer)?);
+                    if let Some(media_ssrc) = ssrc {
+                        let pli = PictureLossIndication {
+                            sender_ssrc: 0,
+                            media_ssrc,
+                        };
+                        self.write_rtcp(now, key, Box::new(pli), out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_rtcp(
+        &mut self,
+        now: Instant,
+        key: usize,
+        packet: Box<dyn rtcp::Packet>,
+        out: &mut SendQueue,
+    ) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        let message = TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtcpPacket(String::new(), vec![packet]),
+        };
+        if peer.pc.handle_write(message).is_err() {
+            self.drops.send_failed += 1;
+        }
+        while let Some(t) = peer.pc.poll_write() {
+            out.push(t.transport.peer_addr, t.message);
+        }
+    }
+}

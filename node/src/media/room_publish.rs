@@ -1,0 +1,301 @@
+//! Publisher peer connections: offer/answer, and turning their media sections into tracks.
+
+use super::peer::{Direction, add_host_candidates};
+use super::room::{Inbound, LocalRoom, Published};
+use super::udp::SendQueue;
+use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use sfu_core::{Codec, MediaKind, TrackId, TrackInfo};
+use std::time::Instant;
+
+pub(super) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
+    SignalError::new(ErrorCode::InvalidSdp, format!("invalid SDP: {e}"))
+}
+
+pub(super) fn internal(e: impl std::fmt::Display) -> SignalError {
+    SignalError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// A media section the publisher sends on, as negotiated.
+struct Offered {
+    rtc_track: String,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    rids: Vec<String>,
+}
+
+/// Whether a negotiated codec carries media (rather than retransmissions or FEC).
+fn is_media_codec(mime: &str) -> bool {
+    let sub = mime.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+    !matches!(
+        sub.as_str(),
+        "rtx" | "red" | "ulpfec" | "flexfec" | "flexfec-03"
+    )
+}
+
+/// Orders simulcast RIDs from lowest to highest quality. Browsers and SDKs use `q/h/f`
+/// (quarter, half, full) or `l/m/h` (low, mid, high); other names keep their SDP order.
+pub(super) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
+    let lmh = rids.iter().any(|r| r == "l" || r == "m");
+    let rank = |rid: &str| -> usize {
+        match rid.to_ascii_lowercase().as_str() {
+            "q" | "l" | "low" | "0" => 0,
+            "h" if !lmh => 1,
+            "m" | "mid" | "medium" | "half" | "1" => 1,
+            "h" | "f" | "high" | "full" | "2" => 2,
+            _ => 3,
+        }
+    };
+    rids.sort_by_key(|r| rank(r));
+    rids
+}
+
+impl LocalRoom {
+    /// Applies a publisher's offer and returns the answer.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        sdp: String,
+        out: &mut SendQueue,
+    ) -> Result<String, SignalError> {
+        let p = self.participant(sid)?;
+        if !p.can_publish {
+            return Err(SignalError::new(
+                ErrorCode::Forbidden,
+                "the access token does not allow publishing",
+            ));
+        }
+        let existing = p.publisher;
+        let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp)?;
+        let key = match existing {
+            Some(k) => k,
+            None => self.create_peer(now, sid, Direction::Publish)?,
+        };
+        match self.answer_publisher(now, key, offer) {
+            Ok(answer) => {
+                self.sync_inbound(now, key, out);
+                self.drive(now, key, out);
+                Ok(answer)
+            }
+            Err(e) => {
+                if existing.is_none() {
+                    self.remove_peer(now, key, out);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn answer_publisher(
+        &mut self,
+        now: Instant,
+        key: usize,
+        offer: RTCSessionDescription,
+    ) -> Result<String, SignalError> {
+        let candidates = self.ctx.candidates.clone();
+        let peer = &mut self.peers[key];
+        peer.pc
+            .set_remote_description(now, offer)
+            .map_err(invalid_sdp)?;
+        if !peer.described {
+            add_host_candidates(&mut peer.pc, &candidates).map_err(internal)?;
+            peer.described = true;
+        }
+        let answer = peer.pc.create_answer(None).map_err(invalid_sdp)?;
+        peer.pc
+            .set_local_description(now, answer)
+            .map_err(invalid_sdp)?;
+        peer.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| internal("no local description after answering"))
+    }
+
+    /// Media sections the publisher sends on after the last negotiation.
+    fn offered_sections(&mut self, key: usize) -> Vec<Offered> {
+        let pc = &mut self.peers[key].pc;
+        let ids: Vec<_> = pc.get_transceivers().collect();
+        let mut found = Vec::new();
+        for id in ids {
+            let Some(t) = pc.rtp_transceiver(id) else {
+                continue;
+            };
+            if !t.current_direction().has_recv() {
+                continue;
+            }
+            let Some(receiver) = t.receiver() else {
+                continue;
+            };
+            let Some(mut r) = pc.rtp_receiver(receiver) else {
+                continue;
+            };
+            let track = r.track();
+            let rtc_track = track.track_id().clone();
+            let kind = match track.kind() {
+                RtpCodecKind::Audio => MediaKind::Audio,
+                RtpCodecKind::Video => MediaKind::Video,
+                _ => continue,
+            };
+            let rids: Vec<String> = track
+                .codings()
+                .iter()
+                .map(|c| c.rtp_coding_parameters.rid.clone())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let Some(codec) = r
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| is_media_codec(&c.rtp_codec.mime_type))
+                .map(|c| c.rtp_codec.clone())
+            else {
+                continue;
+            };
+            found.push(Offered {
+                rtc_track,
+                kind,
+                codec,
+                rids: order_rids(rids),
+            });
+        }
+        found
+    }
+
+    /// Publishes new media sections as tracks and unpublishes those that stopped.
+    fn sync_inbound(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+        let offered = self.offered_sections(key);
+        let gone: Vec<TrackId> = self.peers[key]
+            .inbound
+            .iter()
+            .filter(|(rtc_track, _)| !offered.iter().any(|o| &o.rtc_track == *rtc_track))
+            .map(|(_, i)| i.track)
+            .collect();
+        for track in gone {
+            self.unpublish_track(now, track, out);
+        }
+        for o in offered {
+            if self.peers[key].inbound.contains_key(&o.rtc_track) {
+                continue;
+            }
+            self.publish_track(now, key, o, out);
+        }
+    }
+
+    fn publish_track(&mut self, now: Instant, key: usize, o: Offered, out: &mut SendQueue) {
+        let id = TrackId(rand::random());
+        let codec = Codec::from_mime(&o.codec.mime_type);
+        let layers = o.rids.len().max(1);
+        let info = TrackInfo {
+            id,
+            kind: o.kind,
+            codec,
+            clock_rate: if o.codec.clock_rate > 0 {
+                o.codec.clock_rate
+            } else {
+                codec.default_clock_rate(o.kind)
+            },
+            layers,
+        };
+        if let Err(e) = self.core.add_track(now, info) {
+            tracing::error!(room = %self.name, "adding track: {e}");
+            return;
+        }
+        let owner = self.peers[key].participant.clone();
+        let rids = if o.rids.is_empty() {
+            vec![String::new()]
+        } else {
+            o.rids.clone()
+        };
+        self.peers[key].inbound.insert(
+            o.rtc_track.clone(),
+            Inbound {
+                track: id,
+                ssrcs: vec![None; rids.len()],
+                rids,
+            },
+        );
+        let published = Published {
+            id,
+            owner: owner.clone(),
+            kind: o.kind,
+            rtc_codec: o.codec,
+            name: o.rtc_track,
+            rids: o.rids,
+            peer: key,
+        };
+        let view = published.view();
+        self.tracks.insert(id, published);
+        if let Some(p) = self.participants.get_mut(&owner) {
+            p.tracks.push(id);
+        }
+        tracing::info!(room = %self.name, participant = %owner, track = %id, kind = ?o.kind, codec = %view.codec, layers, "track published");
+        self.broadcast(&owner, &ServerMessage::TrackPublished { track: view });
+        self.on_track_published(now, id, out);
+    }
+
+    /// Ends a track: its subscriptions, its place in the publisher's list, its announcement.
+    pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut SendQueue) {
+        let Some(published) = self.tracks.remove(&track) else {
+            return;
+        };
+        for (subscription, sink) in self.core.remove_track(track) {
+            self.on_subscription_ended(now, sink.0 as usize, subscription, out);
+        }
+        if let Some(peer) = self.peers.get_mut(published.peer) {
+            peer.inbound.retain(|_, i| i.track != track);
+        }
+        if let Some(p) = self.participants.get_mut(&published.owner) {
+            p.tracks.retain(|t| *t != track);
+        }
+        tracing::info!(room = %self.name, participant = %published.owner, %track, "track unpublished");
+        self.broadcast(
+            &published.owner,
+            &ServerMessage::TrackUnpublished {
+                track: track.to_string(),
+                participant: published.owner.clone(),
+            },
+        );
+        self.choose_whep_sources(now, out);
+    }
+
+    /// The `unpublish` request of a WebSocket client.
+    pub fn unpublish(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        track: &str,
+        out: &mut SendQueue,
+    ) -> Result<(), SignalError> {
+        let id: TrackId = track
+            .parse()
+            .map_err(|_| SignalError::new(ErrorCode::BadRequest, "malformed track sid"))?;
+        match self.tracks.get(&id) {
+            Some(t) if t.owner == sid => {
+                self.unpublish_track(now, id, out);
+                Ok(())
+            }
+            Some(_) => Err(SignalError::new(ErrorCode::Forbidden, "not your track")),
+            None => Err(SignalError::new(ErrorCode::NotFound, "no such track")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_rids;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn rids_are_ordered_by_quality() {
+        assert_eq!(order_rids(v(&["f", "h", "q"])), v(&["q", "h", "f"]));
+        assert_eq!(order_rids(v(&["h", "m", "l"])), v(&["l", "m", "h"]));
+        assert_eq!(order_rids(v(&["2", "0", "1"])), v(&["0", "1", "2"]));
+        assert_eq!(order_rids(v(&["b", "a"])), v(&["b", "a"]));
+    }
+}

@@ -1,0 +1,563 @@
+//! Subscriber peer connections: which tracks they carry, the node-initiated offer/answer for
+//! WebSocket clients, and source selection for WHEP players.
+
+use super::ParticipantKind;
+use super::peer::{Direction, add_host_candidates};
+use super::room::{LocalRoom, Outbound};
+use super::room_publish::{internal, invalid_sdp};
+use super::udp::SendQueue;
+use crate::signaling::protocol::{ErrorCode, SectionTrack, ServerMessage, SignalError};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
+use sfu_core::{MediaKind, RoomError, SinkId, SubscriptionParams, TrackId};
+use std::time::Instant;
+
+fn rtc_kind(kind: MediaKind) -> RtpCodecKind {
+    match kind {
+        MediaKind::Audio => RtpCodecKind::Audio,
+        MediaKind::Video => RtpCodecKind::Video,
+    }
+}
+
+impl LocalRoom {
+    /// The `subscribe` and `unsubscribe` requests of a WebSocket client.
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        tracks: &[String],
+        subscribe: bool,
+    ) -> Result<(), SignalError> {
+        let p = self.participant(sid)?;
+        if p.kind != ParticipantKind::Client {
+            return Err(SignalError::new(
+                ErrorCode::InvalidState,
+                "not a WebSocket session",
+            ));
+        }
+        if subscribe && !p.can_subscribe {
+            return Err(SignalError::new(
+                ErrorCode::Forbidden,
+                "the access token does not allow subscribing",
+            ));
+        }
+        let mut ids = Vec::with_capacity(tracks.len());
+        for t in tracks {
+            let id: TrackId = t.parse().map_err(|_| {
+                SignalError::new(ErrorCode::BadRequest, format!("malformed track sid {t:?}"))
+            })?;
+            if subscribe && !self.tracks.contains_key(&id) {
+                return Err(SignalError::new(
+                    ErrorCode::NotFound,
+                    format!("no track {t}"),
+                ));
+            }
+            ids.push(id);
+        }
+        for id in ids {
+            if subscribe {
+                self.add_outbound(now, sid, id)?;
+            } else {
+                self.remove_outbound(sid, id);
+            }
+        }
+        self.negotiate(now, sid)?;
+        Ok(())
+    }
+
+    /// Subscribes interested participants to a newly published track.
+    pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut SendQueue) {
+        let owner = self.tracks.get(&track).map(|t| t.owner.clone());
+        let auto: Vec<String> = self
+            .participants
+            .values()
+            .filter(|p| p.auto_subscribe && p.can_subscribe && Some(&p.sid) != owner.as_ref())
+            .map(|p| p.sid.clone())
+            .collect();
+        for sid in auto {
+            let result = self
+                .add_outbound(now, &sid, track)
+                .and_then(|()| self.negotiate(now, &sid));
+            if let Err(e) = result {
+                tracing::warn!(room = %self.name, participant = %sid, "auto-subscribe failed: {e}");
+            }
+        }
+        self.choose_whep_sources(now, out);
+    }
+
+    /// Subscribes a new participant to everything already published (auto-subscribe).
+    pub fn subscribe_existing(&mut self, now: Instant, sid: &str) {
+        let Some(p) = self.participants.get(sid) else {
+            return;
+        };
+        if !(p.auto_subscribe && p.can_subscribe) {
+            return;
+        }
+        let tracks: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| t.owner != sid)
+            .map(|t| t.id)
+            .collect();
+        if tracks.is_empty() {
+            return;
+        }
+        let result = tracks
+            .into_iter()
+            .try_for_each(|t| self.add_outbound(now, sid, t))
+            .and_then(|()| self.negotiate(now, sid));
+        if let Err(e) = result {
+            tracing::warn!(room = %self.name, participant = %sid, "auto-subscribe failed: {e}");
+        }
+    }
+
+    fn subscriber_peer(&mut self, now: Instant, sid: &str) -> Result<usize, SignalError> {
+        match self.participant(sid)?.subscriber {
+            Some(k) => Ok(k),
+            None => self.create_peer(now, sid, Direction::Subscribe),
+        }
+    }
+
+    /// Adds a send-only media section for `track` (sent at the next offer).
+    fn add_outbound(&mut self, now: Instant, sid: &str, track: TrackId) -> Result<(), SignalError> {
+        let Some(published) = self.tracks.get(&track) else {
+            return Err(SignalError::new(
+                ErrorCode::NotFound,
+                format!("no track {track}"),
+            ));
+        };
+        if published.owner == sid {
+            return Ok(());
+        }
+        let (kind, owner, name, codec) = (
+            published.kind,
+            published.owner.clone(),
+            published.id.to_string(),
+            published.rtc_codec.clone(),
+        );
+        let key = self.subscriber_peer(now, sid)?;
+        let peer = &mut self.peers[key];
+        if peer.outbound.iter().any(|o| o.source == Some(track)) {
+            return Ok(());
+        }
+        let ssrc = rand::random::<u32>();
+        let media = MediaStreamTrack::new(
+            owner,
+            name.clone(),
+            name,
+            rtc_kind(kind),
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: RTCRtpCodec {
+                    rtcp_feedback: Vec::new(),
+                    ..codec
+                },
+                active: true,
+                ..Default::default()
+            }],
+        );
+        let sender = peer.pc.add_track(media).map_err(internal)?;
+        peer.outbound.push(Outbound {
+            sender,
+            kind,
+            ssrc,
+            source: Some(track),
+            subscription: None,
+            negotiated: false,
+        });
+        peer.negotiation.needs_offer = true;
+        Ok(())
+    }
+
+    fn remove_outbound(&mut self, sid: &str, track: TrackId) {
+        let Some(key) = self.participants.get(sid).and_then(|p| p.subscriber) else {
+            return;
+        };
+        let peer = &mut self.peers[key];
+        let Some(i) = peer.outbound.iter().position(|o| o.source == Some(track)) else {
+            return;
+        };
+        let o = peer.outbound.remove(i);
+        if let Err(e) = peer.pc.remove_track(o.sender) {
+            tracing::debug!("remove_track: {e}");
+        }
+        peer.negotiation.needs_offer = true;
+        if let Some(sub) = o.subscription {
+            self.core.unsubscribe(sub);
+        }
+    }
+
+    /// Sends a new offer to the client if its subscriber connection changed and no offer is
+    /// outstanding (changes made meanwhile go into the next offer, after the answer).
+    pub(super) fn negotiate(&mut self, now: Instant, sid: &str) -> Result<(), SignalError> {
+        let Some(key) = self.participants.get(sid).and_then(|p| p.subscriber) else {
+            return Ok(());
+        };
+        let candidates = self.ctx.candidates.clone();
+        let peer = &mut self.peers[key];
+        if !peer.negotiation.needs_offer || peer.negotiation.offer_outstanding {
+            return Ok(());
+        }
+        if !peer.described {
+            add_host_candidates(&mut peer.pc, &candidates).map_err(internal)?;
+            peer.described = true;
+        }
+        let offer = peer.pc.create_offer(None).map_err(internal)?;
+        peer.pc
+            .set_local_description(now, offer)
+            .map_err(internal)?;
+        let sdp = peer
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| internal("no local description after offering"))?;
+        peer.negotiation.needs_offer = false;
+        peer.negotiation.offer_outstanding = true;
+        let mut sections = Vec::new();
+        for o in &peer.outbound {
+            let Some(source) = o.source else { continue };
+            let mid = peer
+                .pc
+                .rtp_transceiver(RTCRtpTransceiverId::from(o.sender))
+                .and_then(|t| t.mid().clone());
+            if let (Some(mid), Some(t)) = (mid, self.tracks.get(&source)) {
+                sections.push(SectionTrack {
+                    mid,
+                    track: source.to_string(),
+                    participant: t.owner.clone(),
+                });
+            }
+        }
+        if let Some(p) = self.participants.get(sid) {
+            p.send(ServerMessage::Offer {
+                sdp,
+                tracks: sections,
+            });
+        }
+        Ok(())
+    }
+
+    /// The client's answer to our offer.
+    pub fn subscriber_answer(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        sdp: String,
+        out: &mut SendQueue,
+    ) -> Result<(), SignalError> {
+        let Some(key) = self.participant(sid)?.subscriber else {
+            return Err(SignalError::new(
+                ErrorCode::InvalidState,
+                "no offer was made",
+            ));
+        };
+        let peer = &mut self.peers[key];
+        if !peer.negotiation.offer_outstanding {
+            return Err(SignalError::new(
+                ErrorCode::InvalidState,
+                "no offer is outstanding",
+            ));
+        }
+        let answer = RTCSessionDescription::answer(sdp).map_err(invalid_sdp)?;
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(invalid_sdp)?;
+        peer.negotiation.offer_outstanding = false;
+        for o in &mut peer.outbound {
+            o.negotiated = true;
+        }
+        self.attach_subscriptions(now, key);
+        self.negotiate(now, sid)?;
+        self.drive(now, key, out);
+        Ok(())
+    }
+
+    /// Creates forwarding-core subscriptions for negotiated sections of a connected peer.
+    pub(super) fn attach_subscriptions(&mut self, now: Instant, key: usize) {
+        let default_max_layer = self.ctx.default_max_layer;
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        for i in 0..peer.outbound.len() {
+            let o = &peer.outbound[i];
+            let (Some(source), None, true) = (o.source, o.subscription, o.negotiated) else {
+                continue;
+            };
+            let Some(published) = self.tracks.get(&source) else {
+                continue;
+            };
+            let Some(payload_type) = payload_type_for(&mut peer.pc, o.sender, &published.rtc_codec)
+            else {
+                tracing::warn!(room = %self.name, track = %source, "subscriber negotiated no codec for track");
+                continue;
+            };
+            let params = SubscriptionParams {
+                ssrc: o.ssrc,
+                payload_type,
+                max_layer: default_max_layer,
+            };
+            match self.core.subscribe(now, source, SinkId(key as u64), params) {
+                Ok(sub) => peer.outbound[i].subscription = Some(sub),
+                Err(e) => tracing::warn!(room = %self.name, "subscribe: {e}"),
+            }
+        }
+    }
+
+    /// A subscription ended because its track went away.
+    pub(super) fn on_subscription_ended(
+        &mut self,
+        now: Instant,
+        key: usize,
+        subscription: sfu_core::SubscriptionId,
+        out: &mut SendQueue,
+    ) {
+        let _ = out;
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let Some(i) = peer
+            .outbound
+            .iter()
+            .position(|o| o.subscription == Some(subscription))
+        else {
+            return;
+        };
+        let sid = peer.participant.clone();
+        let whep = self
+            .participants
+            .get(&sid)
+            .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
+        if whep {
+            // Keep the section; another source may take it over.
+            peer.outbound[i].subscription = None;
+            peer.outbound[i].source = None;
+        } else {
+            let o = peer.outbound.remove(i);
+            let _ = peer.pc.remove_track(o.sender);
+            peer.negotiation.needs_offer = true;
+            if let Err(e) = self.negotiate(now, &sid) {
+                tracing::warn!(room = %self.name, participant = %sid, "renegotiation failed: {e}");
+            }
+        }
+    }
+
+    /// A WHEP offer: attach a sender to each audio and video section the player offers.
+    pub fn play(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        sdp: String,
+        out: &mut SendQueue,
+    ) -> Result<String, SignalError> {
+        let p = self.participant(sid)?;
+        if !p.can_subscribe {
+            return Err(SignalError::new(
+                ErrorCode::Forbidden,
+                "the access token does not allow subscribing",
+            ));
+        }
+        if p.subscriber.is_some() {
+            return Err(SignalError::new(
+                ErrorCode::InvalidState,
+                "session already playing",
+            ));
+        }
+        let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp)?;
+        let key = self.create_peer(now, sid, Direction::Subscribe)?;
+        match self.answer_player(now, key, offer) {
+            Ok(answer) => {
+                self.drive(now, key, out);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.remove_peer(now, key, out);
+                Err(e)
+            }
+        }
+    }
+
+    fn answer_player(
+        &mut self,
+        now: Instant,
+        key: usize,
+        offer: RTCSessionDescription,
+    ) -> Result<String, SignalError> {
+        let candidates = self.ctx.candidates.clone();
+        let stream = format!("{}-{}", self.name, key);
+        // The player's media sections, in order; each gets a sender of its kind.
+        let kinds: Vec<RtpCodecKind> = offer
+            .sdp
+            .lines()
+            .filter_map(|l| match l.split_whitespace().next() {
+                Some("m=audio") => Some(RtpCodecKind::Audio),
+                Some("m=video") => Some(RtpCodecKind::Video),
+                _ => None,
+            })
+            .collect();
+        if kinds.is_empty() {
+            return Err(SignalError::new(
+                ErrorCode::InvalidSdp,
+                "the offer has no audio or video section to play into",
+            ));
+        }
+        let peer = &mut self.peers[key];
+        peer.pc
+            .set_remote_description(now, offer)
+            .map_err(invalid_sdp)?;
+        for (n, kind) in kinds.into_iter().enumerate() {
+            let media_kind = match kind {
+                RtpCodecKind::Audio => MediaKind::Audio,
+                RtpCodecKind::Video => MediaKind::Video,
+                _ => continue,
+            };
+            let ssrc = rand::random::<u32>();
+            let media = MediaStreamTrack::new(
+                stream.clone(),
+                format!("{stream}-{n}"),
+                format!("{stream}-{n}"),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    active: true,
+                    ..Default::default()
+                }],
+            );
+            let sender = peer.pc.add_track(media).map_err(internal)?;
+            peer.outbound.push(Outbound {
+                sender,
+                kind: media_kind,
+                ssrc,
+                source: None,
+                subscription: None,
+                negotiated: true,
+            });
+        }
+        add_host_candidates(&mut peer.pc, &candidates).map_err(internal)?;
+        peer.described = true;
+        let answer = peer.pc.create_answer(None).map_err(invalid_sdp)?;
+        peer.pc
+            .set_local_description(now, answer)
+            .map_err(invalid_sdp)?;
+        peer.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| internal("no local description after answering"))
+    }
+
+    /// Points every connected WHEP player at its source: the publisher it asked for, or the
+    /// publisher that joined first. A player whose source leaves moves to the next one without
+    /// a break in its RTP streams.
+    pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut SendQueue) {
+        let players: Vec<(String, Option<String>, usize)> = self
+            .participants
+            .values()
+            .filter_map(|p| match (&p.kind, p.subscriber) {
+                (ParticipantKind::Whep { source }, Some(key)) => {
+                    Some((p.sid.clone(), source.clone(), key))
+                }
+                _ => None,
+            })
+            .collect();
+        for (sid, wanted, key) in players {
+            if !self.peers.get(key).is_some_and(|p| p.connected) {
+                continue;
+            }
+            let mut publishers: Vec<_> = self
+                .participants
+                .values()
+                .filter(|p| p.sid != sid && !p.tracks.is_empty())
+                .filter(|p| wanted.as_ref().is_none_or(|w| *w == p.identity))
+                .collect();
+            publishers.sort_by_key(|p| p.seq);
+            let candidates: Vec<TrackId> = publishers
+                .first()
+                .map(|p| p.tracks.clone())
+                .unwrap_or_default();
+            for i in 0..self.peers[key].outbound.len() {
+                self.retarget_section(now, key, i, &candidates);
+            }
+        }
+    }
+
+    fn retarget_section(&mut self, now: Instant, key: usize, i: usize, candidates: &[TrackId]) {
+        let peer = &mut self.peers[key];
+        let (kind, sender, current, subscription) = {
+            let o = &peer.outbound[i];
+            (o.kind, o.sender, o.source, o.subscription)
+        };
+        let choice = candidates.iter().find_map(|t| {
+            let published = self.tracks.get(t)?;
+            if published.kind != kind {
+                return None;
+            }
+            let pt = payload_type_for(&mut peer.pc, sender, &published.rtc_codec)?;
+            Some((*t, pt))
+        });
+        let Some((track, payload_type)) = choice else {
+            return;
+        };
+        if current == Some(track) && subscription.is_some() {
+            return;
+        }
+        if let Some(sub) = subscription {
+            match self.core.move_subscription(now, sub, track) {
+                Ok(()) => {
+                    peer.outbound[i].source = Some(track);
+                    return;
+                }
+                Err(RoomError::Incompatible(_)) => {
+                    self.core.unsubscribe(sub);
+                }
+                Err(e) => {
+                    tracing::warn!(room = %self.name, "move subscription: {e}");
+                    return;
+                }
+            }
+        }
+        let params = SubscriptionParams {
+            ssrc: peer.outbound[i].ssrc,
+            payload_type,
+            max_layer: self.ctx.default_max_layer,
+        };
+        match self.core.subscribe(now, track, SinkId(key as u64), params) {
+            Ok(sub) => {
+                peer.outbound[i].source = Some(track);
+                peer.outbound[i].subscription = Some(sub);
+            }
+            Err(e) => tracing::warn!(room = %self.name, "subscribe: {e}"),
+        }
+    }
+}
+
+/// The payload type a subscriber negotiated on a sender for a codec (matching MIME type, and
+/// for H.264 preferring the same fmtp line).
+fn payload_type_for(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    codec: &RTCRtpCodec,
+) -> Option<u8> {
+    let mut s = pc.rtp_sender(sender)?;
+    let codecs = &s.get_parameters().rtp_parameters.codecs;
+    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+    };
+    codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+        .or_else(|| codecs.iter().find(same_mime))
+        .map(|c| c.payload_type)
+}

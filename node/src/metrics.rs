@@ -1,0 +1,146 @@
+//! Prometheus metrics of the node, served at `/metrics`.
+//!
+//! Media workers never touch these per packet: each worker sums its rooms' counters and adds the
+//! difference here about once a second.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of the drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+}
+
+/// All metrics of a node.
+pub struct Metrics {
+    registry: Registry,
+    pub rooms: Gauge,
+    pub participants: Gauge,
+    pub tracks: Gauge,
+    pub peer_connections: Gauge,
+    pub packets_in: Counter,
+    pub bytes_in: Counter,
+    pub packets_out: Counter,
+    pub bytes_out: Counter,
+    pub nacks_received: Counter,
+    pub retransmitted: Counter,
+    pub keyframe_requests_received: Counter,
+    pub keyframe_requests_sent: Counter,
+    pub dropped: Family<DropLabels, Counter>,
+    pub signaling_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sfu");
+        let m = Self {
+            rooms: Gauge::default(),
+            participants: Gauge::default(),
+            tracks: Gauge::default(),
+            peer_connections: Gauge::default(),
+            packets_in: Counter::default(),
+            bytes_in: Counter::default(),
+            packets_out: Counter::default(),
+            bytes_out: Counter::default(),
+            nacks_received: Counter::default(),
+            retransmitted: Counter::default(),
+            keyframe_requests_received: Counter::default(),
+            keyframe_requests_sent: Counter::default(),
+            dropped: Family::default(),
+            signaling_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rooms",
+            "Rooms with participants on this node",
+            m.rooms.clone(),
+        );
+        registry.register(
+            "participants",
+            "Participants connected to this node",
+            m.participants.clone(),
+        );
+        registry.register("tracks", "Published tracks on this node", m.tracks.clone());
+        registry.register(
+            "peer_connections",
+            "WebRTC peer connections",
+            m.peer_connections.clone(),
+        );
+        registry.register(
+            "packets_in",
+            "RTP packets received from publishers",
+            m.packets_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "RTP payload bytes received from publishers",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "packets_out",
+            "RTP packets forwarded to subscribers",
+            m.packets_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "RTP payload bytes forwarded to subscribers",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "nacks_received",
+            "Packets NACKed by subscribers",
+            m.nacks_received.clone(),
+        );
+        registry.register(
+            "retransmitted_packets",
+            "Packets resent from the retransmission cache",
+            m.retransmitted.clone(),
+        );
+        registry.register(
+            "keyframe_requests_received",
+            "PLI/FIR received from subscribers",
+            m.keyframe_requests_received.clone(),
+        );
+        registry.register(
+            "keyframe_requests_sent",
+            "PLI sent to publishers after coalescing",
+            m.keyframe_requests_sent.clone(),
+        );
+        registry.register(
+            "dropped_packets",
+            "Packets dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "signaling_errors",
+            "Signaling requests answered with an error",
+            m.signaling_errors.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one dropped packet.
+    pub fn count_drop(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped.get_or_create(&DropLabels { reason }).inc_by(n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,3 @@
+//! Signaling shared by the WebSocket endpoint and the media workers.
+
+pub mod protocol;

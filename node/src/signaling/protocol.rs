@@ -1,0 +1,218 @@
+//! The WebSocket signaling protocol: JSON messages, one per WebSocket text frame.
+//!
+//! Documented for client authors in `docs/signaling.md`; keep the two in agreement. Every
+//! message is an object with a `type` field; unknown fields are ignored so that clients and
+//! servers can evolve independently, but unknown message types are errors.
+
+use serde::{Deserialize, Serialize};
+
+/// Messages from the client.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Must be the first message. The room and identity come from the access token.
+    Join {
+        /// Subscribe to every track in the room, now and later (default true).
+        #[serde(default = "yes")]
+        auto_subscribe: bool,
+    },
+    /// An SDP offer for the publisher peer connection (first or renegotiation).
+    Publish { sdp: String },
+    /// Stop publishing a track.
+    Unpublish { track: String },
+    /// Subscribe to tracks (by track sid).
+    Subscribe { tracks: Vec<String> },
+    /// Unsubscribe from tracks.
+    Unsubscribe { tracks: Vec<String> },
+    /// The answer to an `offer` from the server, for the subscriber peer connection.
+    Answer { sdp: String },
+    /// A trickled ICE candidate for one of the two peer connections.
+    Trickle {
+        target: PeerTarget,
+        candidate: String,
+        #[serde(default)]
+        sdp_mid: Option<String>,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping {
+        #[serde(default)]
+        id: Option<u64>,
+    },
+    /// Leave the room (closing the WebSocket does the same).
+    Leave,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which peer connection a trickled candidate is for.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTarget {
+    Publisher,
+    Subscriber,
+}
+
+/// A participant as other participants see it.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct ParticipantView {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub tracks: Vec<TrackView>,
+}
+
+/// A published track as subscribers see it.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct TrackView {
+    pub sid: String,
+    pub participant: String,
+    pub kind: &'static str,
+    pub codec: String,
+    /// Simulcast layers (RIDs), lowest first; empty for a single-layer track.
+    pub layers: Vec<String>,
+    /// The publisher's name for the track (its media section's msid track id, if any).
+    pub name: String,
+}
+
+/// Which track a media section of the subscriber peer connection carries.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct SectionTrack {
+    pub mid: String,
+    pub track: String,
+    pub participant: String,
+}
+
+/// Messages from the server.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `join`.
+    Joined {
+        room: String,
+        participant: ParticipantView,
+        participants: Vec<ParticipantView>,
+    },
+    /// Answer to `publish`.
+    PublishAnswer {
+        sdp: String,
+    },
+    /// An offer for the subscriber peer connection; the client replies with `answer`.
+    /// `tracks` says which media section (by mid) carries which track.
+    Offer {
+        sdp: String,
+        tracks: Vec<SectionTrack>,
+    },
+    ParticipantJoined {
+        participant: ParticipantView,
+    },
+    ParticipantLeft {
+        participant: String,
+    },
+    TrackPublished {
+        track: TrackView,
+    },
+    TrackUnpublished {
+        track: String,
+        participant: String,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A request failed, or something went wrong with a session. The session goes on unless a
+    /// `left` message follows.
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// The `type` of the client message that failed, when one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// The server ended the session (the WebSocket closes next).
+    Left {
+        reason: String,
+    },
+}
+
+/// Machine-readable error codes.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message is not valid JSON or not a known message.
+    BadRequest,
+    /// The message is larger than the configured limit.
+    TooLarge,
+    /// An SDP could not be parsed or negotiated.
+    InvalidSdp,
+    /// The token does not allow this.
+    Forbidden,
+    /// A referenced track or participant does not exist.
+    NotFound,
+    /// The message is not valid in the current state (e.g. before `join`).
+    InvalidState,
+    /// The room is full.
+    RoomFull,
+    /// A peer connection failed.
+    PeerFailed,
+    /// A bug or resource problem on the server.
+    Internal,
+}
+
+/// An error answered to a signaling request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SignalError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl SignalError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_messages_and_defaults() {
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"join"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                auto_subscribe: true
+            }
+        );
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"subscribe","tracks":["TR_1"],"extra":1}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Subscribe {
+                tracks: vec!["TR_1".into()]
+            }
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"fly"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"publish"}"#).is_err());
+    }
+
+    #[test]
+    fn server_messages_are_tagged() {
+        let s = serde_json::to_string(&ServerMessage::Error {
+            code: ErrorCode::InvalidSdp,
+            message: "bad".into(),
+            request: Some("publish".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"error","code":"invalid_sdp","message":"bad","request":"publish"}"#
+        );
+    }
+}

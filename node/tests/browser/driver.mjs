@@ -1,0 +1,86 @@
+// Opens pages in headless Chromium (fake camera and microphone) and reports, once a second,
+// one JSON line with each page's state and media statistics. The Rust tests read these lines.
+//
+// usage: node driver.mjs '{"pages":[{"name":"pub","url":"http://..."}],"seconds":60}'
+// stdin: JSON lines {"open":{"name":..,"url":..}}, {"eval":{"name":..,"js":..}} or
+// {"close":"name"}; EOF ends the run.
+
+import { chromium } from "playwright-core";
+import readline from "node:readline";
+
+const spec = JSON.parse(process.argv[2]);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+  ],
+});
+const context = await browser.newContext();
+const pages = new Map();
+
+async function open(name, url) {
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (process.env.DRIVER_VERBOSE) process.stderr.write(`[${name}] ${m.text()}\n`);
+  });
+  page.on("pageerror", (e) => process.stderr.write(`[${name}] page error: ${e}\n`));
+  pages.set(name, page);
+  await page.goto(url);
+}
+
+async function sample(page) {
+  try {
+    return await page.evaluate(async () => {
+      const stats = window.sfuStats ? await window.sfuStats() : null;
+      const state = window.sfu ? window.sfu.state : window.session ? window.session.state : "unknown";
+      const errors = window.sfu ? window.sfu.errors : window.session && window.session.error ? [window.session.error] : [];
+      return { state, errors, stats };
+    });
+  } catch (e) {
+    return { state: "unreachable", errors: [String(e)], stats: null };
+  }
+}
+
+for (const p of spec.pages) await open(p.name, p.url);
+
+let done = false;
+const rl = readline.createInterface({ input: process.stdin });
+rl.on("line", async (line) => {
+  try {
+    const cmd = JSON.parse(line);
+    if (cmd.open) await open(cmd.open.name, cmd.open.url);
+    if (cmd.eval) {
+      const page = pages.get(cmd.eval.name);
+      if (page) await page.evaluate(cmd.eval.js);
+    }
+    if (cmd.close) {
+      const page = pages.get(cmd.close);
+      pages.delete(cmd.close);
+      if (page) await page.close();
+    }
+  } catch (e) {
+    process.stderr.write(`driver: bad command ${line}: ${e}\n`);
+  }
+});
+rl.on("close", () => {
+  done = true;
+});
+
+const started = Date.now();
+while (!done && Date.now() - started < (spec.seconds || 120) * 1000) {
+  await new Promise((r) => setTimeout(r, 1000));
+  const out = { t: (Date.now() - started) / 1000, pages: {} };
+  for (const [name, page] of pages) out.pages[name] = await sample(page);
+  process.stdout.write(JSON.stringify(out) + "\n");
+}
+await browser.close();

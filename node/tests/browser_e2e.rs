@@ -1,0 +1,106 @@
+//! End to end in real headless Chromium: publishing and playing over the WebSocket protocol and
+//! over WHIP/WHEP, with the node running in-process on loopback.
+
+mod common;
+
+use common::{Browser, browser_lock, expect_media, start_node, stat};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
+    let _guard = browser_lock().await;
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let room = "ws-e2e";
+    let mut pages = vec![(
+        "pub",
+        format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
+    )];
+    for i in 1..=3 {
+        pages.push((
+            ["sub1", "sub2", "sub3"][i - 1],
+            format!("{base}/?room={room}&identity=viewer{i}&autojoin=1&publish=0"),
+        ));
+    }
+    let mut browser = Browser::launch(&pages).await;
+    let last = expect_media(&mut browser, &["sub1", "sub2", "sub3"], 60.0, LIMIT).await;
+    for sub in ["sub1", "sub2", "sub3"] {
+        assert_eq!(
+            stat(&last, sub, "videoTracks"),
+            1.0,
+            "one simulcast layer reaches the subscriber as one stream: {last:#}"
+        );
+        assert!(
+            last["pages"][sub]["errors"].as_array().unwrap().is_empty(),
+            "{last:#}"
+        );
+    }
+    browser.stop().await;
+
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("sfu_packets_out_total"), "{metrics}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publisher_reaches_whep_players_with_h264() {
+    let _guard = browser_lock().await;
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let room = "whip-e2e";
+    let mut browser = Browser::launch(&[(
+        "whip",
+        format!("{base}/whip.html?room={room}&identity=obs&codec=h264"),
+    )])
+    .await;
+    // Players that ask for the publisher by identity, and one that takes the default source.
+    browser
+        .open(
+            "whep1",
+            &format!("{base}/whep.html?room={room}&participant=obs"),
+        )
+        .await;
+    browser
+        .open(
+            "whep2",
+            &format!("{base}/whep.html?room={room}&participant=obs"),
+        )
+        .await;
+    browser
+        .open("whep3", &format!("{base}/whep.html?room={room}"))
+        .await;
+    expect_media(&mut browser, &["whep1", "whep2", "whep3"], 60.0, LIMIT).await;
+
+    // Ending the publisher's session (DELETE on its Location) unpublishes its tracks; the
+    // players stay connected, waiting for a source.
+    assert_eq!(node.media.snapshot().await.tracks, 2);
+    browser.eval("whip", "window.stopSession()").await;
+    let (gone, last) = browser
+        .until(Duration::from_secs(20), |s| {
+            common::state(s, "whip") == "stopped"
+        })
+        .await;
+    assert!(gone, "{last:#}");
+    let mut tracks = usize::MAX;
+    for _ in 0..50 {
+        tracks = node.media.snapshot().await.tracks;
+        if tracks == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tracks, 0, "the WHIP session's tracks are unpublished");
+    let after = browser.sample().await;
+    for p in ["whep1", "whep2", "whep3"] {
+        assert_eq!(common::state(&after, p), "connected", "{after:#}");
+    }
+    browser.stop().await;
+    node.stop().await;
+}

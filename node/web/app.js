@@ -1,0 +1,227 @@
+// Demo client for the SFU's WebSocket signaling protocol (docs/signaling.md).
+//
+// Two peer connections, as the protocol prescribes: one we offer on to publish, one the
+// server offers on to send us everyone else's tracks. Query parameters let tests drive the
+// page: ?room=R&identity=I&autojoin=1&publish=0|1&simulcast=0|1&token=T&codec=vp8|h264
+
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+
+// State the tests read (window.sfu).
+const sfu = {
+  state: "idle",
+  errors: [],
+  participants: new Map(), // sid -> {identity, tile, stream}
+  sections: new Map(), // mid -> {track, participant}
+  pub: null,
+  sub: null,
+  ws: null,
+  self: null,
+};
+window.sfu = sfu;
+
+function log(msg) {
+  const line = `${new Date().toISOString().slice(11, 23)} ${msg}`;
+  console.log(line);
+  const el = $("log");
+  if (el) {
+    el.textContent = (line + "\n" + el.textContent).slice(0, 4000);
+  }
+}
+
+function setState(s) {
+  sfu.state = s;
+  $("status").textContent = s;
+}
+
+async function getToken(room, identity, publish) {
+  if (params.get("token")) return params.get("token");
+  const q = new URLSearchParams({ room, identity, publish: String(publish), subscribe: "true" });
+  const r = await fetch(`/dev/token?${q}`);
+  if (!r.ok) throw new Error(`no token: ${(await r.json()).detail}`);
+  return (await r.json()).token;
+}
+
+function send(msg) {
+  sfu.ws.send(JSON.stringify(msg));
+}
+
+function tileFor(sid, label) {
+  let p = sfu.participants.get(sid);
+  if (!p) {
+    p = { identity: label, stream: new MediaStream(), tile: null };
+    sfu.participants.set(sid, p);
+  }
+  if (!p.tile) {
+    const tile = document.createElement("div");
+    tile.className = "tile";
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    video.srcObject = p.stream;
+    const name = document.createElement("span");
+    name.textContent = label;
+    tile.append(video, name);
+    $("grid").append(tile);
+    p.tile = tile;
+  }
+  return p;
+}
+
+function removeTile(sid) {
+  const p = sfu.participants.get(sid);
+  if (p && p.tile) p.tile.remove();
+  sfu.participants.delete(sid);
+}
+
+async function publish(simulcast, codec) {
+  const media = await navigator.mediaDevices.getUserMedia({
+    audio: true,
+    video: { width: 640, height: 480, frameRate: 30 },
+  });
+  const self = tileFor("self", "me");
+  self.tile.querySelector("video").muted = true;
+  media.getTracks().forEach((t) => self.stream.addTrack(t));
+
+  const pc = new RTCPeerConnection();
+  sfu.pub = pc;
+  for (const track of media.getTracks()) {
+    const init = { direction: "sendonly", streams: [media] };
+    if (track.kind === "video" && simulcast) {
+      init.sendEncodings = [
+        { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+        { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+        { rid: "f", maxBitrate: 1_500_000 },
+      ];
+    }
+    const tr = pc.addTransceiver(track, init);
+    if (track.kind === "video" && codec && tr.setCodecPreferences) {
+      const caps = RTCRtpSender.getCapabilities("video").codecs;
+      const wanted = caps.filter((c) => c.mimeType.toLowerCase() === `video/${codec}`);
+      const rest = caps.filter((c) => c.mimeType.toLowerCase() !== `video/${codec}`);
+      if (wanted.length) tr.setCodecPreferences([...wanted, ...rest]);
+    }
+  }
+  pc.onconnectionstatechange = () => log(`publisher ${pc.connectionState}`);
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  send({ type: "publish", sdp: pc.localDescription.sdp });
+}
+
+async function onOffer(msg) {
+  if (!sfu.sub) {
+    const pc = new RTCPeerConnection();
+    sfu.sub = pc;
+    pc.onconnectionstatechange = () => log(`subscriber ${pc.connectionState}`);
+    pc.ontrack = (ev) => {
+      const section = sfu.sections.get(ev.transceiver.mid);
+      const sid = section ? section.participant : "unknown";
+      const known = sfu.participants.get(sid);
+      const p = tileFor(sid, known ? known.identity : sid);
+      p.stream.getTracks()
+        .filter((t) => t.kind === ev.track.kind)
+        .forEach((t) => p.stream.removeTrack(t));
+      p.stream.addTrack(ev.track);
+      log(`receiving ${ev.track.kind} of ${p.identity}`);
+    };
+  }
+  for (const s of msg.tracks) sfu.sections.set(s.mid, s);
+  await sfu.sub.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+  const answer = await sfu.sub.createAnswer();
+  await sfu.sub.setLocalDescription(answer);
+  send({ type: "answer", sdp: sfu.sub.localDescription.sdp });
+}
+
+async function join(room, identity, withMedia) {
+  setState("connecting");
+  const token = await getToken(room, identity, withMedia);
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/rtc?access_token=${encodeURIComponent(token)}`);
+  sfu.ws = ws;
+  ws.onopen = () => send({ type: "join" });
+  ws.onclose = () => setState(sfu.state === "left" ? "left" : "disconnected");
+  ws.onmessage = async (ev) => {
+    const msg = JSON.parse(ev.data);
+    try {
+      switch (msg.type) {
+        case "joined":
+          sfu.self = msg.participant;
+          for (const p of msg.participants) sfu.participants.set(p.sid, { identity: p.identity, stream: new MediaStream(), tile: null });
+          setState("joined");
+          log(`joined ${msg.room} as ${msg.participant.identity} with ${msg.participants.length} others`);
+          if (withMedia) await publish(params.get("simulcast") !== "0", params.get("codec"));
+          break;
+        case "publish_answer":
+          await sfu.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+          setState("publishing");
+          break;
+        case "offer":
+          await onOffer(msg);
+          break;
+        case "participant_joined":
+          sfu.participants.set(msg.participant.sid, { identity: msg.participant.identity, stream: new MediaStream(), tile: null });
+          log(`${msg.participant.identity} joined`);
+          break;
+        case "participant_left":
+          log(`${(sfu.participants.get(msg.participant) || {}).identity || msg.participant} left`);
+          removeTile(msg.participant);
+          break;
+        case "track_published":
+          log(`${msg.track.kind} track ${msg.track.sid} published`);
+          break;
+        case "track_unpublished":
+          break;
+        case "error":
+          sfu.errors.push(msg);
+          log(`error ${msg.code}: ${msg.message}`);
+          break;
+        case "left":
+          setState("left");
+          log(`left: ${msg.reason}`);
+          break;
+      }
+    } catch (e) {
+      sfu.errors.push({ code: "client", message: String(e) });
+      log(`client error: ${e}`);
+    }
+  };
+}
+
+// Sums inbound media statistics of the subscriber connection (used by the tests).
+window.sfuStats = async function () {
+  const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, packetsLost: 0, videoTracks: 0 };
+  for (const pc of [sfu.sub]) {
+    if (!pc) continue;
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      out.packetsLost += s.packetsLost || 0;
+      if (s.kind === "video") {
+        out.videoTracks += 1;
+        out.framesDecoded += s.framesDecoded || 0;
+        out.videoPacketsReceived += s.packetsReceived || 0;
+      } else if (s.kind === "audio") {
+        out.audioPacketsReceived += s.packetsReceived || 0;
+      }
+    });
+  }
+  return out;
+};
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("room").value = params.get("room") || "demo";
+  $("identity").value = params.get("identity") || `guest-${Math.floor(Math.random() * 10000)}`;
+  const start = (withMedia) => {
+    $("controls").hidden = true;
+    join($("room").value, $("identity").value, withMedia).catch((e) => {
+      setState("failed");
+      sfu.errors.push({ code: "client", message: String(e) });
+      log(String(e));
+    });
+  };
+  $("join").onclick = () => start(true);
+  $("view").onclick = () => start(false);
+  if (params.get("autojoin") === "1") start(params.get("publish") !== "0");
+});
