@@ -165,9 +165,6 @@ impl Config {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.rtc.udp_port == 0 && self.worker_count() > 1 {
-            // Ephemeral ports are fine (tests use them) but each worker then picks its own.
-        }
         if let Some((k, _)) = self.keys.iter().find(|(k, s)| k.is_empty() || s.len() < 6) {
             bail!("API key {k:?}: keys must be non-empty and secrets at least 6 characters long");
         }
@@ -224,8 +221,10 @@ mod tests {
         let k = parse_keys("a:secret1, b:secret2").unwrap();
         assert_eq!(k.len(), 2);
         assert!(parse_keys("nocolon").is_err());
-        let mut c = Config::default();
-        c.keys = parse_keys("a:short").unwrap();
+        let c = Config {
+            keys: parse_keys("a:short").unwrap(),
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
     }
 }

@@ -230,12 +230,12 @@ impl LocalRoom {
                         keyframes.extend(subscription(pli.media_ssrc));
                     } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
                         keyframes.extend(fir.fir.iter().filter_map(|e| subscription(e.ssrc)));
-                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                        if let Some(sub) = subscription(nack.media_ssrc) {
-                            let lost: Vec<u16> =
-                                nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
-                            nacks.push((sub, lost));
-                        }
+                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>()
+                        && let Some(sub) = subscription(nack.media_ssrc)
+                    {
+                        let lost: Vec<u16> =
+                            nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
+                        nacks.push((sub, lost));
                     }
                 }
                 for sub in keyframes {

@@ -17,8 +17,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// Starts a development-mode node on loopback with ephemeral ports.
 pub async fn start_node() -> Server {
     let _ = tracing_subscriber_init();
-    let mut config = Config::default();
-    config.http_bind = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
     config.rtc.udp_port = 0;
     config.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
     config.rtc.workers = 2;

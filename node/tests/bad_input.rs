@@ -1,0 +1,432 @@
+//! Bad input gets a precise answer and harms nothing: while a Chromium publisher and
+//! subscriber stream in one room, this test throws malformed SDP, bad tokens, bad JSON and
+//! garbage UDP at the node, checks each answer, and checks that the other room's subscriber kept
+//! decoding video every second throughout.
+
+mod common;
+
+use common::{Browser, browser_lock, expect_media, start_node, stat, token, token_for};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use sfu_node::auth::join_claims;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A syntactically valid offer from webrtc-rs (a second peer connection, acting as a client).
+fn client_offer() -> String {
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::RTCPeerConnectionBuilder;
+    use rtc::peer_connection::configuration::media_engine::MediaEngine;
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().unwrap();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .build(std::time::Instant::now())
+        .unwrap();
+    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+        .into_iter()
+        .enumerate()
+    {
+        pc.add_track(MediaStreamTrack::new(
+            "s".into(),
+            format!("t{i}"),
+            format!("t{i}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(1000 + i as u32),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+        ))
+        .unwrap();
+    }
+    let offer = pc.create_offer(None).unwrap();
+    pc.set_local_description(std::time::Instant::now(), offer)
+        .unwrap();
+    pc.local_description().unwrap().sdp
+}
+
+async fn post_sdp(
+    base: &str,
+    path: &str,
+    bearer: Option<&str>,
+    ctype: &str,
+    body: String,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", ctype)
+        .body(body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let is_problem = r.headers().get("content-type").is_some_and(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .starts_with("application/problem+json")
+    });
+    let body = r.text().await.unwrap();
+    let json = if is_problem {
+        serde_json::from_str(&body).unwrap()
+    } else {
+        Value::String(body)
+    };
+    (status, json)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(addr: SocketAddr, token: Option<&str>) -> Result<Ws, u16> {
+    let url = match token {
+        Some(t) => format!("ws://{addr}/rtc?access_token={t}"),
+        None => format!("ws://{addr}/rtc"),
+    };
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("unexpected WebSocket error: {e}"),
+    }
+}
+
+async fn ws_request(ws: &mut Ws, text: String) -> Value {
+    ws.send(Message::Text(text.into())).await.unwrap();
+    ws_next(ws).await
+}
+
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s")
+            .expect("connection open")
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn assert_error(v: &Value, code: &str) {
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(!v["message"].as_str().unwrap_or("").is_empty(), "{v}");
+}
+
+/// Every kind of bad input, each checked against its expected answer.
+async fn attack(base: String, addr: SocketAddr, udp: Vec<SocketAddr>) {
+    let room = "victim";
+    let offer = client_offer();
+    let good = token("mallory", room, true, true);
+    let whip = format!("/whip/{room}");
+
+    // Malformed SDP, over WHIP and WHEP.
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&good),
+        "application/sdp",
+        "v=0\r\nthis is not sdp".into(),
+    )
+    .await;
+    assert_eq!((s, p["type"].as_str()), (400, Some("invalid_sdp")), "{p}");
+    let (s, p) = post_sdp(
+        &base,
+        &format!("/whep/{room}"),
+        Some(&good),
+        "application/sdp",
+        "garbage".into(),
+    )
+    .await;
+    assert_eq!((s, p["type"].as_str()), (400, Some("invalid_sdp")), "{p}");
+    // Wrong content type, oversized body.
+    let (s, _) = post_sdp(&base, &whip, Some(&good), "text/plain", offer.clone()).await;
+    assert_eq!(s, 415);
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&good),
+        "application/sdp",
+        "a".repeat(200_000),
+    )
+    .await;
+    assert_eq!((s, p["type"].as_str()), (413, Some("too_large")), "{p}");
+
+    // Tokens: missing, expired, forged, for another room, without canPublish.
+    let (s, p) = post_sdp(&base, &whip, None, "application/sdp", offer.clone()).await;
+    assert_eq!(
+        (s, p["detail"].as_str()),
+        (401, Some("missing access token")),
+        "{p}"
+    );
+    let mut expired = join_claims(
+        "devkey",
+        "mallory",
+        room,
+        true,
+        true,
+        Duration::from_secs(60),
+    );
+    expired.exp = 1_000_000;
+    let expired = token_for(&expired, "secret");
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&expired),
+        "application/sdp",
+        offer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["detail"].as_str()),
+        (401, Some("token expired")),
+        "{p}"
+    );
+    let forged = token_for(
+        &join_claims(
+            "devkey",
+            "mallory",
+            room,
+            true,
+            true,
+            Duration::from_secs(60),
+        ),
+        "not-the-secret",
+    );
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&forged),
+        "application/sdp",
+        offer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["detail"].as_str()),
+        (401, Some("invalid token signature")),
+        "{p}"
+    );
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some("abc.def.ghi"),
+        "application/sdp",
+        offer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["detail"].as_str()),
+        (401, Some("malformed access token")),
+        "{p}"
+    );
+    let other_room = token("mallory", "canary", true, true);
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&other_room),
+        "application/sdp",
+        offer.clone(),
+    )
+    .await;
+    assert_eq!(
+        (s, p["detail"].as_str()),
+        (403, Some("token is for another room")),
+        "{p}"
+    );
+    let viewer = token("mallory", room, false, true);
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&viewer),
+        "application/sdp",
+        offer.clone(),
+    )
+    .await;
+    assert_eq!((s, p["type"].as_str()), (403, Some("forbidden")), "{p}");
+
+    // The same over the WebSocket: refused before the upgrade.
+    assert_eq!(ws_connect(addr, None).await.err(), Some(401));
+    assert_eq!(ws_connect(addr, Some(&expired)).await.err(), Some(401));
+    assert_eq!(ws_connect(addr, Some(&forged)).await.err(), Some(401));
+    let canary_intruder = token("mallory", "canary", true, true);
+    let wrong_room_claims = {
+        let mut c = join_claims(
+            "devkey",
+            "mallory",
+            "canary",
+            true,
+            true,
+            Duration::from_secs(60),
+        );
+        c.video.room_join = false;
+        c
+    };
+    assert_eq!(
+        ws_connect(addr, Some(&token_for(&wrong_room_claims, "secret")))
+            .await
+            .err(),
+        Some(403)
+    );
+    drop(canary_intruder);
+
+    // A viewer token may join but not publish.
+    let mut ws = ws_connect(addr, Some(&viewer)).await.unwrap();
+    let v = ws_request(
+        &mut ws,
+        serde_json::json!({"type": "publish", "sdp": offer}).to_string(),
+    )
+    .await;
+    assert_error(&v, "invalid_state");
+    let v = ws_request(&mut ws, r#"{"type":"join"}"#.into()).await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let v = ws_request(
+        &mut ws,
+        serde_json::json!({"type": "publish", "sdp": offer}).to_string(),
+    )
+    .await;
+    assert_error(&v, "forbidden");
+    // Malformed and oversized JSON, unknown messages, bad references.
+    let v = ws_request(&mut ws, "{not json".into()).await;
+    assert_error(&v, "bad_request");
+    let v = ws_request(&mut ws, r#"{"type":"launch_missiles"}"#.into()).await;
+    assert_error(&v, "bad_request");
+    let v = ws_request(
+        &mut ws,
+        format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(100_000)),
+    )
+    .await;
+    assert_error(&v, "too_large");
+    let v = ws_request(
+        &mut ws,
+        r#"{"type":"subscribe","tracks":["TR_0000000000000001"]}"#.into(),
+    )
+    .await;
+    assert_error(&v, "not_found");
+    let v = ws_request(
+        &mut ws,
+        r#"{"type":"subscribe","tracks":["nonsense"]}"#.into(),
+    )
+    .await;
+    assert_error(&v, "bad_request");
+    let v = ws_request(&mut ws, r#"{"type":"answer","sdp":"v=0"}"#.into()).await;
+    assert_error(&v, "invalid_state");
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_error(&ws_next(&mut ws).await, "bad_request");
+    // The session still works after all that.
+    let v = ws_request(&mut ws, r#"{"type":"ping","id":8}"#.into()).await;
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_u64()),
+        (Some("pong"), Some(8)),
+        "{v}"
+    );
+    // A publisher over the WebSocket with malformed SDP.
+    let mut ws2 = ws_connect(addr, Some(&good)).await.unwrap();
+    let v = ws_request(&mut ws2, r#"{"type":"join"}"#.into()).await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let v = ws_request(
+        &mut ws2,
+        r#"{"type":"publish","sdp":"v=0\r\nm=video"}"#.into(),
+    )
+    .await;
+    assert_error(&v, "invalid_sdp");
+
+    // Garbage UDP at every worker socket: random bytes, fake STUN, RTP and DTLS from unknown
+    // addresses, and empty datagrams.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[9; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+    stun.extend_from_slice(b"nope:abc");
+    let mut junk: Vec<Vec<u8>> = vec![
+        stun,
+        vec![],
+        vec![0x80; 40],
+        vec![22; 100],
+        vec![0xff; 1500],
+    ];
+    for i in 0..200u32 {
+        junk.push(
+            (0..(i % 300) as usize)
+                .map(|j| (j as u32 * 31 + i * 17) as u8)
+                .collect(),
+        );
+    }
+    for target in &udp {
+        for d in &junk {
+            socket.send_to(d, target).await.unwrap();
+        }
+    }
+    drop(ws);
+    drop(ws2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_no_other_room_is_harmed() {
+    let _guard = browser_lock().await;
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let mut browser = Browser::launch(&[
+        (
+            "pub",
+            format!("{base}/?room=canary&identity=alice&autojoin=1&publish=1&simulcast=0"),
+        ),
+        (
+            "sub",
+            format!("{base}/?room=canary&identity=bob&autojoin=1&publish=0"),
+        ),
+    ])
+    .await;
+    expect_media(&mut browser, &["sub"], 30.0, Duration::from_secs(60)).await;
+
+    let udp = node.media.udp_addrs().to_vec();
+    let attack = tokio::spawn(attack(base.clone(), node.http_addr, udp));
+    let mut last = stat(&browser.sample().await, "sub", "framesDecoded");
+    let mut seconds = 0;
+    while !attack.is_finished() || seconds < 4 {
+        let s = browser.sample().await;
+        let now = stat(&s, "sub", "framesDecoded");
+        assert!(
+            now > last,
+            "the canary subscriber stalled during the attack: {s:#}"
+        );
+        assert_eq!(common::state(&s, "sub"), "joined", "{s:#}");
+        last = now;
+        seconds += 1;
+        assert!(seconds < 60, "attack did not finish");
+    }
+    attack
+        .await
+        .expect("every bad input got its expected answer");
+
+    // Garbage datagrams are counted as drops.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = |reason: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("sfu_dropped_packets_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(dropped("unknown_source") > 0.0, "{metrics}");
+    assert!(dropped("unknown_ufrag") > 0.0, "{metrics}");
+    browser.stop().await;
+    node.stop().await;
+}

@@ -1,0 +1,243 @@
+//! WHIP/WHEP at the HTTP level (RFC 9725): status codes, headers, CORS, trickle PATCH and
+//! DELETE. The offers come from webrtc-rs acting as a client.
+
+mod common;
+
+use common::{start_node, token};
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use std::time::Instant;
+
+fn offer(send: bool) -> String {
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().unwrap();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .build(Instant::now())
+        .unwrap();
+    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+        .into_iter()
+        .enumerate()
+    {
+        if send {
+            pc.add_track(rtc::media_stream::MediaStreamTrack::new(
+                "s".into(),
+                format!("t{i}"),
+                format!("t{i}"),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(7 + i as u32),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+            ))
+            .unwrap();
+        } else {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .unwrap();
+        }
+    }
+    let o = pc.create_offer(None).unwrap();
+    pc.set_local_description(Instant::now(), o).unwrap();
+    pc.local_description().unwrap().sdp
+}
+
+fn ufrag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("an ice-ufrag line")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn whip_and_whep_sessions_follow_rfc_9725() {
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let http = reqwest::Client::new();
+    let room = "whip http";
+    let path = "whip%20http";
+
+    for (endpoint, send) in [("whip", true), ("whep", false)] {
+        let offer = offer(send);
+        let r = http
+            .post(format!("{base}/{endpoint}/{path}"))
+            .header("content-type", "application/sdp")
+            .header("origin", "https://player.example")
+            .bearer_auth(token(&format!("{endpoint}-client"), room, true, true))
+            .body(offer.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{endpoint}: {:?}", r.text().await);
+        let h = r.headers().clone();
+        assert_eq!(h["content-type"], "application/sdp");
+        assert_eq!(h["accept-patch"], "application/trickle-ice-sdpfrag");
+        assert_eq!(h["access-control-allow-origin"], "*");
+        let exposed = h["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            exposed.contains("location") && exposed.contains("etag"),
+            "{exposed}"
+        );
+        let location = h["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with(&format!("/{endpoint}/{path}/")),
+            "{location}"
+        );
+        let etag = h["etag"].to_str().unwrap().to_owned();
+        let answer = r.text().await.unwrap();
+        assert!(answer.starts_with("v=0"), "{answer}");
+        assert!(
+            answer.contains("a=ice-lite"),
+            "the node is an ICE-lite endpoint: {answer}"
+        );
+        assert!(answer.contains("a=candidate:"), "{answer}");
+        let session = format!("{base}{location}");
+
+        // Trickle: wrong type, stale ETag, ICE restart, then a good fragment.
+        let frag = |ufrag: &str| {
+            format!(
+                "a=ice-ufrag:{ufrag}\r\na=ice-pwd:0123456789012345678901\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n"
+            )
+        };
+        let patch = |ctype: &'static str, if_match: &str, body: String| {
+            http.patch(&session)
+                .header("content-type", ctype)
+                .header("if-match", if_match)
+                .body(body)
+                .send()
+        };
+        let client_ufrag = ufrag(&offer);
+        assert_eq!(
+            patch("text/plain", "*", frag(&client_ufrag))
+                .await
+                .unwrap()
+                .status(),
+            415
+        );
+        assert_eq!(
+            patch(
+                "application/trickle-ice-sdpfrag",
+                "\"stale\"",
+                frag(&client_ufrag)
+            )
+            .await
+            .unwrap()
+            .status(),
+            412
+        );
+        assert_eq!(
+            patch("application/trickle-ice-sdpfrag", &etag, frag("restarted"))
+                .await
+                .unwrap()
+                .status(),
+            422
+        );
+        assert_eq!(
+            patch(
+                "application/trickle-ice-sdpfrag",
+                &etag,
+                frag(&client_ufrag)
+            )
+            .await
+            .unwrap()
+            .status(),
+            204
+        );
+
+        // CORS preflight for the session URL.
+        let pre = http
+            .request(reqwest::Method::OPTIONS, &session)
+            .header("origin", "https://player.example")
+            .header("access-control-request-method", "DELETE")
+            .send()
+            .await
+            .unwrap();
+        assert!(pre.status().is_success());
+        assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+
+        // DELETE ends it; a second DELETE and a PATCH find nothing.
+        assert_eq!(http.delete(&session).send().await.unwrap().status(), 200);
+        assert_eq!(http.delete(&session).send().await.unwrap().status(), 404);
+        assert_eq!(
+            patch("application/trickle-ice-sdpfrag", "*", frag(&client_ufrag))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+    let snapshot = node.media.snapshot().await;
+    assert_eq!(
+        (snapshot.participants, snapshot.peers, snapshot.tracks),
+        (0, 0, 0)
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_sent_to_a_live_peer_is_dropped() {
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/whip/junk"))
+        .header("content-type", "application/sdp")
+        .bearer_auth(token("target", "junk", true, true))
+        .body(offer(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let answer = r.text().await.unwrap();
+    let server_ufrag = ufrag(&answer);
+    // A STUN request naming the live peer (no valid integrity), then junk from the same
+    // address, which the worker now routes to that peer connection.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let username = format!("{server_ufrag}:evil");
+    let mut stun = vec![0x00, 0x01];
+    let attr_len = username.len().div_ceil(4) * 4;
+    stun.extend_from_slice(&((4 + attr_len) as u16).to_be_bytes());
+    stun.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    stun.extend_from_slice(&[3; 12]);
+    stun.extend_from_slice(&[0x00, 0x06]);
+    stun.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    stun.extend_from_slice(username.as_bytes());
+    stun.resize(20 + 4 + attr_len, 0);
+    for target in node.media.udp_addrs() {
+        socket.send_to(&stun, target).await.unwrap();
+        for i in 0..300u32 {
+            let first = [0u8, 22, 128, 144, 200][i as usize % 5];
+            let mut d: Vec<u8> = (0..(i % 700 + 1)).map(|j| (j * 7 + i) as u8).collect();
+            d[0] = first;
+            socket.send_to(&d, target).await.unwrap();
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The node is alive and the session still exists.
+    let snapshot = node.media.snapshot().await;
+    assert_eq!((snapshot.participants, snapshot.tracks), (1, 2));
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    node.stop().await;
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. On a fresh Debian machine it first installs what the tests
+# use: Chromium (end-to-end tests), protoc (etcd/gRPC code generation), etcd (cluster tests),
+# Node.js and playwright-core (to drive Chromium). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d node/tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
+fi
+
+cargo test --workspace --locked "$@"
