@@ -119,6 +119,19 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
+    /// Development mode on 127.0.0.1 with ephemeral HTTP and UDP ports and two media workers:
+    /// what tests and local tools start in-process.
+    pub fn loopback() -> Self {
+        let mut c = Config {
+            http_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ..Default::default()
+        };
+        c.rtc.udp_port = 0;
+        c.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        c.rtc.workers = 2;
+        c
+    }
+
     /// Whether no API keys were configured, so the development key is in use.
     pub fn is_dev(&self) -> bool {
         self.keys.is_empty()

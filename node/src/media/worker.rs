@@ -23,6 +23,10 @@ use tokio::sync::mpsc;
 
 /// How often a worker adds its counters to the metrics.
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
+/// Receive batches handled before the send queue is flushed and timers and commands get a
+/// turn. Bounds the send queue (and latency) when datagrams arrive faster than they can be
+/// forwarded: the excess then waits in (and overflows from) the kernel's receive buffer.
+const BATCHES_PER_TURN: usize = 4;
 
 /// Settings of the media workers.
 #[derive(Clone, Debug)]
@@ -145,13 +149,14 @@ impl Worker {
         let mut batch = RecvBatch::new();
         let mut metrics_tick = tokio::time::interval(METRICS_PERIOD);
         loop {
+            // Due deadlines first, so that a busy socket cannot starve them.
+            self.handle_deadlines(Instant::now());
             let deadline = self
                 .deadlines
                 .peek()
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                biased;
                 ready = self.socket.readable() => {
                     if ready.is_ok() {
                         self.read_datagrams(&mut batch);
@@ -171,7 +176,7 @@ impl Worker {
     }
 
     fn read_datagrams(&mut self, batch: &mut RecvBatch) {
-        loop {
+        for _ in 0..BATCHES_PER_TURN {
             let n = match batch.recv(&self.socket) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -6,7 +6,6 @@
 use serde_json::Value;
 use sfu_node::auth::{Claims, join_claims, mint};
 use sfu_node::{Config, Server};
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -17,14 +16,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// Starts a development-mode node on loopback with ephemeral ports.
 pub async fn start_node() -> Server {
     let _ = tracing_subscriber_init();
-    let mut config = Config {
-        http_bind: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.rtc.udp_port = 0;
-    config.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    config.rtc.workers = 2;
-    Server::start(config).await.expect("node starts")
+    Server::start(Config::loopback())
+        .await
+        .expect("node starts")
 }
 
 fn tracing_subscriber_init() -> Option<()> {

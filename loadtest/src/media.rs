@@ -1,0 +1,185 @@
+//! Synthetic media with realistic packet sizes and timing, and send timestamps inside.
+//!
+//! Video looks like VP8 to an SFU: every frame starts with a payload descriptor whose S bit is
+//! set and a payload header whose P bit says whether it is a key frame, so keyframe detection
+//! and layer switching work; the rest is filler. Every packet carries the time it was sent
+//! (microseconds since a process-wide epoch) and its frame number, so a receiver in the same
+//! process measures end-to-end latency without clock synchronisation.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Bytes of RTP payload per packet at most (leaves room for headers and SRTP under 1,200).
+pub const MAX_PAYLOAD: usize = 1_100;
+/// Bytes after the codec descriptor: send time (8) and frame number (4).
+const STAMP: usize = 12;
+
+/// The instant all send timestamps count from.
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn micros_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64
+}
+
+/// One packet to send: payload, marker bit and RTP timestamp.
+pub struct MediaPacket {
+    pub payload: Bytes,
+    pub marker: bool,
+    pub timestamp: u32,
+}
+
+/// What a video source looks like.
+#[derive(Clone, Copy, Debug)]
+pub struct VideoProfile {
+    pub bitrate_bps: u32,
+    pub fps: u32,
+    /// A key frame every this many frames.
+    pub keyframe_interval: u32,
+    /// Key frames are this many times larger than delta frames.
+    pub keyframe_factor: u32,
+}
+
+/// Generates VP8-like frames.
+pub struct VideoSource {
+    profile: VideoProfile,
+    frame: u32,
+    force_keyframe: bool,
+}
+
+impl VideoSource {
+    pub fn new(profile: VideoProfile) -> Self {
+        Self {
+            profile,
+            frame: 0,
+            force_keyframe: true,
+        }
+    }
+
+    pub fn frame_interval(&self) -> Duration {
+        Duration::from_secs(1) / self.profile.fps.max(1)
+    }
+
+    /// The next keyframe comes at once (a PLI arrived).
+    pub fn request_keyframe(&mut self) {
+        self.force_keyframe = true;
+    }
+
+    /// The packets of the next frame.
+    pub fn next_frame(&mut self, now: Instant) -> Vec<MediaPacket> {
+        let p = self.profile;
+        let key = self.force_keyframe || self.frame.is_multiple_of(p.keyframe_interval.max(1));
+        self.force_keyframe = false;
+        // Average frame size such that key frames plus delta frames average the bitrate.
+        let per_frame = (p.bitrate_bps / 8 / p.fps.max(1)) as usize;
+        let n = p.keyframe_interval.max(1) as usize;
+        let delta = per_frame * n / (n - 1 + p.keyframe_factor as usize);
+        let size = if key {
+            delta * p.keyframe_factor as usize
+        } else {
+            delta
+        }
+        .max(STAMP + 2);
+        let packets = size.div_ceil(MAX_PAYLOAD);
+        let timestamp = self.frame.wrapping_mul(90_000 / p.fps.max(1));
+        let stamp = micros_since_epoch(now);
+        let out = (0..packets)
+            .map(|i| {
+                let len = if i + 1 == packets {
+                    size - MAX_PAYLOAD * i
+                } else {
+                    MAX_PAYLOAD
+                };
+                let mut b = BytesMut::with_capacity(len.max(STAMP + 2));
+                // VP8 payload descriptor: S bit on the first packet of the frame.
+                b.put_u8(if i == 0 { 0x10 } else { 0x00 });
+                // VP8 payload header: P=0 for a key frame.
+                b.put_u8(if key { 0x00 } else { 0x01 });
+                b.put_u64(stamp);
+                b.put_u32(self.frame);
+                b.resize(len.max(STAMP + 2), 0xa5);
+                MediaPacket {
+                    payload: b.freeze(),
+                    marker: i + 1 == packets,
+                    timestamp,
+                }
+            })
+            .collect();
+        self.frame += 1;
+        out
+    }
+}
+
+/// Generates Opus-like packets (20 ms each).
+pub struct AudioSource {
+    bytes: usize,
+    seq: u32,
+}
+
+impl AudioSource {
+    pub fn new(bitrate_bps: u32) -> Self {
+        Self {
+            bytes: ((bitrate_bps / 8 / 50) as usize).max(STAMP + 1),
+            seq: 0,
+        }
+    }
+
+    pub const INTERVAL: Duration = Duration::from_millis(20);
+
+    pub fn next_packet(&mut self, now: Instant) -> MediaPacket {
+        let mut b = BytesMut::with_capacity(self.bytes);
+        b.put_u8(0xfc); // an Opus TOC byte
+        b.put_u64(micros_since_epoch(now));
+        b.put_u32(self.seq);
+        b.resize(self.bytes, 0x5a);
+        let timestamp = self.seq.wrapping_mul(960);
+        self.seq += 1;
+        MediaPacket {
+            payload: b.freeze(),
+            marker: false,
+            timestamp,
+        }
+    }
+}
+
+/// The send time embedded in a received payload (video offset 2, audio offset 1).
+pub fn sent_at(payload: &[u8], video: bool) -> Option<Instant> {
+    let off = if video { 2 } else { 1 };
+    let raw = payload.get(off..off + 8)?;
+    let micros = u64::from_be_bytes(raw.try_into().ok()?);
+    Some(epoch() + Duration::from_micros(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_averages_its_bitrate_and_marks_keyframes() {
+        let mut v = VideoSource::new(VideoProfile {
+            bitrate_bps: 1_500_000,
+            fps: 30,
+            keyframe_interval: 60,
+            keyframe_factor: 5,
+        });
+        let now = Instant::now();
+        let mut bytes = 0;
+        let mut keys = 0;
+        for _ in 0..300 {
+            let frame = v.next_frame(now);
+            assert!(frame.last().unwrap().marker);
+            assert_eq!(frame[0].payload[0], 0x10);
+            if frame[0].payload[1] == 0 {
+                keys += 1;
+            }
+            bytes += frame.iter().map(|p| p.payload.len()).sum::<usize>();
+        }
+        let bps = bytes * 8 / 10;
+        assert!((1_400_000..1_600_000).contains(&bps), "{bps}");
+        assert_eq!(keys, 5);
+        assert!(sent_at(&v.next_frame(now)[0].payload, true).is_some());
+    }
+}

@@ -1,0 +1,252 @@
+//! Receive-side measurements of one peer: per stream packets, loss, latency, jitter, freezes.
+//!
+//! Memory per peer stays small and fixed (a few KiB): latency goes into a logarithmic
+//! histogram rather than a list of samples, so thousands of peers can be measured for as long
+//! as a test runs.
+
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Buckets per factor of ten: about 3.7% relative resolution.
+const PER_DECADE: usize = 64;
+/// From 10 µs to 100 s.
+const DECADES: usize = 7;
+const MIN_MICROS: f64 = 10.0;
+
+/// A logarithmic histogram of durations.
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Box<[u32; PER_DECADE * DECADES + 1]>,
+    total: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: Box::new([0; PER_DECADE * DECADES + 1]),
+            total: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_secs_f64() * 1e6).max(MIN_MICROS);
+        let i = ((us / MIN_MICROS).log10() * PER_DECADE as f64) as usize;
+        self.counts[i.min(self.counts.len() - 1)] += 1;
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The value below which `q` (0..=1) of the samples fall.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let target = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += *c as u64;
+            if seen >= target {
+                // Upper edge of the bucket.
+                let us = MIN_MICROS * 10f64.powf((i + 1) as f64 / PER_DECADE as f64);
+                return Some(Duration::from_secs_f64(us / 1e6));
+            }
+        }
+        None
+    }
+}
+
+/// Measurements of one received RTP stream.
+#[derive(Clone, Default)]
+pub struct StreamStats {
+    highest: Option<u64>,
+    first: Option<u64>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub latency: Histogram,
+    /// RFC 3550 interarrival jitter, in seconds.
+    jitter: f64,
+    last_transit: Option<f64>,
+    clock_rate: f64,
+    pub first_packet_at: Option<Instant>,
+    last_frame_at: Option<Instant>,
+    pub freezes: u32,
+    pub frozen: Duration,
+}
+
+/// A gap between video frames longer than this is a freeze.
+pub const FREEZE: Duration = Duration::from_millis(500);
+
+impl StreamStats {
+    pub fn new(clock_rate: u32) -> Self {
+        Self {
+            clock_rate: clock_rate as f64,
+            ..Default::default()
+        }
+    }
+
+    /// Records one packet. `sent` is the embedded send time, if the payload had one.
+    pub fn on_packet(
+        &mut self,
+        now: Instant,
+        seq: u16,
+        rtp_time: u32,
+        bytes: usize,
+        frame_end: bool,
+        sent: Option<Instant>,
+    ) {
+        let ext = match self.highest {
+            None => (1u64 << 16) | seq as u64,
+            Some(h) => {
+                let base = h & !0xffff;
+                let c = base | seq as u64;
+                if c + 0x8000 < h {
+                    c + 0x10000
+                } else if c > h + 0x8000 && c >= 0x10000 {
+                    c - 0x10000
+                } else {
+                    c
+                }
+            }
+        };
+        self.first = Some(self.first.map_or(ext, |f| f.min(ext)));
+        self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+        self.packets += 1;
+        self.bytes += bytes as u64;
+        self.first_packet_at.get_or_insert(now);
+        if let Some(sent) = sent {
+            self.latency.record(now.saturating_duration_since(sent));
+        }
+        // Jitter from arrival times against RTP timestamps.
+        if self.clock_rate > 0.0 {
+            let arrival = now
+                .saturating_duration_since(crate::media::epoch())
+                .as_secs_f64();
+            let transit = arrival - rtp_time as f64 / self.clock_rate;
+            if let Some(last) = self.last_transit {
+                let d = (transit - last).abs();
+                if d < 10.0 {
+                    self.jitter += (d - self.jitter) / 16.0;
+                }
+            }
+            self.last_transit = Some(transit);
+        }
+        if frame_end {
+            if let Some(last) = self.last_frame_at {
+                let gap = now.saturating_duration_since(last);
+                if gap > FREEZE {
+                    self.freezes += 1;
+                    self.frozen += gap;
+                }
+            }
+            self.last_frame_at = Some(now);
+        }
+    }
+
+    /// Packets the sequence numbers say were sent.
+    pub fn expected(&self) -> u64 {
+        match (self.first, self.highest) {
+            (Some(f), Some(h)) => h - f + 1,
+            _ => 0,
+        }
+    }
+
+    /// Fraction of expected packets not received.
+    pub fn loss(&self) -> f64 {
+        let e = self.expected();
+        if e == 0 {
+            0.0
+        } else {
+            (e.saturating_sub(self.packets)) as f64 / e as f64
+        }
+    }
+
+    pub fn jitter(&self) -> Duration {
+        Duration::from_secs_f64(self.jitter)
+    }
+
+    /// Resets the counters that describe a measurement window, keeping sequence state.
+    pub fn start_window(&mut self) {
+        self.first = self.highest.map(|h| h + 1);
+        self.packets = 0;
+        self.bytes = 0;
+        self.latency = Histogram::default();
+        self.freezes = 0;
+        self.frozen = Duration::ZERO;
+    }
+}
+
+/// Summary percentiles over peers.
+#[derive(Debug, Serialize, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut values: Vec<f64>) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| values[((values.len() as f64 - 1.0) * q).round() as usize];
+        Some(Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let mut h = Histogram::default();
+        for ms in 1..=100 {
+            h.record(Duration::from_millis(ms));
+        }
+        let p50 = h.quantile(0.5).unwrap().as_secs_f64() * 1e3;
+        let p99 = h.quantile(0.99).unwrap().as_secs_f64() * 1e3;
+        assert!((49.0..53.0).contains(&p50), "{p50}");
+        assert!((98.0..104.0).contains(&p99), "{p99}");
+    }
+
+    #[test]
+    fn loss_counts_gaps_across_a_wrap() {
+        let mut s = StreamStats::new(90_000);
+        let now = Instant::now();
+        for seq in [65_534u16, 65_535, 1, 2] {
+            s.on_packet(now, seq, 0, 100, false, None);
+        }
+        assert_eq!(s.expected(), 5);
+        assert!((s.loss() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn freezes_are_gaps_between_frames() {
+        let mut s = StreamStats::new(90_000);
+        let t = Instant::now();
+        s.on_packet(t, 1, 0, 100, true, None);
+        s.on_packet(t + Duration::from_millis(100), 2, 0, 100, true, None);
+        s.on_packet(t + Duration::from_millis(800), 3, 0, 100, true, None);
+        assert_eq!(s.freezes, 1);
+        assert_eq!(s.frozen, Duration::from_millis(700));
+    }
+}
