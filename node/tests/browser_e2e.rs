@@ -101,6 +101,19 @@ async fn whip_publisher_reaches_whep_players_with_h264() {
     for p in ["whep1", "whep2", "whep3"] {
         assert_eq!(common::state(&after, p), "connected", "{after:#}");
     }
+
+    // A player that disappears without DELETE (its tab closes) does not stay in the room.
+    assert_eq!(node.media.snapshot().await.participants, 3);
+    browser.close_page("whep3").await;
+    let mut participants = usize::MAX;
+    for _ in 0..60 {
+        participants = node.media.snapshot().await.participants;
+        if participants == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(participants, 2, "the vanished player's session ends");
     browser.stop().await;
     node.stop().await;
 }

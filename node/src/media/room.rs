@@ -25,6 +25,10 @@ use tokio::sync::mpsc;
 
 /// A peer connection that has not connected after this long is given up.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connected peer that sent nothing for this long is gone. Browsers send ICE consent checks
+/// (RFC 7675) every few seconds and RTCP every second, so only a vanished peer is this quiet;
+/// webrtc-rs's ICE-lite agent does not time out on its own.
+pub(super) const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Period of the room's housekeeping (connection deadlines).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -144,6 +148,8 @@ pub(super) struct Peer {
     pub addrs: Vec<SocketAddr>,
     pub generation: u32,
     pub created_at: Instant,
+    /// When the last datagram from this peer arrived.
+    pub last_heard: Instant,
     pub connected: bool,
     pub timer: Option<Instant>,
     /// Publisher side, by webrtc-rs track id.
@@ -396,6 +402,7 @@ impl LocalRoom {
             addrs: Vec::new(),
             generation: self.next_generation,
             created_at: now,
+            last_heard: now,
             connected: false,
             timer: None,
             inbound: HashMap::new(),
@@ -508,22 +515,29 @@ impl LocalRoom {
         .min()
     }
 
-    /// Gives up on peer connections that never connected.
+    /// Gives up on peer connections that never connected or went silent.
     pub(super) fn housekeeping(&mut self, now: Instant, out: &mut SendQueue) {
         if now < self.next_housekeeping {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
-        let stale: Vec<usize> = self
+        let stale: Vec<(usize, &'static str)> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                !p.connected && now.saturating_duration_since(p.created_at) > CONNECT_TIMEOUT
+            .filter_map(|(k, p)| {
+                let age = now.saturating_duration_since(p.created_at);
+                let quiet = now.saturating_duration_since(p.last_heard);
+                if !p.connected && age > CONNECT_TIMEOUT {
+                    Some((k, "did not connect in time"))
+                } else if p.connected && quiet > SILENCE_TIMEOUT {
+                    Some((k, "went silent"))
+                } else {
+                    None
+                }
             })
-            .map(|(k, _)| k)
             .collect();
-        for key in stale {
-            self.on_peer_failed(now, key, "did not connect in time", out);
+        for (key, why) in stale {
+            self.on_peer_failed(now, key, why, out);
         }
     }
 }

@@ -50,6 +50,7 @@ impl LocalRoom {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
+        peer.last_heard = now;
         let input = TaggedBytesMut {
             now,
             transport: TransportContext {
