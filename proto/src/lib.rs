@@ -1,4 +1,11 @@
-//! Wire definitions shared between nodes (the relay link) and with the control plane.
+//! Wire definitions shared between nodes (the relay link) and, later, with the control plane.
 //!
-//! Empty until the relay link and the control-plane API exist; the `.proto` files and their
-//! generated code will live here.
+//! Generated from `proto/*.proto` by prost; see those files for the meaning of each message.
+
+/// The relay link's control-stream frames.
+pub mod relay {
+    include!(concat!(env!("OUT_DIR"), "/sfu.relay.v1.rs"));
+
+    /// Protocol version carried in [`Hello`]; links between different versions are refused.
+    pub const PROTOCOL_VERSION: u32 = 1;
+}

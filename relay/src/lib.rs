@@ -1,3 +1,18 @@
-//! Node-to-node relay links over QUIC: framing, subscriptions and per-hop recovery.
+//! Node-to-node relay links: how a room spans nodes.
 //!
-//! Empty until the cascade is built; see DESIGN.md, "The relay link".
+//! - [`core`]: the relay protocol as a sans-IO state machine (who feeds which track to whom,
+//!   fan-out trees, loop prevention, hop-by-hop NACKs).
+//! - [`nack`]: loss detection on relayed flows.
+//! - [`wire`]: control-frame and datagram framing.
+//! - [`glue`]: applying the relay's outputs to the forwarding core.
+//! - [`quic`]: the links themselves, over QUIC (quinn) with mutual TLS from a cluster CA.
+//! - [`certs`]: creating a development cluster CA and node certificates.
+
+pub mod certs;
+pub mod core;
+pub mod glue;
+pub mod nack;
+pub mod quic;
+pub mod wire;
+
+pub use crate::core::{NodeId, Output, Relay, RelayConfig, TrackKey};

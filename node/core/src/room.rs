@@ -14,7 +14,7 @@ use crate::codec::MediaKind;
 use crate::forwarder::{DropReason, Forwarder, ForwarderConfig};
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::subscription::{SenderReport, Subscription, SubscriptionParams};
-use crate::track::{PublisherReport, Track, TrackInfo};
+use crate::track::{PublisherReport, RelaySink, Track, TrackInfo};
 use rtp::packet::Packet;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -46,6 +46,13 @@ impl Default for RoomConfig {
 pub enum Output {
     /// Send an RTP packet (already rewritten for the subscriber) to a sink.
     Rtp {
+        sink: SinkId,
+        subscription: SubscriptionId,
+        packet: Packet,
+    },
+    /// Send an RTP packet, as the publisher sent it (minus header extensions), over a relay
+    /// link.
+    Relay {
         sink: SinkId,
         subscription: SubscriptionId,
         packet: Packet,
@@ -93,6 +100,8 @@ pub struct RoomStats {
     pub nack_misses: u64,
     pub keyframe_requests_received: u64,
     pub keyframe_requests_sent: u64,
+    /// Packets sent over relay links (one per link, however many subscribers are behind it).
+    pub relayed: u64,
 }
 
 /// See the module documentation.
@@ -155,14 +164,13 @@ impl Room {
         let Some(track) = self.tracks.remove(&id) else {
             return Vec::new();
         };
-        track
-            .subscriptions
-            .iter()
-            .map(|s| {
-                self.index.remove(&s.id);
-                (s.id, s.sink)
-            })
-            .collect()
+        let subscribers = track.subscriptions.iter().map(|s| (s.id, s.sink));
+        let relays = track.relays.iter().map(|r| (r.id, r.sink));
+        let ended: Vec<_> = subscribers.chain(relays).collect();
+        for (id, _) in &ended {
+            self.index.remove(id);
+        }
+        ended
     }
 
     /// Subscribes `sink` to a track. A keyframe is requested at once for video, so the
@@ -204,12 +212,82 @@ impl Room {
         Ok(id)
     }
 
-    /// Ends a subscription; returns its sink.
+    /// Ends a subscription or relay subscription; returns its sink.
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> Option<SinkId> {
         let track_id = self.index.remove(&id)?;
         let track = self.tracks.get_mut(&track_id)?;
-        let pos = track.subscriptions.iter().position(|s| s.id == id)?;
-        Some(track.subscriptions.swap_remove(pos).sink)
+        if let Some(pos) = track.subscriptions.iter().position(|s| s.id == id) {
+            return Some(track.subscriptions.swap_remove(pos).sink);
+        }
+        let pos = track.relays.iter().position(|r| r.id == id)?;
+        Some(track.relays.swap_remove(pos).sink)
+    }
+
+    /// Feeds one layer of a track, untouched, to a relay link. Video gets a keyframe request
+    /// at once: the other node subscribes because it has subscribers waiting.
+    pub fn subscribe_relay(
+        &mut self,
+        now: Instant,
+        track_id: TrackId,
+        layer: LayerIndex,
+        sink: SinkId,
+    ) -> Result<SubscriptionId, RoomError> {
+        let track = self
+            .tracks
+            .get_mut(&track_id)
+            .ok_or(RoomError::UnknownTrack(track_id))?;
+        if layer >= track.layers.len() {
+            return Err(RoomError::UnknownTrack(track_id));
+        }
+        let id = SubscriptionId(self.next_subscription);
+        self.next_subscription += 1;
+        track.relays.push(RelaySink { id, sink, layer });
+        self.index.insert(id, track_id);
+        if track.info.kind == MediaKind::Video {
+            request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
+        }
+        Ok(id)
+    }
+
+    /// A relay link reported lost packets of the layer it is fed (source sequence numbers).
+    pub fn handle_relay_nack(&mut self, now: Instant, id: SubscriptionId, lost: &[u16]) {
+        self.stats.nacks_received += lost.len() as u64;
+        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get(t)) else {
+            self.stats.nack_misses += lost.len() as u64;
+            return;
+        };
+        let Some(relay) = track.relays.iter().find(|r| r.id == id) else {
+            return;
+        };
+        let Some(layer) = track.layers.get(relay.layer) else {
+            return;
+        };
+        for &seq in lost {
+            match layer.cache.get(seq, now) {
+                Some(cached) => {
+                    self.stats.retransmitted += 1;
+                    self.outputs.push_back(Output::Relay {
+                        sink: relay.sink,
+                        subscription: id,
+                        packet: cached.packet.clone(),
+                    });
+                }
+                None => self.stats.nack_misses += 1,
+            }
+        }
+    }
+
+    /// A relay link asked for a keyframe on a layer (coalesced like any other request).
+    pub fn handle_relay_keyframe_request(
+        &mut self,
+        now: Instant,
+        track_id: TrackId,
+        layer: LayerIndex,
+    ) {
+        self.stats.keyframe_requests_received += 1;
+        if let Some(track) = self.tracks.get_mut(&track_id) {
+            request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
+        }
     }
 
     /// Feeds a subscription from another track of the same kind and codec. The subscriber's
@@ -345,9 +423,18 @@ impl Room {
                 Err(reason) => self.stats.dropped[reason as usize] += 1,
             }
         }
-        if payload_len > 0 {
-            l.cache.insert(ext_seq, packet, now, keyframe);
+        for relay in track.relays.iter().filter(|r| r.layer == layer) {
+            self.stats.relayed += 1;
+            self.outputs.push_back(Output::Relay {
+                sink: relay.sink,
+                subscription: relay.id,
+                packet: Packet {
+                    header: packet.header.clone(),
+                    payload: packet.payload.clone(),
+                },
+            });
         }
+        l.cache.insert(ext_seq, packet, now, keyframe);
     }
 
     /// The publisher's RTCP sender report for a layer.

@@ -2,7 +2,7 @@
 //! subscriptions it feeds.
 
 use crate::codec::{Codec, MediaKind};
-use crate::ids::{LayerIndex, TrackId};
+use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::keyframe::KeyframeRequester;
 use crate::retransmit::RetransmissionCache;
 use crate::seq::Unwrapper;
@@ -60,11 +60,21 @@ impl Layer {
     }
 }
 
+/// A relay link fed one layer of a track, packets untouched: the receiving node rewrites for
+/// its own subscribers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelaySink {
+    pub id: SubscriptionId,
+    pub sink: SinkId,
+    pub layer: LayerIndex,
+}
+
 /// A track and the subscriptions it feeds.
 pub struct Track {
     pub(crate) info: TrackInfo,
     pub(crate) layers: Vec<Layer>,
     pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) relays: Vec<RelaySink>,
 }
 
 impl Track {
@@ -76,6 +86,7 @@ impl Track {
             info,
             layers,
             subscriptions: Vec::new(),
+            relays: Vec::new(),
         }
     }
 
@@ -97,6 +108,11 @@ impl Track {
 
     pub fn subscriber_count(&self) -> usize {
         self.subscriptions.len()
+    }
+
+    /// Relay sinks fed by this track.
+    pub fn relay_count(&self) -> usize {
+        self.relays.len()
     }
 }
 

@@ -1,0 +1,1067 @@
+//! The relay protocol as a sans-IO state machine: who feeds which track to whom.
+//!
+//! **Contract.** A [`Relay`] reads no clock, owns no socket and spawns nothing. Feed it link
+//! events, control frames and datagrams with the `handle_*` methods (always with the current
+//! time), tell it about local demand and local tracks, drain [`Relay::poll_output`] after each
+//! call and call [`Relay::handle_timeout`] when [`Relay::poll_timeout`] says so.
+//!
+//! For each track (by room and track id) a node plays up to two parts:
+//!
+//! - **Want** (downstream): the node has local subscribers, or feeds other nodes, and the track
+//!   is published elsewhere. It subscribes to the origin, or to the node the origin redirected
+//!   it to, for exactly the layers it needs. Loss on the flows is repaired with NACKs to that
+//!   node; if the link to it breaks, the node goes back to the origin.
+//! - **Feed** (upstream): the node has the track (it is the origin, or it receives it) and
+//!   other nodes subscribe to it. It feeds at most `fanout` nodes directly, one copy per link;
+//!   further nodes are redirected to those it feeds, so the track spreads as a tree. A feed
+//!   announces its path (origin first); a node finding itself on the path of a feed offered to
+//!   it refuses it, so no loop can form.
+//!
+//! Media itself flows outside this state machine: the node's forwarding core sends each
+//! layer of a fed track to a relay sink (see [`sink`]); inbound datagrams pass through
+//! [`Relay::handle_datagram`] only for loss detection and routing.
+
+use crate::nack::{NackConfig, NackGenerator};
+use bytes::Bytes;
+use sfu_core::{LayerIndex, SinkId, TrackId};
+use sfu_proto::relay::{
+    Accepted, FlowClose, FlowOpen, Frame, KeyframeRequest, Nack, Redirect, Refused, Subscribe,
+    TrackEnded, TrackInfo, frame::Body, refused::Reason,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A node's identifier.
+pub type NodeId = Arc<str>;
+
+/// A track, by room and id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TrackKey {
+    pub room: Arc<str>,
+    pub track: TrackId,
+}
+
+/// Bit marking a [`SinkId`] as a relay sink (local subscriber sinks are small integers).
+const RELAY_BIT: u64 = 1 << 63;
+
+/// The sink the forwarding core feeds for one flow on one link.
+pub fn sink(link: u32, flow: u32) -> SinkId {
+    SinkId(RELAY_BIT | (link as u64) << 32 | flow as u64)
+}
+
+/// The link and flow of a relay sink, or `None` for other sinks.
+pub fn decode_sink(s: SinkId) -> Option<(u32, u32)> {
+    (s.0 & RELAY_BIT != 0).then_some((((s.0 & !RELAY_BIT) >> 32) as u32, s.0 as u32))
+}
+
+/// Tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayConfig {
+    /// Nodes a track is fed to directly before further nodes are redirected.
+    pub fanout: usize,
+    /// A subscription not answered within this time is tried again.
+    pub subscribe_timeout: Duration,
+    /// Redirects followed before going back to the origin.
+    pub max_redirects: u32,
+    pub nack: NackConfig,
+    /// Flow ids this relay allocates start here (so several relays of one node, one per
+    /// worker thread, never collide on a link).
+    pub flow_base: u32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            fanout: 4,
+            subscribe_timeout: Duration::from_secs(2),
+            max_redirects: 8,
+            nack: NackConfig::default(),
+            flow_base: 0,
+        }
+    }
+}
+
+/// What the relay wants done.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Send a control frame to a node.
+    Send { to: NodeId, frame: Frame },
+    /// Feed one layer of the track to a relay sink (`Room::subscribe_relay`).
+    Attach {
+        key: TrackKey,
+        layer: LayerIndex,
+        sink: SinkId,
+    },
+    /// Stop feeding a relay sink.
+    Detach { key: TrackKey, sink: SinkId },
+    /// Resend these source sequence numbers to a relay sink from the cache.
+    Retransmit {
+        key: TrackKey,
+        sink: SinkId,
+        seqs: Vec<u16>,
+    },
+    /// A downstream node asks for a keyframe on a layer.
+    KeyframeRequest { key: TrackKey, layer: LayerIndex },
+    /// The track is fed from upstream now: the room should have it (created if missing).
+    Feeding { key: TrackKey, info: TrackInfo },
+    /// The track is no longer fed: `ended` if it ended upstream, otherwise nobody here wants
+    /// it any more. The room should drop it.
+    Unfed { key: TrackKey, ended: bool },
+}
+
+/// A packet delivered by a flow.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub key: &'a TrackKey,
+    pub layer: LayerIndex,
+    pub packet: rtp::packet::Packet,
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum DatagramDrop {
+    UnknownFlow,
+    MalformedRtp,
+}
+
+struct Child {
+    node: NodeId,
+    /// (layer, flow) pairs being sent.
+    flows: Vec<(LayerIndex, u32)>,
+}
+
+struct Feed {
+    info: TrackInfo,
+    /// Origin first, this node last.
+    path: Vec<NodeId>,
+    children: Vec<Child>,
+    /// Children accepted in principle but waiting for our own upstream (interior nodes).
+    pending: Vec<(NodeId, Vec<LayerIndex>)>,
+    next_redirect: usize,
+    /// Whether this node publishes the track.
+    local: bool,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum WantState {
+    /// Nothing sent (no link to the target yet).
+    Idle,
+    Requested {
+        at: Instant,
+    },
+    Active,
+}
+
+struct Want {
+    origin: NodeId,
+    /// Layers local subscribers need.
+    local_layers: Vec<LayerIndex>,
+    /// The node asked (the origin, or where it redirected us).
+    via: NodeId,
+    redirects: u32,
+    state: WantState,
+    /// Layers asked of `via`.
+    requested: Vec<LayerIndex>,
+    /// Upstream path once accepted.
+    path: Vec<NodeId>,
+    info: Option<TrackInfo>,
+}
+
+struct InFlow {
+    key: TrackKey,
+    layer: LayerIndex,
+    from: NodeId,
+    nack: NackGenerator,
+}
+
+/// See the module documentation.
+pub struct Relay {
+    me: NodeId,
+    config: RelayConfig,
+    links_up: HashMap<NodeId, u32>,
+    link_ids: HashMap<NodeId, u32>,
+    link_names: Vec<NodeId>,
+    feeds: HashMap<TrackKey, Feed>,
+    wants: HashMap<TrackKey, Want>,
+    inbound: HashMap<(u32, u32), InFlow>,
+    next_flow: u32,
+    outputs: VecDeque<Output>,
+}
+
+fn frame(body: Body) -> Frame {
+    Frame { body: Some(body) }
+}
+
+fn union(a: &[LayerIndex], b: &[LayerIndex]) -> Vec<LayerIndex> {
+    let mut v: Vec<LayerIndex> = a.iter().chain(b).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+impl Relay {
+    pub fn new(me: NodeId, config: RelayConfig) -> Self {
+        Self {
+            me,
+            next_flow: config.flow_base,
+            config,
+            links_up: HashMap::new(),
+            link_ids: HashMap::new(),
+            link_names: Vec::new(),
+            feeds: HashMap::new(),
+            wants: HashMap::new(),
+            inbound: HashMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// A stable small number for a node, used in sink ids and datagram routing.
+    pub fn link_id(&mut self, node: &NodeId) -> u32 {
+        if let Some(&id) = self.link_ids.get(node) {
+            return id;
+        }
+        let id = self.link_names.len() as u32;
+        self.link_names.push(node.clone());
+        self.link_ids.insert(node.clone(), id);
+        id
+    }
+
+    pub fn node_of_link(&self, link: u32) -> Option<&NodeId> {
+        self.link_names.get(link as usize)
+    }
+
+    pub fn is_up(&self, node: &NodeId) -> bool {
+        self.links_up.contains_key(node)
+    }
+
+    /// Layers the node receives for a track (empty if it does not).
+    pub fn receiving(&self, key: &TrackKey) -> Vec<LayerIndex> {
+        match self.wants.get(key) {
+            Some(w) if w.state == WantState::Active => w.requested.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The upstream path of a received track (origin first).
+    pub fn path(&self, key: &TrackKey) -> Option<&[NodeId]> {
+        self.wants
+            .get(key)
+            .filter(|w| w.state == WantState::Active)
+            .map(|w| w.path.as_slice())
+    }
+
+    /// Nodes fed directly with a track.
+    pub fn children(&self, key: &TrackKey) -> Vec<NodeId> {
+        self.feeds
+            .get(key)
+            .map(|f| f.children.iter().map(|c| c.node.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn send(&mut self, to: &NodeId, body: Body) {
+        self.outputs.push_back(Output::Send {
+            to: to.clone(),
+            frame: frame(body),
+        });
+    }
+
+    // ---- links -------------------------------------------------------------------------
+
+    /// A link to `node` is up.
+    pub fn handle_link_up(&mut self, now: Instant, node: NodeId) {
+        let id = self.link_id(&node);
+        self.links_up.insert(node.clone(), id);
+        let keys: Vec<TrackKey> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.state == WantState::Idle && (w.via == node || w.origin == node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(w) = self.wants.get_mut(&key)
+                && w.via != node
+            {
+                // Only the origin came up: start over there.
+                w.via = w.origin.clone();
+                w.redirects = 0;
+            }
+            self.request(now, &key);
+        }
+    }
+
+    /// The link to `node` is down: stop feeding it, and find other ways to what came from it.
+    pub fn handle_link_down(&mut self, now: Instant, node: &NodeId) {
+        let Some(link) = self.links_up.remove(node) else {
+            return;
+        };
+        self.inbound.retain(|(l, _), _| *l != link);
+        let fed: Vec<TrackKey> = self
+            .feeds
+            .iter()
+            .filter(|(_, f)| {
+                f.children.iter().any(|c| &c.node == node)
+                    || f.pending.iter().any(|(n, _)| n == node)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in fed {
+            self.drop_child(&key, node);
+            if let Some(f) = self.feeds.get_mut(&key) {
+                f.pending.retain(|(n, _)| n != node);
+            }
+            self.release_if_unused(&key);
+        }
+        let wanted: Vec<TrackKey> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| &w.via == node)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in wanted {
+            let Some(w) = self.wants.get_mut(&key) else {
+                continue;
+            };
+            w.state = WantState::Idle;
+            w.requested.clear();
+            w.path.clear();
+            // Tree repair: an interior node left; the origin takes us back (or redirects us
+            // to another of its children).
+            w.via = w.origin.clone();
+            w.redirects = 0;
+            self.request(now, &key);
+        }
+    }
+
+    // ---- local state ----------------------------------------------------------------------
+
+    /// A track published on this node.
+    pub fn add_local_track(&mut self, key: TrackKey, info: TrackInfo) {
+        let path = vec![self.me.clone()];
+        self.feeds.insert(
+            key,
+            Feed {
+                info,
+                path,
+                children: Vec::new(),
+                pending: Vec::new(),
+                next_redirect: 0,
+                local: true,
+            },
+        );
+    }
+
+    /// A track published on this node ended: tell every node fed with it.
+    pub fn remove_local_track(&mut self, key: &TrackKey) {
+        self.end_feed(key);
+    }
+
+    /// The layers local subscribers need of a track published on `origin` (empty: none).
+    pub fn set_demand(
+        &mut self,
+        now: Instant,
+        key: TrackKey,
+        origin: NodeId,
+        layers: Vec<LayerIndex>,
+    ) {
+        if origin == self.me {
+            return;
+        }
+        match self.wants.get_mut(&key) {
+            Some(w) => {
+                w.local_layers = layers;
+                w.origin = origin;
+            }
+            None if layers.is_empty() => return,
+            None => {
+                self.wants.insert(
+                    key.clone(),
+                    Want {
+                        via: origin.clone(),
+                        origin,
+                        local_layers: layers,
+                        redirects: 0,
+                        state: WantState::Idle,
+                        requested: Vec::new(),
+                        path: Vec::new(),
+                        info: None,
+                    },
+                );
+            }
+        }
+        self.update_want(now, &key);
+    }
+
+    /// Forgets a remote track (its origin unpublished it, or the origin node is gone).
+    pub fn forget(&mut self, key: &TrackKey) {
+        if let Some(w) = self.wants.remove(key) {
+            self.inbound.retain(|_, f| &f.key != key);
+            if w.state != WantState::Idle && self.is_up(&w.via) {
+                self.send(
+                    &w.via,
+                    Body::Subscribe(Subscribe {
+                        room: key.room.to_string(),
+                        track: key.track.0,
+                        layers: vec![],
+                        origin: w.origin.to_string(),
+                    }),
+                );
+            }
+        }
+        if self.feeds.get(key).is_some_and(|f| !f.local) {
+            self.end_feed(key);
+        }
+    }
+
+    /// Asks upstream for a keyframe on a received track.
+    pub fn request_keyframe(&mut self, key: &TrackKey, layer: LayerIndex) {
+        let Some(w) = self.wants.get(key) else { return };
+        if w.state != WantState::Active {
+            return;
+        }
+        let via = w.via.clone();
+        self.send(
+            &via,
+            Body::KeyframeRequest(KeyframeRequest {
+                room: key.room.to_string(),
+                track: key.track.0,
+                layer: layer as u32,
+            }),
+        );
+    }
+
+    /// Whether a track is received from another node (rather than published here).
+    pub fn is_remote(&self, key: &TrackKey) -> bool {
+        self.wants.contains_key(key)
+    }
+
+    // ---- wants (downstream) ------------------------------------------------------------------
+
+    /// Layers to ask upstream for: what local subscribers and fed nodes need together.
+    fn needed(&self, key: &TrackKey) -> Vec<LayerIndex> {
+        let Some(w) = self.wants.get(key) else {
+            return Vec::new();
+        };
+        let mut layers = w.local_layers.clone();
+        if let Some(f) = self.feeds.get(key) {
+            for c in &f.children {
+                layers = union(
+                    &layers,
+                    &c.flows.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+                );
+            }
+            for (_, l) in &f.pending {
+                layers = union(&layers, l);
+            }
+        }
+        layers.sort_unstable();
+        layers.dedup();
+        layers
+    }
+
+    fn update_want(&mut self, now: Instant, key: &TrackKey) {
+        let needed = self.needed(key);
+        let Some(w) = self.wants.get(key) else { return };
+        if needed.is_empty() {
+            let w = self.wants.remove(key).expect("checked above");
+            self.inbound.retain(|_, f| &f.key != key);
+            if w.state != WantState::Idle && self.is_up(&w.via) {
+                self.send(
+                    &w.via,
+                    Body::Subscribe(Subscribe {
+                        room: key.room.to_string(),
+                        track: key.track.0,
+                        layers: vec![],
+                        origin: w.origin.to_string(),
+                    }),
+                );
+            }
+            if w.state == WantState::Active {
+                self.outputs.push_back(Output::Unfed {
+                    key: key.clone(),
+                    ended: false,
+                });
+            }
+            return;
+        }
+        if w.state == WantState::Idle || needed != w.requested {
+            self.request(now, key);
+        }
+    }
+
+    /// (Re)sends the subscription of a want to its current target, if the link is up.
+    fn request(&mut self, now: Instant, key: &TrackKey) {
+        let needed = self.needed(key);
+        let Some(w) = self.wants.get_mut(key) else {
+            return;
+        };
+        if !self.links_up.contains_key(&w.via) {
+            w.state = WantState::Idle;
+            return;
+        }
+        if w.state != WantState::Active {
+            w.state = WantState::Requested { at: now };
+        }
+        w.requested = needed.clone();
+        let (via, origin) = (w.via.clone(), w.origin.clone());
+        self.send(
+            &via,
+            Body::Subscribe(Subscribe {
+                room: key.room.to_string(),
+                track: key.track.0,
+                layers: needed.iter().map(|l| *l as u32).collect(),
+                origin: origin.to_string(),
+            }),
+        );
+    }
+
+    fn on_accepted(&mut self, now: Instant, from: &NodeId, a: Accepted) {
+        let key = TrackKey {
+            room: a.room.as_str().into(),
+            track: TrackId(a.track),
+        };
+        let path: Vec<NodeId> = a.path.iter().map(|n| NodeId::from(n.as_str())).collect();
+        let me = self.me.clone();
+        let Some(w) = self.wants.get_mut(&key) else {
+            // Not wanted (any more): undo.
+            self.send(
+                from,
+                Body::Subscribe(Subscribe {
+                    room: a.room,
+                    track: a.track,
+                    layers: vec![],
+                    origin: String::new(),
+                }),
+            );
+            return;
+        };
+        if &w.via != from {
+            return;
+        }
+        if path.contains(&me) {
+            // A loop: the offered feed passes through us. Go back to the origin.
+            let (via, origin) = (w.via.clone(), w.origin.clone());
+            w.via = origin.clone();
+            w.redirects = 0;
+            w.state = WantState::Idle;
+            self.send(
+                &via,
+                Body::Subscribe(Subscribe {
+                    room: key.room.to_string(),
+                    track: key.track.0,
+                    layers: vec![],
+                    origin: origin.to_string(),
+                }),
+            );
+            self.request(now, &key);
+            return;
+        }
+        let fresh = w.state != WantState::Active;
+        w.state = WantState::Active;
+        w.path = path;
+        let info = a.info.unwrap_or_default();
+        w.info = Some(info.clone());
+        if fresh {
+            self.outputs.push_back(Output::Feeding {
+                key: key.clone(),
+                info: info.clone(),
+            });
+        }
+        // Nodes waiting on us can be fed now.
+        let mut path = self.wants[&key].path.clone();
+        path.push(self.me.clone());
+        if let Some(f) = self.feeds.get_mut(&key) {
+            f.path = path;
+            f.info = info;
+            let pending = std::mem::take(&mut f.pending);
+            for (node, layers) in pending {
+                self.accept_child(&key, &node, &layers);
+            }
+        }
+    }
+
+    fn on_redirect(&mut self, now: Instant, from: &NodeId, r: Redirect) {
+        let key = TrackKey {
+            room: r.room.as_str().into(),
+            track: TrackId(r.track),
+        };
+        let me = self.me.clone();
+        let max = self.config.max_redirects;
+        let Some(w) = self.wants.get_mut(&key) else {
+            return;
+        };
+        if &w.via != from {
+            return;
+        }
+        let via: NodeId = r.via.as_str().into();
+        w.redirects += 1;
+        w.via = if via == me || w.redirects > max {
+            w.redirects = 0;
+            w.origin.clone()
+        } else {
+            via
+        };
+        w.state = WantState::Idle;
+        self.request(now, &key);
+    }
+
+    fn on_refused(&mut self, now: Instant, from: &NodeId, r: Refused) {
+        let key = TrackKey {
+            room: r.room.as_str().into(),
+            track: TrackId(r.track),
+        };
+        let Some(w) = self.wants.get_mut(&key) else {
+            return;
+        };
+        if &w.via != from {
+            return;
+        }
+        if w.via != w.origin && r.reason() == Reason::Loop {
+            w.via = w.origin.clone();
+            w.redirects = 0;
+            w.state = WantState::Idle;
+            self.request(now, &key);
+        } else if r.reason() == Reason::NotFound && w.via == w.origin {
+            // The origin no longer has it.
+            self.wants.remove(&key);
+            self.end_feed(&key);
+            self.outputs.push_back(Output::Unfed { key, ended: true });
+        } else {
+            // Try again later (the timeout resends).
+            w.state = WantState::Requested { at: now };
+        }
+    }
+
+    fn on_track_ended(&mut self, from: &NodeId, e: TrackEnded) {
+        let key = TrackKey {
+            room: e.room.as_str().into(),
+            track: TrackId(e.track),
+        };
+        if self.wants.get(&key).is_some_and(|w| &w.via == from) {
+            self.wants.remove(&key);
+            self.inbound.retain(|_, f| f.key != key);
+            self.end_feed(&key);
+            self.outputs.push_back(Output::Unfed { key, ended: true });
+        }
+    }
+
+    // ---- feeds (upstream) ----------------------------------------------------------------
+
+    fn on_subscribe(&mut self, now: Instant, from: &NodeId, s: Subscribe) {
+        let key = TrackKey {
+            room: s.room.as_str().into(),
+            track: TrackId(s.track),
+        };
+        let layers: Vec<LayerIndex> = s.layers.iter().map(|l| *l as LayerIndex).collect();
+        let refuse = |reason: Reason, detail: &str| {
+            Body::Refused(Refused {
+                room: s.room.clone(),
+                track: s.track,
+                reason: reason as i32,
+                detail: detail.to_owned(),
+            })
+        };
+        if layers.is_empty() {
+            self.drop_child(&key, from);
+            if let Some(f) = self.feeds.get_mut(&key) {
+                f.pending.retain(|(n, _)| n != from);
+            }
+            self.release_if_unused(&key);
+            if let Some(w) = self.wants.get(&key).map(|w| w.state)
+                && w != WantState::Idle
+            {
+                self.update_want(now, &key);
+            }
+            return;
+        }
+        // A node upstream of us asking for the track through us would close a loop.
+        if self
+            .wants
+            .get(&key)
+            .is_some_and(|w| w.path.contains(from) || &w.via == from)
+        {
+            self.send(
+                from,
+                refuse(Reason::Loop, "the requester is upstream of this node"),
+            );
+            return;
+        }
+        if !self.feeds.contains_key(&key) {
+            let origin: NodeId = s.origin.as_str().into();
+            if origin.is_empty() || origin == self.me || &origin == from {
+                self.send(from, refuse(Reason::NotFound, "no such track here"));
+                return;
+            }
+            // Feed it on behalf of the requester; pull it ourselves first unless we already
+            // receive it.
+            let (info, path) = match self.wants.get(&key) {
+                Some(w) if w.state == WantState::Active => {
+                    let mut p = w.path.clone();
+                    p.push(self.me.clone());
+                    (w.info.clone().unwrap_or_default(), p)
+                }
+                _ => (TrackInfo::default(), Vec::new()),
+            };
+            self.feeds.insert(
+                key.clone(),
+                Feed {
+                    info,
+                    path,
+                    children: Vec::new(),
+                    pending: Vec::new(),
+                    next_redirect: 0,
+                    local: false,
+                },
+            );
+            if !self.wants.contains_key(&key) {
+                self.wants.insert(
+                    key.clone(),
+                    Want {
+                        via: origin.clone(),
+                        origin,
+                        local_layers: Vec::new(),
+                        redirects: 0,
+                        state: WantState::Idle,
+                        requested: Vec::new(),
+                        path: Vec::new(),
+                        info: None,
+                    },
+                );
+            }
+        }
+        let feed = self.feeds.get_mut(&key).expect("inserted above");
+        let known = feed.children.iter().any(|c| &c.node == from);
+        if !known && feed.children.len() >= self.config.fanout {
+            // Full: send the requester to one of the nodes we feed.
+            let n = feed.children.len();
+            let via = feed.children[feed.next_redirect % n].node.clone();
+            feed.next_redirect = feed.next_redirect.wrapping_add(1);
+            self.send(
+                from,
+                Body::Redirect(Redirect {
+                    room: s.room,
+                    track: s.track,
+                    via: via.to_string(),
+                }),
+            );
+            return;
+        }
+        let ready = feed.local
+            || self
+                .wants
+                .get(&key)
+                .is_some_and(|w| w.state == WantState::Active);
+        if ready {
+            self.accept_child(&key, from, &layers);
+        } else {
+            let feed = self.feeds.get_mut(&key).expect("inserted above");
+            feed.pending.retain(|(n, _)| n != from);
+            feed.pending.push((from.clone(), layers));
+        }
+        if self.wants.contains_key(&key) {
+            self.update_want(now, &key);
+        }
+    }
+
+    /// Starts (or adjusts) feeding `node` with `layers`.
+    fn accept_child(&mut self, key: &TrackKey, node: &NodeId, layers: &[LayerIndex]) {
+        let link = self.link_id(node);
+        let Some(feed) = self.feeds.get_mut(key) else {
+            return;
+        };
+        let max_layer = feed.info.layers.max(1) as LayerIndex;
+        let layers: Vec<LayerIndex> = layers.iter().copied().filter(|l| *l < max_layer).collect();
+        let is_new = !feed.children.iter().any(|c| &c.node == node);
+        if is_new {
+            feed.children.push(Child {
+                node: node.clone(),
+                flows: Vec::new(),
+            });
+        }
+        let (path, info) = (feed.path.clone(), feed.info.clone());
+        let child = feed
+            .children
+            .iter_mut()
+            .find(|c| &c.node == node)
+            .expect("inserted above");
+        let removed: Vec<(LayerIndex, u32)> = child
+            .flows
+            .iter()
+            .filter(|(l, _)| !layers.contains(l))
+            .copied()
+            .collect();
+        child.flows.retain(|(l, _)| layers.contains(l));
+        let added: Vec<LayerIndex> = layers
+            .iter()
+            .filter(|l| !child.flows.iter().any(|(have, _)| have == *l))
+            .copied()
+            .collect();
+        let mut opened = Vec::new();
+        for layer in added {
+            let flow = self.next_flow;
+            self.next_flow = self.next_flow.wrapping_add(1);
+            child.flows.push((layer, flow));
+            opened.push((layer, flow));
+        }
+        if is_new {
+            self.send(
+                node,
+                Body::Accepted(Accepted {
+                    room: key.room.to_string(),
+                    track: key.track.0,
+                    path: path.iter().map(|n| n.to_string()).collect(),
+                    info: Some(info),
+                }),
+            );
+        }
+        for (_, flow) in removed {
+            self.send(node, Body::FlowClose(FlowClose { flow }));
+            self.outputs.push_back(Output::Detach {
+                key: key.clone(),
+                sink: sink(link, flow),
+            });
+        }
+        for (layer, flow) in opened {
+            self.send(
+                node,
+                Body::FlowOpen(FlowOpen {
+                    flow,
+                    room: key.room.to_string(),
+                    track: key.track.0,
+                    layer: layer as u32,
+                }),
+            );
+            self.outputs.push_back(Output::Attach {
+                key: key.clone(),
+                layer,
+                sink: sink(link, flow),
+            });
+        }
+    }
+
+    fn drop_child(&mut self, key: &TrackKey, node: &NodeId) {
+        let link = self.link_id(node);
+        let Some(feed) = self.feeds.get_mut(key) else {
+            return;
+        };
+        let Some(i) = feed.children.iter().position(|c| &c.node == node) else {
+            return;
+        };
+        let child = feed.children.swap_remove(i);
+        for (_, flow) in child.flows {
+            self.outputs.push_back(Output::Detach {
+                key: key.clone(),
+                sink: sink(link, flow),
+            });
+        }
+    }
+
+    /// Drops a feed that feeds nobody, unless the track is local.
+    fn release_if_unused(&mut self, key: &TrackKey) {
+        if self
+            .feeds
+            .get(key)
+            .is_some_and(|f| !f.local && f.children.is_empty() && f.pending.is_empty())
+        {
+            self.feeds.remove(key);
+        }
+    }
+
+    fn end_feed(&mut self, key: &TrackKey) {
+        let Some(feed) = self.feeds.remove(key) else {
+            return;
+        };
+        let nodes: Vec<NodeId> = feed
+            .children
+            .iter()
+            .map(|c| c.node.clone())
+            .chain(feed.pending.iter().map(|(n, _)| n.clone()))
+            .collect();
+        for child in &feed.children {
+            let link = self.link_id(&child.node);
+            for (_, flow) in &child.flows {
+                self.outputs.push_back(Output::Detach {
+                    key: key.clone(),
+                    sink: sink(link, *flow),
+                });
+            }
+        }
+        for node in nodes {
+            if self.is_up(&node) {
+                self.send(
+                    &node,
+                    Body::TrackEnded(TrackEnded {
+                        room: key.room.to_string(),
+                        track: key.track.0,
+                    }),
+                );
+            }
+        }
+    }
+
+    // ---- input ------------------------------------------------------------------------------
+
+    /// A control frame from `from`.
+    pub fn handle_frame(&mut self, now: Instant, from: &NodeId, frame: Frame) {
+        let Some(body) = frame.body else { return };
+        match body {
+            Body::Hello(_) => {}
+            Body::Subscribe(s) => self.on_subscribe(now, from, s),
+            Body::Accepted(a) => self.on_accepted(now, from, a),
+            Body::Redirect(r) => self.on_redirect(now, from, r),
+            Body::Refused(r) => self.on_refused(now, from, r),
+            Body::FlowOpen(f) => {
+                let key = TrackKey {
+                    room: f.room.as_str().into(),
+                    track: TrackId(f.track),
+                };
+                let ours = self.wants.get(&key).is_some_and(|w| &w.via == from);
+                if ours {
+                    let link = self.link_id(from);
+                    self.inbound.insert(
+                        (link, f.flow),
+                        InFlow {
+                            key,
+                            layer: f.layer as LayerIndex,
+                            from: from.clone(),
+                            nack: NackGenerator::new(self.config.nack),
+                        },
+                    );
+                }
+            }
+            Body::FlowClose(f) => {
+                let link = self.link_id(from);
+                self.inbound.remove(&(link, f.flow));
+            }
+            Body::Nack(n) => {
+                let link = self.link_id(from);
+                let s = sink(link, n.flow);
+                let key = self.feeds.iter().find_map(|(k, f)| {
+                    f.children
+                        .iter()
+                        .any(|c| &c.node == from && c.flows.iter().any(|(_, fl)| *fl == n.flow))
+                        .then(|| k.clone())
+                });
+                if let Some(key) = key {
+                    self.outputs.push_back(Output::Retransmit {
+                        key,
+                        sink: s,
+                        seqs: n.seqs.iter().map(|s| *s as u16).collect(),
+                    });
+                }
+            }
+            Body::KeyframeRequest(k) => {
+                let key = TrackKey {
+                    room: k.room.as_str().into(),
+                    track: TrackId(k.track),
+                };
+                let fed = self
+                    .feeds
+                    .get(&key)
+                    .is_some_and(|f| f.children.iter().any(|c| &c.node == from));
+                if fed {
+                    self.outputs.push_back(Output::KeyframeRequest {
+                        key,
+                        layer: k.layer as LayerIndex,
+                    });
+                }
+            }
+            Body::TrackEnded(e) => self.on_track_ended(from, e),
+        }
+    }
+
+    /// A media datagram (already split into flow id and RTP bytes) from link `link`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        link: u32,
+        flow: u32,
+        rtp: Bytes,
+    ) -> Result<Delivery<'_>, DatagramDrop> {
+        let f = self
+            .inbound
+            .get_mut(&(link, flow))
+            .ok_or(DatagramDrop::UnknownFlow)?;
+        let mut buf = rtp;
+        let packet = <rtp::packet::Packet as rtc_shared::marshal::Unmarshal>::unmarshal(&mut buf)
+            .map_err(|_| DatagramDrop::MalformedRtp)?;
+        f.nack.on_packet(now, packet.header.sequence_number);
+        Ok(Delivery {
+            key: &f.key,
+            layer: f.layer,
+            packet,
+        })
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut nacks = Vec::new();
+        for ((_, flow), f) in &mut self.inbound {
+            let seqs = f.nack.poll(now);
+            if !seqs.is_empty() {
+                nacks.push((f.from.clone(), *flow, seqs));
+            }
+        }
+        for (to, flow, seqs) in nacks {
+            self.send(
+                &to,
+                Body::Nack(Nack {
+                    flow,
+                    seqs: seqs.into_iter().map(u32::from).collect(),
+                }),
+            );
+        }
+        let timeout = self.config.subscribe_timeout;
+        let stale: Vec<TrackKey> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| matches!(w.state, WantState::Requested { at } if now.saturating_duration_since(at) >= timeout))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(w) = self.wants.get_mut(&key) {
+                // No answer: the node asked may be overloaded or gone; the origin decides.
+                w.via = w.origin.clone();
+                w.redirects = 0;
+                w.state = WantState::Idle;
+            }
+            self.request(now, &key);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let nacks = self
+            .inbound
+            .values()
+            .filter_map(|f| f.nack.poll_timeout())
+            .min();
+        let subs = self
+            .wants
+            .values()
+            .filter_map(|w| match w.state {
+                WantState::Requested { at } => Some(at + self.config.subscribe_timeout),
+                _ => None,
+            })
+            .min();
+        [nacks, subs].into_iter().flatten().min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_sinks_round_trip_and_do_not_collide_with_local_sinks() {
+        let s = sink(7, 0xdead_beef);
+        assert_eq!(decode_sink(s), Some((7, 0xdead_beef)));
+        assert_eq!(decode_sink(SinkId(42)), None);
+    }
+}
