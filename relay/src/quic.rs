@@ -1,1 +1,467 @@
-//! placeholder
+//! Relay links over QUIC (quinn): one connection per node pair, mutual TLS with the cluster CA.
+//!
+//! The node with the smaller id dials; both accept. A link is one connection with one
+//! bidirectional control stream (opened by the dialer; a `Hello` each way first), QUIC
+//! datagrams for media, and unidirectional streams for packets too large for a datagram.
+//! Each side checks that the other's certificate was issued by the cluster CA *and* names the
+//! node id its `Hello` claims.
+//!
+//! This is the I/O shell around the sans-IO [`core`](crate::core): it moves frames and
+//! datagrams between the network and a [`LinkHandler`], and does nothing clever.
+
+use crate::wire::{self, MAX_STREAM_PACKET};
+use anyhow::{Context, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use sfu_proto::relay::{Frame, Hello, PROTOCOL_VERSION, frame::Body};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::core::NodeId;
+
+/// ALPN of the relay protocol; a peer speaking another version is refused by TLS.
+pub const ALPN: &[u8] = b"sfu-relay/1";
+/// A link with no packet for this long is dead (keep-alives go every second).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// Backoff between dial attempts.
+const DIAL_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// A node's TLS identity: the cluster CA, its certificate chain and key.
+pub struct Identity {
+    pub node_id: NodeId,
+    roots: Arc<rustls::RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            node_id: self.node_id.clone(),
+            roots: self.roots.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl Identity {
+    /// Loads PEM files.
+    pub fn from_files(
+        node_id: &str,
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Self::from_pem(node_id, &read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    pub fn from_pem(node_id: &str, ca: &[u8], cert: &[u8], key: &[u8]) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca) {
+            roots.add(c.context("cluster CA certificate")?)?;
+        }
+        if roots.is_empty() {
+            bail!("no CA certificate found");
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<_, _>>()
+            .context("node certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(key).context("node key")?;
+        Ok(Self {
+            node_id: node_id.into(),
+            roots: Arc::new(roots),
+            chain,
+            key,
+        })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn server_config(&self) -> anyhow::Result<quinn::ServerConfig> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            Self::provider(),
+        )
+        .build()?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+        config.transport_config(transport());
+        Ok(config)
+    }
+
+    fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots.clone())
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+        config.transport_config(transport());
+        Ok(config)
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // Idle timeouts fit in a u32 of milliseconds.
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("5 s is a valid idle timeout"),
+    ));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // Room for bursts of keyframes for many tracks.
+    t.datagram_receive_buffer_size(Some(16 << 20));
+    t.datagram_send_buffer_size(16 << 20);
+    t.max_concurrent_uni_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// What a link manager reports. Implemented by the node, which routes frames and datagrams to
+/// the worker owning each room.
+pub trait LinkHandler: Send + Sync + 'static {
+    fn link_up(&self, link: Link);
+    fn link_down(&self, node: &NodeId);
+    fn frame(&self, from: &NodeId, frame: Frame);
+    fn datagram(&self, from: &NodeId, datagram: Bytes);
+}
+
+/// A live link to one node, cheap to clone: send frames and datagrams on it from any thread.
+#[derive(Clone)]
+pub struct Link {
+    pub node: NodeId,
+    pub connection: quinn::Connection,
+    frames: mpsc::UnboundedSender<Frame>,
+}
+
+impl Link {
+    /// Queues a control frame.
+    pub fn send_frame(&self, frame: Frame) {
+        let _ = self.frames.send(frame);
+    }
+
+    /// Sends a media datagram, or, if it is too large for a datagram on this path, a
+    /// unidirectional stream carrying it. Returns false if it could not be sent.
+    pub fn send_datagram(&self, d: Bytes) -> bool {
+        let fits = self
+            .connection
+            .max_datagram_size()
+            .is_some_and(|max| d.len() <= max);
+        if fits {
+            return self.connection.send_datagram(d).is_ok();
+        }
+        let conn = self.connection.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) = conn.open_uni().await {
+                let _ = s.write_all(&d).await;
+                let _ = s.finish();
+            }
+        });
+        true
+    }
+}
+
+/// Keeps one link to every known peer.
+pub struct LinkManager {
+    me: NodeId,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    handler: Arc<dyn LinkHandler>,
+    /// Peers we dial (those sorting after us), with their dialer task.
+    dialing: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::JoinHandle<()>)>>,
+    /// Live links, to replace a stale one when the peer reconnects.
+    live: Mutex<HashMap<NodeId, quinn::Connection>>,
+}
+
+impl LinkManager {
+    /// Binds the endpoint and starts accepting links.
+    pub fn start(
+        bind: SocketAddr,
+        identity: &Identity,
+        handler: Arc<dyn LinkHandler>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let endpoint = quinn::Endpoint::server(identity.server_config()?, bind)
+            .with_context(|| format!("binding relay endpoint {bind}"))?;
+        let manager = Arc::new(Self {
+            me: identity.node_id.clone(),
+            endpoint,
+            client: identity.client_config()?,
+            handler,
+            dialing: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+        });
+        let m = manager.clone();
+        tokio::spawn(async move { m.accept_loop().await });
+        Ok(manager)
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The peers that exist now (from the registry). Links are dialed to those sorting after
+    /// us; dialers of peers no longer listed stop.
+    pub fn set_peers(self: &Arc<Self>, peers: &[(NodeId, SocketAddr)]) {
+        let mut dialing = self.dialing.lock().unwrap_or_else(|e| e.into_inner());
+        dialing.retain(|node, (addr, task)| {
+            let keep = peers.iter().any(|(n, a)| n == node && a == addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (node, addr) in peers {
+            if *node <= self.me || dialing.contains_key(node) {
+                continue;
+            }
+            let m = self.clone();
+            let (node2, addr2) = (node.clone(), *addr);
+            let task = tokio::spawn(async move { m.dial_loop(node2, addr2).await });
+            dialing.insert(node.clone(), (*addr, task));
+        }
+    }
+
+    /// Closes every link and the endpoint.
+    pub fn close(&self) {
+        for (_, (_, task)) in self
+            .dialing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    async fn dial_loop(self: Arc<Self>, node: NodeId, addr: SocketAddr) {
+        let mut attempt = 0usize;
+        loop {
+            match self.dial(&node, addr).await {
+                Ok(conn) => {
+                    attempt = 0;
+                    conn.closed().await;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %node, %addr, "dialing relay link: {e:#}");
+                }
+            }
+            tokio::time::sleep(DIAL_BACKOFF[attempt.min(DIAL_BACKOFF.len() - 1)]).await;
+            attempt += 1;
+        }
+    }
+
+    async fn dial(
+        self: &Arc<Self>,
+        node: &NodeId,
+        addr: SocketAddr,
+    ) -> anyhow::Result<quinn::Connection> {
+        let name = ServerName::try_from(node.to_string())
+            .map_err(|_| anyhow!("node id {node} is not a DNS name"))?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, &name.to_str())?;
+        let conn = tokio::time::timeout(IDLE_TIMEOUT, connecting).await??;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &hello(&self.me)).await?;
+        let mut buf = BytesMut::new();
+        let peer = read_hello(&mut recv, &mut buf).await?;
+        if &*peer != &**node {
+            conn.close(1u32.into(), b"unexpected node");
+            bail!("{addr} answered as {peer}, expected {node}");
+        }
+        self.run(node.clone(), conn.clone(), send, recv, buf);
+        Ok(conn)
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let m = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = m.accept(incoming).await {
+                    tracing::info!("refused relay link: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn accept(self: &Arc<Self>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+        let conn = tokio::time::timeout(IDLE_TIMEOUT, incoming).await??;
+        let (mut send, mut recv) = tokio::time::timeout(IDLE_TIMEOUT, conn.accept_bi()).await??;
+        let mut buf = BytesMut::new();
+        let peer = read_hello(&mut recv, &mut buf).await?;
+        // The CA vouched for the certificate; it must also name the node the peer claims to be.
+        let certs = conn
+            .peer_identity()
+            .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| anyhow!("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| anyhow!("empty client certificate chain"))?;
+        let cert = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| anyhow!("client certificate: {e}"))?;
+        let name =
+            ServerName::try_from(peer.to_string()).map_err(|_| anyhow!("bad node id {peer}"))?;
+        if cert.verify_is_valid_for_subject_name(&name).is_err() {
+            conn.close(2u32.into(), b"certificate does not match node id");
+            bail!(
+                "{} claims to be {peer} but its certificate says otherwise",
+                conn.remote_address()
+            );
+        }
+        write_frame(&mut send, &hello(&self.me)).await?;
+        self.run(peer, conn, send, recv, buf);
+        Ok(())
+    }
+
+    /// Runs a link: reader, writer and media tasks; reports it up, and down when it closes.
+    fn run(
+        self: &Arc<Self>,
+        node: NodeId,
+        conn: quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        mut buf: BytesMut,
+    ) {
+        if let Some(old) = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.clone(), conn.clone())
+        {
+            old.close(3u32.into(), b"replaced");
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        self.handler.link_up(Link {
+            node: node.clone(),
+            connection: conn.clone(),
+            frames: tx,
+        });
+        tracing::info!(peer = %node, remote = %conn.remote_address(), "relay link up");
+        // Writer.
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if write_frame(&mut send, &f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Control frames.
+        let (h, n, c) = (self.handler.clone(), node.clone(), conn.clone());
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut recv, &mut buf).await {
+                    Ok(f) => h.frame(&n, f),
+                    Err(e) => {
+                        tracing::debug!(peer = %n, "control stream ended: {e:#}");
+                        c.close(4u32.into(), b"control stream error");
+                        break;
+                    }
+                }
+            }
+        });
+        // Datagrams.
+        let (h, n, c) = (self.handler.clone(), node.clone(), conn.clone());
+        tokio::spawn(async move {
+            while let Ok(d) = c.read_datagram().await {
+                h.datagram(&n, d);
+            }
+        });
+        // Packets too large for a datagram.
+        let (h, n, c) = (self.handler.clone(), node.clone(), conn.clone());
+        tokio::spawn(async move {
+            while let Ok(mut s) = c.accept_uni().await {
+                let (h, n) = (h.clone(), n.clone());
+                tokio::spawn(async move {
+                    if let Ok(d) = s.read_to_end(MAX_STREAM_PACKET).await {
+                        h.datagram(&n, Bytes::from(d));
+                    }
+                });
+            }
+        });
+        // Down.
+        let m = self.clone();
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            let mut live = m.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live
+                .get(&node)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                live.remove(&node);
+                drop(live);
+                tracing::info!(peer = %node, "relay link down: {reason}");
+                m.handler.link_down(&node);
+            }
+        });
+    }
+}
+
+fn hello(me: &NodeId) -> Frame {
+    Frame {
+        body: Some(Body::Hello(Hello {
+            node_id: me.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+        })),
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, f: &Frame) -> anyhow::Result<()> {
+    let mut b = BytesMut::new();
+    wire::encode_frame(f, &mut b);
+    send.write_all(&b).await?;
+    Ok(())
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow::Result<Frame> {
+    loop {
+        if let Some(f) = wire::decode_frame(buf)? {
+            return Ok(f);
+        }
+        let mut chunk = [0u8; 4096];
+        match recv.read(&mut chunk).await? {
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
+            None => bail!("stream finished"),
+        }
+    }
+}
+
+async fn read_hello(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow::Result<NodeId> {
+    let f = tokio::time::timeout(IDLE_TIMEOUT, read_frame(recv, buf)).await??;
+    match f.body {
+        Some(Body::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
+            Ok(h.node_id.as_str().into())
+        }
+        Some(Body::Hello(h)) => bail!(
+            "protocol version {} (ours is {PROTOCOL_VERSION})",
+            h.protocol_version
+        ),
+        _ => bail!("expected Hello"),
+    }
+}
+
+/// Decodes a datagram for the relay core: flow id and RTP bytes.
+pub fn split_datagram(d: Bytes) -> Result<(u32, Bytes), wire::WireError> {
+    wire::decode_datagram(d)
+}
