@@ -1,4 +1,11 @@
-//! The control plane: the registry (etcd, or in memory for a standalone node), placement of
-//! joining participants, the gRPC API and the CLI.
-//!
-//! Empty until the cluster exists; a standalone node needs none of it yet.
+//! The control plane: the registry (etcd, or in memory for a standalone node), a node's
+//! membership in the cluster, and (to come) placement, the gRPC API and the CLI.
+
+pub mod membership;
+pub mod records;
+pub mod registry;
+pub mod testing;
+
+pub use membership::{ClusterEvent, Membership};
+pub use records::{Keys, NodeRecord, ParticipantRecord, TrackRecord};
+pub use registry::{EtcdRegistry, MemoryRegistry, Registry};

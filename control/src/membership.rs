@@ -1,0 +1,478 @@
+//! A node's membership in the cluster: its lease, the keys it owns, and its view of everyone
+//! else's.
+//!
+//! One task per node does all registry work, so no lock guards the lease:
+//!
+//! - **Lease.** Granted with a TTL of at most 5 s and kept alive every TTL/3. If a keep-alive
+//!   says the lease is gone, or none has succeeded for a whole TTL (etcd unreachable), the node
+//!   considers itself unregistered: [`Membership::registered`] turns false (the node stops
+//!   admitting joins) and no write is made with that lease again (fencing). When the registry
+//!   answers again, a new lease is granted and every key the node owns is written again.
+//! - **Owned keys.** The node states what it wants in the registry ([`Membership::set_json`],
+//!   [`Membership::remove`]); the task writes it under the current lease and retries after
+//!   failures.
+//! - **View.** List the prefix, then watch from the listed revision + 1; on compaction or a
+//!   broken watch, list again. Every change becomes a [`ClusterEvent`] (a re-list yields the
+//!   differences to the previous view), and the whole view can be read at any time.
+//!
+//! Media never waits for any of this: if etcd is unreachable, what flows keeps flowing.
+
+use crate::records::{Key, Keys, NodeRecord, ParticipantRecord, TrackRecord};
+use crate::registry::{LeaseId, Registry, RegistryError, Watch, WatchEvent};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// A change in the cluster, as seen in the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterEvent {
+    Node(NodeRecord),
+    NodeGone(String),
+    Participant {
+        room: String,
+        record: ParticipantRecord,
+    },
+    ParticipantGone {
+        room: String,
+        sid: String,
+    },
+    Track {
+        room: String,
+        record: TrackRecord,
+    },
+    TrackGone {
+        room: String,
+        track: String,
+    },
+    /// The node is registered (again) under a new lease, or lost its lease.
+    Registered(bool),
+}
+
+enum Op {
+    Set(String, Vec<u8>),
+    Remove(String),
+    Leave(oneshot::Sender<()>),
+}
+
+type Mirror = Arc<RwLock<BTreeMap<String, Vec<u8>>>>;
+
+/// Handle to the membership task.
+#[derive(Clone)]
+pub struct Membership {
+    ops: mpsc::UnboundedSender<Op>,
+    registered: Arc<AtomicBool>,
+    mirror: Mirror,
+    keys: Keys,
+}
+
+impl Membership {
+    /// Starts the task. `ttl` is the lease time to live (at most 5 s is sensible).
+    pub fn start<R: Registry>(
+        registry: R,
+        keys: Keys,
+        ttl: Duration,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+    ) -> Self {
+        let (ops, rx) = mpsc::unbounded_channel();
+        let m = Self {
+            ops,
+            registered: Arc::new(AtomicBool::new(false)),
+            mirror: Arc::default(),
+            keys: keys.clone(),
+        };
+        let task = Task {
+            registry,
+            keys,
+            ttl,
+            registered: m.registered.clone(),
+            mirror: m.mirror.clone(),
+            events,
+            desired: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            lease: None,
+            renewed: Instant::now(),
+        };
+        tokio::spawn(task.run(rx));
+        m
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the node holds a live lease (it may admit joins).
+    pub fn registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Owns `key` with this value (written now and after every re-registration).
+    pub fn set_json<T: Serialize>(&self, key: String, value: &T) {
+        // Our records always serialise.
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let _ = self.ops.send(Op::Set(key, bytes));
+    }
+
+    /// No longer owns `key`.
+    pub fn remove(&self, key: String) {
+        let _ = self.ops.send(Op::Remove(key));
+    }
+
+    /// Revokes the lease (everything the node owns disappears at once) and stops.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.ops.send(Op::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), rx).await;
+        }
+    }
+
+    fn view<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<T> {
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect()
+    }
+
+    /// Every node in the cluster, as last seen.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.view(&format!("{}nodes/", self.keys.prefix()))
+    }
+
+    /// The participants and tracks of a room, on every node.
+    pub fn room(&self, room: &str) -> (Vec<ParticipantRecord>, Vec<TrackRecord>) {
+        let base = format!("{}rooms/{room}/", self.keys.prefix());
+        (
+            self.view(&format!("{base}participants/")),
+            self.view(&format!("{base}tracks/")),
+        )
+    }
+}
+
+struct Task<R> {
+    registry: R,
+    keys: Keys,
+    ttl: Duration,
+    registered: Arc<AtomicBool>,
+    mirror: Mirror,
+    events: mpsc::UnboundedSender<ClusterEvent>,
+    /// What the node wants in the registry.
+    desired: BTreeMap<String, Vec<u8>>,
+    /// Keys whose registry state may differ from `desired`.
+    dirty: BTreeSet<String>,
+    lease: Option<LeaseId>,
+    /// Last successful grant or keep-alive.
+    renewed: Instant,
+}
+
+impl<R: Registry> Task<R> {
+    async fn run(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch: Option<Watch> = None;
+        loop {
+            tokio::select! {
+                op = ops.recv() => match op {
+                    Some(Op::Set(k, v)) => {
+                        self.desired.insert(k.clone(), v);
+                        self.dirty.insert(k);
+                    }
+                    Some(Op::Remove(k)) => {
+                        self.desired.remove(&k);
+                        self.dirty.insert(k);
+                    }
+                    Some(Op::Leave(done)) => {
+                        if let Some(l) = self.lease.take() {
+                            let _ = self.registry.revoke(l).await;
+                        }
+                        self.set_registered(false);
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.renew().await;
+                    if watch.is_none() {
+                        watch = self.resync().await;
+                    }
+                }
+                batch = async { watch.as_mut().expect("guarded").recv().await }, if watch.is_some() => {
+                    match batch {
+                        Some(Ok(events)) => {
+                            for e in events {
+                                self.apply(e);
+                            }
+                        }
+                        Some(Err(RegistryError::Compacted(_))) => watch = self.resync().await,
+                        Some(Err(e)) => {
+                            tracing::warn!("registry watch ended: {e}");
+                            watch = None;
+                        }
+                        None => watch = None,
+                    }
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn set_registered(&self, yes: bool) {
+        if self.registered.swap(yes, Ordering::Relaxed) != yes {
+            let _ = self.events.send(ClusterEvent::Registered(yes));
+        }
+    }
+
+    /// Keeps the lease alive, or gets a new one.
+    async fn renew(&mut self) {
+        match self.lease {
+            Some(l) => match self.registry.keep_alive(l).await {
+                Ok(()) => self.renewed = Instant::now(),
+                Err(RegistryError::LeaseExpired) => {
+                    tracing::warn!("registry lease expired; re-registering");
+                    self.lose_lease();
+                }
+                Err(e) => {
+                    if self.renewed.elapsed() >= self.ttl {
+                        tracing::warn!("registry unreachable for a whole lease TTL ({e}); fencing");
+                        self.lose_lease();
+                    }
+                }
+            },
+            None => match self.registry.grant(self.ttl).await {
+                Ok(l) => {
+                    tracing::info!(lease = l.0, "registered with the registry");
+                    self.lease = Some(l);
+                    self.renewed = Instant::now();
+                    self.dirty = self.desired.keys().cloned().collect();
+                }
+                Err(e) => tracing::debug!("registry: {e}"),
+            },
+        }
+    }
+
+    /// Fencing: the lease is gone; nothing is written with it again.
+    fn lose_lease(&mut self) {
+        self.lease = None;
+        self.set_registered(false);
+    }
+
+    /// Writes dirty keys under the current lease.
+    async fn flush(&mut self) {
+        let Some(lease) = self.lease else { return };
+        while let Some(k) = self.dirty.pop_first() {
+            let result = match self.desired.get(&k) {
+                Some(v) => self.registry.put(&k, v.clone(), lease).await,
+                None => self.registry.delete(&k).await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(RegistryError::LeaseExpired) => {
+                    self.dirty.insert(k);
+                    self.lose_lease();
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("registry write: {e}");
+                    self.dirty.insert(k);
+                    return;
+                }
+            }
+        }
+        // Everything the node owns is written under a live lease.
+        self.set_registered(true);
+    }
+
+    /// Lists the prefix, reports what changed since the last view, and watches from there.
+    async fn resync(&mut self) -> Option<Watch> {
+        let (kvs, revision) = match self.registry.list(self.keys.prefix()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("registry list: {e}");
+                return None;
+            }
+        };
+        let new: BTreeMap<String, Vec<u8>> = kvs.into_iter().collect();
+        let old = std::mem::take(&mut *self.mirror.write().unwrap_or_else(|e| e.into_inner()));
+        for k in old.keys().filter(|k| !new.contains_key(*k)) {
+            self.emit(k, None);
+        }
+        for (k, v) in &new {
+            if old.get(k) != Some(v) {
+                self.emit(k, Some(v));
+            }
+        }
+        *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = new;
+        match self.registry.watch(self.keys.prefix(), revision + 1).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::debug!("registry watch: {e}");
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, e: WatchEvent) {
+        match e {
+            WatchEvent::Put { key, value } => {
+                self.emit(&key, Some(&value));
+                self.mirror
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, value);
+            }
+            WatchEvent::Delete { key } => {
+                let existed = self
+                    .mirror
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key)
+                    .is_some();
+                if existed {
+                    self.emit(&key, None);
+                }
+            }
+        }
+    }
+
+    fn emit(&self, key: &str, value: Option<&Vec<u8>>) {
+        let Some(parsed) = self.keys.parse(key) else {
+            return;
+        };
+        let event = match (parsed, value) {
+            (Key::Node(_), Some(v)) => serde_json::from_slice(v).ok().map(ClusterEvent::Node),
+            (Key::Node(id), None) => Some(ClusterEvent::NodeGone(id)),
+            (Key::Participant { room, .. }, Some(v)) => serde_json::from_slice(v)
+                .ok()
+                .map(|record| ClusterEvent::Participant { room, record }),
+            (Key::Participant { room, sid }, None) => {
+                Some(ClusterEvent::ParticipantGone { room, sid })
+            }
+            (Key::Track { room, .. }, Some(v)) => serde_json::from_slice(v)
+                .ok()
+                .map(|record| ClusterEvent::Track { room, record }),
+            (Key::Track { room, track }, None) => Some(ClusterEvent::TrackGone { room, track }),
+            (Key::RoomNode { .. }, _) => None,
+        };
+        match event {
+            Some(e) => {
+                let _ = self.events.send(e);
+            }
+            None if value.is_some() => {
+                tracing::warn!(key, "registry value does not parse; ignored")
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::MemoryRegistry;
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            region: String::new(),
+            http_url: format!("http://{id}"),
+            relay_addr: None,
+            state: Default::default(),
+            capacity: 0,
+            load: Default::default(),
+            updated_ms: 0,
+        }
+    }
+
+    async fn until(
+        events: &mut mpsc::UnboundedReceiver<ClusterEvent>,
+        f: impl Fn(&ClusterEvent) -> bool,
+    ) -> ClusterEvent {
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("event in time")
+                .unwrap();
+            if f(&e) {
+                return e;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_see_each_other_and_a_dead_nodes_keys_expire() {
+        let reg = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let (tx_a, mut ev_a) = mpsc::unbounded_channel();
+        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx_a);
+        a.set_json(keys.node("a"), &node("a"));
+        let (tx_b, _ev_b) = mpsc::unbounded_channel();
+        let b = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx_b);
+        b.set_json(keys.node("b"), &node("b"));
+        until(
+            &mut ev_a,
+            |e| matches!(e, ClusterEvent::Node(n) if n.id == "b"),
+        )
+        .await;
+        assert!(a.registered());
+        assert_eq!(a.nodes().len(), 2);
+        // b stops renewing (as if killed): its keys go with its lease.
+        drop(b);
+        // Membership tasks outlive handles; revoke-free death is simulated by expiring.
+        let lease_b = LeaseId(2);
+        reg.expire_lease(lease_b);
+        until(
+            &mut ev_a,
+            |e| matches!(e, ClusterEvent::NodeGone(id) if id == "b"),
+        )
+        .await;
+        assert_eq!(a.nodes().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_fences_then_everything_is_written_again() {
+        let reg = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let (tx, mut ev) = mpsc::unbounded_channel();
+        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
+        a.set_json(keys.node("a"), &node("a"));
+        a.set_json(keys.track("r", "TR_1"), &"x");
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        reg.expire_lease(LeaseId(1));
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(false))).await;
+        assert!(!a.registered(), "no joins while fenced");
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        let (kvs, _) = reg.list("/sfu/t/").await.unwrap();
+        assert_eq!(kvs.len(), 2, "both keys written again under the new lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compaction_leads_to_a_relist_with_the_differences() {
+        let reg = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let (tx, mut ev) = mpsc::unbounded_channel();
+        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
+        a.set_json(keys.node("a"), &node("a"));
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        reg.compact();
+        let lease = reg.grant(Duration::from_secs(60)).await.unwrap();
+        reg.put(
+            &keys.node("z"),
+            serde_json::to_vec(&node("z")).unwrap(),
+            lease,
+        )
+        .await
+        .unwrap();
+        until(
+            &mut ev,
+            |e| matches!(e, ClusterEvent::Node(n) if n.id == "z"),
+        )
+        .await;
+        assert_eq!(a.nodes().len(), 2);
+    }
+}

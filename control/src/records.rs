@@ -1,0 +1,172 @@
+//! What the registry holds: the key layout and the records stored under it (JSON).
+//!
+//! ```text
+//! {prefix}nodes/{node}                       NodeRecord      (the node's lease)
+//! {prefix}rooms/{room}/nodes/{node}          RoomNodeRecord  (the node hosts part of the room)
+//! {prefix}rooms/{room}/participants/{sid}    ParticipantRecord
+//! {prefix}rooms/{room}/tracks/{track}        TrackRecord     (the track directory)
+//! ```
+//!
+//! Every key is written by the node it describes and bound to that node's lease, so a node
+//! that dies takes its entries with it when the lease expires.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Whether a node takes new participants.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    #[default]
+    Active,
+    Draining,
+}
+
+/// A node's load, as it last reported it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Load {
+    pub rooms: u32,
+    pub participants: u32,
+    pub tracks: u32,
+    /// CPU use of the node process, in cores.
+    pub cpu: f32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub id: String,
+    #[serde(default)]
+    pub region: String,
+    /// Base URL for clients (`http://host:port`).
+    pub http_url: String,
+    /// Where other nodes reach its relay endpoint.
+    pub relay_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub state: NodeState,
+    /// Participants it accepts before placement prefers other nodes (0: no limit).
+    #[serde(default)]
+    pub capacity: u32,
+    #[serde(default)]
+    pub load: Load,
+    /// When the record was written (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub updated_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct RoomNodeRecord {
+    pub participants: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantRecord {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrackRecord {
+    /// `TR_…`
+    pub track: String,
+    pub participant: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    pub codec_mime: String,
+    pub clock_rate: u32,
+    /// Simulcast RIDs, lowest quality first; empty for a single stream.
+    pub rids: Vec<String>,
+    pub name: String,
+    /// The node the track is published on.
+    pub origin: String,
+}
+
+/// A parsed key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    Node(String),
+    RoomNode { room: String, node: String },
+    Participant { room: String, sid: String },
+    Track { room: String, track: String },
+}
+
+/// The key layout under a cluster's prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `/sfu/{cluster}/`.
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            prefix: format!("/sfu/{cluster}/"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn node(&self, id: &str) -> String {
+        format!("{}nodes/{id}", self.prefix)
+    }
+
+    pub fn room_node(&self, room: &str, node: &str) -> String {
+        format!("{}rooms/{room}/nodes/{node}", self.prefix)
+    }
+
+    pub fn participant(&self, room: &str, sid: &str) -> String {
+        format!("{}rooms/{room}/participants/{sid}", self.prefix)
+    }
+
+    pub fn track(&self, room: &str, track: &str) -> String {
+        format!("{}rooms/{room}/tracks/{track}", self.prefix)
+    }
+
+    pub fn rooms_prefix(&self) -> String {
+        format!("{}rooms/", self.prefix)
+    }
+
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["nodes", id] => Some(Key::Node((*id).to_owned())),
+            ["rooms", room, "nodes", node] => Some(Key::RoomNode {
+                room: (*room).to_owned(),
+                node: (*node).to_owned(),
+            }),
+            ["rooms", room, "participants", sid] => Some(Key::Participant {
+                room: (*room).to_owned(),
+                sid: (*sid).to_owned(),
+            }),
+            ["rooms", room, "tracks", track] => Some(Key::Track {
+                room: (*room).to_owned(),
+                track: (*track).to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let k = Keys::new("c1");
+        assert_eq!(k.parse(&k.node("n1")), Some(Key::Node("n1".into())));
+        assert_eq!(
+            k.parse(&k.track("demo room", "TR_1")),
+            Some(Key::Track {
+                room: "demo room".into(),
+                track: "TR_1".into()
+            })
+        );
+        assert_eq!(k.parse("/sfu/other/nodes/n1"), None);
+        assert_eq!(k.parse(&format!("{}rooms/x/weird", k.prefix())), None);
+    }
+}

@@ -1,0 +1,164 @@
+//! The registry on etcd (v3 API, through `etcd-client`).
+
+use super::{LeaseId, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Every call gives up after this long, so a node notices an unreachable etcd quickly.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct EtcdRegistry {
+    client: Client,
+}
+
+fn unavailable(e: etcd_client::Error) -> RegistryError {
+    let text = e.to_string();
+    if text.contains("requested lease not found") || text.contains("lease not found") {
+        RegistryError::LeaseExpired
+    } else if text.contains("compacted") {
+        RegistryError::Compacted(0)
+    } else {
+        RegistryError::Unavailable(text)
+    }
+}
+
+impl EtcdRegistry {
+    /// Connects to etcd (`http://host:port` endpoints). Returns at once: the connection is
+    /// established lazily and re-established after failures.
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { client })
+    }
+}
+
+impl Registry for EtcdRegistry {
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId> {
+        let r = self
+            .client
+            .clone()
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(LeaseId(r.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease.0)
+            .await
+            .map_err(unavailable)?;
+        keeper.keep_alive().await.map_err(unavailable)?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| RegistryError::Unavailable("keep-alive timed out".into()))?
+            .map_err(unavailable)?;
+        match answer {
+            Some(r) if r.ttl() > 0 => Ok(()),
+            // etcd answers a keep-alive of an unknown lease with TTL 0.
+            _ => Err(RegistryError::LeaseExpired),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.client
+            .clone()
+            .lease_revoke(lease.0)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<()> {
+        self.client
+            .clone()
+            .put(key, value, Some(PutOptions::new().with_lease(lease.0)))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete(key, None)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Revision)> {
+        let r = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let revision = r.header().map_or(0, |h| h.revision());
+        let kvs = r
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
+            .collect();
+        Ok((kvs, revision))
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+        let options = WatchOptions::new().with_prefix().with_start_revision(from);
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let batch = match stream.message().await {
+                    Ok(Some(r)) if r.compact_revision() > 0 => {
+                        Err(RegistryError::Compacted(r.compact_revision()))
+                    }
+                    Ok(Some(r)) if r.canceled() => Err(RegistryError::Other(format!(
+                        "watch canceled: {}",
+                        r.cancel_reason()
+                    ))),
+                    Ok(Some(r)) => Ok(r
+                        .events()
+                        .iter()
+                        .filter_map(|e| {
+                            let kv = e.kv()?;
+                            let key = kv.key_str().ok()?.to_owned();
+                            Some(match e.event_type() {
+                                EventType::Put => WatchEvent::Put {
+                                    key,
+                                    value: kv.value().to_vec(),
+                                },
+                                EventType::Delete => WatchEvent::Delete { key },
+                            })
+                        })
+                        .collect::<Vec<_>>()),
+                    Ok(None) => Err(RegistryError::Unavailable("watch stream ended".into())),
+                    Err(e) => Err(unavailable(e)),
+                };
+                let end = batch.is_err();
+                if matches!(&batch, Ok(events) if events.is_empty()) {
+                    continue;
+                }
+                if tx.send(batch).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

@@ -1,0 +1,78 @@
+//! The registry: the cluster's shared state, as keys bound to leases.
+//!
+//! [`Registry`] is the small key-value surface the cluster needs from etcd: leases with a TTL,
+//! puts bound to a lease (refused once the lease is gone, which is what fences a node that lost
+//! it), prefix listing with the revision it reflects, and watching from a revision.
+//! [`EtcdRegistry`] is the real one; [`MemoryRegistry`] keeps the same semantics in process for a
+//! standalone node and for deterministic tests.
+
+mod etcd;
+mod memory;
+
+pub use etcd::EtcdRegistry;
+pub use memory::MemoryRegistry;
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A lease: keys put under it disappear when it expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseId(pub i64);
+
+/// An etcd revision.
+pub type Revision = i64;
+
+/// One change under a watched prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum RegistryError {
+    /// The registry cannot be reached (or timed out).
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// The lease expired or was revoked; whoever held it must re-register.
+    #[error("lease expired")]
+    LeaseExpired,
+    /// The revision to watch from was compacted away: list again.
+    #[error("revision {0} was compacted")]
+    Compacted(Revision),
+    /// Anything else the registry refused.
+    #[error("registry error: {0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Watch events, in batches as the registry delivers them; an `Err` ends the watch.
+pub type Watch = mpsc::Receiver<Result<Vec<WatchEvent>>>;
+
+/// See the module documentation.
+pub trait Registry: Send + Sync + 'static {
+    /// Creates a lease with this time to live.
+    fn grant(&self, ttl: Duration) -> impl Future<Output = Result<LeaseId>> + Send;
+    /// Renews a lease; `LeaseExpired` if it is gone.
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<()>> + Send;
+    /// Ends a lease now, deleting its keys.
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<()>> + Send;
+    /// Writes a key bound to a lease; `LeaseExpired` if the lease is gone.
+    fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Every key under a prefix, and the revision the listing reflects.
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<(Vec<(String, Vec<u8>)>, Revision)>> + Send;
+    /// Changes under a prefix from `from` on (inclusive).
+    fn watch(&self, prefix: &str, from: Revision) -> impl Future<Output = Result<Watch>> + Send;
+}

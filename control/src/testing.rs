@@ -1,0 +1,94 @@
+//! Test support: a real etcd server (Debian's `etcd` binary) on free loopback ports in a
+//! temporary directory, stopped when dropped.
+
+use anyhow::{Context, bail};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running etcd.
+pub struct Etcd {
+    child: Child,
+    dir: PathBuf,
+    pub endpoint: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it serves.
+    pub fn start() -> anyhow::Result<Self> {
+        let (client, peer) = (free_port()?, free_port()?);
+        let dir = std::env::temp_dir().join(format!("sfu-etcd-{}-{client}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server)")?;
+        let etcd = Self {
+            child,
+            dir,
+            endpoint: client_url,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+                return Ok(etcd);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "etcd did not start; see {}",
+            etcd.dir.join("etcd.log").display()
+        )
+    }
+
+    /// Freezes the process (SIGSTOP): etcd is unreachable but keeps its state.
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Resumes a paused etcd (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,148 @@
+//! The registry against a real etcd: leases, fencing, watches, and two nodes' membership.
+
+use sfu_control::records::{Keys, NodeRecord};
+use sfu_control::registry::{EtcdRegistry, Registry, RegistryError, WatchEvent};
+use sfu_control::testing::Etcd;
+use sfu_control::{ClusterEvent, Membership};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+fn node(id: &str) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        region: "test".into(),
+        http_url: format!("http://{id}"),
+        relay_addr: None,
+        state: Default::default(),
+        capacity: 0,
+        load: Default::default(),
+        updated_ms: 0,
+    }
+}
+
+async fn until(
+    events: &mut mpsc::UnboundedReceiver<ClusterEvent>,
+    within: Duration,
+    f: impl Fn(&ClusterEvent) -> bool,
+) {
+    tokio::time::timeout(within, async {
+        loop {
+            if f(&events.recv().await.unwrap()) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the event came in time");
+}
+
+#[tokio::test]
+async fn etcd_registry_semantics() {
+    let etcd = Etcd::start().unwrap();
+    let r = EtcdRegistry::connect(&[etcd.endpoint.clone()])
+        .await
+        .unwrap();
+    let lease = r.grant(Duration::from_secs(2)).await.unwrap();
+    r.put("/t/a", b"1".to_vec(), lease).await.unwrap();
+    let (kvs, rev) = r.list("/t/").await.unwrap();
+    assert_eq!(kvs, vec![("/t/a".to_owned(), b"1".to_vec())]);
+    let mut w = r.watch("/t/", rev + 1).await.unwrap();
+    r.put("/t/b", b"2".to_vec(), lease).await.unwrap();
+    let got = w.recv().await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        vec![WatchEvent::Put {
+            key: "/t/b".into(),
+            value: b"2".to_vec()
+        }]
+    );
+    r.keep_alive(lease).await.unwrap();
+    // Without keep-alives the lease expires and takes both keys.
+    let mut deleted = 0;
+    while deleted < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), w.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        deleted += batch
+            .iter()
+            .filter(|e| matches!(e, WatchEvent::Delete { .. }))
+            .count();
+    }
+    assert_eq!(r.keep_alive(lease).await, Err(RegistryError::LeaseExpired));
+    assert_eq!(
+        r.put("/t/c", vec![], lease).await,
+        Err(RegistryError::LeaseExpired),
+        "fenced"
+    );
+}
+
+#[tokio::test]
+async fn memberships_on_etcd_survive_an_outage() {
+    let etcd = Etcd::start().unwrap();
+    let keys = Keys::new("outage");
+    let (tx_a, mut ev_a) = mpsc::unbounded_channel();
+    let a = Membership::start(
+        EtcdRegistry::connect(&[etcd.endpoint.clone()])
+            .await
+            .unwrap(),
+        keys.clone(),
+        Duration::from_secs(3),
+        tx_a,
+    );
+    a.set_json(keys.node("a"), &node("a"));
+    let (tx_b, mut ev_b) = mpsc::unbounded_channel();
+    let b = Membership::start(
+        EtcdRegistry::connect(&[etcd.endpoint.clone()])
+            .await
+            .unwrap(),
+        keys.clone(),
+        Duration::from_secs(3),
+        tx_b,
+    );
+    b.set_json(keys.node("b"), &node("b"));
+    until(
+        &mut ev_a,
+        Duration::from_secs(10),
+        |e| matches!(e, ClusterEvent::Node(n) if n.id == "b"),
+    )
+    .await;
+    until(&mut ev_b, Duration::from_secs(10), |e| {
+        matches!(e, ClusterEvent::Registered(true))
+    })
+    .await;
+
+    // etcd freezes for longer than the lease TTL: both nodes fence themselves.
+    etcd.pause();
+    until(&mut ev_a, Duration::from_secs(15), |e| {
+        matches!(e, ClusterEvent::Registered(false))
+    })
+    .await;
+    assert!(!a.registered());
+    // It comes back: both re-register under new leases and see each other again.
+    etcd.resume();
+    until(&mut ev_a, Duration::from_secs(20), |e| {
+        matches!(e, ClusterEvent::Registered(true))
+    })
+    .await;
+    until(&mut ev_b, Duration::from_secs(20), |e| {
+        matches!(e, ClusterEvent::Registered(true))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: Vec<String> = a.nodes().into_iter().map(|n| n.id).collect();
+    assert!(
+        ids.contains(&"a".to_owned()) && ids.contains(&"b".to_owned()),
+        "{ids:?}"
+    );
+
+    // A node that leaves revokes its lease: its keys go at once.
+    b.leave().await;
+    until(
+        &mut ev_a,
+        Duration::from_secs(5),
+        |e| matches!(e, ClusterEvent::NodeGone(id) if id == "b"),
+    )
+    .await;
+}
