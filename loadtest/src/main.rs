@@ -16,6 +16,10 @@ struct Cli {
     /// Base URL of the WHIP/WHEP server.
     #[arg(long, default_value = "http://127.0.0.1:7880")]
     url: String,
+    /// Base URLs subscribers join, round robin (default: --url). Use several nodes of a
+    /// cluster to spread subscribers over them.
+    #[arg(long, value_delimiter = ',')]
+    subscriber_url: Vec<String>,
     /// Room to use (a run number is appended when several runs are swept).
     #[arg(long, default_value = "loadtest")]
     room: String,
@@ -94,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 cli.room.clone()
             };
-            let t = match &cli.token {
+            let tokens = || match &cli.token {
                 Some(t) => Tokens::Fixed(t.clone()),
                 None => Tokens::Mint {
                     api_key: cli.api_key.clone(),
@@ -102,7 +106,12 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             let plan = Plan {
-                target: Arc::new(Target::whip(&cli.url, &room, t)),
+                target: Arc::new(Target::whip(&cli.url, &room, tokens())),
+                subscriber_targets: cli
+                    .subscriber_url
+                    .iter()
+                    .map(|u| Arc::new(Target::whip(u, &room, tokens())))
+                    .collect(),
                 bind: cli.bind,
                 publishers: cli.publishers,
                 publisher: Role::Publisher {

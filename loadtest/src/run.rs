@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 
 /// What to run.
 pub struct Plan {
+    /// Where publishers join (and subscribers, unless `subscriber_targets` is set).
     pub target: Arc<Target>,
+    /// Where subscribers join, round robin (e.g. several nodes of a cluster).
+    pub subscriber_targets: Vec<Arc<Target>>,
     pub bind: IpAddr,
     pub publishers: usize,
     pub publisher: Role,
@@ -85,10 +88,16 @@ pub async fn run(plan: Plan) -> Report {
     let mut peers = Vec::new();
     let spawn = |id: usize, role: Role| {
         let state: Shared = Arc::new(Mutex::new(PeerState::default()));
+        let target = match role {
+            Role::Subscriber if !plan.subscriber_targets.is_empty() => {
+                plan.subscriber_targets[id % plan.subscriber_targets.len()].clone()
+            }
+            _ => plan.target.clone(),
+        };
         let task = tokio::spawn(peer::run(
             id,
             role.clone(),
-            plan.target.clone(),
+            target,
             plan.bind,
             state.clone(),
             stop_rx.clone(),

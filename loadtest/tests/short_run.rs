@@ -21,6 +21,7 @@ async fn twenty_peers_for_ten_seconds_fill_the_report() {
                 api_secret: "secret".into(),
             },
         )),
+        subscriber_targets: Vec::new(),
         bind: "127.0.0.1".parse().unwrap(),
         publishers: 1,
         publisher: Role::Publisher {

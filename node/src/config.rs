@@ -27,6 +27,8 @@ pub struct Config {
     pub room: RoomLimits,
     /// Limits on signaling input.
     pub limits: InputLimits,
+    /// Membership in a cluster of nodes.
+    pub cluster: ClusterConfig,
     /// `tracing` filter, e.g. `info,sfu_node=debug`.
     pub log: String,
 }
@@ -44,6 +46,60 @@ pub struct RtcConfig {
     pub node_ips: Vec<IpAddr>,
     /// Media worker threads; 0 means one per CPU core.
     pub workers: usize,
+}
+
+/// Cluster membership. With no etcd endpoints the node runs standalone, with an in-memory
+/// registry and no relay links.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id: a DNS-style name, also the name in its certificate. Empty: a random one.
+    pub node_id: String,
+    /// Cluster name; nodes of one cluster share a registry prefix.
+    pub name: String,
+    pub region: String,
+    /// etcd endpoints (`http://host:2379`). Empty: standalone.
+    pub etcd: Vec<String>,
+    /// Where the relay (QUIC) endpoint listens.
+    pub relay_bind: SocketAddr,
+    /// Where other nodes reach it. Default: the first announced address and the bound port.
+    pub relay_advertise: Option<SocketAddr>,
+    /// Base URL clients use for this node. Default: the first announced address and the HTTP
+    /// port.
+    pub http_advertise: Option<String>,
+    /// Directory with `ca.pem`, `{node_id}.pem` and `{node_id}.key`.
+    pub certs_dir: Option<std::path::PathBuf>,
+    /// Nodes a track is fed to directly before further nodes are redirected to them.
+    pub fanout: usize,
+    /// Registry lease time to live, in seconds (keep-alives go every third of it).
+    pub lease_ttl_secs: u64,
+    /// Participants this node takes before placement prefers others (0: no limit).
+    pub capacity: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            name: "default".to_owned(),
+            region: String::new(),
+            etcd: Vec::new(),
+            relay_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7890),
+            relay_advertise: None,
+            http_advertise: None,
+            certs_dir: None,
+            fanout: 4,
+            lease_ttl_secs: 5,
+            capacity: 0,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the node joins a cluster (rather than running standalone).
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
+    }
 }
 
 /// Room limits.
@@ -74,6 +130,7 @@ impl Default for Config {
             keys: BTreeMap::new(),
             room: RoomLimits::default(),
             limits: InputLimits::default(),
+            cluster: ClusterConfig::default(),
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"
@@ -129,6 +186,7 @@ impl Config {
         c.rtc.udp_port = 0;
         c.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         c.rtc.workers = 2;
+        c.cluster.relay_bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         c
     }
 
@@ -183,6 +241,24 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 || self.limits.max_sdp_bytes < 1024 {
             bail!("limits must be at least 1024 bytes");
+        }
+        let c = &self.cluster;
+        if !c.node_id.is_empty()
+            && !c
+                .node_id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+        {
+            bail!("cluster.node_id {:?}: use letters, digits, '-' and '.' (it is a certificate name)", c.node_id);
+        }
+        if c.enabled() && c.certs_dir.is_none() {
+            bail!("a clustered node needs cluster.certs_dir (create one with `sfu-node certs`)");
+        }
+        if !(1..=5).contains(&c.lease_ttl_secs) {
+            bail!("cluster.lease_ttl_secs must be between 1 and 5");
+        }
+        if c.fanout == 0 {
+            bail!("cluster.fanout must be at least 1");
         }
         Ok(())
     }

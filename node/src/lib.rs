@@ -4,9 +4,11 @@
 //!   sans-IO `rtc`) and a shared UDP socket each; the forwarding core (`sfu-core`) runs inside.
 //! - [`http`]: WebSocket signaling, WHIP/WHEP, the demo page, health and metrics (axum).
 //! - [`auth`]: LiveKit-compatible JWT access tokens.
+//! - [`cluster`]: registry membership and relay links, routed to the media workers.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, start and stop.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod media;

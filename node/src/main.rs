@@ -25,6 +25,18 @@ enum Cmd {
     Serve,
     /// Mint an access token.
     Token(TokenArgs),
+    /// Create a development cluster CA (if missing) and node certificates in a directory.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Directory for ca.pem, ca.key and NODE.pem / NODE.key per node.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node ids to issue certificates for (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
 }
 
 /// Settings that override the configuration file. Each also reads an environment variable.
@@ -51,6 +63,29 @@ struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. "info,sfu_node=debug".
     #[arg(long, env = "SFU_LOG", global = true)]
     log: Option<String>,
+    /// This node's id in the cluster (also its certificate name).
+    #[arg(long, env = "SFU_NODE_ID", global = true)]
+    node_id: Option<String>,
+    /// etcd endpoints (comma-separated); none means standalone.
+    #[arg(long, env = "SFU_ETCD", value_delimiter = ',', global = true)]
+    etcd: Vec<String>,
+    /// Cluster name (registry prefix).
+    #[arg(long, env = "SFU_CLUSTER", global = true)]
+    cluster: Option<String>,
+    #[arg(long, env = "SFU_REGION", global = true)]
+    region: Option<String>,
+    /// Where the relay (QUIC) endpoint listens.
+    #[arg(long, env = "SFU_RELAY_BIND", global = true)]
+    relay_bind: Option<SocketAddr>,
+    /// Where other nodes reach the relay endpoint.
+    #[arg(long, env = "SFU_RELAY_ADVERTISE", global = true)]
+    relay_advertise: Option<SocketAddr>,
+    /// Directory with the cluster CA and this node's certificate (see `certs`).
+    #[arg(long, env = "SFU_CERTS_DIR", global = true)]
+    certs_dir: Option<PathBuf>,
+    /// Nodes a track is fed to directly before others are redirected.
+    #[arg(long, env = "SFU_FANOUT", global = true)]
+    fanout: Option<usize>,
 }
 
 #[derive(Args)]
@@ -105,6 +140,31 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(l) = &args.log {
         c.log = l.clone();
     }
+    let k = &mut c.cluster;
+    if let Some(v) = &args.node_id {
+        k.node_id = v.clone();
+    }
+    if !args.etcd.is_empty() {
+        k.etcd = args.etcd.clone();
+    }
+    if let Some(v) = &args.cluster {
+        k.name = v.clone();
+    }
+    if let Some(v) = &args.region {
+        k.region = v.clone();
+    }
+    if let Some(v) = args.relay_bind {
+        k.relay_bind = v;
+    }
+    if let Some(v) = args.relay_advertise {
+        k.relay_advertise = Some(v);
+    }
+    if let Some(v) = &args.certs_dir {
+        k.certs_dir = Some(v.clone());
+    }
+    if let Some(v) = args.fanout {
+        k.fanout = v;
+    }
     c.validate()?;
     Ok(c)
 }
@@ -124,6 +184,14 @@ fn main() -> anyhow::Result<()> {
             claims.name = Some(t.name.unwrap_or(t.identity));
             claims.video.room_admin = t.admin;
             println!("{}", sfu_node::auth::mint(&t.api_secret, &claims)?);
+            Ok(())
+        }
+        Some(Cmd::Certs(a)) => {
+            let files = sfu_relay::certs::ensure_dev_certs(&a.dir, &a.nodes)?;
+            for (node, f) in a.nodes.iter().zip(files) {
+                println!("{node}: {} {}", f.cert.display(), f.key.display());
+            }
+            println!("CA: {}", a.dir.join("ca.pem").display());
             Ok(())
         }
         Some(Cmd::Serve) | None => {

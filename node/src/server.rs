@@ -1,51 +1,147 @@
-//! Starting and stopping a node: media workers plus the HTTP server.
+//! Starting and stopping a node: registry membership, media workers, relay links, HTTP.
 
+use crate::cluster::{Router, report_load, route_events};
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::media::{MediaPlane, WorkerConfig};
 use crate::metrics::Metrics;
 use anyhow::Context;
+use sfu_control::records::{NodeRecord, NodeState};
+use sfu_control::{EtcdRegistry, Keys, MemoryRegistry, Membership};
+use sfu_relay::quic::{Identity, LinkManager};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// A running node.
 pub struct Server {
     pub http_addr: SocketAddr,
+    pub node_id: String,
+    /// Where other nodes reach this node's relay endpoint (clustered nodes only).
+    pub relay_addr: Option<SocketAddr>,
     pub media: MediaPlane,
     pub metrics: Arc<Metrics>,
+    pub membership: Membership,
+    links: Option<Arc<LinkManager>>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+    http: JoinHandle<()>,
 }
 
 impl Server {
     /// Starts a node on the current tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let node_id = if config.cluster.node_id.is_empty() {
+            format!("node-{:08x}", rand::random::<u32>())
+        } else {
+            config.cluster.node_id.clone()
+        };
+        let announced = config.announced_ips();
+        let keys = Keys::new(&config.cluster.name);
+        let ttl = Duration::from_secs(config.cluster.lease_ttl_secs);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let membership = if config.cluster.enabled() {
+            let registry = EtcdRegistry::connect(&config.cluster.etcd)
+                .await
+                .context("connecting to etcd")?;
+            Membership::start(registry, keys.clone(), ttl, events_tx)
+        } else {
+            Membership::start(MemoryRegistry::new(), keys.clone(), ttl, events_tx)
+        };
+
         let metrics = Arc::new(Metrics::new());
         let workers = WorkerConfig {
             workers: config.worker_count(),
             bind_ip: config.rtc.bind_ip,
             first_port: config.rtc.udp_port,
-            announced_ips: config.announced_ips(),
+            announced_ips: announced.clone(),
             max_participants: config.room.max_participants,
             default_max_layer: config.room.default_max_layer,
             core: sfu_core::RoomConfig::default(),
+            node_id: node_id.as_str().into(),
+            fanout: config.cluster.fanout,
+            membership: membership.clone(),
         };
-        let media = MediaPlane::start(workers.clone(), metrics.clone())?;
+        let media = MediaPlane::start(workers, metrics.clone())?;
+
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await
             .with_context(|| format!("binding HTTP {}", config.http_bind))?;
         let http_addr = listener.local_addr()?;
+        let host = announced
+            .first()
+            .copied()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let http_url = config
+            .cluster
+            .http_advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", SocketAddr::new(host, http_addr.port())));
+
+        let (links, relay_addr) = if config.cluster.enabled() {
+            let dir = config.cluster.certs_dir.as_ref().context("cluster.certs_dir")?;
+            let files = sfu_relay::certs::node_files(dir, &node_id);
+            let identity = Identity::from_files(&node_id, &files.ca, &files.cert, &files.key)
+                .with_context(|| format!("loading node certificate for {node_id} from {}", dir.display()))?;
+            let links = LinkManager::start(
+                config.cluster.relay_bind,
+                &identity,
+                Arc::new(Router::new(media.clone())),
+            )?;
+            let bound = links.local_addr()?;
+            let advertise = config
+                .cluster
+                .relay_advertise
+                .unwrap_or_else(|| SocketAddr::new(host, bound.port()));
+            (Some(links), Some(advertise))
+        } else {
+            (None, None)
+        };
+
+        let record = NodeRecord {
+            id: node_id.clone(),
+            region: config.cluster.region.clone(),
+            http_url: http_url.clone(),
+            relay_addr,
+            state: NodeState::Active,
+            capacity: config.cluster.capacity,
+            load: Default::default(),
+            updated_ms: 0,
+        };
+        let tasks = vec![
+            tokio::spawn(route_events(
+                node_id.as_str().into(),
+                events_rx,
+                media.clone(),
+                membership.clone(),
+                links.clone(),
+            )),
+            tokio::spawn(report_load(membership.clone(), record, media.clone())),
+        ];
+
+        // Serve once registered (at once with the in-memory registry); with etcd unreachable,
+        // start anyway: joins are refused until the registry answers.
+        let registered = async {
+            while !membership.registered() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(ttl, registered).await.is_err() {
+            tracing::warn!("registry not reachable yet; refusing joins until it is");
+        }
+
         let config = Arc::new(config);
         let app = router(AppState::new(
             config.clone(),
             media.clone(),
             metrics.clone(),
+            membership.clone(),
         ));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = rx.await;
             });
@@ -61,40 +157,40 @@ impl Server {
             );
         }
         tracing::info!(
+            node = %node_id,
             http = %http_addr,
             udp = ?media.udp_addrs(),
-            announced = ?workers.announced_ips,
-            "node started: open http://{}/",
-            display_addr(http_addr)
+            relay = ?relay_addr,
+            cluster = config.cluster.enabled(),
+            "node started: open {http_url}/"
         );
         Ok(Self {
             http_addr,
+            node_id,
+            relay_addr,
             media,
             metrics,
+            membership,
+            links,
             shutdown: Some(tx),
-            task,
+            tasks,
+            http,
         })
     }
 
-    /// Stops accepting HTTP requests and waits for the server task.
+    /// Leaves the cluster (its registry keys go at once), closes relay links and stops
+    /// accepting HTTP requests.
     pub async fn stop(mut self) {
+        self.membership.leave().await;
+        if let Some(l) = &self.links {
+            l.close();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = (&mut self.task).await;
-    }
-
-    /// Waits until the HTTP server ends.
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
-}
-
-/// `0.0.0.0:7880` is not something to paste in a browser; show `127.0.0.1:7880` instead.
-fn display_addr(a: SocketAddr) -> SocketAddr {
-    if a.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port())
-    } else {
-        a
+        let _ = (&mut self.http).await;
     }
 }

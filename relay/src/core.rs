@@ -110,6 +110,21 @@ pub enum Output {
     Unfed { key: TrackKey, ended: bool },
 }
 
+impl Output {
+    /// The room an output concerns (all but control frames concern one).
+    pub fn room(&self) -> Option<&str> {
+        match self {
+            Output::Send { .. } => None,
+            Output::Attach { key, .. }
+            | Output::Detach { key, .. }
+            | Output::Retransmit { key, .. }
+            | Output::KeyframeRequest { key, .. }
+            | Output::Feeding { key, .. }
+            | Output::Unfed { key, .. } => Some(&key.room),
+        }
+    }
+}
+
 /// A packet delivered by a flow.
 #[derive(Debug)]
 pub struct Delivery<'a> {
@@ -432,6 +447,11 @@ impl Relay {
                 layer: layer as u32,
             }),
         );
+    }
+
+    /// Whether the relay feeds or pulls any track of `room` (so its forwarding core must stay).
+    pub fn has_room(&self, room: &str) -> bool {
+        self.feeds.keys().chain(self.wants.keys()).any(|k| &*k.room == room)
     }
 
     /// Whether a track is received from another node (rather than published here).

@@ -339,6 +339,25 @@ impl Room {
         Ok(())
     }
 
+    /// The layers a track's local subscriptions need: each one's target layer if that layer is
+    /// flowing here, otherwise every layer up to its maximum (so the best available can be
+    /// found). Used to pull only those layers of a track relayed from another node.
+    pub fn wanted_layers(&self, now: Instant, track_id: TrackId) -> Vec<LayerIndex> {
+        let Some(track) = self.tracks.get(&track_id) else {
+            return Vec::new();
+        };
+        let top = track.layers.len() - 1;
+        let mut wanted = vec![false; track.layers.len()];
+        for sub in &track.subscriptions {
+            match sub.forwarder.target_layer() {
+                Some(t) if track.layers.get(t).is_some_and(|l| l.is_live(now)) => wanted[t] = true,
+                Some(_) => wanted[..=sub.max_layer.min(top)].iter_mut().for_each(|w| *w = true),
+                None => {}
+            }
+        }
+        (0..wanted.len()).filter(|&l| wanted[l]).collect()
+    }
+
     /// Sets the highest layer a subscription may receive (`None` pauses it).
     pub fn set_max_layer(
         &mut self,

@@ -391,3 +391,23 @@ fn removing_a_track_ends_its_subscriptions_and_unknown_input_is_counted() {
     h.room.handle_keyframe_request(h.now, a);
     assert!(h.drain().is_empty());
 }
+
+#[test]
+fn wanted_layers_are_the_targets_or_everything_up_to_the_maximum_while_none_flows() {
+    let mut h = Harness::new();
+    h.add_video(VIDEO, 3);
+    h.subscribe(VIDEO, 1, 1);
+    assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![0, 1], "nothing flows yet");
+    h.room.handle_rtp(h.now, VIDEO, 1, vp8(12, 1, 0, true));
+    assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![1], "the target flows");
+    h.subscribe(VIDEO, 2, 0);
+    assert_eq!(
+        h.room.wanted_layers(h.now, VIDEO),
+        vec![1],
+        "layer 1 is all that flows, so the second subscriber gets it too"
+    );
+    h.room.handle_rtp(h.now, VIDEO, 0, vp8(11, 1, 0, true));
+    h.advance(Duration::from_millis(60));
+    assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![0, 1]);
+    assert!(h.room.wanted_layers(h.now, TrackId(999)).is_empty());
+}

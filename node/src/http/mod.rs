@@ -27,10 +27,16 @@ pub struct AppState {
     pub media: MediaPlane,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<whip::Sessions>,
+    pub membership: sfu_control::Membership,
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, media: MediaPlane, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        media: MediaPlane,
+        metrics: Arc<Metrics>,
+        membership: sfu_control::Membership,
+    ) -> Self {
         let keys = config.effective_keys();
         Self {
             auth: Arc::new(Authenticator::new(&keys)),
@@ -38,6 +44,21 @@ impl AppState {
             media,
             metrics,
             sessions: Arc::default(),
+            membership,
+        }
+    }
+
+    /// A node that lost its registry lease admits no one (fencing): its view of the cluster
+    /// may be stale and other nodes may already consider it gone.
+    fn admitting(&self) -> Result<(), Problem> {
+        if self.membership.registered() {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_registered",
+                "this node is not registered in the cluster right now; try another node or retry",
+            ))
         }
     }
 
@@ -92,6 +113,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    if !state.membership.registered() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not registered in the cluster");
+    }
     // The workers answer a snapshot only if their loops are running.
     let probe = tokio::time::timeout(std::time::Duration::from_secs(2), state.media.snapshot());
     match probe.await {

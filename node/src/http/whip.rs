@@ -110,6 +110,7 @@ async fn start(
     check_room_name(&room)?;
     let grants = state.bearer(&headers)?;
     grants.may_join(&room)?;
+    state.admitting()?;
     let allowed = match endpoint {
         Endpoint::Whip => grants.can_publish,
         Endpoint::Whep => grants.can_subscribe,

@@ -35,6 +35,7 @@ pub async fn upgrade(
     let room = grants.room.clone().unwrap_or_default();
     check_room_name(&room)?;
     grants.may_join(&room)?;
+    state.admitting()?;
     let ws = ws.map_err(|e| {
         Problem::new(
             StatusCode::UPGRADE_REQUIRED,

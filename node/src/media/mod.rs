@@ -8,12 +8,14 @@
 
 pub mod demux;
 pub mod peer;
+mod egress;
 mod room;
 mod room_drive;
 mod room_publish;
+mod room_remote;
 mod room_subscribe;
 pub mod udp;
-mod worker;
+pub mod worker;
 
 use crate::auth::Grants;
 use crate::metrics::Metrics;
@@ -110,6 +112,24 @@ pub enum Command {
     },
     /// Counts for `/metrics` and readiness.
     Snapshot(oneshot::Sender<WorkerSnapshot>),
+    /// Input from the cluster: relay links and registry changes.
+    Cluster(ClusterInput),
+}
+
+/// What the cluster tells a worker.
+pub enum ClusterInput {
+    LinkUp(sfu_relay::quic::Link),
+    LinkDown(sfu_relay::NodeId),
+    Frame {
+        from: sfu_relay::NodeId,
+        frame: sfu_proto::relay::Frame,
+    },
+    Datagram {
+        from: sfu_relay::NodeId,
+        flow: u32,
+        rtp: bytes::Bytes,
+    },
+    Event(sfu_control::ClusterEvent),
 }
 
 /// A worker's view of its load.
@@ -149,12 +169,27 @@ impl MediaPlane {
         &self.udp_addrs
     }
 
-    /// Sends a command to the worker owning `room`.
-    pub fn send(&self, room: &str, command: Command) -> Result<(), SignalError> {
+    /// The worker owning `room`.
+    pub fn worker_for(&self, room: &str) -> usize {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
-        let index = (h.finish() % self.workers.len() as u64) as usize;
-        self.workers[index]
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Sends a command to the worker owning `room`.
+    pub fn send(&self, room: &str, command: Command) -> Result<(), SignalError> {
+        self.send_to(self.worker_for(room), command)
+    }
+
+    /// Sends a command to worker `index`.
+    pub fn send_to(&self, index: usize, command: Command) -> Result<(), SignalError> {
+        self.workers
+            .get(index)
+            .ok_or_else(|| SignalError::new(ErrorCode::Internal, "no such media worker"))?
             .send(command)
             .map_err(|_| SignalError::new(ErrorCode::Internal, "media worker stopped"))
     }

@@ -8,7 +8,7 @@
 //! path).
 
 use super::peer::{Direction, IceCredentials};
-use super::udp::SendQueue;
+use super::egress::Egress;
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
     ErrorCode, ParticipantView, ServerMessage, SignalError, TrackView,
@@ -34,6 +34,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Settings shared by all rooms of a worker.
 pub struct RoomContext {
+    /// This node's id, written into the records it owns.
+    pub node_id: Arc<str>,
     /// Host candidates announced to peers (the worker's socket on each announced address).
     pub candidates: Vec<SocketAddr>,
     pub max_participants: usize,
@@ -78,7 +80,16 @@ impl Participant {
     }
 }
 
-/// A track published by a participant of this room.
+/// Where a track comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Published on this node, on this peer connection.
+    Local { peer: usize },
+    /// Published on another node; relayed here while someone here wants it.
+    Remote { node: String },
+}
+
+/// A track published in this room, here or on another node.
 pub(super) struct Published {
     pub id: TrackId,
     pub owner: String,
@@ -86,7 +97,16 @@ pub(super) struct Published {
     pub rtc_codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
     pub name: String,
     pub rids: Vec<String>,
-    pub peer: usize,
+    pub origin: Origin,
+}
+
+/// A participant of this room connected to another node.
+pub(super) struct RemoteParticipant {
+    pub identity: String,
+    pub name: String,
+    pub node: String,
+    pub seq: u64,
+    pub tracks: Vec<TrackId>,
 }
 
 impl Published {
@@ -167,6 +187,10 @@ pub struct LocalRoom {
     pub(super) ctx: Arc<RoomContext>,
     pub(super) core: sfu_core::Room,
     pub(super) participants: HashMap<String, Participant>,
+    /// Participants on other nodes, by sid.
+    pub(super) remote: HashMap<String, RemoteParticipant>,
+    /// The layers last asked of the cluster for each remote track.
+    pub(super) demand: HashMap<TrackId, Vec<LayerIndex>>,
     pub(super) peers: slab::Slab<Peer>,
     pub(super) tracks: HashMap<TrackId, Published>,
     pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -194,6 +218,8 @@ impl LocalRoom {
             ctx,
             core,
             participants: HashMap::new(),
+            remote: HashMap::new(),
+            demand: HashMap::new(),
             peers: slab::Slab::new(),
             tracks: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -260,6 +286,19 @@ impl LocalRoom {
         }
     }
 
+    pub(super) fn remote_view(&self, sid: &str, r: &RemoteParticipant) -> ParticipantView {
+        ParticipantView {
+            sid: sid.to_owned(),
+            identity: r.identity.clone(),
+            name: r.name.clone(),
+            tracks: r
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t).map(Published::view))
+                .collect(),
+        }
+    }
+
     /// Sends a message to every WebSocket participant except `except`.
     pub(super) fn broadcast(&self, except: &str, message: &ServerMessage) {
         for p in self.participants.values().filter(|p| p.sid != except) {
@@ -273,7 +312,7 @@ impl LocalRoom {
         &mut self,
         now: Instant,
         request: JoinRequest,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) -> Result<Joined, SignalError> {
         let identity = request.grants.identity.clone();
         // WHEP players often share one viewer token, so only publishing kinds are unique.
@@ -313,7 +352,21 @@ impl LocalRoom {
             tracks: Vec::new(),
         };
         let view = self.view(&participant);
-        let others = self.participants.values().map(|p| self.view(p)).collect();
+        let others = self
+            .participants
+            .values()
+            .map(|p| self.view(p))
+            .chain(self.remote.iter().map(|(sid, r)| self.remote_view(sid, r)))
+            .collect();
+        out.effects.push(super::egress::Effect::ParticipantJoined {
+            room: self.name.clone(),
+            record: sfu_control::ParticipantRecord {
+                sid: sid.clone(),
+                identity: participant.identity.clone(),
+                name: participant.name.clone(),
+                node: self.ctx.node_id.to_string(),
+            },
+        });
         self.broadcast(
             &sid,
             &ServerMessage::ParticipantJoined {
@@ -328,7 +381,7 @@ impl LocalRoom {
     }
 
     /// Removes a participant, its peer connections and its tracks.
-    pub fn leave(&mut self, now: Instant, sid: &str, reason: &str, out: &mut SendQueue) {
+    pub fn leave(&mut self, now: Instant, sid: &str, reason: &str, out: &mut Egress) {
         let Some(p) = self.participants.get(sid) else {
             return;
         };
@@ -340,6 +393,10 @@ impl LocalRoom {
             self.remove_peer(now, key, out);
         }
         self.participants.remove(sid);
+        out.effects.push(super::egress::Effect::ParticipantLeft {
+            room: self.name.clone(),
+            sid: sid.to_owned(),
+        });
         self.broadcast(
             sid,
             &ServerMessage::ParticipantLeft {
@@ -424,14 +481,14 @@ impl LocalRoom {
     }
 
     /// Closes and forgets a peer connection, with everything it published or received.
-    pub(super) fn remove_peer(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+    pub(super) fn remove_peer(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
         // Best effort: tell the browser (DTLS close_notify) so it does not wait for a timeout.
         let _ = rtc::sansio::Protocol::close(&mut peer.pc);
         while let Some(t) = rtc::sansio::Protocol::poll_write(&mut peer.pc) {
-            out.push(t.transport.peer_addr, t.message);
+            out.udp.push(t.transport.peer_addr, t.message);
         }
         let peer = self.peers.remove(key);
         self.demux.push(DemuxUpdate::Remove {
@@ -463,7 +520,7 @@ impl LocalRoom {
         now: Instant,
         key: usize,
         why: &str,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         let Some(peer) = self.peers.get(key) else {
             return;
@@ -516,7 +573,7 @@ impl LocalRoom {
     }
 
     /// Gives up on peer connections that never connected or went silent.
-    pub(super) fn housekeeping(&mut self, now: Instant, out: &mut SendQueue) {
+    pub(super) fn housekeeping(&mut self, now: Instant, out: &mut Egress) {
         if now < self.next_housekeeping {
             return;
         }

@@ -7,8 +7,9 @@
 
 use super::ParticipantKind;
 use super::peer::Direction;
-use super::room::LocalRoom;
-use super::udp::SendQueue;
+use super::egress::Effect;
+use super::room::{LocalRoom, Origin};
+use super::egress::Egress;
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -44,7 +45,7 @@ impl LocalRoom {
         key: usize,
         from: SocketAddr,
         data: &[u8],
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         let local_addr = self.ctx.candidates[0];
         let Some(peer) = self.peers.get_mut(key) else {
@@ -68,8 +69,21 @@ impl LocalRoom {
         self.drive(now, key, out);
     }
 
+    /// A packet of a remote track, from a relay link.
+    pub fn handle_relayed_rtp(
+        &mut self,
+        now: Instant,
+        track: sfu_core::TrackId,
+        layer: sfu_core::LayerIndex,
+        packet: sfu_core::Packet,
+        out: &mut Egress,
+    ) {
+        self.core.handle_rtp(now, track, layer, packet);
+        self.route_core_outputs(now, out);
+    }
+
     /// Runs due timers: peer connections', the core's and the room's own.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut SendQueue) {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Egress) {
         while let Some(&Reverse((t, key, generation))) = self.timers.peek() {
             if t > now {
                 break;
@@ -95,7 +109,7 @@ impl LocalRoom {
     }
 
     /// Drains a peer connection: its events, its media, its datagrams; then the core's outputs.
-    pub(super) fn drive(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+    pub(super) fn drive(&mut self, now: Instant, key: usize, out: &mut Egress) {
         // Events first: a track opened by a packet must be known before that packet is read.
         loop {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -117,7 +131,7 @@ impl LocalRoom {
         }
         if let Some(peer) = self.peers.get_mut(key) {
             while let Some(t) = peer.pc.poll_write() {
-                out.push(t.transport.peer_addr, t.message);
+                out.udp.push(t.transport.peer_addr, t.message);
             }
         }
         self.route_core_outputs(now, out);
@@ -129,7 +143,7 @@ impl LocalRoom {
         now: Instant,
         key: usize,
         event: RTCPeerConnectionEvent,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
@@ -174,7 +188,7 @@ impl LocalRoom {
         now: Instant,
         key: usize,
         message: TaggedRTCMessage,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         match message.message {
             RTCMessage::RtpPacket(rtc_track, packet) => {
@@ -250,7 +264,7 @@ impl LocalRoom {
     }
 
     /// Carries out what the forwarding core asked for.
-    pub(super) fn route_core_outputs(&mut self, now: Instant, out: &mut SendQueue) {
+    pub(super) fn route_core_outputs(&mut self, now: Instant, out: &mut Egress) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Rtp { sink, packet, .. } => {
@@ -267,7 +281,7 @@ impl LocalRoom {
                         self.drops.send_failed += 1;
                     }
                     while let Some(t) = peer.pc.poll_write() {
-                        out.push(t.transport.peer_addr, t.message);
+                        out.udp.push(t.transport.peer_addr, t.message);
                     }
                 }
                 Output::SenderReport { sink, report, .. } => {
@@ -281,11 +295,26 @@ impl LocalRoom {
                     };
                     self.write_rtcp(now, sink.0 as usize, Box::new(sr), out);
                 }
+                Output::Relay { sink, packet, .. } => {
+                    if let Some(d) = sfu_relay::glue::datagram(sink, &packet) {
+                        out.relay.push(d);
+                    }
+                }
                 Output::KeyframeRequest { track, layer } => {
                     let Some(published) = self.tracks.get(&track) else {
                         continue;
                     };
-                    let key = published.peer;
+                    let key = match &published.origin {
+                        Origin::Local { peer } => *peer,
+                        Origin::Remote { .. } => {
+                            out.effects.push(Effect::UpstreamKeyframe {
+                                room: self.name.clone(),
+                                track,
+                                layer,
+                            });
+                            continue;
+                        }
+                    };
                     let ssrc = self
                         .peers
                         .get(key)
@@ -308,7 +337,7 @@ impl LocalRoom {
         now: Instant,
         key: usize,
         packet: Box<dyn rtcp::Packet>,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
@@ -324,7 +353,7 @@ impl LocalRoom {
             self.drops.send_failed += 1;
         }
         while let Some(t) = peer.pc.poll_write() {
-            out.push(t.transport.peer_addr, t.message);
+            out.udp.push(t.transport.peer_addr, t.message);
         }
     }
 }

@@ -1,13 +1,23 @@
 //! Publisher peer connections: offer/answer, and turning their media sections into tracks.
 
 use super::peer::{Direction, add_host_candidates};
-use super::room::{Inbound, LocalRoom, Published};
-use super::udp::SendQueue;
+use super::egress::Effect;
+use super::room::{Inbound, LocalRoom, Origin, Published};
+use super::egress::Egress;
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use sfu_core::{Codec, MediaKind, TrackId, TrackInfo};
 use std::time::Instant;
+
+/// The clock rate of a published track (codec default when SDP gave none).
+pub(super) fn info_clock(p: &Published) -> u32 {
+    if p.rtc_codec.clock_rate > 0 {
+        p.rtc_codec.clock_rate
+    } else {
+        Codec::from_mime(&p.rtc_codec.mime_type).default_clock_rate(p.kind)
+    }
+}
 
 pub(super) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::InvalidSdp, format!("invalid SDP: {e}"))
@@ -58,7 +68,7 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         sdp: String,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) -> Result<String, SignalError> {
         let p = self.participant(sid)?;
         if !p.can_publish {
@@ -165,7 +175,7 @@ impl LocalRoom {
     }
 
     /// Publishes new media sections as tracks and unpublishes those that stopped.
-    fn sync_inbound(&mut self, now: Instant, key: usize, out: &mut SendQueue) {
+    fn sync_inbound(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let offered = self.offered_sections(key);
         let gone: Vec<TrackId> = self.peers[key]
             .inbound
@@ -184,7 +194,7 @@ impl LocalRoom {
         }
     }
 
-    fn publish_track(&mut self, now: Instant, key: usize, o: Offered, out: &mut SendQueue) {
+    fn publish_track(&mut self, now: Instant, key: usize, o: Offered, out: &mut Egress) {
         let id = TrackId(rand::random());
         let codec = Codec::from_mime(&o.codec.mime_type);
         let layers = o.rids.len().max(1);
@@ -224,9 +234,28 @@ impl LocalRoom {
             rtc_codec: o.codec,
             name: o.rtc_track,
             rids: o.rids,
-            peer: key,
+            origin: Origin::Local { peer: key },
         };
         let view = published.view();
+        out.effects.push(Effect::TrackPublished {
+            room: self.name.clone(),
+            record: sfu_control::TrackRecord {
+                track: id.to_string(),
+                participant: owner.clone(),
+                kind: view.kind.to_owned(),
+                codec_mime: view.codec.clone(),
+                clock_rate: info_clock(&published),
+                rids: published.rids.clone(),
+                name: published.name.clone(),
+                origin: self.ctx.node_id.to_string(),
+            },
+            info: sfu_proto::relay::TrackInfo {
+                kind: view.kind.to_owned(),
+                codec_mime: view.codec.clone(),
+                clock_rate: info_clock(&published),
+                layers: layers as u32,
+            },
+        });
         self.tracks.insert(id, published);
         if let Some(p) = self.participants.get_mut(&owner) {
             p.tracks.push(id);
@@ -237,18 +266,38 @@ impl LocalRoom {
     }
 
     /// Ends a track: its subscriptions, its place in the publisher's list, its announcement.
-    pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut SendQueue) {
+    pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
         let Some(published) = self.tracks.remove(&track) else {
             return;
         };
         for (subscription, sink) in self.core.remove_track(track) {
-            self.on_subscription_ended(now, sink.0 as usize, subscription, out);
+            if sfu_relay::core::decode_sink(sink).is_none() {
+                self.on_subscription_ended(now, sink.0 as usize, subscription, out);
+            }
         }
-        if let Some(peer) = self.peers.get_mut(published.peer) {
-            peer.inbound.retain(|_, i| i.track != track);
+        match &published.origin {
+            Origin::Local { peer } => {
+                if let Some(peer) = self.peers.get_mut(*peer) {
+                    peer.inbound.retain(|_, i| i.track != track);
+                }
+                out.effects.push(Effect::TrackUnpublished {
+                    room: self.name.clone(),
+                    track,
+                });
+            }
+            Origin::Remote { .. } => {
+                self.demand.remove(&track);
+                out.effects.push(Effect::Forget {
+                    room: self.name.clone(),
+                    track,
+                });
+            }
         }
         if let Some(p) = self.participants.get_mut(&published.owner) {
             p.tracks.retain(|t| *t != track);
+        }
+        if let Some(r) = self.remote.get_mut(&published.owner) {
+            r.tracks.retain(|t| *t != track);
         }
         tracing::info!(room = %self.name, participant = %published.owner, %track, "track unpublished");
         self.broadcast(
@@ -267,7 +316,7 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         track: &str,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) -> Result<(), SignalError> {
         let id: TrackId = track
             .parse()

@@ -5,7 +5,7 @@ use super::ParticipantKind;
 use super::peer::{Direction, add_host_candidates};
 use super::room::{LocalRoom, Outbound};
 use super::room_publish::{internal, invalid_sdp};
-use super::udp::SendQueue;
+use super::egress::Egress;
 use crate::signaling::protocol::{ErrorCode, SectionTrack, ServerMessage, SignalError};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -70,7 +70,7 @@ impl LocalRoom {
     }
 
     /// Subscribes interested participants to a newly published track.
-    pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut SendQueue) {
+    pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
         let owner = self.tracks.get(&track).map(|t| t.owner.clone());
         let auto: Vec<String> = self
             .participants
@@ -250,7 +250,7 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         sdp: String,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) -> Result<(), SignalError> {
         let Some(key) = self.participant(sid)?.subscriber else {
             return Err(SignalError::new(
@@ -296,6 +296,10 @@ impl LocalRoom {
             let Some(published) = self.tracks.get(&source) else {
                 continue;
             };
+            if self.core.track(source).is_none() {
+                // A remote track not fed yet: attached when it is.
+                continue;
+            }
             let Some(payload_type) = payload_type_for(&mut peer.pc, o.sender, &published.rtc_codec)
             else {
                 tracing::warn!(room = %self.name, track = %source, "subscriber negotiated no codec for track");
@@ -319,7 +323,7 @@ impl LocalRoom {
         now: Instant,
         key: usize,
         subscription: sfu_core::SubscriptionId,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) {
         let _ = out;
         let Some(peer) = self.peers.get_mut(key) else {
@@ -357,7 +361,7 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         sdp: String,
-        out: &mut SendQueue,
+        out: &mut Egress,
     ) -> Result<String, SignalError> {
         let p = self.participant(sid)?;
         if !p.can_subscribe {
@@ -460,7 +464,7 @@ impl LocalRoom {
     /// Points every connected WHEP player at its source: the publisher it asked for, or the
     /// publisher that joined first. A player whose source leaves moves to the next one without
     /// a break in its RTP streams.
-    pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut SendQueue) {
+    pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
         let players: Vec<(String, Option<String>, usize)> = self
             .participants
             .values()
@@ -475,16 +479,23 @@ impl LocalRoom {
             if !self.peers.get(key).is_some_and(|p| p.connected) {
                 continue;
             }
-            let mut publishers: Vec<_> = self
+            // Publishers here and on other nodes, in the order they joined.
+            let local = self
                 .participants
                 .values()
-                .filter(|p| p.sid != sid && !p.tracks.is_empty())
-                .filter(|p| wanted.as_ref().is_none_or(|w| *w == p.identity))
+                .filter(|p| p.sid != sid)
+                .map(|p| (p.seq, &p.identity, &p.tracks));
+            let remote = self.remote.values().map(|r| (r.seq, &r.identity, &r.tracks));
+            let mut publishers: Vec<_> = local
+                .chain(remote)
+                .filter(|(_, identity, tracks)| {
+                    !tracks.is_empty() && wanted.as_ref().is_none_or(|w| w == *identity)
+                })
                 .collect();
-            publishers.sort_by_key(|p| p.seq);
+            publishers.sort_by_key(|(seq, _, _)| *seq);
             let candidates: Vec<TrackId> = publishers
                 .first()
-                .map(|p| p.tracks.clone())
+                .map(|(_, _, tracks)| (*tracks).clone())
                 .unwrap_or_default();
             for i in 0..self.peers[key].outbound.len() {
                 self.retarget_section(now, key, i, &candidates);
@@ -506,26 +517,29 @@ impl LocalRoom {
             let pt = payload_type_for(&mut peer.pc, sender, &published.rtc_codec)?;
             Some((*t, pt))
         });
-        let Some((track, payload_type)) = choice else {
-            return;
-        };
-        if current == Some(track) && subscription.is_some() {
-            return;
-        }
-        if let Some(sub) = subscription {
-            match self.core.move_subscription(now, sub, track) {
-                Ok(()) => {
-                    peer.outbound[i].source = Some(track);
-                    return;
-                }
-                Err(RoomError::Incompatible(_)) => {
-                    self.core.unsubscribe(sub);
-                }
-                Err(e) => {
-                    tracing::warn!(room = %self.name, "move subscription: {e}");
-                    return;
+        let Some((track, payload_type)) = choice else { return };
+        if current != Some(track) {
+            if let Some(sub) = subscription {
+                match self.core.move_subscription(now, sub, track) {
+                    Ok(()) => {
+                        peer.outbound[i].source = Some(track);
+                        return;
+                    }
+                    Err(e) => {
+                        if !matches!(e, RoomError::Incompatible(_) | RoomError::UnknownTrack(_)) {
+                            tracing::warn!(room = %self.name, "move subscription: {e}");
+                        }
+                        self.core.unsubscribe(sub);
+                        peer.outbound[i].subscription = None;
+                    }
                 }
             }
+            // The section belongs to this track from now on, even before its media is here
+            // (a remote track is pulled because of it).
+            peer.outbound[i].source = Some(track);
+        }
+        if peer.outbound[i].subscription.is_some() || self.core.track(track).is_none() {
+            return;
         }
         let params = SubscriptionParams {
             ssrc: peer.outbound[i].ssrc,
@@ -533,10 +547,7 @@ impl LocalRoom {
             max_layer: self.ctx.default_max_layer,
         };
         match self.core.subscribe(now, track, SinkId(key as u64), params) {
-            Ok(sub) => {
-                peer.outbound[i].source = Some(track);
-                peer.outbound[i].subscription = Some(sub);
-            }
+            Ok(sub) => peer.outbound[i].subscription = Some(sub),
             Err(e) => tracing::warn!(room = %self.name, "subscribe: {e}"),
         }
     }

@@ -1,17 +1,26 @@
-//! A media worker: one thread, one UDP socket, the rooms hashed to it.
+//! A media worker: one thread, one UDP socket, the rooms hashed to it, and the relay state of
+//! those rooms.
 //!
-//! The loop waits for whichever comes first: datagrams on the socket, a command from
-//! signaling, or the earliest room deadline. Whatever it handled, it then flushes the send
-//! batch with `sendmmsg`. Datagrams are routed to rooms by [`demux`](super::demux); one that
-//! matches no peer is dropped and counted, and can never reach another room.
+//! The loop waits for whichever comes first: datagrams on the socket, a command (signaling,
+//! relay links, registry changes), or the earliest deadline (a room's or the relay's). After
+//! each, it sends what was produced: the UDP batch with `sendmmsg`, relay datagrams on their
+//! QUIC links, and the cluster effects to the registry and the relay. Datagrams are routed to
+//! rooms by [`demux`](super::demux); one that matches no peer is dropped and counted, and can
+//! never reach another room.
 
 use super::demux::{PacketClass, classify, stun_local_ufrag};
+use super::egress::{Effect, Egress};
 use super::room::{DemuxUpdate, LocalRoom, RoomContext};
 use super::room_drive::EdgeDrops;
-use super::udp::{self, BATCH, RecvBatch, SendQueue};
-use super::{Command, WorkerSnapshot};
+use super::udp::{self, BATCH, RecvBatch};
+use super::{ClusterInput, Command, WorkerSnapshot};
 use crate::metrics::Metrics;
-use sfu_core::{DropReason, RoomStats};
+use sfu_control::{ClusterEvent, Membership};
+use sfu_core::{DropReason, Room, RoomStats};
+use sfu_relay::core::{Output as RelayOutput, TrackKey};
+use sfu_relay::glue::{Rooms, SinkTable};
+use sfu_relay::quic::Link;
+use sfu_relay::{NodeId, Relay, RelayConfig};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
@@ -27,9 +36,12 @@ const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// turn. Bounds the send queue (and latency) when datagrams arrive faster than they can be
 /// forwarded: the excess then waits in (and overflows from) the kernel's receive buffer.
 const BATCHES_PER_TURN: usize = 4;
+/// Flow ids a worker allocates carry its index in the top byte, so that a NACK for a flow
+/// reaches the worker that sends it.
+pub const FLOW_WORKER_SHIFT: u32 = 24;
 
 /// Settings of the media workers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkerConfig {
     pub workers: usize,
     pub bind_ip: IpAddr,
@@ -40,6 +52,10 @@ pub struct WorkerConfig {
     pub max_participants: usize,
     pub default_max_layer: usize,
     pub core: sfu_core::RoomConfig,
+    pub node_id: Arc<str>,
+    /// Nodes a track is fed to directly before others are redirected.
+    pub fanout: usize,
+    pub membership: Membership,
 }
 
 /// Where datagrams from an address or with a ufrag go.
@@ -58,20 +74,39 @@ struct WorkerDrops {
     unknown_ufrag: u64,
     /// Refused by the kernel on send.
     send_failed: u64,
+    /// Relay datagrams for unknown flows or with malformed RTP.
+    relay_rejected: u64,
 }
 
 struct Worker {
     socket: UdpSocket,
     ctx: Arc<RoomContext>,
     metrics: Arc<Metrics>,
+    membership: Membership,
     rooms: slab::Slab<LocalRoom>,
     room_by_name: HashMap<String, usize>,
     by_ufrag: HashMap<String, PeerRef>,
     by_addr: HashMap<SocketAddr, PeerRef>,
     deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
-    send: SendQueue,
+    relay: Relay,
+    links: HashMap<NodeId, Link>,
+    sinks: SinkTable,
+    out: Egress,
     drops: WorkerDrops,
     reported_gauges: WorkerSnapshot,
+}
+
+/// The forwarding cores of a worker's rooms, by name, for the relay glue.
+struct CoreRooms<'a> {
+    rooms: &'a mut slab::Slab<LocalRoom>,
+    by_name: &'a HashMap<String, usize>,
+}
+
+impl Rooms for CoreRooms<'_> {
+    fn room_mut(&mut self, name: &str) -> Option<&mut Room> {
+        let idx = *self.by_name.get(name)?;
+        self.rooms.get_mut(idx).map(|r| &mut r.core)
+    }
 }
 
 /// Starts worker `index`; returns its command channel and socket address.
@@ -95,11 +130,21 @@ pub(super) fn spawn(
         .collect();
     anyhow::ensure!(!candidates.is_empty(), "no address to announce for media");
     let ctx = Arc::new(RoomContext {
+        node_id: config.node_id.clone(),
         candidates,
         max_participants: config.max_participants,
         default_max_layer: config.default_max_layer,
         core: config.core,
     });
+    let relay = Relay::new(
+        config.node_id.clone(),
+        RelayConfig {
+            fanout: config.fanout,
+            flow_base: (index as u32) << FLOW_WORKER_SHIFT,
+            ..Default::default()
+        },
+    );
+    let membership = config.membership.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -122,29 +167,30 @@ pub(super) fn spawn(
                         return;
                     }
                 };
-                Worker::new(socket, ctx, metrics).run(rx).await;
+                let worker = Worker {
+                    socket,
+                    ctx,
+                    metrics,
+                    membership,
+                    rooms: slab::Slab::new(),
+                    room_by_name: HashMap::new(),
+                    by_ufrag: HashMap::new(),
+                    by_addr: HashMap::new(),
+                    deadlines: BinaryHeap::new(),
+                    relay,
+                    links: HashMap::new(),
+                    sinks: SinkTable::default(),
+                    out: Egress::default(),
+                    drops: WorkerDrops::default(),
+                    reported_gauges: WorkerSnapshot::default(),
+                };
+                worker.run(rx).await;
             });
         })?;
     Ok((tx, local))
 }
 
 impl Worker {
-    fn new(socket: UdpSocket, ctx: Arc<RoomContext>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            socket,
-            ctx,
-            metrics,
-            rooms: slab::Slab::new(),
-            room_by_name: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            deadlines: BinaryHeap::new(),
-            send: SendQueue::default(),
-            drops: WorkerDrops::default(),
-            reported_gauges: WorkerSnapshot::default(),
-        }
-    }
-
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut batch = RecvBatch::new();
         let mut metrics_tick = tokio::time::interval(METRICS_PERIOD);
@@ -155,6 +201,9 @@ impl Worker {
                 .deadlines
                 .peek()
                 .map(|Reverse((t, _))| *t)
+                .into_iter()
+                .chain(self.relay.poll_timeout())
+                .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 ready = self.socket.readable() => {
@@ -169,9 +218,19 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_deadlines(Instant::now()),
                 _ = metrics_tick.tick() => self.report_metrics(),
             }
-            if !self.send.is_empty() {
-                self.drops.send_failed += self.send.flush(&self.socket).await as u64;
+            self.send_relay_datagrams();
+            if !self.out.udp.is_empty() {
+                self.drops.send_failed += self.out.udp.flush(&self.socket).await as u64;
             }
+        }
+        self.membership_cleanup();
+    }
+
+    /// Forgets this worker's rooms in the registry when the node stops.
+    fn membership_cleanup(&mut self) {
+        for (_, room) in &self.rooms {
+            self.membership
+                .remove(self.membership.keys().room_node(&room.name, &self.ctx.node_id));
         }
     }
 
@@ -220,11 +279,15 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(target.room) else {
             return;
         };
-        room.handle_datagram(now, target.peer, from, data, &mut self.send);
+        room.handle_datagram(now, target.peer, from, data, &mut self.out);
         self.after_room(target.room);
     }
 
     fn handle_deadlines(&mut self, now: Instant) {
+        if self.relay.poll_timeout().is_some_and(|t| t <= now) {
+            self.relay.handle_timeout(now);
+            self.drain_relay(now);
+        }
         while let Some(&Reverse((t, idx))) = self.deadlines.peek() {
             if t > now {
                 break;
@@ -237,34 +300,42 @@ impl Worker {
                 continue;
             }
             room.armed = None;
-            room.handle_timeout(now, &mut self.send);
+            room.handle_timeout(now, &mut self.out);
+            room.refresh_demand(now, &mut self.out);
             self.after_room(idx);
         }
     }
 
-    /// Applies a room's routing changes, re-arms its deadline, and closes it once empty.
+    /// Applies a room's routing changes and effects, re-arms its deadline, and closes it
+    /// once nothing needs it.
     fn after_room(&mut self, idx: usize) {
-        let Some(room) = self.rooms.get_mut(idx) else {
-            return;
-        };
-        for update in room.take_demux_updates() {
-            match update {
-                DemuxUpdate::Add { ufrag, peer } => {
-                    self.by_ufrag.insert(ufrag, PeerRef { room: idx, peer });
-                }
-                DemuxUpdate::Remove { ufrag, addrs } => {
-                    self.by_ufrag.remove(&ufrag);
-                    for a in addrs {
-                        self.by_addr.remove(&a);
+        let now = Instant::now();
+        if let Some(room) = self.rooms.get_mut(idx) {
+            for update in room.take_demux_updates() {
+                match update {
+                    DemuxUpdate::Add { ufrag, peer } => {
+                        self.by_ufrag.insert(ufrag, PeerRef { room: idx, peer });
+                    }
+                    DemuxUpdate::Remove { ufrag, addrs } => {
+                        self.by_ufrag.remove(&ufrag);
+                        for a in addrs {
+                            self.by_addr.remove(&a);
+                        }
                     }
                 }
             }
         }
-        if room.is_empty() {
+        self.apply_effects(now);
+        let Some(room) = self.rooms.get_mut(idx) else {
+            return;
+        };
+        if room.is_empty() && !room.has_demand() && !self.relay.has_room(&room.name) {
             let room = self.rooms.remove(idx);
             self.room_by_name.remove(&room.name);
-            let stats = room.core_stats();
-            add_room_stats(&self.metrics, stats, &room.reported);
+            self.sinks.forget_room(&room.name);
+            self.membership
+                .remove(self.membership.keys().room_node(&room.name, &self.ctx.node_id));
+            add_room_stats(&self.metrics, room.core_stats(), &room.reported);
             add_edge_drops(&self.metrics, &room.drops, &room.reported_drops);
             tracing::info!(room = %room.name, "room closed on this node");
             return;
@@ -278,6 +349,122 @@ impl Worker {
         }
     }
 
+    /// Registry records and relay changes that rooms asked for.
+    fn apply_effects(&mut self, now: Instant) {
+        let effects = std::mem::take(&mut self.out.effects);
+        if effects.is_empty() {
+            return;
+        }
+        let keys = self.membership.keys().clone();
+        for e in effects {
+            match e {
+                Effect::ParticipantJoined { room, record } => {
+                    self.membership
+                        .set_json(keys.participant(&room, &record.sid), &record);
+                }
+                Effect::ParticipantLeft { room, sid } => {
+                    self.membership.remove(keys.participant(&room, &sid));
+                }
+                Effect::TrackPublished { room, record, info } => {
+                    let key = TrackKey {
+                        room: room.as_str().into(),
+                        track: record.track.parse().unwrap_or(sfu_core::TrackId(0)),
+                    };
+                    self.membership
+                        .set_json(keys.track(&room, &record.track), &record);
+                    self.relay.add_local_track(key, info);
+                }
+                Effect::TrackUnpublished { room, track } => {
+                    self.membership.remove(keys.track(&room, &track.to_string()));
+                    self.relay.remove_local_track(&TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    });
+                }
+                Effect::Demand {
+                    room,
+                    track,
+                    origin,
+                    layers,
+                } => {
+                    let key = TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    };
+                    self.relay.set_demand(now, key, origin.as_str().into(), layers);
+                }
+                Effect::UpstreamKeyframe { room, track, layer } => {
+                    self.relay.request_keyframe(
+                        &TrackKey {
+                            room: room.as_str().into(),
+                            track,
+                        },
+                        layer,
+                    );
+                }
+                Effect::Forget { room, track } => {
+                    self.relay.forget(&TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    });
+                }
+            }
+        }
+        self.drain_relay(now);
+    }
+
+    /// Carries out the relay's outputs.
+    fn drain_relay(&mut self, now: Instant) {
+        while let Some(output) = self.relay.poll_output() {
+            let room = output.room().map(str::to_owned);
+            let mut rooms = CoreRooms {
+                rooms: &mut self.rooms,
+                by_name: &self.room_by_name,
+            };
+            let rest = self.sinks.apply(now, output, &mut rooms);
+            match rest {
+                Some(RelayOutput::Send { to, frame }) => {
+                    if let Some(link) = self.links.get(&to) {
+                        link.send_frame(frame);
+                    }
+                }
+                Some(RelayOutput::Feeding { key, .. }) => {
+                    if let Some(idx) = self.room_index(&key.room, true) {
+                        self.rooms[idx].on_feeding(now, key.track, &mut self.out);
+                        self.after_room(idx);
+                    }
+                }
+                Some(RelayOutput::Unfed { key, ended }) => {
+                    if let Some(idx) = self.room_index(&key.room, false) {
+                        self.rooms[idx].on_unfed(now, key.track, ended, &mut self.out);
+                        self.after_room(idx);
+                    }
+                }
+                _ => {}
+            }
+            // Attaching a relay sink makes the room ask for a keyframe, a NACK makes it resend.
+            if let Some(idx) = room.and_then(|r| self.room_by_name.get(&r).copied())
+                && let Some(room) = self.rooms.get_mut(idx)
+            {
+                room.route_core_outputs(now, &mut self.out);
+            }
+        }
+        self.send_relay_datagrams();
+    }
+
+    fn send_relay_datagrams(&mut self) {
+        for (link, d) in self.out.relay.drain(..) {
+            let sent = self
+                .relay
+                .node_of_link(link)
+                .and_then(|n| self.links.get(n))
+                .is_some_and(|l| l.send_datagram(d));
+            if !sent {
+                self.drops.relay_rejected += 1;
+            }
+        }
+    }
+
     fn room_index(&mut self, name: &str, create: bool) -> Option<usize> {
         if let Some(&idx) = self.room_by_name.get(name) {
             return Some(idx);
@@ -285,30 +472,122 @@ impl Worker {
         if !create {
             return None;
         }
-        let idx = self.rooms.insert(LocalRoom::new(
-            name.to_owned(),
-            self.ctx.clone(),
-            Instant::now(),
-        ));
+        let now = Instant::now();
+        let idx = self
+            .rooms
+            .insert(LocalRoom::new(name.to_owned(), self.ctx.clone(), now));
         self.room_by_name.insert(name.to_owned(), idx);
+        self.membership.set_json(
+            self.membership.keys().room_node(name, &self.ctx.node_id),
+            &sfu_control::records::RoomNodeRecord::default(),
+        );
+        // What the rest of the cluster already has in this room.
+        let (participants, tracks) = self.membership.room(name);
+        let room = &mut self.rooms[idx];
+        for p in participants {
+            room.on_remote_participant(p);
+        }
+        for t in tracks {
+            room.on_remote_track(now, t, &mut self.out);
+        }
         tracing::info!(room = name, "room opened on this node");
         Some(idx)
+    }
+
+    fn handle_cluster(&mut self, input: ClusterInput) {
+        let now = Instant::now();
+        match input {
+            ClusterInput::LinkUp(link) => {
+                let node = link.node.clone();
+                self.links.insert(node.clone(), link);
+                self.relay.handle_link_up(now, node);
+                self.drain_relay(now);
+            }
+            ClusterInput::LinkDown(node) => {
+                self.links.remove(&node);
+                self.relay.handle_link_down(now, &node);
+                self.drain_relay(now);
+            }
+            ClusterInput::Frame { from, frame } => {
+                self.relay.handle_frame(now, &from, frame);
+                self.drain_relay(now);
+            }
+            ClusterInput::Datagram { from, flow, rtp } => {
+                let link = self.relay.link_id(&from);
+                match self.relay.handle_datagram(now, link, flow, rtp) {
+                    Ok(d) => {
+                        let (track, layer, packet) = (d.key.track, d.layer, d.packet);
+                        if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
+                            self.rooms[idx].handle_relayed_rtp(now, track, layer, packet, &mut self.out);
+                            self.after_room(idx);
+                        }
+                    }
+                    Err(_) => self.drops.relay_rejected += 1,
+                }
+            }
+            ClusterInput::Event(e) => self.handle_cluster_event(now, e),
+        }
+    }
+
+    fn handle_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+        let room_of = |e: &ClusterEvent| match e {
+            ClusterEvent::Participant { room, .. }
+            | ClusterEvent::ParticipantGone { room, .. }
+            | ClusterEvent::Track { room, .. }
+            | ClusterEvent::TrackGone { room, .. } => Some(room.clone()),
+            _ => None,
+        };
+        if let ClusterEvent::NodeGone(node) = &e {
+            let rooms: Vec<usize> = self.rooms.iter().map(|(i, _)| i).collect();
+            for idx in rooms {
+                self.rooms[idx].on_node_gone(now, node, &mut self.out);
+                self.after_room(idx);
+            }
+            return;
+        }
+        let Some(room) = room_of(&e) else { return };
+        let Some(idx) = self.room_index(&room, false) else {
+            return;
+        };
+        let r = &mut self.rooms[idx];
+        match e {
+            ClusterEvent::Participant { record, .. } => r.on_remote_participant(record),
+            ClusterEvent::ParticipantGone { sid, .. } => r.on_remote_participant_gone(now, &sid, &mut self.out),
+            ClusterEvent::Track { record, .. } => r.on_remote_track(now, record, &mut self.out),
+            ClusterEvent::TrackGone { track, .. } => r.on_remote_track_gone(now, &track, &mut self.out),
+            _ => {}
+        }
+        self.after_room(idx);
     }
 
     fn handle_command(&mut self, command: Command) {
         use crate::signaling::protocol::{ErrorCode, SignalError};
         let now = Instant::now();
         let not_found = || SignalError::new(ErrorCode::NotFound, "no such session in this room");
-        let room_of = |w: &mut Self, name: &str| w.room_index(name, false);
+        macro_rules! in_room {
+            ($room:expr, $reply:expr, |$r:ident, $out:ident| $body:expr) => {{
+                let result = match self.room_index(&$room, false) {
+                    Some(idx) => {
+                        let $r = &mut self.rooms[idx];
+                        let $out = &mut self.out;
+                        let result = $body;
+                        self.after_room(idx);
+                        result
+                    }
+                    None => Err(not_found()),
+                };
+                let _ = $reply.send(result);
+            }};
+        }
         match command {
             Command::Join(request, reply) => {
                 let Some(idx) = self.room_index(&request.room, true) else {
                     return;
                 };
-                let sid_later = request.auto_subscribe;
+                let auto = request.auto_subscribe;
                 let room = &mut self.rooms[idx];
-                let result = room.join(now, request, &mut self.send);
-                if let (Ok(joined), true) = (&result, sid_later) {
+                let result = room.join(now, request, &mut self.out);
+                if let (Ok(joined), true) = (&result, auto) {
                     room.subscribe_existing(now, &joined.participant.sid);
                 }
                 let _ = reply.send(result);
@@ -319,8 +598,8 @@ impl Worker {
                 participant,
                 reason,
             } => {
-                if let Some(idx) = room_of(self, &room) {
-                    self.rooms[idx].leave(now, &participant, &reason, &mut self.send);
+                if let Some(idx) = self.room_index(&room, false) {
+                    self.rooms[idx].leave(now, &participant, &reason, &mut self.out);
                     self.after_room(idx);
                 }
             }
@@ -329,88 +608,36 @@ impl Worker {
                 participant,
                 sdp,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r = self.rooms[idx].publish(now, &participant, sdp, &mut self.send);
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, out| r.publish(now, &participant, sdp, out)),
             Command::Unpublish {
                 room,
                 participant,
                 track,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r =
-                            self.rooms[idx].unpublish(now, &participant, &track, &mut self.send);
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, out| r.unpublish(now, &participant, &track, out)),
             Command::Subscribe {
                 room,
                 participant,
                 tracks,
                 subscribe,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r = self.rooms[idx].subscribe(now, &participant, &tracks, subscribe);
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, out| {
+                let result = r.subscribe(now, &participant, &tracks, subscribe);
+                r.refresh_demand(now, out);
+                result
+            }),
             Command::SubscriberAnswer {
                 room,
                 participant,
                 sdp,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r = self.rooms[idx].subscriber_answer(
-                            now,
-                            &participant,
-                            sdp,
-                            &mut self.send,
-                        );
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, out| r.subscriber_answer(now, &participant, sdp, out)),
             Command::Play {
                 room,
                 participant,
                 sdp,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r = self.rooms[idx].play(now, &participant, sdp, &mut self.send);
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, out| r.play(now, &participant, sdp, out)),
             Command::Trickle {
                 room,
                 participant,
@@ -418,20 +645,11 @@ impl Worker {
                 candidate,
                 sdp_mid,
                 reply,
-            } => {
-                let result = match room_of(self, &room) {
-                    Some(idx) => {
-                        let r = self.rooms[idx].trickle(&participant, target, candidate, sdp_mid);
-                        self.after_room(idx);
-                        r
-                    }
-                    None => Err(not_found()),
-                };
-                let _ = reply.send(result);
-            }
+            } => in_room!(room, reply, |r, _out| r.trickle(&participant, target, candidate, sdp_mid)),
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Cluster(input) => self.handle_cluster(input),
         }
     }
 
@@ -455,11 +673,7 @@ impl Worker {
             gauge.inc_by(new as i64 - old as i64);
         };
         delta(&m.rooms, now.rooms, self.reported_gauges.rooms);
-        delta(
-            &m.participants,
-            now.participants,
-            self.reported_gauges.participants,
-        );
+        delta(&m.participants, now.participants, self.reported_gauges.participants);
         delta(&m.tracks, now.tracks, self.reported_gauges.tracks);
         delta(&m.peer_connections, now.peers, self.reported_gauges.peers);
         self.reported_gauges = now;
@@ -473,6 +687,7 @@ impl Worker {
         m.count_drop("unknown_source", d.unknown_source);
         m.count_drop("unknown_ufrag", d.unknown_ufrag);
         m.count_drop("socket_send_failed", d.send_failed);
+        m.count_drop("relay_rejected", d.relay_rejected);
     }
 }
 
@@ -481,10 +696,9 @@ fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     m.bytes_in.inc_by(now.bytes_in - before.bytes_in);
     m.packets_out.inc_by(now.packets_out - before.packets_out);
     m.bytes_out.inc_by(now.bytes_out - before.bytes_out);
-    m.nacks_received
-        .inc_by(now.nacks_received - before.nacks_received);
-    m.retransmitted
-        .inc_by(now.retransmitted - before.retransmitted);
+    m.relayed.inc_by(now.relayed - before.relayed);
+    m.nacks_received.inc_by(now.nacks_received - before.nacks_received);
+    m.retransmitted.inc_by(now.retransmitted - before.retransmitted);
     m.keyframe_requests_received
         .inc_by(now.keyframe_requests_received - before.keyframe_requests_received);
     m.keyframe_requests_sent
@@ -492,10 +706,7 @@ fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     for (i, reason) in DropReason::ALL.iter().enumerate() {
         m.count_drop(reason.as_str(), now.dropped[i] - before.dropped[i]);
     }
-    m.count_drop(
-        "unknown_track",
-        now.dropped_unknown - before.dropped_unknown,
-    );
+    m.count_drop("unknown_track", now.dropped_unknown - before.dropped_unknown);
     m.count_drop("nack_miss", now.nack_misses - before.nack_misses);
 }
 

@@ -1,0 +1,42 @@
+//! What handling one input produced that must leave the room: datagrams for the worker's UDP
+//! socket, datagrams for relay links, and effects on the cluster (registry records, relay
+//! demand). The worker owns one and empties it after every input.
+
+use super::udp::SendQueue;
+use bytes::Bytes;
+use sfu_control::records::{ParticipantRecord, TrackRecord};
+use sfu_core::{LayerIndex, TrackId};
+
+/// Something a room did that the rest of the cluster must learn.
+#[derive(Debug)]
+pub enum Effect {
+    ParticipantJoined { room: String, record: ParticipantRecord },
+    ParticipantLeft { room: String, sid: String },
+    /// A track was published here: announce it and offer it to other nodes.
+    TrackPublished {
+        room: String,
+        record: TrackRecord,
+        info: sfu_proto::relay::TrackInfo,
+    },
+    TrackUnpublished { room: String, track: TrackId },
+    /// The layers local subscribers need of a remote track changed (empty: none).
+    Demand {
+        room: String,
+        track: TrackId,
+        origin: String,
+        layers: Vec<LayerIndex>,
+    },
+    /// Ask the node feeding a remote track for a keyframe.
+    UpstreamKeyframe { room: String, track: TrackId, layer: LayerIndex },
+    /// A remote track is gone here: stop pulling it.
+    Forget { room: String, track: TrackId },
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct Egress {
+    pub udp: SendQueue,
+    /// (link, datagram) pairs.
+    pub relay: Vec<(u32, Bytes)>,
+    pub effects: Vec<Effect>,
+}

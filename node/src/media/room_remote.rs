@@ -1,0 +1,204 @@
+//! The rest of the room, on other nodes: participants and tracks learned from the registry,
+//! tracks fed over relay links, and the demand that makes a node pull them.
+//!
+//! A remote track is announced to local clients as soon as the registry lists it; a local
+//! subscriber can negotiate it at once. The node pulls it only while some local subscriber (or
+//! a node it feeds) wants it, and only the layers they need; the forwarding core gets the
+//! track when the first flow is accepted ([`LocalRoom::on_feeding`]).
+
+use super::egress::{Effect, Egress};
+use super::room::{LocalRoom, Origin, Published, RemoteParticipant};
+use crate::signaling::protocol::ServerMessage;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use sfu_control::{ParticipantRecord, TrackRecord};
+use sfu_core::{Codec, LayerIndex, MediaKind, TrackId, TrackInfo};
+use std::time::Instant;
+
+impl LocalRoom {
+    /// A participant joined (or changed) on another node.
+    pub fn on_remote_participant(&mut self, record: ParticipantRecord) {
+        if *record.node == *self.ctx.node_id || self.remote.contains_key(&record.sid) {
+            return;
+        }
+        self.next_seq += 1;
+        let r = RemoteParticipant {
+            identity: record.identity,
+            name: record.name,
+            node: record.node,
+            seq: self.next_seq,
+            tracks: Vec::new(),
+        };
+        let view = self.remote_view(&record.sid, &r);
+        self.remote.insert(record.sid.clone(), r);
+        self.broadcast("", &ServerMessage::ParticipantJoined { participant: view });
+    }
+
+    /// A participant on another node left.
+    pub fn on_remote_participant_gone(&mut self, now: Instant, sid: &str, out: &mut Egress) {
+        let Some(r) = self.remote.remove(sid) else { return };
+        for t in r.tracks {
+            self.unpublish_track(now, t, out);
+        }
+        self.broadcast("", &ServerMessage::ParticipantLeft {
+            participant: sid.to_owned(),
+        });
+    }
+
+    /// A track published on another node.
+    pub fn on_remote_track(&mut self, now: Instant, record: TrackRecord, out: &mut Egress) {
+        if *record.origin == *self.ctx.node_id {
+            return;
+        }
+        let Ok(id) = record.track.parse::<TrackId>() else {
+            tracing::warn!(room = %self.name, track = record.track, "malformed track id in the registry");
+            return;
+        };
+        if self.tracks.contains_key(&id) {
+            return;
+        }
+        let kind = if record.kind == "audio" {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        let published = Published {
+            id,
+            owner: record.participant.clone(),
+            kind,
+            rtc_codec: RTCRtpCodec {
+                mime_type: record.codec_mime,
+                clock_rate: record.clock_rate,
+                channels: if kind == MediaKind::Audio { 2 } else { 0 },
+                ..Default::default()
+            },
+            name: record.name,
+            rids: record.rids,
+            origin: Origin::Remote { node: record.origin },
+        };
+        let view = published.view();
+        self.tracks.insert(id, published);
+        if let Some(r) = self.remote.get_mut(&record.participant) {
+            r.tracks.push(id);
+        }
+        self.broadcast("", &ServerMessage::TrackPublished { track: view });
+        self.on_track_published(now, id, out);
+        self.refresh_demand(now, out);
+    }
+
+    /// A track on another node was unpublished.
+    pub fn on_remote_track_gone(&mut self, now: Instant, track: &str, out: &mut Egress) {
+        let Ok(id) = track.parse::<TrackId>() else { return };
+        if self
+            .tracks
+            .get(&id)
+            .is_some_and(|t| matches!(t.origin, Origin::Remote { .. }))
+        {
+            self.unpublish_track(now, id, out);
+        }
+    }
+
+    /// A node left the cluster: everything it held here is gone.
+    pub fn on_node_gone(&mut self, now: Instant, node: &str, out: &mut Egress) {
+        let sids: Vec<String> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.node == node)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for sid in sids {
+            self.on_remote_participant_gone(now, &sid, out);
+        }
+        let tracks: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| matches!(&t.origin, Origin::Remote { node: n } if n == node))
+            .map(|t| t.id)
+            .collect();
+        for t in tracks {
+            self.unpublish_track(now, t, out);
+        }
+    }
+
+    /// The relay feeds a remote track now: the forwarding core gets it and waiting subscribers
+    /// attach.
+    pub fn on_feeding(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
+        let Some(p) = self.tracks.get(&track) else { return };
+        if self.core.track(track).is_none() {
+            let codec = Codec::from_mime(&p.rtc_codec.mime_type);
+            let info = TrackInfo {
+                id: track,
+                kind: p.kind,
+                codec,
+                clock_rate: super::room_publish::info_clock(p),
+                layers: p.rids.len().max(1),
+            };
+            if let Err(e) = self.core.add_track(now, info) {
+                tracing::warn!(room = %self.name, "relayed track: {e}");
+                return;
+            }
+        }
+        let subscribers: Vec<usize> = self.participants.values().filter_map(|p| p.subscriber).collect();
+        for key in subscribers {
+            self.attach_subscriptions(now, key);
+        }
+        self.choose_whep_sources(now, out);
+        self.refresh_demand(now, out);
+    }
+
+    /// The relay no longer feeds a remote track: `ended` if its origin ended it.
+    pub fn on_unfed(&mut self, now: Instant, track: TrackId, ended: bool, out: &mut Egress) {
+        if ended {
+            self.unpublish_track(now, track, out);
+            return;
+        }
+        for (subscription, sink) in self.core.remove_track(track) {
+            if let Some(peer) = self.peers.get_mut(sink.0 as usize)
+                && let Some(o) = peer.outbound.iter_mut().find(|o| o.subscription == Some(subscription))
+            {
+                o.subscription = None;
+            }
+        }
+    }
+
+    /// Tells the cluster which layers of each remote track local subscribers need now.
+    pub(super) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
+        let remote: Vec<(TrackId, String, usize)> = self
+            .tracks
+            .values()
+            .filter_map(|t| match &t.origin {
+                Origin::Remote { node } => Some((t.id, node.clone(), t.rids.len().max(1))),
+                Origin::Local { .. } => None,
+            })
+            .collect();
+        for (track, origin, layers) in remote {
+            let interested = self
+                .peers
+                .iter()
+                .any(|(_, p)| p.outbound.iter().any(|o| o.source == Some(track)));
+            let mut wanted: Vec<LayerIndex> = if interested {
+                self.core.wanted_layers(now, track)
+            } else {
+                Vec::new()
+            };
+            if interested && wanted.is_empty() {
+                // Subscribers are negotiating or waiting: ask for what they may receive.
+                wanted = (0..=self.ctx.default_max_layer.min(layers - 1)).collect();
+            }
+            if self.demand.get(&track).map(Vec::as_slice).unwrap_or(&[]) != wanted.as_slice() {
+                self.demand.insert(track, wanted.clone());
+                out.effects.push(Effect::Demand {
+                    room: self.name.clone(),
+                    track,
+                    origin,
+                    layers: wanted,
+                });
+            }
+        }
+    }
+
+    /// Whether the room still holds anything: local participants or remote tracks being
+    /// pulled.
+    pub fn has_demand(&self) -> bool {
+        self.demand.values().any(|l| !l.is_empty())
+    }
+}
