@@ -39,7 +39,7 @@ async fn until(
 #[tokio::test]
 async fn etcd_registry_semantics() {
     let etcd = Etcd::start().unwrap();
-    let r = EtcdRegistry::connect(&[etcd.endpoint.clone()])
+    let r = EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .unwrap();
     let lease = r.grant(Duration::from_secs(2)).await.unwrap();
@@ -84,7 +84,7 @@ async fn memberships_on_etcd_survive_an_outage() {
     let keys = Keys::new("outage");
     let (tx_a, mut ev_a) = mpsc::unbounded_channel();
     let a = Membership::start(
-        EtcdRegistry::connect(&[etcd.endpoint.clone()])
+        EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
             .await
             .unwrap(),
         keys.clone(),
@@ -94,7 +94,7 @@ async fn memberships_on_etcd_survive_an_outage() {
     a.set_json(keys.node("a"), &node("a"));
     let (tx_b, mut ev_b) = mpsc::unbounded_channel();
     let b = Membership::start(
-        EtcdRegistry::connect(&[etcd.endpoint.clone()])
+        EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
             .await
             .unwrap(),
         keys.clone(),

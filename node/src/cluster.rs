@@ -146,7 +146,9 @@ pub async fn route_events(
                 if *yes {
                     tracing::info!("registered in the cluster; admitting joins");
                 } else {
-                    tracing::warn!("not registered in the cluster; refusing joins until the registry is back");
+                    tracing::warn!(
+                        "not registered in the cluster; refusing joins until the registry is back"
+                    );
                 }
             }
         }
@@ -184,7 +186,9 @@ fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // /proc reports USER_HZ ticks, 100 per second on Linux.

@@ -249,7 +249,10 @@ impl Config {
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
         {
-            bail!("cluster.node_id {:?}: use letters, digits, '-' and '.' (it is a certificate name)", c.node_id);
+            bail!(
+                "cluster.node_id {:?}: use letters, digits, '-' and '.' (it is a certificate name)",
+                c.node_id
+            );
         }
         if c.enabled() && c.certs_dir.is_none() {
             bail!("a clustered node needs cluster.certs_dir (create one with `sfu-node certs`)");

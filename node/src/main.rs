@@ -197,6 +197,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Serve) | None => {
             let config = load_config(&cli.serve)?;
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_new(&config.log)
                         .context("invalid log filter")?,

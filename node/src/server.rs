@@ -7,7 +7,7 @@ use crate::media::{MediaPlane, WorkerConfig};
 use crate::metrics::Metrics;
 use anyhow::Context;
 use sfu_control::records::{NodeRecord, NodeState};
-use sfu_control::{EtcdRegistry, Keys, MemoryRegistry, Membership};
+use sfu_control::{EtcdRegistry, Keys, Membership, MemoryRegistry};
 use sfu_relay::quic::{Identity, LinkManager};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,10 +82,19 @@ impl Server {
             .unwrap_or_else(|| format!("http://{}", SocketAddr::new(host, http_addr.port())));
 
         let (links, relay_addr) = if config.cluster.enabled() {
-            let dir = config.cluster.certs_dir.as_ref().context("cluster.certs_dir")?;
+            let dir = config
+                .cluster
+                .certs_dir
+                .as_ref()
+                .context("cluster.certs_dir")?;
             let files = sfu_relay::certs::node_files(dir, &node_id);
             let identity = Identity::from_files(&node_id, &files.ca, &files.cert, &files.key)
-                .with_context(|| format!("loading node certificate for {node_id} from {}", dir.display()))?;
+                .with_context(|| {
+                    format!(
+                        "loading node certificate for {node_id} from {}",
+                        dir.display()
+                    )
+                })?;
             let links = LinkManager::start(
                 config.cluster.relay_bind,
                 &identity,

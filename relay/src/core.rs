@@ -451,7 +451,10 @@ impl Relay {
 
     /// Whether the relay feeds or pulls any track of `room` (so its forwarding core must stay).
     pub fn has_room(&self, room: &str) -> bool {
-        self.feeds.keys().chain(self.wants.keys()).any(|k| &*k.room == room)
+        self.feeds
+            .keys()
+            .chain(self.wants.keys())
+            .any(|k| &*k.room == room)
     }
 
     /// Whether a track is received from another node (rather than published here).

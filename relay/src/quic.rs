@@ -287,7 +287,7 @@ impl LinkManager {
         write_frame(&mut send, &hello(&self.me)).await?;
         let mut buf = BytesMut::new();
         let peer = read_hello(&mut recv, &mut buf).await?;
-        if &*peer != &**node {
+        if *peer != **node {
             conn.close(1u32.into(), b"unexpected node");
             bail!("{addr} answered as {peer}, expected {node}");
         }

@@ -1,6 +1,6 @@
 //! The registry on etcd (v3 API, through `etcd-client`).
 
-use super::{LeaseId, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
+use super::{LeaseId, Listing, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -97,7 +97,7 @@ impl Registry for EtcdRegistry {
             .map_err(unavailable)
     }
 
-    async fn list(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Revision)> {
+    async fn list(&self, prefix: &str) -> Result<Listing> {
         let r = self
             .client
             .clone()

@@ -1,7 +1,7 @@
 //! The registry in process: what a standalone node uses, with etcd's semantics (leases that
 //! expire, revisions, watches from a revision, compaction).
 
-use super::{LeaseId, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
+use super::{LeaseId, Listing, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -152,7 +152,7 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Revision)> {
+    async fn list(&self, prefix: &str) -> Result<Listing> {
         let s = self.lock();
         let kvs = s
             .keys

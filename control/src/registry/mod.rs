@@ -49,6 +49,9 @@ pub enum RegistryError {
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
+/// A listing: keys and values under a prefix, and the revision it reflects.
+pub type Listing = (Vec<(String, Vec<u8>)>, Revision);
+
 /// Watch events, in batches as the registry delivers them; an `Err` ends the watch.
 pub type Watch = mpsc::Receiver<Result<Vec<WatchEvent>>>;
 
@@ -69,10 +72,7 @@ pub trait Registry: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
     /// Every key under a prefix, and the revision the listing reflects.
-    fn list(
-        &self,
-        prefix: &str,
-    ) -> impl Future<Output = Result<(Vec<(String, Vec<u8>)>, Revision)>> + Send;
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Listing>> + Send;
     /// Changes under a prefix from `from` on (inclusive).
     fn watch(&self, prefix: &str, from: Revision) -> impl Future<Output = Result<Watch>> + Send;
 }

@@ -351,7 +351,9 @@ impl Room {
         for sub in &track.subscriptions {
             match sub.forwarder.target_layer() {
                 Some(t) if track.layers.get(t).is_some_and(|l| l.is_live(now)) => wanted[t] = true,
-                Some(_) => wanted[..=sub.max_layer.min(top)].iter_mut().for_each(|w| *w = true),
+                Some(_) => wanted[..=sub.max_layer.min(top)]
+                    .iter_mut()
+                    .for_each(|w| *w = true),
                 None => {}
             }
         }

@@ -397,9 +397,17 @@ fn wanted_layers_are_the_targets_or_everything_up_to_the_maximum_while_none_flow
     let mut h = Harness::new();
     h.add_video(VIDEO, 3);
     h.subscribe(VIDEO, 1, 1);
-    assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![0, 1], "nothing flows yet");
+    assert_eq!(
+        h.room.wanted_layers(h.now, VIDEO),
+        vec![0, 1],
+        "nothing flows yet"
+    );
     h.room.handle_rtp(h.now, VIDEO, 1, vp8(12, 1, 0, true));
-    assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![1], "the target flows");
+    assert_eq!(
+        h.room.wanted_layers(h.now, VIDEO),
+        vec![1],
+        "the target flows"
+    );
     h.subscribe(VIDEO, 2, 0);
     assert_eq!(
         h.room.wanted_layers(h.now, VIDEO),

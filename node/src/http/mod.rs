@@ -114,7 +114,10 @@ pub fn router(state: AppState) -> Router {
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if !state.membership.registered() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not registered in the cluster");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered in the cluster",
+        );
     }
     // The workers answer a snapshot only if their loops are running.
     let probe = tokio::time::timeout(std::time::Duration::from_secs(2), state.media.snapshot());

@@ -10,15 +10,24 @@ use sfu_core::{LayerIndex, TrackId};
 /// Something a room did that the rest of the cluster must learn.
 #[derive(Debug)]
 pub enum Effect {
-    ParticipantJoined { room: String, record: ParticipantRecord },
-    ParticipantLeft { room: String, sid: String },
+    ParticipantJoined {
+        room: String,
+        record: ParticipantRecord,
+    },
+    ParticipantLeft {
+        room: String,
+        sid: String,
+    },
     /// A track was published here: announce it and offer it to other nodes.
     TrackPublished {
         room: String,
         record: TrackRecord,
         info: sfu_proto::relay::TrackInfo,
     },
-    TrackUnpublished { room: String, track: TrackId },
+    TrackUnpublished {
+        room: String,
+        track: TrackId,
+    },
     /// The layers local subscribers need of a remote track changed (empty: none).
     Demand {
         room: String,
@@ -27,9 +36,16 @@ pub enum Effect {
         layers: Vec<LayerIndex>,
     },
     /// Ask the node feeding a remote track for a keyframe.
-    UpstreamKeyframe { room: String, track: TrackId, layer: LayerIndex },
+    UpstreamKeyframe {
+        room: String,
+        track: TrackId,
+        layer: LayerIndex,
+    },
     /// A remote track is gone here: stop pulling it.
-    Forget { room: String, track: TrackId },
+    Forget {
+        room: String,
+        track: TrackId,
+    },
 }
 
 /// See the module documentation.

@@ -7,8 +7,8 @@
 //! with replies and per-participant [`ServerMessage`] events, at signaling rate.
 
 pub mod demux;
-pub mod peer;
 mod egress;
+pub mod peer;
 mod room;
 mod room_drive;
 mod room_publish;

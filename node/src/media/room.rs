@@ -7,8 +7,8 @@
 //! connections, negotiation, WHEP sources) and `room_drive` (datagrams, timers and the packet
 //! path).
 
-use super::peer::{Direction, IceCredentials};
 use super::egress::Egress;
+use super::peer::{Direction, IceCredentials};
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
     ErrorCode, ParticipantView, ServerMessage, SignalError, TrackView,
@@ -515,13 +515,7 @@ impl LocalRoom {
     }
 
     /// A peer connection failed or closed on its own.
-    pub(super) fn on_peer_failed(
-        &mut self,
-        now: Instant,
-        key: usize,
-        why: &str,
-        out: &mut Egress,
-    ) {
+    pub(super) fn on_peer_failed(&mut self, now: Instant, key: usize, why: &str, out: &mut Egress) {
         let Some(peer) = self.peers.get(key) else {
             return;
         };

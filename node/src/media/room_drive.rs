@@ -6,10 +6,10 @@
 //! one entry in the worker's send batch; payloads are shared, never copied.
 
 use super::ParticipantKind;
-use super::peer::Direction;
 use super::egress::Effect;
-use super::room::{LocalRoom, Origin};
 use super::egress::Egress;
+use super::peer::Direction;
+use super::room::{LocalRoom, Origin};
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};

@@ -1,9 +1,9 @@
 //! Publisher peer connections: offer/answer, and turning their media sections into tracks.
 
-use super::peer::{Direction, add_host_candidates};
 use super::egress::Effect;
-use super::room::{Inbound, LocalRoom, Origin, Published};
 use super::egress::Egress;
+use super::peer::{Direction, add_host_candidates};
+use super::room::{Inbound, LocalRoom, Origin, Published};
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};

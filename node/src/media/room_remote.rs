@@ -35,13 +35,18 @@ impl LocalRoom {
 
     /// A participant on another node left.
     pub fn on_remote_participant_gone(&mut self, now: Instant, sid: &str, out: &mut Egress) {
-        let Some(r) = self.remote.remove(sid) else { return };
+        let Some(r) = self.remote.remove(sid) else {
+            return;
+        };
         for t in r.tracks {
             self.unpublish_track(now, t, out);
         }
-        self.broadcast("", &ServerMessage::ParticipantLeft {
-            participant: sid.to_owned(),
-        });
+        self.broadcast(
+            "",
+            &ServerMessage::ParticipantLeft {
+                participant: sid.to_owned(),
+            },
+        );
     }
 
     /// A track published on another node.
@@ -73,7 +78,9 @@ impl LocalRoom {
             },
             name: record.name,
             rids: record.rids,
-            origin: Origin::Remote { node: record.origin },
+            origin: Origin::Remote {
+                node: record.origin,
+            },
         };
         let view = published.view();
         self.tracks.insert(id, published);
@@ -87,7 +94,9 @@ impl LocalRoom {
 
     /// A track on another node was unpublished.
     pub fn on_remote_track_gone(&mut self, now: Instant, track: &str, out: &mut Egress) {
-        let Ok(id) = track.parse::<TrackId>() else { return };
+        let Ok(id) = track.parse::<TrackId>() else {
+            return;
+        };
         if self
             .tracks
             .get(&id)
@@ -122,7 +131,9 @@ impl LocalRoom {
     /// The relay feeds a remote track now: the forwarding core gets it and waiting subscribers
     /// attach.
     pub fn on_feeding(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
-        let Some(p) = self.tracks.get(&track) else { return };
+        let Some(p) = self.tracks.get(&track) else {
+            return;
+        };
         if self.core.track(track).is_none() {
             let codec = Codec::from_mime(&p.rtc_codec.mime_type);
             let info = TrackInfo {
@@ -137,7 +148,11 @@ impl LocalRoom {
                 return;
             }
         }
-        let subscribers: Vec<usize> = self.participants.values().filter_map(|p| p.subscriber).collect();
+        let subscribers: Vec<usize> = self
+            .participants
+            .values()
+            .filter_map(|p| p.subscriber)
+            .collect();
         for key in subscribers {
             self.attach_subscriptions(now, key);
         }
@@ -153,7 +168,10 @@ impl LocalRoom {
         }
         for (subscription, sink) in self.core.remove_track(track) {
             if let Some(peer) = self.peers.get_mut(sink.0 as usize)
-                && let Some(o) = peer.outbound.iter_mut().find(|o| o.subscription == Some(subscription))
+                && let Some(o) = peer
+                    .outbound
+                    .iter_mut()
+                    .find(|o| o.subscription == Some(subscription))
             {
                 o.subscription = None;
             }

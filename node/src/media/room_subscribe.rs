@@ -2,10 +2,10 @@
 //! WebSocket clients, and source selection for WHEP players.
 
 use super::ParticipantKind;
+use super::egress::Egress;
 use super::peer::{Direction, add_host_candidates};
 use super::room::{LocalRoom, Outbound};
 use super::room_publish::{internal, invalid_sdp};
-use super::egress::Egress;
 use crate::signaling::protocol::{ErrorCode, SectionTrack, ServerMessage, SignalError};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -485,7 +485,10 @@ impl LocalRoom {
                 .values()
                 .filter(|p| p.sid != sid)
                 .map(|p| (p.seq, &p.identity, &p.tracks));
-            let remote = self.remote.values().map(|r| (r.seq, &r.identity, &r.tracks));
+            let remote = self
+                .remote
+                .values()
+                .map(|r| (r.seq, &r.identity, &r.tracks));
             let mut publishers: Vec<_> = local
                 .chain(remote)
                 .filter(|(_, identity, tracks)| {
@@ -517,7 +520,9 @@ impl LocalRoom {
             let pt = payload_type_for(&mut peer.pc, sender, &published.rtc_codec)?;
             Some((*t, pt))
         });
-        let Some((track, payload_type)) = choice else { return };
+        let Some((track, payload_type)) = choice else {
+            return;
+        };
         if current != Some(track) {
             if let Some(sub) = subscription {
                 match self.core.move_subscription(now, sub, track) {

@@ -229,8 +229,11 @@ impl Worker {
     /// Forgets this worker's rooms in the registry when the node stops.
     fn membership_cleanup(&mut self) {
         for (_, room) in &self.rooms {
-            self.membership
-                .remove(self.membership.keys().room_node(&room.name, &self.ctx.node_id));
+            self.membership.remove(
+                self.membership
+                    .keys()
+                    .room_node(&room.name, &self.ctx.node_id),
+            );
         }
     }
 
@@ -333,8 +336,11 @@ impl Worker {
             let room = self.rooms.remove(idx);
             self.room_by_name.remove(&room.name);
             self.sinks.forget_room(&room.name);
-            self.membership
-                .remove(self.membership.keys().room_node(&room.name, &self.ctx.node_id));
+            self.membership.remove(
+                self.membership
+                    .keys()
+                    .room_node(&room.name, &self.ctx.node_id),
+            );
             add_room_stats(&self.metrics, room.core_stats(), &room.reported);
             add_edge_drops(&self.metrics, &room.drops, &room.reported_drops);
             tracing::info!(room = %room.name, "room closed on this node");
@@ -375,7 +381,8 @@ impl Worker {
                     self.relay.add_local_track(key, info);
                 }
                 Effect::TrackUnpublished { room, track } => {
-                    self.membership.remove(keys.track(&room, &track.to_string()));
+                    self.membership
+                        .remove(keys.track(&room, &track.to_string()));
                     self.relay.remove_local_track(&TrackKey {
                         room: room.as_str().into(),
                         track,
@@ -391,7 +398,8 @@ impl Worker {
                         room: room.as_str().into(),
                         track,
                     };
-                    self.relay.set_demand(now, key, origin.as_str().into(), layers);
+                    self.relay
+                        .set_demand(now, key, origin.as_str().into(), layers);
                 }
                 Effect::UpstreamKeyframe { room, track, layer } => {
                     self.relay.request_keyframe(
@@ -518,7 +526,13 @@ impl Worker {
                     Ok(d) => {
                         let (track, layer, packet) = (d.key.track, d.layer, d.packet);
                         if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
-                            self.rooms[idx].handle_relayed_rtp(now, track, layer, packet, &mut self.out);
+                            self.rooms[idx].handle_relayed_rtp(
+                                now,
+                                track,
+                                layer,
+                                packet,
+                                &mut self.out,
+                            );
                             self.after_room(idx);
                         }
                     }
@@ -552,9 +566,13 @@ impl Worker {
         let r = &mut self.rooms[idx];
         match e {
             ClusterEvent::Participant { record, .. } => r.on_remote_participant(record),
-            ClusterEvent::ParticipantGone { sid, .. } => r.on_remote_participant_gone(now, &sid, &mut self.out),
+            ClusterEvent::ParticipantGone { sid, .. } => {
+                r.on_remote_participant_gone(now, &sid, &mut self.out)
+            }
             ClusterEvent::Track { record, .. } => r.on_remote_track(now, record, &mut self.out),
-            ClusterEvent::TrackGone { track, .. } => r.on_remote_track_gone(now, &track, &mut self.out),
+            ClusterEvent::TrackGone { track, .. } => {
+                r.on_remote_track_gone(now, &track, &mut self.out)
+            }
             _ => {}
         }
         self.after_room(idx);
@@ -614,7 +632,12 @@ impl Worker {
                 participant,
                 track,
                 reply,
-            } => in_room!(room, reply, |r, out| r.unpublish(now, &participant, &track, out)),
+            } => in_room!(room, reply, |r, out| r.unpublish(
+                now,
+                &participant,
+                &track,
+                out
+            )),
             Command::Subscribe {
                 room,
                 participant,
@@ -631,7 +654,12 @@ impl Worker {
                 participant,
                 sdp,
                 reply,
-            } => in_room!(room, reply, |r, out| r.subscriber_answer(now, &participant, sdp, out)),
+            } => in_room!(room, reply, |r, out| r.subscriber_answer(
+                now,
+                &participant,
+                sdp,
+                out
+            )),
             Command::Play {
                 room,
                 participant,
@@ -645,7 +673,12 @@ impl Worker {
                 candidate,
                 sdp_mid,
                 reply,
-            } => in_room!(room, reply, |r, _out| r.trickle(&participant, target, candidate, sdp_mid)),
+            } => in_room!(room, reply, |r, _out| r.trickle(
+                &participant,
+                target,
+                candidate,
+                sdp_mid
+            )),
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -673,7 +706,11 @@ impl Worker {
             gauge.inc_by(new as i64 - old as i64);
         };
         delta(&m.rooms, now.rooms, self.reported_gauges.rooms);
-        delta(&m.participants, now.participants, self.reported_gauges.participants);
+        delta(
+            &m.participants,
+            now.participants,
+            self.reported_gauges.participants,
+        );
         delta(&m.tracks, now.tracks, self.reported_gauges.tracks);
         delta(&m.peer_connections, now.peers, self.reported_gauges.peers);
         self.reported_gauges = now;
@@ -697,8 +734,10 @@ fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     m.packets_out.inc_by(now.packets_out - before.packets_out);
     m.bytes_out.inc_by(now.bytes_out - before.bytes_out);
     m.relayed.inc_by(now.relayed - before.relayed);
-    m.nacks_received.inc_by(now.nacks_received - before.nacks_received);
-    m.retransmitted.inc_by(now.retransmitted - before.retransmitted);
+    m.nacks_received
+        .inc_by(now.nacks_received - before.nacks_received);
+    m.retransmitted
+        .inc_by(now.retransmitted - before.retransmitted);
     m.keyframe_requests_received
         .inc_by(now.keyframe_requests_received - before.keyframe_requests_received);
     m.keyframe_requests_sent
@@ -706,7 +745,10 @@ fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     for (i, reason) in DropReason::ALL.iter().enumerate() {
         m.count_drop(reason.as_str(), now.dropped[i] - before.dropped[i]);
     }
-    m.count_drop("unknown_track", now.dropped_unknown - before.dropped_unknown);
+    m.count_drop(
+        "unknown_track",
+        now.dropped_unknown - before.dropped_unknown,
+    );
     m.count_drop("nack_miss", now.nack_misses - before.nack_misses);
 }
 
