@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Starts a local cluster on this machine: etcd and three SFU nodes on loopback, each with its
+# own ports, linked over QUIC with certificates from a development CA (created on first run
+# in .cluster/certs). Prints each node's URL; Ctrl-C stops everything.
+#
+#   deploy/local-cluster.sh            # nodes on http://127.0.0.1:7001, :7002, :7003
+#   NODES=5 deploy/local-cluster.sh    # more nodes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NODES=${NODES:-3}
+STATE=${STATE:-.cluster}
+ETCD_CLIENT=${ETCD_CLIENT:-23790}
+ETCD_PEER=${ETCD_PEER:-23800}
+
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+cargo build --release --locked -p sfu-node
+BIN=target/release/sfu-node
+mkdir -p "$STATE/logs"
+
+ids=()
+for i in $(seq 1 "$NODES"); do ids+=("node-$i"); done
+"$BIN" certs --dir "$STATE/certs" --nodes "$(IFS=,; echo "${ids[*]}")" >/dev/null
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  echo "stopped; logs are in $STATE/logs"
+  exit 0
+}
+trap stop INT TERM EXIT
+
+etcd --name local --data-dir "$STATE/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
+  --initial-cluster "local=http://127.0.0.1:$ETCD_PEER" >"$STATE/logs/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  (echo >"/dev/tcp/127.0.0.1/$ETCD_CLIENT") 2>/dev/null && break
+  sleep 0.1
+done
+
+for i in $(seq 1 "$NODES"); do
+  "$BIN" --node-id "node-$i" --etcd "http://127.0.0.1:$ETCD_CLIENT" --certs-dir "$STATE/certs" \
+    --bind "127.0.0.1:$((7000 + i))" --udp-port "$((7100 + 10 * i))" --workers 1 \
+    --relay-bind "127.0.0.1:$((7200 + i))" --node-ip 127.0.0.1 \
+    >"$STATE/logs/node-$i.log" 2>&1 &
+  pids+=($!)
+done
+
+for i in $(seq 1 "$NODES"); do
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$((7000 + i))/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+done
+
+echo "etcd:   http://127.0.0.1:$ETCD_CLIENT"
+for i in $(seq 1 "$NODES"); do
+  echo "node-$i: http://127.0.0.1:$((7000 + i))"
+done
+echo "Open two node URLs in a browser, join the same room on each, and see each other."
+echo "Ctrl-C stops the cluster."
+wait -n "${pids[@]}" || true
+echo "a process of the cluster exited; see $STATE/logs"
