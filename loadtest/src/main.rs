@@ -63,6 +63,9 @@ struct Cli {
     /// Report CPU and memory of the process with this command name (e.g. sfu-node).
     #[arg(long)]
     watch_process: Option<String>,
+    /// Report CPU and memory of these processes (several: one per node, each reported).
+    #[arg(long, value_delimiter = ',')]
+    watch_pid: Vec<u32>,
     /// Write the reports as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -84,13 +87,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let watch_pid = match &cli.watch_process {
-            Some(name) => Some(
+        let mut watch_pids = cli.watch_pid.clone();
+        if let Some(name) = &cli.watch_process {
+            watch_pids.push(
                 sfu_loadtest::procstat::find(name)
                     .with_context(|| format!("no process named {name}"))?,
-            ),
-            None => None,
-        };
+            );
+        }
         let mut reports = Vec::new();
         for (i, &subscribers) in cli.subscribers.iter().enumerate() {
             let room = if cli.subscribers.len() > 1 {
@@ -127,7 +130,7 @@ fn main() -> anyhow::Result<()> {
                 join_rate: cli.join_rate,
                 warmup: Duration::from_secs(cli.warmup),
                 duration: Duration::from_secs(cli.duration),
-                watch_pid,
+                watch_pids: watch_pids.clone(),
                 progress: !cli.quiet,
             };
             let report = run(plan).await;

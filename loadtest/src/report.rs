@@ -39,7 +39,10 @@ pub struct Report {
     pub subscribers_with_freezes: usize,
     /// Loss over all subscribers' video packets together, in percent.
     pub total_video_loss_percent: f64,
+    /// The watched SFU processes together.
     pub sfu: Option<ProcessUse>,
+    /// Each watched process: (pid, use).
+    pub sfu_processes: Vec<(u32, ProcessUse)>,
     /// SFU CPU per subscriber, in percent of one core.
     pub sfu_cpu_per_subscriber_percent: Option<f64>,
     pub loadtest: Option<ProcessUse>,
@@ -63,7 +66,7 @@ pub fn build(
     plan: &Plan,
     states: &[(bool, PeerState)],
     window: Duration,
-    sfu: Option<(ProcSample, ProcSample)>,
+    sfu: Vec<(u32, ProcSample, ProcSample)>,
     own: Option<(ProcSample, ProcSample)>,
 ) -> Report {
     let subs: Vec<&PeerState> = states.iter().filter(|(p, _)| !*p).map(|(_, s)| s).collect();
@@ -89,7 +92,14 @@ pub fn build(
             r + s.video.packets.min(s.video.expected()),
         )
     });
-    let sfu_use = usage(sfu, window);
+    let sfu_processes: Vec<(u32, ProcessUse)> = sfu
+        .iter()
+        .filter_map(|(pid, a, b)| Some((*pid, usage(Some((*a, *b)), window)?)))
+        .collect();
+    let sfu_use = (!sfu_processes.is_empty()).then(|| ProcessUse {
+        cpu_percent: sfu_processes.iter().map(|(_, u)| u.cpu_percent).sum(),
+        rss_mb: sfu_processes.iter().map(|(_, u)| u.rss_mb).sum(),
+    });
     let own_use = usage(own, window);
     Report {
         publishers: plan.publishers,
@@ -114,6 +124,7 @@ pub fn build(
             (expected - received) as f64 / expected as f64 * 100.0
         },
         sfu: sfu_use,
+        sfu_processes,
         sfu_cpu_per_subscriber_percent: sfu_use
             .filter(|_| plan.subscribers > 0)
             .map(|u| u.cpu_percent / plan.subscribers as f64),
@@ -168,10 +179,19 @@ impl fmt::Display for Report {
             "video loss over all subscribers: {:.3} %   freezes: {} ({} subscribers)",
             self.total_video_loss_percent, self.freezes, self.subscribers_with_freezes
         )?;
+        if self.sfu_processes.len() > 1 {
+            for (pid, u) in &self.sfu_processes {
+                writeln!(
+                    f,
+                    "  process {pid}: {:.1} % of a core, {:.1} MB RSS",
+                    u.cpu_percent, u.rss_mb
+                )?;
+            }
+        }
         if let Some(s) = self.sfu {
             writeln!(
                 f,
-                "SFU process: {:.1} % of a core, {:.1} MB RSS, {:.3} % of a core per subscriber",
+                "SFU process(es): {:.1} % of a core, {:.1} MB RSS, {:.3} % of a core per subscriber",
                 s.cpu_percent,
                 s.rss_mb,
                 self.sfu_cpu_per_subscriber_percent.unwrap_or(0.0)

@@ -25,8 +25,8 @@ pub struct Plan {
     pub join_rate: f64,
     pub warmup: Duration,
     pub duration: Duration,
-    /// A process on this machine whose CPU and memory to report (the SFU).
-    pub watch_pid: Option<u32>,
+    /// Processes on this machine whose CPU and memory to report (the SFU nodes).
+    pub watch_pids: Vec<u32>,
     /// Print a progress line every second.
     pub progress: bool,
 }
@@ -130,7 +130,11 @@ pub async fn run(plan: Plan) -> Report {
         s.video.start_window();
         s.audio.start_window();
     }
-    let sfu_before = plan.watch_pid.and_then(procstat::sample);
+    let sfu_before: Vec<_> = plan
+        .watch_pids
+        .iter()
+        .map(|p| procstat::sample(*p))
+        .collect();
     let own_before = procstat::own();
     let window = Instant::now();
     while window.elapsed() < plan.duration {
@@ -140,7 +144,11 @@ pub async fn run(plan: Plan) -> Report {
         }
     }
     let elapsed = window.elapsed();
-    let sfu_after = plan.watch_pid.and_then(procstat::sample);
+    let sfu_after: Vec<_> = plan
+        .watch_pids
+        .iter()
+        .map(|p| procstat::sample(*p))
+        .collect();
     let own_after = procstat::own();
     let states = snapshot(&peers);
 
@@ -152,7 +160,11 @@ pub async fn run(plan: Plan) -> Report {
         &plan,
         &states,
         elapsed,
-        sfu_before.zip(sfu_after),
+        plan.watch_pids
+            .iter()
+            .zip(sfu_before.into_iter().zip(sfu_after))
+            .filter_map(|(pid, (a, b))| Some((*pid, a?, b?)))
+            .collect(),
         own_before.zip(own_after),
     )
 }

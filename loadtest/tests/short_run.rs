@@ -38,7 +38,7 @@ async fn twenty_peers_for_ten_seconds_fill_the_report() {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(10),
         // The node runs in this process.
-        watch_pid: Some(std::process::id()),
+        watch_pids: vec![std::process::id()],
         progress: false,
     };
     let r = run(plan).await;

@@ -3,7 +3,8 @@
 //!
 //! A publisher on node 1 reaches subscribers on nodes 2 and 3; participants on different
 //! nodes see each other; node 2 is killed with SIGKILL (its registry keys expire, node 3 keeps
-//! decoding); node 3's relay links are cut and restored (media resumes).
+//! decoding); node 3's relay links are cut and restored (media resumes); etcd becomes
+//! unreachable for longer than a lease (media keeps flowing, nodes re-register after).
 
 mod common;
 

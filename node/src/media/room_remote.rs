@@ -214,6 +214,20 @@ impl LocalRoom {
         }
     }
 
+    /// The node a remote track comes from.
+    pub fn track_origin(&self, track: &str) -> Option<String> {
+        let id: TrackId = track.parse().ok()?;
+        match &self.tracks.get(&id)?.origin {
+            Origin::Remote { node } => Some(node.clone()),
+            Origin::Local { .. } => None,
+        }
+    }
+
+    /// The node a remote participant is connected to.
+    pub fn participant_node(&self, sid: &str) -> Option<String> {
+        self.remote.get(sid).map(|r| r.node.clone())
+    }
+
     /// Whether the room still holds anything: local participants or remote tracks being
     /// pulled.
     pub fn has_demand(&self) -> bool {

@@ -39,6 +39,11 @@ const BATCHES_PER_TURN: usize = 4;
 /// Flow ids a worker allocates carry its index in the top byte, so that a NACK for a flow
 /// reaches the worker that sends it.
 pub const FLOW_WORKER_SHIFT: u32 = 24;
+/// How long a registry deletion about a node that is still linked to us waits before it is
+/// believed. A node that lost its lease (etcd was unreachable) has its keys deleted when etcd
+/// returns and writes them again within a few seconds; its media must not be cut meanwhile.
+/// Real unpublishes also arrive over the relay link at once.
+const LINKED_GRACE: Duration = Duration::from_secs(10);
 
 /// Settings of the media workers.
 #[derive(Clone)]
@@ -91,6 +96,8 @@ struct Worker {
     relay: Relay,
     links: HashMap<NodeId, Link>,
     sinks: SinkTable,
+    /// Registry deletions about linked nodes, held for [`LINKED_GRACE`].
+    deferred: Vec<(Instant, ClusterEvent)>,
     out: Egress,
     drops: WorkerDrops,
     reported_gauges: WorkerSnapshot,
@@ -180,6 +187,7 @@ pub(super) fn spawn(
                     relay,
                     links: HashMap::new(),
                     sinks: SinkTable::default(),
+                    deferred: Vec::new(),
                     out: Egress::default(),
                     drops: WorkerDrops::default(),
                     reported_gauges: WorkerSnapshot::default(),
@@ -203,6 +211,7 @@ impl Worker {
                 .map(|Reverse((t, _))| *t)
                 .into_iter()
                 .chain(self.relay.poll_timeout())
+                .chain(self.deferred.iter().map(|(t, _)| *t))
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -287,6 +296,17 @@ impl Worker {
     }
 
     fn handle_deadlines(&mut self, now: Instant) {
+        if self.deferred.iter().any(|(t, _)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                .into_iter()
+                .partition(|(t, _)| *t <= now);
+            self.deferred = later;
+            for (_, e) in due {
+                if !self.reappeared(&e) {
+                    self.apply_cluster_event(now, e);
+                }
+            }
+        }
         if self.relay.poll_timeout().is_some_and(|t| t <= now) {
             self.relay.handle_timeout(now);
             self.drain_relay(now);
@@ -513,6 +533,14 @@ impl Worker {
             }
             ClusterInput::LinkDown(node) => {
                 self.links.remove(&node);
+                // Deletions held because the node was linked are believed at once now.
+                let (now_due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                    .into_iter()
+                    .partition(|(_, e)| matches!(e, ClusterEvent::NodeGone(n) if **n == *node));
+                self.deferred = keep;
+                for (_, e) in now_due {
+                    self.apply_cluster_event(now, e);
+                }
                 self.relay.handle_link_down(now, &node);
                 self.drain_relay(now);
             }
@@ -543,7 +571,50 @@ impl Worker {
         }
     }
 
+    /// The node a deletion is about, if it is one we hold a link to.
+    fn linked_node(&self, e: &ClusterEvent) -> Option<String> {
+        let node = match e {
+            ClusterEvent::NodeGone(node) => Some(node.clone()),
+            ClusterEvent::TrackGone { room, track } => {
+                let idx = *self.room_by_name.get(room)?;
+                self.rooms[idx].track_origin(track)
+            }
+            ClusterEvent::ParticipantGone { room, sid } => {
+                let idx = *self.room_by_name.get(room)?;
+                self.rooms[idx].participant_node(sid)
+            }
+            _ => None,
+        }?;
+        self.links.contains_key(node.as_str()).then_some(node)
+    }
+
+    /// Whether a deferred deletion was undone by the node writing its keys again.
+    fn reappeared(&self, e: &ClusterEvent) -> bool {
+        match e {
+            ClusterEvent::NodeGone(node) => self.membership.nodes().iter().any(|n| &n.id == node),
+            ClusterEvent::TrackGone { room, track } => self
+                .membership
+                .room(room)
+                .1
+                .iter()
+                .any(|t| &t.track == track),
+            ClusterEvent::ParticipantGone { room, sid } => {
+                self.membership.room(room).0.iter().any(|p| &p.sid == sid)
+            }
+            _ => false,
+        }
+    }
+
     fn handle_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+        if let Some(node) = self.linked_node(&e) {
+            tracing::debug!(%node, "registry deletion about a linked node deferred: {e:?}");
+            self.deferred.push((now + LINKED_GRACE, e));
+            return;
+        }
+        self.apply_cluster_event(now, e);
+    }
+
+    fn apply_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
         let room_of = |e: &ClusterEvent| match e {
             ClusterEvent::Participant { room, .. }
             | ClusterEvent::ParticipantGone { room, .. }
