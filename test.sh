@@ -23,4 +23,5 @@ if [ ! -d node/tests/browser/node_modules/playwright-core ]; then
   npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
 fi
 
-cargo test --workspace --locked "$@"
+# --no-fail-fast: report every failing test binary, not only the first.
+cargo test --workspace --locked --no-fail-fast "$@"

@@ -53,9 +53,10 @@ impl Etcd {
             dir,
             endpoint: client_url,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Serving means healthy (a leader elected), not merely listening.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", client)).is_ok() {
+            if healthy(client) {
                 return Ok(etcd);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -75,6 +76,23 @@ impl Etcd {
     pub fn resume(&self) {
         signal(self.child.id(), "CONT");
     }
+}
+
+/// etcd's `/health` answers `{"health":"true"}` once it has a leader.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
 }
 
 fn signal(pid: u32, sig: &str) {

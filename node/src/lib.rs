@@ -7,7 +7,8 @@
 //! - [`cluster`]: registry membership and relay links, routed to the media workers.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, start and stop.
 
-pub mod auth;
+/// Access tokens (shared with the control plane).
+pub use sfu_control::auth;
 pub mod cluster;
 pub mod config;
 pub mod http;

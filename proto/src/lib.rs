@@ -1,6 +1,7 @@
-//! Wire definitions shared between nodes (the relay link) and, later, with the control plane.
+//! Wire definitions shared between nodes (the relay link) and with the control plane.
 //!
-//! Generated from `proto/*.proto` by prost; see those files for the meaning of each message.
+//! Generated from `proto/*.proto` by prost and tonic; see those files for the meaning of each
+//! message.
 
 /// The relay link's control-stream frames.
 pub mod relay {
@@ -8,4 +9,9 @@ pub mod relay {
 
     /// Protocol version carried in [`Hello`]; links between different versions are refused.
     pub const PROTOCOL_VERSION: u32 = 1;
+}
+
+/// The control-plane gRPC API: messages, clients and servers.
+pub mod control {
+    tonic::include_proto!("sfu.control.v1");
 }

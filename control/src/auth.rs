@@ -60,9 +60,35 @@ pub struct Grants {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub room_admin: bool,
+    pub room_create: bool,
+    pub room_list: bool,
 }
 
 impl Grants {
+    /// Whether the holder may administer `room` (remove participants, mute, delete...). A
+    /// token naming no room administers every room.
+    pub fn may_admin(&self, room: &str) -> Result<(), AuthError> {
+        if !self.room_admin {
+            return Err(AuthError::Forbidden("token does not grant roomAdmin"));
+        }
+        match &self.room {
+            Some(r) if r != room => Err(AuthError::Forbidden("token administers another room")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the holder may administer the cluster itself (nodes): `roomAdmin` for no
+    /// particular room.
+    pub fn may_admin_cluster(&self) -> Result<(), AuthError> {
+        if self.room_admin && self.room.is_none() {
+            Ok(())
+        } else {
+            Err(AuthError::Forbidden(
+                "cluster operations need roomAdmin without a room",
+            ))
+        }
+    }
+
     /// Whether the holder may join `room`.
     pub fn may_join(&self, room: &str) -> Result<(), AuthError> {
         if !self.room_join {
@@ -166,6 +192,8 @@ impl Authenticator {
             can_publish: c.video.can_publish.unwrap_or(true),
             can_subscribe: c.video.can_subscribe.unwrap_or(true),
             room_admin: c.video.room_admin,
+            room_create: c.video.room_create,
+            room_list: c.video.room_list,
         })
     }
 
@@ -192,6 +220,24 @@ pub fn expiry_in(valid_for: Duration) -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Claims of an administrator token: every grant, for every room (no room named), as the
+/// control plane and `sfuctl` use.
+pub fn admin_claims(api_key: &str, valid_for: Duration) -> Claims {
+    Claims {
+        iss: api_key.to_owned(),
+        sub: "admin".to_owned(),
+        exp: expiry_in(valid_for),
+        nbf: None,
+        name: None,
+        video: VideoGrant {
+            room_admin: true,
+            room_create: true,
+            room_list: true,
+            ..Default::default()
+        },
+    }
 }
 
 /// Claims for joining `room` as `identity` with the given permissions.
