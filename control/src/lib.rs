@@ -1,11 +1,13 @@
 //! The control plane: the registry (etcd, or in memory for a standalone node), a node's
-//! membership in the cluster, and (to come) placement, the gRPC API and the CLI.
+//! membership in the cluster, access tokens, placement, the `sfu-control` gRPC service and the
+//! `sfuctl` CLI.
 
 pub mod auth;
 pub mod membership;
 pub mod placement;
 pub mod records;
 pub mod registry;
+pub mod service;
 pub mod testing;
 
 pub use membership::{ClusterEvent, Membership};

@@ -55,6 +55,11 @@ pub enum ClusterEvent {
 enum Op {
     Set(String, Vec<u8>),
     Remove(String),
+    Claim(
+        String,
+        Vec<u8>,
+        oneshot::Sender<Result<bool, RegistryError>>,
+    ),
     Leave(oneshot::Sender<()>),
 }
 
@@ -77,6 +82,25 @@ impl Membership {
         ttl: Duration,
         events: mpsc::UnboundedSender<ClusterEvent>,
     ) -> Self {
+        Self::spawn(registry, keys, ttl, events, false)
+    }
+
+    /// Watches the cluster without registering or writing (the control plane's view).
+    pub fn observe<R: Registry>(
+        registry: R,
+        keys: Keys,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+    ) -> Self {
+        Self::spawn(registry, keys, Duration::from_secs(3), events, true)
+    }
+
+    fn spawn<R: Registry>(
+        registry: R,
+        keys: Keys,
+        ttl: Duration,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+        observer: bool,
+    ) -> Self {
         let (ops, rx) = mpsc::unbounded_channel();
         let m = Self {
             ops,
@@ -88,6 +112,8 @@ impl Membership {
             registry,
             keys,
             ttl,
+            observer,
+            claimed: BTreeSet::new(),
             registered: m.registered.clone(),
             mirror: m.mirror.clone(),
             events,
@@ -121,6 +147,37 @@ impl Membership {
         let _ = self.ops.send(Op::Remove(key));
     }
 
+    /// Writes `key` under the node's lease only if no such key exists (a transaction);
+    /// `Ok(false)` if it exists. Once claimed the key is owned like any other, and written
+    /// again (if still free) after a re-registration.
+    pub async fn claim<T: Serialize>(&self, key: String, value: &T) -> Result<bool, RegistryError> {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Claim(key, bytes, tx))
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?;
+        rx.await
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?
+    }
+
+    /// Keys and values under a prefix, as last seen.
+    pub fn list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.mirror
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A room's configuration, if it was created through the API.
+    pub fn room_config(&self, room: &str) -> Option<crate::records::RoomConfig> {
+        let key = self.keys.room_config(room);
+        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
+        serde_json::from_slice(mirror.get(&key)?).ok()
+    }
+
     /// Revokes the lease (everything the node owns disappears at once) and stops.
     pub async fn leave(&self) {
         let (tx, rx) = oneshot::channel();
@@ -129,7 +186,7 @@ impl Membership {
         }
     }
 
-    fn view<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<T> {
+    pub fn view<T: serde::de::DeserializeOwned>(&self, prefix: &str) -> Vec<T> {
         self.mirror
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -158,6 +215,10 @@ struct Task<R> {
     registry: R,
     keys: Keys,
     ttl: Duration,
+    /// Only watches: no lease, no writes.
+    observer: bool,
+    /// Owned keys that were claimed (written again only if still free).
+    claimed: BTreeSet<String>,
     registered: Arc<AtomicBool>,
     mirror: Mirror,
     events: mpsc::UnboundedSender<ClusterEvent>,
@@ -184,7 +245,19 @@ impl<R: Registry> Task<R> {
                     }
                     Some(Op::Remove(k)) => {
                         self.desired.remove(&k);
+                        self.claimed.remove(&k);
                         self.dirty.insert(k);
+                    }
+                    Some(Op::Claim(k, v, reply)) => {
+                        let result = match self.lease {
+                            None => Err(RegistryError::Unavailable("not registered".into())),
+                            Some(l) => self.registry.create(&k, v.clone(), l).await,
+                        };
+                        if let Ok(true) = result {
+                            self.desired.insert(k.clone(), v);
+                            self.claimed.insert(k);
+                        }
+                        let _ = reply.send(result);
                     }
                     Some(Op::Leave(done)) => {
                         if let Some(l) = self.lease.take() {
@@ -230,6 +303,9 @@ impl<R: Registry> Task<R> {
 
     /// Keeps the lease alive, or gets a new one.
     async fn renew(&mut self) {
+        if self.observer {
+            return;
+        }
         match self.lease {
             Some(l) => match self.registry.keep_alive(l).await {
                 Ok(()) => self.renewed = Instant::now(),
@@ -267,6 +343,32 @@ impl<R: Registry> Task<R> {
         let Some(lease) = self.lease else { return };
         while let Some(k) = self.dirty.pop_first() {
             let result = match self.desired.get(&k) {
+                Some(v) if self.claimed.contains(&k) => {
+                    match self.registry.create(&k, v.clone(), lease).await {
+                        Ok(false) => {
+                            // Still there under our old lease (not revoked yet): take it over.
+                            // Anyone else's value means it was taken while we were fenced.
+                            let current = self.registry.list(&k).await.map(|(kvs, _)| {
+                                kvs.into_iter()
+                                    .find(|(key, _)| *key == k)
+                                    .map(|(_, val)| val)
+                            });
+                            match current {
+                                Ok(Some(val)) if val == *v => {
+                                    self.registry.put(&k, v.clone(), lease).await
+                                }
+                                Ok(_) => {
+                                    tracing::warn!(key = k, "claimed key was taken meanwhile");
+                                    self.desired.remove(&k);
+                                    self.claimed.remove(&k);
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        other => other.map(|_| ()),
+                    }
+                }
                 Some(v) => self.registry.put(&k, v.clone(), lease).await,
                 None => self.registry.delete(&k).await,
             };
@@ -357,7 +459,7 @@ impl<R: Registry> Task<R> {
                 .ok()
                 .map(|record| ClusterEvent::Track { room, record }),
             (Key::Track { room, track }, None) => Some(ClusterEvent::TrackGone { room, track }),
-            (Key::RoomNode { .. }, _) => None,
+            (Key::RoomNode { .. } | Key::Slot { .. } | Key::RoomConfig { .. }, _) => None,
         };
         match event {
             Some(e) => {

@@ -5,6 +5,8 @@
 //! {prefix}rooms/{room}/nodes/{node}          RoomNodeRecord  (the node hosts part of the room)
 //! {prefix}rooms/{room}/participants/{sid}    ParticipantRecord
 //! {prefix}rooms/{room}/tracks/{track}        TrackRecord     (the track directory)
+//! {prefix}rooms/{room}/slots/{n}             SlotRecord      (a place in a limited room)
+//! {prefix}rooms/{room}/config                RoomConfig      (no lease: set by the API)
 //! ```
 //!
 //! Every key is written by the node it describes and bound to that node's lease, so a node
@@ -80,6 +82,30 @@ pub struct TrackRecord {
     pub name: String,
     /// The node the track is published on.
     pub origin: String,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// A room created through the API: its limits. Not bound to a lease.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct RoomConfig {
+    pub name: String,
+    /// 0: no limit.
+    pub max_participants: u32,
+    /// Seconds an empty room is kept before its configuration is dropped (0: default).
+    pub empty_timeout: u32,
+    pub created_ms: u64,
+    /// When the room was first seen empty (set by the control plane's sweeper).
+    #[serde(default)]
+    pub empty_since_ms: Option<u64>,
+}
+
+/// A taken place in a room with a participant limit. Claimed in a transaction, so no more
+/// slots than the limit exist.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SlotRecord {
+    pub identity: String,
+    pub node: String,
 }
 
 /// A parsed key.
@@ -89,6 +115,8 @@ pub enum Key {
     RoomNode { room: String, node: String },
     Participant { room: String, sid: String },
     Track { room: String, track: String },
+    Slot { room: String, slot: String },
+    RoomConfig { room: String },
 }
 
 /// The key layout under a cluster's prefix.
@@ -125,6 +153,18 @@ impl Keys {
         format!("{}rooms/{room}/tracks/{track}", self.prefix)
     }
 
+    pub fn slot(&self, room: &str, n: u32) -> String {
+        format!("{}rooms/{room}/slots/{n}", self.prefix)
+    }
+
+    pub fn slots_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/slots/", self.prefix)
+    }
+
+    pub fn room_config(&self, room: &str) -> String {
+        format!("{}rooms/{room}/config", self.prefix)
+    }
+
     pub fn rooms_prefix(&self) -> String {
         format!("{}rooms/", self.prefix)
     }
@@ -145,6 +185,13 @@ impl Keys {
             ["rooms", room, "tracks", track] => Some(Key::Track {
                 room: (*room).to_owned(),
                 track: (*track).to_owned(),
+            }),
+            ["rooms", room, "slots", slot] => Some(Key::Slot {
+                room: (*room).to_owned(),
+                slot: (*slot).to_owned(),
+            }),
+            ["rooms", room, "config"] => Some(Key::RoomConfig {
+                room: (*room).to_owned(),
             }),
             _ => None,
         }

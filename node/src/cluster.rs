@@ -156,7 +156,12 @@ pub async fn route_events(
 }
 
 /// Writes the node record now and then every few seconds with the current load.
-pub async fn report_load(membership: Membership, mut record: NodeRecord, media: MediaPlane) {
+pub async fn report_load(
+    membership: Membership,
+    mut record: NodeRecord,
+    media: MediaPlane,
+    drain: Arc<crate::drain::Drain>,
+) {
     let mut tick = tokio::time::interval(LOAD_REPORT_PERIOD);
     let mut last_cpu = cpu_seconds();
     let mut last_at = std::time::Instant::now();
@@ -176,7 +181,11 @@ pub async fn report_load(membership: Membership, mut record: NodeRecord, media: 
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        record.state = NodeState::Active;
+        record.state = if drain.is_draining() {
+            NodeState::Draining
+        } else {
+            NodeState::Active
+        };
         membership.set_json(membership.keys().node(&record.id), &record);
     }
 }

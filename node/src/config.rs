@@ -31,6 +31,19 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `tracing` filter, e.g. `info,sfu_node=debug`.
     pub log: String,
+    /// How long a draining node waits for its participants to leave before it exits.
+    pub drain_timeout_secs: u64,
+    /// Webhook receivers.
+    pub webhook: WebhookConfig,
+}
+
+/// Where to send webhooks (room, participant and track events).
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub urls: Vec<String>,
+    /// The API key whose secret signs the webhooks (default: the first configured key).
+    pub api_key: Option<String>,
 }
 
 /// Media transport settings.
@@ -131,6 +144,8 @@ impl Default for Config {
             room: RoomLimits::default(),
             limits: InputLimits::default(),
             cluster: ClusterConfig::default(),
+            drain_timeout_secs: 60,
+            webhook: WebhookConfig::default(),
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"

@@ -9,13 +9,16 @@
 
 /// Access tokens (shared with the control plane).
 pub use sfu_control::auth;
+pub mod admission;
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod server;
 pub mod signaling;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::Server;

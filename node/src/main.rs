@@ -209,22 +209,24 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(async {
                 let server = sfu_node::Server::start(config).await?;
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                // Ctrl-C stops at once. SIGTERM (or the drain API) drains first: participants
+                // are sent elsewhere, and the node exits when empty; a second signal forces it.
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
-                    _ = terminate() => tracing::info!("terminated; stopping"),
+                    _ = term.recv() => {
+                        server.start_drain();
+                        tokio::select! {
+                            _ = server.drain.finished() => {}
+                            _ = term.recv() => tracing::warn!("second signal: stopping now"),
+                            _ = tokio::signal::ctrl_c() => tracing::warn!("interrupted: stopping now"),
+                        }
+                    }
+                    _ = server.drain.finished() => tracing::info!("drained; stopping"),
                 }
                 server.stop().await;
                 anyhow::Ok(())
             })
         }
-    }
-}
-
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
     }
 }

@@ -24,6 +24,8 @@ pub struct Server {
     pub media: MediaPlane,
     pub metrics: Arc<Metrics>,
     pub membership: Membership,
+    pub drain: Arc<crate::drain::Drain>,
+    drain_timeout: Duration,
     links: Option<Arc<LinkManager>>,
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -53,6 +55,7 @@ impl Server {
         };
 
         let metrics = Arc::new(Metrics::new());
+        let drain = Arc::new(crate::drain::Drain::default());
         let workers = WorkerConfig {
             workers: config.worker_count(),
             bind_ip: config.rtc.bind_ip,
@@ -64,6 +67,17 @@ impl Server {
             node_id: node_id.as_str().into(),
             fanout: config.cluster.fanout,
             membership: membership.clone(),
+            webhooks: {
+                let keys = config.effective_keys();
+                let key = config
+                    .webhook
+                    .api_key
+                    .clone()
+                    .or_else(|| keys.keys().next().cloned())
+                    .unwrap_or_default();
+                let secret = keys.get(&key).cloned().unwrap_or_default();
+                crate::webhook::Webhooks::start(config.webhook.urls.clone(), key, secret)
+            },
         };
         let media = MediaPlane::start(workers, metrics.clone())?;
 
@@ -128,7 +142,12 @@ impl Server {
                 membership.clone(),
                 links.clone(),
             )),
-            tokio::spawn(report_load(membership.clone(), record, media.clone())),
+            tokio::spawn(report_load(
+                membership.clone(),
+                record,
+                media.clone(),
+                drain.clone(),
+            )),
         ];
 
         // Serve once registered (at once with the in-memory registry); with etcd unreachable,
@@ -148,6 +167,8 @@ impl Server {
             media.clone(),
             metrics.clone(),
             membership.clone(),
+            node_id.as_str().into(),
+            drain.clone(),
         ));
         let (tx, rx) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
@@ -174,17 +195,29 @@ impl Server {
             "node started: open {http_url}/"
         );
         Ok(Self {
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
             http_addr,
             node_id,
             relay_addr,
             media,
             metrics,
             membership,
+            drain,
             links,
             shutdown: Some(tx),
             tasks,
             http,
         })
+    }
+
+    /// Starts draining with the configured deadline (what SIGTERM does).
+    pub fn start_drain(&self) {
+        self.drain.start(
+            self.node_id.as_str().into(),
+            self.media.clone(),
+            self.membership.clone(),
+            self.drain_timeout,
+        );
     }
 
     /// Leaves the cluster (its registry keys go at once), closes relay links and stops

@@ -3,6 +3,9 @@
 // Two peer connections, as the protocol prescribes: one we offer on to publish, one the
 // server offers on to send us everyone else's tracks. Query parameters let tests drive the
 // page: ?room=R&identity=I&autojoin=1&publish=0|1&simulcast=0|1&token=T&codec=vp8|h264
+// &control=URL (ask the cluster's control plane which node to join).
+// A draining node sends `migrate`: the page reconnects to the node it names, with the same
+// token and the same camera, and publishes and subscribes again there.
 
 "use strict";
 
@@ -19,6 +22,9 @@ const sfu = {
   sub: null,
   ws: null,
   self: null,
+  url: location.origin, // the node we are connected to
+  media: null, // our camera and microphone, kept across migrations
+  migrations: 0,
 };
 window.sfu = sfu;
 
@@ -77,13 +83,16 @@ function removeTile(sid) {
 }
 
 async function publish(simulcast, codec) {
-  const media = await navigator.mediaDevices.getUserMedia({
-    audio: true,
-    video: { width: 640, height: 480, frameRate: 30 },
-  });
-  const self = tileFor("self", "me");
-  self.tile.querySelector("video").muted = true;
-  media.getTracks().forEach((t) => self.stream.addTrack(t));
+  if (!sfu.media) {
+    sfu.media = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: 640, height: 480, frameRate: 30 },
+    });
+    const self = tileFor("self", "me");
+    self.tile.querySelector("video").muted = true;
+    sfu.media.getTracks().forEach((t) => self.stream.addTrack(t));
+  }
+  const media = sfu.media;
 
   const pc = new RTCPeerConnection();
   sfu.pub = pc;
@@ -134,11 +143,38 @@ async function onOffer(msg) {
   send({ type: "answer", sdp: sfu.sub.localDescription.sdp });
 }
 
-async function join(room, identity, withMedia) {
+// Asks the control plane which node to join.
+async function place(control, token) {
+  const r = await fetch(`${control.replace(/\/$/, "")}/v1/join`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ token }),
+  });
+  if (!r.ok) throw new Error(`placement: ${(await r.json()).detail}`);
+  return (await r.json()).url;
+}
+
+// Leaves the current node without leaving the room, to reconnect elsewhere.
+function disconnect() {
+  if (sfu.ws) {
+    sfu.ws.onclose = null;
+    sfu.ws.close();
+  }
+  for (const pc of [sfu.pub, sfu.sub]) if (pc) pc.close();
+  sfu.pub = sfu.sub = sfu.ws = null;
+  sfu.sections.clear();
+  for (const sid of [...sfu.participants.keys()]) if (sid !== "self") removeTile(sid);
+}
+
+async function join(room, identity, withMedia, base, token) {
   setState("connecting");
-  const token = await getToken(room, identity, withMedia);
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/rtc?access_token=${encodeURIComponent(token)}`);
+  token = token || (await getToken(room, identity, withMedia));
+  if (!base && params.get("control")) base = await place(params.get("control"), token);
+  base = base || location.origin;
+  sfu.url = base;
+  const url = new URL(base);
+  const proto = url.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${url.host}/rtc?access_token=${encodeURIComponent(token)}`);
   sfu.ws = ws;
   ws.onopen = () => send({ type: "join" });
   ws.onclose = () => setState(sfu.state === "left" ? "left" : "disconnected");
@@ -178,8 +214,21 @@ async function join(room, identity, withMedia) {
           log(`error ${msg.code}: ${msg.message}`);
           break;
         case "left":
-          setState("left");
-          log(`left: ${msg.reason}`);
+          if (sfu.state !== "migrating") {
+            setState("left");
+            log(`left: ${msg.reason}`);
+          }
+          break;
+        case "track_muted":
+          log(`track ${msg.track} ${msg.muted ? "muted" : "unmuted"}`);
+          break;
+        case "migrate":
+          if (sfu.state === "migrating" || !msg.url) break;
+          log(`moving to ${msg.url}: ${msg.reason}`);
+          setState("migrating");
+          sfu.migrations += 1;
+          disconnect();
+          await join(room, identity, withMedia, msg.url, token);
           break;
       }
     } catch (e) {
@@ -191,7 +240,15 @@ async function join(room, identity, withMedia) {
 
 // Sums inbound media statistics of the subscriber connection (used by the tests).
 window.sfuStats = async function () {
-  const out = { framesDecoded: 0, videoPacketsReceived: 0, audioPacketsReceived: 0, packetsLost: 0, videoTracks: 0 };
+  const out = {
+    framesDecoded: 0,
+    videoPacketsReceived: 0,
+    audioPacketsReceived: 0,
+    packetsLost: 0,
+    videoTracks: 0,
+    migrations: sfu.migrations,
+    url: sfu.url,
+  };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;
     const stats = await pc.getStats();

@@ -1,7 +1,10 @@
 //! The registry on etcd (v3 API, through `etcd-client`).
 
 use super::{LeaseId, Listing, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -83,6 +86,31 @@ impl Registry for EtcdRegistry {
         self.client
             .clone()
             .put(key, value, Some(PutOptions::new().with_lease(lease.0)))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease.0)),
+            )]);
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map(|r| r.succeeded())
+            .map_err(unavailable)
+    }
+
+    async fn put_persistent(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.client
+            .clone()
+            .put(key, value, None)
             .await
             .map(|_| ())
             .map_err(unavailable)

@@ -13,7 +13,8 @@ const HISTORY: usize = 10_000;
 
 struct Entry {
     value: Vec<u8>,
-    lease: LeaseId,
+    /// `None` for keys that stay until deleted.
+    lease: Option<LeaseId>,
 }
 
 #[derive(Default)]
@@ -47,7 +48,7 @@ impl State {
         let keys: Vec<String> = self
             .keys
             .iter()
-            .filter(|(_, e)| e.lease == lease)
+            .filter(|(_, e)| e.lease == Some(lease))
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -132,7 +133,46 @@ impl Registry for MemoryRegistry {
             key.to_owned(),
             Entry {
                 value: value.clone(),
-                lease,
+                lease: Some(lease),
+            },
+        );
+        s.record(WatchEvent::Put {
+            key: key.to_owned(),
+            value,
+        });
+        Ok(())
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, lease: LeaseId) -> Result<bool> {
+        // Check and write under one lock, as etcd's transaction does.
+        let mut s = self.lock();
+        if !s.leases.contains_key(&lease) {
+            return Err(RegistryError::LeaseExpired);
+        }
+        if s.keys.contains_key(key) {
+            return Ok(false);
+        }
+        s.keys.insert(
+            key.to_owned(),
+            Entry {
+                value: value.clone(),
+                lease: Some(lease),
+            },
+        );
+        s.record(WatchEvent::Put {
+            key: key.to_owned(),
+            value,
+        });
+        Ok(true)
+    }
+
+    async fn put_persistent(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        let mut s = self.lock();
+        s.keys.insert(
+            key.to_owned(),
+            Entry {
+                value: value.clone(),
+                lease: None,
             },
         );
         s.record(WatchEvent::Put {

@@ -70,6 +70,16 @@ pub trait Registry: Send + Sync + 'static {
         value: Vec<u8>,
         lease: LeaseId,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Writes a key bound to a lease only if no such key exists (an etcd transaction):
+    /// `Ok(false)` if it did. What makes a limit hold under concurrent claims.
+    fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Writes a key bound to no lease: it stays until deleted (room configuration).
+    fn put_persistent(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
     /// Every key under a prefix, and the revision the listing reflects.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Listing>> + Send;

@@ -102,6 +102,8 @@ pub struct RoomStats {
     pub keyframe_requests_sent: u64,
     /// Packets sent over relay links (one per link, however many subscribers are behind it).
     pub relayed: u64,
+    /// Packets of muted tracks, not forwarded.
+    pub dropped_muted: u64,
 }
 
 /// See the module documentation.
@@ -401,6 +403,10 @@ impl Room {
             self.stats.dropped_unknown += 1;
             return;
         };
+        if track.muted {
+            self.stats.dropped_muted += 1;
+            return;
+        }
         let Some(l) = track.layers.get_mut(layer) else {
             self.stats.dropped_unknown += 1;
             return;
@@ -456,6 +462,35 @@ impl Room {
             });
         }
         l.cache.insert(ext_seq, packet, now, keyframe);
+    }
+
+    /// Mutes or unmutes a track. Muted, nothing of it is forwarded; unmuted, video layers
+    /// that anyone receives get a keyframe request so pictures come back at once.
+    pub fn set_track_muted(
+        &mut self,
+        now: Instant,
+        track_id: TrackId,
+        muted: bool,
+    ) -> Result<(), RoomError> {
+        let track = self
+            .tracks
+            .get_mut(&track_id)
+            .ok_or(RoomError::UnknownTrack(track_id))?;
+        let was = std::mem::replace(&mut track.muted, muted);
+        if was && !muted && track.info.kind == MediaKind::Video {
+            let mut layers: Vec<LayerIndex> = track
+                .subscriptions
+                .iter()
+                .filter_map(|s| s.forwarder.target_layer())
+                .chain(track.relays.iter().map(|r| r.layer))
+                .collect();
+            layers.sort_unstable();
+            layers.dedup();
+            for layer in layers {
+                request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
+            }
+        }
+        Ok(())
     }
 
     /// The publisher's RTCP sender report for a layer.

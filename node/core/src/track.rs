@@ -75,6 +75,8 @@ pub struct Track {
     pub(crate) layers: Vec<Layer>,
     pub(crate) subscriptions: Vec<Subscription>,
     pub(crate) relays: Vec<RelaySink>,
+    /// Muted by an administrator (or its publisher): nothing is forwarded.
+    pub(crate) muted: bool,
 }
 
 impl Track {
@@ -87,6 +89,7 @@ impl Track {
             layers,
             subscriptions: Vec::new(),
             relays: Vec::new(),
+            muted: false,
         }
     }
 

@@ -419,3 +419,22 @@ fn wanted_layers_are_the_targets_or_everything_up_to_the_maximum_while_none_flow
     assert_eq!(h.room.wanted_layers(h.now, VIDEO), vec![0, 1]);
     assert!(h.room.wanted_layers(h.now, TrackId(999)).is_empty());
 }
+
+#[test]
+fn a_muted_track_forwards_nothing_and_asks_for_a_keyframe_when_unmuted() {
+    let mut h = Harness::new();
+    h.add_video(VIDEO, 1);
+    h.subscribe(VIDEO, 1, 0);
+    h.room.handle_rtp(h.now, VIDEO, 0, vp8(7, 1, 0, true));
+    h.drain();
+    h.room.set_track_muted(h.now, VIDEO, true).unwrap();
+    h.room.handle_rtp(h.now, VIDEO, 0, vp8(7, 2, 0, false));
+    assert!(rtp_outputs(&h.drain()).is_empty());
+    assert_eq!(h.room.stats().dropped_muted, 1);
+    h.now += Duration::from_secs(1);
+    h.room.set_track_muted(h.now, VIDEO, false).unwrap();
+    assert_eq!(keyframe_requests(&h.drain()), 1);
+    h.room.handle_rtp(h.now, VIDEO, 0, vp8(7, 3, 0, false));
+    assert_eq!(rtp_outputs(&h.drain()).len(), 1);
+    assert!(h.room.set_track_muted(h.now, TrackId(99), true).is_err());
+}

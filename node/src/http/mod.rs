@@ -1,6 +1,7 @@
 //! The node's HTTP surface: WebSocket signaling, WHIP and WHEP, the demo page, health,
 //! readiness and metrics. Runs on the multi-threaded tokio runtime; media stays on the workers.
 
+mod admin;
 mod demo;
 mod problem;
 mod whip;
@@ -8,8 +9,9 @@ mod ws;
 
 use crate::auth::{Authenticator, Grants};
 use crate::config::Config;
-use crate::media::MediaPlane;
+use crate::media::{Command, JoinRequest, Joined, MediaPlane};
 use crate::metrics::Metrics;
+use crate::signaling::protocol::SignalError;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -28,6 +30,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<whip::Sessions>,
     pub membership: sfu_control::Membership,
+    pub node_id: Arc<str>,
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 impl AppState {
@@ -36,6 +40,8 @@ impl AppState {
         media: MediaPlane,
         metrics: Arc<Metrics>,
         membership: sfu_control::Membership,
+        node_id: Arc<str>,
+        drain: Arc<crate::drain::Drain>,
     ) -> Self {
         let keys = config.effective_keys();
         Self {
@@ -45,12 +51,45 @@ impl AppState {
             metrics,
             sessions: Arc::default(),
             membership,
+            node_id,
+            drain,
         }
+    }
+
+    /// Admits a participant (claiming a place if the room has a limit) and joins it; the
+    /// place is released if joining fails.
+    pub async fn admit_and_join(&self, mut request: JoinRequest) -> Result<Joined, SignalError> {
+        request.slot = crate::admission::admit(
+            &self.membership,
+            &self.node_id,
+            &request.room,
+            &request.grants.identity,
+        )
+        .await?;
+        let slot = request.slot.clone();
+        let room = request.room.clone();
+        let joined = self
+            .media
+            .request(&room, |reply| Command::Join(request, reply))
+            .await;
+        if joined.is_err()
+            && let Some(slot) = slot
+        {
+            self.membership.remove(slot);
+        }
+        joined
     }
 
     /// A node that lost its registry lease admits no one (fencing): its view of the cluster
     /// may be stale and other nodes may already consider it gone.
     fn admitting(&self) -> Result<(), Problem> {
+        if self.drain.is_draining() {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is draining; join another node",
+            ));
+        }
         if self.membership.registered() {
             Ok(())
         } else {
@@ -107,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/rtc", get(ws::upgrade))
         .merge(whip::routes())
+        .merge(admin::routes())
         .merge(demo::routes())
         .layer(cors)
         .with_state(state)

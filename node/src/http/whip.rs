@@ -140,18 +140,13 @@ async fn start(
         Endpoint::Whep => ParticipantKind::Whep { source },
     };
     let joined = state
-        .media
-        .request(&room, |reply| {
-            Command::Join(
-                JoinRequest {
-                    room: room.clone(),
-                    grants,
-                    kind,
-                    auto_subscribe: false,
-                    events: Some(events),
-                },
-                reply,
-            )
+        .admit_and_join(JoinRequest {
+            room: room.clone(),
+            grants,
+            kind,
+            auto_subscribe: false,
+            events: Some(events),
+            slot: None,
         })
         .await?;
     let participant = joined.participant.sid;

@@ -175,12 +175,9 @@ impl Session {
                 kind: ParticipantKind::Client,
                 auto_subscribe,
                 events: Some(self.events_tx.clone()),
+                slot: None,
             };
-            let joined = self
-                .state
-                .media
-                .request(&room, |reply| Command::Join(request, reply))
-                .await?;
+            let joined = self.state.admit_and_join(request).await?;
             self.participant = Some(joined.participant.sid.clone());
             return Ok(Some(ServerMessage::Joined {
                 room,
@@ -278,6 +275,21 @@ impl Session {
                     .await?;
                 Ok(None)
             }
+            ClientMessage::Mute { track, muted } => {
+                let identity = self.grants.identity.clone();
+                media
+                    .request(&room, |reply| Command::Admin {
+                        op: crate::media::AdminOp::Mute {
+                            room: room.clone(),
+                            identity,
+                            track,
+                            muted,
+                        },
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
             ClientMessage::Leave => {
                 self.participant = None;
                 media.send(
@@ -326,6 +338,7 @@ fn request_name(m: &ClientMessage) -> &'static str {
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Trickle { .. } => "trickle",
         ClientMessage::Ping { .. } => "ping",
+        ClientMessage::Mute { .. } => "mute",
         ClientMessage::Leave => "leave",
     }
 }

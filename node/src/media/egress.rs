@@ -14,9 +14,17 @@ pub enum Effect {
         room: String,
         record: ParticipantRecord,
     },
+    /// The room's first participant in the whole cluster joined here.
+    RoomStarted { room: String },
+    /// The room's last participant in the whole cluster left from here.
+    RoomFinished { room: String },
     ParticipantLeft {
         room: String,
         sid: String,
+        identity: String,
+        name: String,
+        /// Its place in a limited room, to release.
+        slot: Option<String>,
     },
     /// A track was published here: announce it and offer it to other nodes.
     TrackPublished {
@@ -27,7 +35,11 @@ pub enum Effect {
     TrackUnpublished {
         room: String,
         track: TrackId,
+        kind: &'static str,
+        participant: String,
     },
+    /// A track published here changed (mute state): update its record.
+    TrackUpdated { room: String, record: TrackRecord },
     /// The layers local subscribers need of a remote track changed (empty: none).
     Demand {
         room: String,
@@ -42,10 +54,7 @@ pub enum Effect {
         layer: LayerIndex,
     },
     /// A remote track is gone here: stop pulling it.
-    Forget {
-        room: String,
-        track: TrackId,
-    },
+    Forget { room: String, track: TrackId },
 }
 
 /// See the module documentation.

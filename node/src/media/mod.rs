@@ -10,6 +10,7 @@ pub mod demux;
 mod egress;
 pub mod peer;
 mod room;
+mod room_admin;
 mod room_drive;
 mod room_publish;
 mod room_remote;
@@ -49,6 +50,8 @@ pub struct JoinRequest {
     pub auto_subscribe: bool,
     /// Where events for this participant go (WebSocket clients only).
     pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
+    /// The room slot claimed for this participant (rooms with a limit), released on leave.
+    pub slot: Option<String>,
 }
 
 /// The answer to a join.
@@ -112,8 +115,41 @@ pub enum Command {
     },
     /// Counts for `/metrics` and readiness.
     Snapshot(oneshot::Sender<WorkerSnapshot>),
+    /// An administrative operation (from the control plane, or draining).
+    Admin {
+        op: AdminOp,
+        reply: Reply<()>,
+    },
     /// Input from the cluster: relay links and registry changes.
     Cluster(ClusterInput),
+}
+
+/// Administrative operations on this node's part of rooms.
+pub enum AdminOp {
+    RemoveParticipant {
+        room: String,
+        identity: String,
+    },
+    /// Removes every local participant of the room.
+    DeleteRoom {
+        room: String,
+    },
+    Mute {
+        room: String,
+        identity: String,
+        track: String,
+        muted: bool,
+    },
+    Subscriptions {
+        room: String,
+        identity: String,
+        tracks: Vec<String>,
+        subscribe: bool,
+    },
+    /// Every WebSocket participant of every room of the worker reconnects to `url`.
+    Migrate {
+        url: String,
+    },
 }
 
 /// What the cluster tells a worker.

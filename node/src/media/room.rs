@@ -69,6 +69,8 @@ pub(super) struct Participant {
     pub publisher: Option<usize>,
     pub subscriber: Option<usize>,
     pub tracks: Vec<TrackId>,
+    /// Registry key of its place in a limited room.
+    pub slot: Option<String>,
 }
 
 impl Participant {
@@ -98,6 +100,7 @@ pub(super) struct Published {
     pub name: String,
     pub rids: Vec<String>,
     pub origin: Origin,
+    pub muted: bool,
 }
 
 /// A participant of this room connected to another node.
@@ -121,6 +124,7 @@ impl Published {
             codec: self.rtc_codec.mime_type.clone(),
             layers: self.rids.clone(),
             name: self.name.clone(),
+            muted: self.muted,
         }
     }
 }
@@ -347,6 +351,7 @@ impl LocalRoom {
             kind: request.kind,
             seq: self.next_seq,
             events: request.events,
+            slot: request.slot,
             publisher: None,
             subscriber: None,
             tracks: Vec::new(),
@@ -373,6 +378,11 @@ impl LocalRoom {
                 participant: view.clone(),
             },
         );
+        if self.participants.is_empty() && self.remote.is_empty() {
+            out.effects.push(super::egress::Effect::RoomStarted {
+                room: self.name.clone(),
+            });
+        }
         self.participants.insert(sid, participant);
         Ok(Joined {
             participant: view,
@@ -392,11 +402,21 @@ impl LocalRoom {
         for key in peers {
             self.remove_peer(now, key, out);
         }
-        self.participants.remove(sid);
+        let Some(gone) = self.participants.remove(sid) else {
+            return;
+        };
         out.effects.push(super::egress::Effect::ParticipantLeft {
             room: self.name.clone(),
             sid: sid.to_owned(),
+            identity: gone.identity,
+            name: gone.name,
+            slot: gone.slot,
         });
+        if self.participants.is_empty() && self.remote.is_empty() {
+            out.effects.push(super::egress::Effect::RoomFinished {
+                room: self.name.clone(),
+            });
+        }
         self.broadcast(
             sid,
             &ServerMessage::ParticipantLeft {

@@ -10,6 +10,24 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use sfu_core::{Codec, MediaKind, TrackId, TrackInfo};
 use std::time::Instant;
 
+impl LocalRoom {
+    /// The registry record of a track published here.
+    pub(super) fn track_record(&self, p: &Published) -> sfu_control::TrackRecord {
+        let view = p.view();
+        sfu_control::TrackRecord {
+            track: p.id.to_string(),
+            participant: p.owner.clone(),
+            kind: view.kind.to_owned(),
+            codec_mime: view.codec,
+            clock_rate: info_clock(p),
+            rids: p.rids.clone(),
+            name: p.name.clone(),
+            origin: self.ctx.node_id.to_string(),
+            muted: p.muted,
+        }
+    }
+}
+
 /// The clock rate of a published track (codec default when SDP gave none).
 pub(super) fn info_clock(p: &Published) -> u32 {
     if p.rtc_codec.clock_rate > 0 {
@@ -235,20 +253,12 @@ impl LocalRoom {
             name: o.rtc_track,
             rids: o.rids,
             origin: Origin::Local { peer: key },
+            muted: false,
         };
         let view = published.view();
         out.effects.push(Effect::TrackPublished {
             room: self.name.clone(),
-            record: sfu_control::TrackRecord {
-                track: id.to_string(),
-                participant: owner.clone(),
-                kind: view.kind.to_owned(),
-                codec_mime: view.codec.clone(),
-                clock_rate: info_clock(&published),
-                rids: published.rids.clone(),
-                name: published.name.clone(),
-                origin: self.ctx.node_id.to_string(),
-            },
+            record: self.track_record(&published),
             info: sfu_proto::relay::TrackInfo {
                 kind: view.kind.to_owned(),
                 codec_mime: view.codec.clone(),
@@ -283,6 +293,8 @@ impl LocalRoom {
                 out.effects.push(Effect::TrackUnpublished {
                     room: self.name.clone(),
                     track,
+                    kind: published.view().kind,
+                    participant: published.owner.clone(),
                 });
             }
             Origin::Remote { .. } => {

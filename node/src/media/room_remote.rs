@@ -58,7 +58,17 @@ impl LocalRoom {
             tracing::warn!(room = %self.name, track = record.track, "malformed track id in the registry");
             return;
         };
-        if self.tracks.contains_key(&id) {
+        if let Some(existing) = self.tracks.get_mut(&id) {
+            // An update (mute state) of a track we know.
+            if existing.muted != record.muted {
+                existing.muted = record.muted;
+                let message = ServerMessage::TrackMuted {
+                    track: record.track.clone(),
+                    participant: existing.owner.clone(),
+                    muted: record.muted,
+                };
+                self.broadcast("", &message);
+            }
             return;
         }
         let kind = if record.kind == "audio" {
@@ -81,6 +91,7 @@ impl LocalRoom {
             origin: Origin::Remote {
                 node: record.origin,
             },
+            muted: record.muted,
         };
         let view = published.view();
         self.tracks.insert(id, published);

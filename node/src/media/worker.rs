@@ -13,7 +13,7 @@ use super::egress::{Effect, Egress};
 use super::room::{DemuxUpdate, LocalRoom, RoomContext};
 use super::room_drive::EdgeDrops;
 use super::udp::{self, BATCH, RecvBatch};
-use super::{ClusterInput, Command, WorkerSnapshot};
+use super::{AdminOp, ClusterInput, Command, WorkerSnapshot};
 use crate::metrics::Metrics;
 use sfu_control::{ClusterEvent, Membership};
 use sfu_core::{DropReason, Room, RoomStats};
@@ -61,6 +61,7 @@ pub struct WorkerConfig {
     /// Nodes a track is fed to directly before others are redirected.
     pub fanout: usize,
     pub membership: Membership,
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 /// Where datagrams from an address or with a ufrag go.
@@ -88,6 +89,7 @@ struct Worker {
     ctx: Arc<RoomContext>,
     metrics: Arc<Metrics>,
     membership: Membership,
+    webhooks: crate::webhook::Webhooks,
     rooms: slab::Slab<LocalRoom>,
     room_by_name: HashMap<String, usize>,
     by_ufrag: HashMap<String, PeerRef>,
@@ -152,6 +154,7 @@ pub(super) fn spawn(
         },
     );
     let membership = config.membership.clone();
+    let webhooks = config.webhooks.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name(format!("media-{index}"))
@@ -179,6 +182,7 @@ pub(super) fn spawn(
                     ctx,
                     metrics,
                     membership,
+                    webhooks,
                     rooms: slab::Slab::new(),
                     room_by_name: HashMap::new(),
                     by_ufrag: HashMap::new(),
@@ -382,14 +386,41 @@ impl Worker {
             return;
         }
         let keys = self.membership.keys().clone();
+        let node = self.ctx.node_id.clone();
+        let hook = |event, room: &str| crate::webhook::Event::new(event, &node, room);
         for e in effects {
             match e {
+                Effect::RoomStarted { room } => self.webhooks.send(hook("room_started", &room)),
+                Effect::RoomFinished { room } => self.webhooks.send(hook("room_finished", &room)),
                 Effect::ParticipantJoined { room, record } => {
                     self.membership
                         .set_json(keys.participant(&room, &record.sid), &record);
+                    let mut e = hook("participant_joined", &room);
+                    e.participant = Some(crate::webhook::ParticipantRef {
+                        sid: record.sid,
+                        identity: record.identity,
+                        name: record.name,
+                    });
+                    self.webhooks.send(e);
                 }
-                Effect::ParticipantLeft { room, sid } => {
+                Effect::ParticipantLeft {
+                    room,
+                    sid,
+                    identity,
+                    name,
+                    slot,
+                } => {
                     self.membership.remove(keys.participant(&room, &sid));
+                    if let Some(slot) = slot {
+                        self.membership.remove(slot);
+                    }
+                    let mut e = hook("participant_left", &room);
+                    e.participant = Some(crate::webhook::ParticipantRef {
+                        sid,
+                        identity,
+                        name,
+                    });
+                    self.webhooks.send(e);
                 }
                 Effect::TrackPublished { room, record, info } => {
                     let key = TrackKey {
@@ -399,14 +430,37 @@ impl Worker {
                     self.membership
                         .set_json(keys.track(&room, &record.track), &record);
                     self.relay.add_local_track(key, info);
+                    let mut e = hook("track_published", &room);
+                    e.track = Some(crate::webhook::TrackRef {
+                        sid: record.track,
+                        kind: record.kind,
+                        participant: record.participant,
+                    });
+                    self.webhooks.send(e);
                 }
-                Effect::TrackUnpublished { room, track } => {
+                Effect::TrackUpdated { room, record } => {
+                    self.membership
+                        .set_json(keys.track(&room, &record.track), &record);
+                }
+                Effect::TrackUnpublished {
+                    room,
+                    track,
+                    kind,
+                    participant,
+                } => {
                     self.membership
                         .remove(keys.track(&room, &track.to_string()));
                     self.relay.remove_local_track(&TrackKey {
                         room: room.as_str().into(),
                         track,
                     });
+                    let mut e = hook("track_unpublished", &room);
+                    e.track = Some(crate::webhook::TrackRef {
+                        sid: track.to_string(),
+                        kind: kind.to_owned(),
+                        participant,
+                    });
+                    self.webhooks.send(e);
                 }
                 Effect::Demand {
                     room,
@@ -753,8 +807,66 @@ impl Worker {
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
+            Command::Admin { op, reply } => {
+                let _ = reply.send(self.admin(now, op));
+            }
             Command::Cluster(input) => self.handle_cluster(input),
         }
+    }
+
+    fn admin(
+        &mut self,
+        now: Instant,
+        op: AdminOp,
+    ) -> Result<(), crate::signaling::protocol::SignalError> {
+        use crate::signaling::protocol::{ErrorCode, SignalError};
+        let room_name = match &op {
+            AdminOp::Migrate { url } => {
+                for (_, room) in &self.rooms {
+                    room.migrate(url);
+                }
+                return Ok(());
+            }
+            AdminOp::RemoveParticipant { room, .. }
+            | AdminOp::DeleteRoom { room }
+            | AdminOp::Mute { room, .. }
+            | AdminOp::Subscriptions { room, .. } => room.clone(),
+        };
+        let idx = self
+            .room_index(&room_name, false)
+            .ok_or_else(|| SignalError::new(ErrorCode::NotFound, "room not on this node"))?;
+        let room = &mut self.rooms[idx];
+        let out = &mut self.out;
+        let result = match op {
+            AdminOp::RemoveParticipant { identity, .. } => {
+                room.remove_identity(now, &identity, "removed by an administrator", out)
+            }
+            AdminOp::DeleteRoom { .. } => {
+                room.remove_all(now, "the room was deleted", out);
+                Ok(())
+            }
+            AdminOp::Mute {
+                identity,
+                track,
+                muted,
+                ..
+            } => room
+                .sid_of(&identity)
+                .and_then(|sid| room.mute(now, &sid, &track, muted, out)),
+            AdminOp::Subscriptions {
+                identity,
+                tracks,
+                subscribe,
+                ..
+            } => room.sid_of(&identity).and_then(|sid| {
+                let r = room.subscribe(now, &sid, &tracks, subscribe);
+                room.refresh_demand(now, out);
+                r
+            }),
+            AdminOp::Migrate { .. } => Ok(()),
+        };
+        self.after_room(idx);
+        result
     }
 
     fn snapshot(&self) -> WorkerSnapshot {

@@ -33,6 +33,8 @@ pub enum ClientMessage {
         #[serde(default)]
         sdp_mid: Option<String>,
     },
+    /// Mutes or unmutes one of the client's own tracks.
+    Mute { track: String, muted: bool },
     /// Keep-alive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -74,6 +76,7 @@ pub struct TrackView {
     pub layers: Vec<String>,
     /// The publisher's name for the track (its media section's msid track id, if any).
     pub name: String,
+    pub muted: bool,
 }
 
 /// Which track a media section of the subscriber peer connection carries.
@@ -116,6 +119,17 @@ pub enum ServerMessage {
     TrackUnpublished {
         track: String,
         participant: String,
+    },
+    TrackMuted {
+        track: String,
+        participant: String,
+        muted: bool,
+    },
+    /// This node is going away (draining): reconnect to `url` with the same token, and
+    /// publish and subscribe again there.
+    Migrate {
+        url: String,
+        reason: String,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,23 @@ fn tracing_subscriber_try_init(filter: &str) -> Result<(), Box<dyn std::error::E
         .map_err(|e| e as Box<dyn std::error::Error>)
 }
 
+/// Starts an in-process node that joins the cluster registered in `etcd`.
+pub async fn start_cluster_node(
+    etcd: &str,
+    certs: &std::path::Path,
+    id: &str,
+    capacity: u32,
+) -> Server {
+    let _ = tracing_subscriber_init();
+    let mut config = Config::loopback();
+    config.cluster.node_id = id.to_owned();
+    config.cluster.etcd = vec![etcd.to_owned()];
+    config.cluster.certs_dir = Some(certs.to_owned());
+    config.cluster.capacity = capacity;
+    config.cluster.name = "cp".to_owned();
+    Server::start(config).await.expect("node starts")
+}
+
 /// A development token.
 pub fn token(identity: &str, room: &str, publish: bool, subscribe: bool) -> String {
     mint(

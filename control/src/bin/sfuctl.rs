@@ -1,0 +1,424 @@
+//! `sfuctl`: operate an SFU cluster through `sfu-control`.
+//!
+//! Tables for people by default, `--json` for scripts. Tokens are signed locally with the API
+//! key and secret (the development key by default).
+
+use clap::{Parser, Subcommand};
+use sfu_control::auth::{admin_claims, join_claims, mint};
+use sfu_proto::control as pb;
+use sfu_proto::control::node_service_client::NodeServiceClient;
+use sfu_proto::control::room_service_client::RoomServiceClient;
+use std::time::Duration;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Operate an SFU cluster: tokens, rooms, participants, nodes"
+)]
+struct Cli {
+    /// The control service.
+    #[arg(
+        long,
+        env = "SFU_CONTROL_URL",
+        default_value = "http://127.0.0.1:7900",
+        global = true
+    )]
+    url: String,
+    #[arg(long, env = "SFU_API_KEY", default_value = "devkey", global = true)]
+    api_key: String,
+    #[arg(
+        long,
+        env = "SFU_API_SECRET",
+        default_value = "secret",
+        global = true,
+        hide_env_values = true
+    )]
+    api_secret: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
+    /// Rooms.
+    Rooms {
+        #[command(subcommand)]
+        command: RoomsCmd,
+    },
+    /// Participants of a room.
+    Participants {
+        #[command(subcommand)]
+        command: ParticipantsCmd,
+    },
+    /// Nodes of the cluster.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCmd,
+    },
+    /// One node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a join token (or an administrator token with --admin).
+    Create {
+        #[arg(long, default_value = "admin")]
+        identity: String,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        no_publish: bool,
+        #[arg(long)]
+        no_subscribe: bool,
+        /// Every administrative grant, for every room.
+        #[arg(long)]
+        admin: bool,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 6 * 3600)]
+        valid_for: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoomsCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        max_participants: u32,
+        #[arg(long, default_value_t = 0)]
+        empty_timeout: u32,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ParticipantsCmd {
+    List {
+        room: String,
+    },
+    Remove {
+        room: String,
+        identity: String,
+    },
+    /// Mute (or with --unmute, unmute) a published track.
+    Mute {
+        room: String,
+        identity: String,
+        track: String,
+        #[arg(long)]
+        unmute: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    List,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Drain a node: no new joins, participants move to other nodes, then it exits.
+    Drain { node: String },
+}
+
+/// Prints rows as an aligned table.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn authed<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = MetadataValue::try_from(format!("Bearer {token}")) {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let admin = mint(
+        &cli.api_secret,
+        &admin_claims(&cli.api_key, Duration::from_secs(300)),
+    )?;
+    let json = cli.json;
+    let print =
+        |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    match cli.command {
+        Cmd::Token {
+            command:
+                TokenCmd::Create {
+                    identity,
+                    room,
+                    no_publish,
+                    no_subscribe,
+                    admin: is_admin,
+                    valid_for,
+                },
+        } => {
+            let valid = Duration::from_secs(valid_for);
+            let claims = if is_admin {
+                let mut c = admin_claims(&cli.api_key, valid);
+                c.sub = identity;
+                c.video.room = room;
+                c
+            } else {
+                let room =
+                    room.ok_or_else(|| anyhow::anyhow!("--room is needed for a join token"))?;
+                join_claims(
+                    &cli.api_key,
+                    &identity,
+                    &room,
+                    !no_publish,
+                    !no_subscribe,
+                    valid,
+                )
+            };
+            println!("{}", mint(&cli.api_secret, &claims)?);
+        }
+        Cmd::Rooms { command } => {
+            let mut c = RoomServiceClient::connect(cli.url.clone()).await?;
+            match command {
+                RoomsCmd::List => {
+                    let rooms = c
+                        .list_rooms(authed(&admin, pb::ListRoomsRequest::default()))
+                        .await?
+                        .into_inner()
+                        .rooms;
+                    if json {
+                        print(serde_json::json!(rooms.iter().map(|r| serde_json::json!({
+                            "name": r.name, "participants": r.num_participants, "publishers": r.num_publishers,
+                            "max_participants": r.max_participants, "nodes": r.nodes,
+                        })).collect::<Vec<_>>()));
+                    } else {
+                        table(
+                            &["ROOM", "PARTICIPANTS", "PUBLISHERS", "LIMIT", "NODES"],
+                            rooms
+                                .iter()
+                                .map(|r| {
+                                    vec![
+                                        r.name.clone(),
+                                        r.num_participants.to_string(),
+                                        r.num_publishers.to_string(),
+                                        if r.max_participants == 0 {
+                                            "-".into()
+                                        } else {
+                                            r.max_participants.to_string()
+                                        },
+                                        r.nodes.join(","),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                RoomsCmd::Create {
+                    name,
+                    max_participants,
+                    empty_timeout,
+                } => {
+                    let r = c
+                        .create_room(authed(
+                            &admin,
+                            pb::CreateRoomRequest {
+                                name,
+                                max_participants,
+                                empty_timeout,
+                            },
+                        ))
+                        .await?
+                        .into_inner();
+                    if json {
+                        print(
+                            serde_json::json!({ "name": r.name, "max_participants": r.max_participants }),
+                        );
+                    } else {
+                        println!("created room {}", r.name);
+                    }
+                }
+                RoomsCmd::Delete { name } => {
+                    c.delete_room(authed(&admin, pb::DeleteRoomRequest { room: name.clone() }))
+                        .await?;
+                    if json {
+                        print(serde_json::json!({ "deleted": name }));
+                    } else {
+                        println!("deleted room {name}");
+                    }
+                }
+            }
+        }
+        Cmd::Participants { command } => {
+            let mut c = RoomServiceClient::connect(cli.url.clone()).await?;
+            match command {
+                ParticipantsCmd::List { room } => {
+                    let ps = c
+                        .list_participants(authed(&admin, pb::ListParticipantsRequest { room }))
+                        .await?
+                        .into_inner()
+                        .participants;
+                    if json {
+                        print(serde_json::json!(ps.iter().map(|p| serde_json::json!({
+                            "sid": p.sid, "identity": p.identity, "name": p.name, "node": p.node,
+                            "tracks": p.tracks.iter().map(|t| serde_json::json!({"sid": t.sid, "kind": t.kind, "muted": t.muted})).collect::<Vec<_>>(),
+                        })).collect::<Vec<_>>()));
+                    } else {
+                        table(
+                            &["IDENTITY", "SID", "NODE", "TRACKS"],
+                            ps.iter()
+                                .map(|p| {
+                                    let tracks: Vec<String> = p
+                                        .tracks
+                                        .iter()
+                                        .map(|t| {
+                                            format!(
+                                                "{}:{}{}",
+                                                t.kind,
+                                                t.sid,
+                                                if t.muted { " (muted)" } else { "" }
+                                            )
+                                        })
+                                        .collect();
+                                    vec![
+                                        p.identity.clone(),
+                                        p.sid.clone(),
+                                        p.node.clone(),
+                                        tracks.join(" "),
+                                    ]
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                ParticipantsCmd::Remove { room, identity } => {
+                    c.remove_participant(authed(
+                        &admin,
+                        pb::RoomParticipantIdentity {
+                            room,
+                            identity: identity.clone(),
+                        },
+                    ))
+                    .await?;
+                    if !json {
+                        println!("removed {identity}");
+                    }
+                }
+                ParticipantsCmd::Mute {
+                    room,
+                    identity,
+                    track,
+                    unmute,
+                } => {
+                    let r = c
+                        .mute_published_track(authed(
+                            &admin,
+                            pb::MuteRoomTrackRequest {
+                                room,
+                                identity,
+                                track_sid: track,
+                                muted: !unmute,
+                            },
+                        ))
+                        .await?
+                        .into_inner();
+                    let t = r.track.unwrap_or_default();
+                    if json {
+                        print(serde_json::json!({ "track": t.sid, "muted": t.muted }));
+                    } else {
+                        println!("{} {}", t.sid, if t.muted { "muted" } else { "unmuted" });
+                    }
+                }
+            }
+        }
+        Cmd::Nodes {
+            command: NodesCmd::List,
+        } => {
+            let mut c = NodeServiceClient::connect(cli.url.clone()).await?;
+            let nodes = c
+                .list_nodes(authed(&admin, pb::ListNodesRequest {}))
+                .await?
+                .into_inner()
+                .nodes;
+            if json {
+                print(serde_json::json!(nodes.iter().map(|n| serde_json::json!({
+                    "id": n.id, "state": n.state, "region": n.region, "url": n.http_url,
+                    "rooms": n.rooms, "participants": n.participants, "tracks": n.tracks, "cpu": n.cpu,
+                })).collect::<Vec<_>>()));
+            } else {
+                table(
+                    &[
+                        "NODE",
+                        "STATE",
+                        "REGION",
+                        "URL",
+                        "ROOMS",
+                        "PARTICIPANTS",
+                        "TRACKS",
+                        "CPU",
+                    ],
+                    nodes
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                n.id.clone(),
+                                n.state.clone(),
+                                n.region.clone(),
+                                n.http_url.clone(),
+                                n.rooms.to_string(),
+                                n.participants.to_string(),
+                                n.tracks.to_string(),
+                                format!("{:.2}", n.cpu),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Cmd::Node {
+            command: NodeCmd::Drain { node },
+        } => {
+            let mut c = NodeServiceClient::connect(cli.url.clone()).await?;
+            c.drain_node(authed(&admin, pb::DrainNodeRequest { node: node.clone() }))
+                .await?;
+            if json {
+                print(serde_json::json!({ "draining": node }));
+            } else {
+                println!("node {node} is draining");
+            }
+        }
+    }
+    Ok(())
+}

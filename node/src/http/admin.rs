@@ -1,0 +1,137 @@
+//! The node's administrative HTTP API, used by the control plane (`sfu-control`) to act on
+//! what lives on this node. Every request needs an access token with `roomAdmin` for the room
+//! concerned; draining needs one for no particular room.
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /admin/drain` `{"deadline_secs": 60}` | start draining |
+//! | `DELETE /admin/rooms/{room}` | remove this node's participants of the room |
+//! | `DELETE /admin/rooms/{room}/participants/{identity}` | remove a participant |
+//! | `POST /admin/rooms/{room}/participants/{identity}/mute` `{"track": "TR_…", "muted": true}` | mute a track |
+//! | `POST /admin/rooms/{room}/participants/{identity}/subscriptions` `{"tracks": […], "subscribe": true}` | change subscriptions |
+
+use super::{AppState, Problem};
+use crate::media::{AdminOp, Command};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::time::Duration;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/drain", post(drain))
+        .route("/admin/rooms/{room}", delete(delete_room))
+        .route(
+            "/admin/rooms/{room}/participants/{identity}",
+            delete(remove),
+        )
+        .route(
+            "/admin/rooms/{room}/participants/{identity}/mute",
+            post(mute),
+        )
+        .route(
+            "/admin/rooms/{room}/participants/{identity}/subscriptions",
+            post(subscriptions),
+        )
+}
+
+#[derive(Deserialize, Default)]
+struct DrainBody {
+    deadline_secs: Option<u64>,
+}
+
+async fn drain(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<DrainBody>>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin_cluster()?;
+    let deadline = body
+        .and_then(|Json(b)| b.deadline_secs)
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(state.config.drain_timeout_secs));
+    state.drain.start(
+        state.node_id.clone(),
+        state.media.clone(),
+        state.membership.clone(),
+        deadline,
+    );
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn run(state: &AppState, room: &str, op: AdminOp) -> Result<StatusCode, Problem> {
+    state
+        .media
+        .request(room, |reply| Command::Admin { op, reply })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_room(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    run(&state, &room.clone(), AdminOp::DeleteRoom { room }).await
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    run(
+        &state,
+        &room.clone(),
+        AdminOp::RemoveParticipant { room, identity },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct MuteBody {
+    track: String,
+    muted: bool,
+}
+
+async fn mute(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<MuteBody>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    let op = AdminOp::Mute {
+        room: room.clone(),
+        identity,
+        track: body.track,
+        muted: body.muted,
+    };
+    run(&state, &room, op).await
+}
+
+#[derive(Deserialize)]
+struct SubscriptionsBody {
+    tracks: Vec<String>,
+    subscribe: bool,
+}
+
+async fn subscriptions(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<SubscriptionsBody>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    let op = AdminOp::Subscriptions {
+        room: room.clone(),
+        identity,
+        tracks: body.tracks,
+        subscribe: body.subscribe,
+    };
+    run(&state, &room, op).await
+}

@@ -1,0 +1,97 @@
+//! What administrators (through the control plane) and draining do to a room: remove
+//! participants, mute tracks, change subscriptions, send participants elsewhere.
+
+use super::egress::{Effect, Egress};
+use super::room::{LocalRoom, Origin};
+use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
+use sfu_core::TrackId;
+use std::time::Instant;
+
+impl LocalRoom {
+    /// The sid of the local participant with this identity.
+    pub fn sid_of(&self, identity: &str) -> Result<String, SignalError> {
+        self.participants
+            .values()
+            .find(|p| p.identity == identity)
+            .map(|p| p.sid.clone())
+            .ok_or_else(|| {
+                SignalError::new(
+                    ErrorCode::NotFound,
+                    format!("no participant {identity} on this node"),
+                )
+            })
+    }
+
+    /// Removes a participant (by identity) from the room.
+    pub fn remove_identity(
+        &mut self,
+        now: Instant,
+        identity: &str,
+        reason: &str,
+        out: &mut Egress,
+    ) -> Result<(), SignalError> {
+        let sid = self.sid_of(identity)?;
+        self.leave(now, &sid, reason, out);
+        Ok(())
+    }
+
+    /// Removes every local participant.
+    pub fn remove_all(&mut self, now: Instant, reason: &str, out: &mut Egress) {
+        let sids: Vec<String> = self.participants.keys().cloned().collect();
+        for sid in sids {
+            self.leave(now, &sid, reason, out);
+        }
+    }
+
+    /// Mutes or unmutes a track published by participant `sid` on this node.
+    pub fn mute(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        track: &str,
+        muted: bool,
+        out: &mut Egress,
+    ) -> Result<(), SignalError> {
+        let id: TrackId = track
+            .parse()
+            .map_err(|_| SignalError::new(ErrorCode::BadRequest, "malformed track sid"))?;
+        let published = self
+            .tracks
+            .get_mut(&id)
+            .filter(|t| t.owner == sid && matches!(t.origin, Origin::Local { .. }))
+            .ok_or_else(|| {
+                SignalError::new(ErrorCode::NotFound, "no such track of this participant")
+            })?;
+        if published.muted == muted {
+            return Ok(());
+        }
+        published.muted = muted;
+        // The core may not have the track (yet); the flag above is what matters then.
+        let _ = self.core.set_track_muted(now, id, muted);
+        let record = self.track_record(&self.tracks[&id]);
+        out.effects.push(Effect::TrackUpdated {
+            room: self.name.clone(),
+            record,
+        });
+        self.broadcast(
+            "",
+            &ServerMessage::TrackMuted {
+                track: track.to_owned(),
+                participant: sid.to_owned(),
+                muted,
+            },
+        );
+        Ok(())
+    }
+
+    /// Tells every WebSocket participant to reconnect to `url` (the node is draining).
+    pub fn migrate(&self, url: &str) {
+        self.broadcast(
+            "",
+            &ServerMessage::Migrate {
+                url: url.to_owned(),
+                reason: "this node is draining".to_owned(),
+            },
+        );
+    }
+}

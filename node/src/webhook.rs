@@ -1,0 +1,180 @@
+//! Webhooks: room, participant and track events POSTed to the configured URLs.
+//!
+//! Signed as LiveKit signs them, so existing receivers verify them unchanged: the
+//! `Authorization` header is a JWT (HS256, API key as `iss`) whose `sha256` claim is the
+//! base64 SHA-256 of the body. Media never waits for a webhook: workers hand events to a
+//! bounded queue without blocking (a full queue drops the event and counts it), and a task
+//! delivers each one, retrying with exponential backoff.
+
+use base64::Engine;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Events waiting for delivery before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Delivery attempts per receiver, with these pauses between them.
+const BACKOFF: [Duration; 4] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+#[derive(Serialize, Clone, Debug)]
+pub struct RoomRef {
+    pub name: String,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct ParticipantRef {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct TrackRef {
+    pub sid: String,
+    pub kind: String,
+    pub participant: String,
+}
+
+/// One event, as sent (JSON).
+#[derive(Serialize, Clone, Debug)]
+pub struct Event {
+    /// `room_started`, `room_finished`, `participant_joined`, `participant_left`,
+    /// `track_published`, `track_unpublished`.
+    pub event: &'static str,
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub node: String,
+    pub room: RoomRef,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participant: Option<ParticipantRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track: Option<TrackRef>,
+}
+
+impl Event {
+    pub fn new(event: &'static str, node: &str, room: &str) -> Self {
+        Self {
+            event,
+            id: format!("EV_{:016x}", rand::random::<u64>()),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            node: node.to_owned(),
+            room: RoomRef {
+                name: room.to_owned(),
+            },
+            participant: None,
+            track: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    exp: u64,
+    sha256: String,
+}
+
+/// Handle for queueing events; cheap to clone. Without receivers it does nothing.
+#[derive(Clone, Default)]
+pub struct Webhooks {
+    tx: Option<mpsc::Sender<Event>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Webhooks {
+    /// Starts delivering to `urls`, signing with `api_key`/`api_secret`.
+    pub fn start(urls: Vec<String>, api_key: String, api_secret: String) -> Self {
+        if urls.is_empty() {
+            return Self::default();
+        }
+        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let body = serde_json::to_vec(&event).unwrap_or_default();
+                let token = sign(&api_key, &api_secret, &body);
+                for url in &urls {
+                    tokio::spawn(deliver(
+                        http.clone(),
+                        url.clone(),
+                        body.clone(),
+                        token.clone(),
+                        event.event,
+                    ));
+                }
+            }
+        });
+        Self {
+            tx: Some(tx),
+            dropped: Default::default(),
+        }
+    }
+
+    /// Queues an event without waiting.
+    pub fn send(&self, event: Event) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(event).is_err()
+        {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The signature: a JWT carrying the body's hash.
+pub fn sign(api_key: &str, api_secret: &str, body: &[u8]) -> String {
+    let claims = Claims {
+        iss: api_key,
+        exp: sfu_control::auth::expiry_in(Duration::from_secs(300)),
+        sha256: base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body)),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(api_secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+async fn deliver(
+    http: reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+    token: String,
+    event: &'static str,
+) {
+    for (attempt, pause) in std::iter::once(Duration::ZERO).chain(BACKOFF).enumerate() {
+        tokio::time::sleep(pause).await;
+        let r = http
+            .post(&url)
+            .header("content-type", "application/webhook+json")
+            .header("authorization", &token)
+            .body(body.clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::debug!(url, event, attempt, status = %r.status(), "webhook refused"),
+            Err(e) => tracing::debug!(url, event, attempt, "webhook failed: {e}"),
+        }
+    }
+    tracing::warn!(
+        url,
+        event,
+        "webhook given up after {} attempts",
+        BACKOFF.len() + 1
+    );
+}

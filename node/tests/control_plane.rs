@@ -1,0 +1,484 @@
+//! The control plane against real etcd and real nodes: the room limit under concurrent joins,
+//! placement filling a node then spilling, draining a browser subscriber's node, and every API
+//! refusing bad credentials.
+
+mod common;
+
+use common::{Browser, browser_lock, expect_media, start_cluster_node, stat, token, token_for};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use sfu_control::auth::{admin_claims, join_claims};
+use sfu_control::testing::Etcd;
+use sfu_node::Server;
+use sfu_proto::control as pb;
+use sfu_proto::control::join_service_client::JoinServiceClient;
+use sfu_proto::control::node_service_client::NodeServiceClient;
+use sfu_proto::control::room_service_client::RoomServiceClient;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Cluster {
+    _etcd: Etcd,
+    nodes: Vec<Server>,
+    control: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    async fn start(nodes: usize, capacity: u32) -> Cluster {
+        let etcd = Etcd::start().expect("etcd starts");
+        let dir = std::env::temp_dir().join(format!(
+            "sfu-cp-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let ids: Vec<String> = (1..=nodes).map(|i| format!("cp{i}")).collect();
+        sfu_relay::certs::ensure_dev_certs(&dir, &ids).unwrap();
+        let mut servers = Vec::new();
+        for id in &ids {
+            servers.push(start_cluster_node(&etcd.endpoint, &dir, id, capacity).await);
+        }
+        let keys: BTreeMap<String, String> = [("devkey".to_owned(), "secret".to_owned())].into();
+        let control =
+            sfu_control::service::connect(std::slice::from_ref(&etcd.endpoint), "cp", &keys)
+                .await
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(sfu_control::service::serve(
+            control,
+            listener,
+            std::future::pending(),
+        ));
+        let c = Cluster {
+            _etcd: etcd,
+            nodes: servers,
+            control: addr,
+            dir,
+        };
+        // The control plane sees every node before the test starts.
+        let mut nodes_client = NodeServiceClient::connect(c.grpc()).await.unwrap();
+        for _ in 0..100 {
+            let listed = nodes_client
+                .list_nodes(authed(&admin(), pb::ListNodesRequest {}))
+                .await
+                .map(|r| r.into_inner().nodes.len())
+                .unwrap_or(0);
+            if listed == nodes {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the control plane did not see {nodes} nodes");
+    }
+
+    fn grpc(&self) -> String {
+        format!("http://{}", self.control)
+    }
+
+    async fn stop(self) {
+        for n in self.nodes {
+            n.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn admin() -> String {
+    sfu_control::auth::mint("secret", &admin_claims("devkey", Duration::from_secs(300))).unwrap()
+}
+
+fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if !token.is_empty() {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    r
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects a WebSocket client to a node and joins; returns the socket and the answer.
+async fn ws_join(http: &str, token: &str) -> (Ws, Value) {
+    let host = http.trim_start_matches("http://");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{host}/rtc?access_token={token}"))
+            .await
+            .expect("WebSocket connects");
+    ws.send(Message::Text(
+        r#"{"type":"join","auto_subscribe":false}"#.into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if matches!(v["type"].as_str(), Some("joined") | Some("error")) {
+                return (ws, v);
+            }
+        }
+    }
+}
+
+async fn participants(room: &str, grpc: &str) -> Vec<pb::ParticipantInfo> {
+    let mut c = RoomServiceClient::connect(grpc.to_owned()).await.unwrap();
+    c.list_participants(authed(
+        &admin(),
+        pb::ListParticipantsRequest { room: room.into() },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .participants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
+    let cluster = Cluster::start(3, 0).await;
+    let mut rooms = RoomServiceClient::connect(cluster.grpc()).await.unwrap();
+    rooms
+        .create_room(authed(
+            &admin(),
+            pb::CreateRoomRequest {
+                name: "limited".into(),
+                max_participants: 20,
+                empty_timeout: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    // Every node sees the room's configuration before the rush.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.http_addr))
+        .collect();
+    let joins = (0..50).map(|i| {
+        let url = urls[i % urls.len()].clone();
+        tokio::spawn(async move {
+            ws_join(&url, &token(&format!("user{i}"), "limited", true, true)).await
+        })
+    });
+    let results: Vec<(Ws, Value)> = futures_util::future::join_all(joins)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let admitted = results
+        .iter()
+        .filter(|(_, v)| v["type"] == "joined")
+        .count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["type"] == "error")
+        .collect();
+    assert_eq!(admitted, 20, "exactly the limit is admitted");
+    assert_eq!(refused.len(), 30);
+    assert!(
+        refused.iter().all(|v| v["code"] == "room_full"),
+        "{refused:?}"
+    );
+    // The control plane agrees.
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = participants("limited", &cluster.grpc()).await.len();
+        if seen == 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 20);
+    drop(results);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_fills_a_node_up_to_capacity_then_spills_and_the_room_stays_one() {
+    let cluster = Cluster::start(3, 5).await;
+    let http = reqwest::Client::new();
+    let mut sockets = Vec::new();
+    let mut placed: Vec<String> = Vec::new();
+    let mut last = Value::Null;
+    for i in 0..6 {
+        let t = token(&format!("p{i}"), "placed", true, true);
+        let r: Value = http
+            .post(format!("http://{}/v1/join", cluster.control))
+            .json(&serde_json::json!({ "token": t }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = r["url"].as_str().expect("a node URL").to_owned();
+        placed.push(r["node"].as_str().unwrap().to_owned());
+        let (ws, joined) = ws_join(&url, &t).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        last = joined;
+        sockets.push(ws);
+        // Placement sees the participant before the next join.
+        for _ in 0..100 {
+            if participants("placed", &cluster.grpc()).await.len() == i + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(
+        placed[..5].iter().all(|n| *n == placed[0]),
+        "the first five share a node: {placed:?}"
+    );
+    assert_ne!(
+        placed[5], placed[0],
+        "the sixth spills to another node: {placed:?}"
+    );
+    let others: Vec<&str> = last["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        others.len(),
+        5,
+        "the sixth sees the first five across nodes: {others:?}"
+    );
+    drop(sockets);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_api_refuses_bad_credentials() {
+    let cluster = Cluster::start(1, 0).await;
+    let grpc = cluster.grpc();
+    let mut expired = admin_claims("devkey", Duration::from_secs(60));
+    expired.exp = 1_000_000;
+    let expired = token_for(&expired, "secret");
+    let forged = token_for(
+        &admin_claims("devkey", Duration::from_secs(60)),
+        "wrong-secret",
+    );
+    let participant = token("someone", "r", true, true);
+    let cases: [(&str, &str, tonic::Code); 4] = [
+        ("none", "", tonic::Code::Unauthenticated),
+        ("forged", &forged, tonic::Code::Unauthenticated),
+        ("expired", &expired, tonic::Code::Unauthenticated),
+        ("not admin", &participant, tonic::Code::PermissionDenied),
+    ];
+    let mut rooms = RoomServiceClient::connect(grpc.clone()).await.unwrap();
+    let mut nodes = NodeServiceClient::connect(grpc.clone()).await.unwrap();
+    for (what, t, code) in cases {
+        let mut results: HashMap<&str, tonic::Code> = HashMap::new();
+        let c = |r: Result<tonic::Response<_>, tonic::Status>| {
+            r.err().map(|s| s.code()).unwrap_or(tonic::Code::Ok)
+        };
+        results.insert(
+            "CreateRoom",
+            c(rooms
+                .create_room(authed(
+                    t,
+                    pb::CreateRoomRequest {
+                        name: "r".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "ListRooms",
+            c(rooms
+                .list_rooms(authed(t, pb::ListRoomsRequest::default()))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "DeleteRoom",
+            c(rooms
+                .delete_room(authed(t, pb::DeleteRoomRequest { room: "r".into() }))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "ListParticipants",
+            c(rooms
+                .list_participants(authed(t, pb::ListParticipantsRequest { room: "r".into() }))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "RemoveParticipant",
+            c(rooms
+                .remove_participant(authed(
+                    t,
+                    pb::RoomParticipantIdentity {
+                        room: "r".into(),
+                        identity: "x".into(),
+                    },
+                ))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "MutePublishedTrack",
+            c(rooms
+                .mute_published_track(authed(
+                    t,
+                    pb::MuteRoomTrackRequest {
+                        room: "r".into(),
+                        identity: "x".into(),
+                        track_sid: "TR_0".into(),
+                        muted: true,
+                    },
+                ))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "UpdateSubscriptions",
+            c(rooms
+                .update_subscriptions(authed(
+                    t,
+                    pb::UpdateSubscriptionsRequest {
+                        room: "r".into(),
+                        identity: "x".into(),
+                        track_sids: vec![],
+                        subscribe: true,
+                    },
+                ))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "ListNodes",
+            c(nodes
+                .list_nodes(authed(t, pb::ListNodesRequest {}))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        results.insert(
+            "DrainNode",
+            c(nodes
+                .drain_node(authed(t, pb::DrainNodeRequest { node: "cp1".into() }))
+                .await
+                .map(|_| tonic::Response::new(()))),
+        );
+        for (rpc, got) in &results {
+            assert_eq!(*got, code, "{rpc} with a {what} token");
+        }
+    }
+    // Join takes the participant's own token: a bad one is refused, over gRPC and JSON.
+    let mut join = JoinServiceClient::connect(grpc.clone()).await.unwrap();
+    for t in [String::new(), forged.clone(), expired.clone()] {
+        let r = join
+            .join(pb::JoinRequest {
+                token: t.clone(),
+                region: String::new(),
+            })
+            .await;
+        assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let status = reqwest::Client::new()
+            .post(format!("http://{}/v1/join", cluster.control))
+            .json(&serde_json::json!({ "token": t }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+    }
+    let no_join = {
+        let mut c = join_claims("devkey", "x", "r", true, true, Duration::from_secs(60));
+        c.video.room_join = false;
+        token_for(&c, "secret")
+    };
+    let r = join
+        .join(pb::JoinRequest {
+            token: no_join,
+            region: String::new(),
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied);
+    // The nodes' admin API too.
+    let node = format!("http://{}", cluster.nodes[0].http_addr);
+    let http = reqwest::Client::new();
+    for (t, status) in [
+        ("", 401),
+        (forged.as_str(), 401),
+        (expired.as_str(), 401),
+        (participant.as_str(), 403),
+    ] {
+        let mut req = http.post(format!("{node}/admin/drain"));
+        if !t.is_empty() {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.unwrap().status(), status);
+        let mut req = http.delete(format!("{node}/admin/rooms/r/participants/x"));
+        if !t.is_empty() {
+            req = req.bearer_auth(t);
+        }
+        assert_eq!(req.send().await.unwrap().status(), status);
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_subscribers_node_moves_it_and_its_video_resumes() {
+    let _guard = browser_lock().await;
+    let cluster = Cluster::start(3, 0).await;
+    let url = |i: usize| format!("http://{}", cluster.nodes[i].http_addr);
+    let room = "drained";
+    let mut browser = Browser::launch(&[
+        (
+            "pub",
+            format!(
+                "{}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=0",
+                url(0)
+            ),
+        ),
+        (
+            "sub",
+            format!("{}/?room={room}&identity=bob&autojoin=1&publish=0", url(1)),
+        ),
+    ])
+    .await;
+    expect_media(&mut browser, &["sub"], 30.0, Duration::from_secs(60)).await;
+
+    let mut nodes = NodeServiceClient::connect(cluster.grpc()).await.unwrap();
+    nodes
+        .drain_node(authed(
+            &admin(),
+            pb::DrainNodeRequest {
+                node: cluster.nodes[1].node_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // The subscriber is told to move, reconnects elsewhere, and decodes video there.
+    let (moved, s) = browser
+        .until(Duration::from_secs(60), |s| {
+            stat(s, "sub", "migrations") >= 1.0
+                && s["pages"]["sub"]["stats"]["url"].as_str() != Some(url(1).as_str())
+                && stat(s, "sub", "framesDecoded") >= 30.0
+        })
+        .await;
+    assert!(moved, "the subscriber moved and its video resumed: {s:#}");
+    // The drained node is empty and done.
+    tokio::time::timeout(Duration::from_secs(30), cluster.nodes[1].drain.finished())
+        .await
+        .expect("the drain finishes once the node is empty");
+    assert_eq!(cluster.nodes[1].media.snapshot().await.participants, 0);
+    browser.stop().await;
+    cluster.stop().await;
+}

@@ -1,0 +1,163 @@
+//! Webhooks: every room, participant and track event reaches the receiver, signed with a JWT
+//! carrying the body's hash, and a failed delivery is retried.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use sfu_node::{Config, Server};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Received {
+    /// (authorization header, body) of every request, failed ones included.
+    requests: Vec<(String, Vec<u8>)>,
+    failed_once: bool,
+}
+
+async fn receive(
+    State(r): State<Arc<Mutex<Received>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let mut r = r.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    r.requests.push((auth, body.to_vec()));
+    if !r.failed_once {
+        // The first delivery fails: it must be retried.
+        r.failed_once = true;
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    StatusCode::OK
+}
+
+fn offer() -> String {
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::RTCPeerConnectionBuilder;
+    use rtc::peer_connection::configuration::media_engine::MediaEngine;
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().unwrap();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .build(std::time::Instant::now())
+        .unwrap();
+    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+        .into_iter()
+        .enumerate()
+    {
+        pc.add_track(MediaStreamTrack::new(
+            "s".into(),
+            format!("t{i}"),
+            format!("t{i}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(50 + i as u32),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+        ))
+        .unwrap();
+    }
+    let o = pc.create_offer(None).unwrap();
+    pc.set_local_description(std::time::Instant::now(), o)
+        .unwrap();
+    pc.local_description().unwrap().sdp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_delivered_signed_and_retried() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut config = Config::loopback();
+    config.webhook.urls = vec![hook];
+    let node = Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/whip/hooked"))
+        .header("content-type", "application/sdp")
+        .bearer_auth(common::token("obs", "hooked", true, false))
+        .body(offer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let session = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http.delete(&session).send().await.unwrap().status(), 200);
+
+    let expected = [
+        "room_started",
+        "participant_joined",
+        "track_published",
+        "track_published",
+        "track_unpublished",
+        "track_unpublished",
+        "participant_left",
+        "room_finished",
+    ];
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = received.lock().unwrap();
+        // Deliveries can arrive in any order; the set of events must be complete.
+        let mut delivered: Vec<String> = Vec::new();
+        for (auth, body) in &r.requests {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            // The signature: a JWT from the API secret whose sha256 claim is the body's hash.
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            validation.set_required_spec_claims(&["exp"]);
+            let claims = jsonwebtoken::decode::<serde_json::Value>(
+                auth,
+                &jsonwebtoken::DecodingKey::from_secret(b"secret"),
+                &validation,
+            )
+            .expect("a valid signature")
+            .claims;
+            assert_eq!(claims["iss"], "devkey");
+            let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body));
+            assert_eq!(claims["sha256"], hash, "the signature covers the body");
+            assert_eq!(v["room"]["name"], "hooked");
+            delivered.push(v["event"].as_str().unwrap().to_owned());
+        }
+        events = delivered;
+        let mut counts = std::collections::HashMap::new();
+        for e in &events {
+            *counts.entry(e.as_str()).or_insert(0) += 1;
+        }
+        let complete = expected.iter().all(|e| {
+            counts.get(e).copied().unwrap_or(0) >= expected.iter().filter(|x| *x == e).count()
+        });
+        if complete && events.len() == expected.len() + 1 {
+            break;
+        }
+    }
+    let mut sorted = events.clone();
+    sorted.sort();
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    // One event was delivered twice: refused, then retried.
+    let first = received.lock().unwrap().requests[0].1.clone();
+    let retried: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    want.push(retried["event"].as_str().unwrap().to_owned());
+    want.sort();
+    assert_eq!(sorted, want, "every event, and the refused one again");
+    node.stop().await;
+}
