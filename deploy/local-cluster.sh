@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a local cluster on this machine: etcd and three SFU nodes on loopback, each with its
 # own ports, linked over QUIC with certificates from a development CA (created on first run
-# in .cluster/certs). Prints each node's URL; Ctrl-C stops everything.
+# in .cluster/certs), and the control plane (sfu-control) on port 7900. Prints each node's URL;
+# Ctrl-C stops everything.
 #
 #   deploy/local-cluster.sh            # nodes on http://127.0.0.1:7001, :7002, :7003
 #   NODES=5 deploy/local-cluster.sh    # more nodes
@@ -23,7 +24,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --release --locked -p sfu-node
+cargo build --release --locked -p sfu-node -p sfu-control
 BIN=target/release/sfu-node
 mkdir -p "$STATE/logs"
 
@@ -36,7 +37,8 @@ stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # SIGINT stops a node at once (SIGTERM would drain it first, waiting for participants).
+  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   echo "stopped; logs are in $STATE/logs"
   exit 0
@@ -61,6 +63,10 @@ for i in $(seq 1 "$NODES"); do
   pids+=($!)
 done
 
+target/release/sfu-control --etcd "http://127.0.0.1:$ETCD_CLIENT" --bind 127.0.0.1:7900 \
+  >"$STATE/logs/control.log" 2>&1 &
+pids+=($!)
+
 for i in $(seq 1 "$NODES"); do
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$((7000 + i))/readyz" >/dev/null 2>&1 && break
@@ -68,11 +74,23 @@ for i in $(seq 1 "$NODES"); do
   done
 done
 
-echo "etcd:   http://127.0.0.1:$ETCD_CLIENT"
+echo "etcd:    http://127.0.0.1:$ETCD_CLIENT"
+echo "control: http://127.0.0.1:7900 (gRPC; sfuctl talks to it; POST /v1/join for browsers)"
 for i in $(seq 1 "$NODES"); do
   echo "node-$i: http://127.0.0.1:$((7000 + i))"
 done
-echo "Open two node URLs in a browser, join the same room on each, and see each other."
+echo "Open two node URLs in a browser, join the same room on each, and see each other;"
+echo "or open http://127.0.0.1:7001/?control=http://127.0.0.1:7900 to be placed by the control plane."
+echo "Operate it: target/release/sfuctl nodes list, sfuctl rooms list, sfuctl node drain node-2 ..."
 echo "Ctrl-C stops the cluster."
-wait -n "${pids[@]}" || true
-echo "a process of the cluster exited; see $STATE/logs"
+# A drained node exits on its own; the rest of the cluster keeps running.
+while true; do
+  wait -n "${pids[@]}" 2>/dev/null || true
+  alive=()
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+  ((${#alive[@]})) || break
+  if ((${#alive[@]} < ${#pids[@]})); then
+    echo "a process of the cluster exited (a drained node does); see $STATE/logs"
+  fi
+  pids=("${alive[@]}")
+done

@@ -169,8 +169,37 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let url = cli.url.clone();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
+                None if e.downcast_ref::<tonic::transport::Error>().is_some() => {
+                    eprintln!("error: cannot reach the control service at {url}: {}", e.root_cause())
+                }
+                None => eprintln!("error: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::ResourceExhausted => "resource exhausted",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "failed",
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let admin = mint(
         &cli.api_secret,
         &admin_claims(&cli.api_key, Duration::from_secs(300)),
