@@ -4,10 +4,10 @@
 # Arguments go to the node, e.g. `./run.sh --help` or `./run.sh --config node.toml`.
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v protoc >/dev/null 2>&1; then
+if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends protobuf-compiler
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends protobuf-compiler libprotobuf-dev
 fi
 exec cargo run --release --locked -p sfu-node -- "$@"
