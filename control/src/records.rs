@@ -84,6 +84,12 @@ pub struct TrackRecord {
     pub origin: String,
     #[serde(default)]
     pub muted: bool,
+    /// `camera`, `microphone` or `screen_share`.
+    #[serde(default)]
+    pub source: String,
+    /// The origin measures its audio levels (RFC 6464) and shares them with the room's nodes.
+    #[serde(default)]
+    pub audio_levels: bool,
 }
 
 /// A room created through the API: its limits. Not bound to a lease.

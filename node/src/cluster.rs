@@ -79,6 +79,7 @@ impl LinkHandler for Router {
             Some(Body::Refused(r)) => self.media.worker_for(&r.room),
             Some(Body::KeyframeRequest(k)) => self.media.worker_for(&k.room),
             Some(Body::TrackEnded(e)) => self.media.worker_for(&e.room),
+            Some(Body::AudioLevels(l)) => self.media.worker_for(&l.room),
             Some(Body::Hello(_)) | None => return,
         };
         let _ = self.media.send_to(

@@ -25,8 +25,7 @@ use crate::nack::{NackConfig, NackGenerator};
 use bytes::Bytes;
 use sfu_core::{LayerIndex, SinkId, TrackId};
 use sfu_proto::relay::{
-    Accepted, FlowClose, FlowOpen, Frame, KeyframeRequest, Nack, Redirect, Refused, Subscribe,
-    TrackEnded, TrackInfo, frame::Body, refused::Reason,
+    AudioLevel, AudioLevels, Frame, KeyframeRequest, Nack, Subscribe, TrackInfo, frame::Body,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -108,6 +107,11 @@ pub enum Output {
     /// The track is no longer fed: `ended` if it ended upstream, otherwise nobody here wants
     /// it any more. The room should drop it.
     Unfed { key: TrackKey, ended: bool },
+    /// Audio levels of tracks published on another node of a room.
+    Levels {
+        room: Arc<str>,
+        levels: Vec<AudioLevel>,
+    },
 }
 
 impl Output {
@@ -121,6 +125,7 @@ impl Output {
             | Output::KeyframeRequest { key, .. }
             | Output::Feeding { key, .. }
             | Output::Unfed { key, .. } => Some(&key.room),
+            Output::Levels { room, .. } => Some(room),
         }
     }
 }
@@ -140,26 +145,26 @@ pub enum DatagramDrop {
     MalformedRtp,
 }
 
-struct Child {
-    node: NodeId,
+pub(crate) struct Child {
+    pub(crate) node: NodeId,
     /// (layer, flow) pairs being sent.
-    flows: Vec<(LayerIndex, u32)>,
+    pub(crate) flows: Vec<(LayerIndex, u32)>,
 }
 
-struct Feed {
-    info: TrackInfo,
+pub(crate) struct Feed {
+    pub(crate) info: TrackInfo,
     /// Origin first, this node last.
-    path: Vec<NodeId>,
-    children: Vec<Child>,
+    pub(crate) path: Vec<NodeId>,
+    pub(crate) children: Vec<Child>,
     /// Children accepted in principle but waiting for our own upstream (interior nodes).
-    pending: Vec<(NodeId, Vec<LayerIndex>)>,
-    next_redirect: usize,
+    pub(crate) pending: Vec<(NodeId, Vec<LayerIndex>)>,
+    pub(crate) next_redirect: usize,
     /// Whether this node publishes the track.
-    local: bool,
+    pub(crate) local: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum WantState {
+pub(crate) enum WantState {
     /// Nothing sent (no link to the target yet).
     Idle,
     Requested {
@@ -168,47 +173,47 @@ enum WantState {
     Active,
 }
 
-struct Want {
-    origin: NodeId,
+pub(crate) struct Want {
+    pub(crate) origin: NodeId,
     /// Layers local subscribers need.
-    local_layers: Vec<LayerIndex>,
+    pub(crate) local_layers: Vec<LayerIndex>,
     /// The node asked (the origin, or where it redirected us).
-    via: NodeId,
-    redirects: u32,
-    state: WantState,
+    pub(crate) via: NodeId,
+    pub(crate) redirects: u32,
+    pub(crate) state: WantState,
     /// Layers asked of `via`.
-    requested: Vec<LayerIndex>,
+    pub(crate) requested: Vec<LayerIndex>,
     /// Upstream path once accepted.
-    path: Vec<NodeId>,
-    info: Option<TrackInfo>,
+    pub(crate) path: Vec<NodeId>,
+    pub(crate) info: Option<TrackInfo>,
 }
 
-struct InFlow {
-    key: TrackKey,
-    layer: LayerIndex,
-    from: NodeId,
-    nack: NackGenerator,
+pub(crate) struct InFlow {
+    pub(crate) key: TrackKey,
+    pub(crate) layer: LayerIndex,
+    pub(crate) from: NodeId,
+    pub(crate) nack: NackGenerator,
 }
 
 /// See the module documentation.
 pub struct Relay {
-    me: NodeId,
-    config: RelayConfig,
-    links_up: HashMap<NodeId, u32>,
-    link_ids: HashMap<NodeId, u32>,
-    link_names: Vec<NodeId>,
-    feeds: HashMap<TrackKey, Feed>,
-    wants: HashMap<TrackKey, Want>,
-    inbound: HashMap<(u32, u32), InFlow>,
-    next_flow: u32,
-    outputs: VecDeque<Output>,
+    pub(crate) me: NodeId,
+    pub(crate) config: RelayConfig,
+    pub(crate) links_up: HashMap<NodeId, u32>,
+    pub(crate) link_ids: HashMap<NodeId, u32>,
+    pub(crate) link_names: Vec<NodeId>,
+    pub(crate) feeds: HashMap<TrackKey, Feed>,
+    pub(crate) wants: HashMap<TrackKey, Want>,
+    pub(crate) inbound: HashMap<(u32, u32), InFlow>,
+    pub(crate) next_flow: u32,
+    pub(crate) outputs: VecDeque<Output>,
 }
 
-fn frame(body: Body) -> Frame {
+pub(crate) fn frame(body: Body) -> Frame {
     Frame { body: Some(body) }
 }
 
-fn union(a: &[LayerIndex], b: &[LayerIndex]) -> Vec<LayerIndex> {
+pub(crate) fn union(a: &[LayerIndex], b: &[LayerIndex]) -> Vec<LayerIndex> {
     let mut v: Vec<LayerIndex> = a.iter().chain(b).copied().collect();
     v.sort_unstable();
     v.dedup();
@@ -278,7 +283,7 @@ impl Relay {
             .unwrap_or_default()
     }
 
-    fn send(&mut self, to: &NodeId, body: Body) {
+    pub(crate) fn send(&mut self, to: &NodeId, body: Body) {
         self.outputs.push_back(Output::Send {
             to: to.clone(),
             frame: frame(body),
@@ -450,6 +455,22 @@ impl Relay {
     }
 
     /// Whether the relay feeds or pulls any track of `room` (so its forwarding core must stay).
+    /// Shares audio levels of tracks published here with the nodes `to` (those hosting the
+    /// room); nodes without a link up are skipped.
+    pub fn share_levels(&mut self, room: &str, to: &[NodeId], levels: &[AudioLevel]) {
+        for node in to {
+            if self.is_up(node) {
+                self.send(
+                    node,
+                    Body::AudioLevels(AudioLevels {
+                        room: room.to_owned(),
+                        levels: levels.to_vec(),
+                    }),
+                );
+            }
+        }
+    }
+
     pub fn has_room(&self, room: &str) -> bool {
         self.feeds
             .keys()
@@ -460,470 +481,6 @@ impl Relay {
     /// Whether a track is received from another node (rather than published here).
     pub fn is_remote(&self, key: &TrackKey) -> bool {
         self.wants.contains_key(key)
-    }
-
-    // ---- wants (downstream) ------------------------------------------------------------------
-
-    /// Layers to ask upstream for: what local subscribers and fed nodes need together.
-    fn needed(&self, key: &TrackKey) -> Vec<LayerIndex> {
-        let Some(w) = self.wants.get(key) else {
-            return Vec::new();
-        };
-        let mut layers = w.local_layers.clone();
-        if let Some(f) = self.feeds.get(key) {
-            for c in &f.children {
-                layers = union(
-                    &layers,
-                    &c.flows.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
-                );
-            }
-            for (_, l) in &f.pending {
-                layers = union(&layers, l);
-            }
-        }
-        layers.sort_unstable();
-        layers.dedup();
-        layers
-    }
-
-    fn update_want(&mut self, now: Instant, key: &TrackKey) {
-        let needed = self.needed(key);
-        let Some(w) = self.wants.get(key) else { return };
-        if needed.is_empty() {
-            let w = self.wants.remove(key).expect("checked above");
-            self.inbound.retain(|_, f| &f.key != key);
-            if w.state != WantState::Idle && self.is_up(&w.via) {
-                self.send(
-                    &w.via,
-                    Body::Subscribe(Subscribe {
-                        room: key.room.to_string(),
-                        track: key.track.0,
-                        layers: vec![],
-                        origin: w.origin.to_string(),
-                    }),
-                );
-            }
-            if w.state == WantState::Active {
-                self.outputs.push_back(Output::Unfed {
-                    key: key.clone(),
-                    ended: false,
-                });
-            }
-            return;
-        }
-        if w.state == WantState::Idle || needed != w.requested {
-            self.request(now, key);
-        }
-    }
-
-    /// (Re)sends the subscription of a want to its current target, if the link is up.
-    fn request(&mut self, now: Instant, key: &TrackKey) {
-        let needed = self.needed(key);
-        let Some(w) = self.wants.get_mut(key) else {
-            return;
-        };
-        if !self.links_up.contains_key(&w.via) {
-            w.state = WantState::Idle;
-            return;
-        }
-        if w.state != WantState::Active {
-            w.state = WantState::Requested { at: now };
-        }
-        w.requested = needed.clone();
-        let (via, origin) = (w.via.clone(), w.origin.clone());
-        self.send(
-            &via,
-            Body::Subscribe(Subscribe {
-                room: key.room.to_string(),
-                track: key.track.0,
-                layers: needed.iter().map(|l| *l as u32).collect(),
-                origin: origin.to_string(),
-            }),
-        );
-    }
-
-    fn on_accepted(&mut self, now: Instant, from: &NodeId, a: Accepted) {
-        let key = TrackKey {
-            room: a.room.as_str().into(),
-            track: TrackId(a.track),
-        };
-        let path: Vec<NodeId> = a.path.iter().map(|n| NodeId::from(n.as_str())).collect();
-        let me = self.me.clone();
-        let Some(w) = self.wants.get_mut(&key) else {
-            // Not wanted (any more): undo.
-            self.send(
-                from,
-                Body::Subscribe(Subscribe {
-                    room: a.room,
-                    track: a.track,
-                    layers: vec![],
-                    origin: String::new(),
-                }),
-            );
-            return;
-        };
-        if &w.via != from {
-            return;
-        }
-        if path.contains(&me) {
-            // A loop: the offered feed passes through us. Go back to the origin.
-            let (via, origin) = (w.via.clone(), w.origin.clone());
-            w.via = origin.clone();
-            w.redirects = 0;
-            w.state = WantState::Idle;
-            self.send(
-                &via,
-                Body::Subscribe(Subscribe {
-                    room: key.room.to_string(),
-                    track: key.track.0,
-                    layers: vec![],
-                    origin: origin.to_string(),
-                }),
-            );
-            self.request(now, &key);
-            return;
-        }
-        let fresh = w.state != WantState::Active;
-        w.state = WantState::Active;
-        w.path = path;
-        let info = a.info.unwrap_or_default();
-        w.info = Some(info.clone());
-        if fresh {
-            self.outputs.push_back(Output::Feeding {
-                key: key.clone(),
-                info: info.clone(),
-            });
-        }
-        // Nodes waiting on us can be fed now.
-        let mut path = self.wants[&key].path.clone();
-        path.push(self.me.clone());
-        if let Some(f) = self.feeds.get_mut(&key) {
-            f.path = path;
-            f.info = info;
-            let pending = std::mem::take(&mut f.pending);
-            for (node, layers) in pending {
-                self.accept_child(&key, &node, &layers);
-            }
-        }
-    }
-
-    fn on_redirect(&mut self, now: Instant, from: &NodeId, r: Redirect) {
-        let key = TrackKey {
-            room: r.room.as_str().into(),
-            track: TrackId(r.track),
-        };
-        let me = self.me.clone();
-        let max = self.config.max_redirects;
-        let Some(w) = self.wants.get_mut(&key) else {
-            return;
-        };
-        if &w.via != from {
-            return;
-        }
-        let via: NodeId = r.via.as_str().into();
-        w.redirects += 1;
-        w.via = if via == me || w.redirects > max {
-            w.redirects = 0;
-            w.origin.clone()
-        } else {
-            via
-        };
-        w.state = WantState::Idle;
-        self.request(now, &key);
-    }
-
-    fn on_refused(&mut self, now: Instant, from: &NodeId, r: Refused) {
-        let key = TrackKey {
-            room: r.room.as_str().into(),
-            track: TrackId(r.track),
-        };
-        let Some(w) = self.wants.get_mut(&key) else {
-            return;
-        };
-        if &w.via != from {
-            return;
-        }
-        if w.via != w.origin && r.reason() == Reason::Loop {
-            w.via = w.origin.clone();
-            w.redirects = 0;
-            w.state = WantState::Idle;
-            self.request(now, &key);
-        } else if r.reason() == Reason::NotFound && w.via == w.origin {
-            // The origin no longer has it.
-            self.wants.remove(&key);
-            self.end_feed(&key);
-            self.outputs.push_back(Output::Unfed { key, ended: true });
-        } else {
-            // Try again later (the timeout resends).
-            w.state = WantState::Requested { at: now };
-        }
-    }
-
-    fn on_track_ended(&mut self, from: &NodeId, e: TrackEnded) {
-        let key = TrackKey {
-            room: e.room.as_str().into(),
-            track: TrackId(e.track),
-        };
-        if self.wants.get(&key).is_some_and(|w| &w.via == from) {
-            self.wants.remove(&key);
-            self.inbound.retain(|_, f| f.key != key);
-            self.end_feed(&key);
-            self.outputs.push_back(Output::Unfed { key, ended: true });
-        }
-    }
-
-    // ---- feeds (upstream) ----------------------------------------------------------------
-
-    fn on_subscribe(&mut self, now: Instant, from: &NodeId, s: Subscribe) {
-        let key = TrackKey {
-            room: s.room.as_str().into(),
-            track: TrackId(s.track),
-        };
-        let layers: Vec<LayerIndex> = s.layers.iter().map(|l| *l as LayerIndex).collect();
-        let refuse = |reason: Reason, detail: &str| {
-            Body::Refused(Refused {
-                room: s.room.clone(),
-                track: s.track,
-                reason: reason as i32,
-                detail: detail.to_owned(),
-            })
-        };
-        if layers.is_empty() {
-            self.drop_child(&key, from);
-            if let Some(f) = self.feeds.get_mut(&key) {
-                f.pending.retain(|(n, _)| n != from);
-            }
-            self.release_if_unused(&key);
-            if let Some(w) = self.wants.get(&key).map(|w| w.state)
-                && w != WantState::Idle
-            {
-                self.update_want(now, &key);
-            }
-            return;
-        }
-        // A node upstream of us asking for the track through us would close a loop.
-        if self
-            .wants
-            .get(&key)
-            .is_some_and(|w| w.path.contains(from) || &w.via == from)
-        {
-            self.send(
-                from,
-                refuse(Reason::Loop, "the requester is upstream of this node"),
-            );
-            return;
-        }
-        if !self.feeds.contains_key(&key) {
-            let origin: NodeId = s.origin.as_str().into();
-            if origin.is_empty() || origin == self.me || &origin == from {
-                self.send(from, refuse(Reason::NotFound, "no such track here"));
-                return;
-            }
-            // Feed it on behalf of the requester; pull it ourselves first unless we already
-            // receive it.
-            let (info, path) = match self.wants.get(&key) {
-                Some(w) if w.state == WantState::Active => {
-                    let mut p = w.path.clone();
-                    p.push(self.me.clone());
-                    (w.info.clone().unwrap_or_default(), p)
-                }
-                _ => (TrackInfo::default(), Vec::new()),
-            };
-            self.feeds.insert(
-                key.clone(),
-                Feed {
-                    info,
-                    path,
-                    children: Vec::new(),
-                    pending: Vec::new(),
-                    next_redirect: 0,
-                    local: false,
-                },
-            );
-            if !self.wants.contains_key(&key) {
-                self.wants.insert(
-                    key.clone(),
-                    Want {
-                        via: origin.clone(),
-                        origin,
-                        local_layers: Vec::new(),
-                        redirects: 0,
-                        state: WantState::Idle,
-                        requested: Vec::new(),
-                        path: Vec::new(),
-                        info: None,
-                    },
-                );
-            }
-        }
-        let feed = self.feeds.get_mut(&key).expect("inserted above");
-        let known = feed.children.iter().any(|c| &c.node == from);
-        if !known && feed.children.len() >= self.config.fanout {
-            // Full: send the requester to one of the nodes we feed.
-            let n = feed.children.len();
-            let via = feed.children[feed.next_redirect % n].node.clone();
-            feed.next_redirect = feed.next_redirect.wrapping_add(1);
-            self.send(
-                from,
-                Body::Redirect(Redirect {
-                    room: s.room,
-                    track: s.track,
-                    via: via.to_string(),
-                }),
-            );
-            return;
-        }
-        let ready = feed.local
-            || self
-                .wants
-                .get(&key)
-                .is_some_and(|w| w.state == WantState::Active);
-        if ready {
-            self.accept_child(&key, from, &layers);
-        } else {
-            let feed = self.feeds.get_mut(&key).expect("inserted above");
-            feed.pending.retain(|(n, _)| n != from);
-            feed.pending.push((from.clone(), layers));
-        }
-        if self.wants.contains_key(&key) {
-            self.update_want(now, &key);
-        }
-    }
-
-    /// Starts (or adjusts) feeding `node` with `layers`.
-    fn accept_child(&mut self, key: &TrackKey, node: &NodeId, layers: &[LayerIndex]) {
-        let link = self.link_id(node);
-        let Some(feed) = self.feeds.get_mut(key) else {
-            return;
-        };
-        let max_layer = feed.info.layers.max(1) as LayerIndex;
-        let layers: Vec<LayerIndex> = layers.iter().copied().filter(|l| *l < max_layer).collect();
-        let is_new = !feed.children.iter().any(|c| &c.node == node);
-        if is_new {
-            feed.children.push(Child {
-                node: node.clone(),
-                flows: Vec::new(),
-            });
-        }
-        let (path, info) = (feed.path.clone(), feed.info.clone());
-        let child = feed
-            .children
-            .iter_mut()
-            .find(|c| &c.node == node)
-            .expect("inserted above");
-        let removed: Vec<(LayerIndex, u32)> = child
-            .flows
-            .iter()
-            .filter(|(l, _)| !layers.contains(l))
-            .copied()
-            .collect();
-        child.flows.retain(|(l, _)| layers.contains(l));
-        let added: Vec<LayerIndex> = layers
-            .iter()
-            .filter(|l| !child.flows.iter().any(|(have, _)| have == *l))
-            .copied()
-            .collect();
-        let mut opened = Vec::new();
-        for layer in added {
-            let flow = self.next_flow;
-            self.next_flow = self.next_flow.wrapping_add(1);
-            child.flows.push((layer, flow));
-            opened.push((layer, flow));
-        }
-        if is_new {
-            self.send(
-                node,
-                Body::Accepted(Accepted {
-                    room: key.room.to_string(),
-                    track: key.track.0,
-                    path: path.iter().map(|n| n.to_string()).collect(),
-                    info: Some(info),
-                }),
-            );
-        }
-        for (_, flow) in removed {
-            self.send(node, Body::FlowClose(FlowClose { flow }));
-            self.outputs.push_back(Output::Detach {
-                key: key.clone(),
-                sink: sink(link, flow),
-            });
-        }
-        for (layer, flow) in opened {
-            self.send(
-                node,
-                Body::FlowOpen(FlowOpen {
-                    flow,
-                    room: key.room.to_string(),
-                    track: key.track.0,
-                    layer: layer as u32,
-                }),
-            );
-            self.outputs.push_back(Output::Attach {
-                key: key.clone(),
-                layer,
-                sink: sink(link, flow),
-            });
-        }
-    }
-
-    fn drop_child(&mut self, key: &TrackKey, node: &NodeId) {
-        let link = self.link_id(node);
-        let Some(feed) = self.feeds.get_mut(key) else {
-            return;
-        };
-        let Some(i) = feed.children.iter().position(|c| &c.node == node) else {
-            return;
-        };
-        let child = feed.children.swap_remove(i);
-        for (_, flow) in child.flows {
-            self.outputs.push_back(Output::Detach {
-                key: key.clone(),
-                sink: sink(link, flow),
-            });
-        }
-    }
-
-    /// Drops a feed that feeds nobody, unless the track is local.
-    fn release_if_unused(&mut self, key: &TrackKey) {
-        if self
-            .feeds
-            .get(key)
-            .is_some_and(|f| !f.local && f.children.is_empty() && f.pending.is_empty())
-        {
-            self.feeds.remove(key);
-        }
-    }
-
-    fn end_feed(&mut self, key: &TrackKey) {
-        let Some(feed) = self.feeds.remove(key) else {
-            return;
-        };
-        let nodes: Vec<NodeId> = feed
-            .children
-            .iter()
-            .map(|c| c.node.clone())
-            .chain(feed.pending.iter().map(|(n, _)| n.clone()))
-            .collect();
-        for child in &feed.children {
-            let link = self.link_id(&child.node);
-            for (_, flow) in &child.flows {
-                self.outputs.push_back(Output::Detach {
-                    key: key.clone(),
-                    sink: sink(link, *flow),
-                });
-            }
-        }
-        for node in nodes {
-            if self.is_up(&node) {
-                self.send(
-                    &node,
-                    Body::TrackEnded(TrackEnded {
-                        room: key.room.to_string(),
-                        track: key.track.0,
-                    }),
-                );
-            }
-        }
     }
 
     // ---- input ------------------------------------------------------------------------------
@@ -994,6 +551,14 @@ impl Relay {
                 }
             }
             Body::TrackEnded(e) => self.on_track_ended(from, e),
+            Body::AudioLevels(l) => {
+                if !l.levels.is_empty() {
+                    self.outputs.push_back(Output::Levels {
+                        room: l.room.as_str().into(),
+                        levels: l.levels,
+                    });
+                }
+            }
         }
     }
 

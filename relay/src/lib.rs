@@ -10,6 +10,8 @@
 
 pub mod certs;
 pub mod core;
+mod core_feed;
+mod core_want;
 pub mod glue;
 pub mod nack;
 pub mod quic;

@@ -54,6 +54,8 @@ struct Sim {
     pending_key: bool,
     next_seq: [u16; 3],
     payload_id: u32,
+    /// Layers the origin's publisher was last told to send (dynacast).
+    publisher_layers: Vec<bool>,
 }
 
 fn key() -> TrackKey {
@@ -63,14 +65,10 @@ fn key() -> TrackKey {
     }
 }
 
-fn info(layers: usize) -> TrackInfo {
-    TrackInfo {
-        id: TRACK,
-        kind: MediaKind::Video,
-        codec: Codec::Vp8,
-        clock_rate: 90_000,
-        layers,
-    }
+fn info(layers: usize, local: bool) -> TrackInfo {
+    let mut info = TrackInfo::new(TRACK, MediaKind::Video, Codec::Vp8, 90_000, layers);
+    info.local = local;
+    info
 }
 
 impl Sim {
@@ -112,6 +110,7 @@ impl Sim {
             pending_key: true,
             next_seq: [100, 20_000, 40_000],
             payload_id: 0,
+            publisher_layers: Vec::new(),
         };
         // Full mesh of links, as the node's link manager keeps.
         let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
@@ -129,7 +128,7 @@ impl Sim {
         // The first node publishes the track.
         let origin = ids[0].clone();
         let o = sim.nodes.get_mut(&origin).unwrap();
-        o.room.add_track(now, info(layers)).unwrap();
+        o.room.add_track(now, info(layers, true)).unwrap();
         o.relay.add_local_track(
             key(),
             sfu_proto::relay::TrackInfo {
@@ -206,7 +205,9 @@ impl Sim {
             Work::Relay(Output::Feeding { key: _, info: i }) => {
                 let n = self.nodes.get_mut(id).unwrap();
                 if n.room.track(TRACK).is_none() {
-                    n.room.add_track(now, info(i.layers as usize)).unwrap();
+                    n.room
+                        .add_track(now, info(i.layers as usize, false))
+                        .unwrap();
                     // Local subscribers that wait for the track attach now.
                     let waiting: Vec<SinkId> = n
                         .received
@@ -247,7 +248,11 @@ impl Sim {
                     self.pending_key = true;
                 }
             }
-            Work::Room(RoomOutput::SenderReport { .. }) => {}
+            Work::Room(RoomOutput::SenderReport { .. } | RoomOutput::Speakers(_)) => {}
+            Work::Room(RoomOutput::SharedLevels(_)) => {}
+            Work::Room(RoomOutput::PublisherLayers { active, .. }) => {
+                self.publisher_layers = active;
+            }
         }
     }
 

@@ -178,7 +178,10 @@ async fn main() -> std::process::ExitCode {
             match e.downcast_ref::<tonic::Status>() {
                 Some(s) => eprintln!("error: {}: {}", code_name(s.code()), s.message()),
                 None if e.downcast_ref::<tonic::transport::Error>().is_some() => {
-                    eprintln!("error: cannot reach the control service at {url}: {}", e.root_cause())
+                    eprintln!(
+                        "error: cannot reach the control service at {url}: {}",
+                        e.root_cause()
+                    )
                 }
                 None => eprintln!("error: {e:#}"),
             }

@@ -57,13 +57,7 @@ fn fan_out(c: &mut Criterion) {
     let track = TrackId(1);
     room.add_track(
         now,
-        TrackInfo {
-            id: track,
-            kind: MediaKind::Video,
-            codec: Codec::Vp8,
-            clock_rate: 90_000,
-            layers: 1,
-        },
+        TrackInfo::new(track, MediaKind::Video, Codec::Vp8, 90_000, 1),
     )
     .unwrap();
     for s in 0..SUBSCRIBERS {

@@ -12,6 +12,8 @@
 //!   the last packet of the old source and the first of the new one;
 //! - the payload type, to the one negotiated with the subscriber.
 //!
+//! - the VP8 picture id and TL0PICIDX, so the decoder sees no jump back (see [`crate::vp8`]).
+//!
 //! It keeps a short history of these mappings ("epochs") so that a NACK for an output sequence
 //! number can be traced back to the source packet in the retransmission cache.
 
@@ -19,12 +21,13 @@ use crate::clock::rtp_ticks;
 use crate::codec::MediaKind;
 use crate::ids::LayerIndex;
 use crate::seq::{Unwrapper, extend};
+use crate::vp8::{Vp8Descriptor, Vp8Numbering};
 use rtp::header::Header;
 use std::collections::VecDeque;
 use std::time::Instant;
 
 /// How many past mappings are remembered for answering NACKs.
-const EPOCH_HISTORY: usize = 8;
+const EPOCH_HISTORY: usize = 16;
 
 /// Why a packet was not forwarded to a subscriber.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -70,6 +73,9 @@ pub struct Rewrite {
     pub sequence_number: u16,
     pub timestamp: u32,
     pub payload_type: u8,
+    /// VP8 picture id and TL0PICIDX to write into the payload, when they differ from the
+    /// source's (the payload is then copied; otherwise it is shared).
+    pub picture: Option<(u16, u8)>,
 }
 
 impl Rewrite {
@@ -109,6 +115,8 @@ struct Epoch {
     seq_delta: i64,
     /// `out_ts = in_ts + ts_offset` (wrapping).
     ts_offset: u32,
+    /// VP8 numbering offsets (picture id, TL0PICIDX).
+    picture: (u16, u8),
 }
 
 /// The source currently forwarded.
@@ -136,6 +144,7 @@ pub struct Forwarder {
     source: Option<Source>,
     last_out: Option<LastOut>,
     epochs: VecDeque<Epoch>,
+    vp8: Vp8Numbering,
     packets_sent: u32,
     octets_sent: u32,
 }
@@ -149,6 +158,7 @@ impl Forwarder {
             source: None,
             last_out: None,
             epochs: VecDeque::with_capacity(EPOCH_HISTORY),
+            vp8: Vp8Numbering::default(),
             packets_sent: 0,
             octets_sent: 0,
         }
@@ -169,9 +179,13 @@ impl Forwarder {
     }
 
     /// Sets the layer to forward. Returns `true` if that needs a keyframe on the new layer (the
-    /// switch happens at the first one).
+    /// switch happens at the first one). Pausing (`None`) forgets the source, so that resuming
+    /// is a clean switch: it starts at a keyframe and the output continues without a gap.
     pub fn set_target_layer(&mut self, target: Option<LayerIndex>) -> bool {
         self.target = target;
+        if target.is_none() {
+            self.source = None;
+        }
         target.is_some() && self.current_layer() != target
     }
 
@@ -198,6 +212,19 @@ impl Forwarder {
         payload_len: usize,
         keyframe: bool,
     ) -> Result<Rewrite, DropReason> {
+        self.forward_vp8(now, layer, header, payload_len, keyframe, None)
+    }
+
+    /// [`forward`](Self::forward) for a packet whose VP8 descriptor was parsed.
+    pub fn forward_vp8(
+        &mut self,
+        now: Instant,
+        layer: LayerIndex,
+        header: &Header,
+        payload_len: usize,
+        keyframe: bool,
+        vp8: Option<&Vp8Descriptor>,
+    ) -> Result<Rewrite, DropReason> {
         let Some(target) = self.target else {
             return Err(DropReason::Paused);
         };
@@ -219,6 +246,7 @@ impl Forwarder {
                 });
             }
             self.switch_to(now, layer, header);
+            self.vp8.on_switch();
         }
 
         let Some(source) = self.source.as_mut() else {
@@ -244,6 +272,7 @@ impl Forwarder {
                     layer,
                     seq_delta,
                     ts_offset,
+                    picture: self.vp8.offsets(),
                 });
             }
             return Err(DropReason::Padding);
@@ -257,6 +286,17 @@ impl Forwarder {
                 at: now,
             });
         }
+        let picture = vp8.and_then(|d| {
+            let before = self.vp8.offsets();
+            let mapped = self.vp8.map(d);
+            if self.vp8.offsets() != before
+                && let Some(e) = self.epochs.back_mut()
+            {
+                // Offsets are chosen at the first packet of a source, which opened this epoch.
+                e.picture = self.vp8.offsets();
+            }
+            mapped
+        });
         self.packets_sent = self.packets_sent.wrapping_add(1);
         self.octets_sent = self.octets_sent.wrapping_add(payload_len as u32);
         Ok(Rewrite {
@@ -264,6 +304,7 @@ impl Forwarder {
             sequence_number: out_ext as u16,
             timestamp,
             payload_type: self.config.payload_type,
+            picture,
         })
     }
 
@@ -299,6 +340,7 @@ impl Forwarder {
             layer,
             seq_delta,
             ts_offset,
+            picture: self.vp8.offsets(),
         });
     }
 
@@ -323,7 +365,12 @@ impl Forwarder {
     }
 
     /// Rewrites a retransmitted source packet exactly as it was rewritten the first time.
-    pub fn rewrite_retransmission(&self, out_seq: u16, header: &Header) -> Option<Rewrite> {
+    pub fn rewrite_retransmission(
+        &self,
+        out_seq: u16,
+        header: &Header,
+        vp8: Option<&Vp8Descriptor>,
+    ) -> Option<Rewrite> {
         let last = self.last_out?;
         let out_ext = extend(last.ext_seq, out_seq);
         let epoch = self.epochs.iter().rev().find(|e| e.first_out <= out_ext)?;
@@ -332,7 +379,13 @@ impl Forwarder {
             sequence_number: out_seq,
             timestamp: header.timestamp.wrapping_add(epoch.ts_offset),
             payload_type: self.config.payload_type,
+            picture: vp8.and_then(|d| Vp8Numbering::map_with(d, epoch.picture)),
         })
+    }
+
+    /// The last output sequence number sent, if any (used to pick packets to probe with).
+    pub fn last_sequence_number(&self) -> Option<u16> {
+        self.last_out.map(|l| l.ext_seq as u16)
     }
 
     /// Timestamp offset of the current source (`out = in + offset`).
@@ -483,7 +536,7 @@ mod tests {
             "not sent yet"
         );
         let re = f
-            .rewrite_retransmission(a.sequence_number, &header(10, 0))
+            .rewrite_retransmission(a.sequence_number, &header(10, 0), None)
             .unwrap();
         assert_eq!(re, a);
     }

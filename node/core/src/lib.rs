@@ -14,24 +14,36 @@
 //! - [`Subscription`]: one track delivered to one sink (a local subscriber or a relay link),
 //!   through a [`Forwarder`] that rewrites SSRC, sequence numbers and timestamps.
 
+pub mod allocator;
+pub mod bandwidth;
 pub mod clock;
 pub mod codec;
+pub mod downlink;
 pub mod forwarder;
 pub mod ids;
 pub mod keyframe;
+pub mod probe;
+pub mod rate;
 pub mod retransmit;
 pub mod room;
+mod room_media;
+mod room_relay;
+mod room_tick;
 pub mod seq;
+pub mod speakers;
 pub mod subscription;
 pub mod track;
+pub mod vp8;
 
 pub use clock::WallClock;
 pub use codec::{Codec, MediaKind};
+pub use downlink::SinkParams;
 pub use forwarder::{DropReason, Forwarder, ForwarderConfig, Rewrite};
 pub use ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 pub use room::{Output, Room, RoomConfig, RoomError, RoomStats};
-pub use subscription::{SenderReport, Subscription, SubscriptionParams};
-pub use track::{Track, TrackInfo};
+pub use speakers::{Speaker, SpeakerConfig};
+pub use subscription::{SenderReport, Subscription, SubscriptionParams, SubscriptionSettings};
+pub use track::{Track, TrackInfo, TrackSource};
 
 /// The RTP packet type the core forwards (from webrtc-rs).
 pub use rtp::packet::Packet;

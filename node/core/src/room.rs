@@ -1,4 +1,5 @@
-//! A room's media plane: tracks, their subscriptions, and the packets that flow between them.
+//! A room's media plane: tracks, their subscriptions, the subscribers' downlinks, and the
+//! packets that flow between them.
 //!
 //! **Contract.** A [`Room`] is a plain state machine. Feed it with the `handle_*` methods,
 //! always passing the current time; drain [`Room::poll_output`] after each call; call
@@ -6,17 +7,27 @@
 //! I/O and never panics on packet contents.
 //!
 //! Packets are fanned out without copying payloads: every output packet shares the `Bytes`
-//! payload of the input packet and gets a freshly built header (no extensions, no CSRCs, so no
-//! allocation). The input packet itself ends up in the layer's retransmission cache.
+//! payload of the input packet and gets a freshly built header. The only per-subscriber copy
+//! is the rare VP8 renumbering after a source change (see [`crate::vp8`]). The input packet
+//! itself ends up in the layer's retransmission cache.
+//!
+//! The methods are split by concern: this file (tracks, subscriptions, sinks), `room_media`
+//! (the packet path, NACKs, keyframe requests, feedback, probes), `room_tick` (housekeeping:
+//! bandwidth allocation, speakers, dynacast, sender reports) and `room_relay` (feeding other
+//! nodes).
 
+use crate::bandwidth::EstimatorConfig;
 use crate::clock::WallClock;
 use crate::codec::MediaKind;
+use crate::downlink::{Downlink, SinkParams};
 use crate::forwarder::{DropReason, Forwarder, ForwarderConfig};
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
-use crate::subscription::{SenderReport, Subscription, SubscriptionParams};
-use crate::track::{PublisherReport, RelaySink, Track, TrackInfo};
+use crate::speakers::{Speaker, SpeakerConfig, Speakers};
+use crate::subscription::{SenderReport, Subscription, SubscriptionParams, SubscriptionSettings};
+use crate::track::{Track, TrackInfo};
 use rtp::packet::Packet;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tunables of a room.
@@ -24,10 +35,18 @@ use std::time::{Duration, Instant};
 pub struct RoomConfig {
     /// Packets kept per layer for retransmission.
     pub cache_size: usize,
-    /// Period of the housekeeping tick (sender reports, held keyframe requests, layer choice).
+    /// Period of the housekeeping tick (sender reports, held keyframe requests, allocation).
     pub tick: Duration,
     /// A subscriber still waiting for a keyframe asks again after this long.
     pub keyframe_retry: Duration,
+    /// Audio top-K and video last-N.
+    pub speakers: SpeakerConfig,
+    /// Limits of each subscriber's bandwidth estimate.
+    pub estimator: EstimatorConfig,
+    /// A simulcast layer nobody needs for this long is paused at its publisher.
+    pub dynacast_delay: Duration,
+    /// How often layers are re-allocated (also at once when a subscriber changes settings).
+    pub allocation_period: Duration,
 }
 
 impl Default for RoomConfig {
@@ -37,6 +56,10 @@ impl Default for RoomConfig {
             cache_size: 512,
             tick: Duration::from_millis(50),
             keyframe_retry: Duration::from_secs(1),
+            speakers: SpeakerConfig::default(),
+            estimator: EstimatorConfig::default(),
+            dynacast_delay: Duration::from_secs(2),
+            allocation_period: Duration::from_millis(200),
         }
     }
 }
@@ -65,6 +88,13 @@ pub enum Output {
     },
     /// Ask the track's publisher (or upstream node) for a keyframe on a layer.
     KeyframeRequest { track: TrackId, layer: LayerIndex },
+    /// The active speakers changed (loudest first): tell the room's clients.
+    Speakers(Vec<Speaker>),
+    /// Levels (-dBov) of tracks published here, for the room's other nodes.
+    SharedLevels(Vec<(TrackId, Arc<str>, u8)>),
+    /// Dynacast: the simulcast layers of a local track anyone needs changed; the publisher
+    /// should send only those (`true` per layer, lowest first).
+    PublisherLayers { track: TrackId, active: Vec<bool> },
 }
 
 /// Errors of room operations. None of them is caused by packet contents.
@@ -104,19 +134,29 @@ pub struct RoomStats {
     pub relayed: u64,
     /// Packets of muted tracks, not forwarded.
     pub dropped_muted: u64,
+    /// Duplicates sent to probe subscribers' bandwidth.
+    pub probe_packets: u64,
+    /// Layer switches made by the stream allocator (up and down).
+    pub layer_switches: u64,
 }
 
 /// See the module documentation.
 pub struct Room {
-    clock: WallClock,
-    config: RoomConfig,
-    tracks: HashMap<TrackId, Track>,
+    pub(crate) clock: WallClock,
+    pub(crate) config: RoomConfig,
+    pub(crate) tracks: HashMap<TrackId, Track>,
     /// Which track owns each subscription.
-    index: HashMap<SubscriptionId, TrackId>,
-    next_subscription: u64,
-    outputs: VecDeque<Output>,
-    next_tick: Option<Instant>,
-    stats: RoomStats,
+    pub(crate) index: HashMap<SubscriptionId, TrackId>,
+    /// Subscribers' downlinks, by sink (local subscribers only; relay sinks have none).
+    pub(crate) downlinks: HashMap<SinkId, Downlink>,
+    pub(crate) speakers: Speakers,
+    pub(crate) next_subscription: u64,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) next_tick: Option<Instant>,
+    /// While a probe runs, duplicates go out more often than the tick.
+    pub(crate) next_probe_step: Option<Instant>,
+    pub(crate) next_allocation: Option<Instant>,
+    pub(crate) stats: RoomStats,
 }
 
 impl Room {
@@ -126,9 +166,13 @@ impl Room {
             config,
             tracks: HashMap::new(),
             index: HashMap::new(),
+            downlinks: HashMap::new(),
+            speakers: Speakers::default(),
             next_subscription: 1,
             outputs: VecDeque::new(),
             next_tick: None,
+            next_probe_step: None,
+            next_allocation: None,
             stats: RoomStats::default(),
         }
     }
@@ -149,10 +193,25 @@ impl Room {
         self.tracks.is_empty()
     }
 
-    /// Adds a published track.
+    /// A subscription, if it exists (local subscribers only).
+    pub fn subscription(&self, id: SubscriptionId) -> Option<&Subscription> {
+        let track = self.tracks.get(self.index.get(&id)?)?;
+        track.subscriptions.iter().find(|s| s.id == id)
+    }
+
+    /// A subscriber's current bandwidth estimate, if it gives congestion feedback.
+    pub fn estimate(&self, now: Instant, sink: SinkId) -> Option<u64> {
+        self.downlinks.get(&sink)?.budget(now)
+    }
+
+    /// Adds a published track (local, or relayed from another node).
     pub fn add_track(&mut self, now: Instant, info: TrackInfo) -> Result<(), RoomError> {
         if self.tracks.contains_key(&info.id) {
             return Err(RoomError::DuplicateTrack(info.id));
+        }
+        if info.kind == MediaKind::Audio && info.audio_levels {
+            self.speakers
+                .add_track(info.id, info.participant.clone(), info.local);
         }
         self.tracks
             .insert(info.id, Track::new(info, self.config.cache_size));
@@ -166,6 +225,11 @@ impl Room {
         let Some(track) = self.tracks.remove(&id) else {
             return Vec::new();
         };
+        // A relayed track's levels keep coming from its origin while it is published there,
+        // even when this node stops pulling it.
+        if track.info.local {
+            self.speakers.remove_track(id);
+        }
         let subscribers = track.subscriptions.iter().map(|s| (s.id, s.sink));
         let relays = track.relays.iter().map(|r| (r.id, r.sink));
         let ended: Vec<_> = subscribers.chain(relays).collect();
@@ -175,8 +239,26 @@ impl Room {
         ended
     }
 
+    /// What a subscriber negotiated for congestion control. Call when its connection is set
+    /// up (and again if it renegotiates); sinks never declared get no bandwidth management.
+    pub fn set_sink(&mut self, sink: SinkId, params: SinkParams) {
+        match self.downlinks.get_mut(&sink) {
+            Some(d) => d.set_params(params),
+            None => {
+                self.downlinks
+                    .insert(sink, Downlink::new(params, self.config.estimator));
+            }
+        }
+    }
+
+    /// The subscriber is gone.
+    pub fn remove_sink(&mut self, sink: SinkId) {
+        self.downlinks.remove(&sink);
+    }
+
     /// Subscribes `sink` to a track. A keyframe is requested at once for video, so the
-    /// subscriber sees a picture as soon as possible.
+    /// subscriber sees a picture as soon as possible. A subscriber under bandwidth management
+    /// starts at the lowest layer; the allocator raises it as its estimate allows.
     pub fn subscribe(
         &mut self,
         now: Instant,
@@ -184,13 +266,18 @@ impl Room {
         sink: SinkId,
         params: SubscriptionParams,
     ) -> Result<SubscriptionId, RoomError> {
+        let budgeted = self
+            .downlinks
+            .get(&sink)
+            .is_some_and(|d| d.budget(now).is_some());
         let track = self
             .tracks
             .get_mut(&track_id)
             .ok_or(RoomError::UnknownTrack(track_id))?;
         let id = SubscriptionId(self.next_subscription);
         self.next_subscription += 1;
-        let target = track.select_layer(now, params.max_layer);
+        let start = if budgeted { 0 } else { params.max_layer };
+        let target = track.select_layer(now, start);
         let forwarder = Forwarder::new(
             ForwarderConfig {
                 kind: track.info.kind,
@@ -205,11 +292,20 @@ impl Room {
             sink,
             forwarder,
             max_layer: params.max_layer,
+            enabled: true,
+            pinned: false,
+            desired: Some(target),
             next_report: None,
         });
         self.index.insert(id, track_id);
         if track.info.kind == MediaKind::Video {
-            request_keyframe(track, target, now, &mut self.outputs, &mut self.stats);
+            crate::room_media::request_keyframe(
+                track,
+                target,
+                now,
+                &mut self.outputs,
+                &mut self.stats,
+            );
         }
         Ok(id)
     }
@@ -225,76 +321,9 @@ impl Room {
         Some(track.relays.swap_remove(pos).sink)
     }
 
-    /// Feeds one layer of a track, untouched, to a relay link. Video gets a keyframe request
-    /// at once: the other node subscribes because it has subscribers waiting.
-    pub fn subscribe_relay(
-        &mut self,
-        now: Instant,
-        track_id: TrackId,
-        layer: LayerIndex,
-        sink: SinkId,
-    ) -> Result<SubscriptionId, RoomError> {
-        let track = self
-            .tracks
-            .get_mut(&track_id)
-            .ok_or(RoomError::UnknownTrack(track_id))?;
-        if layer >= track.layers.len() {
-            return Err(RoomError::UnknownTrack(track_id));
-        }
-        let id = SubscriptionId(self.next_subscription);
-        self.next_subscription += 1;
-        track.relays.push(RelaySink { id, sink, layer });
-        self.index.insert(id, track_id);
-        if track.info.kind == MediaKind::Video {
-            request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
-        }
-        Ok(id)
-    }
-
-    /// A relay link reported lost packets of the layer it is fed (source sequence numbers).
-    pub fn handle_relay_nack(&mut self, now: Instant, id: SubscriptionId, lost: &[u16]) {
-        self.stats.nacks_received += lost.len() as u64;
-        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get(t)) else {
-            self.stats.nack_misses += lost.len() as u64;
-            return;
-        };
-        let Some(relay) = track.relays.iter().find(|r| r.id == id) else {
-            return;
-        };
-        let Some(layer) = track.layers.get(relay.layer) else {
-            return;
-        };
-        for &seq in lost {
-            match layer.cache.get(seq, now) {
-                Some(cached) => {
-                    self.stats.retransmitted += 1;
-                    self.outputs.push_back(Output::Relay {
-                        sink: relay.sink,
-                        subscription: id,
-                        packet: cached.packet.clone(),
-                    });
-                }
-                None => self.stats.nack_misses += 1,
-            }
-        }
-    }
-
-    /// A relay link asked for a keyframe on a layer (coalesced like any other request).
-    pub fn handle_relay_keyframe_request(
-        &mut self,
-        now: Instant,
-        track_id: TrackId,
-        layer: LayerIndex,
-    ) {
-        self.stats.keyframe_requests_received += 1;
-        if let Some(track) = self.tracks.get_mut(&track_id) {
-            request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
-        }
-    }
-
     /// Feeds a subscription from another track of the same kind and codec. The subscriber's
     /// stream stays continuous: it resumes at the new track's next keyframe, with sequence
-    /// numbers and timestamps following on from the last packet it got.
+    /// numbers, timestamps and VP8 picture ids following on from the last packet it got.
     pub fn move_subscription(
         &mut self,
         now: Instant,
@@ -330,36 +359,22 @@ impl Room {
             .tracks
             .get_mut(&to)
             .ok_or(RoomError::UnknownTrack(to))?;
-        let target = to_track.select_layer(now, sub.max_layer);
+        let target = to_track.select_layer(now, sub.desired.unwrap_or(0).min(sub.max_layer));
         sub.forwarder.set_target_layer(Some(target));
+        sub.desired = Some(target);
         let kind = to_track.info.kind;
         to_track.subscriptions.push(sub);
         self.index.insert(id, to);
         if kind == MediaKind::Video {
-            request_keyframe(to_track, target, now, &mut self.outputs, &mut self.stats);
+            crate::room_media::request_keyframe(
+                to_track,
+                target,
+                now,
+                &mut self.outputs,
+                &mut self.stats,
+            );
         }
         Ok(())
-    }
-
-    /// The layers a track's local subscriptions need: each one's target layer if that layer is
-    /// flowing here, otherwise every layer up to its maximum (so the best available can be
-    /// found). Used to pull only those layers of a track relayed from another node.
-    pub fn wanted_layers(&self, now: Instant, track_id: TrackId) -> Vec<LayerIndex> {
-        let Some(track) = self.tracks.get(&track_id) else {
-            return Vec::new();
-        };
-        let top = track.layers.len() - 1;
-        let mut wanted = vec![false; track.layers.len()];
-        for sub in &track.subscriptions {
-            match sub.forwarder.target_layer() {
-                Some(t) if track.layers.get(t).is_some_and(|l| l.is_live(now)) => wanted[t] = true,
-                Some(_) => wanted[..=sub.max_layer.min(top)]
-                    .iter_mut()
-                    .for_each(|w| *w = true),
-                None => {}
-            }
-        }
-        (0..wanted.len()).filter(|&l| wanted[l]).collect()
     }
 
     /// Sets the highest layer a subscription may receive (`None` pauses it).
@@ -369,304 +384,106 @@ impl Room {
         id: SubscriptionId,
         max_layer: Option<LayerIndex>,
     ) -> Result<(), RoomError> {
+        let pinned = self
+            .subscription(id)
+            .ok_or(RoomError::UnknownSubscription)?
+            .pinned;
+        self.update_subscription(now, id, SubscriptionSettings { max_layer, pinned })
+    }
+
+    /// Applies what the subscriber says about a subscription (rendered size, shown or not,
+    /// pinned). Takes effect at once for pausing; layer choices follow at the next tick.
+    pub fn update_subscription(
+        &mut self,
+        now: Instant,
+        id: SubscriptionId,
+        settings: SubscriptionSettings,
+    ) -> Result<(), RoomError> {
         let track_id = *self.index.get(&id).ok_or(RoomError::UnknownSubscription)?;
         let track = self
             .tracks
             .get_mut(&track_id)
             .ok_or(RoomError::UnknownTrack(track_id))?;
-        let target = max_layer.map(|m| track.select_layer(now, m));
+        let top = track.layers.len() - 1;
         let sub = track
             .subscriptions
             .iter_mut()
             .find(|s| s.id == id)
             .ok_or(RoomError::UnknownSubscription)?;
-        if let Some(m) = max_layer {
-            sub.max_layer = m;
+        sub.pinned = settings.pinned;
+        match settings.max_layer {
+            Some(m) => {
+                sub.max_layer = m.min(top);
+                sub.enabled = true;
+                if let Some(d) = sub.desired {
+                    sub.desired = Some(d.min(sub.max_layer));
+                }
+            }
+            None => {
+                sub.enabled = false;
+                sub.desired = None;
+                sub.forwarder.set_target_layer(None);
+            }
         }
-        if sub.forwarder.set_target_layer(target)
-            && let Some(layer) = target
-        {
-            request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
-        }
+        // Choose layers now rather than at the next tick, so a resize shows at once.
+        self.allocate(now);
         Ok(())
     }
 
-    /// One RTP packet of a track's layer, as received from the publisher (or upstream node).
-    pub fn handle_rtp(
-        &mut self,
-        now: Instant,
-        track_id: TrackId,
-        layer: LayerIndex,
-        mut packet: Packet,
-    ) {
-        let Some(track) = self.tracks.get_mut(&track_id) else {
-            self.stats.dropped_unknown += 1;
-            return;
-        };
-        if track.muted {
-            self.stats.dropped_muted += 1;
-            return;
-        }
-        let Some(l) = track.layers.get_mut(layer) else {
-            self.stats.dropped_unknown += 1;
-            return;
-        };
-        // Extensions and CSRCs are negotiated per peer connection; none survive forwarding.
-        packet.header.extensions.clear();
-        packet.header.extension = false;
-        packet.header.csrc.clear();
-        let payload_len = packet.payload.len();
-        self.stats.packets_in += 1;
-        self.stats.bytes_in += payload_len as u64;
-        let keyframe = payload_len > 0
-            && track
-                .info
-                .codec
-                .is_keyframe(track.info.kind, &packet.payload);
-        let (ext_seq, _) = l.unwrapper.unwrap(packet.header.sequence_number);
-        if payload_len > 0 {
-            l.last_packet_at = Some(now);
-        }
-        if keyframe {
-            l.keyframes.on_keyframe();
-        }
-        for sub in &mut track.subscriptions {
-            match sub
-                .forwarder
-                .forward(now, layer, &packet.header, payload_len, keyframe)
-            {
-                Ok(rewrite) => {
-                    self.stats.packets_out += 1;
-                    self.stats.bytes_out += payload_len as u64;
-                    self.outputs.push_back(Output::Rtp {
-                        sink: sub.sink,
-                        subscription: sub.id,
-                        packet: Packet {
-                            header: rewrite.header(&packet.header),
-                            payload: packet.payload.clone(),
-                        },
-                    });
-                }
-                Err(reason) => self.stats.dropped[reason as usize] += 1,
-            }
-        }
-        for relay in track.relays.iter().filter(|r| r.layer == layer) {
-            self.stats.relayed += 1;
-            self.outputs.push_back(Output::Relay {
-                sink: relay.sink,
-                subscription: relay.id,
-                packet: Packet {
-                    header: packet.header.clone(),
-                    payload: packet.payload.clone(),
-                },
-            });
-        }
-        l.cache.insert(ext_seq, packet, now, keyframe);
-    }
-
-    /// Mutes or unmutes a track. Muted, nothing of it is forwarded; unmuted, video layers
-    /// that anyone receives get a keyframe request so pictures come back at once.
-    pub fn set_track_muted(
-        &mut self,
-        now: Instant,
-        track_id: TrackId,
-        muted: bool,
-    ) -> Result<(), RoomError> {
-        let track = self
+    /// The room's active speakers, loudest first (as last reported).
+    pub fn active_speakers(&self) -> Vec<TrackId> {
+        let mut v: Vec<(usize, TrackId)> = self
             .tracks
-            .get_mut(&track_id)
-            .ok_or(RoomError::UnknownTrack(track_id))?;
-        let was = std::mem::replace(&mut track.muted, muted);
-        if was && !muted && track.info.kind == MediaKind::Video {
-            let mut layers: Vec<LayerIndex> = track
-                .subscriptions
-                .iter()
-                .filter_map(|s| s.forwarder.target_layer())
-                .chain(track.relays.iter().map(|r| r.layer))
-                .collect();
-            layers.sort_unstable();
-            layers.dedup();
-            for layer in layers {
-                request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
-            }
-        }
-        Ok(())
+            .keys()
+            .filter(|t| self.speakers.is_active(**t))
+            .filter_map(|t| Some((self.speakers.rank(*t)?, *t)))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// The publisher's RTCP sender report for a layer.
-    pub fn handle_sender_report(
+    /// A track published on another node with known levels: ranked (as silent) until its
+    /// origin shares its levels.
+    pub fn add_remote_speaker(&mut self, track: TrackId, participant: Arc<str>) {
+        self.speakers.add_track(track, participant, false);
+    }
+
+    /// A track published on another node is gone: forget its levels.
+    pub fn remove_remote_speaker(&mut self, track: TrackId) {
+        if !self.tracks.get(&track).is_some_and(|t| t.info.local) {
+            self.speakers.remove_track(track);
+        }
+    }
+
+    /// A level shared by the node a track is published on (see [`Output::SharedLevels`]).
+    pub fn handle_shared_level(
         &mut self,
         now: Instant,
-        track_id: TrackId,
-        layer: LayerIndex,
-        ntp: u64,
-        rtp_time: u32,
+        track: TrackId,
+        participant: Arc<str>,
+        level: u8,
     ) {
-        if let Some(l) = self
-            .tracks
-            .get_mut(&track_id)
-            .and_then(|t| t.layers.get_mut(layer))
-        {
-            l.report = Some(PublisherReport {
-                ntp,
-                rtp_time,
-                received_at: now,
-            });
-        }
+        self.speakers
+            .on_shared_level(now, track, participant, level);
     }
 
-    /// A subscriber asked for a keyframe (PLI or FIR).
-    pub fn handle_keyframe_request(&mut self, now: Instant, id: SubscriptionId) {
-        self.stats.keyframe_requests_received += 1;
-        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get_mut(t)) else {
-            return;
-        };
-        let Some(layer) = track
-            .subscriptions
-            .iter()
-            .find(|s| s.id == id)
-            .and_then(|s| s.forwarder.current_layer().or(s.forwarder.target_layer()))
-        else {
-            return;
-        };
-        request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
+    /// A track's place in the speaker ranking (0 is the best), for tracks with levels.
+    pub fn speaker_rank(&self, track: TrackId) -> Option<usize> {
+        self.speakers.rank(track)
     }
 
-    /// A subscriber reported lost packets (sequence numbers as it received them). Answered from
-    /// the retransmission cache; nothing goes to the publisher.
-    pub fn handle_nack(&mut self, now: Instant, id: SubscriptionId, lost: &[u16]) {
-        self.stats.nacks_received += lost.len() as u64;
-        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get_mut(t)) else {
-            self.stats.nack_misses += lost.len() as u64;
-            return;
-        };
-        let Track {
-            layers,
-            subscriptions,
-            ..
-        } = track;
-        let Some(sub) = subscriptions.iter().find(|s| s.id == id) else {
-            return;
-        };
-        for &out_seq in lost {
-            let cached = sub.forwarder.map_nack(out_seq).and_then(|(layer, in_seq)| {
-                let packet = layers.get(layer)?.cache.get(in_seq, now)?.packet;
-                let rewrite = sub
-                    .forwarder
-                    .rewrite_retransmission(out_seq, &packet.header)?;
-                Some(Packet {
-                    header: rewrite.header(&packet.header),
-                    payload: packet.payload.clone(),
-                })
-            });
-            match cached {
-                Some(packet) => {
-                    self.stats.retransmitted += 1;
-                    self.outputs.push_back(Output::Rtp {
-                        sink: sub.sink,
-                        subscription: sub.id,
-                        packet,
-                    });
-                }
-                None => self.stats.nack_misses += 1,
-            }
-        }
-    }
-
-    /// Housekeeping: sender reports, held keyframe requests, layer choice.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(due) = self.next_tick else { return };
-        if now < due {
-            return;
-        }
-        self.next_tick = (!self.tracks.is_empty()).then(|| now + self.config.tick);
-        for (&track_id, track) in &mut self.tracks {
-            for (layer, l) in track.layers.iter_mut().enumerate() {
-                if l.keyframes.poll(now) {
-                    self.stats.keyframe_requests_sent += 1;
-                    self.outputs.push_back(Output::KeyframeRequest {
-                        track: track_id,
-                        layer,
-                    });
-                }
-            }
-            let simulcast = track.layers.len() > 1;
-            // Bit sets of layers: a switch asks at once (coalesced); a subscriber that is still
-            // waiting asks again only after `keyframe_retry`.
-            let (mut switching, mut waiting): (u32, u32) = (0, 0);
-            for i in 0..track.subscriptions.len() {
-                if simulcast && track.subscriptions[i].forwarder.target_layer().is_some() {
-                    let best = track.select_layer(now, track.subscriptions[i].max_layer);
-                    if track.subscriptions[i]
-                        .forwarder
-                        .set_target_layer(Some(best))
-                    {
-                        switching |= layer_bit(best);
-                    }
-                }
-                let sub = &mut track.subscriptions[i];
-                if let Some(layer) = sub.forwarder.awaiting_keyframe() {
-                    waiting |= layer_bit(layer);
-                }
-                let report = sub
-                    .forwarder
-                    .current_layer()
-                    .and_then(|l| track.layers[l].report);
-                if let Some(report) = sub.poll_report(now, &self.clock, report.as_ref()) {
-                    self.outputs.push_back(Output::SenderReport {
-                        sink: sub.sink,
-                        subscription: sub.id,
-                        report,
-                    });
-                }
-            }
-            for (layer, l) in track.layers.iter_mut().enumerate() {
-                let bit = layer_bit(layer);
-                let send = if switching & bit != 0 {
-                    l.keyframes.request(now)
-                } else {
-                    waiting & bit != 0
-                        && l.keyframes.request_if_idle(now, self.config.keyframe_retry)
-                };
-                if send {
-                    self.stats.keyframe_requests_sent += 1;
-                    self.outputs.push_back(Output::KeyframeRequest {
-                        track: track_id,
-                        layer,
-                    });
-                }
-            }
-        }
+    pub fn speaker_config(&self) -> SpeakerConfig {
+        self.config.speakers
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+        match (self.next_tick, self.next_probe_step) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
-    }
-}
-
-fn layer_bit(layer: LayerIndex) -> u32 {
-    1 << layer.min(31)
-}
-
-fn request_keyframe(
-    track: &mut Track,
-    layer: LayerIndex,
-    now: Instant,
-    outputs: &mut VecDeque<Output>,
-    stats: &mut RoomStats,
-) {
-    let Some(l) = track.layers.get_mut(layer) else {
-        return;
-    };
-    if l.keyframes.request(now) {
-        stats.keyframe_requests_sent += 1;
-        outputs.push_back(Output::KeyframeRequest {
-            track: track.info.id,
-            layer,
-        });
     }
 }

@@ -20,6 +20,16 @@ pub struct SubscriptionParams {
     pub max_layer: LayerIndex,
 }
 
+/// What the subscriber says about one subscription (it renders the track, and how large).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionSettings {
+    /// The best layer worth sending (from the rendered size); `None` disables the
+    /// subscription (the track is not shown) without ending it.
+    pub max_layer: Option<LayerIndex>,
+    /// Pinned by the subscriber: exempt from last-N, and sent before others.
+    pub pinned: bool,
+}
+
 /// An RTCP sender report for one subscriber stream, in the subscriber's SSRC and timestamp
 /// space. Converted to the wire format at the edge.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,6 +48,11 @@ pub struct Subscription {
     pub(crate) sink: SinkId,
     pub(crate) forwarder: Forwarder,
     pub(crate) max_layer: LayerIndex,
+    /// Disabled by the subscriber (not rendered): nothing is sent.
+    pub(crate) enabled: bool,
+    pub(crate) pinned: bool,
+    /// The layer the allocator gave it (`None`: paused), whether or not that layer flows.
+    pub(crate) desired: Option<LayerIndex>,
     pub(crate) next_report: Option<Instant>,
 }
 
@@ -52,6 +67,11 @@ impl Subscription {
 
     pub fn forwarder(&self) -> &Forwarder {
         &self.forwarder
+    }
+
+    /// The layer the stream allocator chose for it (`None`: paused).
+    pub fn desired_layer(&self) -> Option<LayerIndex> {
+        self.desired
     }
 
     /// The sender report due at `now`, if one is due. Uses the publisher's own report for the

@@ -4,14 +4,25 @@
 use crate::codec::{Codec, MediaKind};
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::keyframe::KeyframeRequester;
+use crate::rate::RateMeter;
 use crate::retransmit::RetransmissionCache;
 use crate::seq::Unwrapper;
 use crate::subscription::Subscription;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A layer that sent nothing for this long is considered stopped (the publisher paused it, or
 /// its bandwidth no longer allows it).
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// What a track shows: it decides the track's priority when bandwidth is short.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrackSource {
+    #[default]
+    Camera,
+    Microphone,
+    ScreenShare,
+}
 
 /// What the caller knows about a track when it is published.
 #[derive(Clone, Debug)]
@@ -23,6 +34,38 @@ pub struct TrackInfo {
     /// Number of layers: 1 for audio and plain video, one per simulcast encoding otherwise,
     /// ordered from lowest to highest quality.
     pub layers: usize,
+    /// The publishing participant (speaker ranking and last-N are per participant).
+    pub participant: Arc<str>,
+    pub source: TrackSource,
+    /// Published on this node (not relayed from another).
+    pub local: bool,
+    /// Id of the RFC 6464 audio level header extension in the publisher's packets, if any.
+    pub audio_level_ext: Option<u8>,
+    /// The track's audio levels are known (measured here from `audio_level_ext`, or shared by
+    /// its origin node): it takes part in speaker ranking and top-K.
+    pub audio_levels: bool,
+}
+
+impl TrackInfo {
+    /// A track with defaults for everything but what identifies its media.
+    pub fn new(id: TrackId, kind: MediaKind, codec: Codec, clock_rate: u32, layers: usize) -> Self {
+        Self {
+            id,
+            kind,
+            codec,
+            clock_rate,
+            layers,
+            participant: Arc::from(""),
+            source: if kind == MediaKind::Audio {
+                TrackSource::Microphone
+            } else {
+                TrackSource::Camera
+            },
+            local: true,
+            audio_level_ext: None,
+            audio_levels: false,
+        }
+    }
 }
 
 /// The publisher's last RTCP sender report for one layer.
@@ -40,6 +83,10 @@ pub struct Layer {
     pub(crate) keyframes: KeyframeRequester,
     pub(crate) last_packet_at: Option<Instant>,
     pub(crate) report: Option<PublisherReport>,
+    /// What the layer costs a subscriber.
+    pub(crate) rate: RateMeter,
+    /// Picture size, from the last keyframe (VP8 only).
+    pub(crate) resolution: Option<(u16, u16)>,
 }
 
 impl Layer {
@@ -50,6 +97,8 @@ impl Layer {
             keyframes: KeyframeRequester::default(),
             last_packet_at: None,
             report: None,
+            rate: RateMeter::default(),
+            resolution: None,
         }
     }
 
@@ -77,6 +126,10 @@ pub struct Track {
     pub(crate) relays: Vec<RelaySink>,
     /// Muted by an administrator (or its publisher): nothing is forwarded.
     pub(crate) muted: bool,
+    /// Layers the publisher was last told to send (dynacast), and since when each has been
+    /// unneeded.
+    pub(crate) publisher_layers: Vec<bool>,
+    pub(crate) unneeded_since: Vec<Option<Instant>>,
 }
 
 impl Track {
@@ -84,12 +137,15 @@ impl Track {
         let layers = (0..info.layers.max(1))
             .map(|_| Layer::new(cache_size))
             .collect();
+        let n = info.layers.max(1);
         Self {
             info,
             layers,
             subscriptions: Vec::new(),
             relays: Vec::new(),
             muted: false,
+            publisher_layers: vec![true; n],
+            unneeded_since: vec![None; n],
         }
     }
 
@@ -117,6 +173,56 @@ impl Track {
     pub fn relay_count(&self) -> usize {
         self.relays.len()
     }
+
+    /// Bits per second of each layer, lowest first. A layer not flowing here is assumed to
+    /// cost what simulcast encoders typically give it: three times the layer below.
+    pub fn layer_bitrates(&mut self, now: Instant) -> Vec<u64> {
+        let measured: Vec<u64> = self.layers.iter_mut().map(|l| l.rate.bps(now)).collect();
+        let default_audio = 40_000;
+        let default_video = [150_000u64, 500_000, 1_500_000, 3_000_000];
+        let known = measured.iter().position(|&b| b > 0);
+        (0..measured.len())
+            .map(|i| {
+                if measured[i] > 0 {
+                    return measured[i];
+                }
+                match (known, self.info.kind) {
+                    (Some(k), _) => {
+                        let scale = 3f64.powi(i as i32 - k as i32);
+                        ((measured[k] as f64) * scale) as u64
+                    }
+                    (None, MediaKind::Audio) => default_audio,
+                    (None, MediaKind::Video) => {
+                        // Align the defaults to the top: a single-layer track is a full one.
+                        let offset = default_video.len().saturating_sub(measured.len() + 1);
+                        default_video[(i + offset).min(default_video.len() - 1)]
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The lowest layer at least as high as `height` pixels (with 10% tolerance), or the top
+    /// layer. Layers whose size is unknown are taken to halve in each dimension per step down
+    /// from the top, which is how browsers configure simulcast.
+    pub fn layer_for_height(&self, height: u32) -> LayerIndex {
+        let n = self.layers.len();
+        let top_height = self
+            .layers
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, l)| l.resolution.map(|(_, h)| (h as u32) << (n - 1 - i)))
+            .unwrap_or(720);
+        (0..n)
+            .find(|&i| {
+                let h = self.layers[i]
+                    .resolution
+                    .map_or(top_height >> (n - 1 - i), |(_, h)| h as u32);
+                h * 10 >= height * 9
+            })
+            .unwrap_or(n - 1)
+    }
 }
 
 #[cfg(test)]
@@ -125,13 +231,7 @@ mod tests {
 
     fn simulcast() -> Track {
         Track::new(
-            TrackInfo {
-                id: TrackId(1),
-                kind: MediaKind::Video,
-                codec: Codec::Vp8,
-                clock_rate: 90_000,
-                layers: 3,
-            },
+            TrackInfo::new(TrackId(1), MediaKind::Video, Codec::Vp8, 90_000, 3),
             16,
         )
     }
@@ -156,5 +256,33 @@ mod tests {
             "fall back upwards when lower layers stopped"
         );
         assert_eq!(t.select_layer(now + LAYER_TIMEOUT, 2), 2, "all stale again");
+    }
+
+    #[test]
+    fn layer_costs_are_measured_or_extrapolated() {
+        let now = Instant::now();
+        let mut t = simulcast();
+        assert_eq!(t.layer_bitrates(now), vec![150_000, 500_000, 1_500_000]);
+        for i in 0..100u64 {
+            t.layers[1]
+                .rate
+                .add(now + Duration::from_millis(10 * i), 500);
+        }
+        let later = now + Duration::from_millis(999);
+        assert_eq!(t.layer_bitrates(later), vec![133_333, 400_000, 1_200_000]);
+    }
+
+    #[test]
+    fn rendered_height_picks_a_layer() {
+        let mut t = simulcast();
+        // Unknown sizes: 180, 360, 720.
+        assert_eq!(t.layer_for_height(100), 0);
+        assert_eq!(t.layer_for_height(180), 0);
+        assert_eq!(t.layer_for_height(300), 1);
+        assert_eq!(t.layer_for_height(1080), 2);
+        // Known from a keyframe: the top is 480 high.
+        t.layers[2].resolution = Some((640, 480));
+        assert_eq!(t.layer_for_height(240), 1);
+        assert_eq!(t.layer_for_height(270), 2);
     }
 }

@@ -29,13 +29,7 @@ impl Harness {
         self.room
             .add_track(
                 self.now,
-                TrackInfo {
-                    id,
-                    kind: MediaKind::Video,
-                    codec: Codec::Vp8,
-                    clock_rate: 90_000,
-                    layers,
-                },
+                TrackInfo::new(id, MediaKind::Video, Codec::Vp8, 90_000, layers),
             )
             .unwrap();
     }
@@ -369,13 +363,7 @@ fn removing_a_track_ends_its_subscriptions_and_unknown_input_is_counted() {
     h.room
         .add_track(
             h.now,
-            TrackInfo {
-                id: AUDIO,
-                kind: MediaKind::Audio,
-                codec: Codec::Opus,
-                clock_rate: 48_000,
-                layers: 1,
-            },
+            TrackInfo::new(AUDIO, MediaKind::Audio, Codec::Opus, 48_000, 1),
         )
         .unwrap();
     let a = h.subscribe(VIDEO, 1, 0);

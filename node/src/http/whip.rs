@@ -157,6 +157,7 @@ async fn start(
                 room: room.clone(),
                 participant: participant.clone(),
                 sdp,
+                sources: Default::default(),
                 reply,
             },
             Endpoint::Whep => Command::Play {

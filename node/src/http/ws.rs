@@ -193,12 +193,13 @@ impl Session {
         };
         let media = &self.state.media;
         match message {
-            ClientMessage::Publish { sdp } => {
+            ClientMessage::Publish { sdp, sources } => {
                 let answer = media
                     .request(&room, |reply| Command::Publish {
                         room: room.clone(),
                         participant,
                         sdp,
+                        sources,
                         reply,
                     })
                     .await?;
@@ -275,6 +276,29 @@ impl Session {
                     .await?;
                 Ok(None)
             }
+            ClientMessage::TrackSettings {
+                track,
+                width,
+                height,
+                enabled,
+                pinned,
+            } => {
+                media
+                    .request(&room, |reply| Command::TrackSettings {
+                        room: room.clone(),
+                        participant,
+                        track,
+                        settings: crate::media::TrackSettings {
+                            width,
+                            height,
+                            enabled,
+                            pinned,
+                        },
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
             ClientMessage::Mute { track, muted } => {
                 let identity = self.grants.identity.clone();
                 media
@@ -332,6 +356,7 @@ fn request_name(m: &ClientMessage) -> &'static str {
     match m {
         ClientMessage::Join { .. } => "join",
         ClientMessage::Publish { .. } => "publish",
+        ClientMessage::TrackSettings { .. } => "track_settings",
         ClientMessage::Unpublish { .. } => "unpublish",
         ClientMessage::Subscribe { .. } => "subscribe",
         ClientMessage::Unsubscribe { .. } => "unsubscribe",

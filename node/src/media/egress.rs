@@ -55,6 +55,12 @@ pub enum Effect {
     },
     /// A remote track is gone here: stop pulling it.
     Forget { room: String, track: TrackId },
+    /// Share the levels of audio tracks published here with the room's other nodes.
+    SharedLevels {
+        room: String,
+        nodes: Vec<String>,
+        levels: Vec<(TrackId, std::sync::Arc<str>, u8)>,
+    },
 }
 
 /// See the module documentation.

@@ -21,8 +21,9 @@ pub mod worker;
 use crate::auth::Grants;
 use crate::metrics::Metrics;
 use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, PeerTarget, ServerMessage, SignalError,
+    ErrorCode, ParticipantView, PeerTarget, ServerMessage, SignalError, TrackSourceName,
 };
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -76,7 +77,16 @@ pub enum Command {
         room: String,
         participant: String,
         sdp: String,
+        sources: HashMap<String, TrackSourceName>,
         reply: Reply<String>,
+    },
+    /// How a WebSocket client shows a track it receives.
+    TrackSettings {
+        room: String,
+        participant: String,
+        track: String,
+        settings: TrackSettings,
+        reply: Reply<()>,
     },
     Unpublish {
         room: String,
@@ -122,6 +132,15 @@ pub enum Command {
     },
     /// Input from the cluster: relay links and registry changes.
     Cluster(ClusterInput),
+}
+
+/// What a client says about showing a track (see `ClientMessage::TrackSettings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackSettings {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub enabled: bool,
+    pub pinned: bool,
 }
 
 /// Administrative operations on this node's part of rooms.

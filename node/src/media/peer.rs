@@ -199,6 +199,34 @@ pub fn build(
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
     }
+    if direction == Direction::Subscribe {
+        // Congestion feedback from subscribers: transport-wide sequence numbers on every
+        // packet we send (the forwarding core writes them), TWCC reports back; REMB for
+        // clients without TWCC.
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            me.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: TWCC_URI.into(),
+                },
+                kind,
+                None,
+            )?;
+            me.register_feedback(
+                RTCPFeedback {
+                    typ: "transport-cc".into(),
+                    parameter: "".into(),
+                },
+                kind,
+            );
+        }
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "goog-remb".into(),
+                parameter: "".into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(credentials.ufrag.clone(), credentials.pwd.clone())
@@ -211,6 +239,32 @@ pub fn build(
         .with_media_engine(me)
         .with_interceptor_registry(registry)
         .build(now)
+}
+
+/// What a subscriber connection negotiated for congestion control (after offer/answer).
+pub fn sink_params(pc: &mut RTCPeerConnection) -> sfu_core::SinkParams {
+    let mut params = sfu_core::SinkParams::default();
+    let ids: Vec<_> = pc.get_transceivers().collect();
+    let senders: Vec<_> = ids
+        .into_iter()
+        .filter_map(|t| pc.rtp_transceiver(t).and_then(|t| t.sender()))
+        .collect();
+    for sender in senders {
+        let Some(mut s) = pc.rtp_sender(sender) else {
+            continue;
+        };
+        let p = &s.get_parameters().rtp_parameters;
+        if let Some(h) = p.header_extensions.iter().find(|h| h.uri == TWCC_URI) {
+            params.twcc_ext = u8::try_from(h.id).ok().filter(|id| (1..=14).contains(id));
+        }
+        params.remb |= p.codecs.iter().any(|c| {
+            c.rtp_codec
+                .rtcp_feedback
+                .iter()
+                .any(|f| f.typ == "goog-remb")
+        });
+    }
+    params
 }
 
 /// Announces the worker's socket as host candidates, then ends gathering, so the local

@@ -11,7 +11,7 @@ use super::egress::Egress;
 use super::peer::{Direction, IceCredentials};
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackView,
+    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackSourceName, TrackView,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -71,6 +71,8 @@ pub(super) struct Participant {
     pub tracks: Vec<TrackId>,
     /// Registry key of its place in a limited room.
     pub slot: Option<String>,
+    /// What the tracks it publishes show, by msid track id (from `publish`).
+    pub sources: HashMap<String, TrackSourceName>,
 }
 
 impl Participant {
@@ -101,6 +103,9 @@ pub(super) struct Published {
     pub rids: Vec<String>,
     pub origin: Origin,
     pub muted: bool,
+    pub source: TrackSourceName,
+    /// Audio whose levels are known (speaker ranking).
+    pub audio_levels: bool,
 }
 
 /// A participant of this room connected to another node.
@@ -125,6 +130,7 @@ impl Published {
             layers: self.rids.clone(),
             name: self.name.clone(),
             muted: self.muted,
+            source: self.source.as_str(),
         }
     }
 }
@@ -154,6 +160,8 @@ pub(super) struct Outbound {
     pub subscription: Option<SubscriptionId>,
     /// Whether the subscriber has accepted it in a completed offer/answer.
     pub negotiated: bool,
+    /// What the client last said about showing it.
+    pub settings: Option<super::TrackSettings>,
 }
 
 /// Subscriber-side negotiation state (the node offers).
@@ -355,6 +363,7 @@ impl LocalRoom {
             publisher: None,
             subscriber: None,
             tracks: Vec::new(),
+            sources: HashMap::new(),
         };
         let view = self.view(&participant);
         let others = self
@@ -520,6 +529,7 @@ impl LocalRoom {
                 self.core.unsubscribe(sub);
             }
         }
+        self.core.remove_sink(sfu_core::SinkId(key as u64));
         let tracks: Vec<TrackId> = peer.inbound.values().map(|i| i.track).collect();
         if let Some(p) = self.participants.get_mut(&peer.participant) {
             if p.publisher == Some(key) {

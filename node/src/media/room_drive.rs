@@ -10,6 +10,7 @@ use super::egress::Effect;
 use super::egress::Egress;
 use super::peer::Direction;
 use super::room::{LocalRoom, Origin};
+use crate::signaling::protocol::{ServerMessage, SpeakerView};
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -17,11 +18,14 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_core::Output;
+use sfu_core::SinkId;
 use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -251,6 +255,13 @@ impl LocalRoom {
                         let lost: Vec<u16> =
                             nack.nacks.iter().flat_map(|n| n.packet_list()).collect();
                         nacks.push((sub, lost));
+                    } else if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                        self.core
+                            .handle_transport_feedback(now, SinkId(key as u64), cc);
+                    } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+                    {
+                        self.core
+                            .handle_remb(now, SinkId(key as u64), remb.bitrate as f64);
                     }
                 }
                 for sub in keyframes {
@@ -298,6 +309,49 @@ impl LocalRoom {
                 Output::Relay { sink, packet, .. } => {
                     if let Some(d) = sfu_relay::glue::datagram(sink, &packet) {
                         out.relay.push(d);
+                    }
+                }
+                Output::Speakers(speakers) => {
+                    let speakers = speakers
+                        .into_iter()
+                        .map(|s| SpeakerView {
+                            participant: s.participant.to_string(),
+                            track: s.track.to_string(),
+                            level: s.level,
+                        })
+                        .collect();
+                    self.broadcast("", &ServerMessage::Speakers { speakers });
+                }
+                Output::SharedLevels(levels) => {
+                    let mut nodes: Vec<String> =
+                        self.remote.values().map(|r| r.node.clone()).collect();
+                    nodes.sort();
+                    nodes.dedup();
+                    if !nodes.is_empty() {
+                        out.effects.push(Effect::SharedLevels {
+                            room: self.name.clone(),
+                            nodes,
+                            levels,
+                        });
+                    }
+                }
+                Output::PublisherLayers { track, active } => {
+                    let Some(p) = self.tracks.get(&track) else {
+                        continue;
+                    };
+                    let layers: Vec<String> = p
+                        .rids
+                        .iter()
+                        .zip(&active)
+                        .filter(|(_, on)| **on)
+                        .map(|(rid, _)| rid.clone())
+                        .collect();
+                    tracing::debug!(room = %self.name, %track, ?layers, "dynacast");
+                    if let Some(owner) = self.participants.get(&p.owner) {
+                        owner.send(ServerMessage::PublisherLayers {
+                            track: track.to_string(),
+                            layers,
+                        });
                     }
                 }
                 Output::KeyframeRequest { track, layer } => {

@@ -4,11 +4,24 @@ use super::egress::Effect;
 use super::egress::Egress;
 use super::peer::{Direction, add_host_candidates};
 use super::room::{Inbound, LocalRoom, Origin, Published};
-use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
+use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError, TrackSourceName};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
-use sfu_core::{Codec, MediaKind, TrackId, TrackInfo};
+use sfu_core::{Codec, MediaKind, TrackId, TrackInfo, TrackSource};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// RFC 6464 client-to-mixer audio level.
+pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+pub(super) fn core_source(s: TrackSourceName) -> TrackSource {
+    match s {
+        TrackSourceName::Camera => TrackSource::Camera,
+        TrackSourceName::Microphone => TrackSource::Microphone,
+        TrackSourceName::ScreenShare => TrackSource::ScreenShare,
+    }
+}
 
 impl LocalRoom {
     /// The registry record of a track published here.
@@ -24,6 +37,8 @@ impl LocalRoom {
             name: p.name.clone(),
             origin: self.ctx.node_id.to_string(),
             muted: p.muted,
+            source: p.source.as_str().to_owned(),
+            audio_levels: p.audio_levels,
         }
     }
 }
@@ -51,6 +66,8 @@ struct Offered {
     kind: MediaKind,
     codec: RTCRtpCodec,
     rids: Vec<String>,
+    /// Negotiated id of the audio level header extension.
+    audio_level_ext: Option<u8>,
 }
 
 /// Whether a negotiated codec carries media (rather than retransmissions or FEC).
@@ -86,8 +103,12 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         sdp: String,
+        sources: HashMap<String, TrackSourceName>,
         out: &mut Egress,
     ) -> Result<String, SignalError> {
+        if let Some(p) = self.participants.get_mut(sid) {
+            p.sources.extend(sources);
+        }
         let p = self.participant(sid)?;
         if !p.can_publish {
             return Err(SignalError::new(
@@ -172,9 +193,8 @@ impl LocalRoom {
                 .map(|c| c.rtp_coding_parameters.rid.clone())
                 .filter(|r| !r.is_empty())
                 .collect();
-            let Some(codec) = r
-                .get_parameters()
-                .rtp_parameters
+            let params = &r.get_parameters().rtp_parameters;
+            let Some(codec) = params
                 .codecs
                 .iter()
                 .find(|c| is_media_codec(&c.rtp_codec.mime_type))
@@ -182,11 +202,17 @@ impl LocalRoom {
             else {
                 continue;
             };
+            let audio_level_ext = params
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == AUDIO_LEVEL_URI)
+                .and_then(|h| u8::try_from(h.id).ok());
             found.push(Offered {
                 rtc_track,
                 kind,
                 codec,
                 rids: order_rids(rids),
+                audio_level_ext,
             });
         }
         found
@@ -216,22 +242,35 @@ impl LocalRoom {
         let id = TrackId(rand::random());
         let codec = Codec::from_mime(&o.codec.mime_type);
         let layers = o.rids.len().max(1);
-        let info = TrackInfo {
+        let owner = self.peers[key].participant.clone();
+        let source = self
+            .participants
+            .get(&owner)
+            .and_then(|p| p.sources.get(&o.rtc_track).copied())
+            .unwrap_or(match o.kind {
+                MediaKind::Audio => TrackSourceName::Microphone,
+                MediaKind::Video => TrackSourceName::Camera,
+            });
+        let audio_levels = o.kind == MediaKind::Audio && o.audio_level_ext.is_some();
+        let mut info = TrackInfo::new(
             id,
-            kind: o.kind,
+            o.kind,
             codec,
-            clock_rate: if o.codec.clock_rate > 0 {
+            if o.codec.clock_rate > 0 {
                 o.codec.clock_rate
             } else {
                 codec.default_clock_rate(o.kind)
             },
             layers,
-        };
+        );
+        info.participant = Arc::from(owner.as_str());
+        info.source = core_source(source);
+        info.audio_level_ext = o.audio_level_ext.filter(|_| audio_levels);
+        info.audio_levels = audio_levels;
         if let Err(e) = self.core.add_track(now, info) {
             tracing::error!(room = %self.name, "adding track: {e}");
             return;
         }
-        let owner = self.peers[key].participant.clone();
         let rids = if o.rids.is_empty() {
             vec![String::new()]
         } else {
@@ -254,6 +293,8 @@ impl LocalRoom {
             rids: o.rids,
             origin: Origin::Local { peer: key },
             muted: false,
+            source,
+            audio_levels,
         };
         let view = published.view();
         out.effects.push(Effect::TrackPublished {
@@ -299,6 +340,7 @@ impl LocalRoom {
             }
             Origin::Remote { .. } => {
                 self.demand.remove(&track);
+                self.core.remove_remote_speaker(track);
                 out.effects.push(Effect::Forget {
                     room: self.name.clone(),
                     track,

@@ -8,10 +8,11 @@
 
 use super::egress::{Effect, Egress};
 use super::room::{LocalRoom, Origin, Published, RemoteParticipant};
-use crate::signaling::protocol::ServerMessage;
+use crate::signaling::protocol::{ServerMessage, TrackSourceName};
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use sfu_control::{ParticipantRecord, TrackRecord};
 use sfu_core::{Codec, LayerIndex, MediaKind, TrackId, TrackInfo};
+use std::sync::Arc;
 use std::time::Instant;
 
 impl LocalRoom {
@@ -92,7 +93,19 @@ impl LocalRoom {
                 node: record.origin,
             },
             muted: record.muted,
+            source: TrackSourceName::parse(&record.source),
+            audio_levels: kind == MediaKind::Audio && record.audio_levels,
         };
+        if published.audio_levels {
+            // Ranked at once (as silent), so top-K holds before it ever speaks.
+            self.core
+                .add_remote_speaker(id, Arc::from(record.participant.as_str()));
+        }
+        // The forwarding core knows the track from now on, fed or not, so subscriptions exist
+        // (and the allocator decides what to pull) before any packet arrives.
+        if let Err(e) = self.core.add_track(now, remote_track_info(&published)) {
+            tracing::warn!(room = %self.name, "remote track: {e}");
+        }
         let view = published.view();
         self.tracks.insert(id, published);
         if let Some(r) = self.remote.get_mut(&record.participant) {
@@ -146,15 +159,7 @@ impl LocalRoom {
             return;
         };
         if self.core.track(track).is_none() {
-            let codec = Codec::from_mime(&p.rtc_codec.mime_type);
-            let info = TrackInfo {
-                id: track,
-                kind: p.kind,
-                codec,
-                clock_rate: super::room_publish::info_clock(p),
-                layers: p.rids.len().max(1),
-            };
-            if let Err(e) = self.core.add_track(now, info) {
+            if let Err(e) = self.core.add_track(now, remote_track_info(p)) {
                 tracing::warn!(room = %self.name, "relayed track: {e}");
                 return;
             }
@@ -171,21 +176,12 @@ impl LocalRoom {
         self.refresh_demand(now, out);
     }
 
-    /// The relay no longer feeds a remote track: `ended` if its origin ended it.
+    /// The relay no longer feeds a remote track: `ended` if its origin ended it. Otherwise
+    /// nobody here needs it now; its subscriptions stay (paused by the allocator, or waiting
+    /// for a link to come back) and pull it again when they need it.
     pub fn on_unfed(&mut self, now: Instant, track: TrackId, ended: bool, out: &mut Egress) {
         if ended {
             self.unpublish_track(now, track, out);
-            return;
-        }
-        for (subscription, sink) in self.core.remove_track(track) {
-            if let Some(peer) = self.peers.get_mut(sink.0 as usize)
-                && let Some(o) = peer
-                    .outbound
-                    .iter_mut()
-                    .find(|o| o.subscription == Some(subscription))
-            {
-                o.subscription = None;
-            }
         }
     }
 
@@ -204,15 +200,24 @@ impl LocalRoom {
                 .peers
                 .iter()
                 .any(|(_, p)| p.outbound.iter().any(|o| o.source == Some(track)));
-            let mut wanted: Vec<LayerIndex> = if interested {
-                self.core.wanted_layers(now, track)
-            } else {
+            let attached = self.peers.iter().any(|(_, p)| {
+                p.outbound
+                    .iter()
+                    .any(|o| o.source == Some(track) && o.subscription.is_some())
+            });
+            let kind = self.tracks.get(&track).map(|t| t.kind);
+            let wanted: Vec<LayerIndex> = if !interested {
                 Vec::new()
+            } else if attached {
+                // The allocator's choices (top-K, last-N, bandwidth, rendered size).
+                self.core.wanted_layers(now, track)
+            } else if kind == Some(MediaKind::Audio) && !self.core.audible(track) {
+                Vec::new()
+            } else {
+                // Subscribers are negotiating: pull what they may receive, so media is here
+                // when they are ready; the allocator trims it once they are.
+                (0..=self.ctx.default_max_layer.min(layers - 1)).collect()
             };
-            if interested && wanted.is_empty() {
-                // Subscribers are negotiating or waiting: ask for what they may receive.
-                wanted = (0..=self.ctx.default_max_layer.min(layers - 1)).collect();
-            }
             if self.demand.get(&track).map(Vec::as_slice).unwrap_or(&[]) != wanted.as_slice() {
                 self.demand.insert(track, wanted.clone());
                 out.effects.push(Effect::Demand {
@@ -221,6 +226,23 @@ impl LocalRoom {
                     origin,
                     layers: wanted,
                 });
+            }
+        }
+    }
+
+    /// Audio levels shared by other nodes (speaker ranking). Levels for tracks this room
+    /// does not know as remote are ignored: a node cannot speak for tracks published here.
+    pub fn on_shared_levels(&mut self, now: Instant, levels: &[sfu_proto::relay::AudioLevel]) {
+        for l in levels {
+            let track = TrackId(l.track);
+            let known_remote = self
+                .tracks
+                .get(&track)
+                .is_some_and(|t| matches!(t.origin, Origin::Remote { .. }) && t.audio_levels);
+            if known_remote {
+                let level = l.level.min(127) as u8;
+                self.core
+                    .handle_shared_level(now, track, Arc::from(l.participant.as_str()), level);
             }
         }
     }
@@ -244,4 +266,20 @@ impl LocalRoom {
     pub fn has_demand(&self) -> bool {
         self.demand.values().any(|l| !l.is_empty())
     }
+}
+
+/// The forwarding core's view of a track published on another node.
+fn remote_track_info(p: &Published) -> TrackInfo {
+    let mut info = TrackInfo::new(
+        p.id,
+        p.kind,
+        Codec::from_mime(&p.rtc_codec.mime_type),
+        super::room_publish::info_clock(p),
+        p.rids.len().max(1),
+    );
+    info.participant = Arc::from(p.owner.as_str());
+    info.source = super::room_publish::core_source(p.source);
+    info.local = false;
+    info.audio_levels = p.audio_levels;
+    info
 }

@@ -13,7 +13,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
-use sfu_core::{MediaKind, RoomError, SinkId, SubscriptionParams, TrackId};
+use sfu_core::{MediaKind, RoomError, SinkId, SubscriptionParams, SubscriptionSettings, TrackId};
 use std::time::Instant;
 
 fn rtc_kind(kind: MediaKind) -> RtpCodecKind {
@@ -67,6 +67,67 @@ impl LocalRoom {
         }
         self.negotiate(now, sid)?;
         Ok(())
+    }
+
+    /// The `track_settings` request: how the client shows a track it receives.
+    pub fn track_settings(
+        &mut self,
+        now: Instant,
+        sid: &str,
+        track: &str,
+        settings: super::TrackSettings,
+    ) -> Result<(), SignalError> {
+        let id: TrackId = track.parse().map_err(|_| {
+            SignalError::new(
+                ErrorCode::BadRequest,
+                format!("malformed track sid {track:?}"),
+            )
+        })?;
+        let key = self.participant(sid)?.subscriber.ok_or_else(|| {
+            SignalError::new(ErrorCode::NotFound, format!("not subscribed to {track}"))
+        })?;
+        let outbound = self.peers[key]
+            .outbound
+            .iter_mut()
+            .find(|o| o.source == Some(id))
+            .ok_or_else(|| {
+                SignalError::new(ErrorCode::NotFound, format!("not subscribed to {track}"))
+            })?;
+        outbound.settings = Some(settings);
+        let Some(subscription) = outbound.subscription else {
+            // Applied when the subscription starts (after negotiation, or once a remote track
+            // arrives).
+            return Ok(());
+        };
+        self.apply_settings(now, subscription, id, settings);
+        Ok(())
+    }
+
+    /// Turns a client's settings into the forwarding core's: the rendered height picks the
+    /// highest useful simulcast layer.
+    pub(super) fn apply_settings(
+        &mut self,
+        now: Instant,
+        subscription: sfu_core::SubscriptionId,
+        track: TrackId,
+        settings: super::TrackSettings,
+    ) {
+        let default_max = self.ctx.default_max_layer;
+        let Some(t) = self.core.track(track) else {
+            return;
+        };
+        let max_layer = settings.height.map_or(default_max, |h| {
+            // A client that only gave a width: assume 16:9.
+            t.layer_for_height(h.max(settings.width.unwrap_or(0) * 9 / 16))
+                .min(default_max)
+        });
+        let settings = SubscriptionSettings {
+            max_layer: settings.enabled.then_some(max_layer),
+            pinned: settings.pinned,
+        };
+        if let Err(e) = self.core.update_subscription(now, subscription, settings) {
+            tracing::debug!(room = %self.name, "track settings: {e}");
+        }
     }
 
     /// Subscribes interested participants to a newly published track.
@@ -171,6 +232,7 @@ impl LocalRoom {
             source: Some(track),
             subscription: None,
             negotiated: false,
+            settings: None,
         });
         peer.negotiation.needs_offer = true;
         Ok(())
@@ -273,6 +335,8 @@ impl LocalRoom {
         for o in &mut peer.outbound {
             o.negotiated = true;
         }
+        let params = super::peer::sink_params(&mut peer.pc);
+        self.core.set_sink(SinkId(key as u64), params);
         self.attach_subscriptions(now, key);
         self.negotiate(now, sid)?;
         self.drive(now, key, out);
@@ -288,6 +352,7 @@ impl LocalRoom {
         if !peer.connected {
             return;
         }
+        let mut pending = Vec::new();
         for i in 0..peer.outbound.len() {
             let o = &peer.outbound[i];
             let (Some(source), None, true) = (o.source, o.subscription, o.negotiated) else {
@@ -311,9 +376,17 @@ impl LocalRoom {
                 max_layer: default_max_layer,
             };
             match self.core.subscribe(now, source, SinkId(key as u64), params) {
-                Ok(sub) => peer.outbound[i].subscription = Some(sub),
+                Ok(sub) => {
+                    peer.outbound[i].subscription = Some(sub);
+                    if let Some(settings) = peer.outbound[i].settings {
+                        pending.push((sub, source, settings));
+                    }
+                }
                 Err(e) => tracing::warn!(room = %self.name, "subscribe: {e}"),
             }
+        }
+        for (sub, track, settings) in pending {
+            self.apply_settings(now, sub, track, settings);
         }
     }
 
@@ -447,6 +520,7 @@ impl LocalRoom {
                 source: None,
                 subscription: None,
                 negotiated: true,
+                settings: None,
             });
         }
         add_host_candidates(&mut peer.pc, &candidates).map_err(internal)?;
@@ -455,10 +529,14 @@ impl LocalRoom {
         peer.pc
             .set_local_description(now, answer)
             .map_err(invalid_sdp)?;
-        peer.pc
+        let params = super::peer::sink_params(&mut peer.pc);
+        let sdp = peer
+            .pc
             .local_description()
             .map(|d| d.sdp)
-            .ok_or_else(|| internal("no local description after answering"))
+            .ok_or_else(|| internal("no local description after answering"))?;
+        self.core.set_sink(SinkId(key as u64), params);
+        Ok(sdp)
     }
 
     /// Points every connected WHEP player at its source: the publisher it asked for, or the

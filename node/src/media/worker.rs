@@ -490,6 +490,23 @@ impl Worker {
                         track,
                     });
                 }
+                Effect::SharedLevels {
+                    room,
+                    nodes,
+                    levels,
+                } => {
+                    let nodes: Vec<NodeId> =
+                        nodes.iter().map(|n| NodeId::from(n.as_str())).collect();
+                    let levels: Vec<sfu_proto::relay::AudioLevel> = levels
+                        .into_iter()
+                        .map(|(track, participant, level)| sfu_proto::relay::AudioLevel {
+                            track: track.0,
+                            participant: participant.to_string(),
+                            level: level as u32,
+                        })
+                        .collect();
+                    self.relay.share_levels(&room, &nodes, &levels);
+                }
             }
         }
         self.drain_relay(now);
@@ -519,6 +536,12 @@ impl Worker {
                 Some(RelayOutput::Unfed { key, ended }) => {
                     if let Some(idx) = self.room_index(&key.room, false) {
                         self.rooms[idx].on_unfed(now, key.track, ended, &mut self.out);
+                        self.after_room(idx);
+                    }
+                }
+                Some(RelayOutput::Levels { room, levels }) => {
+                    if let Some(idx) = self.room_index(&room, false) {
+                        self.rooms[idx].on_shared_levels(now, &levels);
                         self.after_room(idx);
                     }
                 }
@@ -750,8 +773,26 @@ impl Worker {
                 room,
                 participant,
                 sdp,
+                sources,
                 reply,
-            } => in_room!(room, reply, |r, out| r.publish(now, &participant, sdp, out)),
+            } => in_room!(room, reply, |r, out| r.publish(
+                now,
+                &participant,
+                sdp,
+                sources,
+                out
+            )),
+            Command::TrackSettings {
+                room,
+                participant,
+                track,
+                settings,
+                reply,
+            } => in_room!(room, reply, |r, out| {
+                let result = r.track_settings(now, &participant, &track, settings);
+                r.refresh_demand(now, out);
+                result
+            }),
             Command::Unpublish {
                 room,
                 participant,

@@ -5,6 +5,7 @@
 //! servers can evolve independently, but unknown message types are errors.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Messages from the client.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -17,7 +18,14 @@ pub enum ClientMessage {
         auto_subscribe: bool,
     },
     /// An SDP offer for the publisher peer connection (first or renegotiation).
-    Publish { sdp: String },
+    Publish {
+        sdp: String,
+        /// What some of the offered tracks show, by their track id (the msid track id, i.e.
+        /// `MediaStreamTrack.id`): a screen share is sent before cameras when bandwidth is
+        /// short.
+        #[serde(default)]
+        sources: HashMap<String, TrackSourceName>,
+    },
     /// Stop publishing a track.
     Unpublish { track: String },
     /// Subscribe to tracks (by track sid).
@@ -35,6 +43,20 @@ pub enum ClientMessage {
     },
     /// Mutes or unmutes one of the client's own tracks.
     Mute { track: String, muted: bool },
+    /// How the client shows a track it subscribed to: the size it renders the video at (the
+    /// node picks the simulcast layer to match), whether it shows it at all, and whether it is
+    /// pinned (always received, before others).
+    TrackSettings {
+        track: String,
+        #[serde(default)]
+        width: Option<u32>,
+        #[serde(default)]
+        height: Option<u32>,
+        #[serde(default = "yes")]
+        enabled: bool,
+        #[serde(default)]
+        pinned: bool,
+    },
     /// Keep-alive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -46,6 +68,34 @@ pub enum ClientMessage {
 
 fn yes() -> bool {
     true
+}
+
+/// What a published track shows.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSourceName {
+    #[default]
+    Camera,
+    Microphone,
+    ScreenShare,
+}
+
+impl TrackSourceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackSourceName::Camera => "camera",
+            TrackSourceName::Microphone => "microphone",
+            TrackSourceName::ScreenShare => "screen_share",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "screen_share" => TrackSourceName::ScreenShare,
+            "microphone" => TrackSourceName::Microphone,
+            _ => TrackSourceName::Camera,
+        }
+    }
 }
 
 /// Which peer connection a trickled candidate is for.
@@ -77,6 +127,17 @@ pub struct TrackView {
     /// The publisher's name for the track (its media section's msid track id, if any).
     pub name: String,
     pub muted: bool,
+    /// `camera`, `microphone` or `screen_share`.
+    pub source: &'static str,
+}
+
+/// An active speaker.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct SpeakerView {
+    pub participant: String,
+    pub track: String,
+    /// Loudness, 0.0 (silence) to 1.0 (full scale).
+    pub level: f32,
 }
 
 /// Which track a media section of the subscriber peer connection carries.
@@ -124,6 +185,16 @@ pub enum ServerMessage {
         track: String,
         participant: String,
         muted: bool,
+    },
+    /// The active speakers changed: loudest first (empty: nobody speaks).
+    Speakers {
+        speakers: Vec<SpeakerView>,
+    },
+    /// Dynacast, to a publisher: send only these simulcast layers (by RID) of the track; the
+    /// others are not needed by anyone in the cluster. All layers listed: send them all.
+    PublisherLayers {
+        track: String,
+        layers: Vec<String>,
     },
     /// This node is going away (draining): reconnect to `url` with the same token, and
     /// publish and subscribe again there.
@@ -214,6 +285,33 @@ mod tests {
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"fly"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"publish"}"#).is_err());
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"publish","sdp":"v=0","sources":{"t1":"screen_share"}}"#,
+        )
+        .unwrap();
+        let ClientMessage::Publish { sources, .. } = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(sources["t1"], TrackSourceName::ScreenShare);
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"track_settings","track":"TR_1","height":180}"#)
+                .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::TrackSettings {
+                track: "TR_1".into(),
+                width: None,
+                height: Some(180),
+                enabled: true,
+                pinned: false
+            }
+        );
+        assert!(
+            serde_json::from_str::<ClientMessage>(
+                r#"{"type":"track_settings","track":"x","height":-1}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

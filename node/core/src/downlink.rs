@@ -1,0 +1,146 @@
+//! One subscriber's downlink: the packets going to it, numbered for congestion feedback, its
+//! bandwidth estimate and its probes.
+//!
+//! Every packet to a subscriber that negotiated transport-wide congestion control carries the
+//! next transport-wide sequence number in a header extension; the [`Estimator`] learns from
+//! the subscriber's reports how those packets fared. The extension value comes from a static
+//! table of all 65,536 numbers, so numbering a packet does not allocate the value.
+
+use crate::bandwidth::{Estimator, EstimatorConfig};
+use crate::probe::Prober;
+use bytes::Bytes;
+use rtp::header::Header;
+use std::time::{Duration, Instant};
+
+/// RTP header extension profile of one-byte extensions (RFC 8285).
+const ONE_BYTE_PROFILE: u16 = 0xBEDE;
+/// A subscriber that negotiated feedback but sent none this long after media started is
+/// treated as one without feedback: it gets everything it asks for.
+const FEEDBACK_GRACE: Duration = Duration::from_secs(5);
+/// Bytes on the wire beyond the RTP payload: RTP header with the extension, SRTP tag, UDP/IP.
+pub(crate) const OVERHEAD: usize = 12 + 8 + 10 + 28;
+
+/// Every transport-wide sequence number, big-endian, back to back.
+static TWCC_VALUES: [u8; 1 << 17] = {
+    let mut a = [0u8; 1 << 17];
+    let mut i = 0;
+    while i < 1 << 16 {
+        a[2 * i] = (i >> 8) as u8;
+        a[2 * i + 1] = i as u8;
+        i += 1;
+    }
+    a
+};
+
+/// What the subscriber negotiated for congestion control.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkParams {
+    /// Id of the transport-wide sequence number header extension, if negotiated.
+    pub twcc_ext: Option<u8>,
+    /// Whether the subscriber sends REMB.
+    pub remb: bool,
+}
+
+/// See the module documentation.
+pub struct Downlink {
+    params: SinkParams,
+    next_twcc: u16,
+    pub(crate) estimator: Estimator,
+    pub(crate) prober: Prober,
+    first_sent: Option<Instant>,
+}
+
+impl Downlink {
+    pub fn new(params: SinkParams, config: EstimatorConfig) -> Self {
+        Self {
+            params,
+            next_twcc: 0,
+            estimator: Estimator::new(config),
+            prober: Prober::default(),
+            first_sent: None,
+        }
+    }
+
+    pub fn params(&self) -> SinkParams {
+        self.params
+    }
+
+    pub fn set_params(&mut self, params: SinkParams) {
+        self.params = params;
+    }
+
+    /// Numbers a packet about to leave (adds the transport-wide sequence number when
+    /// negotiated) and records it. `probe` marks a duplicate sent only to probe.
+    pub fn on_send(&mut self, now: Instant, header: &mut Header, payload_len: usize) {
+        self.first_sent.get_or_insert(now);
+        let size = payload_len + OVERHEAD;
+        self.prober.on_sent(size);
+        let Some(id) = self.params.twcc_ext else {
+            return;
+        };
+        let seq = self.next_twcc;
+        self.next_twcc = seq.wrapping_add(1);
+        let at = 2 * seq as usize;
+        header.extension = true;
+        header.extension_profile = ONE_BYTE_PROFILE;
+        // Only fails for ids outside 1..=14, which negotiation never yields; such a packet
+        // simply goes without the number.
+        let _ = header.set_extension(id, Bytes::from_static(&TWCC_VALUES[at..at + 2]));
+        let probe = self.prober.active().map_or(0, |p| p.id);
+        self.estimator.on_sent(now, seq, size, probe);
+    }
+
+    /// The bandwidth to allocate, or `None` when the subscriber gives no feedback (then it
+    /// gets everything it asks for, as before congestion control existed).
+    pub fn budget(&self, now: Instant) -> Option<u64> {
+        if self.params.twcc_ext.is_none() && !self.params.remb {
+            return None;
+        }
+        if !self.estimator.has_feedback()
+            && self
+                .first_sent
+                .is_some_and(|t| now.saturating_duration_since(t) > FEEDBACK_GRACE)
+        {
+            return None;
+        }
+        Some(self.estimator.target_bps() as u64)
+    }
+
+    /// Whether probing is possible (the subscriber reports on every packet).
+    pub fn can_probe(&self) -> bool {
+        self.params.twcc_ext.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_are_numbered_in_sequence_with_the_negotiated_id() {
+        let now = Instant::now();
+        let mut d = Downlink::new(
+            SinkParams {
+                twcc_ext: Some(3),
+                remb: false,
+            },
+            EstimatorConfig::default(),
+        );
+        for expected in [0u16, 1, 2] {
+            let mut h = Header::default();
+            d.on_send(now, &mut h, 100);
+            assert_eq!(h.get_extension(3).unwrap(), &expected.to_be_bytes()[..]);
+        }
+        assert_eq!(d.budget(now), Some(300_000), "initial estimate");
+        assert_eq!(
+            d.budget(now + Duration::from_secs(6)),
+            None,
+            "never any feedback"
+        );
+        let mut plain = Downlink::new(SinkParams::default(), EstimatorConfig::default());
+        let mut h = Header::default();
+        plain.on_send(now, &mut h, 100);
+        assert!(h.extensions.is_empty());
+        assert_eq!(plain.budget(now), None);
+    }
+}
