@@ -7,7 +7,8 @@
 //!    says (audio is a few tens of kbps; losing it is what makes a meeting unusable).
 //! 2. Then video, in priority order (screen shares, then pinned tracks and active speakers,
 //!    then the rest): first everyone gets the lowest layer while it fits — a picture for all
-//!    before a better picture for some; what does not fit is paused.
+//!    before a better picture for some; what does not fit is paused (and resumes only with
+//!    10% headroom, like any climb).
 //! 3. Then, again in priority order, each video subscription climbs towards the layer it
 //!    wants as far as the remaining budget allows. Climbing above the layer it had needs 10%
 //!    headroom, so a budget hovering at a threshold does not make the layer flap.
@@ -75,7 +76,13 @@ pub fn allocate(budget: Option<u64>, demands: &[Demand<'_>]) -> Allocation {
             .min(d.layer_bps.len().saturating_sub(1));
         desired += bps(d, top);
         let cost = bps(d, 0);
-        if cost <= remaining {
+        // Resuming a paused subscription needs headroom too.
+        let needed = if d.current.is_none() {
+            (cost as f64 * UPGRADE_MARGIN) as u64
+        } else {
+            cost
+        };
+        if needed <= remaining {
             layers[i] = Some(0);
             remaining -= cost;
             allocated += cost;

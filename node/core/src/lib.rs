@@ -33,6 +33,8 @@ pub mod seq;
 pub mod speakers;
 pub mod subscription;
 pub mod track;
+pub mod trendline;
+pub mod twcc_feedback;
 pub mod vp8;
 
 pub use clock::WallClock;

@@ -7,20 +7,25 @@
 //! received (its jitter buffer discards them, so they cost nothing but bytes). The estimator
 //! measures the rate the cluster was delivered at (see [`crate::bandwidth`]).
 //!
-//! Probes go up in steps of at most doubling, one after the other while they succeed, so a
-//! freed link is found within a few probes; a failed probe backs off (1 s, 2 s, then 3 s)
+//! A probe runs only while some subscription gets less than it wants, at what they want plus
+//! headroom for the allocator's upgrade margin, but at most double the estimate: probes go up
+//! in steps, one after the other while they succeed, so a freed link is found within a few; a
+//! failed probe backs off (1 s, 2 s, then 3 s)
 //! before the next attempt, so a subscriber behind a real bottleneck is not flooded.
 
 use std::time::{Duration, Instant};
 
-/// How long one probe cluster lasts.
-pub const PROBE_DURATION: Duration = Duration::from_millis(250);
+/// How long one probe cluster lasts: long enough for a handful of packets whose arrival
+/// spacing shows the path's rate, short enough that probing beyond a bottleneck only queues
+/// a few tens of milliseconds there (a long probe would overflow its queue, and audio with it).
+pub const PROBE_DURATION: Duration = Duration::from_millis(60);
 /// Pause after a successful probe before the next step.
 const AFTER_SUCCESS: Duration = Duration::from_millis(250);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
-/// A probe is not worth it for less than this much more.
-const MIN_GAIN: f64 = 1.1;
+/// Probe above what subscriptions want by this much: the allocator needs 10% headroom to
+/// move a subscription up.
+const HEADROOM: f64 = 1.3;
 
 /// A probe in progress.
 #[derive(Clone, Copy, Debug)]
@@ -63,24 +68,25 @@ impl Prober {
         self.active.as_ref()
     }
 
-    /// Starts a probe if one is due: subscribers want `desired_bps` and the estimate is
-    /// `estimate_bps`. Returns the cluster id.
+    /// Starts a probe if one is due: subscriptions want `desired_bps` in all, `satisfied` if
+    /// each got what it wants; the estimate is `estimate_bps`. Returns the cluster id.
     pub fn maybe_start(
         &mut self,
         now: Instant,
         estimate_bps: f64,
         desired_bps: f64,
+        satisfied: bool,
     ) -> Option<u16> {
-        if self.active.is_some() || self.judging.is_some() {
-            return None;
-        }
-        if desired_bps < estimate_bps * MIN_GAIN {
+        if satisfied || self.active.is_some() || self.judging.is_some() {
             return None;
         }
         if self.not_before.is_some_and(|t| now < t) {
             return None;
         }
-        let rate = desired_bps.min(estimate_bps * 2.0);
+        let rate = (desired_bps * HEADROOM).min(estimate_bps * 2.0);
+        if rate <= estimate_bps {
+            return None;
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.active = Some(ActiveProbe {
@@ -157,41 +163,49 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Prober::default();
         assert_eq!(
-            p.maybe_start(t0, 500_000.0, 520_000.0),
+            p.maybe_start(t0, 500_000.0, 450_000.0, true),
             None,
-            "not worth it"
+            "satisfied"
         );
-        let id = p.maybe_start(t0, 500_000.0, 3_000_000.0).unwrap();
+        assert_eq!(
+            p.maybe_start(t0, 500_000.0, 350_000.0, false),
+            None,
+            "no gain"
+        );
+        let id = p.maybe_start(t0, 500_000.0, 3_000_000.0, false).unwrap();
         assert_eq!(
             p.active().unwrap().rate_bps,
             1_000_000.0,
             "at most doubling"
         );
-        // Half way, with nothing sent yet: about 15,625 bytes are due.
+        // Half way (30 ms at 1 Mbps), with nothing sent yet: 3,750 bytes are due.
         let due = p.bytes_due(t0 + PROBE_DURATION / 2);
-        assert!((15_000..16_000).contains(&due), "{due}");
+        assert!((3_700..3_800).contains(&due), "{due}");
         p.on_sent(due);
         assert!(p.bytes_due(t0 + PROBE_DURATION / 2) < 10);
-        assert_eq!(p.poll_end(t0 + Duration::from_millis(100)), None);
+        assert_eq!(p.poll_end(t0 + Duration::from_millis(50)), None);
         let (ended, _) = p.poll_end(t0 + PROBE_DURATION).unwrap();
         assert_eq!(ended, id);
         assert_eq!(
-            p.maybe_start(t0 + PROBE_DURATION, 500_000.0, 3e6),
+            p.maybe_start(t0 + PROBE_DURATION, 500_000.0, 3e6, false),
             None,
             "judging"
         );
         let t1 = t0 + Duration::from_millis(400);
         p.on_outcome(t1, id, 1_000_000.0, Some(400_000.0));
         assert_eq!(
-            p.maybe_start(t1 + Duration::from_millis(500), 400_000.0, 3e6),
+            p.maybe_start(t1 + Duration::from_millis(500), 400_000.0, 3e6, false),
             None
         );
-        let id2 = p.maybe_start(t1 + FIRST_BACKOFF, 400_000.0, 3e6).unwrap();
+        let id2 = p
+            .maybe_start(t1 + FIRST_BACKOFF, 400_000.0, 3e6, false)
+            .unwrap();
         p.poll_end(t1 + FIRST_BACKOFF + PROBE_DURATION).unwrap();
         let t2 = t1 + Duration::from_secs(2);
         p.on_outcome(t2, id2, 800_000.0, Some(790_000.0));
         assert!(
-            p.maybe_start(t2 + AFTER_SUCCESS, 790_000.0, 3e6).is_some(),
+            p.maybe_start(t2 + AFTER_SUCCESS, 790_000.0, 3e6, false)
+                .is_some(),
             "success: go on"
         );
     }

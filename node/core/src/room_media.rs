@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Duplicates sent in one probe step at most (bounds the work per step).
 const MAX_PROBE_PACKETS_PER_STEP: usize = 64;
 /// How often duplicates go out while a probe runs.
-pub(crate) const PROBE_STEP: Duration = Duration::from_millis(10);
+pub(crate) const PROBE_STEP: Duration = Duration::from_millis(5);
 
 impl Room {
     /// One RTP packet of a track's layer, as received from the publisher (or upstream node).
@@ -257,7 +257,8 @@ impl Room {
             if due == 0 {
                 continue;
             }
-            // Recent packets of the subscriber's video, newest first, then its audio.
+            // Recent packets of the subscriber's video, newest first, then of its audio (all
+            // there is while its video is paused).
             let mut sources: Vec<(TrackId, SubscriptionId, u16)> = Vec::new();
             for kind in [MediaKind::Video, MediaKind::Audio] {
                 for t in self.tracks.values().filter(|t| t.info.kind == kind) {
@@ -266,9 +267,6 @@ impl Room {
                             sources.push((t.info.id, s.id, last));
                         }
                     }
-                }
-                if !sources.is_empty() {
-                    break;
                 }
             }
             let mut sent = 0;

@@ -76,9 +76,6 @@ impl Room {
         }
     }
 
-    /// Feeds a subscription from another track of the same kind and codec. The subscriber's
-    /// stream stays continuous: it resumes at the new track's next keyframe, with sequence
-
     /// The layers a track's local subscriptions need, to pull only those of a track relayed
     /// from another node: each one's allocated layer if that layer flows here, otherwise every
     /// layer up to it (so that something can be shown until it arrives). Paused and disabled

@@ -15,6 +15,9 @@ use std::time::Instant;
 const PRIORITY_SCREEN: u8 = 3;
 const PRIORITY_FOCUS: u8 = 2;
 const PRIORITY_OTHER: u8 = 1;
+/// Share of a subscriber's estimate the allocator fills: video is bursty (a keyframe is
+/// several frames' worth of bytes), and a path run at its estimate queues at every one.
+const UTILIZATION: f64 = 0.9;
 
 impl Room {
     /// Housekeeping: see the module documentation.
@@ -81,7 +84,8 @@ impl Room {
         let top_k = self.config.speakers.top_k;
         let mut keyframes: Vec<(TrackId, LayerIndex)> = Vec::new();
         for (sink, subs) in by_sink {
-            let budget = self.downlinks.get(&sink).and_then(|d| d.budget(now));
+            let estimate = self.downlinks.get(&sink).and_then(|d| d.budget(now));
+            let budget = estimate.map(|e| (e as f64 * UTILIZATION) as u64);
             // Audio top-K among this subscriber's audio: best-ranked first, unranked always.
             let mut ranked: Vec<(usize, TrackId)> = subs
                 .iter()
@@ -144,10 +148,15 @@ impl Room {
                     keyframes.push((*t, l));
                 }
             }
-            if let (Some(estimate), Some(d)) = (budget, self.downlinks.get_mut(&sink))
+            if let (Some(estimate), Some(d)) = (estimate, self.downlinks.get_mut(&sink))
                 && d.can_probe()
                 && d.prober
-                    .maybe_start(now, estimate as f64, allocation.desired_bps as f64)
+                    .maybe_start(
+                        now,
+                        estimate as f64,
+                        allocation.desired_bps as f64,
+                        allocation.allocated_bps >= allocation.desired_bps,
+                    )
                     .is_some()
             {
                 self.next_probe_step = Some(now + PROBE_STEP);
