@@ -1,428 +1,10 @@
-//! The relay core and forwarding core of several nodes, connected by a simulated network
-//! (latency, datagram loss, seeded), in virtual time.
+//! The relay protocol in virtual time over a simulated lossy network: loss recovered by NACK,
+//! keyframe coalescing, demand-driven pulling, fan-out trees and their repair, loop refusal.
 
-use bytes::Bytes;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use sfu_core::{
-    Codec, MediaKind, Output as RoomOutput, Packet, Room, RoomConfig, SinkId, SubscriptionId,
-    SubscriptionParams, TrackId, TrackInfo, WallClock,
-};
-use sfu_proto::relay::frame::Body;
-use sfu_proto::relay::{Frame, Subscribe};
-use sfu_relay::core::{NodeId, Output, Relay, RelayConfig, TrackKey};
-use sfu_relay::glue::{SinkTable, datagram};
-use sfu_relay::wire::decode_datagram;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+#[path = "support/cluster_sim.rs"]
+mod cluster_sim;
 
-const ROOM: &str = "sim";
-const TRACK: TrackId = TrackId(0x7);
-
-enum Msg {
-    Frame(Frame),
-    Datagram(Bytes),
-}
-
-struct Node {
-    id: NodeId,
-    relay: Relay,
-    room: Room,
-    sinks: SinkTable,
-    /// Local subscribers: sink -> packets received (source payload ids).
-    received: HashMap<SinkId, Vec<u32>>,
-    subscriptions: HashMap<SinkId, SubscriptionId>,
-    /// Keyframe requests that reached this node's publisher (origin only).
-    plis: Vec<Instant>,
-}
-
-struct Sim {
-    now: Instant,
-    nodes: BTreeMap<NodeId, Node>,
-    queue: BinaryHeap<Reverse<(Instant, u64, NodeId, NodeId)>>,
-    in_flight: HashMap<u64, Msg>,
-    seq: u64,
-    latency: Duration,
-    loss: f64,
-    rng: StdRng,
-    down: HashSet<NodeId>,
-    /// Datagrams put on the wire, by (from, to).
-    datagrams: HashMap<(NodeId, NodeId), u64>,
-    /// Layers seen in datagrams per (from, to).
-    layers_seen: HashMap<(NodeId, NodeId), HashSet<u32>>,
-    pending_key: bool,
-    next_seq: [u16; 3],
-    payload_id: u32,
-    /// Layers the origin's publisher was last told to send (dynacast).
-    publisher_layers: Vec<bool>,
-}
-
-fn key() -> TrackKey {
-    TrackKey {
-        room: ROOM.into(),
-        track: TRACK,
-    }
-}
-
-fn info(layers: usize, local: bool) -> TrackInfo {
-    let mut info = TrackInfo::new(TRACK, MediaKind::Video, Codec::Vp8, 90_000, layers);
-    info.local = local;
-    info
-}
-
-impl Sim {
-    fn new(names: &[&str], fanout: usize, latency: Duration, loss: f64, layers: usize) -> Self {
-        let now = Instant::now();
-        let mut nodes = BTreeMap::new();
-        for (i, n) in names.iter().enumerate() {
-            let id: NodeId = (*n).into();
-            let config = RelayConfig {
-                fanout,
-                flow_base: (i as u32) << 20,
-                ..Default::default()
-            };
-            nodes.insert(
-                id.clone(),
-                Node {
-                    relay: Relay::new(id.clone(), config),
-                    room: Room::new(WallClock::new(now, Duration::ZERO), RoomConfig::default()),
-                    sinks: SinkTable::default(),
-                    received: HashMap::new(),
-                    subscriptions: HashMap::new(),
-                    plis: Vec::new(),
-                    id,
-                },
-            );
-        }
-        let mut sim = Sim {
-            now,
-            nodes,
-            queue: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            seq: 0,
-            latency,
-            loss,
-            rng: StdRng::seed_from_u64(7),
-            down: HashSet::new(),
-            datagrams: HashMap::new(),
-            layers_seen: HashMap::new(),
-            pending_key: true,
-            next_seq: [100, 20_000, 40_000],
-            payload_id: 0,
-            publisher_layers: Vec::new(),
-        };
-        // Full mesh of links, as the node's link manager keeps.
-        let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
-        for a in &ids {
-            for b in &ids {
-                if a != b {
-                    sim.nodes
-                        .get_mut(a)
-                        .unwrap()
-                        .relay
-                        .handle_link_up(now, b.clone());
-                }
-            }
-        }
-        // The first node publishes the track.
-        let origin = ids[0].clone();
-        let o = sim.nodes.get_mut(&origin).unwrap();
-        o.room.add_track(now, info(layers, true)).unwrap();
-        o.relay.add_local_track(
-            key(),
-            sfu_proto::relay::TrackInfo {
-                kind: "video".into(),
-                codec_mime: "video/VP8".into(),
-                clock_rate: 90_000,
-                layers: layers as u32,
-            },
-        );
-        sim.pump();
-        sim
-    }
-
-    fn origin(&self) -> NodeId {
-        self.nodes.keys().next().unwrap().clone()
-    }
-
-    fn send(&mut self, from: &NodeId, to: &NodeId, msg: Msg) {
-        if self.down.contains(from) || self.down.contains(to) {
-            return;
-        }
-        if let Msg::Datagram(d) = &msg {
-            *self
-                .datagrams
-                .entry((from.clone(), to.clone()))
-                .or_default() += 1;
-            if let Ok((flow, _)) = decode_datagram(d.clone()) {
-                self.layers_seen
-                    .entry((from.clone(), to.clone()))
-                    .or_default()
-                    .insert(flow);
-            }
-            if self.rng.random::<f64>() < self.loss {
-                return;
-            }
-        }
-        self.seq += 1;
-        self.in_flight.insert(self.seq, msg);
-        self.queue.push(Reverse((
-            self.now + self.latency,
-            self.seq,
-            from.clone(),
-            to.clone(),
-        )));
-    }
-
-    /// Handles every output of every node until nothing more is produced.
-    fn pump(&mut self) {
-        loop {
-            let mut work = Vec::new();
-            for (id, n) in &mut self.nodes {
-                while let Some(o) = n.relay.poll_output() {
-                    if let Some(o) = n.sinks.apply(self.now, o, &mut n.room) {
-                        work.push((id.clone(), Work::Relay(o)));
-                    }
-                }
-                while let Some(o) = n.room.poll_output() {
-                    work.push((id.clone(), Work::Room(o)));
-                }
-            }
-            if work.is_empty() {
-                return;
-            }
-            for (id, w) in work {
-                self.handle(&id, w);
-            }
-        }
-    }
-
-    fn handle(&mut self, id: &NodeId, w: Work) {
-        let now = self.now;
-        match w {
-            Work::Relay(Output::Send { to, frame }) => self.send(id, &to, Msg::Frame(frame)),
-            Work::Relay(Output::Feeding { key: _, info: i }) => {
-                let n = self.nodes.get_mut(id).unwrap();
-                if n.room.track(TRACK).is_none() {
-                    n.room
-                        .add_track(now, info(i.layers as usize, false))
-                        .unwrap();
-                    // Local subscribers that wait for the track attach now.
-                    let waiting: Vec<SinkId> = n
-                        .received
-                        .keys()
-                        .filter(|s| !n.subscriptions.contains_key(s))
-                        .copied()
-                        .collect();
-                    for s in waiting {
-                        let sub = n.room.subscribe(now, TRACK, s, params(s)).unwrap();
-                        n.subscriptions.insert(s, sub);
-                    }
-                }
-            }
-            Work::Relay(Output::Unfed { .. }) => {
-                let n = self.nodes.get_mut(id).unwrap();
-                n.room.remove_track(TRACK);
-                n.subscriptions.clear();
-            }
-            Work::Relay(other) => panic!("unexpected relay output {other:?}"),
-            Work::Room(RoomOutput::Rtp { sink, packet, .. }) => {
-                let n = self.nodes.get_mut(id).unwrap();
-                n.received
-                    .entry(sink)
-                    .or_default()
-                    .push(payload_id(&packet));
-            }
-            Work::Room(RoomOutput::Relay { sink, packet, .. }) => {
-                let (link, bytes) = datagram(sink, &packet).unwrap();
-                let to = self.nodes[id].relay.node_of_link(link).unwrap().clone();
-                self.send(id, &to, Msg::Datagram(bytes));
-            }
-            Work::Room(RoomOutput::KeyframeRequest { layer, .. }) => {
-                let n = self.nodes.get_mut(id).unwrap();
-                if n.relay.is_remote(&key()) {
-                    n.relay.request_keyframe(&key(), layer);
-                } else {
-                    n.plis.push(now);
-                    self.pending_key = true;
-                }
-            }
-            Work::Room(RoomOutput::SenderReport { .. } | RoomOutput::Speakers(_)) => {}
-            Work::Room(RoomOutput::SharedLevels(_)) => {}
-            Work::Room(RoomOutput::PublisherLayers { active, .. }) => {
-                self.publisher_layers = active;
-            }
-        }
-    }
-
-    fn deliver(&mut self, seq: u64, from: NodeId, to: NodeId) {
-        let Some(msg) = self.in_flight.remove(&seq) else {
-            return;
-        };
-        if self.down.contains(&to) || self.down.contains(&from) {
-            return;
-        }
-        let now = self.now;
-        let n = self.nodes.get_mut(&to).unwrap();
-        match msg {
-            Msg::Frame(f) => n.relay.handle_frame(now, &from, f),
-            Msg::Datagram(d) => {
-                let link = n.relay.link_id(&from);
-                let (flow, rtp) = decode_datagram(d).unwrap();
-                if let Ok(del) = n.relay.handle_datagram(now, link, flow, rtp) {
-                    let (track, layer, packet) = (del.key.track, del.layer, del.packet);
-                    n.room.handle_rtp(now, track, layer, packet);
-                }
-            }
-        }
-    }
-
-    /// The publisher sends one frame (one packet per layer) to the origin's room.
-    fn publish_frame(&mut self, layers: usize) {
-        let key_frame = std::mem::take(&mut self.pending_key);
-        self.payload_id += 1;
-        let origin = self.origin();
-        let now = self.now;
-        for layer in 0..layers {
-            self.next_seq[layer] = self.next_seq[layer].wrapping_add(1);
-            let mut payload = vec![0x10, if key_frame { 0 } else { 1 }];
-            payload.extend_from_slice(&self.payload_id.to_be_bytes());
-            payload.push(layer as u8);
-            let mut p = Packet {
-                payload: Bytes::from(payload),
-                ..Default::default()
-            };
-            p.header.version = 2;
-            p.header.ssrc = 1000 + layer as u32;
-            p.header.sequence_number = self.next_seq[layer];
-            p.header.timestamp = self.payload_id * 3000;
-            p.header.payload_type = 96;
-            p.header.marker = true;
-            self.nodes
-                .get_mut(&origin)
-                .unwrap()
-                .room
-                .handle_rtp(now, TRACK, layer, p);
-        }
-        self.pump();
-    }
-
-    /// Runs until `until`, publishing a frame every `frame` (if any).
-    fn run(&mut self, until: Duration, frame: Option<(Duration, usize)>) {
-        let end = self.now + until;
-        let mut next_frame = self.now;
-        while self.now < end {
-            let mut next = end;
-            if let Some(Reverse((t, ..))) = self.queue.peek() {
-                next = next.min(*t);
-            }
-            for n in self.nodes.values_mut() {
-                for t in [n.relay.poll_timeout(), n.room.poll_timeout()]
-                    .into_iter()
-                    .flatten()
-                {
-                    next = next.min(t);
-                }
-            }
-            if frame.is_some() {
-                next = next.min(next_frame);
-            }
-            self.now = next.max(self.now);
-            while let Some(Reverse((t, seq, from, to))) = self.queue.peek().cloned() {
-                if t > self.now {
-                    break;
-                }
-                self.queue.pop();
-                self.deliver(seq, from, to);
-                self.pump();
-            }
-            let now = self.now;
-            for n in self.nodes.values_mut() {
-                if n.relay.poll_timeout().is_some_and(|t| t <= now) {
-                    n.relay.handle_timeout(now);
-                }
-                if n.room.poll_timeout().is_some_and(|t| t <= now) {
-                    n.room.handle_timeout(now);
-                }
-            }
-            self.pump();
-            if let Some((interval, layers)) = frame
-                && self.now >= next_frame
-            {
-                self.publish_frame(layers);
-                next_frame += interval;
-            }
-            if self.now >= end {
-                break;
-            }
-        }
-    }
-
-    /// A local subscriber on `node` (sink ids are small integers on every node).
-    fn subscribe(&mut self, node: &str, sink: u64, layers: Vec<usize>) {
-        let now = self.now;
-        let origin = self.origin();
-        let n = self.nodes.get_mut(node).unwrap();
-        let s = SinkId(sink);
-        n.received.entry(s).or_default();
-        if n.room.track(TRACK).is_some() {
-            let sub = n.room.subscribe(now, TRACK, s, params(s)).unwrap();
-            n.subscriptions.insert(s, sub);
-        }
-        if n.id != origin {
-            n.relay.set_demand(now, key(), origin, layers);
-        }
-        self.pump();
-    }
-
-    fn unsubscribe_all(&mut self, node: &str) {
-        let now = self.now;
-        let origin = self.origin();
-        let n = self.nodes.get_mut(node).unwrap();
-        for (_, sub) in n.subscriptions.drain() {
-            n.room.unsubscribe(sub);
-        }
-        n.received.clear();
-        n.relay.set_demand(now, key(), origin, vec![]);
-        self.pump();
-    }
-
-    fn received(&self, node: &str) -> usize {
-        self.nodes[node].received.values().map(|v| v.len()).sum()
-    }
-
-    /// Takes a node off the network: every link to it goes down.
-    fn kill(&mut self, node: &str) {
-        let dead: NodeId = node.into();
-        self.down.insert(dead.clone());
-        let now = self.now;
-        for (id, n) in &mut self.nodes {
-            if *id != dead {
-                n.relay.handle_link_down(now, &dead);
-            }
-        }
-        self.pump();
-    }
-}
-
-enum Work {
-    Relay(Output),
-    Room(RoomOutput),
-}
-
-fn params(s: SinkId) -> SubscriptionParams {
-    SubscriptionParams {
-        ssrc: 5000 + s.0 as u32,
-        payload_type: 96,
-        max_layer: 0,
-    }
-}
-
-fn payload_id(p: &Packet) -> u32 {
-    u32::from_be_bytes(p.payload[2..6].try_into().unwrap())
-}
-
+use cluster_sim::*;
 #[test]
 fn loss_on_a_link_is_recovered_by_nacks_to_the_sender() {
     let mut sim = Sim::new(&["a", "b"], 4, Duration::from_millis(20), 0.10, 1);
@@ -655,4 +237,61 @@ fn an_offered_feed_through_the_receiver_is_declined() {
     let unsubscribed_c = outs.iter().any(|o| matches!(o, Output::Send { to, frame: Frame { body: Some(Body::Subscribe(s)) } } if &**to == "c" && s.layers.is_empty()));
     let asked_a = outs.iter().any(|o| matches!(o, Output::Send { to, frame: Frame { body: Some(Body::Subscribe(s)) } } if &**to == "a" && !s.layers.is_empty()));
     assert!(unsubscribed_c && asked_a, "{outs:?}");
+}
+
+/// Dynacast across the cluster: a layer nobody on any node watches stops flowing over the
+/// relay link and is paused at the publisher; when a subscriber wants it again, it comes back.
+#[test]
+fn a_layer_nobody_watches_stops_on_the_link_and_at_the_publisher() {
+    let mut sim = Sim::new(&["a", "b"], 4, Duration::from_millis(5), 0.0, 3);
+    let frames = Some((Duration::from_millis(33), 3));
+    sim.announce("b", 3);
+    // A subscriber on b that renders large: wants the top layer.
+    sim.subscribe_up_to("b", 1, 2);
+    sim.run(Duration::from_secs(4), frames);
+    let t = sim.now;
+    sim.run(Duration::from_secs(1), frames);
+    assert_eq!(
+        sim.layers_sent("a", "b", t, sim.now),
+        vec![2],
+        "only the watched layer is relayed"
+    );
+    assert_eq!(
+        sim.publisher_layers,
+        vec![false, false, true],
+        "the publisher sends only it"
+    );
+
+    // It shrinks its view: the low layer is enough.
+    let n = sim.nodes.get_mut("b").unwrap();
+    let sub = n.subscriptions[&SinkId(1)];
+    n.room
+        .update_subscription(
+            sim.now,
+            sub,
+            sfu_core::SubscriptionSettings {
+                max_layer: Some(0),
+                pinned: false,
+            },
+        )
+        .unwrap();
+    sim.run(Duration::from_secs(4), frames);
+    let t = sim.now;
+    sim.run(Duration::from_secs(1), frames);
+    assert_eq!(sim.layers_sent("a", "b", t, sim.now), vec![0]);
+    assert_eq!(sim.publisher_layers, vec![true, false, false]);
+    let recent = &sim.nodes["b"].received[&SinkId(1)];
+    assert!(
+        recent.len() > 100,
+        "the subscriber kept receiving: {}",
+        recent.len()
+    );
+
+    // Nobody at all: after the delay, every layer is paused at the publisher.
+    sim.unsubscribe_all("b");
+    sim.run(Duration::from_secs(4), frames);
+    assert_eq!(sim.publisher_layers, vec![false, false, false]);
+    let t = sim.now;
+    sim.run(Duration::from_secs(1), frames);
+    assert!(sim.layers_sent("a", "b", t, sim.now).is_empty());
 }

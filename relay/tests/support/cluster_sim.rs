@@ -1,0 +1,496 @@
+#![allow(dead_code)]
+//! The relay core and forwarding core of several nodes, connected by a simulated network
+//! (latency, datagram loss, seeded), in virtual time. Shared by the relay's simulation tests.
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+pub use sfu_core::{
+    Codec, MediaKind, Output as RoomOutput, Packet, Room, RoomConfig, SinkId, SubscriptionId,
+    SubscriptionParams, TrackId, TrackInfo, WallClock,
+};
+pub use sfu_proto::relay::frame::Body;
+pub use sfu_proto::relay::{Frame, Subscribe};
+pub use sfu_relay::core::{NodeId, Output, Relay, RelayConfig, TrackKey};
+use sfu_relay::glue::{SinkTable, datagram};
+use sfu_relay::wire::decode_datagram;
+use std::cmp::Reverse;
+pub use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+pub use std::time::{Duration, Instant};
+
+pub const ROOM: &str = "sim";
+pub const TRACK: TrackId = TrackId(0x7);
+
+pub enum Msg {
+    Frame(Frame),
+    Datagram(Bytes),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub relay: Relay,
+    pub room: Room,
+    pub sinks: SinkTable,
+    /// Local subscribers: sink -> packets received (source payload ids).
+    pub received: HashMap<SinkId, Vec<u32>>,
+    pub subscriptions: HashMap<SinkId, SubscriptionId>,
+    /// Keyframe requests that reached this node's publisher (origin only).
+    pub plis: Vec<Instant>,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub queue: BinaryHeap<Reverse<(Instant, u64, NodeId, NodeId)>>,
+    pub in_flight: HashMap<u64, Msg>,
+    pub seq: u64,
+    pub latency: Duration,
+    pub loss: f64,
+    pub rng: StdRng,
+    pub down: HashSet<NodeId>,
+    /// Datagrams put on the wire, by (from, to).
+    pub datagrams: HashMap<(NodeId, NodeId), u64>,
+    /// Layers seen in datagrams per (from, to).
+    pub layers_seen: HashMap<(NodeId, NodeId), HashSet<u32>>,
+    pub pending_key: bool,
+    pub next_seq: [u16; 3],
+    pub payload_id: u32,
+    /// Layers the origin's publisher was last told to send (dynacast); it sends only those.
+    pub publisher_layers: Vec<bool>,
+    /// (time, from, to, layer) of every media datagram put on a link.
+    pub layer_datagrams: Vec<(Instant, NodeId, NodeId, u32)>,
+    /// Nodes whose demand follows their room's wanted layers (as a node's does).
+    pub auto_demand: HashSet<NodeId>,
+    /// The demand last set for each of those nodes.
+    pub demand: HashMap<NodeId, Vec<usize>>,
+}
+
+pub fn key() -> TrackKey {
+    TrackKey {
+        room: ROOM.into(),
+        track: TRACK,
+    }
+}
+
+pub fn info(layers: usize, local: bool) -> TrackInfo {
+    let mut info = TrackInfo::new(TRACK, MediaKind::Video, Codec::Vp8, 90_000, layers);
+    info.local = local;
+    info
+}
+
+impl Sim {
+    pub fn new(names: &[&str], fanout: usize, latency: Duration, loss: f64, layers: usize) -> Self {
+        let now = Instant::now();
+        let mut nodes = BTreeMap::new();
+        for (i, n) in names.iter().enumerate() {
+            let id: NodeId = (*n).into();
+            let config = RelayConfig {
+                fanout,
+                flow_base: (i as u32) << 20,
+                ..Default::default()
+            };
+            nodes.insert(
+                id.clone(),
+                Node {
+                    relay: Relay::new(id.clone(), config),
+                    room: Room::new(WallClock::new(now, Duration::ZERO), RoomConfig::default()),
+                    sinks: SinkTable::default(),
+                    received: HashMap::new(),
+                    subscriptions: HashMap::new(),
+                    plis: Vec::new(),
+                    id,
+                },
+            );
+        }
+        let mut sim = Sim {
+            now,
+            nodes,
+            queue: BinaryHeap::new(),
+            in_flight: HashMap::new(),
+            seq: 0,
+            latency,
+            loss,
+            rng: StdRng::seed_from_u64(7),
+            down: HashSet::new(),
+            datagrams: HashMap::new(),
+            layers_seen: HashMap::new(),
+            pending_key: true,
+            next_seq: [100, 20_000, 40_000],
+            payload_id: 0,
+            publisher_layers: Vec::new(),
+            layer_datagrams: Vec::new(),
+            auto_demand: HashSet::new(),
+            demand: HashMap::new(),
+        };
+        // Full mesh of links, as the node's link manager keeps.
+        let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+        for a in &ids {
+            for b in &ids {
+                if a != b {
+                    sim.nodes
+                        .get_mut(a)
+                        .unwrap()
+                        .relay
+                        .handle_link_up(now, b.clone());
+                }
+            }
+        }
+        // The first node publishes the track.
+        let origin = ids[0].clone();
+        let o = sim.nodes.get_mut(&origin).unwrap();
+        o.room.add_track(now, info(layers, true)).unwrap();
+        o.relay.add_local_track(
+            key(),
+            sfu_proto::relay::TrackInfo {
+                kind: "video".into(),
+                codec_mime: "video/VP8".into(),
+                clock_rate: 90_000,
+                layers: layers as u32,
+            },
+        );
+        sim.pump();
+        sim
+    }
+
+    pub fn origin(&self) -> NodeId {
+        self.nodes.keys().next().unwrap().clone()
+    }
+
+    pub fn send(&mut self, from: &NodeId, to: &NodeId, msg: Msg) {
+        if self.down.contains(from) || self.down.contains(to) {
+            return;
+        }
+        if let Msg::Datagram(d) = &msg {
+            *self
+                .datagrams
+                .entry((from.clone(), to.clone()))
+                .or_default() += 1;
+            if let Ok((flow, rtp)) = decode_datagram(d.clone()) {
+                self.layers_seen
+                    .entry((from.clone(), to.clone()))
+                    .or_default()
+                    .insert(flow);
+                if rtp.len() >= 12 {
+                    let ssrc = u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]);
+                    self.layer_datagrams
+                        .push((self.now, from.clone(), to.clone(), ssrc - 1000));
+                }
+            }
+            if self.rng.random::<f64>() < self.loss {
+                return;
+            }
+        }
+        self.seq += 1;
+        self.in_flight.insert(self.seq, msg);
+        self.queue.push(Reverse((
+            self.now + self.latency,
+            self.seq,
+            from.clone(),
+            to.clone(),
+        )));
+    }
+
+    /// Handles every output of every node until nothing more is produced.
+    pub fn pump(&mut self) {
+        loop {
+            let mut work = Vec::new();
+            for (id, n) in &mut self.nodes {
+                while let Some(o) = n.relay.poll_output() {
+                    if let Some(o) = n.sinks.apply(self.now, o, &mut n.room) {
+                        work.push((id.clone(), Work::Relay(o)));
+                    }
+                }
+                while let Some(o) = n.room.poll_output() {
+                    work.push((id.clone(), Work::Room(o)));
+                }
+            }
+            if work.is_empty() {
+                return;
+            }
+            for (id, w) in work {
+                self.handle(&id, w);
+            }
+        }
+    }
+
+    pub fn handle(&mut self, id: &NodeId, w: Work) {
+        let now = self.now;
+        match w {
+            Work::Relay(Output::Send { to, frame }) => self.send(id, &to, Msg::Frame(frame)),
+            Work::Relay(Output::Feeding { key: _, info: i }) => {
+                let n = self.nodes.get_mut(id).unwrap();
+                if n.room.track(TRACK).is_none() {
+                    n.room
+                        .add_track(now, info(i.layers as usize, false))
+                        .unwrap();
+                    // Local subscribers that wait for the track attach now.
+                    let waiting: Vec<SinkId> = n
+                        .received
+                        .keys()
+                        .filter(|s| !n.subscriptions.contains_key(s))
+                        .copied()
+                        .collect();
+                    for s in waiting {
+                        let sub = n.room.subscribe(now, TRACK, s, params(s)).unwrap();
+                        n.subscriptions.insert(s, sub);
+                    }
+                }
+            }
+            Work::Relay(Output::Unfed { .. }) => {
+                let n = self.nodes.get_mut(id).unwrap();
+                n.room.remove_track(TRACK);
+                n.subscriptions.clear();
+            }
+            Work::Relay(other) => panic!("unexpected relay output {other:?}"),
+            Work::Room(RoomOutput::Rtp { sink, packet, .. }) => {
+                let n = self.nodes.get_mut(id).unwrap();
+                n.received
+                    .entry(sink)
+                    .or_default()
+                    .push(payload_id(&packet));
+            }
+            Work::Room(RoomOutput::Relay { sink, packet, .. }) => {
+                let (link, bytes) = datagram(sink, &packet).unwrap();
+                let to = self.nodes[id].relay.node_of_link(link).unwrap().clone();
+                self.send(id, &to, Msg::Datagram(bytes));
+            }
+            Work::Room(RoomOutput::KeyframeRequest { layer, .. }) => {
+                let n = self.nodes.get_mut(id).unwrap();
+                if n.relay.is_remote(&key()) {
+                    n.relay.request_keyframe(&key(), layer);
+                } else {
+                    n.plis.push(now);
+                    self.pending_key = true;
+                }
+            }
+            Work::Room(RoomOutput::SenderReport { .. } | RoomOutput::Speakers(_)) => {}
+            Work::Room(RoomOutput::SharedLevels(_)) => {}
+            Work::Room(RoomOutput::PublisherLayers { active, .. }) => {
+                self.publisher_layers = active;
+            }
+        }
+    }
+
+    pub fn deliver(&mut self, seq: u64, from: NodeId, to: NodeId) {
+        let Some(msg) = self.in_flight.remove(&seq) else {
+            return;
+        };
+        if self.down.contains(&to) || self.down.contains(&from) {
+            return;
+        }
+        let now = self.now;
+        let n = self.nodes.get_mut(&to).unwrap();
+        match msg {
+            Msg::Frame(f) => n.relay.handle_frame(now, &from, f),
+            Msg::Datagram(d) => {
+                let link = n.relay.link_id(&from);
+                let (flow, rtp) = decode_datagram(d).unwrap();
+                if let Ok(del) = n.relay.handle_datagram(now, link, flow, rtp) {
+                    let (track, layer, packet) = (del.key.track, del.layer, del.packet);
+                    n.room.handle_rtp(now, track, layer, packet);
+                }
+            }
+        }
+    }
+
+    /// The publisher sends one frame (one packet per layer) to the origin's room.
+    pub fn publish_frame(&mut self, layers: usize) {
+        let key_frame = std::mem::take(&mut self.pending_key);
+        self.payload_id += 1;
+        let origin = self.origin();
+        let now = self.now;
+        for layer in 0..layers {
+            if self.publisher_layers.get(layer) == Some(&false) {
+                continue;
+            }
+            self.next_seq[layer] = self.next_seq[layer].wrapping_add(1);
+            let mut payload = vec![0x10, if key_frame { 0 } else { 1 }];
+            payload.extend_from_slice(&self.payload_id.to_be_bytes());
+            payload.push(layer as u8);
+            let mut p = Packet {
+                payload: Bytes::from(payload),
+                ..Default::default()
+            };
+            p.header.version = 2;
+            p.header.ssrc = 1000 + layer as u32;
+            p.header.sequence_number = self.next_seq[layer];
+            p.header.timestamp = self.payload_id * 3000;
+            p.header.payload_type = 96;
+            p.header.marker = true;
+            self.nodes
+                .get_mut(&origin)
+                .unwrap()
+                .room
+                .handle_rtp(now, TRACK, layer, p);
+        }
+        self.pump();
+    }
+
+    /// Runs until `until`, publishing a frame every `frame` (if any).
+    pub fn run(&mut self, until: Duration, frame: Option<(Duration, usize)>) {
+        let end = self.now + until;
+        let mut next_frame = self.now;
+        while self.now < end {
+            let mut next = end;
+            if let Some(Reverse((t, ..))) = self.queue.peek() {
+                next = next.min(*t);
+            }
+            for n in self.nodes.values_mut() {
+                for t in [n.relay.poll_timeout(), n.room.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                {
+                    next = next.min(t);
+                }
+            }
+            if frame.is_some() {
+                next = next.min(next_frame);
+            }
+            self.now = next.max(self.now);
+            while let Some(Reverse((t, seq, from, to))) = self.queue.peek().cloned() {
+                if t > self.now {
+                    break;
+                }
+                self.queue.pop();
+                self.deliver(seq, from, to);
+                self.pump();
+            }
+            let now = self.now;
+            for n in self.nodes.values_mut() {
+                if n.relay.poll_timeout().is_some_and(|t| t <= now) {
+                    n.relay.handle_timeout(now);
+                }
+                if n.room.poll_timeout().is_some_and(|t| t <= now) {
+                    n.room.handle_timeout(now);
+                }
+            }
+            self.pump();
+            self.follow_demand();
+            if let Some((interval, layers)) = frame
+                && self.now >= next_frame
+            {
+                self.publish_frame(layers);
+                next_frame += interval;
+            }
+            if self.now >= end {
+                break;
+            }
+        }
+    }
+
+    /// The track is announced to `node` (as the registry does): its room knows it before it is
+    /// fed, so subscriptions exist and the allocator decides what to pull.
+    pub fn announce(&mut self, node: &str, layers: usize) {
+        let now = self.now;
+        let n = self.nodes.get_mut(node).unwrap();
+        n.room.add_track(now, info(layers, false)).unwrap();
+        self.auto_demand.insert(node.into());
+    }
+
+    /// A subscriber on `node` that may receive up to `max_layer` (the track was announced).
+    pub fn subscribe_up_to(&mut self, node: &str, sink: u64, max_layer: usize) {
+        let now = self.now;
+        let n = self.nodes.get_mut(node).unwrap();
+        let s = SinkId(sink);
+        n.received.entry(s).or_default();
+        let params = SubscriptionParams {
+            max_layer,
+            ..params(s)
+        };
+        let sub = n.room.subscribe(now, TRACK, s, params).unwrap();
+        n.subscriptions.insert(s, sub);
+        self.follow_demand();
+        self.pump();
+    }
+
+    /// Nodes in `auto_demand` ask the relay for what their room's subscriptions want.
+    pub fn follow_demand(&mut self) {
+        let now = self.now;
+        let origin = self.origin();
+        for id in self.auto_demand.clone() {
+            let n = self.nodes.get_mut(&id).unwrap();
+            let wanted = n.room.wanted_layers(now, TRACK);
+            if self.demand.get(&id) != Some(&wanted) {
+                self.demand.insert(id.clone(), wanted.clone());
+                n.relay.set_demand(now, key(), origin.clone(), wanted);
+            }
+        }
+        self.pump();
+    }
+
+    /// Layers sent from `from` to `to` between two times.
+    pub fn layers_sent(&self, from: &str, to: &str, since: Instant, until: Instant) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .layer_datagrams
+            .iter()
+            .filter(|(t, f, d, _)| *t >= since && *t < until && &**f == from && &**d == to)
+            .map(|(_, _, _, l)| *l)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// A local subscriber on `node` (sink ids are small integers on every node).
+    pub fn subscribe(&mut self, node: &str, sink: u64, layers: Vec<usize>) {
+        let now = self.now;
+        let origin = self.origin();
+        let n = self.nodes.get_mut(node).unwrap();
+        let s = SinkId(sink);
+        n.received.entry(s).or_default();
+        if n.room.track(TRACK).is_some() {
+            let sub = n.room.subscribe(now, TRACK, s, params(s)).unwrap();
+            n.subscriptions.insert(s, sub);
+        }
+        if n.id != origin {
+            n.relay.set_demand(now, key(), origin, layers);
+        }
+        self.pump();
+    }
+
+    pub fn unsubscribe_all(&mut self, node: &str) {
+        let now = self.now;
+        let origin = self.origin();
+        let n = self.nodes.get_mut(node).unwrap();
+        for (_, sub) in n.subscriptions.drain() {
+            n.room.unsubscribe(sub);
+        }
+        n.received.clear();
+        n.relay.set_demand(now, key(), origin, vec![]);
+        self.pump();
+    }
+
+    pub fn received(&self, node: &str) -> usize {
+        self.nodes[node].received.values().map(|v| v.len()).sum()
+    }
+
+    /// Takes a node off the network: every link to it goes down.
+    pub fn kill(&mut self, node: &str) {
+        let dead: NodeId = node.into();
+        self.down.insert(dead.clone());
+        let now = self.now;
+        for (id, n) in &mut self.nodes {
+            if *id != dead {
+                n.relay.handle_link_down(now, &dead);
+            }
+        }
+        self.pump();
+    }
+}
+
+pub enum Work {
+    Relay(Output),
+    Room(RoomOutput),
+}
+
+pub fn params(s: SinkId) -> SubscriptionParams {
+    SubscriptionParams {
+        ssrc: 5000 + s.0 as u32,
+        payload_type: 96,
+        max_layer: 0,
+    }
+}
+
+pub fn payload_id(p: &Packet) -> u32 {
+    u32::from_be_bytes(p.payload[2..6].try_into().unwrap())
+}
