@@ -6,6 +6,12 @@
 // &control=URL (ask the cluster's control plane which node to join).
 // A draining node sends `migrate`: the page reconnects to the node it names, with the same
 // token and the same camera, and publishes and subscribes again there.
+//
+// Large rooms: tiles are ordered by who spoke last (`speakers` events), each tile tells the
+// node the size it renders at (`track_settings`, so the node sends the simulcast layer that
+// fits) and whether it is visible; a click pins a tile. The node's `publisher_layers` turns
+// off simulcast layers nobody in the cluster watches (dynacast). ?tilewidth=PX sets the tile
+// size (tests use it to render small).
 
 "use strict";
 
@@ -25,6 +31,10 @@ const sfu = {
   url: location.origin, // the node we are connected to
   media: null, // our camera and microphone, kept across migrations
   migrations: 0,
+  tracks: new Map(), // track sid -> {participant, kind}
+  speakers: [], // participant sids, most recent speaker first
+  pinned: new Set(), // participant sids
+  publisherLayers: null, // last `publisher_layers` received
 };
 window.sfu = sfu;
 
@@ -54,6 +64,40 @@ function send(msg) {
   sfu.ws.send(JSON.stringify(msg));
 }
 
+// Tells the node how large each video of a participant is shown (0 x 0: not visible).
+const reportTimers = new Map();
+function reportSize(sid) {
+  clearTimeout(reportTimers.get(sid));
+  reportTimers.set(sid, setTimeout(() => {
+    const p = sfu.participants.get(sid);
+    if (!p || !p.tile || !sfu.ws || sfu.ws.readyState !== WebSocket.OPEN) return;
+    const rect = p.tile.getBoundingClientRect();
+    const visible = p.visible !== false && rect.width > 0;
+    for (const [track, t] of sfu.tracks) {
+      if (t.participant !== sid || t.kind !== "video") continue;
+      send({
+        type: "track_settings",
+        track,
+        width: Math.round(rect.width * devicePixelRatio),
+        height: Math.round(rect.height * devicePixelRatio),
+        enabled: visible,
+        pinned: sfu.pinned.has(sid),
+      });
+    }
+  }, 250));
+}
+
+const resizeObserver = new ResizeObserver((entries) => {
+  for (const e of entries) reportSize(e.target.dataset.sid);
+});
+const visibilityObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    const p = sfu.participants.get(e.target.dataset.sid);
+    if (p) p.visible = e.isIntersecting;
+    reportSize(e.target.dataset.sid);
+  }
+});
+
 function tileFor(sid, label) {
   let p = sfu.participants.get(sid);
   if (!p) {
@@ -63,6 +107,7 @@ function tileFor(sid, label) {
   if (!p.tile) {
     const tile = document.createElement("div");
     tile.className = "tile";
+    tile.dataset.sid = sid;
     const video = document.createElement("video");
     video.autoplay = true;
     video.playsInline = true;
@@ -72,8 +117,80 @@ function tileFor(sid, label) {
     tile.append(video, name);
     $("grid").append(tile);
     p.tile = tile;
+    if (sid !== "self") {
+      tile.title = "click to pin";
+      tile.onclick = () => {
+        if (sfu.pinned.has(sid)) sfu.pinned.delete(sid);
+        else sfu.pinned.add(sid);
+        tile.classList.toggle("pinned", sfu.pinned.has(sid));
+        orderTiles();
+        reportSize(sid);
+      };
+      resizeObserver.observe(tile);
+      visibilityObserver.observe(tile);
+    }
+    orderTiles();
   }
   return p;
+}
+
+// Pinned first, then by who spoke last, then in join order.
+function orderTiles() {
+  let i = 1;
+  for (const sid of sfu.pinned) {
+    const p = sfu.participants.get(sid);
+    if (p && p.tile) p.tile.style.order = i++;
+  }
+  for (const sid of sfu.speakers) {
+    const p = sfu.participants.get(sid);
+    if (p && p.tile && !sfu.pinned.has(sid)) p.tile.style.order = i++;
+  }
+  for (const [sid, p] of sfu.participants) {
+    if (p.tile && sid !== "self" && !sfu.pinned.has(sid) && !sfu.speakers.includes(sid)) {
+      p.tile.style.order = i++;
+    }
+  }
+}
+
+function onSpeakers(msg) {
+  const active = msg.speakers.map((s) => s.participant);
+  sfu.speakers = [...active, ...sfu.speakers.filter((s) => !active.includes(s))];
+  for (const [sid, p] of sfu.participants) {
+    if (p.tile) p.tile.classList.toggle("speaking", active.includes(sid));
+  }
+  orderTiles();
+}
+
+// Dynacast: send only the simulcast layers someone watches.
+async function onPublisherLayers(msg) {
+  sfu.publisherLayers = msg;
+  if (!sfu.pub) return;
+  for (const sender of sfu.pub.getSenders()) {
+    if (!sender.track || sender.track.id !== msg.name) continue;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) continue;
+    let changed = false;
+    for (const e of params.encodings) {
+      const active = msg.layers.includes(e.rid);
+      if (e.active !== active) {
+        e.active = active;
+        changed = true;
+      }
+    }
+    if (changed) {
+      await sender.setParameters(params);
+      log(`sending layers ${msg.layers.join(",") || "none"}`);
+    }
+  }
+}
+
+async function shareScreen() {
+  const screen = await navigator.mediaDevices.getDisplayMedia({ video: true });
+  const track = screen.getVideoTracks()[0];
+  sfu.pub.addTransceiver(track, { direction: "sendonly", streams: [screen] });
+  const offer = await sfu.pub.createOffer();
+  await sfu.pub.setLocalDescription(offer);
+  send({ type: "publish", sdp: sfu.pub.localDescription.sdp, sources: { [track.id]: "screen_share" } });
 }
 
 function removeTile(sid) {
@@ -127,6 +244,7 @@ async function onOffer(msg) {
     pc.ontrack = (ev) => {
       const section = sfu.sections.get(ev.transceiver.mid);
       const sid = section ? section.participant : "unknown";
+      if (section) sfu.tracks.set(section.track, { participant: sid, kind: ev.track.kind });
       const known = sfu.participants.get(sid);
       const p = tileFor(sid, known ? known.identity : sid);
       p.stream.getTracks()
@@ -134,6 +252,7 @@ async function onOffer(msg) {
         .forEach((t) => p.stream.removeTrack(t));
       p.stream.addTrack(ev.track);
       log(`receiving ${ev.track.kind} of ${p.identity}`);
+      if (ev.track.kind === "video") reportSize(sid);
     };
   }
   for (const s of msg.tracks) sfu.sections.set(s.mid, s);
@@ -222,6 +341,12 @@ async function join(room, identity, withMedia, base, token) {
         case "track_muted":
           log(`track ${msg.track} ${msg.muted ? "muted" : "unmuted"}`);
           break;
+        case "speakers":
+          onSpeakers(msg);
+          break;
+        case "publisher_layers":
+          await onPublisherLayers(msg);
+          break;
         case "migrate":
           if (sfu.state === "migrating" || !msg.url) break;
           log(`moving to ${msg.url}: ${msg.reason}`);
@@ -248,6 +373,10 @@ window.sfuStats = async function () {
     videoTracks: 0,
     migrations: sfu.migrations,
     url: sfu.url,
+    frameHeight: 0,
+    // Publisher side: bytes sent per simulcast RID (dynacast turns layers off).
+    layerBytesSent: {},
+    speakers: sfu.speakers.map((sid) => (sfu.participants.get(sid) || {}).identity || sid),
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;
@@ -259,8 +388,20 @@ window.sfuStats = async function () {
         out.videoTracks += 1;
         out.framesDecoded += s.framesDecoded || 0;
         out.videoPacketsReceived += s.packetsReceived || 0;
+        out.frameHeight = Math.max(out.frameHeight, s.frameHeight || 0);
       } else if (s.kind === "audio") {
         out.audioPacketsReceived += s.packetsReceived || 0;
+      }
+    });
+  }
+  if (sfu.pub) {
+    const stats = await sfu.pub.getStats();
+    stats.forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "video") {
+        out.layerBytesSent[s.rid || "-"] = s.bytesSent || 0;
+      }
+      if (s.type === "candidate-pair" && s.nominated && s.availableOutgoingBitrate) {
+        out.availableOutgoingBitrate = s.availableOutgoingBitrate;
       }
     });
   }
@@ -280,5 +421,9 @@ window.addEventListener("DOMContentLoaded", () => {
   };
   $("join").onclick = () => start(true);
   $("view").onclick = () => start(false);
+  $("screen").onclick = () => shareScreen().catch((e) => log(`screen share: ${e}`));
+  if (params.get("tilewidth")) {
+    $("grid").style.gridTemplateColumns = `repeat(auto-fill, ${Number(params.get("tilewidth"))}px)`;
+  }
   if (params.get("autojoin") === "1") start(params.get("publish") !== "0");
 });

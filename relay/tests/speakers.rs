@@ -210,6 +210,7 @@ fn subscribe_all(
                     ssrc: 100 + *track as u32,
                     payload_type: 111,
                     max_layer: 0,
+                    rtx: None,
                 },
             )
             .unwrap();

@@ -69,6 +69,7 @@ fn fan_out(c: &mut Criterion) {
                 ssrc: s as u32,
                 payload_type: 96,
                 max_layer: 0,
+                rtx: None,
             },
         )
         .unwrap();

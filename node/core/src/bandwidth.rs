@@ -124,6 +124,8 @@ pub struct Estimator {
     clusters: Vec<Cluster>,
     outcomes: VecDeque<ProbeOutcome>,
     last_verdict: Option<Instant>,
+    /// All of the subscriber's video is paused for want of bandwidth.
+    starved: bool,
 }
 
 impl Estimator {
@@ -143,6 +145,7 @@ impl Estimator {
             clusters: Vec::new(),
             outcomes: VecDeque::new(),
             last_verdict: None,
+            starved: false,
         }
     }
 
@@ -186,6 +189,12 @@ impl Estimator {
         }
         let bytes: u64 = self.acked.iter().skip(1).map(|&(_, b)| b as u64).sum();
         Some(bytes as f64 * 8.0 / span.as_secs_f64())
+    }
+
+    /// Tells the estimator whether all of the subscriber's video is paused for want of
+    /// bandwidth (the estimate may then grow past what is acknowledged).
+    pub fn set_starved(&mut self, starved: bool) {
+        self.starved = starved;
     }
 
     /// Records a packet leaving with transport-wide sequence number `twcc`; `probe` is the
@@ -370,8 +379,14 @@ impl Estimator {
                 } else {
                     self.target * INCREASE_FACTOR.powf(elapsed.as_secs_f64())
                 };
-                // Never beyond what the link has shown it carries (probes go further).
-                let cap = acked.map_or(self.target, |a| 1.5 * a + 10_000.0);
+                // Never beyond what the link has shown it carries (probes go further) — unless
+                // all video is paused for want of bandwidth: then the only way back is to grow
+                // until the allocator tries the lowest layer again, and the path answers.
+                let cap = if self.starved {
+                    f64::INFINITY
+                } else {
+                    acked.map_or(self.target, |a| 1.5 * a + 10_000.0)
+                };
                 self.target = grown.min(cap).max(self.target);
                 if let (Some(a), Some(c)) = (acked, self.ceiling)
                     && a > 1.15 * c

@@ -44,7 +44,9 @@ pub use forwarder::{DropReason, Forwarder, ForwarderConfig, Rewrite};
 pub use ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 pub use room::{Output, Room, RoomConfig, RoomError, RoomStats};
 pub use speakers::{Speaker, SpeakerConfig};
-pub use subscription::{SenderReport, Subscription, SubscriptionParams, SubscriptionSettings};
+pub use subscription::{
+    RtxParams, SenderReport, Subscription, SubscriptionParams, SubscriptionSettings,
+};
 pub use track::{Track, TrackInfo, TrackSource};
 
 /// The RTP packet type the core forwards (from webrtc-rs).

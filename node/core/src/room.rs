@@ -23,7 +23,9 @@ use crate::downlink::{Downlink, SinkParams};
 use crate::forwarder::{DropReason, Forwarder, ForwarderConfig};
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::speakers::{Speaker, SpeakerConfig, Speakers};
-use crate::subscription::{SenderReport, Subscription, SubscriptionParams, SubscriptionSettings};
+use crate::subscription::{
+    Rtx, SenderReport, Subscription, SubscriptionParams, SubscriptionSettings,
+};
 use crate::track::{Track, TrackInfo};
 use rtp::packet::Packet;
 use std::collections::{HashMap, VecDeque};
@@ -295,6 +297,10 @@ impl Room {
             enabled: true,
             pinned: false,
             desired: Some(target),
+            rtx: params.rtx.map(|params| Rtx {
+                params,
+                seq: (params.ssrc >> 16) as u16,
+            }),
             next_report: None,
         });
         self.index.insert(id, track_id);

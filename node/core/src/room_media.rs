@@ -14,8 +14,10 @@ use rtp::packet::Packet;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Duplicates sent in one probe step at most (bounds the work per step).
-const MAX_PROBE_PACKETS_PER_STEP: usize = 64;
+/// Probe packets sent in one probe step at most (bounds the work per step).
+const MAX_PROBE_PACKETS_PER_STEP: usize = 128;
+/// Probes copy at most this many of the packets just sent, then pad.
+const RECENT_PACKETS: usize = 16;
 /// How often duplicates go out while a probe runs.
 pub(crate) const PROBE_STEP: Duration = Duration::from_millis(5);
 
@@ -66,8 +68,7 @@ impl Room {
             .flatten();
         let (ext_seq, _) = l.unwrapper.unwrap(packet.header.sequence_number);
         if payload_len > 0 {
-            l.last_packet_at = Some(now);
-            l.rate.add(now, payload_len + OVERHEAD);
+            l.on_packet(now, payload_len + OVERHEAD);
         }
         if keyframe {
             l.keyframes.on_keyframe();
@@ -187,19 +188,25 @@ impl Room {
     }
 
     /// A subscriber reported lost packets (sequence numbers as it received them). Answered from
-    /// the retransmission cache; nothing goes to the publisher.
+    /// the retransmission cache, on the retransmission stream when one was negotiated; nothing
+    /// goes to the publisher.
     pub fn handle_nack(&mut self, now: Instant, id: SubscriptionId, lost: &[u16]) {
         self.stats.nacks_received += lost.len() as u64;
-        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get(t)) else {
+        let Some(track) = self.index.get(&id).and_then(|t| self.tracks.get_mut(t)) else {
             self.stats.nack_misses += lost.len() as u64;
             return;
         };
-        let Some(sub) = track.subscriptions.iter().find(|s| s.id == id) else {
+        let Some(i) = track.subscriptions.iter().position(|s| s.id == id) else {
             return;
         };
         for &out_seq in lost {
-            match retransmission(track, sub, out_seq, now) {
-                Some(mut packet) => {
+            match retransmission(track, &track.subscriptions[i], out_seq, now) {
+                Some(packet) => {
+                    let sub = &mut track.subscriptions[i];
+                    let mut packet = match &mut sub.rtx {
+                        Some(rtx) => rtx.wrap(&packet),
+                        None => packet,
+                    };
                     if let Some(d) = self.downlinks.get_mut(&sub.sink) {
                         d.on_send(now, &mut packet.header, packet.payload.len());
                     }
@@ -235,7 +242,9 @@ impl Room {
         }
     }
 
-    /// Sends the duplicates running probes are due, and ends probes whose time is up.
+    /// Sends what running probes are due, and ends probes whose time is up. Probe packets go on
+    /// a video subscription's retransmission stream: copies of packets just sent (the
+    /// subscriber discards them as duplicates), then padding.
     pub(crate) fn step_probes(&mut self, now: Instant) {
         let mut any = false;
         let sinks: Vec<SinkId> = self
@@ -257,52 +266,61 @@ impl Room {
             if due == 0 {
                 continue;
             }
-            // Recent packets of the subscriber's video, newest first, then of its audio (all
-            // there is while its video is paused).
-            let mut sources: Vec<(TrackId, SubscriptionId, u16)> = Vec::new();
-            for kind in [MediaKind::Video, MediaKind::Audio] {
-                for t in self.tracks.values().filter(|t| t.info.kind == kind) {
-                    for s in t.subscriptions.iter().filter(|s| s.sink == sink) {
-                        if let Some(last) = s.forwarder.last_sequence_number() {
-                            sources.push((t.info.id, s.id, last));
-                        }
-                    }
-                }
-            }
+            let Some((track_id, index)) = self.probe_carrier(sink) else {
+                continue;
+            };
+            let Some(track) = self.tracks.get_mut(&track_id) else {
+                continue;
+            };
+            let last = track.subscriptions[index].forwarder.last_sequence_number();
             let mut sent = 0;
-            'send: for round in 0..16u16 {
-                for &(track_id, sub_id, last) in &sources {
-                    if due == 0 || sent >= MAX_PROBE_PACKETS_PER_STEP {
-                        break 'send;
-                    }
-                    let Some(track) = self.tracks.get(&track_id) else {
-                        continue;
-                    };
-                    let Some(sub) = track.subscriptions.iter().find(|s| s.id == sub_id) else {
-                        continue;
-                    };
-                    let Some(mut packet) =
-                        retransmission(track, sub, last.wrapping_sub(round), now)
-                    else {
-                        continue;
-                    };
-                    let len = packet.payload.len();
-                    let Some(d) = self.downlinks.get_mut(&sink) else {
-                        break 'send;
-                    };
-                    d.on_send(now, &mut packet.header, len);
-                    due = due.saturating_sub(len + OVERHEAD);
-                    sent += 1;
-                    self.stats.probe_packets += 1;
-                    self.outputs.push_back(Output::Rtp {
-                        sink,
-                        subscription: sub_id,
-                        packet,
-                    });
-                }
+            while due > 0 && sent < MAX_PROBE_PACKETS_PER_STEP {
+                let copy = last.filter(|_| sent < RECENT_PACKETS).and_then(|l| {
+                    let sub = &track.subscriptions[index];
+                    retransmission(track, sub, l.wrapping_sub(sent as u16), now)
+                });
+                let sub = &mut track.subscriptions[index];
+                let Some(rtx) = sub.rtx.as_mut() else { break };
+                let mut packet = match copy {
+                    Some(p) => rtx.wrap(&p),
+                    None => rtx.padding(sub.forwarder.last_sent().map_or(0, |(ts, _)| ts)),
+                };
+                let len = packet.payload.len() + if packet.header.padding { 4 } else { 0 };
+                let Some(d) = self.downlinks.get_mut(&sink) else {
+                    break;
+                };
+                d.on_send(now, &mut packet.header, len);
+                due = due.saturating_sub(len + OVERHEAD);
+                sent += 1;
+                self.stats.probe_packets += 1;
+                self.outputs.push_back(Output::Rtp {
+                    sink,
+                    subscription: sub.id,
+                    packet,
+                });
             }
         }
         self.next_probe_step = any.then_some(now + PROBE_STEP);
+    }
+
+    /// The subscription a sink's probes ride on: a video subscription with a retransmission
+    /// stream, preferably one that is flowing.
+    pub(crate) fn probe_carrier(&self, sink: SinkId) -> Option<(TrackId, usize)> {
+        let mut best: Option<(TrackId, usize, bool)> = None;
+        for t in self.tracks.values() {
+            if t.info.kind != MediaKind::Video {
+                continue;
+            }
+            for (i, s) in t.subscriptions.iter().enumerate() {
+                if s.sink == sink && s.rtx.is_some() {
+                    let flowing = s.forwarder.current_layer().is_some();
+                    if best.is_none_or(|(_, _, f)| flowing && !f) {
+                        best = Some((t.info.id, i, flowing));
+                    }
+                }
+            }
+        }
+        best.map(|(t, i, _)| (t, i))
     }
 }
 

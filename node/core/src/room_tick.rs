@@ -148,7 +148,22 @@ impl Room {
                     keyframes.push((*t, l));
                 }
             }
+            let carrier = self.probe_carrier(sink).is_some();
+            // Starved: video is wanted, and none of it fits.
+            let starved = subs.iter().zip(&allocation.layers).any(|((t, i), l)| {
+                let track = &self.tracks[t];
+                track.info.kind == MediaKind::Video
+                    && track.subscriptions[*i].enabled
+                    && l.is_none()
+            }) && subs
+                .iter()
+                .zip(&allocation.layers)
+                .all(|((t, _), l)| self.tracks[t].info.kind != MediaKind::Video || l.is_none());
+            if let Some(d) = self.downlinks.get_mut(&sink) {
+                d.estimator.set_starved(starved && budget.is_some());
+            }
             if let (Some(estimate), Some(d)) = (estimate, self.downlinks.get_mut(&sink))
+                && carrier
                 && d.can_probe()
                 && d.prober
                     .maybe_start(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Parameters the caller negotiated with the subscriber.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SubscriptionParams {
     /// SSRC the subscriber expects.
     pub ssrc: u32,
@@ -18,6 +18,63 @@ pub struct SubscriptionParams {
     pub payload_type: u8,
     /// Highest layer the subscriber should receive.
     pub max_layer: LayerIndex,
+    /// The retransmission stream (RFC 4588), if the subscriber negotiated one.
+    pub rtx: Option<RtxParams>,
+}
+
+/// A retransmission stream: its SSRC and payload type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtxParams {
+    pub ssrc: u32,
+    pub payload_type: u8,
+}
+
+/// The retransmission stream of a subscription and its next sequence number.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rtx {
+    pub params: RtxParams,
+    pub seq: u16,
+}
+
+impl Rtx {
+    /// Wraps a packet (already rewritten for the subscriber) for the retransmission stream:
+    /// the original sequence number leads the payload (RFC 4588 §4).
+    pub fn wrap(&mut self, packet: &rtp::packet::Packet) -> rtp::packet::Packet {
+        use bytes::BufMut;
+        let mut payload = bytes::BytesMut::with_capacity(2 + packet.payload.len());
+        payload.put_u16(packet.header.sequence_number);
+        payload.put_slice(&packet.payload);
+        let mut header = packet.header.clone();
+        header.ssrc = self.params.ssrc;
+        header.payload_type = self.params.payload_type;
+        header.sequence_number = self.next_seq();
+        rtp::packet::Packet {
+            header,
+            payload: payload.freeze(),
+        }
+    }
+
+    /// A padding-only packet on the retransmission stream (a bandwidth probe; receivers count
+    /// its arrival and discard it).
+    pub fn padding(&mut self, timestamp: u32) -> rtp::packet::Packet {
+        rtp::packet::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                padding: true,
+                payload_type: self.params.payload_type,
+                sequence_number: self.next_seq(),
+                timestamp,
+                ssrc: self.params.ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    fn next_seq(&mut self) -> u16 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
 }
 
 /// What the subscriber says about one subscription (it renders the track, and how large).
@@ -53,6 +110,7 @@ pub struct Subscription {
     pub(crate) pinned: bool,
     /// The layer the allocator gave it (`None`: paused), whether or not that layer flows.
     pub(crate) desired: Option<LayerIndex>,
+    pub(crate) rtx: Option<Rtx>,
     pub(crate) next_report: Option<Instant>,
 }
 

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// A layer that sent nothing for this long is considered stopped (the publisher paused it, or
 /// its bandwidth no longer allows it).
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How a layer's peak cost decays per second.
+const PEAK_DECAY_PER_SEC: f64 = 0.98;
 
 /// What a track shows: it decides the track's priority when bandwidth is short.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +87,11 @@ pub struct Layer {
     pub(crate) report: Option<PublisherReport>,
     /// What the layer costs a subscriber.
     pub(crate) rate: RateMeter,
+    /// The highest cost measured recently, decaying slowly, and when it was last updated.
+    /// Encoders ramp a layer up again after it resumes and spike at keyframes, so a layer costs
+    /// what it cost at its recent peak, not what a quiet moment (or a paused layer's emptying
+    /// meter) suggests.
+    pub(crate) peak: Option<(f64, Instant)>,
     /// Picture size, from the last keyframe (VP8 only).
     pub(crate) resolution: Option<(u16, u16)>,
 }
@@ -98,7 +105,35 @@ impl Layer {
             last_packet_at: None,
             report: None,
             rate: RateMeter::default(),
+            peak: None,
             resolution: None,
+        }
+    }
+
+    /// A packet of `bytes` (on the wire) arrived.
+    pub(crate) fn on_packet(&mut self, now: Instant, bytes: usize) {
+        self.last_packet_at = Some(now);
+        self.rate.add(now, bytes);
+    }
+
+    /// What the layer costs: its recent peak, decaying by half in about half a minute.
+    fn cost(&mut self, now: Instant) -> Option<u64> {
+        let measured = self.rate.bps(now) as f64;
+        // The meter scales up its first moments; trust it after a second.
+        let trusted = self.rate.covered(now) >= Duration::from_secs(1) && measured > 0.0;
+        let decayed = self.peak.map(|(p, at)| {
+            p * PEAK_DECAY_PER_SEC.powf(now.saturating_duration_since(at).as_secs_f64())
+        });
+        let peak = match (decayed, trusted) {
+            (Some(d), true) => Some(d.max(measured)),
+            (Some(d), false) => Some(d),
+            (None, true) => Some(measured),
+            (None, false) => None,
+        };
+        self.peak = peak.map(|p| (p, now));
+        match peak {
+            Some(p) => Some(p as u64),
+            None => (measured > 0.0).then_some(measured as u64),
         }
     }
 
@@ -174,10 +209,14 @@ impl Track {
         self.relays.len()
     }
 
-    /// Bits per second of each layer, lowest first. A layer not flowing here is assumed to
-    /// cost what simulcast encoders typically give it: three times the layer below.
+    /// Bits per second of each layer, lowest first. A layer never seen flowing here is assumed
+    /// to cost what simulcast encoders typically give it: three times the layer below.
     pub fn layer_bitrates(&mut self, now: Instant) -> Vec<u64> {
-        let measured: Vec<u64> = self.layers.iter_mut().map(|l| l.rate.bps(now)).collect();
+        let measured: Vec<u64> = self
+            .layers
+            .iter_mut()
+            .map(|l| l.cost(now).unwrap_or(0))
+            .collect();
         let default_audio = 40_000;
         let default_video = [150_000u64, 500_000, 1_500_000, 3_000_000];
         let known = measured.iter().position(|&b| b > 0);

@@ -44,6 +44,7 @@ impl Harness {
                     ssrc: 1000 + sink as u32,
                     payload_type: 96,
                     max_layer,
+                    rtx: None,
                 },
             )
             .unwrap()

@@ -15,6 +15,7 @@ mod room_drive;
 mod room_publish;
 mod room_remote;
 mod room_subscribe;
+mod rtcp_tap;
 pub mod udp;
 pub mod worker;
 

@@ -227,6 +227,11 @@ pub fn build(
             RtpCodecKind::Video,
         );
     }
+    // Without the tap webrtc-rs would consume every inbound RTCP packet itself.
+    registry = registry.with(
+        Slot::from(super::rtcp_tap::RTCP_TAP_SLOT),
+        super::rtcp_tap::RtcpTap::default(),
+    );
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(credentials.ufrag.clone(), credentials.pwd.clone())

@@ -245,6 +245,7 @@ impl LocalRoom {
                 let mut nacks = Vec::new();
                 for p in packets {
                     let any = p.as_any();
+                    tracing::trace!(room = %self.name, rtcp = ?p.header().packet_type, "subscriber RTCP");
                     if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                         keyframes.extend(subscription(pli.media_ssrc));
                     } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
@@ -350,6 +351,7 @@ impl LocalRoom {
                     if let Some(owner) = self.participants.get(&p.owner) {
                         owner.send(ServerMessage::PublisherLayers {
                             track: track.to_string(),
+                            name: p.name.clone(),
                             layers,
                         });
                     }

@@ -158,11 +158,11 @@ impl LocalRoom {
         let Some(p) = self.tracks.get(&track) else {
             return;
         };
-        if self.core.track(track).is_none() {
-            if let Err(e) = self.core.add_track(now, remote_track_info(p)) {
-                tracing::warn!(room = %self.name, "relayed track: {e}");
-                return;
-            }
+        if self.core.track(track).is_none()
+            && let Err(e) = self.core.add_track(now, remote_track_info(p))
+        {
+            tracing::warn!(room = %self.name, "relayed track: {e}");
+            return;
         }
         let subscribers: Vec<usize> = self
             .participants

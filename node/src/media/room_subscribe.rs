@@ -336,6 +336,7 @@ impl LocalRoom {
             o.negotiated = true;
         }
         let params = super::peer::sink_params(&mut peer.pc);
+        tracing::debug!(room = %self.name, participant = %sid, ?params, "subscriber congestion control");
         self.core.set_sink(SinkId(key as u64), params);
         self.attach_subscriptions(now, key);
         self.negotiate(now, sid)?;
@@ -370,10 +371,12 @@ impl LocalRoom {
                 tracing::warn!(room = %self.name, track = %source, "subscriber negotiated no codec for track");
                 continue;
             };
+            let rtx = rtx_for(&mut peer.pc, o.sender, payload_type);
             let params = SubscriptionParams {
                 ssrc: o.ssrc,
                 payload_type,
                 max_layer: default_max_layer,
+                rtx,
             };
             match self.core.subscribe(now, source, SinkId(key as u64), params) {
                 Ok(sub) => {
@@ -624,16 +627,46 @@ impl LocalRoom {
         if peer.outbound[i].subscription.is_some() || self.core.track(track).is_none() {
             return;
         }
+        let rtx = rtx_for(&mut peer.pc, sender, payload_type);
         let params = SubscriptionParams {
             ssrc: peer.outbound[i].ssrc,
             payload_type,
             max_layer: self.ctx.default_max_layer,
+            rtx,
         };
         match self.core.subscribe(now, track, SinkId(key as u64), params) {
             Ok(sub) => peer.outbound[i].subscription = Some(sub),
             Err(e) => tracing::warn!(room = %self.name, "subscribe: {e}"),
         }
     }
+}
+
+/// The retransmission stream negotiated on a sender for media of `payload_type`: its SSRC
+/// and the RTX payload type whose `apt` is that payload type.
+fn rtx_for(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    payload_type: u8,
+) -> Option<sfu_core::RtxParams> {
+    let mut s = pc.rtp_sender(sender)?;
+    let params = s.get_parameters();
+    let ssrc = params
+        .encodings
+        .first()?
+        .rtp_coding_parameters
+        .rtx
+        .as_ref()?
+        .ssrc;
+    let apt = format!("apt={payload_type}");
+    let rtx_pt = params.rtp_parameters.codecs.iter().find_map(|c| {
+        let rtx = c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx");
+        let fmtp = &c.rtp_codec.sdp_fmtp_line;
+        (rtx && fmtp.split(';').any(|p| p.trim() == apt)).then_some(c.payload_type)
+    })?;
+    Some(sfu_core::RtxParams {
+        ssrc,
+        payload_type: rtx_pt,
+    })
 }
 
 /// The payload type a subscriber negotiated on a sender for a codec (matching MIME type, and

@@ -192,8 +192,10 @@ pub enum ServerMessage {
     },
     /// Dynacast, to a publisher: send only these simulcast layers (by RID) of the track; the
     /// others are not needed by anyone in the cluster. All layers listed: send them all.
+    /// `name` is the track's id in the publisher's offer (`MediaStreamTrack.id`).
     PublisherLayers {
         track: String,
+        name: String,
         layers: Vec<String>,
     },
     /// This node is going away (draining): reconnect to `url` with the same token, and

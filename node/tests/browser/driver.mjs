@@ -1,7 +1,8 @@
 // Opens pages in headless Chromium (fake camera and microphone) and reports, once a second,
 // one JSON line with each page's state and media statistics. The Rust tests read these lines.
 //
-// usage: node driver.mjs '{"pages":[{"name":"pub","url":"http://..."}],"seconds":60}'
+// usage: node driver.mjs '{"pages":[{"name":"pub","url":"http://..."}],"seconds":60,"args":[]}'
+// (`args`: extra Chromium flags, e.g. a video file for the fake camera)
 // stdin: JSON lines {"open":{"name":..,"url":..}}, {"eval":{"name":..,"js":..}} or
 // {"close":"name"}; EOF ends the run.
 
@@ -23,6 +24,7 @@ const browser = await chromium.launch({
     "--autoplay-policy=no-user-gesture-required",
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
+    ...(spec.args || []),
   ],
 });
 const context = await browser.newContext();

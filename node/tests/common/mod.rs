@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod shaper;
+
 use serde_json::Value;
 use sfu_node::auth::{Claims, join_claims, mint};
 use sfu_node::{Config, Server};
@@ -21,7 +23,7 @@ pub async fn start_node() -> Server {
         .expect("node starts")
 }
 
-fn tracing_subscriber_init() -> Option<()> {
+pub fn tracing_subscriber_init() -> Option<()> {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let filter = std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "warn".into());
@@ -98,6 +100,11 @@ pub type Sample = Value;
 
 impl Browser {
     pub async fn launch(pages: &[(&str, String)]) -> Browser {
+        Self::launch_with_args(pages, &[]).await
+    }
+
+    /// Launches with extra Chromium flags.
+    pub async fn launch_with_args(pages: &[(&str, String)], args: &[String]) -> Browser {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
         assert!(
             dir.join("node_modules/playwright-core").exists(),
@@ -106,6 +113,7 @@ impl Browser {
         let spec = serde_json::json!({
             "pages": pages.iter().map(|(n, u)| serde_json::json!({"name": n, "url": u})).collect::<Vec<_>>(),
             "seconds": 240,
+            "args": args,
         });
         let mut child = Command::new("node")
             .arg(dir.join("driver.mjs"))

@@ -488,6 +488,7 @@ pub fn params(s: SinkId) -> SubscriptionParams {
         ssrc: 5000 + s.0 as u32,
         payload_type: 96,
         max_layer: 0,
+        rtx: None,
     }
 }
 

@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use sfu_core::twcc_feedback::twcc_feedback;
 use sfu_core::{
-    Codec, LayerIndex, MediaKind, Output, Packet, Room, RoomConfig, SinkId, SinkParams,
+    Codec, LayerIndex, MediaKind, Output, Packet, Room, RoomConfig, RtxParams, SinkId, SinkParams,
     SubscriptionId, SubscriptionParams, TrackId, TrackInfo, WallClock,
 };
 use std::collections::{BTreeMap, VecDeque};
@@ -16,6 +16,7 @@ pub const VIDEO: TrackId = TrackId(0x71de0);
 pub const AUDIO: TrackId = TrackId(0xa0d10);
 const SINK: SinkId = SinkId(1);
 const TWCC_EXT: u8 = 5;
+const RTX_SSRC: u32 = 3;
 /// Bytes a packet takes on the wire beyond its payload (RTP with extension, SRTP, UDP/IP).
 const WIRE_OVERHEAD: usize = 12 + 8 + 10 + 28;
 const MAX_PAYLOAD: usize = 1_100;
@@ -60,6 +61,8 @@ pub struct Observed {
     pub audio_drops_at: Vec<Instant>,
     pub audio_received: u64,
     pub video_dropped: u64,
+    /// Packets on the retransmission stream (probes).
+    pub rtx_packets: u64,
     /// Output sequence numbers that skipped ahead (a gap the subscriber would see).
     pub video_seq_gaps: u64,
     pub audio_seq_gaps: u64,
@@ -138,13 +141,23 @@ impl Sim {
                 remb: false,
             },
         );
-        let params = |ssrc, payload_type| SubscriptionParams {
-            ssrc,
-            payload_type,
+        let video = SubscriptionParams {
+            ssrc: 1,
+            payload_type: 96,
             max_layer: 2,
+            rtx: Some(RtxParams {
+                ssrc: RTX_SSRC,
+                payload_type: 97,
+            }),
         };
-        let video_sub = room.subscribe(t0, VIDEO, SINK, params(1, 96)).unwrap();
-        let audio_sub = room.subscribe(t0, AUDIO, SINK, params(2, 111)).unwrap();
+        let audio = SubscriptionParams {
+            ssrc: 2,
+            payload_type: 111,
+            max_layer: 0,
+            rtx: None,
+        };
+        let video_sub = room.subscribe(t0, VIDEO, SINK, video).unwrap();
+        let audio_sub = room.subscribe(t0, AUDIO, SINK, audio).unwrap();
         Self {
             config,
             t0,
@@ -291,6 +304,11 @@ impl Sim {
     /// The SFU's output towards the subscriber, into the bottleneck.
     fn send(&mut self, subscription: SubscriptionId, packet: Packet) {
         let audio = subscription == self.audio_sub;
+        if packet.header.ssrc == RTX_SSRC {
+            self.observed.rtx_packets += 1;
+            self.enqueue(packet, false);
+            return;
+        }
         let seq = packet.header.sequence_number;
         let (max, gaps) = if audio {
             (&mut self.max_audio_seq, &mut self.observed.audio_seq_gaps)
@@ -319,6 +337,11 @@ impl Sim {
         if audio {
             self.observed.audio_sent += 1;
         }
+        self.enqueue(packet, audio);
+    }
+
+    /// Into the bottleneck's queue, or dropped if it is full.
+    fn enqueue(&mut self, packet: Packet, audio: bool) {
         let size = packet.payload.len() + WIRE_OVERHEAD;
         let start = self.link_free.max(self.now);
         if start.duration_since(self.now) > self.config.queue {
