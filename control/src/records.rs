@@ -90,6 +90,9 @@ pub struct TrackRecord {
     /// The origin measures its audio levels (RFC 6464) and shares them with the room's nodes.
     #[serde(default)]
     pub audio_levels: bool,
+    /// Payload type of RED in its packets, if its publisher may send RED.
+    #[serde(default)]
+    pub red_payload_type: Option<u8>,
 }
 
 /// A room created through the API: its limits. Not bound to a lease.

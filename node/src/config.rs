@@ -123,6 +123,11 @@ pub struct RoomLimits {
     pub max_participants: usize,
     /// Highest simulcast layer sent to subscribers by default (0 = lowest).
     pub default_max_layer: usize,
+    /// Audio tracks each subscriber receives: the loudest (0: all).
+    pub top_k: usize,
+    /// Participants whose video each subscriber receives: the most recent speakers, plus
+    /// pinned tracks and screen shares (0: all).
+    pub last_n: usize,
 }
 
 /// Limits on signaling input, so oversized input gets an error instead of eating memory.
@@ -170,6 +175,8 @@ impl Default for RoomLimits {
         Self {
             max_participants: 0,
             default_max_layer: 2,
+            top_k: 3,
+            last_n: 0,
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub keyframe_requests_sent: Counter,
     pub dropped: Family<DropLabels, Counter>,
     pub signaling_errors: Counter,
+    pub probe_packets: Counter,
+    pub layer_switches: Counter,
+    pub congestion_feedback: Counter,
+    pub red_packets: Counter,
 }
 
 impl Metrics {
@@ -54,6 +58,10 @@ impl Metrics {
             keyframe_requests_sent: Counter::default(),
             dropped: Family::default(),
             signaling_errors: Counter::default(),
+            probe_packets: Counter::default(),
+            layer_switches: Counter::default(),
+            congestion_feedback: Counter::default(),
+            red_packets: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,6 +129,26 @@ impl Metrics {
             "signaling_errors",
             "Signaling requests answered with an error",
             m.signaling_errors.clone(),
+        );
+        registry.register(
+            "probe_packets",
+            "Packets sent to probe subscribers' bandwidth (copies and padding on RTX)",
+            m.probe_packets.clone(),
+        );
+        registry.register(
+            "layer_switches",
+            "Simulcast layer changes made by the stream allocator",
+            m.layer_switches.clone(),
+        );
+        registry.register(
+            "congestion_feedback",
+            "Congestion feedback reports (TWCC, REMB) received from subscribers",
+            m.congestion_feedback.clone(),
+        );
+        registry.register(
+            "red_packets",
+            "Redundant audio (RED) packets received from publishers",
+            m.red_packets.clone(),
         );
         Self { registry, ..m }
     }

@@ -63,7 +63,13 @@ impl Server {
             announced_ips: announced.clone(),
             max_participants: config.room.max_participants,
             default_max_layer: config.room.default_max_layer,
-            core: sfu_core::RoomConfig::default(),
+            core: sfu_core::RoomConfig {
+                speakers: sfu_core::SpeakerConfig {
+                    top_k: config.room.top_k,
+                    last_n: config.room.last_n,
+                },
+                ..Default::default()
+            },
             node_id: node_id.as_str().into(),
             fanout: config.cluster.fanout,
             membership: membership.clone(),

@@ -32,6 +32,7 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
             1.0,
             "one simulcast layer reaches the subscriber as one stream: {last:#}"
         );
+
         assert!(
             last["pages"][sub]["errors"].as_array().unwrap().is_empty(),
             "{last:#}"
@@ -46,6 +47,14 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
         .await
         .unwrap();
     assert!(metrics.contains("sfu_packets_out_total"), "{metrics}");
+    // Chromium published redundant audio (RED, which the node prefers), and the subscribers,
+    // who negotiated RED too, received and played it (audio packets above).
+    let red: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sfu_red_packets_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(red > 100.0, "RED audio arrived: {metrics}");
     node.stop().await;
 }
 

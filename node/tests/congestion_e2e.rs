@@ -130,6 +130,26 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
         .await;
     assert!(climbed, "a higher layer once the limit lifted: {s:#}");
     browser.stop().await;
+    // The subscriber's congestion feedback reached the node, and the node probed.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        counter("sfu_congestion_feedback_total") > 100.0,
+        "{metrics}"
+    );
+    assert!(counter("sfu_probe_packets_total") > 0.0, "{metrics}");
+    assert!(counter("sfu_layer_switches_total") > 0.0, "{metrics}");
     node.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,7 @@
 //
 // Two peer connections, as the protocol prescribes: one we offer on to publish, one the
 // server offers on to send us everyone else's tracks. Query parameters let tests drive the
-// page: ?room=R&identity=I&autojoin=1&publish=0|1&simulcast=0|1&token=T&codec=vp8|h264
+// page: ?room=R&identity=I&autojoin=1&publish=0|1&simulcast=0|1&token=T&codec=vp8|h264&red=0|1
 // &control=URL (ask the cluster's control plane which node to join).
 // A draining node sends `migrate`: the page reconnects to the node it names, with the same
 // token and the same camera, and publishes and subscribes again there.
@@ -223,6 +223,13 @@ async function publish(simulcast, codec) {
       ];
     }
     const tr = pc.addTransceiver(track, init);
+    // Redundant audio (RED) when the browser has it: a lost packet's audio rides in the next.
+    if (track.kind === "audio" && params.get("red") !== "0" && tr.setCodecPreferences) {
+      const caps = RTCRtpSender.getCapabilities("audio").codecs;
+      const red = caps.filter((c) => c.mimeType.toLowerCase() === "audio/red");
+      const rest = caps.filter((c) => c.mimeType.toLowerCase() !== "audio/red");
+      if (red.length) tr.setCodecPreferences([...red, ...rest]);
+    }
     if (track.kind === "video" && codec && tr.setCodecPreferences) {
       const caps = RTCRtpSender.getCapabilities("video").codecs;
       const wanted = caps.filter((c) => c.mimeType.toLowerCase() === `video/${codec}`);

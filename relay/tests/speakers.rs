@@ -211,6 +211,7 @@ fn subscribe_all(
                     payload_type: 111,
                     max_layer: 0,
                     rtx: None,
+                    red_payload_type: None,
                 },
             )
             .unwrap();

@@ -70,6 +70,7 @@ fn fan_out(c: &mut Criterion) {
                 payload_type: 96,
                 max_layer: 0,
                 rtx: None,
+                red_payload_type: None,
             },
         )
         .unwrap();

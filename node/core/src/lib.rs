@@ -24,6 +24,7 @@ pub mod ids;
 pub mod keyframe;
 pub mod probe;
 pub mod rate;
+pub mod red;
 pub mod retransmit;
 pub mod room;
 mod room_media;

@@ -136,10 +136,16 @@ pub struct RoomStats {
     pub relayed: u64,
     /// Packets of muted tracks, not forwarded.
     pub dropped_muted: u64,
+    /// Malformed payloads (a RED packet whose blocks do not add up), per subscriber.
+    pub dropped_malformed: u64,
     /// Duplicates sent to probe subscribers' bandwidth.
     pub probe_packets: u64,
     /// Layer switches made by the stream allocator (up and down).
     pub layer_switches: u64,
+    /// Congestion feedback reports (TWCC, REMB) received from subscribers.
+    pub congestion_feedback: u64,
+    /// RED (redundant audio) packets received.
+    pub red_packets: u64,
 }
 
 /// See the module documentation.
@@ -301,6 +307,7 @@ impl Room {
                 params,
                 seq: (params.ssrc >> 16) as u16,
             }),
+            red_payload_type: params.red_payload_type,
             next_report: None,
         });
         self.index.insert(id, track_id);

@@ -66,6 +66,10 @@ impl Room {
         let vp8 = (track.info.codec == Codec::Vp8 && payload_len > 0)
             .then(|| Vp8Descriptor::parse(&packet.payload))
             .flatten();
+        // RED audio: parsed once; subscribers without RED get the primary block.
+        let red = (track.info.red_payload_type == Some(packet.header.payload_type))
+            .then(|| crate::red::primary(&packet.payload));
+        self.stats.red_packets += red.is_some() as u64;
         let (ext_seq, _) = l.unwrapper.unwrap(packet.header.sequence_number);
         if payload_len > 0 {
             l.on_packet(now, payload_len + OVERHEAD);
@@ -77,6 +81,11 @@ impl Room {
             }
         }
         for sub in &mut track.subscriptions {
+            if matches!(red, Some(None)) && sub.red_payload_type.is_none() {
+                // A RED payload whose blocks do not add up: no primary block to send.
+                self.stats.dropped_malformed += 1;
+                continue;
+            }
             match sub.forwarder.forward_vp8(
                 now,
                 layer,
@@ -87,8 +96,16 @@ impl Room {
             ) {
                 Ok(rewrite) => {
                     let mut header = rewrite.header(&packet.header);
-                    let payload = match (rewrite.picture, &vp8) {
-                        (Some((pid, tl0)), Some(d)) => d.rewrite(&packet.payload, pid, tl0),
+                    let payload = match (rewrite.picture, &vp8, &red) {
+                        (Some((pid, tl0)), Some(d), _) => d.rewrite(&packet.payload, pid, tl0),
+                        (_, _, Some(primary)) => match (sub.red_payload_type, primary) {
+                            (Some(pt), _) => {
+                                header.payload_type = pt;
+                                packet.payload.clone()
+                            }
+                            (None, Some((_, block))) => block.clone(),
+                            (None, None) => packet.payload.clone(),
+                        },
                         _ => packet.payload.clone(),
                     };
                     if let Some(d) = self.downlinks.get_mut(&sub.sink) {
@@ -229,6 +246,7 @@ impl Room {
         sink: SinkId,
         feedback: &TransportLayerCc,
     ) {
+        self.stats.congestion_feedback += 1;
         if let Some(d) = self.downlinks.get_mut(&sink) {
             d.estimator.on_twcc(now, feedback);
             judge_probes(d, now);
@@ -237,6 +255,7 @@ impl Room {
 
     /// A subscriber's REMB (receiver-side estimate), used when it sends no TWCC feedback.
     pub fn handle_remb(&mut self, now: Instant, sink: SinkId, bps: f64) {
+        self.stats.congestion_feedback += 1;
         if let Some(d) = self.downlinks.get_mut(&sink) {
             d.estimator.on_remb(now, bps);
         }

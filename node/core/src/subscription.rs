@@ -20,6 +20,9 @@ pub struct SubscriptionParams {
     pub max_layer: LayerIndex,
     /// The retransmission stream (RFC 4588), if the subscriber negotiated one.
     pub rtx: Option<RtxParams>,
+    /// The subscriber's payload type for RED audio, if it negotiated RED (it then gets RED
+    /// as the publisher sent it; otherwise the primary block only).
+    pub red_payload_type: Option<u8>,
 }
 
 /// A retransmission stream: its SSRC and payload type.
@@ -111,6 +114,7 @@ pub struct Subscription {
     /// The layer the allocator gave it (`None`: paused), whether or not that layer flows.
     pub(crate) desired: Option<LayerIndex>,
     pub(crate) rtx: Option<Rtx>,
+    pub(crate) red_payload_type: Option<u8>,
     pub(crate) next_report: Option<Instant>,
 }
 

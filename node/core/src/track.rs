@@ -46,6 +46,8 @@ pub struct TrackInfo {
     /// The track's audio levels are known (measured here from `audio_level_ext`, or shared by
     /// its origin node): it takes part in speaker ranking and top-K.
     pub audio_levels: bool,
+    /// Payload type of RED (RFC 2198) in the publisher's packets, if it may send RED.
+    pub red_payload_type: Option<u8>,
 }
 
 impl TrackInfo {
@@ -66,6 +68,7 @@ impl TrackInfo {
             local: true,
             audio_level_ext: None,
             audio_levels: false,
+            red_payload_type: None,
         }
     }
 }

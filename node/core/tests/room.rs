@@ -45,6 +45,7 @@ impl Harness {
                     payload_type: 96,
                     max_layer,
                     rtx: None,
+                    red_payload_type: None,
                 },
             )
             .unwrap()
@@ -426,4 +427,68 @@ fn a_muted_track_forwards_nothing_and_asks_for_a_keyframe_when_unmuted() {
     h.room.handle_rtp(h.now, VIDEO, 0, vp8(7, 3, 0, false));
     assert_eq!(rtp_outputs(&h.drain()).len(), 1);
     assert!(h.room.set_track_muted(h.now, TrackId(99), true).is_err());
+}
+
+#[test]
+fn red_goes_as_it_is_to_red_subscribers_and_as_its_primary_block_to_others() {
+    let mut h = Harness::new();
+    let mut info = TrackInfo::new(AUDIO, MediaKind::Audio, Codec::Opus, 48_000, 1);
+    info.red_payload_type = Some(63);
+    h.room.add_track(h.now, info).unwrap();
+    let params = |sink: u32, red| SubscriptionParams {
+        ssrc: 100 + sink,
+        payload_type: 111,
+        max_layer: 0,
+        rtx: None,
+        red_payload_type: red,
+    };
+    let with_red = h
+        .room
+        .subscribe(h.now, AUDIO, SinkId(1), params(1, Some(98)))
+        .unwrap();
+    let without = h
+        .room
+        .subscribe(h.now, AUDIO, SinkId(2), params(2, None))
+        .unwrap();
+    h.drain();
+    // A RED packet: one redundant block of 2 bytes, then the primary (Opus, pt 111).
+    let mut p = Packet {
+        payload: Bytes::from_static(&[0xef, 0x0f, 0x00, 0x02, 0x6f, 1, 2, 0xfc, 0xaa]),
+        ..Default::default()
+    };
+    p.header.payload_type = 63;
+    p.header.sequence_number = 1;
+    h.room.handle_rtp(h.now, AUDIO, 0, p.clone());
+    let mut got = std::collections::HashMap::new();
+    for o in h.drain() {
+        if let Output::Rtp {
+            subscription,
+            packet,
+            ..
+        } = o
+        {
+            got.insert(subscription, (packet.header.payload_type, packet.payload));
+        }
+    }
+    assert_eq!(
+        got[&with_red].0, 98,
+        "RED keeps RED, in the subscriber's payload type"
+    );
+    assert_eq!(got[&with_red].1, p.payload);
+    assert_eq!(got[&without].0, 111, "the primary block is plain Opus");
+    assert_eq!(&got[&without].1[..], &[0xfc, 0xaa]);
+    // A malformed RED payload reaches only RED subscribers.
+    p.payload = Bytes::from_static(&[0xef, 0x0f, 0x00, 0x09, 0x6f]);
+    p.header.sequence_number = 2;
+    h.room.handle_rtp(h.now, AUDIO, 0, p);
+    let subs: Vec<SubscriptionId> = h
+        .drain()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Rtp { subscription, .. } => Some(subscription),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(subs, vec![with_red]);
+    assert_eq!(h.room.stats().dropped_malformed, 1);
 }

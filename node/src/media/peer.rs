@@ -95,6 +95,13 @@ fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error
             },
             payload_type: pt,
         };
+    // RED (RFC 2198), preferred over plain Opus (as LiveKit does): a lost packet's audio rides in
+    // the next one. Forwarded as it is to subscribers that negotiate it, as its primary Opus
+    // block to the others.
+    me.register_codec(
+        codec(RED_MIME, 48_000, 2, "111/111", 63, vec![]),
+        RtpCodecKind::Audio,
+    )?;
     me.register_codec(
         codec(
             MIME_TYPE_OPUS,
@@ -141,6 +148,8 @@ fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error
     Ok(())
 }
 
+/// MIME type of RED audio.
+pub const RED_MIME: &str = "audio/red";
 const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";

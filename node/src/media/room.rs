@@ -106,6 +106,8 @@ pub(super) struct Published {
     pub source: TrackSourceName,
     /// Audio whose levels are known (speaker ranking).
     pub audio_levels: bool,
+    /// Payload type of RED in its packets (as its publisher negotiated it), if it may send RED.
+    pub red_payload_type: Option<u8>,
 }
 
 /// A participant of this room connected to another node.

@@ -39,6 +39,7 @@ impl LocalRoom {
             muted: p.muted,
             source: p.source.as_str().to_owned(),
             audio_levels: p.audio_levels,
+            red_payload_type: p.red_payload_type,
         }
     }
 }
@@ -68,6 +69,8 @@ struct Offered {
     rids: Vec<String>,
     /// Negotiated id of the audio level header extension.
     audio_level_ext: Option<u8>,
+    /// Payload type of RED, if negotiated (the publisher may send RED instead of plain Opus).
+    red_payload_type: Option<u8>,
 }
 
 /// Whether a negotiated codec carries media (rather than retransmissions or FEC).
@@ -207,12 +210,22 @@ impl LocalRoom {
                 .iter()
                 .find(|h| h.uri == AUDIO_LEVEL_URI)
                 .and_then(|h| u8::try_from(h.id).ok());
+            let red_payload_type = params
+                .codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(super::peer::RED_MIME)
+                })
+                .map(|c| c.payload_type);
             found.push(Offered {
                 rtc_track,
                 kind,
                 codec,
                 rids: order_rids(rids),
                 audio_level_ext,
+                red_payload_type,
             });
         }
         found
@@ -267,6 +280,7 @@ impl LocalRoom {
         info.source = core_source(source);
         info.audio_level_ext = o.audio_level_ext.filter(|_| audio_levels);
         info.audio_levels = audio_levels;
+        info.red_payload_type = o.red_payload_type;
         if let Err(e) = self.core.add_track(now, info) {
             tracing::error!(room = %self.name, "adding track: {e}");
             return;
@@ -295,6 +309,7 @@ impl LocalRoom {
             muted: false,
             source,
             audio_levels,
+            red_payload_type: o.red_payload_type,
         };
         let view = published.view();
         out.effects.push(Effect::TrackPublished {

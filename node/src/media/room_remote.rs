@@ -95,6 +95,8 @@ impl LocalRoom {
             muted: record.muted,
             source: TrackSourceName::parse(&record.source),
             audio_levels: kind == MediaKind::Audio && record.audio_levels,
+            // Relayed packets carry the publisher's payload types.
+            red_payload_type: record.red_payload_type,
         };
         if published.audio_levels {
             // Ranked at once (as silent), so top-K holds before it ever speaks.
@@ -281,5 +283,6 @@ fn remote_track_info(p: &Published) -> TrackInfo {
     info.source = super::room_publish::core_source(p.source);
     info.local = false;
     info.audio_levels = p.audio_levels;
+    info.red_payload_type = p.red_payload_type;
     info
 }

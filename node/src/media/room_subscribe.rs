@@ -372,11 +372,13 @@ impl LocalRoom {
                 continue;
             };
             let rtx = rtx_for(&mut peer.pc, o.sender, payload_type);
+            let red_payload_type = red_for(&mut peer.pc, o.sender, published);
             let params = SubscriptionParams {
                 ssrc: o.ssrc,
                 payload_type,
                 max_layer: default_max_layer,
                 rtx,
+                red_payload_type,
             };
             match self.core.subscribe(now, source, SinkId(key as u64), params) {
                 Ok(sub) => {
@@ -628,11 +630,16 @@ impl LocalRoom {
             return;
         }
         let rtx = rtx_for(&mut peer.pc, sender, payload_type);
+        let red_payload_type = self
+            .tracks
+            .get(&track)
+            .and_then(|p| red_for(&mut peer.pc, sender, p));
         let params = SubscriptionParams {
             ssrc: peer.outbound[i].ssrc,
             payload_type,
             max_layer: self.ctx.default_max_layer,
             rtx,
+            red_payload_type,
         };
         match self.core.subscribe(now, track, SinkId(key as u64), params) {
             Ok(sub) => peer.outbound[i].subscription = Some(sub),
@@ -667,6 +674,29 @@ fn rtx_for(
         ssrc,
         payload_type: rtx_pt,
     })
+}
+
+/// The subscriber's payload type for RED on a sender, for an audio track whose publisher may
+/// send RED.
+fn red_for(
+    pc: &mut rtc::peer_connection::RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    track: &super::room::Published,
+) -> Option<u8> {
+    if track.kind != MediaKind::Audio || track.red_payload_type.is_none() {
+        return None;
+    }
+    let mut s = pc.rtp_sender(sender)?;
+    s.get_parameters()
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| {
+            c.rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(super::peer::RED_MIME)
+        })
+        .map(|c| c.payload_type)
 }
 
 /// The payload type a subscriber negotiated on a sender for a codec (matching MIME type, and

@@ -966,6 +966,17 @@ fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
         .inc_by(now.keyframe_requests_received - before.keyframe_requests_received);
     m.keyframe_requests_sent
         .inc_by(now.keyframe_requests_sent - before.keyframe_requests_sent);
+    m.probe_packets
+        .inc_by(now.probe_packets - before.probe_packets);
+    m.layer_switches
+        .inc_by(now.layer_switches - before.layer_switches);
+    m.congestion_feedback
+        .inc_by(now.congestion_feedback - before.congestion_feedback);
+    m.red_packets.inc_by(now.red_packets - before.red_packets);
+    m.count_drop(
+        "malformed_payload",
+        now.dropped_malformed - before.dropped_malformed,
+    );
     for (i, reason) in DropReason::ALL.iter().enumerate() {
         m.count_drop(reason.as_str(), now.dropped[i] - before.dropped[i]);
     }

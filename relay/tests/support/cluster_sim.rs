@@ -489,6 +489,7 @@ pub fn params(s: SinkId) -> SubscriptionParams {
         payload_type: 96,
         max_layer: 0,
         rtx: None,
+        red_payload_type: None,
     }
 }
 

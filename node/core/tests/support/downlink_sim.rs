@@ -149,12 +149,14 @@ impl Sim {
                 ssrc: RTX_SSRC,
                 payload_type: 97,
             }),
+            red_payload_type: None,
         };
         let audio = SubscriptionParams {
             ssrc: 2,
             payload_type: 111,
             max_layer: 0,
             rtx: None,
+            red_payload_type: None,
         };
         let video_sub = room.subscribe(t0, VIDEO, SINK, video).unwrap();
         let audio_sub = room.subscribe(t0, AUDIO, SINK, audio).unwrap();
