@@ -18,6 +18,9 @@ mod room_subscribe;
 mod rtcp_tap;
 pub mod udp;
 pub mod worker;
+mod worker_cluster;
+mod worker_commands;
+mod worker_metrics;
 
 use crate::auth::Grants;
 use crate::metrics::Metrics;

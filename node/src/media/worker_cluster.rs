@@ -1,0 +1,331 @@
+//! A media worker as part of the cluster: the effects its rooms have on the registry and the
+//! relay, the relay's outputs carried out on its rooms, and registry changes and relay input
+//! routed to them.
+
+use super::ClusterInput;
+use super::egress::Effect;
+use super::worker::{CoreRooms, LINKED_GRACE, Worker};
+use sfu_control::ClusterEvent;
+use sfu_relay::NodeId;
+use sfu_relay::core::{Output as RelayOutput, TrackKey};
+use std::time::Instant;
+
+impl Worker {
+    /// Registry records and relay changes that rooms asked for.
+    pub(super) fn apply_effects(&mut self, now: Instant) {
+        let effects = std::mem::take(&mut self.out.effects);
+        if effects.is_empty() {
+            return;
+        }
+        let keys = self.membership.keys().clone();
+        let node = self.ctx.node_id.clone();
+        let hook = |event, room: &str| crate::webhook::Event::new(event, &node, room);
+        for e in effects {
+            match e {
+                Effect::RoomStarted { room } => self.webhooks.send(hook("room_started", &room)),
+                Effect::RoomFinished { room } => self.webhooks.send(hook("room_finished", &room)),
+                Effect::ParticipantJoined { room, record } => {
+                    self.membership
+                        .set_json(keys.participant(&room, &record.sid), &record);
+                    let mut e = hook("participant_joined", &room);
+                    e.participant = Some(crate::webhook::ParticipantRef {
+                        sid: record.sid,
+                        identity: record.identity,
+                        name: record.name,
+                    });
+                    self.webhooks.send(e);
+                }
+                Effect::ParticipantLeft {
+                    room,
+                    sid,
+                    identity,
+                    name,
+                    slot,
+                } => {
+                    self.membership.remove(keys.participant(&room, &sid));
+                    if let Some(slot) = slot {
+                        self.membership.remove(slot);
+                    }
+                    let mut e = hook("participant_left", &room);
+                    e.participant = Some(crate::webhook::ParticipantRef {
+                        sid,
+                        identity,
+                        name,
+                    });
+                    self.webhooks.send(e);
+                }
+                Effect::TrackPublished { room, record, info } => {
+                    let key = TrackKey {
+                        room: room.as_str().into(),
+                        track: record.track.parse().unwrap_or(sfu_core::TrackId(0)),
+                    };
+                    self.membership
+                        .set_json(keys.track(&room, &record.track), &record);
+                    self.relay.add_local_track(key, info);
+                    let mut e = hook("track_published", &room);
+                    e.track = Some(crate::webhook::TrackRef {
+                        sid: record.track,
+                        kind: record.kind,
+                        participant: record.participant,
+                    });
+                    self.webhooks.send(e);
+                }
+                Effect::TrackUpdated { room, record } => {
+                    self.membership
+                        .set_json(keys.track(&room, &record.track), &record);
+                }
+                Effect::TrackUnpublished {
+                    room,
+                    track,
+                    kind,
+                    participant,
+                } => {
+                    self.membership
+                        .remove(keys.track(&room, &track.to_string()));
+                    self.relay.remove_local_track(&TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    });
+                    let mut e = hook("track_unpublished", &room);
+                    e.track = Some(crate::webhook::TrackRef {
+                        sid: track.to_string(),
+                        kind: kind.to_owned(),
+                        participant,
+                    });
+                    self.webhooks.send(e);
+                }
+                Effect::Demand {
+                    room,
+                    track,
+                    origin,
+                    layers,
+                } => {
+                    let key = TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    };
+                    self.relay
+                        .set_demand(now, key, origin.as_str().into(), layers);
+                }
+                Effect::UpstreamKeyframe { room, track, layer } => {
+                    self.relay.request_keyframe(
+                        &TrackKey {
+                            room: room.as_str().into(),
+                            track,
+                        },
+                        layer,
+                    );
+                }
+                Effect::Forget { room, track } => {
+                    self.relay.forget(&TrackKey {
+                        room: room.as_str().into(),
+                        track,
+                    });
+                }
+                Effect::SharedLevels {
+                    room,
+                    nodes,
+                    levels,
+                } => {
+                    let nodes: Vec<NodeId> =
+                        nodes.iter().map(|n| NodeId::from(n.as_str())).collect();
+                    let levels: Vec<sfu_proto::relay::AudioLevel> = levels
+                        .into_iter()
+                        .map(|(track, participant, level)| sfu_proto::relay::AudioLevel {
+                            track: track.0,
+                            participant: participant.to_string(),
+                            level: level as u32,
+                        })
+                        .collect();
+                    self.relay.share_levels(&room, &nodes, &levels);
+                }
+            }
+        }
+        self.drain_relay(now);
+    }
+
+    /// Carries out the relay's outputs.
+    pub(super) fn drain_relay(&mut self, now: Instant) {
+        while let Some(output) = self.relay.poll_output() {
+            let room = output.room().map(str::to_owned);
+            let mut rooms = CoreRooms {
+                rooms: &mut self.rooms,
+                by_name: &self.room_by_name,
+            };
+            let rest = self.sinks.apply(now, output, &mut rooms);
+            match rest {
+                Some(RelayOutput::Send { to, frame }) => {
+                    if let Some(link) = self.links.get(&to) {
+                        link.send_frame(frame);
+                    }
+                }
+                Some(RelayOutput::Feeding { key, .. }) => {
+                    if let Some(idx) = self.room_index(&key.room, true) {
+                        self.rooms[idx].on_feeding(now, key.track, &mut self.out);
+                        self.after_room(idx);
+                    }
+                }
+                Some(RelayOutput::Unfed { key, ended }) => {
+                    if let Some(idx) = self.room_index(&key.room, false) {
+                        self.rooms[idx].on_unfed(now, key.track, ended, &mut self.out);
+                        self.after_room(idx);
+                    }
+                }
+                Some(RelayOutput::Levels { room, levels }) => {
+                    if let Some(idx) = self.room_index(&room, false) {
+                        self.rooms[idx].on_shared_levels(now, &levels);
+                        self.after_room(idx);
+                    }
+                }
+                _ => {}
+            }
+            // Attaching a relay sink makes the room ask for a keyframe, a NACK makes it resend.
+            if let Some(idx) = room.and_then(|r| self.room_by_name.get(&r).copied())
+                && let Some(room) = self.rooms.get_mut(idx)
+            {
+                room.route_core_outputs(now, &mut self.out);
+            }
+        }
+        self.send_relay_datagrams();
+    }
+
+    pub(super) fn send_relay_datagrams(&mut self) {
+        for (link, d) in self.out.relay.drain(..) {
+            let sent = self
+                .relay
+                .node_of_link(link)
+                .and_then(|n| self.links.get(n))
+                .is_some_and(|l| l.send_datagram(d));
+            if !sent {
+                self.drops.relay_rejected += 1;
+            }
+        }
+    }
+
+    pub(super) fn handle_cluster(&mut self, input: ClusterInput) {
+        let now = Instant::now();
+        match input {
+            ClusterInput::LinkUp(link) => {
+                let node = link.node.clone();
+                self.links.insert(node.clone(), link);
+                self.relay.handle_link_up(now, node);
+                self.drain_relay(now);
+            }
+            ClusterInput::LinkDown(node) => {
+                self.links.remove(&node);
+                // Deletions held because the node was linked are believed at once now.
+                let (now_due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+                    .into_iter()
+                    .partition(|(_, e)| matches!(e, ClusterEvent::NodeGone(n) if **n == *node));
+                self.deferred = keep;
+                for (_, e) in now_due {
+                    self.apply_cluster_event(now, e);
+                }
+                self.relay.handle_link_down(now, &node);
+                self.drain_relay(now);
+            }
+            ClusterInput::Frame { from, frame } => {
+                self.relay.handle_frame(now, &from, frame);
+                self.drain_relay(now);
+            }
+            ClusterInput::Datagram { from, flow, rtp } => {
+                let link = self.relay.link_id(&from);
+                match self.relay.handle_datagram(now, link, flow, rtp) {
+                    Ok(d) => {
+                        let (track, layer, packet) = (d.key.track, d.layer, d.packet);
+                        if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
+                            self.rooms[idx].handle_relayed_rtp(
+                                now,
+                                track,
+                                layer,
+                                packet,
+                                &mut self.out,
+                            );
+                            self.after_room(idx);
+                        }
+                    }
+                    Err(_) => self.drops.relay_rejected += 1,
+                }
+            }
+            ClusterInput::Event(e) => self.handle_cluster_event(now, e),
+        }
+    }
+
+    /// The node a deletion is about, if it is one we hold a link to.
+    pub(super) fn linked_node(&self, e: &ClusterEvent) -> Option<String> {
+        let node = match e {
+            ClusterEvent::NodeGone(node) => Some(node.clone()),
+            ClusterEvent::TrackGone { room, track } => {
+                let idx = *self.room_by_name.get(room)?;
+                self.rooms[idx].track_origin(track)
+            }
+            ClusterEvent::ParticipantGone { room, sid } => {
+                let idx = *self.room_by_name.get(room)?;
+                self.rooms[idx].participant_node(sid)
+            }
+            _ => None,
+        }?;
+        self.links.contains_key(node.as_str()).then_some(node)
+    }
+
+    /// Whether a deferred deletion was undone by the node writing its keys again.
+    pub(super) fn reappeared(&self, e: &ClusterEvent) -> bool {
+        match e {
+            ClusterEvent::NodeGone(node) => self.membership.nodes().iter().any(|n| &n.id == node),
+            ClusterEvent::TrackGone { room, track } => self
+                .membership
+                .room(room)
+                .1
+                .iter()
+                .any(|t| &t.track == track),
+            ClusterEvent::ParticipantGone { room, sid } => {
+                self.membership.room(room).0.iter().any(|p| &p.sid == sid)
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn handle_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+        if let Some(node) = self.linked_node(&e) {
+            tracing::debug!(%node, "registry deletion about a linked node deferred: {e:?}");
+            self.deferred.push((now + LINKED_GRACE, e));
+            return;
+        }
+        self.apply_cluster_event(now, e);
+    }
+
+    pub(super) fn apply_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+        let room_of = |e: &ClusterEvent| match e {
+            ClusterEvent::Participant { room, .. }
+            | ClusterEvent::ParticipantGone { room, .. }
+            | ClusterEvent::Track { room, .. }
+            | ClusterEvent::TrackGone { room, .. } => Some(room.clone()),
+            _ => None,
+        };
+        if let ClusterEvent::NodeGone(node) = &e {
+            let rooms: Vec<usize> = self.rooms.iter().map(|(i, _)| i).collect();
+            for idx in rooms {
+                self.rooms[idx].on_node_gone(now, node, &mut self.out);
+                self.after_room(idx);
+            }
+            return;
+        }
+        let Some(room) = room_of(&e) else { return };
+        let Some(idx) = self.room_index(&room, false) else {
+            return;
+        };
+        let r = &mut self.rooms[idx];
+        match e {
+            ClusterEvent::Participant { record, .. } => r.on_remote_participant(record),
+            ClusterEvent::ParticipantGone { sid, .. } => {
+                r.on_remote_participant_gone(now, &sid, &mut self.out)
+            }
+            ClusterEvent::Track { record, .. } => r.on_remote_track(now, record, &mut self.out),
+            ClusterEvent::TrackGone { track, .. } => {
+                r.on_remote_track_gone(now, &track, &mut self.out)
+            }
+            _ => {}
+        }
+        self.after_room(idx);
+    }
+}

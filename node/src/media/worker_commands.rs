@@ -1,0 +1,192 @@
+//! A media worker's commands: signaling requests and administrative operations, each applied
+//! to the room it names.
+
+use super::worker::Worker;
+use super::{AdminOp, Command};
+use std::time::Instant;
+
+impl Worker {
+    pub(super) fn handle_command(&mut self, command: Command) {
+        use crate::signaling::protocol::{ErrorCode, SignalError};
+        let now = Instant::now();
+        let not_found = || SignalError::new(ErrorCode::NotFound, "no such session in this room");
+        macro_rules! in_room {
+            ($room:expr, $reply:expr, |$r:ident, $out:ident| $body:expr) => {{
+                let result = match self.room_index(&$room, false) {
+                    Some(idx) => {
+                        let $r = &mut self.rooms[idx];
+                        let $out = &mut self.out;
+                        let result = $body;
+                        self.after_room(idx);
+                        result
+                    }
+                    None => Err(not_found()),
+                };
+                let _ = $reply.send(result);
+            }};
+        }
+        match command {
+            Command::Join(request, reply) => {
+                let Some(idx) = self.room_index(&request.room, true) else {
+                    return;
+                };
+                let auto = request.auto_subscribe;
+                let room = &mut self.rooms[idx];
+                let result = room.join(now, request, &mut self.out);
+                if let (Ok(joined), true) = (&result, auto) {
+                    room.subscribe_existing(now, &joined.participant.sid);
+                }
+                let _ = reply.send(result);
+                self.after_room(idx);
+            }
+            Command::Leave {
+                room,
+                participant,
+                reason,
+            } => {
+                if let Some(idx) = self.room_index(&room, false) {
+                    self.rooms[idx].leave(now, &participant, &reason, &mut self.out);
+                    self.after_room(idx);
+                }
+            }
+            Command::Publish {
+                room,
+                participant,
+                sdp,
+                sources,
+                reply,
+            } => in_room!(room, reply, |r, out| r.publish(
+                now,
+                &participant,
+                sdp,
+                sources,
+                out
+            )),
+            Command::TrackSettings {
+                room,
+                participant,
+                track,
+                settings,
+                reply,
+            } => in_room!(room, reply, |r, out| {
+                let result = r.track_settings(now, &participant, &track, settings);
+                r.refresh_demand(now, out);
+                result
+            }),
+            Command::Unpublish {
+                room,
+                participant,
+                track,
+                reply,
+            } => in_room!(room, reply, |r, out| r.unpublish(
+                now,
+                &participant,
+                &track,
+                out
+            )),
+            Command::Subscribe {
+                room,
+                participant,
+                tracks,
+                subscribe,
+                reply,
+            } => in_room!(room, reply, |r, out| {
+                let result = r.subscribe(now, &participant, &tracks, subscribe);
+                r.refresh_demand(now, out);
+                result
+            }),
+            Command::SubscriberAnswer {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => in_room!(room, reply, |r, out| r.subscriber_answer(
+                now,
+                &participant,
+                sdp,
+                out
+            )),
+            Command::Play {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => in_room!(room, reply, |r, out| r.play(now, &participant, sdp, out)),
+            Command::Trickle {
+                room,
+                participant,
+                target,
+                candidate,
+                sdp_mid,
+                reply,
+            } => in_room!(room, reply, |r, _out| r.trickle(
+                &participant,
+                target,
+                candidate,
+                sdp_mid
+            )),
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Admin { op, reply } => {
+                let _ = reply.send(self.admin(now, op));
+            }
+            Command::Cluster(input) => self.handle_cluster(input),
+        }
+    }
+
+    pub(super) fn admin(
+        &mut self,
+        now: Instant,
+        op: AdminOp,
+    ) -> Result<(), crate::signaling::protocol::SignalError> {
+        use crate::signaling::protocol::{ErrorCode, SignalError};
+        let room_name = match &op {
+            AdminOp::Migrate { url } => {
+                for (_, room) in &self.rooms {
+                    room.migrate(url);
+                }
+                return Ok(());
+            }
+            AdminOp::RemoveParticipant { room, .. }
+            | AdminOp::DeleteRoom { room }
+            | AdminOp::Mute { room, .. }
+            | AdminOp::Subscriptions { room, .. } => room.clone(),
+        };
+        let idx = self
+            .room_index(&room_name, false)
+            .ok_or_else(|| SignalError::new(ErrorCode::NotFound, "room not on this node"))?;
+        let room = &mut self.rooms[idx];
+        let out = &mut self.out;
+        let result = match op {
+            AdminOp::RemoveParticipant { identity, .. } => {
+                room.remove_identity(now, &identity, "removed by an administrator", out)
+            }
+            AdminOp::DeleteRoom { .. } => {
+                room.remove_all(now, "the room was deleted", out);
+                Ok(())
+            }
+            AdminOp::Mute {
+                identity,
+                track,
+                muted,
+                ..
+            } => room
+                .sid_of(&identity)
+                .and_then(|sid| room.mute(now, &sid, &track, muted, out)),
+            AdminOp::Subscriptions {
+                identity,
+                tracks,
+                subscribe,
+                ..
+            } => room.sid_of(&identity).and_then(|sid| {
+                let r = room.subscribe(now, &sid, &tracks, subscribe);
+                room.refresh_demand(now, out);
+                r
+            }),
+            AdminOp::Migrate { .. } => Ok(()),
+        };
+        self.after_room(idx);
+        result
+    }
+}

@@ -1,0 +1,77 @@
+//! A media worker's metrics: its rooms' counters added to the node's, about once a second.
+
+use super::room_drive::EdgeDrops;
+use super::worker::Worker;
+use crate::metrics::Metrics;
+use sfu_core::{DropReason, RoomStats};
+
+impl Worker {
+    pub(super) fn report_metrics(&mut self) {
+        let m = &self.metrics;
+        let now = self.snapshot();
+        let delta = |gauge: &prometheus_client::metrics::gauge::Gauge, new: usize, old: usize| {
+            gauge.inc_by(new as i64 - old as i64);
+        };
+        delta(&m.rooms, now.rooms, self.reported_gauges.rooms);
+        delta(
+            &m.participants,
+            now.participants,
+            self.reported_gauges.participants,
+        );
+        delta(&m.tracks, now.tracks, self.reported_gauges.tracks);
+        delta(&m.peer_connections, now.peers, self.reported_gauges.peers);
+        self.reported_gauges = now;
+        for (_, room) in &mut self.rooms {
+            add_room_stats(m, room.core_stats(), &room.reported);
+            room.reported = room.core_stats().clone();
+            add_edge_drops(m, &room.drops, &room.reported_drops);
+            room.reported_drops = room.drops;
+        }
+        let d = std::mem::take(&mut self.drops);
+        m.count_drop("unknown_source", d.unknown_source);
+        m.count_drop("unknown_ufrag", d.unknown_ufrag);
+        m.count_drop("socket_send_failed", d.send_failed);
+        m.count_drop("relay_rejected", d.relay_rejected);
+    }
+}
+
+pub(super) fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
+    m.packets_in.inc_by(now.packets_in - before.packets_in);
+    m.bytes_in.inc_by(now.bytes_in - before.bytes_in);
+    m.packets_out.inc_by(now.packets_out - before.packets_out);
+    m.bytes_out.inc_by(now.bytes_out - before.bytes_out);
+    m.relayed.inc_by(now.relayed - before.relayed);
+    m.nacks_received
+        .inc_by(now.nacks_received - before.nacks_received);
+    m.retransmitted
+        .inc_by(now.retransmitted - before.retransmitted);
+    m.keyframe_requests_received
+        .inc_by(now.keyframe_requests_received - before.keyframe_requests_received);
+    m.keyframe_requests_sent
+        .inc_by(now.keyframe_requests_sent - before.keyframe_requests_sent);
+    m.probe_packets
+        .inc_by(now.probe_packets - before.probe_packets);
+    m.layer_switches
+        .inc_by(now.layer_switches - before.layer_switches);
+    m.congestion_feedback
+        .inc_by(now.congestion_feedback - before.congestion_feedback);
+    m.red_packets.inc_by(now.red_packets - before.red_packets);
+    m.count_drop(
+        "malformed_payload",
+        now.dropped_malformed - before.dropped_malformed,
+    );
+    for (i, reason) in DropReason::ALL.iter().enumerate() {
+        m.count_drop(reason.as_str(), now.dropped[i] - before.dropped[i]);
+    }
+    m.count_drop(
+        "unknown_track",
+        now.dropped_unknown - before.dropped_unknown,
+    );
+    m.count_drop("nack_miss", now.nack_misses - before.nack_misses);
+}
+
+pub(super) fn add_edge_drops(m: &Metrics, now: &EdgeDrops, before: &EdgeDrops) {
+    m.count_drop("rejected_by_peer", now.rejected - before.rejected);
+    m.count_drop("unknown_track", now.unknown_track - before.unknown_track);
+    m.count_drop("send_failed", now.send_failed - before.send_failed);
+}
