@@ -47,7 +47,68 @@ pub struct Downlink {
     next_twcc: u16,
     pub(crate) estimator: Estimator,
     pub(crate) prober: Prober,
+    pub(crate) starvation: Starvation,
     first_sent: Option<Instant>,
+}
+
+/// How long a resumed video must last for the resumption to count as a success.
+const RESUME_PROOF: Duration = Duration::from_secs(5);
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// A subscriber whose video is all paused for want of bandwidth has one way back: let the
+/// estimate grow until the lowest layer is tried again. When such a try fails (paused again
+/// within [`RESUME_PROOF`]), the next waits longer: 2 s, 4 s, ... up to 30 s, so a link that
+/// cannot carry any video is not congested over and over.
+#[derive(Debug)]
+pub(crate) struct Starvation {
+    starved: bool,
+    resumed_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Default for Starvation {
+    fn default() -> Self {
+        Self {
+            starved: false,
+            resumed_at: None,
+            retry_at: None,
+            backoff: FIRST_RETRY,
+        }
+    }
+}
+
+impl Starvation {
+    /// Whether the subscriber is starved now; returns whether the estimate may grow past what
+    /// was acknowledged.
+    pub fn update(&mut self, now: Instant, starved: bool) -> bool {
+        match (self.starved, starved) {
+            (false, true) => {
+                if self
+                    .resumed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < RESUME_PROOF)
+                {
+                    self.retry_at = Some(now + self.backoff);
+                    self.backoff = (self.backoff * 2).min(MAX_RETRY);
+                }
+                self.resumed_at = None;
+            }
+            (true, false) => self.resumed_at = Some(now),
+            (false, false) => {
+                if self
+                    .resumed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RESUME_PROOF)
+                {
+                    self.resumed_at = None;
+                    self.backoff = FIRST_RETRY;
+                }
+            }
+            (true, true) => {}
+        }
+        self.starved = starved;
+        starved && self.retry_at.is_none_or(|t| now >= t)
+    }
 }
 
 impl Downlink {
@@ -57,6 +118,7 @@ impl Downlink {
             next_twcc: 0,
             estimator: Estimator::new(config),
             prober: Prober::default(),
+            starvation: Starvation::default(),
             first_sent: None,
         }
     }
@@ -138,6 +200,15 @@ mod tests {
             "never any feedback"
         );
         let mut plain = Downlink::new(SinkParams::default(), EstimatorConfig::default());
+        // Starvation retries back off when they fail.
+        let mut s = Starvation::default();
+        assert!(s.update(now, true), "starved: may grow");
+        assert!(!s.update(now + Duration::from_secs(1), false));
+        assert!(
+            !s.update(now + Duration::from_secs(2), true),
+            "paused again at once: wait"
+        );
+        assert!(s.update(now + Duration::from_secs(4), true), "after 2 s");
         let mut h = Header::default();
         plain.on_send(now, &mut h, 100);
         assert!(h.extensions.is_empty());

@@ -160,7 +160,8 @@ impl Room {
                 .zip(&allocation.layers)
                 .all(|((t, _), l)| self.tracks[t].info.kind != MediaKind::Video || l.is_none());
             if let Some(d) = self.downlinks.get_mut(&sink) {
-                d.estimator.set_starved(starved && budget.is_some());
+                let grow = d.starvation.update(now, starved && budget.is_some());
+                d.estimator.set_starved(grow);
             }
             if let (Some(estimate), Some(d)) = (estimate, self.downlinks.get_mut(&sink))
                 && carrier
