@@ -391,7 +391,9 @@ window.sfuStats = async function () {
     stats.forEach((s) => {
       if (s.type !== "inbound-rtp") return;
       out.packetsLost += s.packetsLost || 0;
+      if (s.kind === "audio") out.audioPacketsLost = (out.audioPacketsLost || 0) + (s.packetsLost || 0);
       if (s.kind === "video") {
+        out.videoBytesReceived = (out.videoBytesReceived || 0) + (s.bytesReceived || 0);
         out.videoTracks += 1;
         out.framesDecoded += s.framesDecoded || 0;
         out.videoPacketsReceived += s.packetsReceived || 0;
