@@ -12,12 +12,11 @@
 
 mod common;
 
+use common::noise::noise_camera;
 use common::shaper::Shaper;
 use common::{Browser, Sample, stat};
 use sfu_node::{Config, Server};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const LOW_HEIGHT: f64 = 120.0;
@@ -27,24 +26,6 @@ fn free_port() -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn write_noise(path: &Path) {
-    let (w, h) = (640usize, 480usize);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(f, "YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg").unwrap();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut frame = vec![0u8; w * h * 3 / 2];
-    for _ in 0..30 {
-        for b in frame.iter_mut() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *b = state as u8;
-        }
-        f.write_all(b"FRAME\n").unwrap();
-        f.write_all(&frame).unwrap();
-    }
 }
 
 struct Bench {
@@ -69,9 +50,7 @@ async fn start(room: &str, limit: u64) -> Bench {
     )
     .await;
     let dir = std::env::temp_dir().join(format!("sfu-bench-{}-{room}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let noise = dir.join("noise.y4m");
-    write_noise(&noise);
+    let camera = noise_camera(&dir);
     let base = format!("http://{}", node.http_addr);
     let browser = Browser::launch_with_args(
         &[
@@ -84,10 +63,7 @@ async fn start(room: &str, limit: u64) -> Bench {
                 format!("{base}/?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=640"),
             ),
         ],
-        &[format!(
-            "--use-file-for-fake-video-capture={}",
-            noise.display()
-        )],
+        &[camera],
     )
     .await;
     Bench {

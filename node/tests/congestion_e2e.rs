@@ -9,37 +9,16 @@
 
 mod common;
 
+use common::noise::noise_camera;
 use common::shaper::Shaper;
 use common::{Browser, browser_lock, expect_media, stat};
 use sfu_node::{Config, Server};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::Duration;
 
 /// Height of the low layer: a quarter of the noise video's 480. (At 640x480 Chrome sends two
 /// simulcast layers, 160x120 and 320x240; it drops the third below 960x540.)
 const LOW_HEIGHT: f64 = 120.0;
-
-/// One second of 640x480 noise at 30 fps, as a Y4M file for Chromium's fake camera.
-fn write_noise(path: &Path) {
-    let (w, h) = (640usize, 480usize);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(f, "YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg").unwrap();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut frame = vec![0u8; w * h * 3 / 2];
-    for _ in 0..30 {
-        for b in frame.iter_mut() {
-            // xorshift: cheap noise.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            *b = state as u8;
-        }
-        f.write_all(b"FRAME\n").unwrap();
-        f.write_all(&frame).unwrap();
-    }
-}
 
 /// The node binds its media port on 127.0.0.1 and announces 127.0.0.2, where the limiter
 /// listens on the same port.
@@ -70,10 +49,7 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
     let base = format!("http://{}", node.http_addr);
     let room = "congested";
     let dir = std::env::temp_dir().join(format!("sfu-congestion-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let noise = dir.join("noise.y4m");
-    write_noise(&noise);
-    let camera = format!("--use-file-for-fake-video-capture={}", noise.display());
+    let camera = noise_camera(&dir);
     let mut browser = Browser::launch_with_args(
         &[
             (

@@ -384,6 +384,8 @@ window.sfuStats = async function () {
     // Publisher side: bytes sent per simulcast RID (dynacast turns layers off).
     layerBytesSent: {},
     speakers: sfu.speakers.map((sid) => (sfu.participants.get(sid) || {}).identity || sid),
+    // The simulcast layers the node last asked this publisher to send (dynacast).
+    publisherLayers: sfu.publisherLayers ? sfu.publisherLayers.layers : null,
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod noise;
 pub mod shaper;
 
 use serde_json::Value;
