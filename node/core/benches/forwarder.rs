@@ -5,7 +5,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sfu_core::{
     Codec, Forwarder, ForwarderConfig, MediaKind, Output, Packet, Room, RoomConfig, SinkId,
-    SubscriptionParams, TrackId, TrackInfo, WallClock,
+    SinkParams, SubscriptionParams, TrackId, TrackInfo, WallClock,
 };
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -50,7 +50,9 @@ fn forwarder(c: &mut Criterion) {
     g.finish();
 }
 
-fn fan_out(c: &mut Criterion) {
+/// One packet into a room with 100 subscriptions; `congestion_control`: each subscriber
+/// negotiated TWCC, so every packet is numbered and recorded for its bandwidth estimate.
+fn fan_out_bench(c: &mut Criterion, name: &str, congestion_control: bool) {
     const SUBSCRIBERS: u64 = 100;
     let now = Instant::now();
     let mut room = Room::new(WallClock::new(now, Duration::ZERO), RoomConfig::default());
@@ -61,6 +63,15 @@ fn fan_out(c: &mut Criterion) {
     )
     .unwrap();
     for s in 0..SUBSCRIBERS {
+        if congestion_control {
+            room.set_sink(
+                SinkId(s),
+                SinkParams {
+                    twcc_ext: Some(3),
+                    remb: false,
+                },
+            );
+        }
         room.subscribe(
             now,
             track,
@@ -81,7 +92,7 @@ fn fan_out(c: &mut Criterion) {
     let mut seq = 1u16;
     let mut g = c.benchmark_group("room");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("fan_out_to_100_subscriptions", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             let mut p = template.clone();
@@ -98,6 +109,15 @@ fn fan_out(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+fn fan_out(c: &mut Criterion) {
+    fan_out_bench(c, "fan_out_to_100_subscriptions", false);
+    fan_out_bench(
+        c,
+        "fan_out_to_100_subscriptions_with_congestion_control",
+        true,
+    );
 }
 
 criterion_group!(benches, forwarder, fan_out);

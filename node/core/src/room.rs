@@ -423,6 +423,7 @@ impl Room {
             .iter_mut()
             .find(|s| s.id == id)
             .ok_or(RoomError::UnknownSubscription)?;
+        let sink = sub.sink;
         sub.pinned = settings.pinned;
         match settings.max_layer {
             Some(m) => {
@@ -438,8 +439,9 @@ impl Room {
                 sub.forwarder.set_target_layer(None);
             }
         }
-        // Choose layers now rather than at the next tick, so a resize shows at once.
-        self.allocate(now);
+        // Choose this subscriber's layers now rather than at the next tick, so a resize shows
+        // at once.
+        self.allocate(now, Some(sink));
         Ok(())
     }
 

@@ -53,16 +53,19 @@ impl Room {
             judge_probes(d, now);
         }
         if self.next_allocation.is_none_or(|t| now >= t) {
-            self.allocate(now);
+            self.allocate(now, None);
         }
         self.dynacast(now);
         self.report_and_retry(now);
     }
 
-    /// Chooses every subscription's layer: each subscriber's estimate shared among its
-    /// subscriptions by the stream allocator, after the audio top-K and the video last-N.
-    pub(crate) fn allocate(&mut self, now: Instant) {
-        self.next_allocation = Some(now + self.config.allocation_period);
+    /// Chooses the layer of every subscription (of one subscriber's with `only`): each
+    /// subscriber's estimate shared among its subscriptions by the stream allocator, after the
+    /// audio top-K and the video last-N.
+    pub(crate) fn allocate(&mut self, now: Instant, only: Option<SinkId>) {
+        if only.is_none() {
+            self.next_allocation = Some(now + self.config.allocation_period);
+        }
         let costs: HashMap<TrackId, Vec<u64>> = self
             .tracks
             .iter_mut()
@@ -78,7 +81,9 @@ impl Room {
         let mut by_sink: HashMap<SinkId, Vec<(TrackId, usize)>> = HashMap::new();
         for (id, t) in &self.tracks {
             for (i, s) in t.subscriptions.iter().enumerate() {
-                by_sink.entry(s.sink).or_default().push((*id, i));
+                if only.is_none_or(|o| o == s.sink) {
+                    by_sink.entry(s.sink).or_default().push((*id, i));
+                }
             }
         }
         let top_k = self.config.speakers.top_k;
