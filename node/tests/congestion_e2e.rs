@@ -1,6 +1,6 @@
 //! Real Chromium publishing simulcast; a subscriber behind an in-process bandwidth limiter of
 //! 300 kbps receives the low layer and keeps decoding, with audio; when the limit lifts, it
-//! climbs to a higher layer.
+//! climbs to a higher layer; on a lossy link its NACKs are answered from the node's cache.
 //!
 //! The fake camera plays noise (a generated Y4M file), which no encoder can compress: each
 //! simulcast layer then runs at its configured maximum (150 and 500 kbps for the two layers
@@ -105,6 +105,21 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
         })
         .await;
     assert!(climbed, "a higher layer once the limit lifted: {s:#}");
+
+    // A lossy link: the subscriber's NACKs reach the node, which answers them from its cache
+    // (on the RTX stream), and the picture keeps coming.
+    limiter.set_drop_every(25);
+    let s0 = browser.sample().await;
+    let mut last = s0.clone();
+    for _ in 0..6 {
+        last = browser.sample().await;
+    }
+    limiter.set_drop_every(0);
+    let frames = stat(&last, "sub", "framesDecoded") - stat(&s0, "sub", "framesDecoded");
+    assert!(
+        frames >= 60.0,
+        "decoding through 4% loss: {frames} frames in 6 s; {last:#}"
+    );
     browser.stop().await;
     // The subscriber's congestion feedback reached the node, and the node probed.
     let metrics = reqwest::get(format!("{base}/metrics"))
@@ -126,6 +141,11 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
     );
     assert!(counter("sfu_probe_packets_total") > 0.0, "{metrics}");
     assert!(counter("sfu_layer_switches_total") > 0.0, "{metrics}");
+    assert!(counter("sfu_nacks_received_total") > 10.0, "{metrics}");
+    assert!(
+        counter("sfu_retransmitted_packets_total") > 10.0,
+        "{metrics}"
+    );
     node.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,7 @@ const IP_UDP_OVERHEAD: u64 = 28;
 
 pub struct Shaper {
     rate_bps: Arc<AtomicU64>,
+    drop_every: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,11 +31,18 @@ impl Shaper {
     pub async fn start(listen: SocketAddr, node: SocketAddr, rate_bps: u64) -> Shaper {
         let front = Arc::new(UdpSocket::bind(listen).await.expect("limiter binds"));
         let rate = Arc::new(AtomicU64::new(rate_bps));
-        let task = tokio::spawn(run(front, node, rate.clone()));
+        let drop_every = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(front, node, rate.clone(), drop_every.clone()));
         Shaper {
             rate_bps: rate,
+            drop_every,
             task,
         }
+    }
+
+    /// Drops every `n`th packet towards clients (0: none), as a lossy link would.
+    pub fn set_drop_every(&self, n: u64) {
+        self.drop_every.store(n, Ordering::Relaxed);
     }
 
     /// Changes the limit (for every client, at once).
@@ -49,7 +57,12 @@ impl Drop for Shaper {
     }
 }
 
-async fn run(front: Arc<UdpSocket>, node: SocketAddr, rate: Arc<AtomicU64>) {
+async fn run(
+    front: Arc<UdpSocket>,
+    node: SocketAddr,
+    rate: Arc<AtomicU64>,
+    drop_every: Arc<AtomicU64>,
+) {
     let mut upstream: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut tasks = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -68,6 +81,7 @@ async fn run(front: Arc<UdpSocket>, node: SocketAddr, rate: Arc<AtomicU64>) {
                     front.clone(),
                     client,
                     rate.clone(),
+                    drop_every.clone(),
                 )));
                 s
             }
@@ -82,6 +96,7 @@ async fn downstream(
     front: Arc<UdpSocket>,
     client: SocketAddr,
     rate: Arc<AtomicU64>,
+    drop_every: Arc<AtomicU64>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let sender = tokio::spawn(async move {
@@ -92,7 +107,13 @@ async fn downstream(
     });
     let mut link_free = Instant::now();
     let mut buf = vec![0u8; 2048];
+    let mut count = 0u64;
     while let Ok(n) = from_node.recv(&mut buf).await {
+        count += 1;
+        let every = drop_every.load(Ordering::Relaxed);
+        if every > 0 && count % every == 0 {
+            continue;
+        }
         let now = Instant::now();
         let start = link_free.max(now);
         if start - now > QUEUE {
