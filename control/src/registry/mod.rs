@@ -78,6 +78,17 @@ pub trait Registry: Send + Sync + 'static {
         value: Vec<u8>,
         lease: LeaseId,
     ) -> impl Future<Output = Result<bool>> + Send;
+    /// Puts `key` bound to a lease (`Some(value)`) or deletes it (`None`), and reports from the
+    /// same transaction whether no key other than `key` existed under `prefix` at that moment.
+    /// The write is made either way. What makes "the room's first participant" and "its last"
+    /// the decision of exactly one node, however many race.
+    fn write_alone(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        lease: LeaseId,
+        prefix: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Writes a key bound to no lease: it stays until deleted (room configuration).
     fn put_persistent(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
