@@ -1,5 +1,6 @@
-//! Real QUIC links on loopback: mutual TLS from the cluster CA, frames, datagrams, and
-//! packets too large for a datagram.
+//! Real QUIC links on loopback: mutual TLS from the cluster CA (a certificate from another CA
+//! is refused whether its holder is dialed or dials), frames, datagrams, and packets too large
+//! for a datagram.
 
 use bytes::Bytes;
 use sfu_proto::relay::frame::Body;
@@ -152,6 +153,47 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     assert!(ev_z.try_recv().is_err(), "no link on the rogue");
     a.close();
     z.close();
+}
+
+#[tokio::test]
+async fn a_member_refuses_a_node_with_a_foreign_certificate_that_dials_it() {
+    let ca = create_ca("the cluster").unwrap();
+    let rogue_ca = create_ca("someone else").unwrap();
+    // The member sorts after both others, so it only accepts: each of them dials it.
+    let (member, _rec_m, mut ev_m) = start(identity(&ca, "node-m"));
+    // Trusts the cluster CA (so it accepts the member's certificate) but holds a certificate
+    // from another CA: only the member's check of client certificates can keep it out.
+    let rogue_pem = issue_node(&rogue_ca, "node-a").unwrap();
+    let rogue = Identity::from_pem(
+        "node-a",
+        ca.cert.as_bytes(),
+        rogue_pem.cert.as_bytes(),
+        rogue_pem.key.as_bytes(),
+    )
+    .unwrap();
+    let (z, _rec_z, mut ev_z) = start(rogue);
+    // A genuine node dialing at the same time links up: the member does accept links.
+    let (g, _rec_g, mut ev_g) = start(identity(&ca, "node-b"));
+    let peers = vec![
+        (NodeId::from("node-a"), z.local_addr().unwrap()),
+        (NodeId::from("node-b"), g.local_addr().unwrap()),
+        (NodeId::from("node-m"), member.local_addr().unwrap()),
+    ];
+    for m in [&member, &z, &g] {
+        m.set_peers(&peers);
+    }
+    assert!(matches!(next(&mut ev_g).await, Event::Up(n) if &*n == "node-m"));
+    assert!(matches!(next(&mut ev_m).await, Event::Up(n) if &*n == "node-b"));
+    // The rogue keeps redialing (backoff up to 2 s) and is refused every time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        ev_m.try_recv().is_err(),
+        "no link to the rogue on the member"
+    );
+    assert!(ev_z.try_recv().is_err(), "no link on the rogue");
+    member.close();
+    z.close();
+    g.close();
 }
 
 #[tokio::test]
