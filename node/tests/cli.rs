@@ -51,12 +51,14 @@ fn bad_configuration_is_refused_with_a_reason() {
     assert!(err.contains("key:secret"), "{err}");
 }
 
-/// Reports links that come up.
-struct Ups(mpsc::UnboundedSender<String>);
+/// Reports links that come up, and keeps them (a dropped link's control stream ends, which
+/// closes the link).
+struct Ups(mpsc::UnboundedSender<String>, std::sync::Mutex<Vec<Link>>);
 
 impl LinkHandler for Ups {
     fn link_up(&self, link: Link) {
         let _ = self.0.send(link.node.to_string());
+        self.1.lock().unwrap().push(link);
     }
     fn link_down(&self, _: &NodeId) {}
     fn frame(&self, _: &NodeId, _: sfu_proto::relay::Frame) {}
@@ -89,9 +91,20 @@ fn linker(
     let identity =
         Identity::from_files(node, &ca_dir.join("ca.pem"), &files.cert, &files.key).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    let m =
-        LinkManager::start("127.0.0.1:0".parse().unwrap(), &identity, Arc::new(Ups(tx))).unwrap();
+    let m = LinkManager::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        Arc::new(Ups(tx, Default::default())),
+    )
+    .unwrap();
     (m, rx)
+}
+
+async fn link_within(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a link within 10 s")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -130,19 +143,19 @@ async fn certs_subcommand_creates_a_ca_and_node_certificates_the_relay_accepts()
     for m in [&n0, &n1, &n3] {
         m.set_peers(&peers);
     }
-    let within = |rx: &mut mpsc::UnboundedReceiver<String>| {
-        let f = tokio::time::timeout(Duration::from_secs(10), rx.recv());
-        async move { f.await.expect("a link within 10 s").unwrap() }
-    };
-    assert_eq!(within(&mut up1).await, "node-3");
-    assert_eq!(within(&mut up3).await, "node-1");
+    assert_eq!(link_within(&mut up1).await, "node-3");
+    assert_eq!(link_within(&mut up3).await, "node-1");
     // node-0 dials both (it sorts first); both refuse it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         up0.try_recv().is_err(),
         "no link for the foreign certificate"
     );
-    assert!(up1.try_recv().is_err() && up3.try_recv().is_err());
+    let (more1, more3) = (up1.try_recv(), up3.try_recv());
+    assert!(
+        more1.is_err() && more3.is_err(),
+        "no other link: {more1:?} {more3:?}"
+    );
     for m in [n0, n1, n3] {
         m.close();
     }
