@@ -1,10 +1,11 @@
-//! The control plane against real etcd and real nodes: the room limit under concurrent joins,
-//! placement filling a node then spilling, draining a browser subscriber's node, and every API
+//! The control plane against real etcd and real nodes: the room limit under concurrent joins
+//! (and against reloads and WHEP players sharing a token), placement filling a node then
+//! spilling, draining a browser subscriber's node, and every API
 //! refusing bad credentials.
 
 mod common;
 
-use common::control::{Cluster, Ws, admin, authed, participants, ws_join};
+use common::control::{Cluster, Ws, admin, authed, eventually, next_of, participants, ws_join};
 use common::{Browser, browser_lock, expect_media, stat, token, token_for};
 use serde_json::Value;
 use sfu_control::auth::{admin_claims, join_claims};
@@ -73,6 +74,79 @@ async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
     }
     assert_eq!(seen, 20);
     drop(results);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_and_whep_players_sharing_a_token_stay_within_the_limit() {
+    let cluster = Cluster::start(2, 0).await;
+    let mut rooms = RoomServiceClient::connect(cluster.grpc()).await.unwrap();
+    rooms
+        .create_room(authed(
+            &admin(),
+            pb::CreateRoomRequest {
+                name: "tight".into(),
+                max_participants: 2,
+                empty_timeout: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    let t = |who: &str| token(who, "tight", true, true);
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let (mut alice, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let (bob, j) = ws_join(&b, &t("bob")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    // Alice reloads: her new session replaces the old one, in a full room.
+    let (alice2, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "a reload gets in: {j}");
+    let left = next_of(&mut alice, &["left"], Duration::from_secs(10)).await;
+    assert_eq!(
+        left["reason"],
+        "another session joined with the same identity"
+    );
+    // Still two places taken: nobody else gets in, nor a second session of alice elsewhere.
+    for (node, who) in [(&b, "carol"), (&a, "carol"), (&b, "alice")] {
+        let (_ws, j) = ws_join(node, &t(who)).await;
+        assert_eq!(j["code"], "room_full", "{who} on {node}: {j}");
+    }
+    drop((alice2, bob));
+    let emptied = eventually(Duration::from_secs(10), || async {
+        participants("tight", &cluster.grpc())
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(emptied.is_some());
+    // WHEP players sharing one viewer token each take a place.
+    let viewer = token("viewer", "tight", false, true);
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for node in [&a, &a, &b, &b] {
+        // The places of the sessions that just left are released a moment after they go.
+        let status = eventually(Duration::from_secs(10), || async {
+            let r = http
+                .post(format!("{node}/whep/tight"))
+                .header("content-type", "application/sdp")
+                .bearer_auth(&viewer)
+                .body(common::sdp::offer(false))
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s == 201 || statuses.len() >= 2).then_some(s)
+        })
+        .await
+        .expect("an answer");
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [201, 201, 503, 503],
+        "two players, then room_full"
+    );
     cluster.stop().await;
 }
 
