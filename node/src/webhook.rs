@@ -7,12 +7,17 @@
 //! `sfu_webhooks_dropped_total`), and a task delivers each one, retrying with exponential
 //! backoff.
 //!
-//! `room_started` and `room_finished` are sent once per room for the whole cluster: by the
-//! node whose registry transaction wrote the room's first participant record, or deleted its
-//! last (see `Membership::set_json_alone`). Two limits: if etcd cannot be reached when that
-//! record is written, the node cannot tell and sends neither; and a node that dies with the
-//! room's last participants sends no `room_finished` (their records expire with its lease,
-//! and nobody writes them), so the next participant's `room_started` follows without one.
+//! `room_started` and `room_finished` are decided for the whole cluster, not per node: the
+//! node whose registry transaction writes a room's first participant record sends
+//! `room_started`, the one whose transaction deletes its last record sends `room_finished`
+//! (see `Membership::set_json_alone`), so however participants race on however many nodes the
+//! two alternate and each is sent once per period of presence. Presence is what the registry
+//! holds, which follows joins and leaves by a few milliseconds: a participant that leaves
+//! before another node has written its newcomer's record ends one period and the newcomer
+//! starts the next. Two limits: if etcd cannot be reached when a record is written, the node
+//! cannot tell and sends neither event; and a node that dies with a room's last participants
+//! sends no `room_finished` (their records expire with its lease, written by nobody), so the
+//! next `room_started` of that room follows without one.
 
 use base64::Engine;
 use prometheus_client::metrics::counter::Counter;
