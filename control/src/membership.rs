@@ -662,6 +662,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_first_and_the_last_key_under_a_prefix_are_told_once() {
+        let reg = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let (tx, mut ev) = mpsc::unbounded_channel();
+        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        let (told_tx, mut told) = mpsc::unbounded_channel();
+        let prefix = keys.participants_prefix("r");
+        for sid in ["PA_1", "PA_2"] {
+            let t = told_tx.clone();
+            a.set_json_alone(keys.participant("r", sid), &sid, prefix.clone(), move |r| {
+                let _ = t.send((sid, r));
+            });
+        }
+        for sid in ["PA_1", "PA_2"] {
+            let t = told_tx.clone();
+            a.remove_alone(keys.participant("r", sid), prefix.clone(), move |r| {
+                let _ = t.send((sid, r));
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(told.recv().await.unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                ("PA_1", Ok(true)),
+                ("PA_2", Ok(false)),
+                ("PA_1", Ok(false)),
+                ("PA_2", Ok(true))
+            ]
+        );
+        assert!(reg.list(&prefix).await.unwrap().0.is_empty());
+        // Fenced: nobody can tell, and the key is written once registered again.
+        reg.expire_lease(LeaseId(1));
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(false))).await;
+        let t = told_tx.clone();
+        a.set_json_alone(
+            keys.participant("r", "PA_3"),
+            &"PA_3",
+            prefix.clone(),
+            move |r| {
+                let _ = t.send(("PA_3", r));
+            },
+        );
+        assert!(told.recv().await.unwrap().1.is_err());
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        assert_eq!(reg.list(&prefix).await.unwrap().0.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn compaction_leads_to_a_relist_with_the_differences() {
         let reg = MemoryRegistry::new();
         let keys = Keys::new("t");
