@@ -23,7 +23,7 @@ impl Service {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_sfu-control"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sfu-control"))
             .args(["--etcd", etcd, "--cluster", "ctl"])
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
@@ -40,6 +40,8 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("sfu-control did not serve");
     }
 }

@@ -290,7 +290,6 @@ async fn empty_rooms_are_forgotten_after_their_timeout() {
     // The sweep runs every 10 s in the service; here it runs as often as the test likes.
     let sweep_until_gone = |room: &'static str| {
         let api = cluster.api.clone();
-        let names = names.clone();
         async move {
             eventually(Duration::from_secs(15), || async {
                 api.sweep().await;
