@@ -126,6 +126,61 @@ async fn cluster_members_link_up_and_exchange_frames_and_media() {
 }
 
 #[tokio::test]
+async fn a_peer_whose_record_flaps_keeps_its_link() {
+    let ca = create_ca("test cluster").unwrap();
+    let (a, rec_a, mut ev_a) = start(identity(&ca, "node-a"));
+    let (b, _rec_b, mut ev_b) = start(identity(&ca, "node-b"));
+    let peers = vec![
+        (NodeId::from("node-a"), a.local_addr().unwrap()),
+        (NodeId::from("node-b"), b.local_addr().unwrap()),
+    ];
+    a.set_peers(&peers);
+    b.set_peers(&peers);
+    assert!(matches!(next(&mut ev_a).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(_)));
+    // node-b disappears from the registry and comes back (an etcd outage): the dialer keeps
+    // the link it has rather than replacing it.
+    a.set_peers(&peers[..1]);
+    a.set_peers(&peers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(ev_a.try_recv().is_err(), "no link change on the dialer");
+    assert!(ev_b.try_recv().is_err(), "no link change on the other side");
+    let link = rec_a.links.lock().unwrap()[0].clone();
+    let frame = Frame {
+        body: Some(Body::KeyframeRequest(KeyframeRequest {
+            room: "r".into(),
+            track: 1,
+            layer: 0,
+        })),
+    };
+    link.send_frame(frame.clone());
+    assert!(matches!(next(&mut ev_b).await, Event::Frame(_, f) if f == frame));
+    a.close();
+    b.close();
+}
+
+#[tokio::test]
+async fn a_link_replaced_by_a_new_connection_goes_down_before_the_new_one_is_up() {
+    let ca = create_ca("test cluster").unwrap();
+    let (b, _rec_b, mut ev_b) = start(identity(&ca, "node-b"));
+    let to_b = [(NodeId::from("node-b"), b.local_addr().unwrap())];
+    let (a1, _rec_a1, mut ev_a1) = start(identity(&ca, "node-a"));
+    a1.set_peers(&to_b);
+    assert!(matches!(next(&mut ev_a1).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(n) if &*n == "node-a"));
+    // node-a again, from a new process, while the old link is still up: node-b drops what it
+    // tied to the old link before it takes the new one.
+    let (a2, _rec_a2, mut ev_a2) = start(identity(&ca, "node-a"));
+    a2.set_peers(&to_b);
+    assert!(matches!(next(&mut ev_a2).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Down(n) if &*n == "node-a"));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(n) if &*n == "node-a"));
+    a1.close();
+    a2.close();
+    b.close();
+}
+
+#[tokio::test]
 async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     let ca = create_ca("the cluster").unwrap();
     let rogue_ca = create_ca("someone else").unwrap();

@@ -236,13 +236,16 @@ impl Worker {
             }
             ClusterInput::LinkDown(node) => {
                 self.links.remove(&node);
-                // Deletions held because the node was linked are believed at once now.
+                // Deletions held because the node was linked are believed at once now, unless
+                // the node has written its keys again meanwhile (its record flapped).
                 let (now_due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
                     .into_iter()
                     .partition(|(_, e)| matches!(e, ClusterEvent::NodeGone(n) if **n == *node));
                 self.deferred = keep;
                 for (_, e) in now_due {
-                    self.apply_cluster_event(now, e);
+                    if !self.reappeared(&e) {
+                        self.apply_cluster_event(now, e);
+                    }
                 }
                 self.relay.handle_link_down(now, &node);
                 self.drain_relay(now);
