@@ -2,7 +2,9 @@
 //!
 //! [`Registry`] is the small key-value surface the cluster needs from etcd: leases with a TTL,
 //! puts bound to a lease (refused once the lease is gone, which is what fences a node that lost
-//! it), prefix listing with the revision it reflects, and watching from a revision.
+//! it), prefix listing with the revision it reflects, and watching from a revision; plus two
+//! transactions: create-if-absent (room slots) and a write that tells whether its key is alone
+//! under a prefix (a room's first and last participant).
 //! [`EtcdRegistry`] is the real one; [`MemoryRegistry`] keeps the same semantics in process for a
 //! standalone node and for deterministic tests.
 
