@@ -127,7 +127,7 @@ impl Membership {
             keys: keys.clone(),
         };
         let task = Task {
-            registry,
+            registry: Arc::new(registry),
             keys,
             ttl,
             observer,
@@ -277,7 +277,8 @@ impl Membership {
 }
 
 struct Task<R> {
-    registry: R,
+    /// Shared with the reads the task spawns, so they never hold up keep-alives.
+    registry: Arc<R>,
     keys: Keys,
     ttl: Duration,
     /// Only watches: no lease, no writes.
@@ -325,7 +326,12 @@ impl<R: Registry> Task<R> {
                         let _ = reply.send(result);
                     }
                     Some(Op::Read(prefix, reply)) => {
-                        let _ = reply.send(self.registry.list(&prefix).await);
+                        // Starts after the writes of every op before it (a slot's release, say) were
+                        // flushed, when the registry answers.
+                        let registry = self.registry.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(registry.list(&prefix).await);
+                        });
                     }
                     Some(Op::WriteAlone { key, value, prefix, then }) => {
                         then(self.write_alone(key, value, &prefix).await);
