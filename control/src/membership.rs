@@ -15,10 +15,16 @@
 //!   broken watch, list again. Every change becomes a [`ClusterEvent`] (a re-list yields the
 //!   differences to the previous view), and the whole view can be read at any time.
 //!
+//! - **Fresh reads.** [`Membership::read`] asks the registry itself, for decisions the view
+//!   may be too old for (a room's participant limit, just set by the control plane).
+//! - **First and last.** [`Membership::set_json_alone`] and [`Membership::remove_alone`] write
+//!   an owned key and learn, from the same etcd transaction, whether it is the only key under
+//!   a prefix: exactly one node sees a room's first participant arrive and its last one leave.
+//!
 //! Media never waits for any of this: if etcd is unreachable, what flows keeps flowing.
 
 use crate::records::{Key, Keys, NodeRecord, ParticipantRecord, TrackRecord};
-use crate::registry::{LeaseId, Registry, RegistryError, Watch, WatchEvent};
+use crate::registry::{LeaseId, Listing, Registry, RegistryError, Watch, WatchEvent};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,8 +66,20 @@ enum Op {
         Vec<u8>,
         oneshot::Sender<Result<bool, RegistryError>>,
     ),
+    Read(String, oneshot::Sender<Result<Listing, RegistryError>>),
+    /// Put (`Some`) or delete an owned key, then tell `then` whether it was alone under the
+    /// prefix (see [`Registry::write_alone`]).
+    WriteAlone {
+        key: String,
+        value: Option<Vec<u8>>,
+        prefix: String,
+        then: AloneCallback,
+    },
     Leave(oneshot::Sender<()>),
 }
+
+/// Told whether a key was alone under its prefix when written (an error: unknown).
+type AloneCallback = Box<dyn FnOnce(Result<bool, RegistryError>) + Send>;
 
 type Mirror = Arc<RwLock<BTreeMap<String, Vec<u8>>>>;
 
@@ -109,7 +127,7 @@ impl Membership {
             keys: keys.clone(),
         };
         let task = Task {
-            registry,
+            registry: Arc::new(registry),
             keys,
             ttl,
             observer,
@@ -155,6 +173,53 @@ impl Membership {
         let (tx, rx) = oneshot::channel();
         self.ops
             .send(Op::Claim(key, bytes, tx))
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?;
+        rx.await
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?
+    }
+
+    /// Owns `key` with this value, like [`Membership::set_json`], and tells `then` whether no
+    /// other key existed under `prefix` when it was written (one registry transaction). `then`
+    /// runs on the membership task: it must be quick. Without a lease, or if the registry
+    /// fails, `then` gets the error and the key is written later as usual.
+    pub fn set_json_alone<T: Serialize>(
+        &self,
+        key: String,
+        value: &T,
+        prefix: String,
+        then: impl FnOnce(Result<bool, RegistryError>) + Send + 'static,
+    ) {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        let _ = self.ops.send(Op::WriteAlone {
+            key,
+            value: Some(bytes),
+            prefix,
+            then: Box::new(then),
+        });
+    }
+
+    /// No longer owns `key`, like [`Membership::remove`], and tells `then` whether no other
+    /// key remained under `prefix` when it was deleted (one registry transaction).
+    pub fn remove_alone(
+        &self,
+        key: String,
+        prefix: String,
+        then: impl FnOnce(Result<bool, RegistryError>) + Send + 'static,
+    ) {
+        let _ = self.ops.send(Op::WriteAlone {
+            key,
+            value: None,
+            prefix,
+            then: Box::new(then),
+        });
+    }
+
+    /// Keys and values under a prefix, read from the registry now (not from the view), with
+    /// the revision the listing reflects. Fails if the registry cannot be reached.
+    pub async fn read(&self, prefix: &str) -> Result<Listing, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Read(prefix.to_owned(), tx))
             .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?;
         rx.await
             .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?
@@ -212,7 +277,8 @@ impl Membership {
 }
 
 struct Task<R> {
-    registry: R,
+    /// Shared with the reads the task spawns, so they never hold up keep-alives.
+    registry: Arc<R>,
     keys: Keys,
     ttl: Duration,
     /// Only watches: no lease, no writes.
@@ -258,6 +324,17 @@ impl<R: Registry> Task<R> {
                             self.claimed.insert(k);
                         }
                         let _ = reply.send(result);
+                    }
+                    Some(Op::Read(prefix, reply)) => {
+                        // Starts after the writes of every op before it (a slot's release, say) were
+                        // flushed, when the registry answers.
+                        let registry = self.registry.clone();
+                        tokio::spawn(async move {
+                            let _ = reply.send(registry.list(&prefix).await);
+                        });
+                    }
+                    Some(Op::WriteAlone { key, value, prefix, then }) => {
+                        then(self.write_alone(key, value, &prefix).await);
                     }
                     Some(Op::Leave(done)) => {
                         if let Some(l) = self.lease.take() {
@@ -330,6 +407,43 @@ impl<R: Registry> Task<R> {
                 Err(e) => tracing::debug!("registry: {e}"),
             },
         }
+    }
+
+    /// An owned key written (or deleted) in a transaction that also says whether it was
+    /// alone under `prefix`. If that fails the key is left to [`Task::flush`].
+    async fn write_alone(
+        &mut self,
+        key: String,
+        value: Option<Vec<u8>>,
+        prefix: &str,
+    ) -> Result<bool, RegistryError> {
+        match &value {
+            Some(v) => {
+                self.desired.insert(key.clone(), v.clone());
+            }
+            None => {
+                self.desired.remove(&key);
+                self.claimed.remove(&key);
+            }
+        }
+        let Some(lease) = self.lease else {
+            self.dirty.insert(key);
+            return Err(RegistryError::Unavailable("not registered".into()));
+        };
+        let result = self.registry.write_alone(&key, value, lease, prefix).await;
+        match &result {
+            Ok(_) => {
+                self.dirty.remove(&key);
+            }
+            Err(e) => {
+                tracing::debug!("registry write: {e}");
+                self.dirty.insert(key);
+                if *e == RegistryError::LeaseExpired {
+                    self.lose_lease();
+                }
+            }
+        }
+        result
     }
 
     /// Fencing: the lease is gone; nothing is written with it again.
@@ -551,6 +665,58 @@ mod tests {
         until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
         let (kvs, _) = reg.list("/sfu/t/").await.unwrap();
         assert_eq!(kvs.len(), 2, "both keys written again under the new lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_and_the_last_key_under_a_prefix_are_told_once() {
+        let reg = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let (tx, mut ev) = mpsc::unbounded_channel();
+        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        let (told_tx, mut told) = mpsc::unbounded_channel();
+        let prefix = keys.participants_prefix("r");
+        for sid in ["PA_1", "PA_2"] {
+            let t = told_tx.clone();
+            a.set_json_alone(keys.participant("r", sid), &sid, prefix.clone(), move |r| {
+                let _ = t.send((sid, r));
+            });
+        }
+        for sid in ["PA_1", "PA_2"] {
+            let t = told_tx.clone();
+            a.remove_alone(keys.participant("r", sid), prefix.clone(), move |r| {
+                let _ = t.send((sid, r));
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(told.recv().await.unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                ("PA_1", Ok(true)),
+                ("PA_2", Ok(false)),
+                ("PA_1", Ok(false)),
+                ("PA_2", Ok(true))
+            ]
+        );
+        assert!(reg.list(&prefix).await.unwrap().0.is_empty());
+        // Fenced: nobody can tell, and the key is written once registered again.
+        reg.expire_lease(LeaseId(1));
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(false))).await;
+        let t = told_tx.clone();
+        a.set_json_alone(
+            keys.participant("r", "PA_3"),
+            &"PA_3",
+            prefix.clone(),
+            move |r| {
+                let _ = t.send(("PA_3", r));
+            },
+        );
+        assert!(told.recv().await.unwrap().1.is_err());
+        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
+        assert_eq!(reg.list(&prefix).await.unwrap().0.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -158,6 +158,10 @@ impl Keys {
         format!("{}rooms/{room}/participants/{sid}", self.prefix)
     }
 
+    pub fn participants_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/participants/", self.prefix)
+    }
+
     pub fn track(&self, room: &str, track: &str) -> String {
         format!("{}rooms/{room}/tracks/{track}", self.prefix)
     }

@@ -1,4 +1,5 @@
-//! The registry against a real etcd: leases, fencing, watches, and two nodes' membership.
+//! The registry against a real etcd: leases, fencing, watches, the first/last transaction,
+//! and two nodes' membership.
 
 use sfu_control::records::{Keys, NodeRecord};
 use sfu_control::registry::{EtcdRegistry, Registry, RegistryError, WatchEvent};
@@ -145,4 +146,71 @@ async fn memberships_on_etcd_survive_an_outage() {
         |e| matches!(e, ClusterEvent::NodeGone(id) if id == "b"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn write_alone_tells_the_first_and_the_last_key_under_a_prefix() {
+    let etcd = Etcd::start().unwrap();
+    let r = EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
+    let lease = r.grant(Duration::from_secs(30)).await.unwrap();
+    let p = "/t/room/participants/";
+    // Keys just outside the prefix do not count.
+    r.put("/t/room/participants", b"x".to_vec(), lease)
+        .await
+        .unwrap();
+    r.put("/t/room/participants0", b"x".to_vec(), lease)
+        .await
+        .unwrap();
+    let put = |k: &'static str| r.write_alone(k, Some(b"1".to_vec()), lease, p);
+    let del = |k: &'static str| r.write_alone(k, None, lease, p);
+    assert_eq!(put("/t/room/participants/b").await, Ok(true), "the first");
+    assert_eq!(
+        put("/t/room/participants/b").await,
+        Ok(true),
+        "rewritten, still alone"
+    );
+    assert_eq!(
+        put("/t/room/participants/a").await,
+        Ok(false),
+        "one before it"
+    );
+    assert_eq!(
+        put("/t/room/participants/c").await,
+        Ok(false),
+        "one after it"
+    );
+    assert_eq!(del("/t/room/participants/b").await, Ok(false));
+    assert_eq!(del("/t/room/participants/a").await, Ok(false));
+    assert_eq!(del("/t/room/participants/c").await, Ok(true), "the last");
+    let (kvs, _) = r.list(p).await.unwrap();
+    assert!(kvs.is_empty(), "the writes were made either way: {kvs:?}");
+    // Racing writers: exactly one is first.
+    let firsts = futures_first(&r, lease, p).await;
+    assert_eq!(firsts, 1);
+    r.revoke(lease).await.unwrap();
+    assert_eq!(
+        put("/t/room/participants/z").await,
+        Err(RegistryError::LeaseExpired),
+        "fenced"
+    );
+}
+
+/// Ten keys written at once under an empty prefix: how many were told they were alone.
+async fn futures_first(r: &EtcdRegistry, lease: sfu_control::registry::LeaseId, p: &str) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let (r, p) = (r.clone(), p.to_owned());
+        tasks.push(tokio::spawn(async move {
+            r.write_alone(&format!("{p}{i}"), Some(vec![]), lease, &p)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut firsts = 0;
+    for t in tasks {
+        firsts += t.await.unwrap() as usize;
+    }
+    firsts
 }

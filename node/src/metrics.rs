@@ -37,6 +37,8 @@ pub struct Metrics {
     pub layer_switches: Counter,
     pub congestion_feedback: Counter,
     pub red_packets: Counter,
+    /// Webhook events dropped because the delivery queue was full.
+    pub webhooks_dropped: Counter,
 }
 
 impl Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             layer_switches: Counter::default(),
             congestion_feedback: Counter::default(),
             red_packets: Counter::default(),
+            webhooks_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +152,11 @@ impl Metrics {
             "red_packets",
             "Redundant audio (RED) packets received from publishers",
             m.red_packets.clone(),
+        );
+        registry.register(
+            "webhooks_dropped",
+            "Webhook events dropped because the delivery queue was full",
+            m.webhooks_dropped.clone(),
         );
         Self { registry, ..m }
     }

@@ -82,7 +82,12 @@ impl Server {
                     .or_else(|| keys.keys().next().cloned())
                     .unwrap_or_default();
                 let secret = keys.get(&key).cloned().unwrap_or_default();
-                crate::webhook::Webhooks::start(config.webhook.urls.clone(), key, secret)
+                crate::webhook::Webhooks::start(
+                    config.webhook.urls.clone(),
+                    key,
+                    secret,
+                    metrics.webhooks_dropped.clone(),
+                )
             },
         };
         let media = MediaPlane::start(workers, metrics.clone())?;

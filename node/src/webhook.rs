@@ -3,10 +3,24 @@
 //! Signed as LiveKit signs them, so existing receivers verify them unchanged: the
 //! `Authorization` header is a JWT (HS256, API key as `iss`) whose `sha256` claim is the
 //! base64 SHA-256 of the body. Media never waits for a webhook: workers hand events to a
-//! bounded queue without blocking (a full queue drops the event and counts it), and a task
-//! delivers each one, retrying with exponential backoff.
+//! bounded queue without blocking (a full queue drops the event and counts it in
+//! `sfu_webhooks_dropped_total`), and a task delivers each one, retrying with exponential
+//! backoff.
+//!
+//! `room_started` and `room_finished` are decided for the whole cluster, not per node: the
+//! node whose registry transaction writes a room's first participant record sends
+//! `room_started`, the one whose transaction deletes its last record sends `room_finished`
+//! (see `Membership::set_json_alone`), so however participants race on however many nodes the
+//! two alternate and each is sent once per period of presence. Presence is what the registry
+//! holds, which follows joins and leaves by a few milliseconds: a participant that leaves
+//! before another node has written its newcomer's record ends one period and the newcomer
+//! starts the next. Two limits: if etcd cannot be reached when a record is written, the node
+//! cannot tell and sends neither event; and a node that dies with a room's last participants
+//! sends no `room_finished` (their records expire with its lease, written by nobody), so the
+//! next `room_started` of that room follows without one.
 
 use base64::Engine;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,16 +102,28 @@ struct Claims<'a> {
 #[derive(Clone, Default)]
 pub struct Webhooks {
     tx: Option<mpsc::Sender<Event>>,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Events dropped because the queue was full (exported as a metric).
+    dropped: Counter,
 }
 
 impl Webhooks {
-    /// Starts delivering to `urls`, signing with `api_key`/`api_secret`.
-    pub fn start(urls: Vec<String>, api_key: String, api_secret: String) -> Self {
+    /// Starts delivering to `urls`, signing with `api_key`/`api_secret`; counts events it has
+    /// to drop in `dropped`.
+    pub fn start(urls: Vec<String>, api_key: String, api_secret: String, dropped: Counter) -> Self {
+        Self::with_queue(urls, api_key, api_secret, dropped, QUEUE)
+    }
+
+    fn with_queue(
+        urls: Vec<String>,
+        api_key: String,
+        api_secret: String,
+        dropped: Counter,
+        queue: usize,
+    ) -> Self {
         if urls.is_empty() {
-            return Self::default();
+            return Self { tx: None, dropped };
         }
-        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Event>(queue);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -119,7 +145,7 @@ impl Webhooks {
         });
         Self {
             tx: Some(tx),
-            dropped: Default::default(),
+            dropped,
         }
     }
 
@@ -128,8 +154,7 @@ impl Webhooks {
         if let Some(tx) = &self.tx
             && tx.try_send(event).is_err()
         {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 }
@@ -177,4 +202,33 @@ async fn deliver(
         "webhook given up after {} attempts",
         BACKOFF.len() + 1
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn events_a_full_queue_cannot_take_are_counted_in_the_metrics() {
+        let metrics = Metrics::new();
+        // Nothing listens at this address; the queue holds one event, and the delivery task
+        // cannot take it before this test yields (a current-thread runtime).
+        let hooks = Webhooks::with_queue(
+            vec!["http://127.0.0.1:9/hook".into()],
+            "devkey".into(),
+            "secret".into(),
+            metrics.webhooks_dropped.clone(),
+            1,
+        );
+        for _ in 0..10 {
+            hooks.send(Event::new("room_started", "n1", "r"));
+        }
+        assert_eq!(metrics.webhooks_dropped.get(), 9);
+        assert!(
+            metrics.encode().contains("sfu_webhooks_dropped_total 9"),
+            "{}",
+            metrics.encode()
+        );
+    }
 }

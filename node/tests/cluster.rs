@@ -1,126 +1,25 @@
 //! A real cluster on loopback: etcd, three node processes linked over QUIC, and headless
 //! Chromium at the ends.
 //!
-//! A publisher on node 1 reaches subscribers on nodes 2 and 3; participants on different
-//! nodes see each other; node 2 is killed with SIGKILL (its registry keys expire, node 3 keeps
-//! decoding); node 3's relay links are cut and restored (media resumes); etcd becomes
-//! unreachable for longer than a lease (media keeps flowing, nodes re-register after).
+//! Publishers on nodes 1, 2 and 3 reach each other's pages; node 2 is killed with SIGKILL
+//! (its registry keys expire within the lease TTL, the pages on nodes 1 and 3 are told that
+//! its participant and tracks are gone, and keep decoding each other); node 3's relay links
+//! are cut and restored (media resumes); etcd is frozen (SIGSTOP) for longer than a lease
+//! (media from node 1 to node 3 keeps flowing throughout, both nodes fence themselves and
+//! refuse joins) and then resumed (both register again, admit joins, and media still flows).
 
 mod common;
 
+use common::process::{NodeProcess, free_udp_port};
 use common::{Browser, browser_lock, expect_media, stat};
 use sfu_control::registry::{EtcdRegistry, Registry};
 use sfu_control::testing::Etcd;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A node process.
-struct Node {
-    id: String,
-    http: u16,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(
-        id: &str,
-        etcd: &str,
-        certs: &Path,
-        dir: &Path,
-        relay: u16,
-        advertise: Option<SocketAddr>,
-    ) -> Node {
-        let http = free_port();
-        let log = dir.join(format!("{id}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-node"));
-        cmd.args(["--node-id", id, "--etcd", etcd, "--cluster", "it"])
-            .arg("--certs-dir")
-            .arg(certs)
-            .args(["--bind", &format!("127.0.0.1:{http}")])
-            .args([
-                "--udp-port",
-                "0",
-                "--node-ip",
-                "127.0.0.1",
-                "--workers",
-                "2",
-            ])
-            .args(["--relay-bind", &format!("127.0.0.1:{relay}")])
-            .env("SFU_LOG", "info,sfu_relay=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(a) = advertise {
-            cmd.args(["--relay-advertise", &a.to_string()]);
-        }
-        let child = cmd.spawn().expect("node binary runs");
-        Node {
-            id: id.into(),
-            http,
-            child,
-            log,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http)
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("{}/readyz", self.url())).await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "{} not ready; log:\n{}",
-            self.id,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            // Make a failure diagnosable from the test output alone.
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} ----", self.id);
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
 
 /// A UDP proxy in front of a node's relay port, to cut and restore its links.
 struct Proxy {
@@ -182,6 +81,28 @@ async fn decoding_past(browser: &mut Browser, page: &str, above: f64, limit: Dur
     stat(&s, page, "framesDecoded")
 }
 
+/// What a page was told: identities in its `left` or `unpublished` list (see `app.js`).
+fn told(s: &common::Sample, page: &str, list: &str) -> Vec<String> {
+    s["pages"][page]["stats"][list]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The status a node answers a WebSocket join with when it is not an upgrade: 426 if it
+/// admits joins, 503 if it refuses them.
+async fn join_status(node: &NodeProcess, room: &str) -> u16 {
+    let token = common::token("probe", room, false, true);
+    match reqwest::get(format!("{}/rtc?access_token={token}", node.url())).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spans_three_nodes_and_survives_failures() {
     let _guard = browser_lock().await;
@@ -196,51 +117,49 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     // Node 3's relay is reached through a proxy we can cut.
     let relay3 = free_udp_port();
     let proxy = Proxy::start(format!("127.0.0.1:{relay3}").parse().unwrap()).await;
-    let n1 = Node::start("n1", &etcd.endpoint, &certs, &dir, free_udp_port(), None);
-    let mut n2 = Node::start("n2", &etcd.endpoint, &certs, &dir, free_udp_port(), None);
-    let n3 = Node::start("n3", &etcd.endpoint, &certs, &dir, relay3, Some(proxy.addr));
+    let e = &etcd.endpoint;
+    let n1 = NodeProcess::start("n1", e, &certs, &dir, free_udp_port(), None, &[]);
+    let mut n2 = NodeProcess::start("n2", e, &certs, &dir, free_udp_port(), None, &[]);
+    let n3 = NodeProcess::start("n3", e, &certs, &dir, relay3, Some(proxy.addr), &[]);
     for n in [&n1, &n2, &n3] {
         n.wait_ready().await;
     }
 
     let room = "spanning";
+    let page = |node: &NodeProcess, who: &str| {
+        format!(
+            "{}/?room={room}&identity={who}&autojoin=1&publish=1&simulcast=0",
+            node.url()
+        )
+    };
     let mut browser = Browser::launch(&[
-        (
-            "alice",
-            format!(
-                "{}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=0",
-                n1.url()
-            ),
-        ),
-        (
-            "carol",
-            format!(
-                "{}/?room={room}&identity=carol&autojoin=1&publish=1&simulcast=0",
-                n3.url()
-            ),
-        ),
-        (
-            "bob",
-            format!(
-                "{}/?room={room}&identity=bob&autojoin=1&publish=0",
-                n2.url()
-            ),
-        ),
+        ("alice", page(&n1, "alice")),
+        ("carol", page(&n3, "carol")),
+        ("bob", page(&n2, "bob")),
     ])
     .await;
-    // Everyone decodes: alice (node 1) sees carol (node 3) and the reverse; bob (node 2) both.
-    let s = expect_media(
+    // Everyone decodes everyone else, across nodes.
+    expect_media(
         &mut browser,
         &["alice", "carol", "bob"],
         60.0,
         Duration::from_secs(90),
     )
     .await;
-    assert_eq!(
-        stat(&s, "bob", "videoTracks"),
-        2.0,
-        "bob receives both publishers: {s:#}"
-    );
+    let (_, s) = browser
+        .until(Duration::from_secs(30), |s| {
+            ["alice", "carol", "bob"]
+                .iter()
+                .all(|p| stat(s, p, "videoTracks") == 2.0)
+        })
+        .await;
+    for p in ["alice", "carol", "bob"] {
+        assert_eq!(
+            stat(&s, p, "videoTracks"),
+            2.0,
+            "{p} receives both other publishers: {s:#}"
+        );
+    }
     let failures = |s: &common::Sample| {
         s["pages"]
             .as_object()
@@ -250,7 +169,9 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     };
     assert!(!failures(&s), "{s:#}");
 
-    // SIGKILL node 2: its keys expire with its lease (TTL 5 s); node 3 keeps decoding.
+    // SIGKILL node 2, whose bob publishes: its keys expire with its lease (TTL 5 s); the
+    // pages on nodes 1 and 3 learn that bob and his two tracks are gone, and keep decoding
+    // each other.
     let registry = EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .unwrap();
@@ -258,7 +179,13 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     assert!(registry.list(node_key).await.unwrap().0.len() == 1);
     n2.child.kill().unwrap();
     let killed = Instant::now();
-    let carol_before = stat(&browser.sample().await, "carol", "framesDecoded");
+    let s = browser.sample().await;
+    assert!(
+        told(&s, "alice", "left").is_empty() && told(&s, "carol", "left").is_empty(),
+        "nobody left before the kill: {s:#}"
+    );
+    let before = |p| stat(&s, p, "framesDecoded");
+    let (alice_before, carol_before) = (before("alice"), before("carol"));
     let mut gone_after = None;
     while killed.elapsed() < Duration::from_secs(15) {
         let (kvs, _) = registry.list("/sfu/it/").await.unwrap();
@@ -276,6 +203,31 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
         gone_after <= Duration::from_secs(7),
         "within the lease TTL: {gone_after:?}"
     );
+    let bob_gone = |s: &common::Sample, p: &str| {
+        told(s, p, "left") == ["bob"]
+            && told(s, p, "unpublished")
+                .iter()
+                .filter(|i| *i == "bob")
+                .count()
+                == 2
+    };
+    let (told_all, s) = browser
+        .until(Duration::from_secs(30), |s| {
+            bob_gone(s, "alice") && bob_gone(s, "carol")
+        })
+        .await;
+    assert!(
+        told_all,
+        "the pages on nodes 1 and 3 are told bob left and his audio and video tracks were \
+         unpublished: {s:#}"
+    );
+    decoding_past(
+        &mut browser,
+        "alice",
+        alice_before + 60.0,
+        Duration::from_secs(20),
+    )
+    .await;
     decoding_past(
         &mut browser,
         "carol",
@@ -296,12 +248,83 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     );
     proxy.set_cut(false);
     decoding_past(&mut browser, "carol", still + 60.0, Duration::from_secs(40)).await;
-    let log3 = std::fs::read_to_string(&n3.log).unwrap_or_default();
+    let log3 = n3.log_text();
     assert!(
         log3.contains("relay link down"),
         "the link really went down"
     );
+
+    etcd_outage(&etcd, &registry, &mut browser, &n1, &n3, room).await;
     browser.stop().await;
     drop((n1, n3));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// etcd frozen for longer than a lease: media from node 1 to node 3 keeps flowing, both
+/// nodes fence themselves (not ready, joins refused); etcd back: both register again.
+async fn etcd_outage(
+    etcd: &Etcd,
+    registry: &EtcdRegistry,
+    browser: &mut Browser,
+    n1: &NodeProcess,
+    n3: &NodeProcess,
+    room: &str,
+) {
+    let frames = |s: &common::Sample| stat(s, "carol", "framesDecoded");
+    let mut decoded = vec![frames(&browser.sample().await)];
+    etcd.pause();
+    let paused = Instant::now();
+    let (mut fenced1, mut fenced3, mut refused) = (false, false, false);
+    // At least two lease TTLs, and until both nodes noticed.
+    while paused.elapsed() < Duration::from_secs(10) || !(fenced1 && fenced3 && refused) {
+        assert!(
+            paused.elapsed() < Duration::from_secs(40),
+            "both nodes fence themselves while etcd is away (n1: {fenced1}, n3: {fenced3}, \
+             join refused on n3: {refused})"
+        );
+        decoded.push(frames(&browser.sample().await));
+        fenced1 |= n1.readyz().await == 503;
+        fenced3 |= n3.readyz().await == 503;
+        refused |= fenced3 && join_status(n3, room).await == 503;
+    }
+    // Media kept flowing throughout: every three seconds, carol decoded more of alice.
+    for w in decoded.windows(4) {
+        assert!(
+            w[3] - w[0] >= 10.0,
+            "carol kept decoding while etcd was away: {decoded:?}"
+        );
+    }
+    etcd.resume();
+    let resumed = Instant::now();
+    for n in [n1, n3] {
+        let mut ready = false;
+        while !ready && resumed.elapsed() < Duration::from_secs(30) {
+            ready = n.readyz().await == 200;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(ready, "{} registers again once etcd is back", n.id);
+        assert_eq!(
+            join_status(n, room).await,
+            426,
+            "{} admits joins again (a plain GET is no WebSocket upgrade)",
+            n.id
+        );
+    }
+    let (kvs, _) = registry.list("/sfu/it/nodes/").await.unwrap();
+    let nodes: Vec<&str> = kvs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        nodes,
+        ["/sfu/it/nodes/n1", "/sfu/it/nodes/n3"],
+        "both node records are in etcd again"
+    );
+    // Past the grace period for registry deletions about linked nodes, alice is still in
+    // carol's room and her video still arrives.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let now = frames(&browser.sample().await);
+    decoding_past(browser, "carol", now + 60.0, Duration::from_secs(20)).await;
+    let s = browser.sample().await;
+    assert!(
+        !told(&s, "carol", "left").contains(&"alice".to_owned()),
+        "the outage did not remove alice from carol's room: {s:#}"
+    );
 }

@@ -1,146 +1,20 @@
-//! The control plane against real etcd and real nodes: the room limit under concurrent joins,
-//! placement filling a node then spilling, draining a browser subscriber's node, and every API
+//! The control plane against real etcd and real nodes: the room limit under concurrent joins
+//! (and against reloads and WHEP players sharing a token), placement filling a node then
+//! spilling, draining a browser subscriber's node, and every API
 //! refusing bad credentials.
 
 mod common;
 
-use common::{Browser, browser_lock, expect_media, start_cluster_node, stat, token, token_for};
-use futures_util::{SinkExt, StreamExt};
+use common::control::{Cluster, Ws, admin, authed, eventually, next_of, participants, ws_join};
+use common::{Browser, browser_lock, expect_media, stat, token, token_for};
 use serde_json::Value;
 use sfu_control::auth::{admin_claims, join_claims};
-use sfu_control::testing::Etcd;
-use sfu_node::Server;
 use sfu_proto::control as pb;
 use sfu_proto::control::join_service_client::JoinServiceClient;
 use sfu_proto::control::node_service_client::NodeServiceClient;
 use sfu_proto::control::room_service_client::RoomServiceClient;
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
-
-struct Cluster {
-    _etcd: Etcd,
-    nodes: Vec<Server>,
-    control: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Cluster {
-    async fn start(nodes: usize, capacity: u32) -> Cluster {
-        let etcd = Etcd::start().expect("etcd starts");
-        let dir = std::env::temp_dir().join(format!(
-            "sfu-cp-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let ids: Vec<String> = (1..=nodes).map(|i| format!("cp{i}")).collect();
-        sfu_relay::certs::ensure_dev_certs(&dir, &ids).unwrap();
-        let mut servers = Vec::new();
-        for id in &ids {
-            servers.push(start_cluster_node(&etcd.endpoint, &dir, id, capacity).await);
-        }
-        let keys: BTreeMap<String, String> = [("devkey".to_owned(), "secret".to_owned())].into();
-        let control =
-            sfu_control::service::connect(std::slice::from_ref(&etcd.endpoint), "cp", &keys)
-                .await
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(sfu_control::service::serve(
-            control,
-            listener,
-            std::future::pending(),
-        ));
-        let c = Cluster {
-            _etcd: etcd,
-            nodes: servers,
-            control: addr,
-            dir,
-        };
-        // The control plane sees every node before the test starts.
-        let mut nodes_client = NodeServiceClient::connect(c.grpc()).await.unwrap();
-        for _ in 0..100 {
-            let listed = nodes_client
-                .list_nodes(authed(&admin(), pb::ListNodesRequest {}))
-                .await
-                .map(|r| r.into_inner().nodes.len())
-                .unwrap_or(0);
-            if listed == nodes {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the control plane did not see {nodes} nodes");
-    }
-
-    fn grpc(&self) -> String {
-        format!("http://{}", self.control)
-    }
-
-    async fn stop(self) {
-        for n in self.nodes {
-            n.stop().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn admin() -> String {
-    sfu_control::auth::mint("secret", &admin_claims("devkey", Duration::from_secs(300))).unwrap()
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if !token.is_empty() {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    r
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Connects a WebSocket client to a node and joins; returns the socket and the answer.
-async fn ws_join(http: &str, token: &str) -> (Ws, Value) {
-    let host = http.trim_start_matches("http://");
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{host}/rtc?access_token={token}"))
-            .await
-            .expect("WebSocket connects");
-    ws.send(Message::Text(
-        r#"{"type":"join","auto_subscribe":false}"#.into(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .expect("an answer")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if matches!(v["type"].as_str(), Some("joined") | Some("error")) {
-                return (ws, v);
-            }
-        }
-    }
-}
-
-async fn participants(room: &str, grpc: &str) -> Vec<pb::ParticipantInfo> {
-    let mut c = RoomServiceClient::connect(grpc.to_owned()).await.unwrap();
-    c.list_participants(authed(
-        &admin(),
-        pb::ListParticipantsRequest { room: room.into() },
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-    .participants
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
@@ -157,8 +31,7 @@ async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
         ))
         .await
         .unwrap();
-    // Every node sees the room's configuration before the rush.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No pause: the rush starts as soon as the room exists, before some nodes have seen it.
     let urls: Vec<String> = cluster
         .nodes
         .iter()
@@ -201,6 +74,79 @@ async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
     }
     assert_eq!(seen, 20);
     drop(results);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_and_whep_players_sharing_a_token_stay_within_the_limit() {
+    let cluster = Cluster::start(2, 0).await;
+    let mut rooms = RoomServiceClient::connect(cluster.grpc()).await.unwrap();
+    rooms
+        .create_room(authed(
+            &admin(),
+            pb::CreateRoomRequest {
+                name: "tight".into(),
+                max_participants: 2,
+                empty_timeout: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    let t = |who: &str| token(who, "tight", true, true);
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let (mut alice, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let (bob, j) = ws_join(&b, &t("bob")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    // Alice reloads: her new session replaces the old one, in a full room.
+    let (alice2, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "a reload gets in: {j}");
+    let left = next_of(&mut alice, &["left"], Duration::from_secs(10)).await;
+    assert_eq!(
+        left["reason"],
+        "another session joined with the same identity"
+    );
+    // Still two places taken: nobody else gets in, nor a second session of alice elsewhere.
+    for (node, who) in [(&b, "carol"), (&a, "carol"), (&b, "alice")] {
+        let (_ws, j) = ws_join(node, &t(who)).await;
+        assert_eq!(j["code"], "room_full", "{who} on {node}: {j}");
+    }
+    drop((alice2, bob));
+    let emptied = eventually(Duration::from_secs(10), || async {
+        participants("tight", &cluster.grpc())
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(emptied.is_some());
+    // WHEP players sharing one viewer token each take a place.
+    let viewer = token("viewer", "tight", false, true);
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for node in [&a, &a, &b, &b] {
+        // The places of the sessions that just left are released a moment after they go.
+        let status = eventually(Duration::from_secs(10), || async {
+            let r = http
+                .post(format!("{node}/whep/tight"))
+                .header("content-type", "application/sdp")
+                .bearer_auth(&viewer)
+                .body(common::sdp::offer(false))
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s == 201 || statuses.len() >= 2).then_some(s)
+        })
+        .await
+        .expect("an answer");
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [201, 201, 503, 503],
+        "two players, then room_full"
+    );
     cluster.stop().await;
 }
 

@@ -1,5 +1,6 @@
 //! Webhooks: every room, participant and track event reaches the receiver, signed with a JWT
-//! carrying the body's hash, and a failed delivery is retried.
+//! carrying the body's hash, and a failed delivery is retried; a room spanning nodes starts
+//! and finishes once, however its participants race; dropped events are a metric.
 
 mod common;
 
@@ -160,4 +161,107 @@ async fn events_are_delivered_signed_and_retried() {
     want.sort();
     assert_eq!(sorted, want, "every event, and the refused one again");
     node.stop().await;
+}
+
+/// Accepts every webhook and keeps the bodies.
+async fn accept_all(
+    State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    if let Ok(v) = serde_json::from_slice(&body) {
+        r.lock().unwrap().push(v);
+    }
+    StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_on_two_nodes_starts_and_finishes_once_however_its_participants_race() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(accept_all))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cluster =
+        common::control::Cluster::start_with(2, |_, c| c.webhook.urls = vec![hook.clone()]).await;
+    let rooms: Vec<String> = (0..5).map(|i| format!("raced{i}")).collect();
+    for room in &rooms {
+        // One participant on each node, joining at the same moment; once both are in the
+        // registry (the room's presence), they leave together.
+        let (url_a, url_b) = (cluster.url(0), cluster.url(1));
+        let (token_x, token_y) = (
+            common::token("x", room, true, true),
+            common::token("y", room, true, true),
+        );
+        let (a, b) = tokio::join!(
+            common::control::ws_join(&url_a, &token_x),
+            common::control::ws_join(&url_b, &token_y),
+        );
+        assert_eq!(
+            (&a.1["type"], &b.1["type"]),
+            (&"joined".into(), &"joined".into())
+        );
+        let both = common::control::eventually(Duration::from_secs(10), || async {
+            (common::control::participants(room, &cluster.grpc())
+                .await
+                .len()
+                == 2)
+                .then_some(())
+        })
+        .await;
+        assert!(both.is_some(), "both participants are registered");
+        drop((a, b));
+    }
+    let count = |room: &str, event: &str| {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["room"]["name"] == room && v["event"] == event)
+            .count()
+    };
+    let complete = |room: &str| {
+        count(room, "participant_joined") == 2
+            && count(room, "participant_left") == 2
+            && count(room, "room_started") >= 1
+            && count(room, "room_finished") >= 1
+    };
+    for _ in 0..100 {
+        if rooms.iter().all(|r| complete(r)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Room events a node sent twice would arrive about as fast as the rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for room in &rooms {
+        let counts: Vec<usize> = [
+            "participant_joined",
+            "participant_left",
+            "room_started",
+            "room_finished",
+        ]
+        .iter()
+        .map(|e| count(room, e))
+        .collect();
+        assert_eq!(
+            counts,
+            [2, 2, 1, 1],
+            "{room}: joined, left, started, finished: {:#?}",
+            received.lock().unwrap()
+        );
+    }
+    // Nothing was dropped, and the nodes say so.
+    let metrics = reqwest::get(format!("{}/metrics", cluster.url(0)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sfu_webhooks_dropped_total 0"),
+        "{metrics}"
+    );
+    cluster.stop().await;
 }

@@ -35,6 +35,8 @@ const sfu = {
   speakers: [], // participant sids, most recent speaker first
   pinned: new Set(), // participant sids
   publisherLayers: null, // last `publisher_layers` received
+  left: [], // identities of participants that left, in order (tests read them)
+  unpublished: [], // identities of the publishers of tracks that were unpublished, in order
 };
 window.sfu = sfu;
 
@@ -327,6 +329,7 @@ async function join(room, identity, withMedia, base, token) {
           log(`${msg.participant.identity} joined`);
           break;
         case "participant_left":
+          sfu.left.push((sfu.participants.get(msg.participant) || {}).identity || msg.participant);
           log(`${(sfu.participants.get(msg.participant) || {}).identity || msg.participant} left`);
           removeTile(msg.participant);
           break;
@@ -334,6 +337,7 @@ async function join(room, identity, withMedia, base, token) {
           log(`${msg.track.kind} track ${msg.track.sid} published`);
           break;
         case "track_unpublished":
+          sfu.unpublished.push((sfu.participants.get(msg.participant) || {}).identity || msg.participant);
           break;
         case "error":
           sfu.errors.push(msg);
@@ -386,6 +390,8 @@ window.sfuStats = async function () {
     speakers: sfu.speakers.map((sid) => (sfu.participants.get(sid) || {}).identity || sid),
     // The simulcast layers the node last asked this publisher to send (dynacast).
     publisherLayers: sfu.publisherLayers ? sfu.publisherLayers.layers : null,
+    left: sfu.left,
+    unpublished: sfu.unpublished,
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;

@@ -256,6 +256,17 @@ impl LinkManager {
     }
 
     async fn dial_loop(self: Arc<Self>, node: NodeId, addr: SocketAddr) {
+        // A link still up is kept, not replaced: the peer's registry record can flap (an etcd
+        // outage) while the link carries media the whole time.
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+            .cloned();
+        if let Some(conn) = live {
+            conn.closed().await;
+        }
         let mut attempt = 0usize;
         loop {
             match self.dial(&node, addr).await {
@@ -344,13 +355,18 @@ impl LinkManager {
         mut recv: quinn::RecvStream,
         mut buf: BytesMut,
     ) {
-        if let Some(old) = self
+        let replaced = self
             .live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node.clone(), conn.clone())
-        {
+            .insert(node.clone(), conn.clone());
+        if let Some(old) = replaced {
+            // Whatever was tied to the old link (flows, subscriptions) went with it: say it is
+            // down before the new one is up, on this side as on the peer's, which sees the old
+            // connection close.
             old.close(3u32.into(), b"replaced");
+            tracing::info!(peer = %node, "relay link replaced by a new connection");
+            self.handler.link_down(&node);
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         self.handler.link_up(Link {

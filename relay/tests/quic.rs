@@ -1,5 +1,6 @@
-//! Real QUIC links on loopback: mutual TLS from the cluster CA, frames, datagrams, and
-//! packets too large for a datagram.
+//! Real QUIC links on loopback: mutual TLS from the cluster CA (a certificate from another CA
+//! is refused whether its holder is dialed or dials), frames, datagrams, and packets too large
+//! for a datagram.
 
 use bytes::Bytes;
 use sfu_proto::relay::frame::Body;
@@ -125,6 +126,61 @@ async fn cluster_members_link_up_and_exchange_frames_and_media() {
 }
 
 #[tokio::test]
+async fn a_peer_whose_record_flaps_keeps_its_link() {
+    let ca = create_ca("test cluster").unwrap();
+    let (a, rec_a, mut ev_a) = start(identity(&ca, "node-a"));
+    let (b, _rec_b, mut ev_b) = start(identity(&ca, "node-b"));
+    let peers = vec![
+        (NodeId::from("node-a"), a.local_addr().unwrap()),
+        (NodeId::from("node-b"), b.local_addr().unwrap()),
+    ];
+    a.set_peers(&peers);
+    b.set_peers(&peers);
+    assert!(matches!(next(&mut ev_a).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(_)));
+    // node-b disappears from the registry and comes back (an etcd outage): the dialer keeps
+    // the link it has rather than replacing it.
+    a.set_peers(&peers[..1]);
+    a.set_peers(&peers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(ev_a.try_recv().is_err(), "no link change on the dialer");
+    assert!(ev_b.try_recv().is_err(), "no link change on the other side");
+    let link = rec_a.links.lock().unwrap()[0].clone();
+    let frame = Frame {
+        body: Some(Body::KeyframeRequest(KeyframeRequest {
+            room: "r".into(),
+            track: 1,
+            layer: 0,
+        })),
+    };
+    link.send_frame(frame.clone());
+    assert!(matches!(next(&mut ev_b).await, Event::Frame(_, f) if f == frame));
+    a.close();
+    b.close();
+}
+
+#[tokio::test]
+async fn a_link_replaced_by_a_new_connection_goes_down_before_the_new_one_is_up() {
+    let ca = create_ca("test cluster").unwrap();
+    let (b, _rec_b, mut ev_b) = start(identity(&ca, "node-b"));
+    let to_b = [(NodeId::from("node-b"), b.local_addr().unwrap())];
+    let (a1, _rec_a1, mut ev_a1) = start(identity(&ca, "node-a"));
+    a1.set_peers(&to_b);
+    assert!(matches!(next(&mut ev_a1).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(n) if &*n == "node-a"));
+    // node-a again, from a new process, while the old link is still up: node-b drops what it
+    // tied to the old link before it takes the new one.
+    let (a2, _rec_a2, mut ev_a2) = start(identity(&ca, "node-a"));
+    a2.set_peers(&to_b);
+    assert!(matches!(next(&mut ev_a2).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_b).await, Event::Down(n) if &*n == "node-a"));
+    assert!(matches!(next(&mut ev_b).await, Event::Up(n) if &*n == "node-a"));
+    a1.close();
+    a2.close();
+    b.close();
+}
+
+#[tokio::test]
 async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     let ca = create_ca("the cluster").unwrap();
     let rogue_ca = create_ca("someone else").unwrap();
@@ -152,6 +208,47 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     assert!(ev_z.try_recv().is_err(), "no link on the rogue");
     a.close();
     z.close();
+}
+
+#[tokio::test]
+async fn a_member_refuses_a_node_with_a_foreign_certificate_that_dials_it() {
+    let ca = create_ca("the cluster").unwrap();
+    let rogue_ca = create_ca("someone else").unwrap();
+    // The member sorts after both others, so it only accepts: each of them dials it.
+    let (member, _rec_m, mut ev_m) = start(identity(&ca, "node-m"));
+    // Trusts the cluster CA (so it accepts the member's certificate) but holds a certificate
+    // from another CA: only the member's check of client certificates can keep it out.
+    let rogue_pem = issue_node(&rogue_ca, "node-a").unwrap();
+    let rogue = Identity::from_pem(
+        "node-a",
+        ca.cert.as_bytes(),
+        rogue_pem.cert.as_bytes(),
+        rogue_pem.key.as_bytes(),
+    )
+    .unwrap();
+    let (z, _rec_z, mut ev_z) = start(rogue);
+    // A genuine node dialing at the same time links up: the member does accept links.
+    let (g, _rec_g, mut ev_g) = start(identity(&ca, "node-b"));
+    let peers = vec![
+        (NodeId::from("node-a"), z.local_addr().unwrap()),
+        (NodeId::from("node-b"), g.local_addr().unwrap()),
+        (NodeId::from("node-m"), member.local_addr().unwrap()),
+    ];
+    for m in [&member, &z, &g] {
+        m.set_peers(&peers);
+    }
+    assert!(matches!(next(&mut ev_g).await, Event::Up(n) if &*n == "node-m"));
+    assert!(matches!(next(&mut ev_m).await, Event::Up(n) if &*n == "node-b"));
+    // The rogue keeps redialing (backoff up to 2 s) and is refused every time.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        ev_m.try_recv().is_err(),
+        "no link to the rogue on the member"
+    );
+    assert!(ev_z.try_recv().is_err(), "no link on the rogue");
+    member.close();
+    z.close();
+    g.close();
 }
 
 #[tokio::test]

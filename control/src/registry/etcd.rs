@@ -28,6 +28,19 @@ fn unavailable(e: etcd_client::Error) -> RegistryError {
     }
 }
 
+/// The end of the key range holding every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes (or empty): every key after the prefix.
+    vec![0]
+}
+
 impl EtcdRegistry {
     /// Connects to etcd (`http://host:port` endpoints). Returns at once: the connection is
     /// established lazily and re-established after failures.
@@ -99,6 +112,37 @@ impl Registry for EtcdRegistry {
                 value,
                 Some(PutOptions::new().with_lease(lease.0)),
             )]);
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map(|r| r.succeeded())
+            .map_err(unavailable)
+    }
+
+    async fn write_alone(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        lease: LeaseId,
+        prefix: &str,
+    ) -> Result<bool> {
+        // No key in [prefix, key) and none in (key, end of prefix): a range compare on
+        // create_revision holds for an empty range and fails for any existing key.
+        let mut after = key.as_bytes().to_vec();
+        after.push(0);
+        let alone = vec![
+            Compare::create_revision(prefix, CompareOp::Equal, 0).with_range(key),
+            Compare::create_revision(after, CompareOp::Equal, 0).with_range(prefix_end(prefix)),
+        ];
+        let write = match value {
+            Some(v) => TxnOp::put(key, v, Some(PutOptions::new().with_lease(lease.0))),
+            None => TxnOp::delete(key, None),
+        };
+        let txn = Txn::new()
+            .when(alone)
+            .and_then(vec![write.clone()])
+            .or_else(vec![write]);
         self.client
             .clone()
             .txn(txn)

@@ -166,6 +166,47 @@ impl Registry for MemoryRegistry {
         Ok(true)
     }
 
+    async fn write_alone(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        lease: LeaseId,
+        prefix: &str,
+    ) -> Result<bool> {
+        let mut s = self.lock();
+        if value.is_some() && !s.leases.contains_key(&lease) {
+            return Err(RegistryError::LeaseExpired);
+        }
+        let alone = !s
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(k, _)| k != key);
+        match value {
+            Some(value) => {
+                s.keys.insert(
+                    key.to_owned(),
+                    Entry {
+                        value: value.clone(),
+                        lease: Some(lease),
+                    },
+                );
+                s.record(WatchEvent::Put {
+                    key: key.to_owned(),
+                    value,
+                });
+            }
+            None => {
+                if s.keys.remove(key).is_some() {
+                    s.record(WatchEvent::Delete {
+                        key: key.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(alone)
+    }
+
     async fn put_persistent(&self, key: &str, value: Vec<u8>) -> Result<()> {
         let mut s = self.lock();
         s.keys.insert(

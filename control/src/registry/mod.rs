@@ -2,7 +2,9 @@
 //!
 //! [`Registry`] is the small key-value surface the cluster needs from etcd: leases with a TTL,
 //! puts bound to a lease (refused once the lease is gone, which is what fences a node that lost
-//! it), prefix listing with the revision it reflects, and watching from a revision.
+//! it), prefix listing with the revision it reflects, and watching from a revision; plus two
+//! transactions: create-if-absent (room slots) and a write that tells whether its key is alone
+//! under a prefix (a room's first and last participant).
 //! [`EtcdRegistry`] is the real one; [`MemoryRegistry`] keeps the same semantics in process for a
 //! standalone node and for deterministic tests.
 
@@ -77,6 +79,17 @@ pub trait Registry: Send + Sync + 'static {
         key: &str,
         value: Vec<u8>,
         lease: LeaseId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Puts `key` bound to a lease (`Some(value)`) or deletes it (`None`), and reports from the
+    /// same transaction whether no key other than `key` existed under `prefix` at that moment.
+    /// The write is made either way. What makes "the room's first participant" and "its last"
+    /// the decision of exactly one node, however many race.
+    fn write_alone(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        lease: LeaseId,
+        prefix: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Writes a key bound to no lease: it stays until deleted (room configuration).
     fn put_persistent(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;

@@ -59,13 +59,8 @@ impl AppState {
     /// Admits a participant (claiming a place if the room has a limit) and joins it; the
     /// place is released if joining fails.
     pub async fn admit_and_join(&self, mut request: JoinRequest) -> Result<Joined, SignalError> {
-        request.slot = crate::admission::admit(
-            &self.membership,
-            &self.node_id,
-            &request.room,
-            &request.grants.identity,
-        )
-        .await?;
+        request.slot =
+            crate::admission::admit(&self.membership, &self.media, &self.node_id, &request).await?;
         let slot = request.slot.clone();
         let room = request.room.clone();
         let joined = self

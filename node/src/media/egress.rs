@@ -14,10 +14,6 @@ pub enum Effect {
         room: String,
         record: ParticipantRecord,
     },
-    /// The room's first participant in the whole cluster joined here.
-    RoomStarted { room: String },
-    /// The room's last participant in the whole cluster left from here.
-    RoomFinished { room: String },
     ParticipantLeft {
         room: String,
         sid: String,

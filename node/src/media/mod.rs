@@ -173,6 +173,13 @@ pub enum AdminOp {
     Migrate {
         url: String,
     },
+    /// Ends the session a new join with this identity and kind will replace (admission frees
+    /// its place in a limited room first). Nothing to end is no error.
+    EndReplaced {
+        room: String,
+        identity: String,
+        kind: ParticipantKind,
+    },
 }
 
 /// What the cluster tells a worker.

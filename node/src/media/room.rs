@@ -329,21 +329,7 @@ impl LocalRoom {
         out: &mut Egress,
     ) -> Result<Joined, SignalError> {
         let identity = request.grants.identity.clone();
-        // WHEP players often share one viewer token, so only publishing kinds are unique.
-        let unique = !matches!(request.kind, ParticipantKind::Whep { .. });
-        if let Some(old) = self
-            .participants
-            .values()
-            .find(|p| unique && p.identity == identity && p.kind == request.kind)
-            .map(|p| p.sid.clone())
-        {
-            self.leave(
-                now,
-                &old,
-                "another session joined with the same identity",
-                out,
-            );
-        }
+        self.end_replaced(now, &identity, &request.kind, out);
         if self.ctx.max_participants > 0 && self.participants.len() >= self.ctx.max_participants {
             return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
         }
@@ -389,11 +375,6 @@ impl LocalRoom {
                 participant: view.clone(),
             },
         );
-        if self.participants.is_empty() && self.remote.is_empty() {
-            out.effects.push(super::egress::Effect::RoomStarted {
-                room: self.name.clone(),
-            });
-        }
         self.participants.insert(sid, participant);
         Ok(Joined {
             participant: view,
@@ -423,11 +404,6 @@ impl LocalRoom {
             name: gone.name,
             slot: gone.slot,
         });
-        if self.participants.is_empty() && self.remote.is_empty() {
-            out.effects.push(super::egress::Effect::RoomFinished {
-                room: self.name.clone(),
-            });
-        }
         self.broadcast(
             sid,
             &ServerMessage::ParticipantLeft {

@@ -1,6 +1,7 @@
 //! What administrators (through the control plane) and draining do to a room: remove
 //! participants, mute tracks, change subscriptions, send participants elsewhere.
 
+use super::ParticipantKind;
 use super::egress::{Effect, Egress};
 use super::room::{LocalRoom, Origin};
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
@@ -20,6 +21,37 @@ impl LocalRoom {
                     format!("no participant {identity} on this node"),
                 )
             })
+    }
+
+    /// Ends the session a new one with this identity and kind replaces (a reload), if there
+    /// is one. WHEP players often share one viewer token, so only publishing kinds are unique.
+    /// Admission calls this before claiming a place in a limited room, so the old session's
+    /// place is free for the new one; joining calls it again in case none did.
+    pub fn end_replaced(
+        &mut self,
+        now: Instant,
+        identity: &str,
+        kind: &ParticipantKind,
+        out: &mut Egress,
+    ) -> bool {
+        if matches!(kind, ParticipantKind::Whep { .. }) {
+            return false;
+        }
+        let Some(old) = self
+            .participants
+            .values()
+            .find(|p| p.identity == identity && p.kind == *kind)
+            .map(|p| p.sid.clone())
+        else {
+            return false;
+        };
+        self.leave(
+            now,
+            &old,
+            "another session joined with the same identity",
+            out,
+        );
+        true
     }
 
     /// Removes a participant (by identity) from the room.

@@ -22,18 +22,30 @@ impl Worker {
         let hook = |event, room: &str| crate::webhook::Event::new(event, &node, room);
         for e in effects {
             match e {
-                Effect::RoomStarted { room } => self.webhooks.send(hook("room_started", &room)),
-                Effect::RoomFinished { room } => self.webhooks.send(hook("room_finished", &room)),
                 Effect::ParticipantJoined { room, record } => {
-                    self.membership
-                        .set_json(keys.participant(&room, &record.sid), &record);
                     let mut e = hook("participant_joined", &room);
                     e.participant = Some(crate::webhook::ParticipantRef {
-                        sid: record.sid,
-                        identity: record.identity,
-                        name: record.name,
+                        sid: record.sid.clone(),
+                        identity: record.identity.clone(),
+                        name: record.name.clone(),
                     });
-                    self.webhooks.send(e);
+                    // The room started if this is its first participant in the whole cluster:
+                    // decided in the registry transaction that writes the participant's
+                    // record, so exactly one node says so however many race (none if etcd
+                    // cannot tell).
+                    let started = hook("room_started", &room);
+                    let webhooks = self.webhooks.clone();
+                    self.membership.set_json_alone(
+                        keys.participant(&room, &record.sid),
+                        &record,
+                        keys.participants_prefix(&room),
+                        move |first| {
+                            if let Ok(true) = first {
+                                webhooks.send(started);
+                            }
+                            webhooks.send(e);
+                        },
+                    );
                 }
                 Effect::ParticipantLeft {
                     room,
@@ -42,17 +54,28 @@ impl Worker {
                     name,
                     slot,
                 } => {
-                    self.membership.remove(keys.participant(&room, &sid));
                     if let Some(slot) = slot {
                         self.membership.remove(slot);
                     }
+                    let finished = hook("room_finished", &room);
                     let mut e = hook("participant_left", &room);
                     e.participant = Some(crate::webhook::ParticipantRef {
-                        sid,
+                        sid: sid.clone(),
                         identity,
                         name,
                     });
-                    self.webhooks.send(e);
+                    // The room finished if no participant is left anywhere in the cluster.
+                    let webhooks = self.webhooks.clone();
+                    self.membership.remove_alone(
+                        keys.participant(&room, &sid),
+                        keys.participants_prefix(&room),
+                        move |last| {
+                            webhooks.send(e);
+                            if let Ok(true) = last {
+                                webhooks.send(finished);
+                            }
+                        },
+                    );
                 }
                 Effect::TrackPublished { room, record, info } => {
                     let key = TrackKey {
@@ -213,13 +236,16 @@ impl Worker {
             }
             ClusterInput::LinkDown(node) => {
                 self.links.remove(&node);
-                // Deletions held because the node was linked are believed at once now.
+                // Deletions held because the node was linked are believed at once now, unless
+                // the node has written its keys again meanwhile (its record flapped).
                 let (now_due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
                     .into_iter()
                     .partition(|(_, e)| matches!(e, ClusterEvent::NodeGone(n) if **n == *node));
                 self.deferred = keep;
                 for (_, e) in now_due {
-                    self.apply_cluster_event(now, e);
+                    if !self.reappeared(&e) {
+                        self.apply_cluster_event(now, e);
+                    }
                 }
                 self.relay.handle_link_down(now, &node);
                 self.drain_relay(now);

@@ -148,6 +148,17 @@ impl Worker {
                 }
                 return Ok(());
             }
+            AdminOp::EndReplaced {
+                room,
+                identity,
+                kind,
+            } => {
+                if let Some(idx) = self.room_index(room, false) {
+                    self.rooms[idx].end_replaced(now, identity, kind, &mut self.out);
+                    self.after_room(idx);
+                }
+                return Ok(());
+            }
             AdminOp::RemoveParticipant { room, .. }
             | AdminOp::DeleteRoom { room }
             | AdminOp::Mute { room, .. }
@@ -184,7 +195,7 @@ impl Worker {
                 room.refresh_demand(now, out);
                 r
             }),
-            AdminOp::Migrate { .. } => Ok(()),
+            AdminOp::Migrate { .. } | AdminOp::EndReplaced { .. } => Ok(()),
         };
         self.after_room(idx);
         result

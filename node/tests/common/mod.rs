@@ -1,9 +1,14 @@
 //! Test harness: a node started in-process on ephemeral loopback ports, and headless Chromium
-//! driven by `tests/browser/driver.mjs`.
+//! driven by `tests/browser/driver.mjs`. Submodules: [`control`] (etcd, cluster nodes and
+//! `sfu-control`), [`process`] (node processes), [`sdp`] (client SDP), [`shaper`] (a bandwidth
+//! limiter), [`noise`] (a camera video no encoder can compress).
 
 #![allow(dead_code)]
 
+pub mod control;
 pub mod noise;
+pub mod process;
+pub mod sdp;
 pub mod shaper;
 
 use serde_json::Value;
@@ -40,23 +45,6 @@ fn tracing_subscriber_try_init(filter: &str) -> Result<(), Box<dyn std::error::E
         .with_test_writer()
         .try_init()
         .map_err(|e| e as Box<dyn std::error::Error>)
-}
-
-/// Starts an in-process node that joins the cluster registered in `etcd`.
-pub async fn start_cluster_node(
-    etcd: &str,
-    certs: &std::path::Path,
-    id: &str,
-    capacity: u32,
-) -> Server {
-    let _ = tracing_subscriber_init();
-    let mut config = Config::loopback();
-    config.cluster.node_id = id.to_owned();
-    config.cluster.etcd = vec![etcd.to_owned()];
-    config.cluster.certs_dir = Some(certs.to_owned());
-    config.cluster.capacity = capacity;
-    config.cluster.name = "cp".to_owned();
-    Server::start(config).await.expect("node starts")
 }
 
 /// A development token.
