@@ -6,9 +6,9 @@
 
 mod common;
 
+use common::control::Cluster;
 use common::noise::noise_camera;
-use common::{Browser, browser_lock, expect_media, start_cluster_node, stat};
-use sfu_control::testing::Etcd;
+use common::{Browser, browser_lock, expect_media, stat};
 use std::time::Duration;
 
 fn layer_bytes(s: &common::Sample, rid: &str) -> f64 {
@@ -20,16 +20,9 @@ fn layer_bytes(s: &common::Sample, rid: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_layer_nobody_watches_is_paused_at_the_publisher_and_comes_back_when_wanted() {
     let _guard = browser_lock().await;
-    let etcd = Etcd::start().expect("etcd starts");
+    let cluster = Cluster::start(2, 0).await;
     let dir = std::env::temp_dir().join(format!("sfu-dynacast-{}", std::process::id()));
-    let ids = ["dc1".to_owned(), "dc2".to_owned()];
-    sfu_relay::certs::ensure_dev_certs(&dir, &ids).unwrap();
-    let n1 = start_cluster_node(&etcd.endpoint, &dir, "dc1", 0).await;
-    let n2 = start_cluster_node(&etcd.endpoint, &dir, "dc2", 0).await;
-    let (b1, b2) = (
-        format!("http://{}", n1.http_addr),
-        format!("http://{}", n2.http_addr),
-    );
+    let (b1, b2) = (cluster.url(0), cluster.url(1));
     let room = "dynacast";
     let mut browser = Browser::launch_with_args(
         &[
@@ -88,7 +81,6 @@ async fn a_layer_nobody_watches_is_paused_at_the_publisher_and_comes_back_when_w
         "the larger layer comes back for the subscriber: {s:#}"
     );
     browser.stop().await;
-    n1.stop().await;
-    n2.stop().await;
+    cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -111,7 +111,7 @@ async fn downstream(
     while let Ok(n) = from_node.recv(&mut buf).await {
         count += 1;
         let every = drop_every.load(Ordering::Relaxed);
-        if every > 0 && count % every == 0 {
+        if every > 0 && count.is_multiple_of(every) {
             continue;
         }
         let now = Instant::now();
