@@ -560,6 +560,13 @@ impl<R: Registry> Task<R> {
         let Some(parsed) = self.keys.parse(key) else {
             return;
         };
+        // Room hosting, slots and room configuration are read where needed, not announced.
+        if matches!(
+            parsed,
+            Key::RoomNode { .. } | Key::Slot { .. } | Key::RoomConfig { .. }
+        ) {
+            return;
+        }
         let event = match (parsed, value) {
             (Key::Node(_), Some(v)) => serde_json::from_slice(v).ok().map(ClusterEvent::Node),
             (Key::Node(id), None) => Some(ClusterEvent::NodeGone(id)),
