@@ -1,4 +1,5 @@
-//! CPU time and memory of a process on this machine, from `/proc`.
+//! CPU time and memory of a process on this machine (the systems under test, and the load
+//! tester itself), from `/proc`.
 
 use std::time::Duration;
 
@@ -29,13 +30,22 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 /// architecture we run on.
 const USER_HZ: f64 = 100.0;
 
-/// Finds the pid of the first process whose command name is `name`.
-pub fn find(name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == name).then_some(pid)
-    })
+/// The pids of every process whose command name is `name` (e.g. all nodes of a local
+/// cluster), lowest first.
+pub fn find_all(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// This process.
