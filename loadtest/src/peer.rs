@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 /// A peer whose connections are not all up this long after it started has failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(40);
@@ -50,7 +50,7 @@ pub struct PeerSpec {
 /// The signaling session(s) a peer holds while it runs.
 enum Signal {
     /// Boxed: a WebSocket stream is large, and a peer holds one signal for its whole life.
-    Sfu(Box<sfu::Session>),
+    Sfu(Box<sfu::Running>),
     Whip(Vec<whip::Session>),
     Janus(JanusSignal),
 }
@@ -124,8 +124,10 @@ struct Peer {
     receiving: Option<Conn>,
 }
 
-/// Runs one peer until `stop` turns true or it fails; a failure is recorded in its state.
-pub async fn run(spec: PeerSpec, shared: Shared, mut stop: watch::Receiver<bool>) {
+/// Runs one peer until `stop` fires (or its sender is dropped) or it fails; a failure is
+/// recorded in its state. One stop channel per peer: a shared one (a `watch`) would make every
+/// peer take the same lock on every turn of its loop.
+pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>) {
     let started = Instant::now();
     lock(&shared).started = Some(started);
     let mut peer = Peer {
@@ -170,7 +172,7 @@ async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
                 publisher.negotiate(&mut conn.pc);
                 peer.publishing = Some((conn, publisher));
             }
-            Signal::Sfu(Box::new(s))
+            Signal::Sfu(Box::new(s.run()))
         }
         TargetKind::Whip => {
             let mut sessions = Vec::new();
@@ -242,10 +244,12 @@ impl Peer {
     }
 }
 
-/// Resolves when `socket` has datagrams to read; never without a socket.
+/// Resolves when `socket` has datagrams to read; never without a socket. Polls readiness
+/// directly (one waker slot per socket) rather than through `readable()`, whose future joins
+/// and leaves a waiter list on every turn of the loop.
 async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     match socket {
-        Some(s) => s.readable().await,
+        Some(s) => std::future::poll_fn(|cx| s.poll_recv_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
@@ -256,7 +260,7 @@ async fn drive(
     peer: &mut Peer,
     signal: &mut Signal,
     shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut oneshot::Receiver<()>,
     started: Instant,
 ) -> anyhow::Result<()> {
     let connect_deadline = started + CONNECT_TIMEOUT;
@@ -345,12 +349,8 @@ async fn drive(
                 let answer = conn.answer(offer)?;
                 signal.answer(answer).await?;
             }
-            r = stop.changed() => {
-                // A dropped controller stops everyone too.
-                if r.is_err() || *stop.borrow() {
-                    return Ok(());
-                }
-            }
+            // Fired or dropped: a dropped controller stops everyone too.
+            _ = &mut *stop => return Ok(()),
         }
     }
 }

@@ -16,7 +16,7 @@ use anyhow::Context;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How a run is watched, besides the scenario.
@@ -196,7 +196,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let total = planned.len();
     let started = Instant::now();
     let rss_before = procstat::own().map(|p| p.rss_bytes);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut stops = Vec::with_capacity(total);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -222,11 +222,10 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         c.pause_until(next, false).await;
         next += gap;
         let shared: Shared = Arc::new(Mutex::new(PeerState::default()));
-        c.tasks.push(tokio::spawn(peer::run(
-            p.spec,
-            shared.clone(),
-            stop_rx.clone(),
-        )));
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push(stop);
+        c.tasks
+            .push(tokio::spawn(peer::run(p.spec, shared.clone(), stopped)));
         c.peers.push(shared);
         metas.push(p.meta);
         c.progress.set_position(i as u64 + 1);
@@ -263,7 +262,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let states: Vec<PeerState> = c.peers.iter().map(|p| lock(p).clone()).collect();
     c.progress.finish();
 
-    let _ = stop_tx.send(true);
+    drop(stops);
     // Ending sessions takes a round trip or two; do not wait on stuck ones for long.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for mut t in c.tasks.drain(..) {

@@ -42,7 +42,9 @@ bitrate_kbps = 32
 }
 
 async fn run_against_node(kind: TargetKind, room: &str) -> Report {
-    let node = Server::start(Config::loopback()).await.expect("node starts");
+    let node = Server::start(Config::loopback())
+        .await
+        .expect("node starts");
     let s = scenario(kind, format!("http://{}", node.http_addr), room);
     let watch = Watch {
         // The node runs in this process: its CPU is this process's.
@@ -88,8 +90,14 @@ fn check(r: &Report, video_streams: f64) {
         "video arrives at the sent rate: {video:?}"
     );
     assert!(video.p50 > 0.0 && filled("audio bitrate", r.audio_kbps, r).p50 > 0.0);
-    assert!(filled("video loss", r.video_loss_percent, r).max < 1.0, "{r}");
-    assert!(filled("audio loss", r.audio_loss_percent, r).max < 1.0, "{r}");
+    assert!(
+        filled("video loss", r.video_loss_percent, r).max < 1.0,
+        "{r}"
+    );
+    assert!(
+        filled("audio loss", r.audio_loss_percent, r).max < 1.0,
+        "{r}"
+    );
     assert!(r.total_video_loss_percent < 1.0 && r.total_audio_loss_percent < 1.0);
     assert!(r.packets_sent > 0);
 
@@ -110,9 +118,15 @@ fn check(r: &Report, video_streams: f64) {
     for s in window {
         assert_eq!(s.peers_connected, 20, "{s:?}");
         assert!(s.received_kbps > 0.0 && s.peers_receiving == 20, "{s:?}");
-        assert!(s.latency_p50_ms.is_some() && s.latency_p99_ms.is_some(), "{s:?}");
+        assert!(
+            s.latency_p50_ms.is_some() && s.latency_p99_ms.is_some(),
+            "{s:?}"
+        );
         assert!(s.loss_percent.is_some_and(|l| l < 5.0), "{s:?}");
-        assert!(s.sfu_cpu_percent.is_some() && s.loadtest_cpu_percent.is_some(), "{s:?}");
+        assert!(
+            s.sfu_cpu_percent.is_some() && s.loadtest_cpu_percent.is_some(),
+            "{s:?}"
+        );
     }
 }
 
