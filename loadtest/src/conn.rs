@@ -23,7 +23,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -144,11 +144,16 @@ impl Conn {
         } else {
             Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
         };
-        // Connectivity checks paced as browsers pace them (RFC 8445's Ta of 50 ms; webrtc-rs
-        // waits 200 ms between checks), over the same 1.4 s per candidate pair, so that join
-        // times measure the server rather than the client stack's pacing.
+        // Behave as a browser does, so that join times measure the server rather than the
+        // client stack: connectivity checks paced at RFC 8445's Ta of 50 ms (webrtc-rs waits
+        // 200 ms between checks) over the same 1.4 s per candidate pair, and an answer takes
+        // the DTLS client role (`setup:active`), as Chrome and Firefox do. webrtc-rs then sends
+        // its ClientHello at the next ICE tick, within 50 ms of ICE completing; sooner would
+        // risk a full-ICE server (Janus) not being ready yet, and webrtc-rs retransmits a lost
+        // DTLS flight only after a whole second.
         let settings = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let pc = RTCPeerConnectionBuilder::new()
             .with_setting_engine(settings)

@@ -73,7 +73,7 @@ pub struct Report {
     /// Loss over all receivers' packets together, in percent.
     pub total_video_loss_percent: f64,
     pub total_audio_loss_percent: f64,
-    /// RTP packets the publishers sent in all, and keyframe requests they got.
+    /// RTP packets the publishers sent in the window, and keyframe requests they got.
     pub packets_sent: u64,
     pub keyframe_requests: u64,
     /// The watched processes together, and each.
@@ -254,8 +254,8 @@ pub fn build(i: Inputs<'_>) -> Report {
             .count(),
         total_video_loss_percent: total(true),
         total_audio_loss_percent: total(false),
-        packets_sent: i.states.iter().map(|s| s.packets_sent).sum(),
-        keyframe_requests: i.states.iter().map(|s| s.keyframe_requests).sum(),
+        packets_sent: i.states.iter().map(|s| s.sent_in_window().0).sum(),
+        keyframe_requests: i.states.iter().map(|s| s.sent_in_window().1).sum(),
         sfu,
         sfu_processes,
         sfu_cpu_per_subscriber_percent: sfu

@@ -240,7 +240,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         .await;
 
     for p in &c.peers {
-        lock(p).reception.start_window();
+        lock(p).start_window();
     }
     let sfu_before: Vec<Option<ProcSample>> =
         watch.pids.iter().map(|p| procstat::sample(*p)).collect();

@@ -478,6 +478,17 @@ bitrate_kbps = 32
     }
 
     #[test]
+    fn the_shipped_scenarios_parse() {
+        for text in [
+            include_str!("../scenarios/one-to-many.toml"),
+            include_str!("../scenarios/cluster-2000.toml"),
+        ] {
+            let s = Scenario::from_toml(text).unwrap();
+            assert_eq!(s.target.kind, TargetKind::Sfu);
+        }
+    }
+
+    #[test]
     fn each_mistake_names_its_field_and_reason() {
         let cases = [
             (

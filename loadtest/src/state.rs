@@ -21,11 +21,27 @@ pub struct PeerState {
     pub reception: Reception,
     /// RTP packets it sent (publishers).
     pub packets_sent: u64,
-    /// Keyframe requests (PLI) it received (publishers).
+    /// Keyframe requests (PLI or FIR) it received (publishers).
     pub keyframe_requests: u64,
+    /// `packets_sent` and `keyframe_requests` when the measurement window started.
+    window_base: (u64, u64),
 }
 
 impl PeerState {
+    /// Starts the measurement window: counters from here on describe the window.
+    pub fn start_window(&mut self) {
+        self.reception.start_window();
+        self.window_base = (self.packets_sent, self.keyframe_requests);
+    }
+
+    /// RTP packets sent and keyframe requests received in the window.
+    pub fn sent_in_window(&self) -> (u64, u64) {
+        (
+            self.packets_sent - self.window_base.0,
+            self.keyframe_requests - self.window_base.1,
+        )
+    }
+
     /// From starting to join until connected.
     pub fn join_time(&self) -> Option<Duration> {
         Some(self.connected_at?.saturating_duration_since(self.started?))
