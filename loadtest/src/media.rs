@@ -231,4 +231,25 @@ mod tests {
         assert_eq!(keys, 5);
         assert!(sent_at(&v.next_frame(now)[0].payload, true).is_some());
     }
+
+    #[test]
+    fn audio_sends_its_bitrate_and_falls_to_comfort_noise_when_silent() {
+        let mut a = AudioSource::new(32_000, Duration::from_millis(20));
+        let t0 = Instant::now();
+        let speech = a.next_packet(t0, true);
+        assert_eq!(speech.payload.len(), 80, "32 kbps in 20 ms packets");
+        assert!(speech.audio_level.is_some_and(|l| l < SILENT_LEVEL));
+        // Silent: nothing until the DTX interval has passed, then a small silent packet.
+        let t1 = t0 + Duration::from_millis(20);
+        assert!(!a.dtx_due(t1));
+        a.skip();
+        let t2 = t0 + DTX_INTERVAL;
+        assert!(a.dtx_due(t2));
+        let cn = a.next_packet(t2, false);
+        assert_eq!(cn.audio_level, Some(SILENT_LEVEL));
+        assert!(cn.payload.len() < speech.payload.len());
+        // The RTP clock ran on through the skipped slot: 960 samples per 20 ms.
+        assert_eq!(cn.timestamp.wrapping_sub(speech.timestamp), 2 * 960);
+        assert!(sent_at(&cn.payload, false).is_some());
+    }
 }

@@ -310,3 +310,35 @@ fn next_slot(due: Instant, interval: Duration, now: Instant) -> Instant {
     let next = due + interval;
     if next < now { now + interval } else { next }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speakers_take_turns_one_at_a_time() {
+        let turn = Duration::from_secs(2);
+        let speakers: Vec<SpeakerTurn> = (0..3)
+            .map(|index| SpeakerTurn {
+                index,
+                count: 3,
+                turn,
+            })
+            .collect();
+        for slot in 0..9u32 {
+            let at = epoch() + turn * slot + Duration::from_millis(500);
+            let speaking: Vec<u32> = speakers
+                .iter()
+                .filter(|s| s.speaking(at))
+                .map(|s| s.index)
+                .collect();
+            assert_eq!(speaking, [slot % 3], "slot {slot}");
+        }
+        let alone = SpeakerTurn {
+            index: 0,
+            count: 1,
+            turn,
+        };
+        assert!(alone.speaking(epoch() + turn * 5));
+    }
+}
