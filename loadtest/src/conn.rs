@@ -146,13 +146,14 @@ impl Conn {
         };
         // Behave as a browser does, so that join times measure the server rather than the
         // client stack: connectivity checks paced at RFC 8445's Ta of 50 ms (webrtc-rs waits
-        // 200 ms between checks) over the same 1.4 s per candidate pair, and an answer takes
+        // 200 ms between checks) for up to 5 s per candidate pair (webrtc-rs gives up after
+        // 1.4 s; Chrome after about 5 s, which a busy server needs), and an answer takes
         // the DTLS client role (`setup:active`), as Chrome and Firefox do. webrtc-rs then sends
         // its ClientHello at the next ICE tick, within 50 ms of ICE completing; sooner would
         // risk a full-ICE server (Janus) not being ready yet, and webrtc-rs retransmits a lost
         // DTLS flight only after a whole second.
         let settings = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(100))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
         let pc = RTCPeerConnectionBuilder::new()

@@ -103,7 +103,7 @@ pub fn write(r: &Report, path: &Path) -> anyhow::Result<()> {
                 points: series(&|x| x.loss_percent),
             },
             Line {
-                name: "SFU CPU %",
+                name: "watched processes CPU %",
                 color: BLUE,
                 points: series(&|x| x.sfu_cpu_percent),
             },

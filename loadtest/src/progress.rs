@@ -44,7 +44,7 @@ impl Progress {
     pub fn update(&self, s: &Sample) {
         let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
         self.bar.set_message(format!(
-            "up {} failed {} receiving {} | rx {:.1} Mbit/s | latency p50 {} p99 {} ms | loss {} % | SFU CPU {} %",
+            "up {} failed {} receiving {} | rx {:.1} Mbit/s | latency p50 {} p99 {} ms | loss {} % | watched CPU {} %",
             s.peers_connected,
             s.peers_failed,
             s.peers_receiving,
