@@ -75,6 +75,8 @@ pub struct Report {
     pub total_audio_loss_percent: f64,
     /// RTP packets the publishers sent in the window, and keyframe requests they got.
     pub packets_sent: u64,
+    /// RTP packets the receivers got in the window.
+    pub packets_received: u64,
     pub keyframe_requests: u64,
     /// The watched processes together, and each.
     pub sfu: Option<ProcessUse>,
@@ -84,6 +86,9 @@ pub struct Report {
     pub loadtest: Option<ProcessUse>,
     /// Load tester memory growth over the run per simulated peer.
     pub loadtest_kb_per_peer: Option<f64>,
+    /// Load tester CPU time per received packet, in microseconds (everything it does, sending
+    /// and timers included, divided by what it received): its capacity in packets per core.
+    pub loadtest_cpu_us_per_packet: Option<f64>,
     /// One sample per second of the whole run.
     pub series: Vec<Sample>,
 }
@@ -202,6 +207,10 @@ pub fn build(i: Inputs<'_>) -> Report {
         .count();
     let loadtest = i.own.map(|(a, b)| usage(a, b, i.window));
     let n = peers.len();
+    let packets_received: u64 = live_receivers
+        .iter()
+        .flat_map(|s| s.reception.streams.iter().map(|x| x.stats.packets))
+        .sum();
     Report {
         scenario: i.scenario.clone(),
         peers: n,
@@ -255,6 +264,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         total_video_loss_percent: total(true),
         total_audio_loss_percent: total(false),
         packets_sent: i.states.iter().map(|s| s.sent_in_window().0).sum(),
+        packets_received,
         keyframe_requests: i.states.iter().map(|s| s.sent_in_window().1).sum(),
         sfu,
         sfu_processes,
@@ -267,6 +277,9 @@ pub fn build(i: Inputs<'_>) -> Report {
             .zip(i.rss_before)
             .filter(|_| n > 0)
             .map(|((_, end), before)| end.rss_bytes.saturating_sub(before) as f64 / 1e3 / n as f64),
+        loadtest_cpu_us_per_packet: i.own.filter(|_| packets_received > 0).map(|(a, b)| {
+            b.cpu.saturating_sub(a.cpu).as_secs_f64() * 1e6 / packets_received as f64
+        }),
         series: i.series,
     }
 }
@@ -354,10 +367,12 @@ impl fmt::Display for Report {
         if let Some(u) = self.loadtest {
             writeln!(
                 f,
-                "load tester: {:.1} % of a core, {:.1} MB RSS ({:.0} KB per peer)",
+                "load tester: {:.1} % of a core, {:.1} MB RSS ({:.0} KB per peer), {:.1} µs of CPU per received packet ({} received)",
                 u.cpu_percent,
                 u.rss_mb,
-                self.loadtest_kb_per_peer.unwrap_or(0.0)
+                self.loadtest_kb_per_peer.unwrap_or(0.0),
+                self.loadtest_cpu_us_per_packet.unwrap_or(0.0),
+                self.packets_received
             )?;
         }
         Ok(())
