@@ -176,23 +176,11 @@ async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
         }
         TargetKind::Whip => {
             let mut sessions = Vec::new();
-            if let Some((mut conn, mut publisher, offer)) = publishing {
-                let s = whip::start(e, &spec.base, &spec.identity, true, "", offer).await?;
-                conn.accept_answer(s.answer.clone())?;
-                publisher.negotiate(&mut conn.pc);
-                peer.publishing = Some((conn, publisher));
-                sessions.push(s);
-            }
-            if spec.role.subscribe {
-                let mut conn = Conn::open(spec.bind, false).await?;
-                conn.add_receivers()?;
-                let offer = conn.offer()?;
-                // A separate identity: one identity holds one session at a time.
-                let identity = format!("{}-play", spec.identity);
-                let s = whip::start(e, &spec.base, &identity, false, &spec.watch, offer).await?;
-                conn.accept_answer(s.answer.clone())?;
-                peer.receiving = Some(conn);
-                sessions.push(s);
+            let r = join_whip(spec, peer, publishing, &mut sessions).await;
+            if let Err(e) = r {
+                // End what was started: the server would otherwise hold it until it times out.
+                Signal::Whip(sessions).end().await;
+                return Err(e);
             }
             Signal::Whip(sessions)
         }
@@ -200,11 +188,21 @@ async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
             let session = janus::Session::open(e).await?;
             let mut own = None;
             if let Some((mut conn, mut publisher, offer)) = publishing {
-                let (_, answer, id) = session.publish(e, &spec.identity, offer).await?;
-                conn.accept_answer(answer)?;
+                let published = async {
+                    let (_, answer, id) = session.publish(e, &spec.identity, offer).await?;
+                    conn.accept_answer(answer)?;
+                    anyhow::Ok(id)
+                }
+                .await;
+                match published {
+                    Ok(id) => own = id,
+                    Err(e) => {
+                        session.end().await;
+                        return Err(e);
+                    }
+                }
                 publisher.negotiate(&mut conn.pc);
                 peer.publishing = Some((conn, publisher));
-                own = id;
             }
             let subscribing = spec.role.subscribe.then(|| {
                 let (s, e, want) = (
@@ -223,6 +221,37 @@ async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
         }
     };
     Ok(signal)
+}
+
+/// WHIP to publish, WHEP to receive; `sessions` gets every session started.
+async fn join_whip(
+    spec: &PeerSpec,
+    peer: &mut Peer,
+    publishing: Option<(Conn, Publisher, String)>,
+    sessions: &mut Vec<whip::Session>,
+) -> anyhow::Result<()> {
+    let e = &*spec.endpoint;
+    if let Some((mut conn, mut publisher, offer)) = publishing {
+        let s = whip::start(e, &spec.base, &spec.identity, true, "", offer).await?;
+        let answer = s.answer.clone();
+        sessions.push(s);
+        conn.accept_answer(answer)?;
+        publisher.negotiate(&mut conn.pc);
+        peer.publishing = Some((conn, publisher));
+    }
+    if spec.role.subscribe {
+        let mut conn = Conn::open(spec.bind, false).await?;
+        conn.add_receivers()?;
+        let offer = conn.offer()?;
+        // A separate identity: one identity holds one session at a time.
+        let identity = format!("{}-play", spec.identity);
+        let s = whip::start(e, &spec.base, &identity, false, &spec.watch, offer).await?;
+        let answer = s.answer.clone();
+        sessions.push(s);
+        conn.accept_answer(answer)?;
+        peer.receiving = Some(conn);
+    }
+    Ok(())
 }
 
 impl Peer {

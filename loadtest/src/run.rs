@@ -16,6 +16,7 @@ use anyhow::Context;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -128,6 +129,40 @@ fn plan(s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Vec<Planned>> {
     Ok(out)
 }
 
+/// Publishers run on a thread (and runtime) of their own: on the receivers' runtime their
+/// sending would wait behind thousands of receiving tasks whenever the load tester is busy,
+/// and the offered load would sag exactly when it matters.
+struct PublisherThread {
+    handle: Handle,
+    /// Ends the thread (and its runtime, cancelling what still runs there) when dropped.
+    _stop: oneshot::Sender<()>,
+}
+
+impl PublisherThread {
+    fn start() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the publishers' runtime")?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        // The runtime is dropped on its own thread once told to stop (or its sender is gone):
+        // dropping a runtime inside async code would panic.
+        std::thread::Builder::new()
+            .name("publishers".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .context("starting the publishers' thread")?;
+        Ok(Self {
+            handle,
+            _stop: stop,
+        })
+    }
+}
+
 /// The controller of one run.
 struct Controller {
     peers: Vec<Shared>,
@@ -197,6 +232,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let started = Instant::now();
     let rss_before = procstat::own().map(|p| p.rss_bytes);
     let mut stops = Vec::with_capacity(total);
+    let publisher_thread = PublisherThread::start()?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -224,8 +260,12 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         let shared: Shared = Arc::new(Mutex::new(PeerState::default()));
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
-        c.tasks
-            .push(tokio::spawn(peer::run(p.spec, shared.clone(), stopped)));
+        let task = peer::run(p.spec, shared.clone(), stopped);
+        c.tasks.push(if p.meta.publisher {
+            publisher_thread.handle.spawn(task)
+        } else {
+            tokio::spawn(task)
+        });
         c.peers.push(shared);
         metas.push(p.meta);
         c.progress.set_position(i as u64 + 1);
@@ -270,6 +310,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
             t.abort();
         }
     }
+    drop(publisher_thread);
     Ok(report::build(report::Inputs {
         scenario: s,
         metas: &metas,

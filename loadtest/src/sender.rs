@@ -277,10 +277,12 @@ impl Publisher {
         }
     }
 
-    /// Sends everything due at `now`; returns the packets sent.
+    /// Sends everything due at `now`; returns the packets sent. Slots missed because the task
+    /// woke late are sent now, so that the offered load keeps its rate; after a stall of more
+    /// than [`MAX_BEHIND`] the schedule starts again from now instead.
     pub fn send_due(&mut self, pc: &mut RTCPeerConnection, now: Instant) -> anyhow::Result<u64> {
         let mut sent = 0;
-        if let Some(due) = self.next_video.filter(|d| *d <= now) {
+        while let Some(due) = self.next_video.filter(|d| *d <= now) {
             for (stream, src) in &mut self.video {
                 for m in src.next_frame(now) {
                     stream.send(pc, m, now)?;
@@ -289,7 +291,7 @@ impl Publisher {
             }
             self.next_video = Some(next_slot(due, self.frame_interval, now));
         }
-        if let (Some(due), Some((stream, src, _))) =
+        while let (Some(due), Some((stream, src, _))) =
             (self.next_audio.filter(|d| *d <= now), self.audio.as_mut())
         {
             let speaking = self.speaker.is_none_or(|s| s.speaking(now));
@@ -305,10 +307,17 @@ impl Publisher {
     }
 }
 
-/// The slot after `due`; after a stall, the schedule restarts from now rather than bursting.
+/// How far behind its schedule a publisher may fall and still catch up.
+pub const MAX_BEHIND: Duration = Duration::from_millis(500);
+
+/// The slot after `due`, or one interval from now after a stall longer than [`MAX_BEHIND`].
 fn next_slot(due: Instant, interval: Duration, now: Instant) -> Instant {
     let next = due + interval;
-    if next < now { now + interval } else { next }
+    if next + MAX_BEHIND < now {
+        now + interval
+    } else {
+        next
+    }
 }
 
 #[cfg(test)]
@@ -340,5 +349,16 @@ mod tests {
             turn,
         };
         assert!(alone.speaking(epoch() + turn * 5));
+    }
+
+    #[test]
+    fn a_late_publisher_catches_up_short_stalls_only() {
+        let t = Instant::now();
+        let i = Duration::from_millis(20);
+        // 100 ms late: the next slot is still the one after `due`, so the loop sends it too.
+        assert_eq!(next_slot(t, i, t + Duration::from_millis(100)), t + i);
+        // Two seconds late: start again from now.
+        let now = t + Duration::from_secs(2);
+        assert_eq!(next_slot(t, i, now), now + i);
     }
 }
