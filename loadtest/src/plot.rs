@@ -112,6 +112,11 @@ pub fn write(r: &Report, path: &Path) -> anyhow::Result<()> {
                 color: MAGENTA,
                 points: series(&|x| x.loadtest_cpu_percent),
             },
+            Line {
+                name: "other processes CPU %",
+                color: RGBColor(150, 150, 150),
+                points: series(&|x| x.others_cpu_percent),
+            },
         ],
         r,
     )?;

@@ -52,3 +52,20 @@ pub fn find_all(name: &str) -> Vec<u32> {
 pub fn own() -> Option<ProcSample> {
     sample(std::process::id())
 }
+
+/// CPU time spent by the whole machine (all cores, all processes) since boot, from the
+/// first line of `/proc/stat`: everything but idle and I/O wait. Taken with the watched
+/// processes and the load tester, it shows how busy the rest of the machine was.
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let busy: u64 = ticks.iter().take(8).sum::<u64>()
+        - ticks.get(3).copied().unwrap_or(0)
+        - ticks.get(4).copied().unwrap_or(0);
+    Some(Duration::from_secs_f64(busy as f64 / USER_HZ))
+}

@@ -89,6 +89,9 @@ pub struct Report {
     /// Load tester CPU time per received packet, in microseconds (everything it does, sending
     /// and timers included, divided by what it received): its capacity in packets per core.
     pub loadtest_cpu_us_per_packet: Option<f64>,
+    /// CPU of everything else on the machine over the window (percent of one core): what the
+    /// measurement shared the machine with.
+    pub others_cpu_percent: Option<f64>,
     /// One sample per second of the whole run.
     pub series: Vec<Sample>,
 }
@@ -102,6 +105,8 @@ pub struct Inputs<'a> {
     pub window_started_s: f64,
     pub sfu: Vec<(u32, ProcSample, ProcSample)>,
     pub own: Option<(ProcSample, ProcSample)>,
+    /// The machine's busy CPU time at the start and end of the window.
+    pub machine: Option<(Duration, Duration)>,
     pub rss_before: Option<u64>,
     pub series: Vec<Sample>,
 }
@@ -280,6 +285,11 @@ pub fn build(i: Inputs<'_>) -> Report {
         loadtest_cpu_us_per_packet: i.own.filter(|_| packets_received > 0).map(|(a, b)| {
             b.cpu.saturating_sub(a.cpu).as_secs_f64() * 1e6 / packets_received as f64
         }),
+        others_cpu_percent: i.machine.map(|(a, b)| {
+            let all = b.saturating_sub(a).as_secs_f64() / secs * 100.0;
+            let ours = sfu.map_or(0.0, |u| u.cpu_percent) + loadtest.map_or(0.0, |u| u.cpu_percent);
+            (all - ours).max(0.0)
+        }),
         series: i.series,
     }
 }
@@ -363,6 +373,9 @@ impl fmt::Display for Report {
                 u.rss_mb,
                 self.sfu_cpu_per_subscriber_percent.unwrap_or(0.0)
             )?;
+        }
+        if let Some(o) = self.others_cpu_percent {
+            writeln!(f, "other processes on this machine: {o:.1} % of a core")?;
         }
         if let Some(u) = self.loadtest {
             writeln!(

@@ -285,6 +285,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let sfu_before: Vec<Option<ProcSample>> =
         watch.pids.iter().map(|p| procstat::sample(*p)).collect();
     let own_before = procstat::own();
+    let machine_before = procstat::machine_busy();
     let window_start = Instant::now();
     let window_started_s = window_start
         .saturating_duration_since(started)
@@ -299,6 +300,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         .filter_map(|(pid, before)| Some((*pid, before?, procstat::sample(*pid)?)))
         .collect();
     let own = own_before.zip(procstat::own());
+    let machine = machine_before.zip(procstat::machine_busy());
     let states: Vec<PeerState> = c.peers.iter().map(|p| lock(p).clone()).collect();
     c.progress.finish();
 
@@ -319,6 +321,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         window_started_s,
         sfu,
         own,
+        machine,
         rss_before,
         series: c.series,
     }))

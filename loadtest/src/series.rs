@@ -29,6 +29,9 @@ pub struct Sample {
     pub sfu_cpu_percent: Option<f64>,
     /// CPU of the load tester, in percent of one core.
     pub loadtest_cpu_percent: Option<f64>,
+    /// CPU of everything else on the machine, in percent of one core: the background load
+    /// the measurement shared the machine with.
+    pub others_cpu_percent: Option<f64>,
 }
 
 /// Takes [`Sample`]s.
@@ -38,6 +41,7 @@ pub struct Sampler {
     watch_pids: Vec<u32>,
     last_sfu_cpu: Option<Duration>,
     last_own_cpu: Option<Duration>,
+    last_machine_cpu: Option<Duration>,
     /// Reused for every sample, so that sampling allocates nothing per peer.
     latency: Histogram,
 }
@@ -65,6 +69,7 @@ impl Sampler {
             last: start,
             last_sfu_cpu: cpu_of(&watch_pids),
             last_own_cpu: procstat::own().map(|s| s.cpu),
+            last_machine_cpu: procstat::machine_busy(),
             watch_pids,
             latency: Histogram::default(),
         }
@@ -102,8 +107,16 @@ impl Sampler {
         let loadtest_cpu_percent = own
             .zip(self.last_own_cpu)
             .map(|(b, a)| percent(b.saturating_sub(a), wall));
+        let machine = procstat::machine_busy();
+        let machine_cpu_percent = machine
+            .zip(self.last_machine_cpu)
+            .map(|(b, a)| percent(b.saturating_sub(a), wall));
+        let others_cpu_percent = machine_cpu_percent.map(|m| {
+            (m - sfu_cpu_percent.unwrap_or(0.0) - loadtest_cpu_percent.unwrap_or(0.0)).max(0.0)
+        });
         self.last_sfu_cpu = sfu;
         self.last_own_cpu = own;
+        self.last_machine_cpu = machine;
         Sample {
             t_s: now.saturating_duration_since(self.start).as_secs_f64(),
             peers_started: peers.len(),
@@ -117,6 +130,7 @@ impl Sampler {
                 .then(|| expected.saturating_sub(packets) as f64 / expected as f64 * 100.0),
             sfu_cpu_percent,
             loadtest_cpu_percent,
+            others_cpu_percent,
         }
     }
 }

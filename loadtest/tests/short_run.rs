@@ -107,6 +107,7 @@ fn check(r: &Report, video_streams: f64) {
     let own = r.loadtest.expect("CPU and memory of the load tester");
     assert!(own.cpu_percent > 0.0 && own.rss_mb > 0.0, "{own:?}");
     assert!(r.loadtest_kb_per_peer.is_some());
+    assert!(r.others_cpu_percent.is_some());
     assert!(r.packets_received > 0 && r.loadtest_cpu_us_per_packet.is_some_and(|c| c > 0.0));
 
     // The per-second series covers the window, with media in every second of it.
