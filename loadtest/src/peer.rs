@@ -135,7 +135,7 @@ pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>
         receiving: None,
     };
     let result = async {
-        let mut signal = join(&spec, &mut peer).await?;
+        let mut signal = join(&spec, &mut peer, &shared).await?;
         let r = drive(&spec, &mut peer, &mut signal, &shared, &mut stop, started).await;
         for c in peer.conns() {
             c.close().await;
@@ -150,8 +150,12 @@ pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>
 }
 
 /// Signals with the target and sets up the connections it answered for.
-async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
+async fn join(spec: &PeerSpec, peer: &mut Peer, shared: &Shared) -> anyhow::Result<Signal> {
     let e = &*spec.endpoint;
+    lock(shared).server = Some(match e.kind {
+        TargetKind::Janus => e.url.clone(),
+        TargetKind::Sfu | TargetKind::Whip => spec.base.clone(),
+    });
     let publishing = match &spec.role.publish {
         Some(p) => {
             let mut conn = Conn::open(spec.bind, true).await?;
@@ -166,6 +170,8 @@ async fn join(spec: &PeerSpec, peer: &mut Peer) -> anyhow::Result<Signal> {
             let publish = publishing.is_some();
             let mut s =
                 sfu::join(e, &spec.base, &spec.identity, publish, spec.role.subscribe).await?;
+            // The control plane may have placed the peer elsewhere.
+            lock(shared).server = Some(s.node_url.clone());
             if let Some((mut conn, mut publisher, offer)) = publishing {
                 let answer = s.publish(offer).await?;
                 conn.accept_answer(answer)?;

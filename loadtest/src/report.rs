@@ -43,6 +43,8 @@ pub struct Report {
     pub receivers: usize,
     pub peers_connected: usize,
     pub peers_failed: usize,
+    /// Peers per server they joined (with a control plane: how placement spread them).
+    pub peers_per_server: Vec<(String, usize)>,
     /// A few failure reasons (peer identity first), if any peer failed.
     pub failures: Vec<String>,
     /// Receivers that got media on every stream they should (every publisher's audio and video).
@@ -138,6 +140,20 @@ fn loss_percent((expected, received): (u64, u64)) -> f64 {
     }
 }
 
+/// How many peers joined each server, most first (ties by name, so the order is stable).
+fn per_server(states: &[PeerState]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for server in states.iter().filter_map(|s| s.server.as_deref()) {
+        *counts.entry(server).or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|(server, n)| (server.to_owned(), n))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
 pub fn build(i: Inputs<'_>) -> Report {
     let secs = i.window.as_secs_f64().max(1e-3);
     let peers: Vec<(&PeerMeta, &PeerState)> = i.metas.iter().zip(i.states).collect();
@@ -223,6 +239,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         receivers: peers.iter().filter(|(m, _)| m.receiver).count(),
         peers_connected: i.states.iter().filter(|s| s.connected_at.is_some()).count(),
         peers_failed: i.states.iter().filter(|s| s.failed.is_some()).count(),
+        peers_per_server: per_server(i.states),
         failures: i
             .states
             .iter()
@@ -310,6 +327,14 @@ impl fmt::Display for Report {
             self.peers_failed,
             self.window_s
         )?;
+        if self.peers_per_server.len() > 1 {
+            let per: Vec<String> = self
+                .peers_per_server
+                .iter()
+                .map(|(server, n)| format!("{server} {n}"))
+                .collect();
+            writeln!(f, "peers per server: {}", per.join(", "))?;
+        }
         for e in &self.failures {
             writeln!(f, "  failure: {e}")?;
         }

@@ -15,6 +15,8 @@ pub struct PeerState {
     pub started: Option<Instant>,
     /// When its first peer connection reached `connected` (ICE and DTLS done).
     pub connected_at: Option<Instant>,
+    /// The server it joined (for `sfu` with a control plane, the node it was placed on).
+    pub server: Option<String>,
     /// Why it stopped early, if it did.
     pub failed: Option<String>,
     /// What it received, per stream.

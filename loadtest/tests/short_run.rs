@@ -72,6 +72,8 @@ fn check(r: &Report, video_streams: f64) {
     assert_eq!((r.peers, r.publishers, r.receivers), (20, 2, 20), "{r}");
     assert_eq!((r.peers_connected, r.peers_failed), (20, 0), "{r}");
     assert!(r.failures.is_empty(), "{r}");
+    assert_eq!(r.peers_per_server.len(), 1, "{r}");
+    assert_eq!(r.peers_per_server[0].1, 20, "{r}");
     // Every receiver, publishers included, got every stream it should, under 1 % loss.
     assert_eq!(r.receivers_complete, 20, "{r}");
     assert_eq!(r.receivers_under_1pct_loss, 20, "{r}");
