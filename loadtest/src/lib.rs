@@ -1,14 +1,31 @@
 //! The load tester: many real WebRTC peers in one process, measured per peer.
 //!
 //! Each simulated peer is a full WebRTC endpoint (ICE, DTLS, SRTP from webrtc-rs's sans-IO
-//! core) with its own UDP socket, as a real client would have. Publishers send synthetic media
-//! with realistic packet sizes, keyframes and embedded send times; subscribers measure loss,
-//! latency, jitter, bitrate and freezes.
+//! core `rtc`) with its own UDP socket, as a real client would have, driven by one tokio task.
+//! Publishers send synthetic VP8-like video (optionally simulcast) and Opus-like audio with
+//! realistic packet sizes, keyframes and send times inside; receivers measure join time, time
+//! to first media, bitrate, loss, latency, jitter and freezes. The same scenario runs against
+//! this project's nodes (WebSocket signaling, placed by the control plane when there is one),
+//! any WHIP/WHEP server, or Janus's VideoRoom.
+//!
+//! The file list is the architecture: [`scenario`] and [`cli`] say what to run; [`run`] runs
+//! it; [`peer`] is one participant, over [`conn`] (a peer connection on its socket), [`sender`]
+//! (what a publisher sends, from [`media`]) and [`signal`] (how it joins each target);
+//! [`state`], [`stats`] and [`series`] hold the measurements; [`procstat`] reads CPU and
+//! memory; [`report`], [`progress`] and [`plot`] show the results.
 
+pub mod cli;
+pub mod conn;
 pub mod media;
 pub mod peer;
+pub mod plot;
 pub mod procstat;
+pub mod progress;
 pub mod report;
 pub mod run;
+pub mod scenario;
+pub mod sender;
+pub mod series;
+pub mod signal;
+pub mod state;
 pub mod stats;
-pub mod target;

@@ -30,6 +30,8 @@ pub struct MediaPacket {
     pub payload: Bytes,
     pub marker: bool,
     pub timestamp: u32,
+    /// RFC 6464 audio level (-dBov, 127 is silence) for audio packets.
+    pub audio_level: Option<u8>,
 }
 
 /// What a video source looks like.
@@ -43,7 +45,9 @@ pub struct VideoProfile {
     pub keyframe_factor: u32,
 }
 
-/// Generates VP8-like frames.
+/// Generates VP8-like frames: a keyframe every `keyframe_interval` frames (and when asked),
+/// `keyframe_factor` times the size of a delta frame, split into packets of at most
+/// [`MAX_PAYLOAD`] bytes.
 pub struct VideoSource {
     profile: VideoProfile,
     frame: u32,
@@ -105,6 +109,7 @@ impl VideoSource {
                     payload: b.freeze(),
                     marker: i + 1 == packets,
                     timestamp,
+                    audio_level: None,
                 }
             })
             .collect();
@@ -113,34 +118,78 @@ impl VideoSource {
     }
 }
 
-/// Generates Opus-like packets (20 ms each).
+/// Silence is sent as a comfort-noise packet this often (Opus DTX), so that receivers keep
+/// their sequence numbers continuous and the stream is known to be alive.
+pub const DTX_INTERVAL: Duration = Duration::from_millis(400);
+/// Bytes of a comfort-noise packet: TOC byte, send time and packet number.
+const DTX_BYTES: usize = 1 + STAMP;
+/// RFC 6464 level (-dBov) of a comfort-noise packet: silence.
+pub const SILENT_LEVEL: u8 = 127;
+
+/// Generates Opus-like packets: one every `ptime`, full size while speaking, a small
+/// comfort-noise packet every [`DTX_INTERVAL`] while silent.
 pub struct AudioSource {
+    /// Bytes of a packet while speaking.
     bytes: usize,
-    seq: u32,
+    ptime: Duration,
+    /// Packet slots elapsed, sent or skipped: the RTP timestamp keeps running through silence.
+    slot: u32,
+    last_sent: Option<Instant>,
 }
 
 impl AudioSource {
-    pub fn new(bitrate_bps: u32) -> Self {
+    pub fn new(bitrate_bps: u32, ptime: Duration) -> Self {
+        let bytes = (bitrate_bps as f64 / 8.0 * ptime.as_secs_f64()) as usize;
         Self {
-            bytes: ((bitrate_bps / 8 / 50) as usize).max(STAMP + 1),
-            seq: 0,
+            bytes: bytes.max(DTX_BYTES + 1),
+            ptime: if ptime.is_zero() {
+                Duration::from_millis(20)
+            } else {
+                ptime
+            },
+            slot: 0,
+            last_sent: None,
         }
     }
 
-    pub const INTERVAL: Duration = Duration::from_millis(20);
+    /// Time between packet slots (the packetisation time).
+    pub fn interval(&self) -> Duration {
+        self.ptime
+    }
 
-    pub fn next_packet(&mut self, now: Instant) -> MediaPacket {
-        let mut b = BytesMut::with_capacity(self.bytes);
-        b.put_u8(0xfc); // an Opus TOC byte
+    /// While silent: whether a comfort-noise packet is due now.
+    pub fn dtx_due(&self, now: Instant) -> bool {
+        self.last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= DTX_INTERVAL)
+    }
+
+    /// Lets a slot pass without a packet (silence between comfort-noise packets).
+    pub fn skip(&mut self) {
+        self.slot = self.slot.wrapping_add(1);
+    }
+
+    /// The packet of the current slot: speech, or comfort noise at the silent level.
+    pub fn next_packet(&mut self, now: Instant, speaking: bool) -> MediaPacket {
+        let len = if speaking { self.bytes } else { DTX_BYTES };
+        let mut b = BytesMut::with_capacity(len);
+        b.put_u8(0xfc); // an Opus TOC byte: CELT fullband, 20 ms frames
         b.put_u64(micros_since_epoch(now));
-        b.put_u32(self.seq);
-        b.resize(self.bytes, 0x5a);
-        let timestamp = self.seq.wrapping_mul(960);
-        self.seq += 1;
+        b.put_u32(self.slot);
+        b.resize(len, 0x5a);
+        let samples = (48_000.0 * self.ptime.as_secs_f64()) as u32;
+        let timestamp = self.slot.wrapping_mul(samples);
+        self.slot = self.slot.wrapping_add(1);
+        self.last_sent = Some(now);
         MediaPacket {
             payload: b.freeze(),
             marker: false,
             timestamp,
+            // Speech at a level that varies like a voice would (25 to 40 -dBov).
+            audio_level: Some(if speaking {
+                25 + (self.slot % 16) as u8
+            } else {
+                SILENT_LEVEL
+            }),
         }
     }
 }
@@ -181,5 +230,26 @@ mod tests {
         assert!((1_400_000..1_600_000).contains(&bps), "{bps}");
         assert_eq!(keys, 5);
         assert!(sent_at(&v.next_frame(now)[0].payload, true).is_some());
+    }
+
+    #[test]
+    fn audio_sends_its_bitrate_and_falls_to_comfort_noise_when_silent() {
+        let mut a = AudioSource::new(32_000, Duration::from_millis(20));
+        let t0 = Instant::now();
+        let speech = a.next_packet(t0, true);
+        assert_eq!(speech.payload.len(), 80, "32 kbps in 20 ms packets");
+        assert!(speech.audio_level.is_some_and(|l| l < SILENT_LEVEL));
+        // Silent: nothing until the DTX interval has passed, then a small silent packet.
+        let t1 = t0 + Duration::from_millis(20);
+        assert!(!a.dtx_due(t1));
+        a.skip();
+        let t2 = t0 + DTX_INTERVAL;
+        assert!(a.dtx_due(t2));
+        let cn = a.next_packet(t2, false);
+        assert_eq!(cn.audio_level, Some(SILENT_LEVEL));
+        assert!(cn.payload.len() < speech.payload.len());
+        // The RTP clock ran on through the skipped slot: 960 samples per 20 ms.
+        assert_eq!(cn.timestamp.wrapping_sub(speech.timestamp), 2 * 960);
+        assert!(sent_at(&cn.payload, false).is_some());
     }
 }

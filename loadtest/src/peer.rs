@@ -1,450 +1,398 @@
-//! One simulated participant: a real WebRTC peer (ICE, DTLS, SRTP from webrtc-rs's sans-IO
-//! core) on its own UDP socket, driven by one tokio task.
+//! One simulated participant, driven by one tokio task: it signals with the system under test,
+//! runs its peer connections (a publishing one, a receiving one, or both; each a real WebRTC
+//! peer on its own UDP socket), sends media when it publishes, answers keyframe requests, and
+//! measures what it receives into its shared [`PeerState`](crate::state::PeerState).
 //!
-//! A publisher sends synthetic audio and video once connected and answers keyframe requests; a
-//! subscriber measures what it receives. Both record how long joining took.
+//! How each target is joined:
+//!
+//! | target | publish | receive |
+//! |---|---|---|
+//! | `sfu` | `publish` offer on the WebSocket | the node offers (again on every change); we answer |
+//! | `whip` | WHIP offer | WHEP offer (recvonly), watching one publisher |
+//! | `janus` | `joinandconfigure` with our offer | `join` as subscriber to every publisher; Janus offers |
 
-use crate::media::{AudioSource, VideoProfile, VideoSource, sent_at};
-use crate::stats::StreamStats;
-use crate::target::Target;
-use bytes::BytesMut;
-use rtc::interceptor::{
-    NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
-};
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
-};
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use crate::conn::Conn;
+use crate::scenario::TargetKind;
+use crate::sender::{Publish, Publisher};
+use crate::signal::{Endpoint, janus, sfu, whip};
+use crate::state::{Shared, lock};
+use anyhow::Context;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
-/// What a peer does.
+/// A peer whose connections are not all up this long after it started has failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What a peer does: publish, receive, or both.
 #[derive(Clone, Debug)]
-pub enum Role {
-    Publisher {
-        video: Option<VideoProfile>,
-        audio_bps: Option<u32>,
-    },
-    Subscriber,
+pub struct Role {
+    pub publish: Option<Publish>,
+    pub subscribe: bool,
 }
 
-/// How a peer is doing; shared with the controller, which reads it for progress and reports.
-#[derive(Clone, Default)]
-pub struct PeerState {
-    pub started: Option<Instant>,
-    pub connected_at: Option<Instant>,
-    pub failed: Option<String>,
-    pub video: StreamStats,
-    pub audio: StreamStats,
-    pub packets_sent: u64,
-    pub keyframe_requests: u64,
+/// One simulated participant to run.
+pub struct PeerSpec {
+    pub identity: String,
+    pub role: Role,
+    pub endpoint: Arc<Endpoint>,
+    /// The node (or server) to join, unless the control plane places the peer.
+    pub base: String,
+    pub bind: IpAddr,
+    /// WHEP: the identity of the publisher to watch.
+    pub watch: String,
+    /// Publishers in the room other than this peer (Janus subscribers wait for them).
+    pub other_publishers: usize,
 }
 
-impl PeerState {
-    pub fn join_time(&self) -> Option<Duration> {
-        Some(self.connected_at?.saturating_duration_since(self.started?))
-    }
-
-    /// From starting to join until the first media packet.
-    pub fn first_media(&self) -> Option<Duration> {
-        let first = [self.video.first_packet_at, self.audio.first_packet_at]
-            .into_iter()
-            .flatten()
-            .min()?;
-        Some(first.saturating_duration_since(self.started?))
-    }
+/// The signaling session(s) a peer holds while it runs.
+enum Signal {
+    /// Boxed: a WebSocket stream is large, and a peer holds one signal for its whole life.
+    Sfu(Box<sfu::Running>),
+    Whip(Vec<whip::Session>),
+    Janus(JanusSignal),
 }
 
-pub type Shared = Arc<Mutex<PeerState>>;
-
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, PeerState> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
+/// A Janus session. Subscribing runs in a task of its own while the peer's loop runs: a
+/// publisher that also subscribes must keep its publishing connection going meanwhile (Janus
+/// lists a publisher only once its media is up), and the loop would cancel a plain future.
+struct JanusSignal {
+    session: janus::Session,
+    subscribing: Option<tokio::task::JoinHandle<anyhow::Result<(janus::Handle, String)>>>,
+    subscribed: Option<janus::Handle>,
+    keepalive: tokio::task::JoinHandle<()>,
 }
 
-/// Codecs the simulated peers use: Opus and VP8, as most browsers send by default.
-fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
-    let mut me = MediaEngine::default();
-    let feedback = vec![
-        RTCPFeedback {
-            typ: "nack".into(),
-            parameter: "".into(),
-        },
-        RTCPFeedback {
-            typ: "nack".into(),
-            parameter: "pli".into(),
-        },
-    ];
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.into(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-                rtcp_feedback: vec![],
-            },
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )?;
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_VP8.into(),
-                clock_rate: 90_000,
-                channels: 0,
-                sdp_fmtp_line: "".into(),
-                rtcp_feedback: feedback,
-            },
-            payload_type: 96,
-        },
-        RtpCodecKind::Video,
-    )?;
-    Ok(me)
-}
-
-struct Outgoing {
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    seq: u16,
-    payload_type: u8,
-}
-
-/// Runs one peer until `stop` turns true or the connection fails.
-pub async fn run(
-    id: usize,
-    role: Role,
-    target: Arc<Target>,
-    bind: std::net::IpAddr,
-    shared: Shared,
-    mut stop: watch::Receiver<bool>,
-) {
-    lock(&shared).started = Some(Instant::now());
-    let result = drive(id, role, &target, bind, &shared, &mut stop).await;
-    if let Err(e) = result {
-        lock(&shared).failed = Some(format!("{e:#}"));
-    }
-}
-
-async fn drive(
-    id: usize,
-    role: Role,
-    target: &Target,
-    bind: std::net::IpAddr,
-    shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind(SocketAddr::new(bind, 0)).await?;
-    let local = socket.local_addr()?;
-    let now = Instant::now();
-    let publisher = matches!(role, Role::Publisher { .. });
-    let mut registry = Registry::new();
-    registry = if publisher {
-        registry
-            .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::NackResponder, NackResponderBuilder::new().build())
-    } else {
-        registry.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-    };
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(media_engine()?)
-        .with_interceptor_registry(registry)
-        .build(now)?;
-
-    let mut video_out = None;
-    let mut audio_out = None;
-    let (mut video_src, mut audio_src) = (None, None);
-    match &role {
-        Role::Publisher { video, audio_bps } => {
-            let mut add = |kind, mime: &str, clock, channels| -> anyhow::Result<Outgoing> {
-                let ssrc = rand::random::<u32>();
-                let sender = pc.add_track(MediaStreamTrack::new(
-                    format!("peer{id}"),
-                    format!("peer{id}-{mime}"),
-                    format!("peer{id}-{mime}"),
-                    kind,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(ssrc),
-                            ..Default::default()
-                        },
-                        codec: RTCRtpCodec {
-                            mime_type: mime.into(),
-                            clock_rate: clock,
-                            channels,
-                            ..Default::default()
-                        },
-                        active: true,
-                        ..Default::default()
-                    }],
-                ))?;
-                Ok(Outgoing {
-                    sender,
-                    ssrc,
-                    seq: rand::random(),
-                    payload_type: 0,
-                })
-            };
-            if let Some(bps) = audio_bps {
-                audio_out = Some(add(RtpCodecKind::Audio, MIME_TYPE_OPUS, 48_000, 2)?);
-                audio_src = Some(AudioSource::new(*bps));
-            }
-            if let Some(profile) = video {
-                video_out = Some(add(RtpCodecKind::Video, MIME_TYPE_VP8, 90_000, 0)?);
-                video_src = Some(VideoSource::new(*profile));
-            }
-        }
-        Role::Subscriber => {
-            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-                pc.add_transceiver_from_kind(
-                    kind,
-                    Some(RTCRtpTransceiverInit {
-                        direction: RTCRtpTransceiverDirection::Recvonly,
-                        streams: vec![],
-                        send_encodings: vec![],
-                    }),
-                )?;
-            }
-        }
-    }
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    pc.add_local_candidate(RTCIceCandidateInit::default())?;
-    let offer = pc.create_offer(None)?;
-    pc.set_local_description(Instant::now(), offer)?;
-    let sdp = pc
-        .local_description()
-        .ok_or_else(|| anyhow::anyhow!("no local description"))?
-        .sdp;
-    let session = target.start(id, publisher, sdp).await?;
-    let answer = rtc::peer_connection::sdp::RTCSessionDescription::answer(session.answer.clone())?;
-    pc.set_remote_description(Instant::now(), answer)?;
-    for out in [&mut video_out, &mut audio_out].into_iter().flatten() {
-        out.payload_type = pc
-            .rtp_sender(out.sender)
-            .and_then(|mut s| {
-                s.get_parameters()
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.payload_type)
-            })
-            .unwrap_or(96);
-    }
-
-    let result = event_loop(
-        &mut pc,
-        &socket,
-        local,
-        shared,
-        stop,
-        (&mut video_out, &mut video_src),
-        (&mut audio_out, &mut audio_src),
-    )
-    .await;
-    let _ = pc.close();
-    flush(&mut pc, &socket).await;
-    target.end(&session).await;
-    result
-}
-
-async fn flush(pc: &mut RTCPeerConnection, socket: &UdpSocket) {
-    while let Some(t) = pc.poll_write() {
-        let _ = socket.send_to(&t.message, t.transport.peer_addr).await;
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn event_loop(
-    pc: &mut RTCPeerConnection,
-    socket: &UdpSocket,
-    local: SocketAddr,
-    shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
-    video: (&mut Option<Outgoing>, &mut Option<VideoSource>),
-    audio: (&mut Option<Outgoing>, &mut Option<AudioSource>),
-) -> anyhow::Result<()> {
-    let (video_out, video_src) = video;
-    let (audio_out, audio_src) = audio;
-    let mut buf = vec![0u8; 2048];
-    let mut kinds: HashMap<String, RtpCodecKind> = HashMap::new();
-    let mut connected = false;
-    let far = Duration::from_secs(3600);
-    let mut next_video = Instant::now() + far;
-    let mut next_audio = Instant::now() + far;
-    let connect_deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        flush(pc, socket).await;
-        while let Some(event) = pc.poll_event() {
-            match event {
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
-                    RTCPeerConnectionState::Connected if !connected => {
-                        connected = true;
-                        let now = Instant::now();
-                        lock(shared).connected_at = Some(now);
-                        next_video = now;
-                        next_audio = now;
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        anyhow::bail!("peer connection {s}");
-                    }
-                    _ => {}
-                },
-                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    if let Some(r) = pc.rtp_receiver(init.receiver_id) {
-                        kinds.insert(init.track_id, r.track().kind());
-                    }
-                }
-                _ => {}
-            }
-        }
-        while let Some(TaggedRTCMessage { now, message }) = pc.poll_read() {
-            match message {
-                RTCMessage::RtpPacket(track, p) => {
-                    let video = kinds.get(&track) == Some(&RtpCodecKind::Video);
-                    let sent = sent_at(&p.payload, video);
-                    let mut s = lock(shared);
-                    let stream = if video { &mut s.video } else { &mut s.audio };
-                    stream.on_packet(
-                        now,
-                        p.header.sequence_number,
-                        p.header.timestamp,
-                        p.payload.len(),
-                        video && p.header.marker,
-                        sent,
-                    );
-                }
-                RTCMessage::RtcpPacket(_, packets) => {
-                    if packets
-                        .iter()
-                        .any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some())
-                        && let Some(v) = video_src.as_mut()
-                    {
-                        v.request_keyframe();
-                        lock(shared).keyframe_requests += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !connected && Instant::now() > connect_deadline {
-            anyhow::bail!("did not connect within 30 s");
-        }
-        let now = Instant::now();
-        if connected {
-            if now >= next_video
-                && let (Some(out), Some(src)) = (video_out.as_mut(), video_src.as_mut())
-            {
-                let frame = src.next_frame(now);
-                let n = frame.len() as u64;
-                for m in frame {
-                    send(pc, out, m, now)?;
-                }
-                lock(shared).packets_sent += n;
-                next_video += src.frame_interval();
-                if next_video < now {
-                    next_video = now + src.frame_interval();
-                }
-                continue;
-            }
-            if now >= next_audio
-                && let (Some(out), Some(src)) = (audio_out.as_mut(), audio_src.as_mut())
-            {
-                let m = src.next_packet(now);
-                send(pc, out, m, now)?;
-                lock(shared).packets_sent += 1;
-                next_audio += AudioSource::INTERVAL;
-                if next_audio < now {
-                    next_audio = now + AudioSource::INTERVAL;
-                }
-                continue;
-            }
-        }
-        let mut wake = pc.poll_timeout().unwrap_or(now + far).min(connect_deadline);
-        if connected && video_out.is_some() {
-            wake = wake.min(next_video);
-        }
-        if connected && audio_out.is_some() {
-            wake = wake.min(next_audio);
-        }
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
-                let input = TaggedBytesMut {
-                    now: Instant::now(),
-                    transport: TransportContext {
-                        local_addr: local,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: BytesMut::from(&buf[..n]),
+impl Signal {
+    /// The next offer from the server: this project's nodes offer whenever the tracks change;
+    /// Janus offers once, when subscribing.
+    async fn next_offer(&mut self) -> anyhow::Result<String> {
+        match self {
+            Signal::Sfu(s) => s.next_offer().await,
+            Signal::Janus(j) if j.subscribing.is_some() => {
+                let Some(task) = j.subscribing.as_mut() else {
+                    return std::future::pending().await;
                 };
-                let _ = pc.handle_read(input);
+                let r = task.await;
+                // A finished task must not be polled again.
+                j.subscribing = None;
+                let (handle, offer) = r.context("the Janus subscription task")??;
+                j.subscribed = Some(handle);
+                Ok(offer)
             }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                let _ = pc.handle_timeout(Instant::now());
+            Signal::Whip(_) | Signal::Janus(_) => std::future::pending().await,
+        }
+    }
+
+    async fn answer(&mut self, sdp: String) -> anyhow::Result<()> {
+        match self {
+            Signal::Sfu(s) => s.answer(sdp).await,
+            Signal::Janus(j) => {
+                let handle = j.subscribed.as_ref().context("no Janus subscription")?;
+                j.session.start(handle, sdp).await
             }
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    return Ok(());
+            Signal::Whip(_) => Ok(()),
+        }
+    }
+
+    async fn end(self) {
+        match self {
+            Signal::Sfu(s) => s.end().await,
+            Signal::Whip(sessions) => {
+                for s in sessions {
+                    s.end().await;
                 }
+            }
+            Signal::Janus(j) => {
+                j.keepalive.abort();
+                if let Some(t) = j.subscribing {
+                    t.abort();
+                }
+                j.session.end().await;
             }
         }
     }
 }
 
-fn send(
-    pc: &mut RTCPeerConnection,
-    out: &mut Outgoing,
-    m: crate::media::MediaPacket,
-    now: Instant,
-) -> anyhow::Result<()> {
-    out.seq = out.seq.wrapping_add(1);
-    let packet = rtp::packet::Packet {
-        header: rtp::header::Header {
-            version: 2,
-            marker: m.marker,
-            payload_type: out.payload_type,
-            sequence_number: out.seq,
-            timestamp: m.timestamp,
-            ssrc: out.ssrc,
-            ..Default::default()
-        },
-        payload: m.payload,
+/// A peer's connections and what it sends.
+struct Peer {
+    /// The publishing connection and its media.
+    publishing: Option<(Conn, Publisher)>,
+    /// The receiving connection (for `sfu`, opened at the node's first offer).
+    receiving: Option<Conn>,
+}
+
+/// Runs one peer until `stop` fires (or its sender is dropped) or it fails; a failure is
+/// recorded in its state. One stop channel per peer: a shared one (a `watch`) would make every
+/// peer take the same lock on every turn of its loop.
+pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>) {
+    let started = Instant::now();
+    lock(&shared).started = Some(started);
+    let mut peer = Peer {
+        publishing: None,
+        receiving: None,
     };
-    let mut sender = pc
-        .rtp_sender(out.sender)
-        .ok_or_else(|| anyhow::anyhow!("sender gone"))?;
-    sender.write_rtp(now, packet)?;
+    let result = async {
+        let mut signal = join(&spec, &mut peer, &shared).await?;
+        let r = drive(&spec, &mut peer, &mut signal, &shared, &mut stop, started).await;
+        for c in peer.conns() {
+            c.close().await;
+        }
+        signal.end().await;
+        r
+    }
+    .await;
+    if let Err(e) = result {
+        lock(&shared).failed = Some(format!("{}: {e:#}", spec.identity));
+    }
+}
+
+/// Signals with the target and sets up the connections it answered for.
+async fn join(spec: &PeerSpec, peer: &mut Peer, shared: &Shared) -> anyhow::Result<Signal> {
+    let e = &*spec.endpoint;
+    lock(shared).server = Some(match e.kind {
+        TargetKind::Janus => e.url.clone(),
+        TargetKind::Sfu | TargetKind::Whip => spec.base.clone(),
+    });
+    let publishing = match &spec.role.publish {
+        Some(p) => {
+            let mut conn = Conn::open(spec.bind, true).await?;
+            let publisher = Publisher::add_tracks(&mut conn.pc, &spec.identity, p)?;
+            let offer = conn.offer()?;
+            Some((conn, publisher, offer))
+        }
+        None => None,
+    };
+    let signal = match e.kind {
+        TargetKind::Sfu => {
+            let publish = publishing.is_some();
+            let mut s =
+                sfu::join(e, &spec.base, &spec.identity, publish, spec.role.subscribe).await?;
+            // The control plane may have placed the peer elsewhere.
+            lock(shared).server = Some(s.node_url.clone());
+            if let Some((mut conn, mut publisher, offer)) = publishing {
+                let answer = s.publish(offer).await?;
+                conn.accept_answer(answer)?;
+                publisher.negotiate(&mut conn.pc);
+                peer.publishing = Some((conn, publisher));
+            }
+            Signal::Sfu(Box::new(s.run()))
+        }
+        TargetKind::Whip => {
+            let mut sessions = Vec::new();
+            let r = join_whip(spec, peer, publishing, &mut sessions).await;
+            if let Err(e) = r {
+                // End what was started: the server would otherwise hold it until it times out.
+                Signal::Whip(sessions).end().await;
+                return Err(e);
+            }
+            Signal::Whip(sessions)
+        }
+        TargetKind::Janus => {
+            let session = janus::Session::open(e).await?;
+            let mut own = None;
+            if let Some((mut conn, mut publisher, offer)) = publishing {
+                let published = async {
+                    let (_, answer, id) = session.publish(e, &spec.identity, offer).await?;
+                    conn.accept_answer(answer)?;
+                    anyhow::Ok(id)
+                }
+                .await;
+                match published {
+                    Ok(id) => own = id,
+                    Err(e) => {
+                        session.end().await;
+                        return Err(e);
+                    }
+                }
+                publisher.negotiate(&mut conn.pc);
+                peer.publishing = Some((conn, publisher));
+            }
+            let subscribing = spec.role.subscribe.then(|| {
+                let (s, e, want) = (
+                    session.clone(),
+                    spec.endpoint.clone(),
+                    spec.other_publishers,
+                );
+                tokio::spawn(async move { s.subscribe(&e, want, own).await })
+            });
+            Signal::Janus(JanusSignal {
+                keepalive: session.keep_alive(),
+                session,
+                subscribing,
+                subscribed: None,
+            })
+        }
+    };
+    Ok(signal)
+}
+
+/// WHIP to publish, WHEP to receive; `sessions` gets every session started.
+async fn join_whip(
+    spec: &PeerSpec,
+    peer: &mut Peer,
+    publishing: Option<(Conn, Publisher, String)>,
+    sessions: &mut Vec<whip::Session>,
+) -> anyhow::Result<()> {
+    let e = &*spec.endpoint;
+    if let Some((mut conn, mut publisher, offer)) = publishing {
+        let s = whip::start(e, &spec.base, &spec.identity, true, "", offer).await?;
+        let answer = s.answer.clone();
+        sessions.push(s);
+        conn.accept_answer(answer)?;
+        publisher.negotiate(&mut conn.pc);
+        peer.publishing = Some((conn, publisher));
+    }
+    if spec.role.subscribe {
+        let mut conn = Conn::open(spec.bind, false).await?;
+        conn.add_receivers()?;
+        let offer = conn.offer()?;
+        // A separate identity: one identity holds one session at a time.
+        let identity = format!("{}-play", spec.identity);
+        let s = whip::start(e, &spec.base, &identity, false, &spec.watch, offer).await?;
+        let answer = s.answer.clone();
+        sessions.push(s);
+        conn.accept_answer(answer)?;
+        peer.receiving = Some(conn);
+    }
     Ok(())
+}
+
+impl Peer {
+    fn conns(&mut self) -> impl Iterator<Item = &mut Conn> {
+        self.publishing
+            .as_mut()
+            .map(|(c, _)| c)
+            .into_iter()
+            .chain(self.receiving.as_mut())
+    }
+
+    /// Whether every connection the peer needs is up (a receiving `sfu` peer needs its offer).
+    fn all_connected(&self, expects_receiving: bool) -> bool {
+        self.publishing.as_ref().is_none_or(|(c, _)| c.connected)
+            && match &self.receiving {
+                Some(c) => c.connected,
+                None => !expects_receiving,
+            }
+    }
+}
+
+/// Resolves when `socket` has datagrams to read; never without a socket. Polls readiness
+/// directly (one waker slot per socket) rather than through `readable()`, whose future joins
+/// and leaves a waiter list on every turn of the loop.
+async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
+    match socket {
+        Some(s) => std::future::poll_fn(|cx| s.poll_recv_ready(cx)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The event loop: connections, media, offers, until stopped.
+async fn drive(
+    spec: &PeerSpec,
+    peer: &mut Peer,
+    signal: &mut Signal,
+    shared: &Shared,
+    stop: &mut oneshot::Receiver<()>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let connect_deadline = started + CONNECT_TIMEOUT;
+    let sleep = tokio::time::sleep_until(connect_deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        let now = Instant::now();
+        let mut any_connected = false;
+        if let Some((conn, publisher)) = &mut peer.publishing {
+            let d = conn.drain(shared)?;
+            if d.connected {
+                publisher.start(now);
+                any_connected = true;
+            }
+            if d.keyframe_requested {
+                publisher.request_keyframe();
+                lock(shared).keyframe_requests += 1;
+            }
+            if conn.connected {
+                let sent = publisher.send_due(&mut conn.pc, now)?;
+                if sent > 0 {
+                    lock(shared).packets_sent += sent;
+                }
+            }
+        }
+        if let Some(conn) = &mut peer.receiving {
+            any_connected |= conn.drain(shared)?.connected;
+        }
+        if any_connected {
+            lock(shared).connected_at.get_or_insert(now);
+        }
+        for c in peer.conns() {
+            c.flush().await;
+        }
+        let all_up = peer.all_connected(spec.role.subscribe);
+        if !all_up && now >= connect_deadline {
+            anyhow::bail!(if spec.role.subscribe && peer.receiving.is_none() {
+                "the server offered nothing to receive within 40 s"
+            } else {
+                "did not connect within 40 s"
+            });
+        }
+        let mut wake = peer.conns().filter_map(|c| c.timeout()).min();
+        if let Some((c, p)) = &peer.publishing
+            && c.connected
+        {
+            wake = min_some(wake, p.next_due());
+        }
+        if !all_up {
+            wake = min_some(wake, Some(connect_deadline));
+        }
+        // An idle peer with nothing scheduled still looks again now and then.
+        let wake = wake.unwrap_or(now + Duration::from_secs(1)).max(now);
+        if sleep.deadline() != wake.into() {
+            sleep.as_mut().reset(wake.into());
+        }
+        let publishing = peer.publishing.as_ref().map(|(c, _)| c.socket());
+        let receiving = peer.receiving.as_ref().map(Conn::socket);
+        tokio::select! {
+            r = readable(publishing) => {
+                r.context("publishing socket")?;
+                if let Some((c, _)) = &mut peer.publishing {
+                    c.read_ready().context("publishing socket")?;
+                }
+            }
+            r = readable(receiving) => {
+                r.context("receiving socket")?;
+                if let Some(c) = &mut peer.receiving {
+                    c.read_ready().context("receiving socket")?;
+                }
+            }
+            _ = &mut sleep => {
+                let now = Instant::now();
+                for c in peer.conns() {
+                    if c.timeout().is_some_and(|t| t <= now) {
+                        c.handle_timeout(now);
+                    }
+                }
+            }
+            offer = signal.next_offer() => {
+                let offer = offer?;
+                let conn = match &mut peer.receiving {
+                    Some(c) => c,
+                    None => peer.receiving.insert(Conn::open(spec.bind, false).await?),
+                };
+                let answer = conn.answer(offer)?;
+                signal.answer(answer).await?;
+            }
+            // Fired or dropped: a dropped controller stops everyone too.
+            _ = &mut *stop => return Ok(()),
+        }
+    }
+}
+
+fn min_some(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

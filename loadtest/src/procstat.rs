@@ -1,4 +1,5 @@
-//! CPU time and memory of a process on this machine, from `/proc`.
+//! CPU time and memory of a process on this machine (the systems under test, and the load
+//! tester itself), from `/proc`.
 
 use std::time::Duration;
 
@@ -29,16 +30,42 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 /// architecture we run on.
 const USER_HZ: f64 = 100.0;
 
-/// Finds the pid of the first process whose command name is `name`.
-pub fn find(name: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == name).then_some(pid)
-    })
+/// The pids of every process whose command name is `name` (e.g. all nodes of a local
+/// cluster), lowest first.
+pub fn find_all(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// This process.
 pub fn own() -> Option<ProcSample> {
     sample(std::process::id())
+}
+
+/// CPU time spent by the whole machine (all cores, all processes) since boot, from the
+/// first line of `/proc/stat`: everything but idle and I/O wait. Taken with the watched
+/// processes and the load tester, it shows how busy the rest of the machine was.
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let busy: u64 = ticks.iter().take(8).sum::<u64>()
+        - ticks.get(3).copied().unwrap_or(0)
+        - ticks.get(4).copied().unwrap_or(0);
+    Some(Duration::from_secs_f64(busy as f64 / USER_HZ))
 }

@@ -1,4 +1,5 @@
-//! Receive-side measurements of one peer: per stream packets, loss, latency, jitter, freezes.
+//! Receive-side measurements of one peer: per received stream (by SSRC) packets, loss,
+//! latency, jitter and freezes, plus what arrived since the last per-second sample.
 //!
 //! Memory per peer stays small and fixed (a few KiB): latency goes into a logarithmic
 //! histogram rather than a list of samples, so thousands of peers can be measured for as long
@@ -37,6 +38,13 @@ impl Histogram {
         self.total += 1;
     }
 
+    pub fn clear(&mut self) {
+        if self.total > 0 {
+            self.counts.fill(0);
+            self.total = 0;
+        }
+    }
+
     pub fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
@@ -72,6 +80,8 @@ impl Histogram {
 pub struct StreamStats {
     highest: Option<u64>,
     first: Option<u64>,
+    /// `highest` when the per-second sampler last looked.
+    sampled_highest: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
     pub latency: Histogram,
@@ -176,6 +186,17 @@ impl StreamStats {
         Duration::from_secs_f64(self.jitter)
     }
 
+    /// Packets the sequence numbers say were sent since the last call.
+    pub fn take_expected(&mut self) -> u64 {
+        let n = match (self.sampled_highest, self.highest, self.first) {
+            (Some(s), Some(h), _) => h.saturating_sub(s),
+            (None, Some(h), Some(f)) => h - f + 1,
+            _ => 0,
+        };
+        self.sampled_highest = self.highest;
+        n
+    }
+
     /// Resets the counters that describe a measurement window, keeping sequence state.
     pub fn start_window(&mut self) {
         self.first = self.highest.map(|h| h + 1);
@@ -184,6 +205,96 @@ impl StreamStats {
         self.latency = Histogram::default();
         self.freezes = 0;
         self.frozen = Duration::ZERO;
+    }
+}
+
+/// One received stream: its SSRC, kind and measurements.
+#[derive(Clone)]
+pub struct Received {
+    pub ssrc: u32,
+    pub video: bool,
+    pub stats: StreamStats,
+}
+
+/// What arrived since the per-second sampler last looked, over all of a peer's streams.
+#[derive(Clone, Default)]
+pub struct Tick {
+    pub packets: u64,
+    pub bytes: u64,
+    pub latency: Histogram,
+}
+
+/// Everything a peer receives: one entry per stream, and the current tick.
+#[derive(Clone, Default)]
+pub struct Reception {
+    pub streams: Vec<Received>,
+    pub tick: Tick,
+}
+
+/// One received RTP packet, as the measurements need it.
+pub struct Arrival {
+    pub now: Instant,
+    pub ssrc: u32,
+    pub video: bool,
+    pub seq: u16,
+    pub rtp_time: u32,
+    pub bytes: usize,
+    pub marker: bool,
+    /// The send time carried in the payload, if it had one.
+    pub sent: Option<Instant>,
+}
+
+impl Reception {
+    pub fn on_packet(&mut self, a: Arrival) {
+        let i = match self.streams.iter().position(|s| s.ssrc == a.ssrc) {
+            Some(i) => i,
+            None => {
+                self.streams.push(Received {
+                    ssrc: a.ssrc,
+                    video: a.video,
+                    stats: StreamStats::new(if a.video { 90_000 } else { 48_000 }),
+                });
+                self.streams.len() - 1
+            }
+        };
+        let s = &mut self.streams[i].stats;
+        s.on_packet(
+            a.now,
+            a.seq,
+            a.rtp_time,
+            a.bytes,
+            a.video && a.marker,
+            a.sent,
+        );
+        self.tick.packets += 1;
+        self.tick.bytes += a.bytes as u64;
+        if let Some(sent) = a.sent {
+            self.tick
+                .latency
+                .record(a.now.saturating_duration_since(sent));
+        }
+    }
+
+    /// The streams of one kind.
+    pub fn of(&self, video: bool) -> impl Iterator<Item = &StreamStats> {
+        self.streams
+            .iter()
+            .filter(move |s| s.video == video)
+            .map(|s| &s.stats)
+    }
+
+    pub fn first_packet_at(&self) -> Option<Instant> {
+        self.streams
+            .iter()
+            .filter_map(|s| s.stats.first_packet_at)
+            .min()
+    }
+
+    /// Starts the measurement window on every stream.
+    pub fn start_window(&mut self) {
+        for s in &mut self.streams {
+            s.stats.start_window();
+        }
     }
 }
 

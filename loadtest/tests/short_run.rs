@@ -1,75 +1,149 @@
-//! A short load test (20 real WebRTC peers for 10 s) against a node started in-process: media
-//! flows from the publisher to every subscriber, and every field of the report is filled.
+//! Short load tests against a node started in this process: 20 real WebRTC peers for 10 s.
+//! Media flows both ways (two publishers that also subscribe get each other's media, and every
+//! subscriber gets both), loss stays under 1 %, and every field of the report is filled.
 
-use sfu_loadtest::media::VideoProfile;
-use sfu_loadtest::peer::Role;
-use sfu_loadtest::run::{Plan, run};
-use sfu_loadtest::target::{Target, Tokens};
+use sfu_loadtest::report::Report;
+use sfu_loadtest::run::{Watch, run};
+use sfu_loadtest::scenario::{Scenario, TargetKind};
+use sfu_loadtest::stats::Percentiles;
 use sfu_node::{Config, Server};
-use std::sync::Arc;
-use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_peers_for_ten_seconds_fill_the_report() {
-    let node = Server::start(Config::loopback()).await.unwrap();
-    let plan = Plan {
-        target: Arc::new(Target::whip(
-            &format!("http://{}", node.http_addr),
-            "short-run",
-            Tokens::Mint {
-                api_key: "devkey".into(),
-                api_secret: "secret".into(),
-            },
-        )),
-        subscriber_targets: Vec::new(),
-        bind: "127.0.0.1".parse().unwrap(),
-        publishers: 1,
-        publisher: Role::Publisher {
-            video: Some(VideoProfile {
-                bitrate_bps: 300_000,
-                fps: 15,
-                keyframe_interval: 30,
-                keyframe_factor: 4,
-            }),
-            audio_bps: Some(32_000),
-        },
-        subscribers: 19,
-        join_rate: 20.0,
-        warmup: Duration::from_secs(1),
-        duration: Duration::from_secs(10),
-        // The node runs in this process.
-        watch_pids: vec![std::process::id()],
+fn scenario(kind: TargetKind, url: String, room: &str) -> Scenario {
+    let text = format!(
+        r#"
+room_prefix = "{room}"
+publishers = 2
+publishers_subscribe = true
+subscribers = 18
+join_rate = 40
+warmup_secs = 2
+duration_secs = 10
+
+[target]
+kind = "{kind}"
+url = "{url}"
+
+[video]
+bitrate_kbps = 300
+fps = 15
+keyframe_interval_secs = 2
+simulcast = true
+
+[audio]
+bitrate_kbps = 32
+"#,
+        kind = match kind {
+            TargetKind::Sfu => "sfu",
+            TargetKind::Whip => "whip",
+            TargetKind::Janus => "janus",
+        }
+    );
+    Scenario::from_toml(&text).expect("the test scenario is valid")
+}
+
+async fn run_against_node(kind: TargetKind, room: &str) -> Report {
+    let node = Server::start(Config::loopback())
+        .await
+        .expect("node starts");
+    let s = scenario(kind, format!("http://{}", node.http_addr), room);
+    let watch = Watch {
+        // The node runs in this process: its CPU is this process's.
+        pids: vec![std::process::id()],
         progress: false,
     };
-    let r = run(plan).await;
+    let r = run(&s, &watch).await.expect("the run completes");
     println!("{r}");
-    assert_eq!(
-        (r.subscribers_connected, r.subscribers_failed),
-        (19, 0),
-        "{r}"
-    );
-    let filled = |name: &str, p: Option<sfu_loadtest::stats::Percentiles>| {
-        let p = p.unwrap_or_else(|| panic!("{name} missing: {r}"));
-        assert!(
-            p.p50 > 0.0 && p.max >= p.p99 && p.p99 >= p.p50,
-            "{name}: {p:?}"
-        );
-    };
-    filled("join time", r.join_time_ms);
-    filled("time to first media", r.first_media_ms);
-    filled("latency", r.latency_ms);
-    filled("video bitrate", r.video_kbps);
-    filled("audio bitrate", r.audio_kbps);
-    let video = r.video_kbps.unwrap();
+    node.stop().await;
+    r
+}
+
+fn filled(name: &str, p: Option<Percentiles>, r: &Report) -> Percentiles {
+    let p = p.unwrap_or_else(|| panic!("{name} is missing:\n{r}"));
     assert!(
-        video.p50 > 250.0 && video.p50 < 350.0,
+        p.p50 <= p.p90 && p.p90 <= p.p99 && p.p99 <= p.max,
+        "{name} percentiles out of order: {p:?}"
+    );
+    p
+}
+
+/// Checks what every short run must show; `video_streams` is how many video streams a
+/// subscriber receives (one per publisher it plays).
+fn check(r: &Report, video_streams: f64) {
+    assert_eq!((r.peers, r.publishers, r.receivers), (20, 2, 20), "{r}");
+    assert_eq!((r.peers_connected, r.peers_failed), (20, 0), "{r}");
+    assert!(r.failures.is_empty(), "{r}");
+    assert_eq!(r.peers_per_server.len(), 1, "{r}");
+    assert_eq!(r.peers_per_server[0].1, 20, "{r}");
+    // Every receiver, publishers included, got every stream it should, under 1 % loss.
+    assert_eq!(r.receivers_complete, 20, "{r}");
+    assert_eq!(r.receivers_under_1pct_loss, 20, "{r}");
+
+    assert!(filled("join time", r.join_time_ms, r).p50 > 0.0);
+    assert!(filled("time to first media", r.first_media_ms, r).p50 > 0.0);
+    assert!(filled("latency", r.latency_ms, r).p50 > 0.0);
+    filled("jitter", r.jitter_ms, r);
+    filled("freezes", r.freezes_per_receiver, r);
+    // Subscribers (most receivers) get the top layer, 300 kbps, of each publisher they play;
+    // each publisher gets the other's.
+    let video = filled("video bitrate", r.video_kbps, r);
+    let want = 300.0 * video_streams;
+    assert!(
+        (0.8 * want..1.2 * want).contains(&video.p50),
         "video arrives at the sent rate: {video:?}"
     );
-    assert!(r.video_loss_percent.unwrap().max < 1.0, "{r}");
-    assert!(r.audio_loss_percent.unwrap().max < 1.0, "{r}");
-    assert!(r.jitter_ms.is_some(), "{r}");
-    assert!(r.sfu.unwrap().cpu_percent > 0.0 && r.sfu_cpu_per_subscriber_percent.unwrap() > 0.0);
-    assert!(r.loadtest.unwrap().rss_mb > 0.0 && r.loadtest_kb_per_peer.unwrap() > 0.0);
-    assert_eq!(r.freezes, 0, "{r}");
-    node.stop().await;
+    assert!(video.p50 > 0.0 && filled("audio bitrate", r.audio_kbps, r).p50 > 0.0);
+    assert!(
+        filled("video loss", r.video_loss_percent, r).max < 1.0,
+        "{r}"
+    );
+    assert!(
+        filled("audio loss", r.audio_loss_percent, r).max < 1.0,
+        "{r}"
+    );
+    assert!(r.total_video_loss_percent < 1.0 && r.total_audio_loss_percent < 1.0);
+    assert!(r.packets_sent > 0);
+
+    let sfu = r.sfu.expect("CPU and memory of the watched process");
+    assert!(sfu.cpu_percent > 0.0 && sfu.rss_mb > 0.0, "{sfu:?}");
+    assert!(r.sfu_cpu_per_subscriber_percent.is_some_and(|c| c > 0.0));
+    let own = r.loadtest.expect("CPU and memory of the load tester");
+    assert!(own.cpu_percent > 0.0 && own.rss_mb > 0.0, "{own:?}");
+    assert!(r.loadtest_kb_per_peer.is_some());
+    assert!(r.others_cpu_percent.is_some());
+    assert!(r.packets_received > 0 && r.loadtest_cpu_us_per_packet.is_some_and(|c| c > 0.0));
+
+    // The per-second series covers the window, with media in every second of it.
+    let window: Vec<_> = r
+        .series
+        .iter()
+        .filter(|s| s.t_s > r.window_started_s + 1.0 && s.t_s <= r.window_started_s + r.window_s)
+        .collect();
+    assert!(window.len() >= 8, "{} samples in the window", window.len());
+    for s in window {
+        assert_eq!(s.peers_connected, 20, "{s:?}");
+        assert!(s.received_kbps > 0.0 && s.peers_receiving == 20, "{s:?}");
+        assert!(
+            s.latency_p50_ms.is_some() && s.latency_p99_ms.is_some(),
+            "{s:?}"
+        );
+        assert!(s.loss_percent.is_some_and(|l| l < 5.0), "{s:?}");
+        assert!(
+            s.sfu_cpu_percent.is_some() && s.loadtest_cpu_percent.is_some(),
+            "{s:?}"
+        );
+    }
+}
+
+/// This project's WebSocket protocol: publishers receive each other, subscribers both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_peers_over_websocket_fill_the_report() {
+    let r = run_against_node(TargetKind::Sfu, "short-ws").await;
+    check(&r, 2.0);
+}
+
+/// WHIP and WHEP: a WHEP session plays one publisher, so each receiver gets one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_peers_over_whip_and_whep_fill_the_report() {
+    let r = run_against_node(TargetKind::Whip, "short-whip").await;
+    check(&r, 1.0);
 }

@@ -1,0 +1,210 @@
+//! This project's WebSocket signaling protocol (`docs/signaling.md`), as a client: placement
+//! through the control plane (`POST {control}/v1/join`) when there is one, `join`, `publish`
+//! on the publisher connection, and answers to the node's offers on the subscriber connection.
+//!
+//! While joining, a [`Session`] reads the socket itself. Once the peer runs, [`Session::run`]
+//! hands reading to a task of its own that passes only offers on: the peer's event loop wakes
+//! for every media packet, and polling a WebSocket that often is not free (tungstenite
+//! prepares its read buffer on every poll).
+
+use super::Endpoint;
+use anyhow::{Context, anyhow, bail};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long one signaling step may take before the peer gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Read buffer per WebSocket. tungstenite's default (128 KiB) would cost every simulated peer
+/// that much memory for messages of a few KiB; the buffer grows when a message needs it.
+const READ_BUFFER: usize = 4096;
+
+/// A WebSocket session while joining.
+pub struct Session {
+    ws: Ws,
+    /// Offers that arrived while waiting for another message (e.g. during `publish`).
+    offers: VecDeque<String>,
+    /// The node the control plane chose (or the endpoint's URL).
+    pub node_url: String,
+}
+
+/// A WebSocket session while the peer runs: offers arrive from the reading task.
+pub struct Running {
+    sink: SplitSink<Ws, Message>,
+    offers: mpsc::UnboundedReceiver<anyhow::Result<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// The node to join: the control plane's choice, or the endpoint's URL.
+async fn node_url(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<String> {
+    let Some(control) = &e.control else {
+        return Ok(base.to_owned());
+    };
+    let r: Value = e
+        .http
+        .post(format!("{}/v1/join", control.trim_end_matches('/')))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .context("asking the control plane")?
+        .json()
+        .await
+        .context("reading the control plane's answer")?;
+    r["url"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("placement failed: {r}"))
+}
+
+/// Connects and joins. With `subscribe`, the node subscribes the peer to every track of the
+/// room, present and future, and offers them.
+pub async fn join(
+    e: &Endpoint,
+    base: &str,
+    identity: &str,
+    publish: bool,
+    subscribe: bool,
+) -> anyhow::Result<Session> {
+    let token = e.tokens.for_peer(&e.room, identity, publish)?;
+    let url = node_url(e, base, &token).await?;
+    let ws_url = format!(
+        "{}/rtc?access_token={token}",
+        url.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let connect = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true);
+    let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, connect)
+        .await
+        .context("WebSocket connect timed out")?
+        .with_context(|| format!("connecting to {url}/rtc"))?;
+    let mut s = Session {
+        ws,
+        offers: VecDeque::new(),
+        node_url: url,
+    };
+    s.send(json!({ "type": "join", "auto_subscribe": subscribe }))
+        .await?;
+    s.expect("joined").await?;
+    Ok(s)
+}
+
+impl Session {
+    async fn send(&mut self, v: Value) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(v.to_string().into())).await?;
+        Ok(())
+    }
+
+    /// Reads messages until one of type `kind` (an `error` or a closed socket fails); offers
+    /// that come meanwhile are kept for [`Session::next_offer`].
+    async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .with_context(|| format!("no {kind} within {} s", STEP_TIMEOUT.as_secs()))?
+                .ok_or_else(|| anyhow!("signaling closed while waiting for {kind}"))?
+                .context("reading the WebSocket")?;
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(&t).context("a malformed message from the node")?;
+            match v["type"].as_str() {
+                Some(k) if k == kind => return Ok(v),
+                Some("offer") => self.offers.push_back(sdp_of(&v)?),
+                Some("error") => bail!("{kind}: the node answered {}: {}", v["code"], v["message"]),
+                Some("left") => bail!("the node ended the session: {}", v["reason"]),
+                _ => {}
+            }
+        }
+    }
+
+    /// Publishes: sends the offer, returns the answer.
+    pub async fn publish(&mut self, sdp: String) -> anyhow::Result<String> {
+        self.send(json!({ "type": "publish", "sdp": sdp })).await?;
+        let a = self.expect("publish_answer").await?;
+        sdp_of(&a)
+    }
+
+    /// Hands reading to a task of its own; see the module documentation.
+    pub fn run(self) -> Running {
+        let (sink, stream) = self.ws.split();
+        let (tx, offers) = mpsc::unbounded_channel();
+        for o in self.offers {
+            let _ = tx.send(Ok(o));
+        }
+        let reader = tokio::spawn(read_offers(stream, tx));
+        Running {
+            sink,
+            offers,
+            reader,
+        }
+    }
+}
+
+/// Passes the node's offers on until the session ends; the end is passed on as an error.
+async fn read_offers(
+    mut stream: SplitStream<Ws>,
+    tx: mpsc::UnboundedSender<anyhow::Result<String>>,
+) {
+    let end = loop {
+        let m = match stream.next().await {
+            None => break anyhow!("signaling closed"),
+            Some(Err(e)) => break anyhow!(e).context("reading the WebSocket"),
+            Some(Ok(m)) => m,
+        };
+        let Message::Text(t) = m else { continue };
+        let v: Value = match serde_json::from_str(&t) {
+            Ok(v) => v,
+            Err(e) => break anyhow!(e).context("a malformed message from the node"),
+        };
+        let offer = match v["type"].as_str() {
+            Some("offer") => sdp_of(&v),
+            Some("left") => break anyhow!("the node ended the session: {}", v["reason"]),
+            Some("migrate") => break anyhow!("the node asked to migrate to {}", v["url"]),
+            _ => continue,
+        };
+        if tx.send(offer).is_err() {
+            return;
+        }
+    };
+    let _ = tx.send(Err(end));
+}
+
+impl Running {
+    /// The next offer from the node (a subscriber waits for these). Cancel-safe.
+    pub async fn next_offer(&mut self) -> anyhow::Result<String> {
+        self.offers
+            .recv()
+            .await
+            .unwrap_or_else(|| Err(anyhow!("signaling closed")))
+    }
+
+    pub async fn answer(&mut self, sdp: String) -> anyhow::Result<()> {
+        let text = json!({ "type": "answer", "sdp": sdp }).to_string();
+        self.sink
+            .send(Message::Text(text.into()))
+            .await
+            .context("sending the answer")
+    }
+
+    /// Leaves and closes the socket (best effort).
+    pub async fn end(mut self) {
+        let leave = json!({ "type": "leave" }).to_string();
+        let _ = self.sink.send(Message::Text(leave.into())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.sink.close()).await;
+        self.reader.abort();
+    }
+}
+
+fn sdp_of(v: &Value) -> anyhow::Result<String> {
+    v["sdp"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} without sdp", v["type"]))
+}
