@@ -89,7 +89,17 @@ async fn rooms_are_listed_with_participants_summed_over_nodes_then_deleted() {
     assert_eq!(room.name, "summed");
     assert_eq!(room.max_participants, 10);
     assert_eq!(room.nodes, ["cp1", "cp2"]);
-    let all = list_rooms(&cluster, &[]).await;
+    // Listing every room: "other" was joined last, and its node registers it in etcd
+    // asynchronously, so it is waited for.
+    let all = eventually(Duration::from_secs(15), || async {
+        let all = list_rooms(&cluster, &[]).await;
+        let other = all
+            .iter()
+            .any(|r| r.name == "other" && r.num_participants == 1);
+        other.then_some(all)
+    })
+    .await
+    .expect("ListRooms without a filter lists both rooms");
     let count = |name: &str| {
         all.iter()
             .find(|r| r.name == name)

@@ -364,7 +364,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                     ))
                     .await?;
-                    if !json {
+                    if json {
+                        print(serde_json::json!({ "removed": identity }));
+                    } else {
                         println!("removed {identity}");
                     }
                 }
