@@ -8,6 +8,7 @@
 
 use crate::bandwidth::{Estimator, EstimatorConfig};
 use crate::probe::Prober;
+use crate::resend::RetransmitBudget;
 use bytes::Bytes;
 use rtp::header::Header;
 use std::time::{Duration, Instant};
@@ -48,6 +49,8 @@ pub struct Downlink {
     pub(crate) estimator: Estimator,
     pub(crate) prober: Prober,
     pub(crate) starvation: Starvation,
+    /// Retransmissions may use only a share of the estimate.
+    pub(crate) retransmit_budget: RetransmitBudget,
     first_sent: Option<Instant>,
 }
 
@@ -119,6 +122,7 @@ impl Downlink {
             estimator: Estimator::new(config),
             prober: Prober::default(),
             starvation: Starvation::default(),
+            retransmit_budget: RetransmitBudget::default(),
             first_sent: None,
         }
     }

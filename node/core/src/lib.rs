@@ -25,6 +25,7 @@ pub mod keyframe;
 pub mod probe;
 pub mod rate;
 pub mod red;
+pub mod resend;
 pub mod retransmit;
 pub mod room;
 mod room_media;

@@ -22,6 +22,7 @@ use crate::codec::MediaKind;
 use crate::downlink::{Downlink, SinkParams};
 use crate::forwarder::{DropReason, Forwarder, ForwarderConfig};
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
+use crate::resend::RecentResends;
 use crate::speakers::{Speaker, SpeakerConfig, Speakers};
 use crate::subscription::{
     Rtx, SenderReport, Subscription, SubscriptionParams, SubscriptionSettings,
@@ -146,6 +147,10 @@ pub struct RoomStats {
     pub congestion_feedback: u64,
     /// RED (redundant audio) packets received.
     pub red_packets: u64,
+    /// NACKs not answered because the packet was resent to that subscription moments ago.
+    pub nack_repeats: u64,
+    /// NACKs not answered because the subscriber's retransmission budget was spent.
+    pub nack_over_budget: u64,
 }
 
 /// See the module documentation.
@@ -309,6 +314,7 @@ impl Room {
             }),
             red_payload_type: params.red_payload_type,
             next_report: None,
+            resent: RecentResends::default(),
         });
         self.index.insert(id, track_id);
         if track.info.kind == MediaKind::Video {

@@ -216,9 +216,22 @@ impl Room {
         let Some(i) = track.subscriptions.iter().position(|s| s.id == id) else {
             return;
         };
+        let sink = track.subscriptions[i].sink;
         for &out_seq in lost {
+            if !track.subscriptions[i].resent.allow(now, out_seq) {
+                self.stats.nack_repeats += 1;
+                continue;
+            }
             match retransmission(track, &track.subscriptions[i], out_seq, now) {
                 Some(packet) => {
+                    if let Some(d) = self.downlinks.get_mut(&sink) {
+                        let estimate = d.budget(now);
+                        let size = packet.payload.len() + crate::downlink::OVERHEAD;
+                        if !d.retransmit_budget.allow(now, estimate, size) {
+                            self.stats.nack_over_budget += 1;
+                            continue;
+                        }
+                    }
                     let sub = &mut track.subscriptions[i];
                     let mut packet = match &mut sub.rtx {
                         Some(rtx) => rtx.wrap(&packet),

@@ -3,6 +3,7 @@
 use crate::clock::{WallClock, ntp_add, rtp_ticks};
 use crate::forwarder::Forwarder;
 use crate::ids::{LayerIndex, SinkId, SubscriptionId};
+use crate::resend::RecentResends;
 use crate::track::PublisherReport;
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,8 @@ pub struct Subscription {
     pub(crate) rtx: Option<Rtx>,
     pub(crate) red_payload_type: Option<u8>,
     pub(crate) next_report: Option<Instant>,
+    /// Packets resent lately, so a NACK repeated within a round trip is not answered twice.
+    pub(crate) resent: RecentResends,
 }
 
 impl Subscription {

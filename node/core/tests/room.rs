@@ -210,6 +210,17 @@ fn nacks_are_answered_from_the_cache_with_the_subscribers_numbering() {
     assert_eq!(resent[1].1, &sent[17]);
     assert_eq!(h.room.stats().retransmitted, 2);
 
+    // Asked again at once (a browser re-NACKs every round trip): the copies may still be on
+    // their way, so nothing more is sent until the resend interval has passed.
+    h.room.handle_nack(h.now, sub, &lost);
+    assert!(rtp_outputs(&h.drain()).is_empty());
+    assert_eq!(h.room.stats().nack_repeats, 2);
+    h.advance(Duration::from_millis(100));
+    h.drain();
+    h.room.handle_nack(h.now, sub, &lost);
+    assert_eq!(rtp_outputs(&h.drain()).len(), 2);
+    assert_eq!(h.room.stats().retransmitted, 4);
+
     // A sequence number never sent is a miss, and nothing is sent.
     h.room.handle_nack(
         h.now,

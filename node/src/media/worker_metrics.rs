@@ -68,6 +68,11 @@ pub(super) fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
         now.dropped_unknown - before.dropped_unknown,
     );
     m.count_drop("nack_miss", now.nack_misses - before.nack_misses);
+    m.count_drop("nack_repeat", now.nack_repeats - before.nack_repeats);
+    m.count_drop(
+        "nack_over_budget",
+        now.nack_over_budget - before.nack_over_budget,
+    );
 }
 
 pub(super) fn add_edge_drops(m: &Metrics, now: &EdgeDrops, before: &EdgeDrops) {
