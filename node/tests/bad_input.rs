@@ -13,45 +13,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A syntactically valid offer from webrtc-rs (a second peer connection, acting as a client).
-fn client_offer() -> String {
-    use rtc::media_stream::MediaStreamTrack;
-    use rtc::peer_connection::RTCPeerConnectionBuilder;
-    use rtc::peer_connection::configuration::media_engine::MediaEngine;
-    use rtc::rtp_transceiver::rtp_sender::{
-        RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-    };
-    let mut me = MediaEngine::default();
-    me.register_default_codecs().unwrap();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(me)
-        .build(std::time::Instant::now())
-        .unwrap();
-    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
-        .into_iter()
-        .enumerate()
-    {
-        pc.add_track(MediaStreamTrack::new(
-            "s".into(),
-            format!("t{i}"),
-            format!("t{i}"),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(1000 + i as u32),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }],
-        ))
-        .unwrap();
-    }
-    let offer = pc.create_offer(None).unwrap();
-    pc.set_local_description(std::time::Instant::now(), offer)
-        .unwrap();
-    pc.local_description().unwrap().sdp
-}
-
 async fn post_sdp(
     base: &str,
     path: &str,
@@ -124,7 +85,7 @@ fn assert_error(v: &Value, code: &str) {
 /// Every kind of bad input, each checked against its expected answer.
 async fn attack(base: String, addr: SocketAddr, udp: Vec<SocketAddr>) {
     let room = "victim";
-    let offer = client_offer();
+    let offer = common::sdp::offer(true);
     let good = token("mallory", room, true, true);
     let whip = format!("/whip/{room}");
 
@@ -409,21 +370,12 @@ async fn bad_input_gets_clear_errors_and_no_other_room_is_harmed() {
         .expect("every bad input got its expected answer");
 
     // Garbage datagrams are counted as drops.
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dropped = |reason: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| {
-                l.starts_with("sfu_dropped_packets_total")
-                    && l.contains(&format!("reason=\"{reason}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+    let metrics = common::metrics(&base).await;
+    let dropped = |reason: &str| {
+        common::metric(
+            &metrics,
+            &format!("sfu_dropped_packets_total{{reason=\"{reason}\"}}"),
+        )
     };
     assert!(dropped("unknown_source") > 0.0, "{metrics}");
     assert!(dropped("unknown_ufrag") > 0.0, "{metrics}");

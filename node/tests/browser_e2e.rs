@@ -40,20 +40,11 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
     }
     browser.stop().await;
 
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&base).await;
     assert!(metrics.contains("sfu_packets_out_total"), "{metrics}");
     // Chromium published redundant audio (RED, which the node prefers), and the subscribers,
     // who negotiated RED too, received and played it (audio packets above).
-    let red: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("sfu_red_packets_total"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0);
+    let red = common::metric(&metrics, "sfu_red_packets_total");
     assert!(red > 100.0, "RED audio arrived: {metrics}");
     node.stop().await;
 }

@@ -12,73 +12,21 @@
 
 mod common;
 
-use common::noise::noise_camera;
-use common::shaper::Shaper;
-use common::{Browser, Sample, stat};
-use sfu_node::{Config, Server};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use common::limited::{LOW_HEIGHT, LimitedRoom};
+use common::{Sample, stat};
 use std::time::{Duration, Instant};
 
-const LOW_HEIGHT: f64 = 120.0;
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-struct Bench {
-    node: Server,
-    limiter: Shaper,
-    browser: Browser,
-    dir: std::path::PathBuf,
-}
+struct Bench(LimitedRoom);
 
 async fn start(room: &str, limit: u64) -> Bench {
-    let port = free_port();
-    let mut config = Config::loopback();
-    config.rtc.workers = 1;
-    config.rtc.udp_port = port;
-    config.rtc.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    config.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
-    let node = Server::start(config).await.expect("node starts");
-    let limiter = Shaper::start(
-        SocketAddr::from(([127, 0, 0, 2], port)),
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        limit,
-    )
-    .await;
-    let dir = std::env::temp_dir().join(format!("sfu-bench-{}-{room}", std::process::id()));
-    let camera = noise_camera(&dir);
-    let base = format!("http://{}", node.http_addr);
-    let browser = Browser::launch_with_args(
-        &[
-            (
-                "pub",
-                format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
-            ),
-            (
-                "sub",
-                format!("{base}/?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=640"),
-            ),
-        ],
-        &[camera],
-    )
-    .await;
-    Bench {
-        node,
-        limiter,
-        browser,
-        dir,
-    }
+    Bench(LimitedRoom::start(room, limit).await)
 }
 
 impl Bench {
     async fn samples(&mut self, secs: u64) -> Vec<Sample> {
         let mut v = Vec::new();
         for _ in 0..secs {
-            v.push(self.browser.sample().await);
+            v.push(self.0.browser.sample().await);
         }
         v
     }
@@ -87,6 +35,7 @@ impl Bench {
     async fn time_until(&mut self, limit: u64, done: impl Fn(&Sample) -> bool) -> Option<f64> {
         let start = Instant::now();
         let (ok, _) = self
+            .0
             .browser
             .until(Duration::from_secs(limit), |s| done(s))
             .await;
@@ -94,10 +43,7 @@ impl Bench {
     }
 
     async fn stop(self) {
-        self.browser.stop().await;
-        self.node.stop().await;
-        drop(self.limiter);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.0.stop().await;
     }
 }
 
@@ -135,7 +81,7 @@ async fn bandwidth_adaptation_with_chromium() {
     println!("|---|---:|---:|");
     let mut b = start("up", 300_000).await;
     b.samples(20).await;
-    b.limiter.set_rate(50_000_000);
+    b.0.limiter.set_rate(50_000_000);
     let up = b
         .time_until(60, |s| stat(s, "sub", "frameHeight") > LOW_HEIGHT)
         .await;
@@ -148,7 +94,7 @@ async fn bandwidth_adaptation_with_chromium() {
     let mut b = start("down", 50_000_000).await;
     b.samples(20).await;
     let before = b.samples(1).await.remove(0);
-    b.limiter.set_rate(300_000);
+    b.0.limiter.set_rate(300_000);
     let down = b
         .time_until(60, |s| {
             let h = stat(s, "sub", "frameHeight");

@@ -9,63 +9,17 @@
 
 mod common;
 
-use common::noise::noise_camera;
-use common::shaper::Shaper;
-use common::{Browser, browser_lock, expect_media, stat};
-use sfu_node::{Config, Server};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use common::limited::{LOW_HEIGHT, LimitedRoom};
+use common::{Browser, browser_lock, expect_media, metric, metrics, stat};
 use std::time::Duration;
-
-/// Height of the low layer: a quarter of the noise video's 480. (At 640x480 Chrome sends two
-/// simulcast layers, 160x120 and 320x240; it drops the third below 960x540.)
-const LOW_HEIGHT: f64 = 120.0;
-
-/// The node binds its media port on 127.0.0.1 and announces 127.0.0.2, where the limiter
-/// listens on the same port.
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
     let _guard = browser_lock().await;
     common::tracing_subscriber_init();
-    let port = free_port();
-    let mut config = Config::loopback();
-    config.rtc.workers = 1;
-    config.rtc.udp_port = port;
-    config.rtc.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    config.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))];
-    let node = Server::start(config).await.expect("node starts");
-    let limiter = Shaper::start(
-        SocketAddr::from(([127, 0, 0, 2], port)),
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        300_000,
-    )
-    .await;
-    let base = format!("http://{}", node.http_addr);
-    let room = "congested";
-    let dir = std::env::temp_dir().join(format!("sfu-congestion-{}", std::process::id()));
-    let camera = noise_camera(&dir);
-    let mut browser = Browser::launch_with_args(
-        &[
-            (
-                "pub",
-                format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
-            ),
-            (
-                "sub",
-                // Rendered large: it would take the top layer if the bandwidth allowed.
-                format!("{base}/?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=640"),
-            ),
-        ],
-        &[camera],
-    )
-    .await;
-    expect_media(&mut browser, &["sub"], 30.0, Duration::from_secs(60)).await;
+    let mut room = LimitedRoom::start("congested", 300_000).await;
+    let browser = &mut room.browser;
+    expect_media(browser, &["sub"], 30.0, Duration::from_secs(60)).await;
 
     // Settled behind the limit: the low layer.
     let (settled, s) = browser
@@ -100,7 +54,7 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
     );
 
     // The limit lifts: a higher layer follows.
-    limiter.set_rate(50_000_000);
+    room.limiter.set_rate(50_000_000);
     let (climbed, s) = browser
         .until(Duration::from_secs(40), |s| {
             stat(s, "sub", "frameHeight") > LOW_HEIGHT
@@ -112,30 +66,18 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
     // (on the RTX stream), and the picture keeps coming.
     // The frame rate without loss is the yardstick: on a busy 2-core machine Chromium encodes
     // and decodes well under 30 frames a second.
-    let (clean, _) = frames_decoded(&mut browser, 6).await;
-    limiter.set_drop_every(25);
-    let (lossy, last) = frames_decoded(&mut browser, 10).await;
-    limiter.set_drop_every(0);
+    let (clean, _) = frames_decoded(browser, 6).await;
+    room.limiter.set_drop_every(25);
+    let (lossy, last) = frames_decoded(browser, 10).await;
+    room.limiter.set_drop_every(0);
     let (clean, lossy) = (clean / 6.0, lossy / 10.0);
     assert!(
         lossy >= 2.0 && lossy >= clean / 2.0,
         "decoding through 4% loss: {lossy} frames/s against {clean} without loss; {last:#}"
     );
-    browser.stop().await;
     // The subscriber's congestion feedback reached the node, and the node probed.
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metrics = metrics(&room.base).await;
+    let counter = |name: &str| metric(&metrics, name);
     assert!(
         counter("sfu_congestion_feedback_total") > 100.0,
         "{metrics}"
@@ -149,8 +91,7 @@ async fn a_limited_subscriber_gets_the_low_layer_and_keeps_decoding() {
         counter("sfu_retransmitted_packets_total") >= 5.0,
         "{metrics}"
     );
-    node.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    room.stop().await;
 }
 
 /// Frames the subscriber decoded over `secs` one-second samples, and the last sample.

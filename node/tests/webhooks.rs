@@ -39,44 +39,6 @@ async fn receive(
     StatusCode::OK
 }
 
-fn offer() -> String {
-    use rtc::media_stream::MediaStreamTrack;
-    use rtc::peer_connection::RTCPeerConnectionBuilder;
-    use rtc::peer_connection::configuration::media_engine::MediaEngine;
-    use rtc::rtp_transceiver::rtp_sender::{
-        RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-    };
-    let mut me = MediaEngine::default();
-    me.register_default_codecs().unwrap();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(me)
-        .build(std::time::Instant::now())
-        .unwrap();
-    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
-        .into_iter()
-        .enumerate()
-    {
-        pc.add_track(MediaStreamTrack::new(
-            "s".into(),
-            format!("t{i}"),
-            format!("t{i}"),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(50 + i as u32),
-                    ..Default::default()
-                },
-                ..Default::default()
-            }],
-        ))
-        .unwrap();
-    }
-    let o = pc.create_offer(None).unwrap();
-    pc.set_local_description(std::time::Instant::now(), o)
-        .unwrap();
-    pc.local_description().unwrap().sdp
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_delivered_signed_and_retried() {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -96,7 +58,7 @@ async fn events_are_delivered_signed_and_retried() {
         .post(format!("{base}/whip/hooked"))
         .header("content-type", "application/sdp")
         .bearer_auth(common::token("obs", "hooked", true, false))
-        .body(offer())
+        .body(common::sdp::offer(true))
         .send()
         .await
         .unwrap();
@@ -253,12 +215,7 @@ async fn a_room_on_two_nodes_starts_and_finishes_once_however_its_participants_r
         );
     }
     // Nothing was dropped, and the nodes say so.
-    let metrics = reqwest::get(format!("{}/metrics", cluster.url(0)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&cluster.url(0)).await;
     assert!(
         metrics.contains("sfu_webhooks_dropped_total 0"),
         "{metrics}"

@@ -3,57 +3,8 @@
 
 mod common;
 
+use common::sdp::offer;
 use common::{start_node, token};
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use std::time::Instant;
-
-fn offer(send: bool) -> String {
-    let mut me = MediaEngine::default();
-    me.register_default_codecs().unwrap();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(me)
-        .build(Instant::now())
-        .unwrap();
-    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
-        .into_iter()
-        .enumerate()
-    {
-        if send {
-            pc.add_track(rtc::media_stream::MediaStreamTrack::new(
-                "s".into(),
-                format!("t{i}"),
-                format!("t{i}"),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(7 + i as u32),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                }],
-            ))
-            .unwrap();
-        } else {
-            pc.add_transceiver_from_kind(
-                kind,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Recvonly,
-                    streams: vec![],
-                    send_encodings: vec![],
-                }),
-            )
-            .unwrap();
-        }
-    }
-    let o = pc.create_offer(None).unwrap();
-    pc.set_local_description(Instant::now(), o).unwrap();
-    pc.local_description().unwrap().sdp
-}
 
 fn ufrag(sdp: &str) -> String {
     sdp.lines()

@@ -25,7 +25,7 @@ use crate::nack::{NackConfig, NackGenerator};
 use bytes::Bytes;
 use sfu_core::{LayerIndex, SinkId, TrackId};
 use sfu_proto::relay::{
-    AudioLevel, AudioLevels, Frame, KeyframeRequest, Nack, Subscribe, TrackInfo, frame::Body,
+    AudioLevel, AudioLevels, Frame, KeyframeRequest, Nack, TrackInfo, frame::Body,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -418,20 +418,7 @@ impl Relay {
 
     /// Forgets a remote track (its origin unpublished it, or the origin node is gone).
     pub fn forget(&mut self, key: &TrackKey) {
-        if let Some(w) = self.wants.remove(key) {
-            self.inbound.retain(|_, f| &f.key != key);
-            if w.state != WantState::Idle && self.is_up(&w.via) {
-                self.send(
-                    &w.via,
-                    Body::Subscribe(Subscribe {
-                        room: key.room.to_string(),
-                        track: key.track.0,
-                        layers: vec![],
-                        origin: w.origin.to_string(),
-                    }),
-                );
-            }
-        }
+        self.drop_want(key);
         if self.feeds.get(key).is_some_and(|f| !f.local) {
             self.end_feed(key);
         }

@@ -33,23 +33,30 @@ impl Relay {
         layers
     }
 
+    /// Stops wanting a track: forgets the want and the flows it was fed by, and tells the node
+    /// feeding it (an empty subscription) if one was asked. Returns the want, if there was one.
+    pub(crate) fn drop_want(&mut self, key: &TrackKey) -> Option<Want> {
+        let w = self.wants.remove(key)?;
+        self.inbound.retain(|_, f| &f.key != key);
+        if w.state != WantState::Idle && self.is_up(&w.via) {
+            self.send(
+                &w.via,
+                Body::Subscribe(Subscribe {
+                    room: key.room.to_string(),
+                    track: key.track.0,
+                    layers: vec![],
+                    origin: w.origin.to_string(),
+                }),
+            );
+        }
+        Some(w)
+    }
+
     pub(crate) fn update_want(&mut self, now: Instant, key: &TrackKey) {
         let needed = self.needed(key);
         let Some(w) = self.wants.get(key) else { return };
         if needed.is_empty() {
-            let w = self.wants.remove(key).expect("checked above");
-            self.inbound.retain(|_, f| &f.key != key);
-            if w.state != WantState::Idle && self.is_up(&w.via) {
-                self.send(
-                    &w.via,
-                    Body::Subscribe(Subscribe {
-                        room: key.room.to_string(),
-                        track: key.track.0,
-                        layers: vec![],
-                        origin: w.origin.to_string(),
-                    }),
-                );
-            }
+            let w = self.drop_want(key).expect("checked above");
             if w.state == WantState::Active {
                 self.outputs.push_back(Output::Unfed {
                     key: key.clone(),

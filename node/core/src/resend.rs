@@ -28,24 +28,18 @@ const MIN_BURST_BYTES: f64 = 1_500.0;
 /// Slots remembered per subscription (a power of two, indexed by sequence number).
 const SLOTS: usize = 64;
 
-/// The last packets resent to one subscription, by outgoing sequence number.
-#[derive(Debug)]
+/// The last packets resent to one subscription, by outgoing sequence number. The slots are
+/// allocated at the first NACK: most subscriptions (audio, clean links) never see one.
+#[derive(Debug, Default)]
 pub struct RecentResends {
-    slots: Box<[Option<(u16, Instant)>; SLOTS]>,
-}
-
-impl Default for RecentResends {
-    fn default() -> Self {
-        Self {
-            slots: Box::new([None; SLOTS]),
-        }
-    }
+    slots: Option<Box<[Option<(u16, Instant)>; SLOTS]>>,
 }
 
 impl RecentResends {
     /// Whether `seq` may be resent now; if so, remembers that it is.
     pub fn allow(&mut self, now: Instant, seq: u16) -> bool {
-        let slot = &mut self.slots[seq as usize % SLOTS];
+        let slots = self.slots.get_or_insert_with(|| Box::new([None; SLOTS]));
+        let slot = &mut slots[seq as usize % SLOTS];
         if let Some((s, at)) = *slot
             && s == seq
             && now.saturating_duration_since(at) < RESEND_INTERVAL

@@ -66,6 +66,14 @@ fn random_alnum(n: usize) -> String {
         .collect()
 }
 
+/// The payload type negotiated for RED among `codecs`, if any.
+pub fn red_payload_type(codecs: &[RTCRtpCodecParameters]) -> Option<u8> {
+    codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(RED_MIME))
+        .map(|c| c.payload_type)
+}
+
 /// Codecs the node negotiates, in order of preference.
 fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
     let video_feedback = || {
@@ -165,6 +173,25 @@ pub fn build(
     let mut me = MediaEngine::default();
     register_codecs(&mut me)?;
     let mut registry = Registry::new();
+    // Transport-wide congestion control both ways: publishers get TWCC reports from us (the
+    // TWCC receiver below); subscribers get transport-wide sequence numbers on every packet
+    // we send (the forwarding core writes them) and send TWCC reports back.
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: TWCC_URI.into(),
+            },
+            kind,
+            None,
+        )?;
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "transport-cc".into(),
+                parameter: "".into(),
+            },
+            kind,
+        );
+    }
     if direction == Direction::Publish {
         for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
             me.register_header_extension(
@@ -174,20 +201,6 @@ pub fn build(
                 kind,
                 None,
             )?;
-            me.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: TWCC_URI.into(),
-                },
-                kind,
-                None,
-            )?;
-            me.register_feedback(
-                RTCPFeedback {
-                    typ: "transport-cc".into(),
-                    parameter: "".into(),
-                },
-                kind,
-            );
         }
         for uri in [RID_URI, RRID_URI] {
             me.register_header_extension(
@@ -209,25 +222,7 @@ pub fn build(
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
     }
     if direction == Direction::Subscribe {
-        // Congestion feedback from subscribers: transport-wide sequence numbers on every
-        // packet we send (the forwarding core writes them), TWCC reports back; REMB for
-        // clients without TWCC.
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            me.register_header_extension(
-                RTCRtpHeaderExtensionCapability {
-                    uri: TWCC_URI.into(),
-                },
-                kind,
-                None,
-            )?;
-            me.register_feedback(
-                RTCPFeedback {
-                    typ: "transport-cc".into(),
-                    parameter: "".into(),
-                },
-                kind,
-            );
-        }
+        // REMB for subscribers without TWCC.
         me.register_feedback(
             RTCPFeedback {
                 typ: "goog-remb".into(),

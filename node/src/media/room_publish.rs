@@ -210,15 +210,7 @@ impl LocalRoom {
                 .iter()
                 .find(|h| h.uri == AUDIO_LEVEL_URI)
                 .and_then(|h| u8::try_from(h.id).ok());
-            let red_payload_type = params
-                .codecs
-                .iter()
-                .find(|c| {
-                    c.rtp_codec
-                        .mime_type
-                        .eq_ignore_ascii_case(super::peer::RED_MIME)
-                })
-                .map(|c| c.payload_type);
+            let red_payload_type = super::peer::red_payload_type(&params.codecs);
             found.push(Offered {
                 rtc_track,
                 kind,

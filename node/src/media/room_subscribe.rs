@@ -687,16 +687,7 @@ fn red_for(
         return None;
     }
     let mut s = pc.rtp_sender(sender)?;
-    s.get_parameters()
-        .rtp_parameters
-        .codecs
-        .iter()
-        .find(|c| {
-            c.rtp_codec
-                .mime_type
-                .eq_ignore_ascii_case(super::peer::RED_MIME)
-        })
-        .map(|c| c.payload_type)
+    super::peer::red_payload_type(&s.get_parameters().rtp_parameters.codecs)
 }
 
 /// The payload type a subscriber negotiated on a sender for a codec (matching MIME type, and

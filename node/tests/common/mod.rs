@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod limited;
 pub mod noise;
 pub mod process;
 pub mod sdp;
@@ -27,6 +28,26 @@ pub async fn start_node() -> Server {
     Server::start(Config::loopback())
         .await
         .expect("node starts")
+}
+
+/// A node's Prometheus text (`GET /metrics` on its HTTP base URL).
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of the sample whose line starts with `series` (a name, with its labels if it has
+/// any, e.g. `sfu_dropped_packets_total{reason="paused"}`), or 0 if there is none.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 pub fn tracing_subscriber_init() -> Option<()> {
