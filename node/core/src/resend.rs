@@ -28,11 +28,14 @@ const MIN_BURST_BYTES: f64 = 1_500.0;
 /// Slots remembered per subscription (a power of two, indexed by sequence number).
 const SLOTS: usize = 64;
 
+/// When each remembered sequence number was last resent.
+type Slots = [Option<(u16, Instant)>; SLOTS];
+
 /// The last packets resent to one subscription, by outgoing sequence number. The slots are
 /// allocated at the first NACK: most subscriptions (audio, clean links) never see one.
 #[derive(Debug, Default)]
 pub struct RecentResends {
-    slots: Option<Box<[Option<(u16, Instant)>; SLOTS]>>,
+    slots: Option<Box<Slots>>,
 }
 
 impl RecentResends {
