@@ -15,8 +15,8 @@
 //! overused before), never beyond 1.5× what was acknowledged, so an idle link cannot talk
 //! itself into a rate it never carried. Climbing faster is the job of **probes**: a cluster of
 //! packets sent at a chosen rate; if the subscriber received them at that rate without the
-//! queue growing, the target jumps to it (see [`crate::probe`]). Heavy loss (above 10%) cuts
-//! the target by half the loss fraction.
+//! queue growing, the target jumps to it (see [`crate::probe`]). Heavy loss (above 10%, in the
+//! latest report and over the last second) cuts the target to just under what was delivered.
 //!
 //! Subscribers that do not negotiate TWCC but send REMB get the REMB value as their estimate.
 //!
@@ -397,10 +397,11 @@ impl Estimator {
             }
             _ => {}
         }
-        // Heavy loss in the latest report: the path delivers what was acknowledged and no
-        // more (a full drop-tail queue shows no delay growth, only loss). Judged on the latest
-        // report, not the last second, so that once sending fits, cutting stops.
-        if batch_loss > HIGH_LOSS && settled {
+        // Heavy loss: the path delivers what was acknowledged and no more (a full drop-tail
+        // queue shows no delay growth, only loss). The latest report must show it, so that once
+        // sending fits, cutting stops; and so must the last second, because a report of a few
+        // packets shows one random loss as 15 or 20 %.
+        if batch_loss > HIGH_LOSS && self.loss_fraction() > HIGH_LOSS && settled {
             self.target = match acked {
                 Some(a) => (a * 0.9).min(self.target),
                 None => self.target * (1.0 - 0.5 * batch_loss),
@@ -504,8 +505,8 @@ mod tests {
     }
 
     /// Sends up to `rate_bps` of video, never more than the estimate (as the allocator does):
-    /// a frame of 1,000-byte packets every 33 ms, for `secs` over a link of `link_bps` with a 20 ms base delay and an unbounded
-    /// queue, reporting every 50 ms; returns the estimate.
+    /// a frame of 1,000-byte packets every 33 ms, for `secs` over a link of `link_bps` with a
+    /// 20 ms base delay and an unbounded queue, reporting every 50 ms; returns the estimate.
     fn drive(
         e: &mut Estimator,
         t0: Instant,
@@ -513,6 +514,19 @@ mod tests {
         rate_bps: f64,
         link_bps: f64,
         secs: f64,
+    ) -> f64 {
+        drive_lossy(e, t0, seq, rate_bps, link_bps, secs, 0)
+    }
+
+    /// [`drive`], with every `lose_every`th packet lost on the way (0: none).
+    fn drive_lossy(
+        e: &mut Estimator,
+        t0: Instant,
+        seq: &mut u16,
+        rate_bps: f64,
+        link_bps: f64,
+        secs: f64,
+        lose_every: u16,
     ) -> f64 {
         let size = 1_000usize;
         let frame = Duration::from_millis(33);
@@ -544,7 +558,10 @@ mod tests {
                 if let Some(&(base, _)) = ready.first() {
                     let arrivals: Vec<Option<u64>> = ready
                         .iter()
-                        .map(|(_, a)| Some(a.duration_since(t0).as_micros() as u64 + 1_000_000))
+                        .map(|&(s, a)| {
+                            let lost = lose_every != 0 && s % lose_every == 0;
+                            (!lost).then(|| a.duration_since(t0).as_micros() as u64 + 1_000_000)
+                        })
                         .collect();
                     e.on_twcc(next_report, &twcc(base, &arrivals));
                     pending.retain(|(_, a)| *a > next_report);
@@ -593,6 +610,25 @@ mod tests {
         );
         assert!(target > 250_000.0, "but not far below: {target}");
         assert!(e.acked_bps().is_some_and(|a| a <= 410_000.0));
+    }
+
+    #[test]
+    fn light_random_loss_does_not_bring_the_estimate_down() {
+        // 4 % loss at a few packets per report: single reports often show more than 10 %
+        // (one of five), the last second never does. Only the latter is congestion.
+        let t0 = Instant::now();
+        let mut e = Estimator::new(EstimatorConfig {
+            initial_bps: 800_000.0,
+            ..Default::default()
+        });
+        let mut seq = 0;
+        let target = drive_lossy(&mut e, t0, &mut seq, 800_000.0, 10_000_000.0, 5.0, 25);
+        assert!(
+            (e.loss_fraction() - 0.04).abs() < 0.02,
+            "{}",
+            e.loss_fraction()
+        );
+        assert!(target >= 800_000.0, "kept: {target}");
     }
 
     #[test]
