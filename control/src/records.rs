@@ -66,6 +66,15 @@ pub struct ParticipantRecord {
     pub identity: String,
     pub name: String,
     pub node: String,
+    /// How it is connected: `client` (signaling), `whip` or `whep`. Empty in records of
+    /// nodes that predate it.
+    #[serde(default)]
+    pub kind: String,
+    /// When the session joined, in Unix milliseconds, and later than any other session with
+    /// its identity and kind that its node knew of: of two such sessions on different nodes,
+    /// the one with the later (`joined_ms`, `sid`) stays.
+    #[serde(default)]
+    pub joined_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

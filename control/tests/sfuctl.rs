@@ -146,6 +146,8 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         identity: "alice".into(),
         name: "Alice".into(),
         node: "n1".into(),
+        kind: "client".into(),
+        joined_ms: 0,
     };
     put(
         keys.participant("lobby", "PA_1"),

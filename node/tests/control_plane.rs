@@ -1,5 +1,6 @@
 //! The control plane against real etcd and real nodes: the room limit under concurrent joins
-//! (and against reloads and WHEP players sharing a token), placement filling a node then
+//! (and against reloads and WHEP players sharing a token), one session per identity across
+//! nodes, placement filling a node then
 //! spilling, draining a browser subscriber's node, and every API
 //! refusing bad credentials.
 
@@ -148,6 +149,64 @@ async fn reloads_and_whep_players_sharing_a_token_stay_within_the_limit() {
         "two players, then room_full"
     );
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_identity_has_one_session_across_the_cluster() {
+    let cluster = Cluster::start(2, 0).await;
+    let t = |who: &str| token(who, "open", true, true);
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let (mut bob, j) = ws_join(&a, &t("bob")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let (mut alice_a, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let first = j["participant"]["sid"].clone();
+    // Alice opens the room again, placed on the other node: the session on node a ends.
+    let (mut alice_b, j) = ws_join(&b, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let second = j["participant"]["sid"].clone();
+    let left = next_of(&mut alice_a, &["left"], Duration::from_secs(10)).await;
+    assert_eq!(
+        left["reason"],
+        "another session joined with the same identity"
+    );
+    // Bob sees the old session leave, and the registry ends with the new one only.
+    while next_of(&mut bob, &["participant_left"], Duration::from_secs(10)).await["participant"]
+        != first
+    {}
+    assert!(
+        only_session_on(&cluster, "alice", 1).await,
+        "one alice, on node b"
+    );
+    // And back on node a: now the session on node b ends, whatever the nodes' clocks say.
+    let (_alice_a2, j) = ws_join(&a, &t("alice")).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    let left = next_of(&mut alice_b, &["left"], Duration::from_secs(10)).await;
+    assert_eq!(
+        left["reason"], "another session joined with the same identity",
+        "{second}"
+    );
+    assert!(
+        only_session_on(&cluster, "alice", 0).await,
+        "one alice, on node a"
+    );
+    cluster.stop().await;
+}
+
+/// Whether the control plane comes to list exactly one session of `identity` in room `open`,
+/// on node `node`, within ten seconds.
+async fn only_session_on(cluster: &Cluster, identity: &str, node: usize) -> bool {
+    let node = &cluster.nodes[node].node_id;
+    eventually(Duration::from_secs(10), || async {
+        let sessions: Vec<_> = participants("open", &cluster.grpc())
+            .await
+            .into_iter()
+            .filter(|p| p.identity == identity)
+            .collect();
+        (sessions.len() == 1 && sessions[0].node == *node).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

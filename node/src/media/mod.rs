@@ -47,6 +47,23 @@ pub enum ParticipantKind {
     Whep { source: Option<String> },
 }
 
+impl ParticipantKind {
+    /// The name the registry records it under.
+    pub fn record_name(&self) -> &'static str {
+        match self {
+            ParticipantKind::Client => "client",
+            ParticipantKind::Whip => "whip",
+            ParticipantKind::Whep { .. } => "whep",
+        }
+    }
+
+    /// Whether one identity may have only one session of this kind in a room. WHEP players
+    /// often share one viewer token, so only the publishing kinds are unique.
+    pub fn unique(&self) -> bool {
+        !matches!(self, ParticipantKind::Whep { .. })
+    }
+}
+
 /// A request to join a room.
 pub struct JoinRequest {
     pub room: String,

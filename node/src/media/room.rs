@@ -65,6 +65,8 @@ pub(super) struct Participant {
     pub auto_subscribe: bool,
     /// Join order, so WHEP players pick publishers deterministically.
     pub seq: u64,
+    /// See [`sfu_control::ParticipantRecord::joined_ms`].
+    pub joined_ms: u64,
     pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
     pub publisher: Option<usize>,
     pub subscriber: Option<usize>,
@@ -115,6 +117,9 @@ pub(super) struct RemoteParticipant {
     pub identity: String,
     pub name: String,
     pub node: String,
+    /// `kind` and `joined_ms` of its record.
+    pub kind: String,
+    pub joined_ms: u64,
     pub seq: u64,
     pub tracks: Vec<TrackId>,
 }
@@ -334,6 +339,7 @@ impl LocalRoom {
             return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
         }
         let sid = format!("PA_{:016x}", rand::random::<u64>());
+        let joined_ms = self.join_time(&identity, &request.kind);
         self.next_seq += 1;
         let whip = request.kind == ParticipantKind::Whip;
         let whep = matches!(request.kind, ParticipantKind::Whep { .. });
@@ -346,6 +352,7 @@ impl LocalRoom {
             auto_subscribe: request.auto_subscribe && request.kind == ParticipantKind::Client,
             kind: request.kind,
             seq: self.next_seq,
+            joined_ms,
             events: request.events,
             slot: request.slot,
             publisher: None,
@@ -367,6 +374,8 @@ impl LocalRoom {
                 identity: participant.identity.clone(),
                 name: participant.name.clone(),
                 node: self.ctx.node_id.to_string(),
+                kind: participant.kind.record_name().to_owned(),
+                joined_ms,
             },
         });
         self.broadcast(

@@ -5,8 +5,12 @@ use super::ParticipantKind;
 use super::egress::{Effect, Egress};
 use super::room::{LocalRoom, Origin};
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
+use sfu_control::ParticipantRecord;
 use sfu_core::TrackId;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Why a session ended when another with its identity joined.
+const REPLACED: &str = "another session joined with the same identity";
 
 impl LocalRoom {
     /// The sid of the local participant with this identity.
@@ -24,9 +28,9 @@ impl LocalRoom {
     }
 
     /// Ends the session a new one with this identity and kind replaces (a reload), if there
-    /// is one. WHEP players often share one viewer token, so only publishing kinds are unique.
-    /// Admission calls this before claiming a place in a limited room, so the old session's
-    /// place is free for the new one; joining calls it again in case none did.
+    /// is one (see [`ParticipantKind::unique`]). Admission calls this before claiming a place
+    /// in a limited room, so the old session's place is free for the new one; joining calls it
+    /// again in case none did.
     pub fn end_replaced(
         &mut self,
         now: Instant,
@@ -34,7 +38,7 @@ impl LocalRoom {
         kind: &ParticipantKind,
         out: &mut Egress,
     ) -> bool {
-        if matches!(kind, ParticipantKind::Whep { .. }) {
+        if !kind.unique() {
             return false;
         }
         let Some(old) = self
@@ -45,13 +49,54 @@ impl LocalRoom {
         else {
             return false;
         };
-        self.leave(
-            now,
-            &old,
-            "another session joined with the same identity",
-            out,
-        );
+        self.leave(now, &old, REPLACED, out);
         true
+    }
+
+    /// The `joined_ms` of a session joining now: the wall clock, but later than any session
+    /// with this identity and kind on other nodes, so that the node holding the older one ends
+    /// it (see [`LocalRoom::end_superseded`]) even if its clock runs ahead of ours.
+    pub(super) fn join_time(&self, identity: &str, kind: &ParticipantKind) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.remote
+            .values()
+            .filter(|r| r.identity == identity && r.kind == kind.record_name())
+            .map(|r| r.joined_ms + 1)
+            .fold(wall, u64::max)
+    }
+
+    /// A session joined on another node: a local session with its identity and kind that
+    /// joined before it (by `joined_ms`, then sid) ends, as a reload on the same node would
+    /// end it. Both nodes see both records and judge them alike, so exactly one stays.
+    pub(super) fn end_superseded(
+        &mut self,
+        now: Instant,
+        record: &ParticipantRecord,
+        out: &mut Egress,
+    ) {
+        let newer = (record.joined_ms, record.sid.as_str());
+        let Some(old) = self
+            .participants
+            .values()
+            .find(|p| {
+                p.kind.unique()
+                    && p.kind.record_name() == record.kind
+                    && p.identity == record.identity
+                    && (p.joined_ms, p.sid.as_str()) < newer
+            })
+            .map(|p| p.sid.clone())
+        else {
+            return;
+        };
+        tracing::info!(
+            room = %self.name,
+            identity = record.identity,
+            node = record.node,
+            "the same identity joined on another node: ending the older session here"
+        );
+        self.leave(now, &old, REPLACED, out);
     }
 
     /// Removes a participant (by identity) from the room.

@@ -17,15 +17,23 @@ use std::time::Instant;
 
 impl LocalRoom {
     /// A participant joined (or changed) on another node.
-    pub fn on_remote_participant(&mut self, record: ParticipantRecord) {
+    pub fn on_remote_participant(
+        &mut self,
+        now: Instant,
+        record: ParticipantRecord,
+        out: &mut Egress,
+    ) {
         if *record.node == *self.ctx.node_id || self.remote.contains_key(&record.sid) {
             return;
         }
+        self.end_superseded(now, &record, out);
         self.next_seq += 1;
         let r = RemoteParticipant {
             identity: record.identity,
             name: record.name,
             node: record.node,
+            kind: record.kind,
+            joined_ms: record.joined_ms,
             seq: self.next_seq,
             tracks: Vec::new(),
         };

@@ -398,7 +398,7 @@ impl Worker {
         let (participants, tracks) = self.membership.room(name);
         let room = &mut self.rooms[idx];
         for p in participants {
-            room.on_remote_participant(p);
+            room.on_remote_participant(now, p, &mut self.out);
         }
         for t in tracks {
             room.on_remote_track(now, t, &mut self.out);

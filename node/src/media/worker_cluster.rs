@@ -342,7 +342,9 @@ impl Worker {
         };
         let r = &mut self.rooms[idx];
         match e {
-            ClusterEvent::Participant { record, .. } => r.on_remote_participant(record),
+            ClusterEvent::Participant { record, .. } => {
+                r.on_remote_participant(now, record, &mut self.out)
+            }
             ClusterEvent::ParticipantGone { sid, .. } => {
                 r.on_remote_participant_gone(now, &sid, &mut self.out)
             }
