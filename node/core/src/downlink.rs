@@ -59,10 +59,15 @@ const RESUME_PROOF: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
-/// A subscriber whose video is all paused for want of bandwidth has one way back: let the
-/// estimate grow until the lowest layer is tried again. When such a try fails (paused again
-/// within [`RESUME_PROOF`]), the next waits longer: 2 s, 4 s, ... up to 30 s, so a link that
-/// cannot carry any video is not congested over and over.
+/// A subscriber with a wanted video paused for want of bandwidth (all of its video, or one
+/// participant's of several) needs the estimate to grow past what it carries now, which the
+/// estimator otherwise caps at 1.5 times that. Probes are meant for this, but real browsers
+/// leave some probe packets out of their feedback, so a probe can fail on a link with room to
+/// spare (a second participant's video then never started behind a relay in the cluster test
+/// on a slow machine). So the estimate may grow while starved, until the allocator tries the
+/// lowest layer again. When such a try fails (paused again within [`RESUME_PROOF`]), the next
+/// waits longer: 2 s, 4 s, ... up to 30 s, so a link that cannot carry the video is not
+/// congested over and over.
 #[derive(Debug)]
 pub(crate) struct Starvation {
     starved: bool,

@@ -133,6 +133,11 @@ impl Room {
                 })
                 .collect();
             let allocation = allocate(budget, &demands);
+            // Starved: some video that is wanted gets no layer at all.
+            let starved = budget.is_some()
+                && demands.iter().zip(&allocation.layers).any(|(d, l)| {
+                    d.kind == MediaKind::Video && d.max_layer.is_some() && l.is_none()
+                });
             drop(demands);
             for ((t, i), layer) in subs.iter().zip(&allocation.layers) {
                 let Some(track) = self.tracks.get_mut(t) else {
@@ -154,18 +159,8 @@ impl Room {
                 }
             }
             let carrier = self.probe_carrier(sink).is_some();
-            // Starved: video is wanted, and none of it fits.
-            let starved = subs.iter().zip(&allocation.layers).any(|((t, i), l)| {
-                let track = &self.tracks[t];
-                track.info.kind == MediaKind::Video
-                    && track.subscriptions[*i].enabled
-                    && l.is_none()
-            }) && subs
-                .iter()
-                .zip(&allocation.layers)
-                .all(|((t, _), l)| self.tracks[t].info.kind != MediaKind::Video || l.is_none());
             if let Some(d) = self.downlinks.get_mut(&sink) {
-                let grow = d.starvation.update(now, starved && budget.is_some());
+                let grow = d.starvation.update(now, starved);
                 d.estimator.set_starved(grow);
             }
             if let (Some(estimate), Some(d)) = (estimate, self.downlinks.get_mut(&sink))
