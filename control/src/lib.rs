@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod membership;
+pub mod node_api;
 pub mod placement;
 pub mod records;
 pub mod registry;

@@ -20,13 +20,20 @@
 //! - **First and last.** [`Membership::set_json_alone`] and [`Membership::remove_alone`] write
 //!   an owned key and learn, from the same etcd transaction, whether it is the only key under
 //!   a prefix: exactly one node sees a room's first participant arrive and its last one leave.
+//! - **Places in limited rooms.** [`Membership::reserve`] takes one place for a joining session
+//!   from the places this node holds in the room, and when none is spare reserves a block of
+//!   them in one transaction (see [`crate::records::ReservationRecord`]); [`Membership::release`]
+//!   gives one back. Spare places a node has not used for a while go back to the room, so
+//!   other nodes can take them.
 //!
 //! Media never waits for any of this: if etcd is unreachable, what flows keeps flowing.
 
-use crate::records::{Key, Keys, NodeRecord, ParticipantRecord, TrackRecord};
+use crate::records::{
+    HandRecord, Key, Keys, NodeRecord, ParticipantRecord, ReservationRecord, TrackRecord,
+};
 use crate::registry::{LeaseId, Listing, Registry, RegistryError, Watch, WatchEvent};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -54,6 +61,21 @@ pub enum ClusterEvent {
         room: String,
         track: String,
     },
+    /// The counted audience of a room on a node (0: none, the record is gone).
+    Audience {
+        room: String,
+        node: String,
+        count: u32,
+    },
+    /// A hand was raised in a room.
+    Hand {
+        room: String,
+        record: HandRecord,
+    },
+    HandGone {
+        room: String,
+        sid: String,
+    },
     /// The node is registered (again) under a new lease, or lost its lease.
     Registered(bool),
 }
@@ -67,6 +89,13 @@ enum Op {
         oneshot::Sender<Result<bool, RegistryError>>,
     ),
     Read(String, oneshot::Sender<Result<Listing, RegistryError>>),
+    Reserve {
+        room: String,
+        node: String,
+        limit: u32,
+        reply: oneshot::Sender<Result<bool, RegistryError>>,
+    },
+    Release(String),
     /// Put (`Some`) or delete an owned key, then tell `then` whether it was alone under the
     /// prefix (see [`Registry::write_alone`]).
     WriteAlone {
@@ -82,6 +111,23 @@ enum Op {
 type AloneCallback = Box<dyn FnOnce(Result<bool, RegistryError>) + Send>;
 
 type Mirror = Arc<RwLock<BTreeMap<String, Vec<u8>>>>;
+
+/// Transactions tried before a reservation gives up (each fails only if another node
+/// reserved meanwhile).
+const RESERVE_ATTEMPTS: usize = 8;
+/// The most places reserved at once.
+const MAX_BLOCK: u32 = 32;
+/// Spare places not taken for this long go back to the room.
+const SPARE_HOLD: Duration = Duration::from_secs(1);
+
+/// Places a node holds in one limited room.
+struct Pool {
+    /// Its reservation record's key.
+    key: String,
+    reserved: u32,
+    used: u32,
+    last_taken: Instant,
+}
 
 /// Handle to the membership task.
 #[derive(Clone)]
@@ -132,6 +178,7 @@ impl Membership {
             ttl,
             observer,
             claimed: BTreeSet::new(),
+            pools: HashMap::new(),
             registered: m.registered.clone(),
             mirror: m.mirror.clone(),
             events,
@@ -214,6 +261,28 @@ impl Membership {
         });
     }
 
+    /// Takes one place in `room`, which admits at most `limit` sessions over the whole cluster:
+    /// `Ok(false)` if every place is taken. Reserves a block of places in one registry
+    /// transaction when this node has none spare.
+    pub async fn reserve(&self, room: &str, node: &str, limit: u32) -> Result<bool, RegistryError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Reserve {
+                room: room.to_owned(),
+                node: node.to_owned(),
+                limit,
+                reply: tx,
+            })
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?;
+        rx.await
+            .map_err(|_| RegistryError::Unavailable("membership stopped".into()))?
+    }
+
+    /// Gives back a place taken with [`Membership::reserve`] (its session left).
+    pub fn release(&self, room: &str) {
+        let _ = self.ops.send(Op::Release(room.to_owned()));
+    }
+
     /// Keys and values under a prefix, read from the registry now (not from the view), with
     /// the revision the listing reflects. Fails if the registry cannot be reached.
     pub async fn read(&self, prefix: &str) -> Result<Listing, RegistryError> {
@@ -266,13 +335,40 @@ impl Membership {
         self.view(&format!("{}nodes/", self.keys.prefix()))
     }
 
-    /// The participants and tracks of a room, on every node.
+    /// The announced participants (stage, and the audience of small rooms) and the tracks of
+    /// a room, on every node.
     pub fn room(&self, room: &str) -> (Vec<ParticipantRecord>, Vec<TrackRecord>) {
-        let base = format!("{}rooms/{room}/", self.keys.prefix());
+        let participants = self
+            .list(&self.keys.participants_prefix(room))
+            .into_iter()
+            .filter(|(k, _)| matches!(self.keys.parse(k), Some(Key::Participant { .. })))
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect();
         (
-            self.view(&format!("{base}participants/")),
-            self.view(&format!("{base}tracks/")),
+            participants,
+            self.view(&format!("{}rooms/{room}/tracks/", self.keys.prefix())),
         )
+    }
+
+    /// The counted audience of a room, per node.
+    pub fn audience(&self, room: &str) -> Vec<(String, u32)> {
+        self.list(&self.keys.participants_prefix(room))
+            .into_iter()
+            .filter_map(|(k, v)| match self.keys.parse(&k)? {
+                Key::Audience { node, .. } => {
+                    let r: crate::records::AudienceRecord = serde_json::from_slice(&v).ok()?;
+                    Some((node, r.count))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The raised hands of a room, earliest first.
+    pub fn hands(&self, room: &str) -> Vec<HandRecord> {
+        let mut hands: Vec<HandRecord> = self.view(&self.keys.hands_prefix(room));
+        hands.sort_by(|a, b| (a.raised_ms, &a.sid).cmp(&(b.raised_ms, &b.sid)));
+        hands
     }
 }
 
@@ -285,6 +381,8 @@ struct Task<R> {
     observer: bool,
     /// Owned keys that were claimed (written again only if still free).
     claimed: BTreeSet<String>,
+    /// Places held in limited rooms, by room.
+    pools: HashMap<String, Pool>,
     registered: Arc<AtomicBool>,
     mirror: Mirror,
     events: mpsc::UnboundedSender<ClusterEvent>,
@@ -333,6 +431,10 @@ impl<R: Registry> Task<R> {
                             let _ = reply.send(registry.list(&prefix).await);
                         });
                     }
+                    Some(Op::Reserve { room, node, limit, reply }) => {
+                        let _ = reply.send(self.reserve(&room, &node, limit).await);
+                    }
+                    Some(Op::Release(room)) => self.release(&room),
                     Some(Op::WriteAlone { key, value, prefix, then }) => {
                         then(self.write_alone(key, value, &prefix).await);
                     }
@@ -348,6 +450,7 @@ impl<R: Registry> Task<R> {
                 },
                 _ = tick.tick() => {
                     self.renew().await;
+                    self.return_spare_places();
                     if watch.is_none() {
                         watch = self.resync().await;
                     }
@@ -444,6 +547,110 @@ impl<R: Registry> Task<R> {
             }
         }
         result
+    }
+
+    /// See [`Membership::reserve`].
+    async fn reserve(&mut self, room: &str, node: &str, limit: u32) -> Result<bool, RegistryError> {
+        let key = self.keys.reservation(room, node);
+        let pool = self.pools.entry(room.to_owned()).or_insert_with(|| Pool {
+            key: key.clone(),
+            reserved: 0,
+            used: 0,
+            last_taken: Instant::now(),
+        });
+        if pool.reserved > pool.used {
+            pool.used += 1;
+            pool.last_taken = Instant::now();
+            return Ok(true);
+        }
+        let Some(lease) = self.lease else {
+            return Err(RegistryError::Unavailable("not registered".into()));
+        };
+        let prefix = self.keys.reservations_prefix(room);
+        for _ in 0..RESERVE_ATTEMPTS {
+            let (kvs, revision) = self.registry.list(&prefix).await?;
+            let others: u32 = kvs
+                .iter()
+                .filter(|(k, _)| *k != key)
+                .filter_map(|(_, v)| serde_json::from_slice::<ReservationRecord>(v).ok())
+                .map(|r| r.reserved)
+                .sum();
+            let Some(pool) = self.pools.get_mut(room) else {
+                return Ok(false);
+            };
+            let free = limit.saturating_sub(others).saturating_sub(pool.reserved);
+            if free == 0 {
+                return Ok(false);
+            }
+            // Large blocks while the room is far from full, single places near the end, so
+            // that spare places other nodes hold rarely turn a join away.
+            let block = (free / 8).clamp(1, MAX_BLOCK);
+            let record = ReservationRecord {
+                reserved: pool.reserved + block,
+                used: pool.used + 1,
+            };
+            let value = serde_json::to_vec(&record).unwrap_or_default();
+            match self
+                .registry
+                .put_if_unchanged(&key, value.clone(), lease, &prefix, revision)
+                .await
+            {
+                Ok(true) => {
+                    pool.reserved = record.reserved;
+                    pool.used = record.used;
+                    pool.last_taken = Instant::now();
+                    self.desired.insert(key.clone(), value);
+                    self.dirty.remove(&key);
+                    return Ok(true);
+                }
+                Ok(false) => continue,
+                Err(RegistryError::LeaseExpired) => {
+                    self.lose_lease();
+                    return Err(RegistryError::LeaseExpired);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RegistryError::Unavailable(
+            "too many nodes reserving places in this room at once".into(),
+        ))
+    }
+
+    /// See [`Membership::release`].
+    fn release(&mut self, room: &str) {
+        if let Some(pool) = self.pools.get_mut(room) {
+            pool.used = pool.used.saturating_sub(1);
+        }
+    }
+
+    /// Places held spare for a while go back to their room (a lower reservation needs no
+    /// transaction: it cannot break the limit). Also publishes how many are used.
+    fn return_spare_places(&mut self) {
+        let now = Instant::now();
+        let mut emptied = Vec::new();
+        for (room, pool) in &mut self.pools {
+            let idle = now.saturating_duration_since(pool.last_taken) >= SPARE_HOLD;
+            if !idle || pool.reserved == pool.used {
+                continue;
+            }
+            pool.reserved = pool.used;
+            let key = pool.key.clone();
+            if pool.reserved == 0 {
+                self.desired.remove(&key);
+                emptied.push(room.clone());
+            } else {
+                let record = ReservationRecord {
+                    reserved: pool.reserved,
+                    used: pool.used,
+                };
+                self.desired
+                    .insert(key.clone(), serde_json::to_vec(&record).unwrap_or_default());
+            }
+            self.dirty.insert(key);
+        }
+        for room in emptied {
+            self.pools.remove(&room);
+        }
     }
 
     /// Fencing: the lease is gone; nothing is written with it again.
@@ -560,10 +767,11 @@ impl<R: Registry> Task<R> {
         let Some(parsed) = self.keys.parse(key) else {
             return;
         };
-        // Room hosting, slots and room configuration are read where needed, not announced.
+        // Room hosting, reservations and room configuration are read where needed, not
+        // announced.
         if matches!(
             parsed,
-            Key::RoomNode { .. } | Key::Slot { .. } | Key::RoomConfig { .. }
+            Key::RoomNode { .. } | Key::Reservation { .. } | Key::RoomConfig { .. }
         ) {
             return;
         }
@@ -580,7 +788,25 @@ impl<R: Registry> Task<R> {
                 .ok()
                 .map(|record| ClusterEvent::Track { room, record }),
             (Key::Track { room, track }, None) => Some(ClusterEvent::TrackGone { room, track }),
-            (Key::RoomNode { .. } | Key::Slot { .. } | Key::RoomConfig { .. }, _) => None,
+            (Key::Audience { room, node }, Some(v)) => {
+                serde_json::from_slice::<crate::records::AudienceRecord>(v)
+                    .ok()
+                    .map(|r| ClusterEvent::Audience {
+                        room,
+                        node,
+                        count: r.count,
+                    })
+            }
+            (Key::Audience { room, node }, None) => Some(ClusterEvent::Audience {
+                room,
+                node,
+                count: 0,
+            }),
+            (Key::Hand { room, .. }, Some(v)) => serde_json::from_slice(v)
+                .ok()
+                .map(|record| ClusterEvent::Hand { room, record }),
+            (Key::Hand { room, sid }, None) => Some(ClusterEvent::HandGone { room, sid }),
+            (Key::RoomNode { .. } | Key::Reservation { .. } | Key::RoomConfig { .. }, _) => None,
         };
         match event {
             Some(e) => {
@@ -607,6 +833,7 @@ mod tests {
             relay_addr: None,
             state: Default::default(),
             capacity: 0,
+            limits: Default::default(),
             load: Default::default(),
             updated_ms: 0,
         }

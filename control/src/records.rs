@@ -3,14 +3,22 @@
 //! ```text
 //! {prefix}nodes/{node}                       NodeRecord      (the node's lease)
 //! {prefix}rooms/{room}/nodes/{node}          RoomNodeRecord  (the node hosts part of the room)
-//! {prefix}rooms/{room}/participants/{sid}    ParticipantRecord
+//! {prefix}rooms/{room}/participants/{sid}    ParticipantRecord (stage, or announced audience)
+//! {prefix}rooms/{room}/participants/audience/{node}  AudienceRecord (the node's audience, counted)
+//! {prefix}rooms/{room}/hands/{sid}           HandRecord      (a raised hand)
 //! {prefix}rooms/{room}/tracks/{track}        TrackRecord     (the track directory)
-//! {prefix}rooms/{room}/slots/{n}             SlotRecord      (a place in a limited room)
+//! {prefix}rooms/{room}/reserved/{node}       ReservationRecord (places a node holds in a limited room)
 //! {prefix}rooms/{room}/config                RoomConfig      (no lease: set by the API)
 //! ```
 //!
 //! Every key is written by the node it describes and bound to that node's lease, so a node
 //! that dies takes its entries with it when the lease expires.
+//!
+//! What a room costs the registry grows with its stage and its nodes, not with its audience:
+//! a stage participant (and, in a room below its large-room threshold, anyone) has a record
+//! of its own, while the audience of a large room is one count per node, rewritten every few
+//! seconds. The count lives under the participants prefix so that "the room's first
+//! participant" and "its last" stay one transaction over one prefix, whoever they are.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -32,6 +40,27 @@ pub struct Load {
     pub tracks: u32,
     /// CPU use of the node process, in cores.
     pub cpu: f32,
+    /// CPU use of the node's media workers, in cores (the part that grows with media).
+    #[serde(default)]
+    pub media_cpu: f32,
+    /// Media the node sends, in bits per second (to participants and to other nodes).
+    #[serde(default)]
+    pub egress_bps: u64,
+}
+
+/// What a node can take before placement prefers others. Defaults come from the machine
+/// (see the node's configuration); placement compares a node's [`Load`] with these.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Capacity {
+    /// Cores its media workers may use (0: unknown, not considered).
+    #[serde(default)]
+    pub media_cores: f32,
+    /// Media it may send, in bits per second (0: unknown, not considered).
+    #[serde(default)]
+    pub egress_bps: u64,
+    /// Joins per second it admits; more are answered `429` (0: unknown, not considered).
+    #[serde(default)]
+    pub joins_per_sec: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -48,6 +77,9 @@ pub struct NodeRecord {
     /// Participants it accepts before placement prefers other nodes (0: no limit).
     #[serde(default)]
     pub capacity: u32,
+    /// The rest of what it can take.
+    #[serde(default)]
+    pub limits: Capacity,
     #[serde(default)]
     pub load: Load,
     /// When the record was written (milliseconds since the Unix epoch).
@@ -75,6 +107,41 @@ pub struct ParticipantRecord {
     /// the one with the later (`joined_ms`, `sid`) stays.
     #[serde(default)]
     pub joined_ms: u64,
+    /// May publish (stage) or not (audience, announced because the room was small when it
+    /// joined). Records of nodes that predate roles are stage.
+    #[serde(default = "yes")]
+    pub stage: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The audience of a room on one node that is counted, not announced one by one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct AudienceRecord {
+    pub count: u32,
+}
+
+/// A raised hand: an audience member asking to be let on stage. Admins see these in order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HandRecord {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub node: String,
+    /// When it was raised (Unix milliseconds): the queue's order.
+    pub raised_ms: u64,
+}
+
+/// The places a node holds in a room with a participant limit: `reserved` in all, of which
+/// `used` by its sessions. Nodes reserve in blocks, each block one transaction that holds
+/// only if no node changed its reservation since the sum was read, so the sum of all nodes'
+/// `reserved` never exceeds the limit however many join at once.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct ReservationRecord {
+    pub reserved: u32,
+    pub used: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -116,14 +183,10 @@ pub struct RoomConfig {
     /// When the room was first seen empty (set by the control plane's sweeper).
     #[serde(default)]
     pub empty_since_ms: Option<u64>,
-}
-
-/// A taken place in a room with a participant limit. Claimed in a transaction, so no more
-/// slots than the limit exist.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SlotRecord {
-    pub identity: String,
-    pub node: String,
+    /// Above this many participants the room is large: its audience is counted, not
+    /// announced one by one (0: the nodes' default, 50).
+    #[serde(default)]
+    pub large_room_threshold: u32,
 }
 
 /// A parsed key.
@@ -132,8 +195,10 @@ pub enum Key {
     Node(String),
     RoomNode { room: String, node: String },
     Participant { room: String, sid: String },
+    Audience { room: String, node: String },
+    Hand { room: String, sid: String },
     Track { room: String, track: String },
-    Slot { room: String, slot: String },
+    Reservation { room: String, node: String },
     RoomConfig { room: String },
 }
 
@@ -175,12 +240,28 @@ impl Keys {
         format!("{}rooms/{room}/tracks/{track}", self.prefix)
     }
 
-    pub fn slot(&self, room: &str, n: u32) -> String {
-        format!("{}rooms/{room}/slots/{n}", self.prefix)
+    pub fn audience(&self, room: &str, node: &str) -> String {
+        format!("{}rooms/{room}/participants/audience/{node}", self.prefix)
     }
 
-    pub fn slots_prefix(&self, room: &str) -> String {
-        format!("{}rooms/{room}/slots/", self.prefix)
+    pub fn hand(&self, room: &str, sid: &str) -> String {
+        format!("{}rooms/{room}/hands/{sid}", self.prefix)
+    }
+
+    pub fn hands_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/hands/", self.prefix)
+    }
+
+    pub fn reservation(&self, room: &str, node: &str) -> String {
+        format!("{}rooms/{room}/reserved/{node}", self.prefix)
+    }
+
+    pub fn reservations_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/reserved/", self.prefix)
+    }
+
+    pub fn room_nodes_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/nodes/", self.prefix)
     }
 
     pub fn room_config(&self, room: &str) -> String {
@@ -200,7 +281,15 @@ impl Keys {
                 room: (*room).to_owned(),
                 node: (*node).to_owned(),
             }),
+            ["rooms", room, "participants", "audience", node] => Some(Key::Audience {
+                room: (*room).to_owned(),
+                node: (*node).to_owned(),
+            }),
             ["rooms", room, "participants", sid] => Some(Key::Participant {
+                room: (*room).to_owned(),
+                sid: (*sid).to_owned(),
+            }),
+            ["rooms", room, "hands", sid] => Some(Key::Hand {
                 room: (*room).to_owned(),
                 sid: (*sid).to_owned(),
             }),
@@ -208,9 +297,9 @@ impl Keys {
                 room: (*room).to_owned(),
                 track: (*track).to_owned(),
             }),
-            ["rooms", room, "slots", slot] => Some(Key::Slot {
+            ["rooms", room, "reserved", node] => Some(Key::Reservation {
                 room: (*room).to_owned(),
-                slot: (*slot).to_owned(),
+                node: (*node).to_owned(),
             }),
             ["rooms", room, "config"] => Some(Key::RoomConfig {
                 room: (*room).to_owned(),
@@ -233,6 +322,25 @@ mod tests {
             Some(Key::Track {
                 room: "demo room".into(),
                 track: "TR_1".into()
+            })
+        );
+        assert_eq!(
+            k.parse(&k.audience("r", "n1")),
+            Some(Key::Audience {
+                room: "r".into(),
+                node: "n1".into()
+            })
+        );
+        assert!(
+            k.audience("r", "n1")
+                .starts_with(&k.participants_prefix("r")),
+            "audience counts share the participants prefix (first and last participant)"
+        );
+        assert_eq!(
+            k.parse(&k.hand("r", "PA_1")),
+            Some(Key::Hand {
+                room: "r".into(),
+                sid: "PA_1".into()
             })
         );
         assert_eq!(k.parse("/sfu/other/nodes/n1"), None);

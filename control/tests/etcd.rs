@@ -16,6 +16,7 @@ fn node(id: &str) -> NodeRecord {
         relay_addr: None,
         state: Default::default(),
         capacity: 0,
+        limits: Default::default(),
         load: Default::default(),
         updated_ms: 0,
     }

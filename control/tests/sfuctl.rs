@@ -127,11 +127,13 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         relay_addr: None,
         state: NodeState::Active,
         capacity: 0,
+        limits: Default::default(),
         load: Load {
             rooms: 1,
             participants: 1,
             tracks: 0,
             cpu: 0.25,
+            ..Default::default()
         },
         updated_ms: 0,
     };
@@ -148,6 +150,7 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         node: "n1".into(),
         kind: "client".into(),
         joined_ms: 0,
+        stage: true,
     };
     put(
         keys.participant("lobby", "PA_1"),

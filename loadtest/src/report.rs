@@ -43,6 +43,8 @@ pub struct Report {
     pub receivers: usize,
     pub peers_connected: usize,
     pub peers_failed: usize,
+    /// Times a server answered a join `429` (come back later) and the peer did, over the run.
+    pub join_retries: u64,
     /// Peers per server they joined (with a control plane: how placement spread them).
     pub peers_per_server: Vec<(String, usize)>,
     /// A few failure reasons (peer identity first), if any peer failed.
@@ -239,6 +241,7 @@ pub fn build(i: Inputs<'_>) -> Report {
         receivers: peers.iter().filter(|(m, _)| m.receiver).count(),
         peers_connected: i.states.iter().filter(|s| s.connected_at.is_some()).count(),
         peers_failed: i.states.iter().filter(|s| s.failed.is_some()).count(),
+        join_retries: crate::signal::BUSY_RETRIES.load(std::sync::atomic::Ordering::Relaxed),
         peers_per_server: per_server(i.states),
         failures: i
             .states
@@ -327,6 +330,13 @@ impl fmt::Display for Report {
             self.peers_failed,
             self.window_s
         )?;
+        if self.join_retries > 0 {
+            writeln!(
+                f,
+                "joins told to come back later (429) and retried: {}",
+                self.join_retries
+            )?;
+        }
         if self.peers_per_server.len() > 1 {
             let per: Vec<String> = self
                 .peers_per_server

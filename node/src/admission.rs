@@ -1,27 +1,36 @@
 //! Admission to rooms with a participant limit, held cluster-wide.
 //!
-//! A room created through the API with `max_participants = N` has N slots in the registry.
-//! Every session joining it claims a free slot in an etcd transaction (create-if-absent under
-//! this node's lease), so however many joins race on however many nodes, at most N sessions
-//! hold one. The slot goes when the session leaves, or with the node's lease if the node dies.
+//! A room created through the API with `max_participants = N` admits at most N sessions over
+//! the whole cluster. Each node holds some of the N places (a reservation record in etcd) and
+//! admits its joins from them without asking etcd; when it has none spare it reserves a block
+//! in one transaction that holds only if no node changed its reservation meanwhile (see
+//! [`Membership::reserve`]). Blocks shrink as the room fills and spare places go back after a
+//! moment, so a join is refused only when the room is full; a node that finds no place free
+//! tries again for a little while, as another node's spare places come back.
 //!
-//! - The limit is read from etcd at each join, not from the node's view of the registry: a
-//!   node that has not yet seen a room's creation must not admit without a limit.
-//! - Every session takes its own slot, WHEP players sharing one viewer token included. A
+//! - The limit is read from the registry view, or from etcd itself while the view does not
+//!   know the room (a node that has not yet seen a room's creation must not admit without a
+//!   limit); a room with no configuration is remembered as such for a few seconds, so joins
+//!   into unlimited rooms cost the registry nothing.
+//! - Every session takes its own place, WHEP players sharing one viewer token included. A
 //!   session that replaces an older one with the same identity (a reload) ends the old one
-//!   first, so its slot is free again before the new one claims.
+//!   first, so its place is free again.
 
 use crate::media::{AdminOp, Command, JoinRequest, MediaPlane};
 use crate::signaling::protocol::{ErrorCode, SignalError};
-use rand::seq::SliceRandom;
 use sfu_control::Membership;
-use sfu_control::records::{RoomConfig, SlotRecord};
+use sfu_control::records::RoomConfig;
 use sfu_control::registry::RegistryError;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Listings of the slots before giving up: each round tries every slot the listing shows
-/// free, and only fails them all if other joins took them meanwhile.
-const CLAIM_ROUNDS: usize = 4;
+/// Tries for a place before a join is refused as `room_full`, and the pause between them
+/// (spare places of other nodes go back within about two seconds).
+const PLACE_ATTEMPTS: usize = 6;
+const PLACE_RETRY: Duration = Duration::from_millis(500);
+/// How long "this room has no configuration" is believed without asking etcd again.
+const UNLIMITED_FOR: Duration = Duration::from_secs(2);
 
 fn unreachable(e: RegistryError) -> SignalError {
     SignalError::new(
@@ -30,42 +39,74 @@ fn unreachable(e: RegistryError) -> SignalError {
     )
 }
 
-/// Claims a slot for a joining session if its room has a limit; returns the slot's key (to
-/// release on leave), or `None` for rooms without a limit.
-pub async fn admit(
-    membership: &Membership,
-    media: &MediaPlane,
-    node: &str,
-    request: &JoinRequest,
-) -> Result<Option<String>, SignalError> {
-    let limit = room_limit(membership, &request.room).await?;
-    if limit == 0 {
-        return Ok(None);
+/// See the module documentation.
+pub struct Admission {
+    membership: Membership,
+    node: String,
+    /// Rooms etcd had no configuration for, and when it said so.
+    unlimited: Mutex<HashMap<String, Instant>>,
+}
+
+impl Admission {
+    pub fn new(membership: Membership, node: String) -> Self {
+        Self {
+            membership,
+            node,
+            unlimited: Mutex::default(),
+        }
     }
-    // The worker applies the old session's leave (its slot's release included) before it
-    // answers, and the membership task handles that release before our claim.
-    let replaced = media
-        .request(&request.room, |reply| Command::Admin {
-            op: AdminOp::EndReplaced {
-                room: request.room.clone(),
-                identity: request.grants.identity.clone(),
-                kind: request.kind.clone(),
-            },
-            reply,
-        })
-        .await;
-    if let Err(e) = replaced {
-        tracing::debug!(room = request.room, "ending a replaced session: {e:?}");
+
+    /// Takes a place for a joining session if its room has a limit: `Ok(true)` if it took
+    /// one (given back when the session leaves), `Ok(false)` for rooms without a limit.
+    pub async fn admit(
+        &self,
+        media: &MediaPlane,
+        request: &JoinRequest,
+    ) -> Result<bool, SignalError> {
+        let limit = self.room_limit(&request.room).await?;
+        if limit == 0 {
+            return Ok(false);
+        }
+        // The worker applies the old session's leave (its place given back included) before
+        // it answers, and the membership task handles that before our reservation.
+        let replaced = media
+            .request(&request.room, |reply| Command::Admin {
+                op: AdminOp::EndReplaced {
+                    room: request.room.clone(),
+                    identity: request.grants.identity.clone(),
+                    kind: request.kind.clone(),
+                },
+                reply,
+            })
+            .await;
+        if let Err(e) = replaced {
+            tracing::debug!(room = request.room, "ending a replaced session: {e:?}");
+        }
+        take_place(&self.membership, &self.node, &request.room, limit).await
     }
-    claim_slot(
-        membership,
-        node,
-        &request.room,
-        &request.grants.identity,
-        limit,
-    )
-    .await
-    .map(Some)
+
+    /// The participant limit of `room` (0: none).
+    pub async fn room_limit(&self, room: &str) -> Result<u32, SignalError> {
+        if let Some(c) = self.membership.room_config(room) {
+            return Ok(c.max_participants);
+        }
+        let now = Instant::now();
+        {
+            let mut unlimited = self.unlimited.lock().unwrap_or_else(|e| e.into_inner());
+            unlimited.retain(|_, t| now.saturating_duration_since(*t) < UNLIMITED_FOR);
+            if unlimited.contains_key(room) {
+                return Ok(0);
+            }
+        }
+        let limit = room_limit(&self.membership, room).await?;
+        if limit == 0 {
+            self.unlimited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(room.to_owned(), now);
+        }
+        Ok(limit)
+    }
 }
 
 /// The participant limit of `room` as etcd has it now (0: none, or no room created through
@@ -80,41 +121,24 @@ pub async fn room_limit(membership: &Membership, room: &str) -> Result<u32, Sign
         .map_or(0, |c| c.max_participants))
 }
 
-/// Claims one of the `limit` slots of `room` for `identity`; `room_full` if none is free.
-pub async fn claim_slot(
+/// Takes one of the `limit` places of `room` for this node; `room_full` if none is free after
+/// a few tries.
+pub async fn take_place(
     membership: &Membership,
     node: &str,
     room: &str,
-    identity: &str,
     limit: u32,
-) -> Result<String, SignalError> {
-    let keys = membership.keys().clone();
-    let prefix = keys.slots_prefix(room);
-    let record = SlotRecord {
-        identity: identity.to_owned(),
-        node: node.to_owned(),
-    };
-    for _ in 0..CLAIM_ROUNDS {
-        let (taken, _) = membership.read(&prefix).await.map_err(unreachable)?;
-        let used: HashSet<u32> = taken
-            .iter()
-            .filter_map(|(k, _)| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
-        let mut free: Vec<u32> = (0..limit).filter(|n| !used.contains(n)).collect();
-        if free.is_empty() {
-            break;
+) -> Result<bool, SignalError> {
+    for attempt in 0..PLACE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(PLACE_RETRY).await;
         }
-        // Different joiners try different slots first, so concurrent claims rarely collide.
-        free.shuffle(&mut rand::rng());
-        for n in free {
-            let key = keys.slot(room, n);
-            if membership
-                .claim(key.clone(), &record)
-                .await
-                .map_err(unreachable)?
-            {
-                return Ok(key);
-            }
+        if membership
+            .reserve(room, node, limit)
+            .await
+            .map_err(unreachable)?
+        {
+            return Ok(true);
         }
     }
     Err(SignalError::new(
@@ -160,25 +184,42 @@ mod tests {
             .unwrap();
         // Nothing has yielded to the membership task since the write: its view is stale.
         assert!(m.room_config("fresh").is_none(), "the view lags");
-        assert_eq!(room_limit(&m, "fresh").await.unwrap(), 2);
-        let a = claim_slot(&m, "n1", "fresh", "viewer", 2).await.unwrap();
-        let b = claim_slot(&m, "n1", "fresh", "viewer", 2).await.unwrap();
-        assert_ne!(a, b, "one slot per session, even with one identity");
-        let full = claim_slot(&m, "n1", "fresh", "viewer", 2)
-            .await
-            .unwrap_err();
+        let admission = Admission::new(m.clone(), "n1".into());
+        assert_eq!(admission.room_limit("fresh").await.unwrap(), 2);
+        assert!(take_place(&m, "n1", "fresh", 2).await.unwrap());
+        assert!(take_place(&m, "n1", "fresh", 2).await.unwrap());
+        let full = take_place(&m, "n1", "fresh", 2).await.unwrap_err();
         assert_eq!(full.code, ErrorCode::RoomFull);
-        // A released slot can be claimed again.
-        m.remove(a);
-        let mut again = None;
-        for _ in 0..100 {
-            if let Ok(k) = claim_slot(&m, "n1", "fresh", "other", 2).await {
-                again = Some(k);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // A place given back can be taken again.
+        m.release("fresh");
+        assert!(take_place(&m, "n1", "fresh", 2).await.unwrap());
+        assert_eq!(admission.room_limit("no-such-room").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn nodes_racing_for_places_never_hold_more_than_the_limit() {
+        let registry = MemoryRegistry::new();
+        let keys = Keys::new("t");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(registered(&keys, &registry).await);
         }
-        assert!(again.is_some(), "the released slot is free again");
-        assert_eq!(room_limit(&m, "no-such-room").await.unwrap(), 0);
+        let joins = (0..60).map(|i| {
+            let m = nodes[i % 3].clone();
+            tokio::spawn(async move { take_place(&m, &format!("n{}", i % 3), "r", 25).await })
+        });
+        let results = futures_util::future::join_all(joins).await;
+        let admitted = results.iter().filter(|r| matches!(r, Ok(Ok(true)))).count();
+        assert_eq!(admitted, 25, "exactly the limit, over three nodes");
+        let (kvs, _) = registry.list(&keys.reservations_prefix("r")).await.unwrap();
+        let reserved: u32 = kvs
+            .iter()
+            .map(|(_, v)| {
+                serde_json::from_slice::<sfu_control::records::ReservationRecord>(v)
+                    .unwrap()
+                    .reserved
+            })
+            .sum();
+        assert!(reserved <= 25, "reserved {reserved}");
     }
 }

@@ -139,7 +139,10 @@ pub async fn route_events(
             ClusterEvent::Participant { room, .. }
             | ClusterEvent::ParticipantGone { room, .. }
             | ClusterEvent::Track { room, .. }
-            | ClusterEvent::TrackGone { room, .. } => {
+            | ClusterEvent::TrackGone { room, .. }
+            | ClusterEvent::Audience { room, .. }
+            | ClusterEvent::Hand { room, .. }
+            | ClusterEvent::HandGone { room, .. } => {
                 let room = room.clone();
                 let _ = media.send(&room, Command::Cluster(ClusterInput::Event(e)));
             }
@@ -156,28 +159,32 @@ pub async fn route_events(
     }
 }
 
-/// Writes the node record now and then every few seconds with the current load.
+/// Writes the node record now and then every few seconds with the current load: CPU of the
+/// process and of its media workers, the media it sends, its participants.
 pub async fn report_load(
     membership: Membership,
     mut record: NodeRecord,
     media: MediaPlane,
     drain: Arc<crate::drain::Drain>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut tick = tokio::time::interval(LOAD_REPORT_PERIOD);
-    let mut last_cpu = cpu_seconds();
-    let mut last_at = std::time::Instant::now();
+    let mut last = Sample::now(&metrics);
     loop {
         tick.tick().await;
         let s = media.snapshot().await;
-        let cpu = cpu_seconds();
-        let elapsed = last_at.elapsed().as_secs_f64().max(1e-3);
+        let now = Sample::now(&metrics);
+        let elapsed = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         record.load = Load {
             rooms: s.rooms as u32,
             participants: s.participants as u32,
             tracks: s.tracks as u32,
-            cpu: ((cpu - last_cpu) / elapsed) as f32,
+            cpu: ((now.cpu - last.cpu) / elapsed) as f32,
+            media_cpu: ((now.media_cpu - last.media_cpu) / elapsed) as f32,
+            egress_bps: ((now.bytes_out.saturating_sub(last.bytes_out)) as f64 * 8.0 / elapsed)
+                as u64,
         };
-        (last_cpu, last_at) = (cpu, std::time::Instant::now());
+        last = now;
         record.updated_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -191,16 +198,79 @@ pub async fn report_load(
     }
 }
 
-/// CPU seconds this process used so far (user + system), from `/proc/self/stat`.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
+/// Counters the load is computed from.
+struct Sample {
+    at: std::time::Instant,
+    cpu: f64,
+    media_cpu: f64,
+    bytes_out: u64,
+}
+
+impl Sample {
+    fn now(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            cpu: stat_cpu_seconds("/proc/self/stat").map_or(0.0, |(_, s)| s),
+            media_cpu: media_cpu_seconds(),
+            bytes_out: metrics.bytes_out.get(),
+        }
+    }
+}
+
+/// The command name and CPU seconds used (user + system) of a `/proc/.../stat` file.
+fn stat_cpu_seconds(path: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // /proc reports USER_HZ ticks, 100 per second on Linux.
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    Some((comm, (ticks(11) + ticks(12)) as f64 / 100.0))
+}
+
+/// CPU seconds the media worker threads (named `media-N`) used so far.
+fn media_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| stat_cpu_seconds(&format!("{}/stat", t.path().display())))
+        .filter(|(comm, _)| comm.starts_with("media-"))
+        .map(|(_, s)| s)
+        .sum()
+}
+
+/// What this node can take, from its configuration and the machine: its media workers'
+/// cores, the egress of its fastest network interface, its join rate.
+pub fn limits(config: &crate::Config) -> sfu_control::records::Capacity {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mbps = if config.cluster.egress_capacity_mbps > 0 {
+        config.cluster.egress_capacity_mbps
+    } else {
+        nic_speed_mbps().unwrap_or(1_000)
+    };
+    sfu_control::records::Capacity {
+        media_cores: config.worker_count().min(cores) as f32,
+        egress_bps: u64::from(mbps) * 1_000_000,
+        joins_per_sec: config.joins_per_sec(),
+    }
+}
+
+/// The speed of the fastest network interface other than loopback, in Mbit/s.
+fn nic_speed_mbps() -> Option<u32> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "lo")
+        .filter_map(|e| {
+            std::fs::read_to_string(e.path().join("speed"))
+                .ok()?
+                .trim()
+                .parse::<i64>()
+                .ok()
+        })
+        .filter(|s| *s > 0)
+        .max()
+        .and_then(|s| u32::try_from(s).ok())
 }

@@ -86,8 +86,12 @@ pub struct ClusterConfig {
     pub fanout: usize,
     /// Registry lease time to live, in seconds (keep-alives go every third of it).
     pub lease_ttl_secs: u64,
-    /// Participants this node takes before placement prefers others (0: no limit).
+    /// Participants this node takes before placement prefers others (0: none stated; the
+    /// measured CPU of its media workers and its egress decide).
     pub capacity: u32,
+    /// Media this node may send, in Mbit/s (0: its fastest network interface's speed, or
+    /// 1,000 if unknown).
+    pub egress_capacity_mbps: u32,
 }
 
 impl Default for ClusterConfig {
@@ -104,6 +108,7 @@ impl Default for ClusterConfig {
             fanout: 4,
             lease_ttl_secs: 5,
             capacity: 0,
+            egress_capacity_mbps: 0,
         }
     }
 }
@@ -128,6 +133,9 @@ pub struct RoomLimits {
     /// Participants whose video each subscriber receives: the most recent speakers, plus
     /// pinned tracks and screen shares (0: all).
     pub last_n: usize,
+    /// Rooms above this many participants are large: their audience is counted, not
+    /// announced one by one (a room created through the API may set its own).
+    pub large_room_threshold: u32,
 }
 
 /// Limits on signaling input, so oversized input gets an error instead of eating memory.
@@ -138,7 +146,15 @@ pub struct InputLimits {
     pub max_message_bytes: usize,
     /// Largest SDP accepted over WHIP/WHEP.
     pub max_sdp_bytes: usize,
+    /// Joins per second the node admits before answering `429` (0: the default for its
+    /// media workers, see [`JOINS_PER_WORKER`]).
+    pub joins_per_sec: u32,
 }
+
+/// Joins per second per media worker admitted by default. Measured (BENCHMARKS.md, "Large
+/// rooms"): a join costs a worker a few milliseconds of CPU (DTLS handshake, negotiation),
+/// so this rate keeps joining under half of a worker's time while media flows.
+pub const JOINS_PER_WORKER: u32 = 50;
 
 impl Default for Config {
     fn default() -> Self {
@@ -177,6 +193,7 @@ impl Default for RoomLimits {
             default_max_layer: 2,
             top_k: 3,
             last_n: 0,
+            large_room_threshold: crate::media::roster::DEFAULT_LARGE_ROOM_THRESHOLD,
         }
     }
 }
@@ -186,6 +203,7 @@ impl Default for InputLimits {
         Self {
             max_message_bytes: 64 * 1024,
             max_sdp_bytes: 64 * 1024,
+            joins_per_sec: 0,
         }
     }
 }
@@ -232,6 +250,15 @@ impl Config {
             self.rtc.workers
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Joins per second admitted (see [`InputLimits::joins_per_sec`]).
+    pub fn joins_per_sec(&self) -> u32 {
+        if self.limits.joins_per_sec > 0 {
+            self.limits.joins_per_sec
+        } else {
+            JOINS_PER_WORKER * self.worker_count() as u32
         }
     }
 

@@ -103,19 +103,15 @@ fn target(me: &str, membership: &Membership) -> Option<String> {
         .nodes()
         .into_iter()
         .filter(|n| n.id != me && n.state == NodeState::Active)
-        .map(|n| NodeView {
-            id: n.id,
-            http_url: n.http_url,
-            region: n.region,
-            state: n.state,
-            capacity: n.capacity,
-            participants: n.load.participants,
-            room_participants: 0,
-            cpu: n.load.cpu,
-            updated_ms: n.updated_ms,
-        })
+        .map(|n| NodeView::from_record(&n))
         .collect();
-    placement::place(&Policy::default(), now_ms, &views, None)
-        .ok()
-        .map(|n| n.http_url.clone())
+    placement::place(
+        &Policy::default(),
+        now_ms,
+        &views,
+        &Default::default(),
+        None,
+    )
+    .ok()
+    .map(|n| n.http_url.clone())
 }

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// Nodes a track is fed to directly before others are redirected.
     #[arg(long, env = "SFU_FANOUT", global = true)]
     fanout: Option<usize>,
+    /// Participants this node takes before placement prefers others (default: measured load
+    /// decides).
+    #[arg(long, env = "SFU_CAPACITY", global = true)]
+    capacity: Option<u32>,
 }
 
 #[derive(Args)]
@@ -164,6 +168,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.fanout {
         k.fanout = v;
+    }
+    if let Some(v) = args.capacity {
+        k.capacity = v;
     }
     c.validate()?;
     Ok(c)

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub red_packets: Counter,
     /// Webhook events dropped because the delivery queue was full.
     pub webhooks_dropped: Counter,
+    /// Joins answered `429` because the node admits joins at a limited rate.
+    pub joins_throttled: Counter,
 }
 
 impl Metrics {
@@ -65,6 +67,7 @@ impl Metrics {
             congestion_feedback: Counter::default(),
             red_packets: Counter::default(),
             webhooks_dropped: Counter::default(),
+            joins_throttled: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,6 +130,11 @@ impl Metrics {
             "dropped_packets",
             "Packets dropped, by reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "joins_throttled",
+            "Joins refused with 429 because they came faster than the node's join rate",
+            m.joins_throttled.clone(),
         );
         registry.register(
             "signaling_errors",

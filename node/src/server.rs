@@ -63,6 +63,7 @@ impl Server {
             announced_ips: announced.clone(),
             max_participants: config.room.max_participants,
             default_max_layer: config.room.default_max_layer,
+            large_room_threshold: config.room.large_room_threshold,
             core: sfu_core::RoomConfig {
                 speakers: sfu_core::SpeakerConfig {
                     top_k: config.room.top_k,
@@ -142,6 +143,7 @@ impl Server {
             relay_addr,
             state: NodeState::Active,
             capacity: config.cluster.capacity,
+            limits: crate::cluster::limits(&config),
             load: Default::default(),
             updated_ms: 0,
         };
@@ -158,6 +160,7 @@ impl Server {
                 record,
                 media.clone(),
                 drain.clone(),
+                metrics.clone(),
             )),
         ];
 

@@ -56,6 +56,7 @@ async fn create_room(cluster: &Cluster, name: &str, max_participants: u32, empty
                 name: name.into(),
                 max_participants,
                 empty_timeout,
+                ..Default::default()
             },
         ))
         .await

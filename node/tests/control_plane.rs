@@ -28,6 +28,7 @@ async fn fifty_concurrent_joins_into_a_room_of_twenty_admit_exactly_twenty() {
                 name: "limited".into(),
                 max_participants: 20,
                 empty_timeout: 0,
+                ..Default::default()
             },
         ))
         .await
@@ -89,6 +90,7 @@ async fn reloads_and_whep_players_sharing_a_token_stay_within_the_limit() {
                 name: "tight".into(),
                 max_participants: 2,
                 empty_timeout: 0,
+                ..Default::default()
             },
         ))
         .await
@@ -319,7 +321,13 @@ async fn every_api_refuses_bad_credentials() {
         results.insert(
             "ListParticipants",
             c(rooms
-                .list_participants(authed(t, pb::ListParticipantsRequest { room: "r".into() }))
+                .list_participants(authed(
+                    t,
+                    pb::ListParticipantsRequest {
+                        room: "r".into(),
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .map(|_| tonic::Response::new(()))),
         );

@@ -12,6 +12,13 @@
 // fits) and whether it is visible; a click pins a tile. The node's `publisher_layers` turns
 // off simulcast layers nobody in the cluster watches (dynacast). ?tilewidth=PX sets the tile
 // size (tests use it to render small).
+//
+// Stage and audience: a viewer (a token without canPublish) is in the audience. It sees the
+// stage and how many watch (`participant_count`), and may raise its hand. A host (?admin=1,
+// a token with roomAdmin) sees the raised hands and promotes or demotes; promoted, the page
+// publishes on its existing connection (`permissions_changed`), demoted it stops.
+// A node past its join rate answers 429: the page asks `/v1/admission` (or the control plane)
+// first and comes back when told.
 
 "use strict";
 
@@ -37,6 +44,11 @@ const sfu = {
   publisherLayers: null, // last `publisher_layers` received
   left: [], // identities of participants that left, in order (tests read them)
   unpublished: [], // identities of the publishers of tracks that were unpublished, in order
+  permissions: null, // {can_publish, can_subscribe, admin}
+  counts: null, // {stage, audience, raised_hands}
+  hands: new Map(), // sid -> {identity, raised_ms}: the queue (hosts), or our own hand
+  messages: {}, // messages received, by type (tests count them)
+  busyRetries: 0, // times a join was told to come back later
 };
 window.sfu = sfu;
 
@@ -56,7 +68,8 @@ function setState(s) {
 
 async function getToken(room, identity, publish) {
   if (params.get("token")) return params.get("token");
-  const q = new URLSearchParams({ room, identity, publish: String(publish), subscribe: "true" });
+  const admin = params.get("admin") === "1" || ($("admin") && $("admin").checked);
+  const q = new URLSearchParams({ room, identity, publish: String(publish), subscribe: "true", admin: String(admin) });
   const r = await fetch(`/dev/token?${q}`);
   if (!r.ok) throw new Error(`no token: ${(await r.json()).detail}`);
   return (await r.json()).token;
@@ -132,6 +145,7 @@ function tileFor(sid, label) {
       visibilityObserver.observe(tile);
     }
     orderTiles();
+    if (sfu.permissions) showRole();
   }
   return p;
 }
@@ -271,15 +285,110 @@ async function onOffer(msg) {
   send({ type: "answer", sdp: sfu.sub.localDescription.sdp });
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Waits as a 429 answer says (Retry-After, in seconds), plus up to half as long at random so
+// that a crowd told to wait does not come back in the same instant.
+async function comeBackLater(r) {
+  const secs = Number(r.headers.get("retry-after")) || 1;
+  sfu.busyRetries += 1;
+  setState(`busy, retrying in ${secs}s`);
+  await sleep(secs * 1000 * (1 + Math.random() / 2));
+}
+
 // Asks the control plane which node to join.
 async function place(control, token) {
-  const r = await fetch(`${control.replace(/\/$/, "")}/v1/join`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ token }),
-  });
-  if (!r.ok) throw new Error(`placement: ${(await r.json()).detail}`);
-  return (await r.json()).url;
+  for (;;) {
+    const r = await fetch(`${control.replace(/\/$/, "")}/v1/join`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+    if (r.status === 429) {
+      await comeBackLater(r);
+      continue;
+    }
+    if (!r.ok) throw new Error(`placement: ${(await r.json()).detail}`);
+    return (await r.json()).url;
+  }
+}
+
+// Waits until the node admits joins (a refused WebSocket upgrade does not tell a page why).
+async function admitted(base) {
+  for (;;) {
+    const r = await fetch(`${base.replace(/\/$/, "")}/v1/admission`);
+    if (r.status !== 429) return;
+    await comeBackLater(r);
+  }
+}
+
+// Stage and audience.
+function showRole() {
+  const p = sfu.permissions || {};
+  $("stagebar").hidden = false;
+  $("role").textContent = p.can_publish ? "on stage" : "in the audience";
+  $("hand").hidden = !!p.can_publish;
+  const mine = sfu.self && sfu.hands.has(sfu.self.sid);
+  $("hand").textContent = mine ? "Lower hand" : "Raise hand";
+  $("hostpanel").hidden = !p.admin;
+  for (const [sid, q] of sfu.participants) {
+    if (q.tile) {
+      let b = q.tile.querySelector("button.demote");
+      if (p.admin && sid !== "self" && q.stage) {
+        if (!b) {
+          b = document.createElement("button");
+          b.className = "demote";
+          b.textContent = "Demote";
+          b.onclick = (ev) => {
+            ev.stopPropagation();
+            send({ type: "update_participant", identity: q.identity, can_publish: false });
+          };
+          q.tile.append(b);
+        }
+      } else if (b) {
+        b.remove();
+      }
+    }
+  }
+}
+
+function showCounts() {
+  const c = sfu.counts;
+  if (!c) return;
+  $("counts").textContent = `${c.stage} on stage, ${c.audience} watching, ${c.raised_hands} hands up`;
+}
+
+function showHands() {
+  const list = $("hands");
+  list.textContent = "";
+  const queue = [...sfu.hands.entries()].sort((a, b) => a[1].raised_ms - b[1].raised_ms);
+  for (const [, h] of queue) {
+    const li = document.createElement("li");
+    li.textContent = `${h.identity} `;
+    const b = document.createElement("button");
+    b.textContent = "Promote";
+    b.onclick = () => send({ type: "update_participant", identity: h.identity, can_publish: true });
+    li.append(b);
+    list.append(li);
+  }
+  showRole();
+}
+
+// Promoted: publish on the existing connection. Demoted: the node unpublished our tracks.
+async function onPermissions(p) {
+  const was = sfu.permissions && sfu.permissions.can_publish;
+  sfu.permissions = p;
+  log(p.can_publish ? "you are on stage" : "you are in the audience");
+  if (p.can_publish && !was) {
+    await publish(params.get("simulcast") !== "0", params.get("codec"));
+  } else if (!p.can_publish && was) {
+    if (sfu.pub) sfu.pub.close();
+    sfu.pub = null;
+    if (sfu.media) sfu.media.getTracks().forEach((t) => t.stop());
+    sfu.media = null;
+    removeTile("self");
+  }
+  showRole();
 }
 
 // Leaves the current node without leaving the room, to reconnect elsewhere.
@@ -299,23 +408,64 @@ async function join(room, identity, withMedia, base, token) {
   token = token || (await getToken(room, identity, withMedia));
   if (!base && params.get("control")) base = await place(params.get("control"), token);
   base = base || location.origin;
+  await admitted(base);
   sfu.url = base;
   const url = new URL(base);
   const proto = url.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${url.host}/rtc?access_token=${encodeURIComponent(token)}`);
   sfu.ws = ws;
-  ws.onopen = () => send({ type: "join" });
-  ws.onclose = () => setState(sfu.state === "left" ? "left" : "disconnected");
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    send({ type: "join" });
+  };
+  ws.onclose = () => {
+    if (!opened && sfu.state === "connecting") {
+      // Refused before the upgrade (most likely too many joins at once): come back.
+      sfu.busyRetries += 1;
+      setTimeout(() => join(room, identity, withMedia, base, token), 1000 + Math.random() * 1000);
+      return;
+    }
+    setState(sfu.state === "left" ? "left" : "disconnected");
+  };
   ws.onmessage = async (ev) => {
     const msg = JSON.parse(ev.data);
+    sfu.messages[msg.type] = (sfu.messages[msg.type] || 0) + 1;
     try {
       switch (msg.type) {
         case "joined":
           sfu.self = msg.participant;
-          for (const p of msg.participants) sfu.participants.set(p.sid, { identity: p.identity, stream: new MediaStream(), tile: null });
+          for (const p of msg.participants) sfu.participants.set(p.sid, { identity: p.identity, stage: p.stage, stream: new MediaStream(), tile: null });
+          sfu.permissions = msg.permissions;
+          sfu.counts = msg.counts;
+          for (const h of msg.hands || []) sfu.hands.set(h.sid, h);
           setState("joined");
           log(`joined ${msg.room} as ${msg.participant.identity} with ${msg.participants.length} others`);
-          if (withMedia) await publish(params.get("simulcast") !== "0", params.get("codec"));
+          showRole();
+          showCounts();
+          showHands();
+          if (withMedia && msg.permissions.can_publish) await publish(params.get("simulcast") !== "0", params.get("codec"));
+          break;
+        case "participant_count":
+          sfu.counts = msg;
+          showCounts();
+          break;
+        case "permissions_changed":
+          await onPermissions(msg);
+          break;
+        case "participant_updated": {
+          const p = sfu.participants.get(msg.participant.sid);
+          if (p) p.stage = msg.participant.stage;
+          showRole();
+          break;
+        }
+        case "hand_raised":
+          sfu.hands.set(msg.hand.sid, msg.hand);
+          showHands();
+          break;
+        case "hand_lowered":
+          sfu.hands.delete(msg.participant);
+          showHands();
           break;
         case "publish_answer":
           await sfu.pub.setRemoteDescription({ type: "answer", sdp: msg.sdp });
@@ -324,10 +474,14 @@ async function join(room, identity, withMedia, base, token) {
         case "offer":
           await onOffer(msg);
           break;
-        case "participant_joined":
-          sfu.participants.set(msg.participant.sid, { identity: msg.participant.identity, stream: new MediaStream(), tile: null });
+        case "participant_joined": {
+          const known = sfu.participants.get(msg.participant.sid);
+          if (known) known.stage = msg.participant.stage;
+          else sfu.participants.set(msg.participant.sid, { identity: msg.participant.identity, stage: msg.participant.stage, stream: new MediaStream(), tile: null });
           log(`${msg.participant.identity} joined`);
+          showRole();
           break;
+        }
         case "participant_left":
           sfu.left.push((sfu.participants.get(msg.participant) || {}).identity || msg.participant);
           log(`${(sfu.participants.get(msg.participant) || {}).identity || msg.participant} left`);
@@ -392,6 +546,11 @@ window.sfuStats = async function () {
     publisherLayers: sfu.publisherLayers ? sfu.publisherLayers.layers : null,
     left: sfu.left,
     unpublished: sfu.unpublished,
+    permissions: sfu.permissions,
+    counts: sfu.counts,
+    hands: [...sfu.hands.values()].map((h) => h.identity),
+    messages: sfu.messages,
+    busyRetries: sfu.busyRetries,
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;
@@ -439,6 +598,11 @@ window.addEventListener("DOMContentLoaded", () => {
   $("join").onclick = () => start(true);
   $("view").onclick = () => start(false);
   $("screen").onclick = () => shareScreen().catch((e) => log(`screen share: ${e}`));
+  $("hand").onclick = () => {
+    const up = sfu.self && sfu.hands.has(sfu.self.sid);
+    send({ type: up ? "lower_hand" : "raise_hand" });
+  };
+  if (params.get("admin") === "1") $("admin").checked = true;
   if (params.get("tilewidth")) {
     $("grid").style.gridTemplateColumns = `repeat(auto-fill, ${Number(params.get("tilewidth"))}px)`;
   }

@@ -102,6 +102,9 @@ enum RoomsCmd {
         max_participants: u32,
         #[arg(long, default_value_t = 0)]
         empty_timeout: u32,
+        /// Above this many participants the audience is counted, not announced (0: 50).
+        #[arg(long, default_value_t = 0)]
+        large_room_threshold: u32,
     },
     Delete {
         name: String,
@@ -110,8 +113,16 @@ enum RoomsCmd {
 
 #[derive(Subcommand)]
 enum ParticipantsCmd {
+    /// Everyone in the room, on every node (stage and audience), and the raised hands.
     List {
         room: String,
+    },
+    /// Let a participant on stage (--can-publish=true) or take it off (--can-publish=false).
+    Update {
+        room: String,
+        identity: String,
+        #[arg(long, action = clap::ArgAction::Set, required = true)]
+        can_publish: Option<bool>,
     },
     Remove {
         room: String,
@@ -282,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     max_participants,
                     empty_timeout,
+                    large_room_threshold,
                 } => {
                     let r = c
                         .create_room(authed(
@@ -290,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 name,
                                 max_participants,
                                 empty_timeout,
+                                large_room_threshold,
                             },
                         ))
                         .await?
@@ -317,19 +330,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut c = RoomServiceClient::connect(cli.url.clone()).await?;
             match command {
                 ParticipantsCmd::List { room } => {
-                    let ps = c
-                        .list_participants(authed(&admin, pb::ListParticipantsRequest { room }))
-                        .await?
-                        .into_inner()
-                        .participants;
+                    let mut ps = Vec::new();
+                    let mut page_token = String::new();
+                    let hands = loop {
+                        let page = c
+                            .list_participants(authed(
+                                &admin,
+                                pb::ListParticipantsRequest {
+                                    room: room.clone(),
+                                    page_size: 0,
+                                    page_token,
+                                },
+                            ))
+                            .await?
+                            .into_inner();
+                        ps.extend(page.participants);
+                        if page.next_page_token.is_empty() {
+                            break page.raised_hands;
+                        }
+                        page_token = page.next_page_token;
+                    };
                     if json {
-                        print(serde_json::json!(ps.iter().map(|p| serde_json::json!({
-                            "sid": p.sid, "identity": p.identity, "name": p.name, "node": p.node,
-                            "tracks": p.tracks.iter().map(|t| serde_json::json!({"sid": t.sid, "kind": t.kind, "muted": t.muted})).collect::<Vec<_>>(),
-                        })).collect::<Vec<_>>()));
+                        print(serde_json::json!({
+                            "participants": ps.iter().map(|p| serde_json::json!({
+                                "sid": p.sid, "identity": p.identity, "name": p.name, "node": p.node,
+                                "kind": p.kind, "stage": p.stage,
+                                "hand_raised_ms": (p.hand_raised_ms > 0).then_some(p.hand_raised_ms),
+                                "tracks": p.tracks.iter().map(|t| serde_json::json!({"sid": t.sid, "kind": t.kind, "muted": t.muted})).collect::<Vec<_>>(),
+                            })).collect::<Vec<_>>(),
+                            "raised_hands": hands.iter().map(|h| serde_json::json!({
+                                "sid": h.sid, "identity": h.identity, "node": h.node, "raised_ms": h.raised_ms,
+                            })).collect::<Vec<_>>(),
+                        }));
                     } else {
                         table(
-                            &["IDENTITY", "SID", "NODE", "TRACKS"],
+                            &["IDENTITY", "SID", "NODE", "ROLE", "TRACKS"],
                             ps.iter()
                                 .map(|p| {
                                     let tracks: Vec<String> = p
@@ -344,15 +379,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                             )
                                         })
                                         .collect();
+                                    let role = match (p.stage, p.hand_raised_ms > 0) {
+                                        (true, _) => "stage",
+                                        (false, true) => "audience (hand up)",
+                                        (false, false) => "audience",
+                                    };
                                     vec![
                                         p.identity.clone(),
                                         p.sid.clone(),
                                         p.node.clone(),
+                                        role.to_owned(),
                                         tracks.join(" "),
                                     ]
                                 })
                                 .collect(),
                         );
+                        if !hands.is_empty() {
+                            println!();
+                            println!("raised hands, first first:");
+                            for h in &hands {
+                                println!("  {} ({})", h.identity, h.node);
+                            }
+                        }
+                    }
+                }
+                ParticipantsCmd::Update {
+                    room,
+                    identity,
+                    can_publish,
+                } => {
+                    c.update_participant(authed(
+                        &admin,
+                        pb::UpdateParticipantRequest {
+                            room,
+                            identity: identity.clone(),
+                            permission: Some(pb::ParticipantPermission { can_publish }),
+                        },
+                    ))
+                    .await?;
+                    let stage = can_publish == Some(true);
+                    if json {
+                        print(serde_json::json!({ "identity": identity, "stage": stage }));
+                    } else if stage {
+                        println!("{identity} is on stage");
+                    } else {
+                        println!("{identity} is in the audience");
                     }
                 }
                 ParticipantsCmd::Remove { room, identity } => {

@@ -1,6 +1,8 @@
-//! Keep a room together: the node already hosting most of the room, while it has capacity.
-//! Fewer nodes per room means fewer relay links and lower latency between its participants.
+//! Keep a meeting together: the node already hosting most of the room, while it is below
+//! [`Policy::meeting_fill_to`]. Fewer nodes per room means fewer relay links and lower latency
+//! between its participants.
 
+use super::load::utilisation;
 use super::{NodeView, Policy};
 
 pub fn fill<'a>(policy: &Policy, nodes: &[&'a NodeView]) -> Option<&'a NodeView> {
@@ -8,14 +10,7 @@ pub fn fill<'a>(policy: &Policy, nodes: &[&'a NodeView]) -> Option<&'a NodeView>
         .iter()
         .copied()
         .filter(|n| n.room_participants > 0)
-        .filter(|n| {
-            let capacity = if n.capacity > 0 {
-                n.capacity
-            } else {
-                policy.default_capacity
-            };
-            capacity == 0 || n.participants < capacity
-        })
+        .filter(|n| utilisation(policy, n) < policy.meeting_fill_to)
         .max_by_key(|n| (n.room_participants, std::cmp::Reverse(n.participants)))
 }
 

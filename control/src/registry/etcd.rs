@@ -151,6 +151,31 @@ impl Registry for EtcdRegistry {
             .map_err(unavailable)
     }
 
+    async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+        prefix: &str,
+        revision: Revision,
+    ) -> Result<bool> {
+        // Every key in the range was last modified at or before `revision` (a range compare
+        // holds for an empty range; a key created since has a later mod_revision).
+        let unchanged = Compare::mod_revision(prefix, CompareOp::Less, revision + 1)
+            .with_range(prefix_end(prefix));
+        let txn = Txn::new().when(vec![unchanged]).and_then(vec![TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease.0)),
+        )]);
+        self.client
+            .clone()
+            .txn(txn)
+            .await
+            .map(|r| r.succeeded())
+            .map_err(unavailable)
+    }
+
     async fn put_persistent(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.client
             .clone()

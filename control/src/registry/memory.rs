@@ -15,6 +15,8 @@ struct Entry {
     value: Vec<u8>,
     /// `None` for keys that stay until deleted.
     lease: Option<LeaseId>,
+    /// The revision of its last write (etcd's mod_revision).
+    modified: Revision,
 }
 
 #[derive(Default)]
@@ -55,6 +57,23 @@ impl State {
             self.keys.remove(&k);
             self.record(WatchEvent::Delete { key: k });
         }
+    }
+
+    /// Writes a key and records the change.
+    fn set(&mut self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) {
+        let modified = self.revision + 1;
+        self.keys.insert(
+            key.to_owned(),
+            Entry {
+                value: value.clone(),
+                lease,
+                modified,
+            },
+        );
+        self.record(WatchEvent::Put {
+            key: key.to_owned(),
+            value,
+        });
     }
 
     fn record(&mut self, event: WatchEvent) {
@@ -129,17 +148,7 @@ impl Registry for MemoryRegistry {
         if !s.leases.contains_key(&lease) {
             return Err(RegistryError::LeaseExpired);
         }
-        s.keys.insert(
-            key.to_owned(),
-            Entry {
-                value: value.clone(),
-                lease: Some(lease),
-            },
-        );
-        s.record(WatchEvent::Put {
-            key: key.to_owned(),
-            value,
-        });
+        s.set(key, value, Some(lease));
         Ok(())
     }
 
@@ -152,17 +161,31 @@ impl Registry for MemoryRegistry {
         if s.keys.contains_key(key) {
             return Ok(false);
         }
-        s.keys.insert(
-            key.to_owned(),
-            Entry {
-                value: value.clone(),
-                lease: Some(lease),
-            },
-        );
-        s.record(WatchEvent::Put {
-            key: key.to_owned(),
-            value,
-        });
+        s.set(key, value, Some(lease));
+        Ok(true)
+    }
+
+    async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+        prefix: &str,
+        revision: Revision,
+    ) -> Result<bool> {
+        let mut s = self.lock();
+        if !s.leases.contains_key(&lease) {
+            return Err(RegistryError::LeaseExpired);
+        }
+        let changed = s
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(_, e)| e.modified > revision);
+        if changed {
+            return Ok(false);
+        }
+        s.set(key, value, Some(lease));
         Ok(true)
     }
 
@@ -183,19 +206,7 @@ impl Registry for MemoryRegistry {
             .take_while(|(k, _)| k.starts_with(prefix))
             .any(|(k, _)| k != key);
         match value {
-            Some(value) => {
-                s.keys.insert(
-                    key.to_owned(),
-                    Entry {
-                        value: value.clone(),
-                        lease: Some(lease),
-                    },
-                );
-                s.record(WatchEvent::Put {
-                    key: key.to_owned(),
-                    value,
-                });
-            }
+            Some(value) => s.set(key, value, Some(lease)),
             None => {
                 if s.keys.remove(key).is_some() {
                     s.record(WatchEvent::Delete {
@@ -208,18 +219,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn put_persistent(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        let mut s = self.lock();
-        s.keys.insert(
-            key.to_owned(),
-            Entry {
-                value: value.clone(),
-                lease: None,
-            },
-        );
-        s.record(WatchEvent::Put {
-            key: key.to_owned(),
-            value,
-        });
+        self.lock().set(key, value, None);
         Ok(())
     }
 

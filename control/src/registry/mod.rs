@@ -2,9 +2,10 @@
 //!
 //! [`Registry`] is the small key-value surface the cluster needs from etcd: leases with a TTL,
 //! puts bound to a lease (refused once the lease is gone, which is what fences a node that lost
-//! it), prefix listing with the revision it reflects, and watching from a revision; plus two
-//! transactions: create-if-absent (room slots) and a write that tells whether its key is alone
-//! under a prefix (a room's first and last participant).
+//! it), prefix listing with the revision it reflects, and watching from a revision; plus three
+//! transactions: create-if-absent, a write that tells whether its key is alone under a prefix
+//! (a room's first and last participant), and a write that holds only if nothing under a
+//! prefix changed since a listing (places reserved in a limited room).
 //! [`EtcdRegistry`] is the real one; [`MemoryRegistry`] keeps the same semantics in process for a
 //! standalone node and for deterministic tests.
 
@@ -90,6 +91,17 @@ pub trait Registry: Send + Sync + 'static {
         value: Option<Vec<u8>>,
         lease: LeaseId,
         prefix: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Puts `key` bound to a lease only if no key under `prefix` was created or changed after
+    /// `revision` (a listing's): `Ok(false)` if one was. Lets a node decide from a sum over
+    /// the prefix and write the result, knowing the sum still held when it wrote.
+    fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+        prefix: &str,
+        revision: Revision,
     ) -> impl Future<Output = Result<bool>> + Send;
     /// Writes a key bound to no lease: it stays until deleted (room configuration).
     fn put_persistent(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;

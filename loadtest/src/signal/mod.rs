@@ -10,7 +10,64 @@ pub mod sfu;
 pub mod whip;
 
 use crate::scenario::{Scenario, TargetKind};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// A server's "come back later": `429 Too Many Requests`, with its `Retry-After`.
+#[derive(Debug)]
+pub struct Busy(pub Duration);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server is busy; retry after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// How long a peer keeps coming back before its join counts as failed.
+const BUSY_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Joins the servers told to come back later, over the whole run.
+pub static BUSY_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// The `Retry-After` of a 429 answer (seconds; 1 if absent or unreadable).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let secs = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    Duration::from_secs(secs.max(1))
+}
+
+/// Runs `attempt` again while the server answers [`Busy`], waiting as told plus up to half as
+/// long again at random (so a storm told to wait one second does not come back in the same
+/// millisecond), for at most [`BUSY_PATIENCE`].
+pub async fn honouring_busy<T, F, Fut>(mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + BUSY_PATIENCE;
+    loop {
+        match attempt().await {
+            Err(e) => {
+                let Some(Busy(wait)) = e.downcast_ref::<Busy>() else {
+                    return Err(e);
+                };
+                let jitter = wait.mul_f64(rand::random::<f64>() * 0.5);
+                let at = tokio::time::Instant::now() + *wait + jitter;
+                if at > deadline {
+                    return Err(e.context("still busy after retrying for 90 s"));
+                }
+                BUSY_RETRIES.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep_until(at).await;
+            }
+            ok => return ok,
+        }
+    }
+}
 
 /// How each peer gets its access token.
 #[derive(Clone)]

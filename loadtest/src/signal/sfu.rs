@@ -48,13 +48,17 @@ async fn node_url(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<Strin
     let Some(control) = &e.control else {
         return Ok(base.to_owned());
     };
-    let r: Value = e
+    let r = e
         .http
         .post(format!("{}/v1/join", control.trim_end_matches('/')))
         .json(&json!({ "token": token }))
         .send()
         .await
-        .context("asking the control plane")?
+        .context("asking the control plane")?;
+    if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return Err(super::Busy(super::retry_after(r.headers())).into());
+    }
+    let r: Value = r
         .json()
         .await
         .context("reading the control plane's answer")?;
@@ -74,17 +78,7 @@ pub async fn join(
     subscribe: bool,
 ) -> anyhow::Result<Session> {
     let token = e.tokens.for_peer(&e.room, identity, publish)?;
-    let url = node_url(e, base, &token).await?;
-    let ws_url = format!(
-        "{}/rtc?access_token={token}",
-        url.trim_end_matches('/').replacen("http", "ws", 1)
-    );
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let connect = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true);
-    let (ws, _) = tokio::time::timeout(STEP_TIMEOUT, connect)
-        .await
-        .context("WebSocket connect timed out")?
-        .with_context(|| format!("connecting to {url}/rtc"))?;
+    let (ws, url) = super::honouring_busy(|| connect(e, base, &token)).await?;
     let mut s = Session {
         ws,
         offers: VecDeque::new(),
@@ -94,6 +88,34 @@ pub async fn join(
         .await?;
     s.expect("joined").await?;
     Ok(s)
+}
+
+/// Asks where to join and opens the WebSocket there: [`super::Busy`] if the control plane
+/// or the node says to come back later.
+async fn connect(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<(Ws, String)> {
+    let url = node_url(e, base, token).await?;
+    let ws_url = format!(
+        "{}/rtc?access_token={token}",
+        url.trim_end_matches('/').replacen("http", "ws", 1)
+    );
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let connect = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true);
+    match tokio::time::timeout(STEP_TIMEOUT, connect)
+        .await
+        .context("WebSocket connect timed out")?
+    {
+        Ok((ws, _)) => Ok((ws, url)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {
+            let secs = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            Err(super::Busy(Duration::from_secs(secs.max(1))).into())
+        }
+        Err(e) => Err(anyhow!(e).context(format!("connecting to {url}/rtc"))),
+    }
 }
 
 impl Session {

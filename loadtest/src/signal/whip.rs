@@ -36,15 +36,22 @@ pub async fn start(
             .replace("{publisher}", publisher)
     );
     let token = e.tokens.for_peer(&e.room, identity, publish)?;
-    let r = e
-        .http
-        .post(&url)
-        .header("content-type", "application/sdp")
-        .bearer_auth(token)
-        .body(sdp)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let r = super::honouring_busy(|| async {
+        let r = e
+            .http
+            .post(&url)
+            .header("content-type", "application/sdp")
+            .bearer_auth(&token)
+            .body(sdp.clone())
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(super::Busy(super::retry_after(r.headers())).into());
+        }
+        Ok(r)
+    })
+    .await?;
     let status = r.status();
     let location = r
         .headers()

@@ -9,12 +9,17 @@
 //! | `DELETE /admin/rooms/{room}/participants/{identity}` | remove a participant |
 //! | `POST /admin/rooms/{room}/participants/{identity}/mute` `{"track": "TR_…", "muted": true}` | mute a track |
 //! | `POST /admin/rooms/{room}/participants/{identity}/subscriptions` `{"tracks": […], "subscribe": true}` | change subscriptions |
+//! | `POST /admin/rooms/{room}/participants/{identity}/permissions` `{"can_publish": true}` | promote to the stage, or demote |
+//! | `GET /admin/rooms/{room}/participants?after=SID&limit=N` | this node's participants of the room, by sid, after `after` |
+//!
+//! Each acts on this node only (a participant elsewhere is `404`): finding the node is the
+//! caller's part (see `sfu_control::node_api`).
 
 use super::{AppState, Problem};
 use crate::media::{AdminOp, Command};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use std::time::Duration;
@@ -35,6 +40,62 @@ pub fn routes() -> Router<AppState> {
             "/admin/rooms/{room}/participants/{identity}/subscriptions",
             post(subscriptions),
         )
+        .route(
+            "/admin/rooms/{room}/participants/{identity}/permissions",
+            post(permissions),
+        )
+        .route("/admin/rooms/{room}/participants", get(list))
+}
+
+/// The most participants one page lists.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    after: String,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<crate::media::LocalParticipantInfo>>, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.media.send(
+        &room,
+        Command::ListParticipants {
+            room: room.clone(),
+            after: q.after,
+            limit,
+            reply: tx,
+        },
+    )?;
+    Ok(Json(rx.await.unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+struct PermissionsBody {
+    can_publish: bool,
+}
+
+async fn permissions(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<PermissionsBody>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    let op = AdminOp::UpdatePermissions {
+        room: room.clone(),
+        identity,
+        can_publish: body.can_publish,
+    };
+    run(&state, &room, op).await
 }
 
 #[derive(Deserialize, Default)]

@@ -45,6 +45,17 @@ pub fn routes() -> Router<AppState> {
         .route("/whep.html", get(|| async { html(WHEP_PAGE) }))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/dev/token", get(dev_token))
+        .route("/v1/admission", get(admission))
+}
+
+/// Whether a join would be admitted now (`204`), or when to come back (`429` with
+/// `Retry-After`), without taking a join from the node's rate. A browser cannot read the
+/// status of a refused WebSocket upgrade, so the demo page asks here first.
+async fn admission(State(state): State<AppState>) -> Result<StatusCode, Problem> {
+    match state.gate.peek() {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(wait) => Err(Problem::too_many_requests(wait)),
+    }
 }
 
 fn html(body: &'static str) -> impl IntoResponse {
@@ -59,6 +70,9 @@ struct TokenQuery {
     publish: bool,
     #[serde(default = "yes")]
     subscribe: bool,
+    /// Administer the room (see raised hands, promote and demote).
+    #[serde(default)]
+    admin: bool,
 }
 
 fn yes() -> bool {
@@ -94,6 +108,8 @@ async fn dev_token(
         q.subscribe,
         Duration::from_secs(6 * 3600),
     );
+    let mut claims = claims;
+    claims.video.room_admin = q.admin;
     let token = state.auth.sign(&claims)?;
     Ok(Json(serde_json::json!({ "token": token })))
 }

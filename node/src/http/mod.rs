@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+pub mod gate;
 mod problem;
 mod whip;
 mod ws;
@@ -32,6 +33,10 @@ pub struct AppState {
     pub membership: sfu_control::Membership,
     pub node_id: Arc<str>,
     pub drain: Arc<crate::drain::Drain>,
+    pub admission: Arc<crate::admission::Admission>,
+    pub gate: Arc<gate::JoinGate>,
+    /// Other nodes' admin API, to act for an administrator connected here.
+    pub nodes: sfu_control::node_api::NodeApi,
 }
 
 impl AppState {
@@ -46,6 +51,19 @@ impl AppState {
         let keys = config.effective_keys();
         Self {
             auth: Arc::new(Authenticator::new(&keys)),
+            admission: Arc::new(crate::admission::Admission::new(
+                membership.clone(),
+                node_id.to_string(),
+            )),
+            gate: Arc::new(gate::JoinGate::new(config.joins_per_sec())),
+            nodes: {
+                let (key, secret) = keys
+                    .iter()
+                    .next()
+                    .map(|(k, s)| (k.clone(), s.clone()))
+                    .unwrap_or_default();
+                sfu_control::node_api::NodeApi::new(key, secret)
+            },
             config,
             media,
             metrics,
@@ -56,28 +74,72 @@ impl AppState {
         }
     }
 
-    /// Admits a participant (claiming a place if the room has a limit) and joins it; the
-    /// place is released if joining fails.
+    /// Admits a participant (taking a place if the room has a limit) and joins it; the place
+    /// is given back if joining fails.
     pub async fn admit_and_join(&self, mut request: JoinRequest) -> Result<Joined, SignalError> {
-        request.slot =
-            crate::admission::admit(&self.membership, &self.media, &self.node_id, &request).await?;
-        let slot = request.slot.clone();
+        request.place = self.admission.admit(&self.media, &request).await?;
+        let place = request.place;
         let room = request.room.clone();
         let joined = self
             .media
             .request(&room, |reply| Command::Join(request, reply))
             .await;
-        if joined.is_err()
-            && let Some(slot) = slot
-        {
-            self.membership.remove(slot);
+        if joined.is_err() && place {
+            self.membership.release(&room);
         }
         joined
     }
 
+    /// Lets a participant of `room` on stage or takes it off, on whichever node it is
+    /// connected to.
+    pub async fn update_permissions(
+        &self,
+        room: &str,
+        identity: &str,
+        can_publish: bool,
+    ) -> Result<(), SignalError> {
+        let op = crate::media::AdminOp::UpdatePermissions {
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            can_publish,
+        };
+        match self
+            .media
+            .request(room, |reply| Command::Admin { op, reply })
+            .await
+        {
+            Err(e) if e.code == crate::signaling::protocol::ErrorCode::NotFound => {}
+            other => return other,
+        }
+        let path = sfu_control::node_api::participant_path(room, identity, "/permissions");
+        self.nodes
+            .on_participant(
+                &self.membership,
+                room,
+                identity,
+                reqwest::Method::POST,
+                &path,
+                Some(serde_json::json!({ "can_publish": can_publish })),
+            )
+            .await
+            .map_err(|e| {
+                use sfu_control::node_api::NodeCallError;
+                let code = match e {
+                    NodeCallError::NotFound(_) => crate::signaling::protocol::ErrorCode::NotFound,
+                    _ => crate::signaling::protocol::ErrorCode::Internal,
+                };
+                SignalError::new(code, e.to_string())
+            })
+    }
+
     /// A node that lost its registry lease admits no one (fencing): its view of the cluster
-    /// may be stale and other nodes may already consider it gone.
+    /// may be stale and other nodes may already consider it gone. Past its join rate it asks
+    /// joiners to come back later (`429` with `Retry-After`).
     fn admitting(&self) -> Result<(), Problem> {
+        if let Err(wait) = self.gate.try_admit() {
+            self.metrics.joins_throttled.inc();
+            return Err(Problem::too_many_requests(wait));
+        }
         if self.drain.is_draining() {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

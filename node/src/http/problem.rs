@@ -14,6 +14,9 @@ pub struct Problem {
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// Seconds to wait before trying again (`Retry-After`), for `429`.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -23,7 +26,24 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("error"),
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// `429 Too Many Requests`: the node admits joins at a limited rate; come back after
+    /// `wait` (rounded up to whole seconds, as `Retry-After` counts).
+    pub fn too_many_requests(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_joins",
+            format!(
+                "this node admits joins at a limited rate; retry in {}s",
+                secs.max(1)
+            ),
+        );
+        p.retry_after = Some(secs.max(1));
+        p
     }
 }
 
@@ -36,6 +56,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -65,6 +90,7 @@ impl From<SignalError> for Problem {
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ErrorCode::InvalidState => (StatusCode::CONFLICT, "invalid_state"),
             ErrorCode::RoomFull => (StatusCode::SERVICE_UNAVAILABLE, "room_full"),
+            ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ErrorCode::PeerFailed | ErrorCode::Internal => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -9,6 +9,7 @@
 
 use super::{AppState, Problem, check_room_name};
 use crate::media::{Command, JoinRequest, ParticipantKind};
+use crate::signaling::Outbound;
 use crate::signaling::protocol::{PeerTarget, ServerMessage};
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -146,7 +147,7 @@ async fn start(
             kind,
             auto_subscribe: false,
             events: Some(events),
-            slot: None,
+            place: false,
         })
         .await?;
     let participant = joined.participant.sid;
@@ -200,7 +201,7 @@ async fn start(
     let session_id = id.clone();
     tokio::spawn(async move {
         while let Some(m) = events_rx.recv().await {
-            if matches!(m, ServerMessage::Left { .. }) {
+            if matches!(m, Outbound::Message(ServerMessage::Left { .. })) {
                 break;
             }
         }

@@ -7,6 +7,7 @@
 use super::{AppState, Problem, check_room_name};
 use crate::auth::Grants;
 use crate::media::{Command, JoinRequest, ParticipantKind};
+use crate::signaling::Outbound;
 use crate::signaling::protocol::{ClientMessage, ErrorCode, ServerMessage, SignalError};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -53,8 +54,8 @@ struct Session {
     grants: Grants,
     room: String,
     participant: Option<String>,
-    events_tx: mpsc::UnboundedSender<ServerMessage>,
-    events_rx: mpsc::UnboundedReceiver<ServerMessage>,
+    events_tx: mpsc::UnboundedSender<Outbound>,
+    events_rx: mpsc::UnboundedReceiver<Outbound>,
 }
 
 /// What the loop does after a client message.
@@ -95,8 +96,12 @@ impl Session {
                     }
                 }
                 Some(event) = self.events_rx.recv() => {
-                    let left = matches!(event, ServerMessage::Left { .. });
-                    if send(&mut socket, &event).await.is_err() || left {
+                    let left = matches!(event, Outbound::Message(ServerMessage::Left { .. }));
+                    let sent = match event {
+                        Outbound::Message(m) => send(&mut socket, &m).await,
+                        Outbound::Shared(text) => socket.send(Message::Text(text)).await,
+                    };
+                    if sent.is_err() || left {
                         // The node ended the session (e.g. the same identity joined again).
                         self.participant = None;
                         break;
@@ -175,7 +180,7 @@ impl Session {
                 kind: ParticipantKind::Client,
                 auto_subscribe,
                 events: Some(self.events_tx.clone()),
-                slot: None,
+                place: false,
             };
             let joined = self.state.admit_and_join(request).await?;
             self.participant = Some(joined.participant.sid.clone());
@@ -183,6 +188,9 @@ impl Session {
                 room,
                 participant: joined.participant,
                 participants: joined.others,
+                permissions: joined.permissions,
+                counts: joined.counts,
+                hands: joined.hands,
             }));
         }
         if let ClientMessage::Ping { id } = message {
@@ -314,6 +322,43 @@ impl Session {
                     .await?;
                 Ok(None)
             }
+            ClientMessage::RaiseHand | ClientMessage::LowerHand => {
+                let raise = matches!(message, ClientMessage::RaiseHand);
+                media
+                    .request(&room, |reply| Command::Hand {
+                        room: room.clone(),
+                        participant,
+                        raise,
+                        reply,
+                    })
+                    .await?;
+                Ok(None)
+            }
+            ClientMessage::ParticipantCount => {
+                let counts = media
+                    .request(&room, |reply| Command::Counts {
+                        room: room.clone(),
+                        participant,
+                        reply,
+                    })
+                    .await?;
+                Ok(Some(ServerMessage::ParticipantCount { counts }))
+            }
+            ClientMessage::UpdateParticipant {
+                identity,
+                can_publish,
+            } => {
+                if self.grants.may_admin(&room).is_err() {
+                    return Err(SignalError::new(
+                        ErrorCode::Forbidden,
+                        "only an administrator (roomAdmin) promotes and demotes",
+                    ));
+                }
+                self.state
+                    .update_permissions(&room, &identity, can_publish)
+                    .await?;
+                Ok(None)
+            }
             ClientMessage::Leave => {
                 self.participant = None;
                 media.send(
@@ -364,6 +409,10 @@ fn request_name(m: &ClientMessage) -> &'static str {
         ClientMessage::Trickle { .. } => "trickle",
         ClientMessage::Ping { .. } => "ping",
         ClientMessage::Mute { .. } => "mute",
+        ClientMessage::RaiseHand => "raise_hand",
+        ClientMessage::LowerHand => "lower_hand",
+        ClientMessage::ParticipantCount => "participant_count",
+        ClientMessage::UpdateParticipant { .. } => "update_participant",
         ClientMessage::Leave => "leave",
     }
 }

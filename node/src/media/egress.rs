@@ -4,23 +4,54 @@
 
 use super::udp::SendQueue;
 use bytes::Bytes;
-use sfu_control::records::{ParticipantRecord, TrackRecord};
+use sfu_control::records::{HandRecord, ParticipantRecord, TrackRecord};
 use sfu_core::{LayerIndex, TrackId};
 
 /// Something a room did that the rest of the cluster must learn.
 #[derive(Debug)]
 pub enum Effect {
+    /// A participant joined here: announced ones get a registry record; the others are
+    /// counted (see [`Effect::AudienceCount`]).
     ParticipantJoined {
         room: String,
         record: ParticipantRecord,
+        announced: bool,
     },
     ParticipantLeft {
         room: String,
         sid: String,
         identity: String,
         name: String,
-        /// Its place in a limited room, to release.
-        slot: Option<String>,
+        /// It held one of a limited room's places, to give back.
+        place: bool,
+        announced: bool,
+    },
+    /// An announced participant's record changed (its role), or a participant became
+    /// announced (promoted).
+    ParticipantUpdated {
+        room: String,
+        record: ParticipantRecord,
+    },
+    /// A participant is no longer announced (taken off a large room's stage): its record goes,
+    /// the count takes it.
+    ParticipantHidden {
+        room: String,
+        sid: String,
+    },
+    /// The room's counted audience here changed; the registry gets it every few seconds.
+    AudienceCount {
+        room: String,
+        count: u32,
+        /// The count last written (0: none, the record must be created).
+        was: u32,
+    },
+    HandRaised {
+        room: String,
+        record: HandRecord,
+    },
+    HandLowered {
+        room: String,
+        sid: String,
     },
     /// A track was published here: announce it and offer it to other nodes.
     TrackPublished {
@@ -35,7 +66,10 @@ pub enum Effect {
         participant: String,
     },
     /// A track published here changed (mute state): update its record.
-    TrackUpdated { room: String, record: TrackRecord },
+    TrackUpdated {
+        room: String,
+        record: TrackRecord,
+    },
     /// The layers local subscribers need of a remote track changed (empty: none).
     Demand {
         room: String,
@@ -50,7 +84,10 @@ pub enum Effect {
         layer: LayerIndex,
     },
     /// A remote track is gone here: stop pulling it.
-    Forget { room: String, track: TrackId },
+    Forget {
+        room: String,
+        track: TrackId,
+    },
     /// Share the levels of audio tracks published here with the room's other nodes.
     SharedLevels {
         room: String,

@@ -14,7 +14,9 @@ mod room_admin;
 mod room_drive;
 mod room_publish;
 mod room_remote;
+mod room_roles;
 mod room_subscribe;
+pub mod roster;
 mod rtcp_tap;
 pub mod udp;
 pub mod worker;
@@ -24,8 +26,10 @@ mod worker_metrics;
 
 use crate::auth::Grants;
 use crate::metrics::Metrics;
+use crate::signaling::Events;
 use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, PeerTarget, ServerMessage, SignalError, TrackSourceName,
+    ErrorCode, HandView, ParticipantCounts, ParticipantView, PeerTarget, Permissions, SignalError,
+    TrackSourceName,
 };
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -71,16 +75,21 @@ pub struct JoinRequest {
     pub kind: ParticipantKind,
     pub auto_subscribe: bool,
     /// Where events for this participant go (WebSocket clients only).
-    pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
-    /// The room slot claimed for this participant (rooms with a limit), released on leave.
-    pub slot: Option<String>,
+    pub events: Option<Events>,
+    /// Whether it took one of the room's places (rooms with a limit), given back on leave.
+    pub place: bool,
 }
 
 /// The answer to a join.
 #[derive(Debug)]
 pub struct Joined {
     pub participant: ParticipantView,
+    /// The roster: everyone in a small room, the announced part of a large one.
     pub others: Vec<ParticipantView>,
+    pub permissions: Permissions,
+    pub counts: ParticipantCounts,
+    /// The raised-hand queue, for administrators.
+    pub hands: Vec<HandView>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SignalError>>;
@@ -144,6 +153,27 @@ pub enum Command {
         sdp_mid: Option<String>,
         reply: Reply<()>,
     },
+    /// An audience member raises (or lowers) its hand.
+    Hand {
+        room: String,
+        participant: String,
+        raise: bool,
+        reply: Reply<()>,
+    },
+    /// A participant asks for the room's counts.
+    Counts {
+        room: String,
+        participant: String,
+        reply: Reply<ParticipantCounts>,
+    },
+    /// One page of this node's participants of a room, by sid after `after` (empty: the room
+    /// is not here).
+    ListParticipants {
+        room: String,
+        after: String,
+        limit: usize,
+        reply: oneshot::Sender<Vec<LocalParticipantInfo>>,
+    },
     /// Counts for `/metrics` and readiness.
     Snapshot(oneshot::Sender<WorkerSnapshot>),
     /// An administrative operation (from the control plane, or draining).
@@ -180,6 +210,13 @@ pub enum AdminOp {
         track: String,
         muted: bool,
     },
+    /// Lets a participant on stage (`can_publish`) or takes it off.
+    UpdatePermissions {
+        room: String,
+        identity: String,
+        can_publish: bool,
+    },
+
     Subscriptions {
         room: String,
         identity: String,
@@ -197,6 +234,19 @@ pub enum AdminOp {
         identity: String,
         kind: ParticipantKind,
     },
+}
+
+/// A participant connected to this node, as the control plane lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LocalParticipantInfo {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    pub kind: &'static str,
+    pub stage: bool,
+    /// When its hand went up, if it is up (Unix milliseconds).
+    pub hand_raised_ms: Option<u64>,
+    pub tracks: Vec<crate::signaling::protocol::TrackView>,
 }
 
 /// What the cluster tells a worker.

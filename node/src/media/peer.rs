@@ -12,11 +12,13 @@
 //! reports itself, so no per-subscriber copy of any packet is kept.
 
 use rand::RngExt;
+use rtc::crypto::SignatureScheme;
 use rtc::interceptor::{
     NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -31,6 +33,18 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use std::net::SocketAddr;
 use std::time::Instant;
+
+/// The DTLS certificate of a media worker's peer connections: made once per worker, not
+/// per peer connection (an ECDSA key and a self-signature cost every join a millisecond of
+/// the worker's time otherwise). Browsers reuse theirs the same way; a peer connection is
+/// authenticated by the fingerprint in its SDP, not by the certificate being fresh.
+pub fn worker_certificate() -> Result<RTCCertificate, rtc::shared::error::Error> {
+    let provider = rtc::crypto::default_provider()
+        .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+    let params = CertificateParams::new(vec!["sfu-node".to_owned()])
+        .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+    RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+}
 
 /// Which way media flows on a peer connection, from the node's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +182,7 @@ const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide
 pub fn build(
     direction: Direction,
     credentials: &IceCredentials,
+    certificate: &RTCCertificate,
     now: Instant,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut me = MediaEngine::default();
@@ -243,7 +258,11 @@ pub fn build(
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .build();
     RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![certificate.clone()])
+                .build(),
+        )
         .with_setting_engine(settings)
         .with_media_engine(me)
         .with_interceptor_registry(registry)

@@ -9,9 +9,11 @@
 
 use super::egress::Egress;
 use super::peer::{Direction, IceCredentials};
+use super::roster::Roster;
+pub(super) use super::roster::{Participant, RemoteParticipant};
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackSourceName, TrackView,
+    ErrorCode, ParticipantView, Permissions, ServerMessage, SignalError, TrackSourceName, TrackView,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -21,7 +23,6 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 
 /// A peer connection that has not connected after this long is given up.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +41,10 @@ pub struct RoomContext {
     pub candidates: Vec<SocketAddr>,
     pub max_participants: usize,
     pub default_max_layer: LayerIndex,
+    /// See [`super::WorkerConfig::large_room_threshold`].
+    pub large_room_threshold: u32,
+    /// The worker's DTLS certificate (see [`super::peer::worker_certificate`]).
+    pub certificate: rtc::peer_connection::certificate::RTCCertificate,
     pub core: sfu_core::RoomConfig,
 }
 
@@ -52,38 +57,6 @@ pub enum DemuxUpdate {
         ufrag: String,
         addrs: Vec<SocketAddr>,
     },
-}
-
-/// A participant connected to this node.
-pub(super) struct Participant {
-    pub sid: String,
-    pub identity: String,
-    pub name: String,
-    pub kind: ParticipantKind,
-    pub can_publish: bool,
-    pub can_subscribe: bool,
-    pub auto_subscribe: bool,
-    /// Join order, so WHEP players pick publishers deterministically.
-    pub seq: u64,
-    /// See [`sfu_control::ParticipantRecord::joined_ms`].
-    pub joined_ms: u64,
-    pub events: Option<mpsc::UnboundedSender<ServerMessage>>,
-    pub publisher: Option<usize>,
-    pub subscriber: Option<usize>,
-    pub tracks: Vec<TrackId>,
-    /// Registry key of its place in a limited room.
-    pub slot: Option<String>,
-    /// What the tracks it publishes show, by msid track id (from `publish`).
-    pub sources: HashMap<String, TrackSourceName>,
-}
-
-impl Participant {
-    pub fn send(&self, message: ServerMessage) {
-        if let Some(events) = &self.events {
-            // A closed channel means the WebSocket is going away; its leave follows.
-            let _ = events.send(message);
-        }
-    }
 }
 
 /// Where a track comes from.
@@ -110,18 +83,6 @@ pub(super) struct Published {
     pub audio_levels: bool,
     /// Payload type of RED in its packets (as its publisher negotiated it), if it may send RED.
     pub red_payload_type: Option<u8>,
-}
-
-/// A participant of this room connected to another node.
-pub(super) struct RemoteParticipant {
-    pub identity: String,
-    pub name: String,
-    pub node: String,
-    /// `kind` and `joined_ms` of its record.
-    pub kind: String,
-    pub joined_ms: u64,
-    pub seq: u64,
-    pub tracks: Vec<TrackId>,
 }
 
 impl Published {
@@ -205,9 +166,8 @@ pub struct LocalRoom {
     pub(super) name: String,
     pub(super) ctx: Arc<RoomContext>,
     pub(super) core: sfu_core::Room,
-    pub(super) participants: HashMap<String, Participant>,
-    /// Participants on other nodes, by sid.
-    pub(super) remote: HashMap<String, RemoteParticipant>,
+    /// Who is in the room (see [`super::roster`]).
+    pub(super) roster: Roster,
     /// The layers last asked of the cluster for each remote track.
     pub(super) demand: HashMap<TrackId, Vec<LayerIndex>>,
     pub(super) peers: slab::Slab<Peer>,
@@ -215,8 +175,9 @@ pub struct LocalRoom {
     pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     pub(super) demux: Vec<DemuxUpdate>,
     pub(super) next_generation: u32,
-    pub(super) next_seq: u64,
     pub(super) next_housekeeping: Instant,
+    /// When the demand for remote tracks is next refreshed by itself.
+    pub(super) next_demand: Instant,
     /// The deadline the worker has armed for this room.
     pub armed: Option<Instant>,
     /// Core counters already added to the metrics.
@@ -227,7 +188,7 @@ pub struct LocalRoom {
 }
 
 impl LocalRoom {
-    pub fn new(name: String, ctx: Arc<RoomContext>, now: Instant) -> Self {
+    pub fn new(name: String, ctx: Arc<RoomContext>, now: Instant, threshold: u32) -> Self {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -236,16 +197,15 @@ impl LocalRoom {
             name,
             ctx,
             core,
-            participants: HashMap::new(),
-            remote: HashMap::new(),
+            roster: Roster::new(threshold),
             demand: HashMap::new(),
             peers: slab::Slab::new(),
             tracks: HashMap::new(),
             timers: BinaryHeap::new(),
             demux: Vec::new(),
             next_generation: 0,
-            next_seq: 0,
             next_housekeeping: now + HOUSEKEEPING,
+            next_demand: now,
             armed: None,
             reported: sfu_core::RoomStats::default(),
             drops: Default::default(),
@@ -254,11 +214,11 @@ impl LocalRoom {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.participants.is_empty()
+        self.roster.local.is_empty()
     }
 
     pub fn participant_count(&self) -> usize {
-        self.participants.len()
+        self.roster.local.len()
     }
 
     pub fn track_count(&self) -> usize {
@@ -287,7 +247,7 @@ impl LocalRoom {
     }
 
     pub(super) fn participant(&self, sid: &str) -> Result<&Participant, SignalError> {
-        self.participants.get(sid).ok_or_else(|| {
+        self.roster.local.get(sid).ok_or_else(|| {
             SignalError::new(ErrorCode::NotFound, "no such participant in this room")
         })
     }
@@ -297,6 +257,7 @@ impl LocalRoom {
             sid: p.sid.clone(),
             identity: p.identity.clone(),
             name: p.name.clone(),
+            stage: p.can_publish,
             tracks: p
                 .tracks
                 .iter()
@@ -310,6 +271,7 @@ impl LocalRoom {
             sid: sid.to_owned(),
             identity: r.identity.clone(),
             name: r.name.clone(),
+            stage: r.stage,
             tracks: r
                 .tracks
                 .iter()
@@ -318,15 +280,28 @@ impl LocalRoom {
         }
     }
 
-    /// Sends a message to every WebSocket participant except `except`.
+    /// Sends a message to every WebSocket participant except `except` (encoded once).
     pub(super) fn broadcast(&self, except: &str, message: &ServerMessage) {
-        for p in self.participants.values().filter(|p| p.sid != except) {
-            p.send(message.clone());
+        self.roster.broadcast(except, message);
+    }
+
+    /// The registry record of a local participant.
+    pub(super) fn participant_record(&self, p: &Participant) -> sfu_control::ParticipantRecord {
+        sfu_control::ParticipantRecord {
+            sid: p.sid.clone(),
+            identity: p.identity.clone(),
+            name: p.name.clone(),
+            node: self.ctx.node_id.to_string(),
+            kind: p.record_kind().to_owned(),
+            joined_ms: p.joined_ms,
+            stage: p.can_publish,
         }
     }
 
     /// Adds a participant. A second session with the same identity replaces the first, as
-    /// users who reload a page expect.
+    /// users who reload a page expect. Work here does not grow with the room: the roster sent
+    /// back is the announced part of it, and an audience member of a large room is told to no
+    /// one (see [`super::roster`]).
     pub fn join(
         &mut self,
         now: Instant,
@@ -335,65 +310,91 @@ impl LocalRoom {
     ) -> Result<Joined, SignalError> {
         let identity = request.grants.identity.clone();
         self.end_replaced(now, &identity, &request.kind, out);
-        if self.ctx.max_participants > 0 && self.participants.len() >= self.ctx.max_participants {
+        if self.ctx.max_participants > 0 && self.roster.local.len() >= self.ctx.max_participants {
             return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
         }
         let sid = format!("PA_{:016x}", rand::random::<u64>());
         let joined_ms = self.join_time(&identity, &request.kind);
-        self.next_seq += 1;
+        self.roster.next_seq += 1;
         let whip = request.kind == ParticipantKind::Whip;
         let whep = matches!(request.kind, ParticipantKind::Whep { .. });
+        let can_publish = request.grants.can_publish && !whep;
+        let room_admin = request.grants.may_admin(&self.name).is_ok();
+        let announced = self.roster.announces(can_publish);
         let participant = Participant {
             sid: sid.clone(),
             identity,
             name: request.grants.name.clone(),
-            can_publish: request.grants.can_publish && !whep,
+            can_publish,
             can_subscribe: request.grants.can_subscribe && !whip,
+            admin: room_admin,
+            announced,
             auto_subscribe: request.auto_subscribe && request.kind == ParticipantKind::Client,
             kind: request.kind,
-            seq: self.next_seq,
+            seq: self.roster.next_seq,
             joined_ms,
             events: request.events,
-            slot: request.slot,
+            place: request.place,
             publisher: None,
             subscriber: None,
             tracks: Vec::new(),
             sources: HashMap::new(),
+            last_hand: None,
+            last_count_request: None,
         };
         let view = self.view(&participant);
+        let permissions = Permissions {
+            can_publish: participant.can_publish,
+            can_subscribe: participant.can_subscribe,
+            admin: participant.admin,
+        };
         let others = self
-            .participants
+            .roster
+            .local
             .values()
+            .filter(|p| p.announced)
             .map(|p| self.view(p))
-            .chain(self.remote.iter().map(|(sid, r)| self.remote_view(sid, r)))
+            .chain(
+                self.roster
+                    .remote
+                    .iter()
+                    .map(|(sid, r)| self.remote_view(sid, r)),
+            )
             .collect();
         out.effects.push(super::egress::Effect::ParticipantJoined {
             room: self.name.clone(),
-            record: sfu_control::ParticipantRecord {
-                sid: sid.clone(),
-                identity: participant.identity.clone(),
-                name: participant.name.clone(),
-                node: self.ctx.node_id.to_string(),
-                kind: participant.kind.record_name().to_owned(),
-                joined_ms,
-            },
+            record: self.participant_record(&participant),
+            announced,
         });
-        self.broadcast(
-            &sid,
-            &ServerMessage::ParticipantJoined {
-                participant: view.clone(),
-            },
-        );
-        self.participants.insert(sid, participant);
+        if announced {
+            self.broadcast(
+                &sid,
+                &ServerMessage::ParticipantJoined {
+                    participant: view.clone(),
+                },
+            );
+        }
+        let hands = if participant.admin {
+            self.roster.queue()
+        } else {
+            Vec::new()
+        };
+        self.roster.insert_local(participant);
+        if !announced {
+            self.audience_changed(now, out);
+        }
         Ok(Joined {
             participant: view,
             others,
+            permissions,
+            counts: self.roster.counts(),
+            hands,
         })
     }
 
     /// Removes a participant, its peer connections and its tracks.
     pub fn leave(&mut self, now: Instant, sid: &str, reason: &str, out: &mut Egress) {
-        let Some(p) = self.participants.get(sid) else {
+        let Some(p) = self.roster.local.get(sid) else {
             return;
         };
         p.send(ServerMessage::Left {
@@ -403,7 +404,13 @@ impl LocalRoom {
         for key in peers {
             self.remove_peer(now, key, out);
         }
-        let Some(gone) = self.participants.remove(sid) else {
+        if self.roster.hand_raised(sid) {
+            out.effects.push(super::egress::Effect::HandLowered {
+                room: self.name.clone(),
+                sid: sid.to_owned(),
+            });
+        }
+        let Some(gone) = self.roster.remove_local(sid) else {
             return;
         };
         out.effects.push(super::egress::Effect::ParticipantLeft {
@@ -411,14 +418,19 @@ impl LocalRoom {
             sid: sid.to_owned(),
             identity: gone.identity,
             name: gone.name,
-            slot: gone.slot,
+            place: gone.place,
+            announced: gone.announced,
         });
-        self.broadcast(
-            sid,
-            &ServerMessage::ParticipantLeft {
-                participant: sid.to_owned(),
-            },
-        );
+        if gone.announced {
+            self.broadcast(
+                sid,
+                &ServerMessage::ParticipantLeft {
+                    participant: sid.to_owned(),
+                },
+            );
+        } else {
+            self.audience_changed(now, out);
+        }
         tracing::info!(room = %self.name, participant = sid, reason, "participant left");
     }
 
@@ -460,7 +472,7 @@ impl LocalRoom {
         direction: Direction,
     ) -> Result<usize, SignalError> {
         let ice = IceCredentials::random();
-        let pc = super::peer::build(direction, &ice, now).map_err(|e| {
+        let pc = super::peer::build(direction, &ice, &self.ctx.certificate, now).map_err(|e| {
             SignalError::new(
                 ErrorCode::Internal,
                 format!("creating peer connection: {e}"),
@@ -487,7 +499,7 @@ impl LocalRoom {
             ufrag: ice.ufrag,
             peer: key,
         });
-        if let Some(p) = self.participants.get_mut(participant) {
+        if let Some(p) = self.roster.local.get_mut(participant) {
             match direction {
                 Direction::Publish => p.publisher = Some(key),
                 Direction::Subscribe => p.subscriber = Some(key),
@@ -518,7 +530,7 @@ impl LocalRoom {
         }
         self.core.remove_sink(sfu_core::SinkId(key as u64));
         let tracks: Vec<TrackId> = peer.inbound.values().map(|i| i.track).collect();
-        if let Some(p) = self.participants.get_mut(&peer.participant) {
+        if let Some(p) = self.roster.local.get_mut(&peer.participant) {
             if p.publisher == Some(key) {
                 p.publisher = None;
             }
@@ -538,7 +550,7 @@ impl LocalRoom {
         };
         let sid = peer.participant.clone();
         let direction = peer.direction;
-        let Some(p) = self.participants.get(&sid) else {
+        let Some(p) = self.roster.local.get(&sid) else {
             self.remove_peer(now, key, out);
             return;
         };
@@ -589,6 +601,7 @@ impl LocalRoom {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
+        self.tell_counts(now, out);
         let stale: Vec<(usize, &'static str)> = self
             .peers
             .iter()

@@ -15,7 +15,8 @@ const REPLACED: &str = "another session joined with the same identity";
 impl LocalRoom {
     /// The sid of the local participant with this identity.
     pub fn sid_of(&self, identity: &str) -> Result<String, SignalError> {
-        self.participants
+        self.roster
+            .local
             .values()
             .find(|p| p.identity == identity)
             .map(|p| p.sid.clone())
@@ -42,10 +43,11 @@ impl LocalRoom {
             return false;
         }
         let Some(old) = self
-            .participants
-            .values()
-            .find(|p| p.identity == identity && p.kind == *kind)
-            .map(|p| p.sid.clone())
+            .roster
+            .sids_of(identity)
+            .iter()
+            .find(|sid| self.roster.local.get(*sid).is_some_and(|p| p.kind == *kind))
+            .cloned()
         else {
             return false;
         };
@@ -60,10 +62,10 @@ impl LocalRoom {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.remote
-            .values()
-            .filter(|r| r.identity == identity && r.kind == kind.record_name())
-            .map(|r| r.joined_ms + 1)
+        self.roster
+            .remote_of(identity)
+            .filter(|(_, r)| r.kind == kind.record_name())
+            .map(|(_, r)| r.joined_ms + 1)
             .fold(wall, u64::max)
     }
 
@@ -78,12 +80,13 @@ impl LocalRoom {
     ) {
         let newer = (record.joined_ms, record.sid.as_str());
         let Some(old) = self
-            .participants
-            .values()
+            .roster
+            .sids_of(&record.identity)
+            .iter()
+            .filter_map(|sid| self.roster.local.get(sid))
             .find(|p| {
                 p.kind.unique()
                     && p.kind.record_name() == record.kind
-                    && p.identity == record.identity
                     && (p.joined_ms, p.sid.as_str()) < newer
             })
             .map(|p| p.sid.clone())
@@ -114,7 +117,7 @@ impl LocalRoom {
 
     /// Removes every local participant.
     pub fn remove_all(&mut self, now: Instant, reason: &str, out: &mut Egress) {
-        let sids: Vec<String> = self.participants.keys().cloned().collect();
+        let sids: Vec<String> = self.roster.local.keys().cloned().collect();
         for sid in sids {
             self.leave(now, &sid, reason, out);
         }

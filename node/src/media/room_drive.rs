@@ -161,7 +161,8 @@ impl LocalRoom {
                     tracing::info!(room = %self.name, participant = %sid, ?direction, "peer connected");
                     if direction == Direction::Subscribe {
                         let whep = self
-                            .participants
+                            .roster
+                            .local
                             .get(&sid)
                             .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
                         if whep {
@@ -324,10 +325,8 @@ impl LocalRoom {
                     self.broadcast("", &ServerMessage::Speakers { speakers });
                 }
                 Output::SharedLevels(levels) => {
-                    let mut nodes: Vec<String> =
-                        self.remote.values().map(|r| r.node.clone()).collect();
-                    nodes.sort();
-                    nodes.dedup();
+                    // Every node hosting part of the room ranks speakers, audience nodes too.
+                    let nodes = self.roster.nodes();
                     if !nodes.is_empty() {
                         out.effects.push(Effect::SharedLevels {
                             room: self.name.clone(),
@@ -348,7 +347,7 @@ impl LocalRoom {
                         .map(|(rid, _)| rid.clone())
                         .collect();
                     tracing::debug!(room = %self.name, %track, ?layers, "dynacast");
-                    if let Some(owner) = self.participants.get(&p.owner) {
+                    if let Some(owner) = self.roster.local.get(&p.owner) {
                         owner.send(ServerMessage::PublisherLayers {
                             track: track.to_string(),
                             name: p.name.clone(),

@@ -109,7 +109,7 @@ impl LocalRoom {
         sources: HashMap<String, TrackSourceName>,
         out: &mut Egress,
     ) -> Result<String, SignalError> {
-        if let Some(p) = self.participants.get_mut(sid) {
+        if let Some(p) = self.roster.local.get_mut(sid) {
             p.sources.extend(sources);
         }
         let p = self.participant(sid)?;
@@ -249,7 +249,8 @@ impl LocalRoom {
         let layers = o.rids.len().max(1);
         let owner = self.peers[key].participant.clone();
         let source = self
-            .participants
+            .roster
+            .local
             .get(&owner)
             .and_then(|p| p.sources.get(&o.rtc_track).copied())
             .unwrap_or(match o.kind {
@@ -315,7 +316,7 @@ impl LocalRoom {
             },
         });
         self.tracks.insert(id, published);
-        if let Some(p) = self.participants.get_mut(&owner) {
+        if let Some(p) = self.roster.local.get_mut(&owner) {
             p.tracks.push(id);
         }
         tracing::info!(room = %self.name, participant = %owner, track = %id, kind = ?o.kind, codec = %view.codec, layers, "track published");
@@ -354,10 +355,10 @@ impl LocalRoom {
                 });
             }
         }
-        if let Some(p) = self.participants.get_mut(&published.owner) {
+        if let Some(p) = self.roster.local.get_mut(&published.owner) {
             p.tracks.retain(|t| *t != track);
         }
-        if let Some(r) = self.remote.get_mut(&published.owner) {
+        if let Some(r) = self.roster.remote.get_mut(&published.owner) {
             r.tracks.retain(|t| *t != track);
         }
         tracing::info!(room = %self.name, participant = %published.owner, %track, "track unpublished");

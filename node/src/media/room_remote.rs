@@ -12,8 +12,12 @@ use crate::signaling::protocol::{ServerMessage, TrackSourceName};
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use sfu_control::{ParticipantRecord, TrackRecord};
 use sfu_core::{Codec, LayerIndex, MediaKind, TrackId, TrackInfo};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often the demand for remote tracks is refreshed when nothing asked for it.
+const DEMAND_PERIOD: Duration = Duration::from_millis(200);
 
 impl LocalRoom {
     /// A participant joined (or changed) on another node.
@@ -23,28 +27,47 @@ impl LocalRoom {
         record: ParticipantRecord,
         out: &mut Egress,
     ) {
-        if *record.node == *self.ctx.node_id || self.remote.contains_key(&record.sid) {
+        if *record.node == *self.ctx.node_id {
+            return;
+        }
+        if let Some(known) = self.roster.remote.get(&record.sid) {
+            // A change of role.
+            if known.stage != record.stage {
+                self.roster.set_remote_stage(&record.sid, record.stage);
+                if let Some(r) = self.roster.remote.get(&record.sid) {
+                    let participant = self.remote_view(&record.sid, r);
+                    self.broadcast("", &ServerMessage::ParticipantUpdated { participant });
+                }
+            }
             return;
         }
         self.end_superseded(now, &record, out);
-        self.next_seq += 1;
+        self.roster.next_seq += 1;
         let r = RemoteParticipant {
             identity: record.identity,
             name: record.name,
             node: record.node,
             kind: record.kind,
             joined_ms: record.joined_ms,
-            seq: self.next_seq,
+            stage: record.stage,
+            seq: self.roster.next_seq,
             tracks: Vec::new(),
         };
         let view = self.remote_view(&record.sid, &r);
-        self.remote.insert(record.sid.clone(), r);
+        self.roster.insert_remote(record.sid.clone(), r);
         self.broadcast("", &ServerMessage::ParticipantJoined { participant: view });
+    }
+
+    /// The counted audience of another node changed.
+    pub fn on_remote_audience(&mut self, node: &str, count: u32) {
+        if *node != *self.ctx.node_id {
+            self.roster.set_remote_audience(node, count);
+        }
     }
 
     /// A participant on another node left.
     pub fn on_remote_participant_gone(&mut self, now: Instant, sid: &str, out: &mut Egress) {
-        let Some(r) = self.remote.remove(sid) else {
+        let Some(r) = self.roster.remove_remote(sid) else {
             return;
         };
         for t in r.tracks {
@@ -118,7 +141,7 @@ impl LocalRoom {
         }
         let view = published.view();
         self.tracks.insert(id, published);
-        if let Some(r) = self.remote.get_mut(&record.participant) {
+        if let Some(r) = self.roster.remote.get_mut(&record.participant) {
             r.tracks.push(id);
         }
         self.broadcast("", &ServerMessage::TrackPublished { track: view });
@@ -143,6 +166,7 @@ impl LocalRoom {
     /// A node left the cluster: everything it held here is gone.
     pub fn on_node_gone(&mut self, now: Instant, node: &str, out: &mut Egress) {
         let sids: Vec<String> = self
+            .roster
             .remote
             .iter()
             .filter(|(_, r)| r.node == node)
@@ -151,6 +175,7 @@ impl LocalRoom {
         for sid in sids {
             self.on_remote_participant_gone(now, &sid, out);
         }
+        self.roster.forget_node(node);
         let tracks: Vec<TrackId> = self
             .tracks
             .values()
@@ -175,7 +200,8 @@ impl LocalRoom {
             return;
         }
         let subscribers: Vec<usize> = self
-            .participants
+            .roster
+            .local
             .values()
             .filter_map(|p| p.subscriber)
             .collect();
@@ -195,8 +221,19 @@ impl LocalRoom {
         }
     }
 
-    /// Tells the cluster which layers of each remote track local subscribers need now.
+    /// Tells the cluster which layers of each remote track local subscribers need, at most
+    /// every [`DEMAND_PERIOD`]: what the allocator wants changes with bandwidth estimates, and
+    /// a room's deadlines fire far more often than that (every peer's timers).
+    pub(super) fn refresh_demand_periodic(&mut self, now: Instant, out: &mut Egress) {
+        if now >= self.next_demand {
+            self.refresh_demand(now, out);
+        }
+    }
+
+    /// Tells the cluster which layers of each remote track local subscribers need now. One
+    /// pass over the peers, however many remote tracks.
     pub(super) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
+        self.next_demand = now + DEMAND_PERIOD;
         let remote: Vec<(TrackId, String, usize)> = self
             .tracks
             .values()
@@ -205,16 +242,24 @@ impl LocalRoom {
                 Origin::Local { .. } => None,
             })
             .collect();
+        if remote.is_empty() {
+            return;
+        }
+        // (interested, attached) per remote track.
+        let mut wants: HashMap<TrackId, (bool, bool)> = remote
+            .iter()
+            .map(|(t, _, _)| (*t, (false, false)))
+            .collect();
+        for (_, p) in &self.peers {
+            for o in &p.outbound {
+                if let Some(w) = o.source.and_then(|s| wants.get_mut(&s)) {
+                    w.0 = true;
+                    w.1 |= o.subscription.is_some();
+                }
+            }
+        }
         for (track, origin, layers) in remote {
-            let interested = self
-                .peers
-                .iter()
-                .any(|(_, p)| p.outbound.iter().any(|o| o.source == Some(track)));
-            let attached = self.peers.iter().any(|(_, p)| {
-                p.outbound
-                    .iter()
-                    .any(|o| o.source == Some(track) && o.subscription.is_some())
-            });
+            let (interested, attached) = wants.get(&track).copied().unwrap_or_default();
             let kind = self.tracks.get(&track).map(|t| t.kind);
             let wanted: Vec<LayerIndex> = if !interested {
                 Vec::new()
@@ -268,7 +313,7 @@ impl LocalRoom {
 
     /// The node a remote participant is connected to.
     pub fn participant_node(&self, sid: &str) -> Option<String> {
-        self.remote.get(sid).map(|r| r.node.clone())
+        self.roster.remote.get(sid).map(|r| r.node.clone())
     }
 
     /// Whether the room still holds anything: local participants or remote tracks being

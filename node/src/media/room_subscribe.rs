@@ -134,7 +134,8 @@ impl LocalRoom {
     pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
         let owner = self.tracks.get(&track).map(|t| t.owner.clone());
         let auto: Vec<String> = self
-            .participants
+            .roster
+            .local
             .values()
             .filter(|p| p.auto_subscribe && p.can_subscribe && Some(&p.sid) != owner.as_ref())
             .map(|p| p.sid.clone())
@@ -152,7 +153,7 @@ impl LocalRoom {
 
     /// Subscribes a new participant to everything already published (auto-subscribe).
     pub fn subscribe_existing(&mut self, now: Instant, sid: &str) {
-        let Some(p) = self.participants.get(sid) else {
+        let Some(p) = self.roster.local.get(sid) else {
             return;
         };
         if !(p.auto_subscribe && p.can_subscribe) {
@@ -239,7 +240,7 @@ impl LocalRoom {
     }
 
     fn remove_outbound(&mut self, sid: &str, track: TrackId) {
-        let Some(key) = self.participants.get(sid).and_then(|p| p.subscriber) else {
+        let Some(key) = self.roster.local.get(sid).and_then(|p| p.subscriber) else {
             return;
         };
         let peer = &mut self.peers[key];
@@ -259,7 +260,7 @@ impl LocalRoom {
     /// Sends a new offer to the client if its subscriber connection changed and no offer is
     /// outstanding (changes made meanwhile go into the next offer, after the answer).
     pub(super) fn negotiate(&mut self, now: Instant, sid: &str) -> Result<(), SignalError> {
-        let Some(key) = self.participants.get(sid).and_then(|p| p.subscriber) else {
+        let Some(key) = self.roster.local.get(sid).and_then(|p| p.subscriber) else {
             return Ok(());
         };
         let candidates = self.ctx.candidates.clone();
@@ -297,7 +298,7 @@ impl LocalRoom {
                 });
             }
         }
-        if let Some(p) = self.participants.get(sid) {
+        if let Some(p) = self.roster.local.get(sid) {
             p.send(ServerMessage::Offer {
                 sdp,
                 tracks: sections,
@@ -416,7 +417,8 @@ impl LocalRoom {
         };
         let sid = peer.participant.clone();
         let whep = self
-            .participants
+            .roster
+            .local
             .get(&sid)
             .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
         if whep {
@@ -549,7 +551,8 @@ impl LocalRoom {
     /// a break in its RTP streams.
     pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
         let players: Vec<(String, Option<String>, usize)> = self
-            .participants
+            .roster
+            .local
             .values()
             .filter_map(|p| match (&p.kind, p.subscriber) {
                 (ParticipantKind::Whep { source }, Some(key)) => {
@@ -558,30 +561,39 @@ impl LocalRoom {
                 _ => None,
             })
             .collect();
+        if players.is_empty() {
+            return;
+        }
+        // Publishers here and on other nodes, in the order they joined: listed once for all
+        // players.
+        let local = self
+            .roster
+            .local
+            .values()
+            .map(|p| (p.seq, &p.sid, &p.identity, &p.tracks));
+        let remote = self
+            .roster
+            .remote
+            .iter()
+            .map(|(sid, r)| (r.seq, sid, &r.identity, &r.tracks));
+        let mut publishers: Vec<(u64, String, String, Vec<TrackId>)> = local
+            .chain(remote)
+            .filter(|(_, _, _, tracks)| !tracks.is_empty())
+            .map(|(seq, sid, identity, tracks)| {
+                (seq, sid.clone(), identity.clone(), tracks.clone())
+            })
+            .collect();
+        publishers.sort_by_key(|(seq, ..)| *seq);
         for (sid, wanted, key) in players {
             if !self.peers.get(key).is_some_and(|p| p.connected) {
                 continue;
             }
-            // Publishers here and on other nodes, in the order they joined.
-            let local = self
-                .participants
-                .values()
-                .filter(|p| p.sid != sid)
-                .map(|p| (p.seq, &p.identity, &p.tracks));
-            let remote = self
-                .remote
-                .values()
-                .map(|r| (r.seq, &r.identity, &r.tracks));
-            let mut publishers: Vec<_> = local
-                .chain(remote)
-                .filter(|(_, identity, tracks)| {
-                    !tracks.is_empty() && wanted.as_ref().is_none_or(|w| w == *identity)
-                })
-                .collect();
-            publishers.sort_by_key(|(seq, _, _)| *seq);
             let candidates: Vec<TrackId> = publishers
-                .first()
-                .map(|(_, _, tracks)| (*tracks).clone())
+                .iter()
+                .find(|(_, publisher, identity, _)| {
+                    *publisher != sid && wanted.as_ref().is_none_or(|w| w == identity)
+                })
+                .map(|(.., tracks)| tracks.clone())
                 .unwrap_or_default();
             for i in 0..self.peers[key].outbound.len() {
                 self.retarget_section(now, key, i, &candidates);

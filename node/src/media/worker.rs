@@ -55,6 +55,8 @@ pub struct WorkerConfig {
     pub announced_ips: Vec<IpAddr>,
     pub max_participants: usize,
     pub default_max_layer: usize,
+    /// Above this many participants a room is large (unless its configuration says).
+    pub large_room_threshold: u32,
     pub core: sfu_core::RoomConfig,
     pub node_id: Arc<str>,
     /// Nodes a track is fed to directly before others are redirected.
@@ -142,6 +144,9 @@ pub(super) fn spawn(
         candidates,
         max_participants: config.max_participants,
         default_max_layer: config.default_max_layer,
+        large_room_threshold: config.large_room_threshold,
+        certificate: super::peer::worker_certificate()
+            .map_err(|e| anyhow::anyhow!("making the DTLS certificate: {e}"))?,
         core: config.core,
     });
     let relay = Relay::new(
@@ -327,7 +332,7 @@ impl Worker {
             }
             room.armed = None;
             room.handle_timeout(now, &mut self.out);
-            room.refresh_demand(now, &mut self.out);
+            room.refresh_demand_periodic(now, &mut self.out);
             self.after_room(idx);
         }
     }
@@ -386,9 +391,12 @@ impl Worker {
             return None;
         }
         let now = Instant::now();
-        let idx = self
-            .rooms
-            .insert(LocalRoom::new(name.to_owned(), self.ctx.clone(), now));
+        let idx = self.rooms.insert(LocalRoom::new(
+            name.to_owned(),
+            self.ctx.clone(),
+            now,
+            self.large_room_threshold(name),
+        ));
         self.room_by_name.insert(name.to_owned(), idx);
         self.membership.set_json(
             self.membership.keys().room_node(name, &self.ctx.node_id),
@@ -403,8 +411,23 @@ impl Worker {
         for t in tracks {
             room.on_remote_track(now, t, &mut self.out);
         }
+        for (node, count) in self.membership.audience(name) {
+            room.on_remote_audience(&node, count);
+        }
+        for hand in self.membership.hands(name) {
+            room.on_hand(hand);
+        }
         tracing::info!(room = name, "room opened on this node");
         Some(idx)
+    }
+
+    /// Above how many participants `room` is large: its configuration's, or the node's.
+    pub(super) fn large_room_threshold(&self, room: &str) -> u32 {
+        self.membership
+            .room_config(room)
+            .map(|c| c.large_room_threshold)
+            .filter(|t| *t > 0)
+            .unwrap_or(self.ctx.large_room_threshold)
     }
 
     pub(super) fn snapshot(&self) -> WorkerSnapshot {

@@ -22,13 +22,23 @@ impl Worker {
         let hook = |event, room: &str| crate::webhook::Event::new(event, &node, room);
         for e in effects {
             match e {
-                Effect::ParticipantJoined { room, record } => {
+                Effect::ParticipantJoined {
+                    room,
+                    record,
+                    announced,
+                } => {
                     let mut e = hook("participant_joined", &room);
                     e.participant = Some(crate::webhook::ParticipantRef {
                         sid: record.sid.clone(),
                         identity: record.identity.clone(),
                         name: record.name.clone(),
                     });
+                    if !announced {
+                        // Counted, not recorded: the count's own write decides whether the
+                        // room started (see `Effect::AudienceCount`).
+                        self.webhooks.send(e);
+                        continue;
+                    }
                     // The room started if this is its first participant in the whole cluster:
                     // decided in the registry transaction that writes the participant's
                     // record, so exactly one node says so however many race (none if etcd
@@ -52,10 +62,11 @@ impl Worker {
                     sid,
                     identity,
                     name,
-                    slot,
+                    place,
+                    announced,
                 } => {
-                    if let Some(slot) = slot {
-                        self.membership.remove(slot);
+                    if place {
+                        self.membership.release(&room);
                     }
                     let finished = hook("room_finished", &room);
                     let mut e = hook("participant_left", &room);
@@ -64,6 +75,10 @@ impl Worker {
                         identity,
                         name,
                     });
+                    if !announced {
+                        self.webhooks.send(e);
+                        continue;
+                    }
                     // The room finished if no participant is left anywhere in the cluster.
                     let webhooks = self.webhooks.clone();
                     self.membership.remove_alone(
@@ -76,6 +91,45 @@ impl Worker {
                             }
                         },
                     );
+                }
+                Effect::ParticipantUpdated { room, record } => {
+                    self.membership
+                        .set_json(keys.participant(&room, &record.sid), &record);
+                }
+                Effect::ParticipantHidden { room, sid } => {
+                    self.membership.remove(keys.participant(&room, &sid));
+                }
+                Effect::AudienceCount { room, count, was } => {
+                    let key = keys.audience(&room, &node);
+                    let prefix = keys.participants_prefix(&room);
+                    let webhooks = self.webhooks.clone();
+                    if was == 0 && count > 0 {
+                        let started = hook("room_started", &room);
+                        let record = sfu_control::records::AudienceRecord { count };
+                        self.membership
+                            .set_json_alone(key, &record, prefix, move |first| {
+                                if let Ok(true) = first {
+                                    webhooks.send(started);
+                                }
+                            });
+                    } else if count == 0 {
+                        let finished = hook("room_finished", &room);
+                        self.membership.remove_alone(key, prefix, move |last| {
+                            if let Ok(true) = last {
+                                webhooks.send(finished);
+                            }
+                        });
+                    } else {
+                        let record = sfu_control::records::AudienceRecord { count };
+                        self.membership.set_json(key, &record);
+                    }
+                }
+                Effect::HandRaised { room, record } => {
+                    self.membership
+                        .set_json(keys.hand(&room, &record.sid), &record);
+                }
+                Effect::HandLowered { room, sid } => {
+                    self.membership.remove(keys.hand(&room, &sid));
                 }
                 Effect::TrackPublished { room, record, info } => {
                     let key = TrackKey {
@@ -325,7 +379,10 @@ impl Worker {
             ClusterEvent::Participant { room, .. }
             | ClusterEvent::ParticipantGone { room, .. }
             | ClusterEvent::Track { room, .. }
-            | ClusterEvent::TrackGone { room, .. } => Some(room.clone()),
+            | ClusterEvent::TrackGone { room, .. }
+            | ClusterEvent::Audience { room, .. }
+            | ClusterEvent::Hand { room, .. }
+            | ClusterEvent::HandGone { room, .. } => Some(room.clone()),
             _ => None,
         };
         if let ClusterEvent::NodeGone(node) = &e {
@@ -352,6 +409,9 @@ impl Worker {
             ClusterEvent::TrackGone { track, .. } => {
                 r.on_remote_track_gone(now, &track, &mut self.out)
             }
+            ClusterEvent::Audience { node, count, .. } => r.on_remote_audience(&node, count),
+            ClusterEvent::Hand { record, .. } => r.on_hand(record),
+            ClusterEvent::HandGone { sid, .. } => r.on_hand_gone(&sid),
             _ => {}
         }
         self.after_room(idx);

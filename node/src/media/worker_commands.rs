@@ -31,7 +31,9 @@ impl Worker {
                     return;
                 };
                 let auto = request.auto_subscribe;
+                let threshold = self.large_room_threshold(&request.room);
                 let room = &mut self.rooms[idx];
+                room.roster.threshold = threshold;
                 let result = room.join(now, request, &mut self.out);
                 if let (Ok(joined), true) = (&result, auto) {
                     room.subscribe_existing(now, &joined.participant.sid);
@@ -125,6 +127,35 @@ impl Worker {
                 candidate,
                 sdp_mid
             )),
+            Command::Hand {
+                room,
+                participant,
+                raise,
+                reply,
+            } => in_room!(room, reply, |r, out| r.raise_hand(
+                now,
+                &participant,
+                raise,
+                out
+            )),
+            Command::Counts {
+                room,
+                participant,
+                reply,
+            } => in_room!(room, reply, |r, _out| r.count_request(now, &participant)),
+            Command::ListParticipants {
+                room,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self
+                    .room_by_name
+                    .get(&room)
+                    .map(|&idx| self.rooms[idx].list_local(&after, limit))
+                    .unwrap_or_default();
+                let _ = reply.send(page);
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }
@@ -162,6 +193,7 @@ impl Worker {
             AdminOp::RemoveParticipant { room, .. }
             | AdminOp::DeleteRoom { room }
             | AdminOp::Mute { room, .. }
+            | AdminOp::UpdatePermissions { room, .. }
             | AdminOp::Subscriptions { room, .. } => room.clone(),
         };
         let idx = self
@@ -185,6 +217,11 @@ impl Worker {
             } => room
                 .sid_of(&identity)
                 .and_then(|sid| room.mute(now, &sid, &track, muted, out)),
+            AdminOp::UpdatePermissions {
+                identity,
+                can_publish,
+                ..
+            } => room.update_permissions(now, &identity, can_publish, out),
             AdminOp::Subscriptions {
                 identity,
                 tracks,

@@ -57,6 +57,16 @@ pub enum ClientMessage {
         #[serde(default)]
         pinned: bool,
     },
+    /// An audience member asks to be let on stage; admins see the queue.
+    RaiseHand,
+    /// Takes a raised hand back.
+    LowerHand,
+    /// Asks for the room's participant counts now (answered with `participant_count`; they
+    /// also come by themselves when they change, at most once a second).
+    ParticipantCount,
+    /// An administrator (a token with `roomAdmin`) lets a participant on stage or takes it
+    /// off: `can_publish` true promotes, false demotes (its tracks are unpublished).
+    UpdateParticipant { identity: String, can_publish: bool },
     /// Keep-alive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -112,7 +122,36 @@ pub struct ParticipantView {
     pub sid: String,
     pub identity: String,
     pub name: String,
+    /// On stage (may publish) or in the audience.
+    pub stage: bool,
     pub tracks: Vec<TrackView>,
+}
+
+/// How many are in a room, over the whole cluster.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParticipantCounts {
+    pub stage: u32,
+    pub audience: u32,
+    pub raised_hands: u32,
+}
+
+/// A raised hand, as administrators see it.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct HandView {
+    pub sid: String,
+    pub identity: String,
+    pub name: String,
+    /// When it was raised (Unix milliseconds); the queue is in this order.
+    pub raised_ms: u64,
+}
+
+/// What a participant may do.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    /// Sees raised hands and may promote and demote (`roomAdmin`).
+    pub admin: bool,
 }
 
 /// A published track as subscribers see it.
@@ -152,11 +191,17 @@ pub struct SectionTrack {
 #[derive(Debug, Serialize, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// Answer to `join`.
+    /// Answer to `join`. `participants` is the roster: everyone in a small room, the stage
+    /// (and those announced while the room was small) in a large one, whose audience is only
+    /// counted in `counts`. `hands` is the raised-hand queue, for administrators only.
     Joined {
         room: String,
         participant: ParticipantView,
         participants: Vec<ParticipantView>,
+        permissions: Permissions,
+        counts: ParticipantCounts,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        hands: Vec<HandView>,
     },
     /// Answer to `publish`.
     PublishAnswer {
@@ -172,6 +217,31 @@ pub enum ServerMessage {
         participant: ParticipantView,
     },
     ParticipantLeft {
+        participant: String,
+    },
+    /// A participant of the roster changed role (a small room's audience member promoted or
+    /// demoted).
+    ParticipantUpdated {
+        participant: ParticipantView,
+    },
+    /// The room's counts changed (at most once a second), or were asked for.
+    ParticipantCount {
+        #[serde(flatten)]
+        counts: ParticipantCounts,
+    },
+    /// Your permissions changed: promoted to the stage (publish on your existing connection)
+    /// or demoted (your tracks were unpublished).
+    PermissionsChanged {
+        #[serde(flatten)]
+        permissions: Permissions,
+    },
+    /// To administrators, and to the one who raised it: a hand went up.
+    HandRaised {
+        hand: HandView,
+    },
+    /// To administrators, and to the one who lowered it: a hand went down (lowered, promoted,
+    /// or its participant left). `participant` is the sid.
+    HandLowered {
         participant: String,
     },
     TrackPublished {
@@ -243,6 +313,8 @@ pub enum ErrorCode {
     RoomFull,
     /// A peer connection failed.
     PeerFailed,
+    /// Too many requests of this kind; slow down.
+    RateLimited,
     /// A bug or resource problem on the server.
     Internal,
 }

@@ -171,17 +171,30 @@ pub async fn next_of(ws: &mut Ws, types: &[&str], limit: Duration) -> Value {
     }
 }
 
-/// The participants of a room, as the control plane lists them.
+/// The participants of a room, as the control plane lists them (every page).
 pub async fn participants(room: &str, grpc: &str) -> Vec<pb::ParticipantInfo> {
     let mut c = RoomServiceClient::connect(grpc.to_owned()).await.unwrap();
-    c.list_participants(authed(
-        &admin(),
-        pb::ListParticipantsRequest { room: room.into() },
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-    .participants
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_participants(authed(
+                &admin(),
+                pb::ListParticipantsRequest {
+                    room: room.into(),
+                    page_size: 0,
+                    page_token,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.participants);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
