@@ -215,3 +215,89 @@ async fn futures_first(r: &EtcdRegistry, lease: sfu_control::registry::LeaseId, 
     }
     firsts
 }
+
+#[tokio::test]
+async fn a_write_holds_only_if_nothing_under_its_prefix_changed_since_the_listing() {
+    let etcd = Etcd::start().unwrap();
+    let r = EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
+    let lease = r.grant(Duration::from_secs(30)).await.unwrap();
+    let (_, rev) = r.list("/res/").await.unwrap();
+    assert!(
+        r.put_if_unchanged("/res/a", b"1".to_vec(), lease, "/res/", rev)
+            .await
+            .unwrap(),
+        "an empty prefix is unchanged"
+    );
+    // Decided from a listing older than a's write: refused.
+    assert!(
+        !r.put_if_unchanged("/res/b", b"1".to_vec(), lease, "/res/", rev)
+            .await
+            .unwrap()
+    );
+    let (_, rev) = r.list("/res/").await.unwrap();
+    r.put("/other/x", b"1".to_vec(), lease).await.unwrap();
+    assert!(
+        r.put_if_unchanged("/res/b", b"1".to_vec(), lease, "/res/", rev)
+            .await
+            .unwrap(),
+        "writes outside the prefix do not matter"
+    );
+}
+
+#[tokio::test]
+async fn nodes_racing_for_a_limited_rooms_places_never_exceed_the_limit_on_etcd() {
+    let etcd = Etcd::start().unwrap();
+    let keys = Keys::new("places");
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let (tx, mut ev) = mpsc::unbounded_channel();
+        let m = Membership::start(
+            EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
+                .await
+                .unwrap(),
+            keys.clone(),
+            Duration::from_secs(3),
+            tx,
+        );
+        m.set_json(keys.node(&format!("n{i}")), &node(&format!("n{i}")));
+        until(&mut ev, Duration::from_secs(10), |e| {
+            matches!(e, ClusterEvent::Registered(true))
+        })
+        .await;
+        nodes.push(m);
+    }
+    // 90 joins at once over three nodes for 40 places: each node reserves blocks in
+    // transactions that fail when another node reserved meanwhile.
+    let joins = (0..90).map(|i| {
+        let m = nodes[i % 3].clone();
+        let node = format!("n{}", i % 3);
+        tokio::spawn(async move { m.reserve("big", &node, 40).await })
+    });
+    let mut results = Vec::new();
+    for j in joins.collect::<Vec<_>>() {
+        results.push(j.await);
+    }
+    let taken = results.iter().filter(|r| matches!(r, Ok(Ok(true)))).count();
+    let errors: Vec<_> = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let r = EtcdRegistry::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
+    let (kvs, _) = r.list(&keys.reservations_prefix("big")).await.unwrap();
+    let reserved: u32 = kvs
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_slice::<sfu_control::records::ReservationRecord>(v)
+                .unwrap()
+                .reserved
+        })
+        .sum();
+    assert!(reserved <= 40, "at most the limit is reserved: {reserved}");
+    assert!(taken <= reserved as usize, "{taken} taken of {reserved}");
+    assert!(
+        taken >= 36,
+        "nearly every place is used at once (the rest are spare on a node): {taken}"
+    );
+}

@@ -178,6 +178,9 @@ pub struct LocalRoom {
     pub(super) next_housekeeping: Instant,
     /// When the demand for remote tracks is next refreshed by itself.
     pub(super) next_demand: Instant,
+    /// Speaker changes: when the next may be told, and the latest one waiting for then.
+    pub(super) speakers_due: Option<Instant>,
+    pub(super) speakers_pending: Option<Vec<crate::signaling::protocol::SpeakerView>>,
     /// The deadline the worker has armed for this room.
     pub armed: Option<Instant>,
     /// Core counters already added to the metrics.
@@ -206,6 +209,8 @@ impl LocalRoom {
             next_generation: 0,
             next_housekeeping: now + HOUSEKEEPING,
             next_demand: now,
+            speakers_due: None,
+            speakers_pending: None,
             armed: None,
             reported: sfu_core::RoomStats::default(),
             drops: Default::default(),
@@ -585,10 +590,12 @@ impl LocalRoom {
     /// When the room next needs [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let speakers = self.speakers_pending.as_ref().and(self.speakers_due);
         [
             peers,
             self.core.poll_timeout(),
             Some(self.next_housekeeping),
+            speakers,
         ]
         .into_iter()
         .flatten()

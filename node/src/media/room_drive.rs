@@ -109,6 +109,7 @@ impl LocalRoom {
             self.core.handle_timeout(now);
             self.route_core_outputs(now, out);
         }
+        self.flush_speakers(now);
         self.housekeeping(now, out);
     }
 
@@ -322,7 +323,7 @@ impl LocalRoom {
                             level: s.level,
                         })
                         .collect();
-                    self.broadcast("", &ServerMessage::Speakers { speakers });
+                    self.speakers_changed(now, speakers);
                 }
                 Output::SharedLevels(levels) => {
                     // Every node hosting part of the room ranks speakers, audience nodes too.

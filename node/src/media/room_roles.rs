@@ -15,6 +15,10 @@ use crate::signaling::protocol::{
 use sfu_control::records::HandRecord;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Speaker changes reach clients at most this often (the latest ranking wins): in a large
+/// room every change is a message to everyone, and two people talking over each other would
+/// otherwise flip the ranking many times a second.
+pub(super) const SPEAKERS_PERIOD: Duration = Duration::from_millis(500);
 /// A participant may raise or lower its hand, or ask for the counts, this often.
 const REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 /// The counted audience is written to the registry at most this often (a count going from
@@ -216,6 +220,32 @@ impl LocalRoom {
         Ok(self.roster.counts())
     }
 
+    /// The active speakers changed: told at once, unless they were told less than
+    /// [`SPEAKERS_PERIOD`] ago; then the latest ranking waits for the period to end.
+    pub(super) fn speakers_changed(
+        &mut self,
+        now: Instant,
+        speakers: Vec<crate::signaling::protocol::SpeakerView>,
+    ) {
+        if self.speakers_due.is_some_and(|t| now < t) {
+            self.speakers_pending = Some(speakers);
+            return;
+        }
+        self.speakers_due = Some(now + SPEAKERS_PERIOD);
+        self.speakers_pending = None;
+        self.broadcast("", &ServerMessage::Speakers { speakers });
+    }
+
+    /// Sends the ranking that waited, once its period is over.
+    pub(super) fn flush_speakers(&mut self, now: Instant) {
+        if self.speakers_due.is_some_and(|t| now >= t)
+            && let Some(speakers) = self.speakers_pending.take()
+        {
+            self.speakers_due = Some(now + SPEAKERS_PERIOD);
+            self.broadcast("", &ServerMessage::Speakers { speakers });
+        }
+    }
+
     /// The counted audience here changed: from or to zero it is written at once, otherwise
     /// with the next report.
     pub(super) fn audience_changed(&mut self, now: Instant, out: &mut Egress) {
@@ -277,5 +307,206 @@ impl LocalRoom {
                     .collect(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::room::RoomContext;
+    use super::super::{JoinRequest, ParticipantKind};
+    use super::*;
+    use crate::auth::Grants;
+    use crate::signaling::Outbound;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    fn room(threshold: u32, now: Instant) -> LocalRoom {
+        let ctx = Arc::new(RoomContext {
+            node_id: "n1".into(),
+            candidates: vec!["127.0.0.1:9".parse().unwrap()],
+            max_participants: 0,
+            default_max_layer: 2,
+            large_room_threshold: threshold,
+            certificate: super::super::peer::worker_certificate().unwrap(),
+            core: Default::default(),
+        });
+        LocalRoom::new("r".into(), ctx, now, threshold)
+    }
+
+    fn request(
+        identity: &str,
+        stage: bool,
+        admin: bool,
+    ) -> (JoinRequest, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let grants = Grants {
+            identity: identity.into(),
+            name: identity.into(),
+            room: Some("r".into()),
+            room_join: true,
+            can_publish: stage,
+            can_subscribe: true,
+            room_admin: admin,
+            room_create: false,
+            room_list: false,
+        };
+        let request = JoinRequest {
+            room: "r".into(),
+            grants,
+            kind: ParticipantKind::Client,
+            auto_subscribe: true,
+            events: Some(tx),
+            place: false,
+        };
+        (request, rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<String> {
+        let mut types = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            let text = match m {
+                Outbound::Message(m) => serde_json::to_string(&m).unwrap(),
+                Outbound::Shared(t) => t.as_str().to_owned(),
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            types.push(v["type"].as_str().unwrap().to_owned());
+        }
+        types
+    }
+
+    #[test]
+    fn an_audience_join_in_a_large_room_is_told_to_no_one_and_counted_once_a_second() {
+        let t0 = Instant::now();
+        let mut r = room(3, t0);
+        let mut out = Egress::default();
+        let mut stage = Vec::new();
+        for name in ["host", "a", "b"] {
+            let (req, rx) = request(name, true, name == "host");
+            r.join(t0, req, &mut out).unwrap();
+            stage.push(rx);
+        }
+        for rx in &mut stage {
+            drain(rx);
+        }
+        out.effects.clear();
+        // The room is at its threshold: 500 audience members join.
+        let mut audience = Vec::new();
+        for i in 0..500 {
+            let (req, rx) = request(&format!("viewer{i}"), false, false);
+            let joined = r.join(t0, req, &mut out).unwrap();
+            assert_eq!(
+                joined.others.len(),
+                3,
+                "a joiner gets the stage, not the audience"
+            );
+            audience.push(rx);
+        }
+        for rx in &mut stage {
+            assert_eq!(
+                drain(rx),
+                Vec::<String>::new(),
+                "no message per audience join"
+            );
+        }
+        let records = out
+            .effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::ParticipantJoined {
+                        announced: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        let counts = out
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::AudienceCount { .. }))
+            .count();
+        assert_eq!(records, 0, "no registry record per audience member");
+        assert_eq!(counts, 1, "the count's record is created once (0 -> 1)");
+        // Once a second: one participant_count to everyone, the registry's count refreshed.
+        out.effects.clear();
+        let t1 = t0 + Duration::from_secs(2);
+        r.tell_counts(t1, &mut out);
+        r.tell_counts(t1 + Duration::from_millis(500), &mut out);
+        for rx in stage.iter_mut().chain(&mut audience) {
+            assert_eq!(drain(rx), ["participant_count"], "once, to everyone");
+        }
+        assert_eq!(r.roster.counts().audience, 500);
+        assert!(
+            matches!(out.effects[..], [Effect::AudienceCount { count: 500, .. }]),
+            "one refresh of the count record"
+        );
+
+        // An audience member raises a hand; promoted, it is announced to everyone.
+        out.effects.clear();
+        let sid = r.sid_of("viewer7").unwrap();
+        r.raise_hand(t1, &sid, true, &mut out).unwrap();
+        let Some(Effect::HandRaised { record, .. }) = out.effects.pop() else {
+            panic!("the hand goes to the registry")
+        };
+        assert_eq!(
+            r.raise_hand(t1, &sid, false, &mut out).unwrap_err().code,
+            ErrorCode::RateLimited,
+            "a hand goes up or down once a second"
+        );
+        r.on_hand(record);
+        assert_eq!(drain(&mut stage[0]), ["hand_raised"], "the host sees it");
+        assert!(drain(&mut stage[1]).is_empty(), "others do not");
+        assert_eq!(
+            drain(&mut audience[7]),
+            ["hand_raised"],
+            "nor do they, but its owner"
+        );
+        r.update_permissions(t1, "viewer7", true, &mut out).unwrap();
+        assert_eq!(drain(&mut stage[1]), ["participant_joined"]);
+        assert_eq!(drain(&mut audience[7]), ["permissions_changed"]);
+        assert!(
+            out.effects
+                .iter()
+                .any(|e| matches!(e, Effect::HandLowered { .. })),
+            "promotion lowers the hand"
+        );
+        assert_eq!(r.roster.counts().stage, 4);
+        // Demoted in a large room, it leaves the roster again.
+        r.update_permissions(t1, "viewer7", false, &mut out)
+            .unwrap();
+        assert_eq!(drain(&mut stage[1]), ["participant_left"]);
+        assert_eq!(r.roster.counts().stage, 3);
+        assert_eq!(r.roster.counts().audience, 500);
+    }
+
+    #[test]
+    fn a_small_room_announces_everyone_and_counts_requests_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut r = room(50, t0);
+        let mut out = Egress::default();
+        let (req, mut host) = request("host", true, false);
+        r.join(t0, req, &mut out).unwrap();
+        let (req, _viewer) = request("viewer", false, false);
+        let joined = r.join(t0, req, &mut out).unwrap();
+        assert_eq!(
+            drain(&mut host),
+            ["participant_joined"],
+            "a small room lists everyone"
+        );
+        assert!(!joined.participant.stage);
+        let sid = joined.participant.sid;
+        assert_eq!(r.count_request(t0, &sid).unwrap().audience, 1);
+        assert_eq!(
+            r.count_request(t0, &sid).unwrap_err().code,
+            ErrorCode::RateLimited
+        );
+        assert_eq!(
+            r.raise_hand(t0, &r.sid_of("host").unwrap(), true, &mut out)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidState,
+            "the stage raises no hand"
+        );
     }
 }

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! The relay core and forwarding core of several nodes, connected by a simulated network
-//! (latency, datagram loss, seeded), in virtual time. Shared by the relay's simulation tests.
+//! (latency, per link if wanted; datagram loss, seeded), in virtual time. Shared by the relay's
+//! simulation tests.
 
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -9,8 +10,9 @@ pub use sfu_core::{
     Codec, MediaKind, Output as RoomOutput, Packet, Room, RoomConfig, SinkId, SubscriptionId,
     SubscriptionParams, TrackId, TrackInfo, WallClock,
 };
-pub use sfu_proto::relay::frame::Body;
-pub use sfu_proto::relay::{Frame, Subscribe};
+// Not every test file that shares this module uses every name.
+#[allow(unused_imports)]
+pub use sfu_proto::relay::{Frame, Subscribe, frame::Body};
 pub use sfu_relay::core::{NodeId, Output, Relay, RelayConfig, TrackKey};
 use sfu_relay::glue::{SinkTable, datagram};
 use sfu_relay::wire::decode_datagram;
@@ -36,6 +38,56 @@ pub struct Node {
     pub subscriptions: HashMap<SinkId, SubscriptionId>,
     /// Keyframe requests that reached this node's publisher (origin only).
     pub plis: Vec<Instant>,
+    /// Packets received per local subscriber, indexed by sink id (local sinks are small
+    /// integers); kept even when payload ids are not.
+    pub delivered: Vec<u64>,
+    /// When a local subscriber first got a frame published after [`Sim::set_mark`] (recovery
+    /// timing: frames already on their way when the mark was set do not count).
+    pub first_since_mark: Option<Instant>,
+}
+
+impl Node {
+    /// Takes the outputs of the relay and the room, in order. Packets to local subscribers,
+    /// the bulk of a large room's outputs, are recorded here rather than queued as work.
+    fn drain(&mut self, now: Instant, keep_ids: bool, mark: Option<u32>, work: &mut Vec<Work>) {
+        while let Some(o) = self.relay.poll_output() {
+            work.push(Work::Relay(o));
+        }
+        while let Some(o) = self.room.poll_output() {
+            match o {
+                RoomOutput::Rtp { sink, packet, .. } => {
+                    self.deliver_locally(now, sink, &packet, keep_ids, mark)
+                }
+                o => work.push(Work::Room(o)),
+            }
+        }
+    }
+
+    /// A packet the room sent to a local subscriber.
+    fn deliver_locally(
+        &mut self,
+        now: Instant,
+        sink: SinkId,
+        packet: &Packet,
+        keep_id: bool,
+        mark: Option<u32>,
+    ) {
+        if keep_id {
+            self.received
+                .entry(sink)
+                .or_default()
+                .push(payload_id(packet));
+        }
+        let i = sink.0 as usize;
+        if self.delivered.len() <= i {
+            self.delivered.resize(i + 1, 0);
+        }
+        self.delivered[i] += 1;
+        let fresh = packet.payload.len() >= 6 && mark.is_some_and(|m| payload_id(packet) > m);
+        if fresh && self.first_since_mark.is_none() {
+            self.first_since_mark = Some(now);
+        }
+    }
 }
 
 pub struct Sim {
@@ -63,6 +115,16 @@ pub struct Sim {
     pub auto_demand: HashSet<NodeId>,
     /// The demand last set for each of those nodes.
     pub demand: HashMap<NodeId, Vec<usize>>,
+    /// One-way latency of a link (either direction) where it differs from `latency`: a
+    /// cluster spread over regions is not one LAN.
+    pub link_latency: HashMap<(NodeId, NodeId), Duration>,
+    /// Whether `Node::received` keeps every payload id. Ten thousand subscribers times
+    /// thousands of packets is too much memory; large simulations only count (`delivered`).
+    pub keep_payload_ids: bool,
+    /// See [`Sim::set_mark`]: the last frame published before it.
+    pub mark: Option<u32>,
+    /// When [`Sim::run_on`] publishes the next frame.
+    pub next_frame: Option<Instant>,
 }
 
 pub fn key() -> TrackKey {
@@ -98,6 +160,8 @@ impl Sim {
                     received: HashMap::new(),
                     subscriptions: HashMap::new(),
                     plis: Vec::new(),
+                    delivered: Vec::new(),
+                    first_since_mark: None,
                     id,
                 },
             );
@@ -121,6 +185,10 @@ impl Sim {
             layer_datagrams: Vec::new(),
             auto_demand: HashSet::new(),
             demand: HashMap::new(),
+            link_latency: HashMap::new(),
+            keep_payload_ids: true,
+            mark: None,
+            next_frame: None,
         };
         // Full mesh of links, as the node's link manager keeps.
         let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
@@ -182,27 +250,41 @@ impl Sim {
         }
         self.seq += 1;
         self.in_flight.insert(self.seq, msg);
+        let latency = self.latency_between(from, to);
         self.queue.push(Reverse((
-            self.now + self.latency,
+            self.now + latency,
             self.seq,
             from.clone(),
             to.clone(),
         )));
     }
 
+    /// One-way latency from `from` to `to`.
+    pub fn latency_between(&self, from: &NodeId, to: &NodeId) -> Duration {
+        self.link_latency
+            .get(&(from.clone(), to.clone()))
+            .or_else(|| self.link_latency.get(&(to.clone(), from.clone())))
+            .copied()
+            .unwrap_or(self.latency)
+    }
+
+    /// From now on, each node notes when its local subscribers first get a frame published
+    /// after this moment (`Node::first_since_mark`).
+    pub fn set_mark(&mut self) {
+        self.mark = Some(self.payload_id);
+        for n in self.nodes.values_mut() {
+            n.first_since_mark = None;
+        }
+    }
+
     /// Handles every output of every node until nothing more is produced.
     pub fn pump(&mut self) {
+        let (now, keep, mark) = (self.now, self.keep_payload_ids, self.mark);
         loop {
-            let mut work = Vec::new();
+            let (mut work, mut mine) = (Vec::new(), Vec::new());
             for (id, n) in &mut self.nodes {
-                while let Some(o) = n.relay.poll_output() {
-                    if let Some(o) = n.sinks.apply(self.now, o, &mut n.room) {
-                        work.push((id.clone(), Work::Relay(o)));
-                    }
-                }
-                while let Some(o) = n.room.poll_output() {
-                    work.push((id.clone(), Work::Room(o)));
-                }
+                n.drain(now, keep, mark, &mut mine);
+                work.extend(mine.drain(..).map(|w| (id.clone(), w)));
             }
             if work.is_empty() {
                 return;
@@ -213,8 +295,41 @@ impl Sim {
         }
     }
 
+    /// Handles the outputs of one node until it is quiet. After a delivery only the receiving
+    /// node has work (what it sends is queued), and with a hundred nodes visiting each one
+    /// after every datagram would cost more than the cores being simulated.
+    pub fn pump_node(&mut self, id: &NodeId) {
+        let (now, keep, mark) = (self.now, self.keep_payload_ids, self.mark);
+        loop {
+            let mut work = Vec::new();
+            self.nodes
+                .get_mut(id)
+                .unwrap()
+                .drain(now, keep, mark, &mut work);
+            if work.is_empty() {
+                return;
+            }
+            for w in work {
+                self.handle(id, w);
+            }
+        }
+    }
+
+    /// Carries out one output of a node's relay or room. The relay's outputs reach the
+    /// forwarding core in the order they were made, as on a node: a track's `Feeding` is
+    /// handled before the `Attach` of the nodes that waited for it.
     pub fn handle(&mut self, id: &NodeId, w: Work) {
         let now = self.now;
+        let w = match w {
+            Work::Relay(o) => {
+                let n = self.nodes.get_mut(id).unwrap();
+                match n.sinks.apply(now, o, &mut n.room) {
+                    Some(o) => Work::Relay(o),
+                    None => return,
+                }
+            }
+            w => w,
+        };
         match w {
             Work::Relay(Output::Send { to, frame }) => self.send(id, &to, Msg::Frame(frame)),
             Work::Relay(Output::Feeding { key: _, info: i }) => {
@@ -243,11 +358,9 @@ impl Sim {
             }
             Work::Relay(other) => panic!("unexpected relay output {other:?}"),
             Work::Room(RoomOutput::Rtp { sink, packet, .. }) => {
+                let (keep, mark) = (self.keep_payload_ids, self.mark);
                 let n = self.nodes.get_mut(id).unwrap();
-                n.received
-                    .entry(sink)
-                    .or_default()
-                    .push(payload_id(&packet));
+                n.deliver_locally(now, sink, &packet, keep, mark);
             }
             Work::Room(RoomOutput::Relay { sink, packet, .. }) => {
                 let (link, bytes) = datagram(sink, &packet).unwrap();
@@ -328,8 +441,26 @@ impl Sim {
 
     /// Runs until `until`, publishing a frame every `frame` (if any).
     pub fn run(&mut self, until: Duration, frame: Option<(Duration, usize)>) {
-        let end = self.now + until;
         let mut next_frame = self.now;
+        self.advance(self.now + until, frame, &mut next_frame);
+    }
+
+    /// Like [`Sim::run`] with frames, but the publisher's clock carries over from the last
+    /// call, so a test can act between short runs without changing the frame rate.
+    pub fn run_on(&mut self, until: Duration, frame: (Duration, usize)) {
+        let mut next_frame = self.next_frame.unwrap_or(self.now).max(self.now);
+        self.advance(self.now + until, Some(frame), &mut next_frame);
+        self.next_frame = Some(next_frame);
+    }
+
+    fn advance(
+        &mut self,
+        end: Instant,
+        frame: Option<(Duration, usize)>,
+        next_frame: &mut Instant,
+    ) {
+        // Whatever a test did to a node directly before this run.
+        self.pump();
         while self.now < end {
             let mut next = end;
             if let Some(Reverse((t, ..))) = self.queue.peek() {
@@ -344,7 +475,7 @@ impl Sim {
                 }
             }
             if frame.is_some() {
-                next = next.min(next_frame);
+                next = next.min(*next_frame);
             }
             self.now = next.max(self.now);
             while let Some(Reverse((t, seq, from, to))) = self.queue.peek().cloned() {
@@ -352,25 +483,33 @@ impl Sim {
                     break;
                 }
                 self.queue.pop();
-                self.deliver(seq, from, to);
-                self.pump();
+                self.deliver(seq, from, to.clone());
+                self.pump_node(&to);
             }
             let now = self.now;
-            for n in self.nodes.values_mut() {
-                if n.relay.poll_timeout().is_some_and(|t| t <= now) {
+            let mut woken = Vec::new();
+            for (id, n) in &mut self.nodes {
+                let relay_due = n.relay.poll_timeout().is_some_and(|t| t <= now);
+                let room_due = n.room.poll_timeout().is_some_and(|t| t <= now);
+                if relay_due {
                     n.relay.handle_timeout(now);
                 }
-                if n.room.poll_timeout().is_some_and(|t| t <= now) {
+                if room_due {
                     n.room.handle_timeout(now);
                 }
+                if relay_due || room_due {
+                    woken.push(id.clone());
+                }
             }
-            self.pump();
+            for id in woken {
+                self.pump_node(&id);
+            }
             self.follow_demand();
             if let Some((interval, layers)) = frame
-                && self.now >= next_frame
+                && self.now >= *next_frame
             {
                 self.publish_frame(layers);
-                next_frame += interval;
+                *next_frame += interval;
             }
             if self.now >= end {
                 break;
@@ -413,9 +552,9 @@ impl Sim {
             if self.demand.get(&id) != Some(&wanted) {
                 self.demand.insert(id.clone(), wanted.clone());
                 n.relay.set_demand(now, key(), origin.clone(), wanted);
+                self.pump_node(&id);
             }
         }
-        self.pump();
     }
 
     /// Layers sent from `from` to `to` between two times.
@@ -456,18 +595,31 @@ impl Sim {
             n.room.unsubscribe(sub);
         }
         n.received.clear();
+        n.delivered.clear();
         n.relay.set_demand(now, key(), origin, vec![]);
         self.pump();
     }
 
     pub fn received(&self, node: &str) -> usize {
-        self.nodes[node].received.values().map(|v| v.len()).sum()
+        self.nodes[node].delivered.iter().sum::<u64>() as usize
     }
 
     /// Takes a node off the network: every link to it goes down.
     pub fn kill(&mut self, node: &str) {
+        self.partition(node);
+        self.notice_down(node);
+    }
+
+    /// The node goes silent (it crashed, or its network did) but nobody has noticed yet:
+    /// whatever it sends or is sent is lost.
+    pub fn partition(&mut self, node: &str) {
+        self.down.insert(node.into());
+    }
+
+    /// The other nodes notice that `node` is gone (its lease expired or its QUIC link timed
+    /// out): their links to it go down.
+    pub fn notice_down(&mut self, node: &str) {
         let dead: NodeId = node.into();
-        self.down.insert(dead.clone());
         let now = self.now;
         for (id, n) in &mut self.nodes {
             if *id != dead {
