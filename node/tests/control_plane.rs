@@ -1,13 +1,13 @@
 //! The control plane against real etcd and real nodes: the room limit under concurrent joins
 //! (and against reloads and WHEP players sharing a token), one session per identity across
-//! nodes, placement filling a node then
-//! spilling, draining a browser subscriber's node, and every API
-//! refusing bad credentials.
+//! nodes, placement filling a node then spilling, draining a browser subscriber's node, every
+//! API refusing bad credentials, an audience member promoted and demoted across nodes
+//! (Chromium), and a join storm told to come back later.
 
 mod common;
 
 use common::control::{Cluster, Ws, admin, authed, eventually, next_of, participants, ws_join};
-use common::{Browser, browser_lock, expect_media, stat, token, token_for};
+use common::{Browser, browser_lock, expect_media, stat, state, token, token_for};
 use serde_json::Value;
 use sfu_control::auth::{admin_claims, join_claims};
 use sfu_proto::control as pb;
@@ -493,5 +493,222 @@ async fn draining_a_subscribers_node_moves_it_and_its_video_resumes() {
         .expect("the drain finishes once the node is empty");
     assert_eq!(cluster.nodes[1].media.snapshot().await.participants, 0);
     browser.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audience_member_promoted_on_one_node_is_seen_on_another_and_demotion_unpublishes() {
+    let _guard = browser_lock().await;
+    let cluster = Cluster::start(3, 0).await;
+    let url = |i: usize| format!("http://{}", cluster.nodes[i].http_addr);
+    let room = "stage";
+    // Both join without the right to publish: the audience.
+    let mut browser = Browser::launch(&[
+        (
+            "carol",
+            format!(
+                "{}/?room={room}&identity=carol&autojoin=1&publish=0&simulcast=0",
+                url(2)
+            ),
+        ),
+        (
+            "dave",
+            format!("{}/?room={room}&identity=dave&autojoin=1&publish=0", url(0)),
+        ),
+    ])
+    .await;
+    let (joined, s) = browser
+        .until(Duration::from_secs(30), |s| {
+            state(s, "carol") == "joined" && state(s, "dave") == "joined"
+        })
+        .await;
+    assert!(joined, "{s:#}");
+    assert_eq!(
+        s["pages"]["carol"]["stats"]["permissions"]["can_publish"], false,
+        "{s:#}"
+    );
+
+    // Carol raises her hand on node 3; the control plane sees the queue.
+    browser
+        .eval("carol", "document.getElementById('hand').click()")
+        .await;
+    let grpc = cluster.grpc();
+    let mut rooms = RoomServiceClient::connect(grpc.clone()).await.unwrap();
+    let hands = eventually(Duration::from_secs(10), || {
+        let mut rooms = rooms.clone();
+        async move {
+            let page = rooms
+                .list_participants(authed(
+                    &admin(),
+                    pb::ListParticipantsRequest {
+                        room: "stage".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .ok()?
+                .into_inner();
+            (!page.raised_hands.is_empty()).then_some(page.raised_hands)
+        }
+    })
+    .await
+    .expect("the raised hand is listed");
+    assert_eq!(hands[0].identity, "carol");
+
+    // An administrator lets her on stage: she publishes on her connection, and Dave, on
+    // node 1, decodes her camera.
+    rooms
+        .update_participant(authed(
+            &admin(),
+            pb::UpdateParticipantRequest {
+                room: room.into(),
+                identity: "carol".into(),
+                permission: Some(pb::ParticipantPermission {
+                    can_publish: Some(true),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let last = expect_media(&mut browser, &["dave"], 30.0, Duration::from_secs(60)).await;
+    assert_eq!(
+        last["pages"]["carol"]["stats"]["permissions"]["can_publish"], true,
+        "{last:#}"
+    );
+    assert_eq!(
+        last["pages"]["carol"]["stats"]["hands"],
+        serde_json::json!([]),
+        "promotion lowered her hand: {last:#}"
+    );
+
+    // A participant may not promote anyone.
+    let (mut eve, j) = ws_join(&url(0), &token("eve", room, false, true)).await;
+    assert_eq!(j["type"], "joined", "{j}");
+    common::control::ws_send(
+        &mut eve,
+        serde_json::json!({"type": "update_participant", "identity": "dave", "can_publish": true}),
+    )
+    .await;
+    let refused = next_of(&mut eve, &["error"], Duration::from_secs(10)).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+
+    // Demoted, her tracks are unpublished and Dave is told.
+    rooms
+        .update_participant(authed(
+            &admin(),
+            pb::UpdateParticipantRequest {
+                room: room.into(),
+                identity: "carol".into(),
+                permission: Some(pb::ParticipantPermission {
+                    can_publish: Some(false),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let (told, s) = browser
+        .until(Duration::from_secs(30), |s| {
+            let unpublished = s["pages"]["dave"]["stats"]["unpublished"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|i| *i == "carol").count());
+            unpublished >= 2 && s["pages"]["carol"]["stats"]["permissions"]["can_publish"] == false
+        })
+        .await;
+    assert!(told, "both of carol's tracks were unpublished: {s:#}");
+    drop(eve);
+    browser.stop().await;
+    cluster.stop().await;
+}
+
+/// Opens a WebSocket to a node: the socket, or the status and `Retry-After` of a refusal.
+async fn ws_connect(http: &str, token: &str) -> Result<Ws, (u16, Option<u64>)> {
+    let host = http.trim_start_matches("http://");
+    match tokio_tungstenite::connect_async(format!("ws://{host}/rtc?access_token={token}")).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
+            r.status().as_u16(),
+            r.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+        )),
+        Err(e) => panic!("connecting: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_storm_is_told_to_come_back_and_every_join_gets_in() {
+    let cluster = Cluster::start_with(2, |_, c| c.limits.joins_per_sec = 5).await;
+    let node = format!("http://{}", cluster.nodes[0].http_addr);
+    // Thirty joins at once into a node admitting five a second.
+    let tries = (0..30).map(|i| {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let t = token(&format!("storm{i}"), "storm", false, true);
+            let mut refusals = 0;
+            loop {
+                match ws_connect(&node, &t).await {
+                    Ok(mut ws) => {
+                        common::control::ws_send(&mut ws, serde_json::json!({"type": "join"}))
+                            .await;
+                        let j =
+                            next_of(&mut ws, &["joined", "error"], Duration::from_secs(15)).await;
+                        assert_eq!(j["type"], "joined", "{j}");
+                        return (ws, refusals);
+                    }
+                    Err((429, Some(wait))) => {
+                        assert!((1..=10).contains(&wait), "Retry-After {wait}");
+                        refusals += 1;
+                        tokio::time::sleep(Duration::from_millis(
+                            wait * 1000 + rand::random::<u64>() % 1000,
+                        ))
+                        .await;
+                    }
+                    Err(other) => panic!("refused otherwise: {other:?}"),
+                }
+            }
+        })
+    });
+    let results: Vec<(Ws, u32)> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let refused = results.iter().filter(|(_, r)| *r > 0).count();
+    assert!(refused >= 15, "most were told to come back: {refused}");
+    assert_eq!(results.len(), 30, "and every join got in");
+    let throttled = cluster.nodes[0].metrics.joins_throttled.get();
+    assert!(throttled >= 15, "counted: {throttled}");
+    drop(results);
+
+    // The control plane knows each node's rate: past both, it says when to come back.
+    let http = reqwest::Client::new();
+    let asks = (0..30).map(|i| {
+        let http = http.clone();
+        let control = cluster.control;
+        tokio::spawn(async move {
+            let t = token(&format!("placed{i}"), "storm2", false, true);
+            http.post(format!("http://{control}/v1/join"))
+                .json(&serde_json::json!({ "token": t }))
+                .send()
+                .await
+                .unwrap()
+        })
+    });
+    let answers: Vec<reqwest::Response> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let placed = answers.iter().filter(|r| r.status() == 200).count();
+    let busy: Vec<&reqwest::Response> = answers.iter().filter(|r| r.status() == 429).collect();
+    assert!(
+        (10..=12).contains(&placed),
+        "two nodes' second's worth: {placed}"
+    );
+    assert_eq!(placed + busy.len(), 30);
+    assert!(
+        busy.iter().all(|r| r.headers().contains_key("retry-after")),
+        "every 429 says when to come back"
+    );
     cluster.stop().await;
 }

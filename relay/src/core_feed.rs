@@ -96,11 +96,20 @@ impl Relay {
             }
         }
         let feed = self.feeds.get_mut(&key).expect("inserted above");
-        let known = feed.children.iter().any(|c| &c.node == from);
-        if !known && feed.children.len() >= self.config.fanout {
-            // Full: send the requester to one of the nodes we feed.
-            let n = feed.children.len();
-            let via = feed.children[feed.next_redirect % n].node.clone();
+        let known = feed.children.iter().any(|c| &c.node == from)
+            || feed.pending.iter().any(|(n, _)| n == from);
+        // Nodes waiting for us to be fed count against the fan-out as much as those we feed:
+        // all of them become children the moment the track arrives.
+        let taken = feed.children.len() + feed.pending.len();
+        if !known && taken >= self.config.fanout {
+            // Full: send the requester to one of the nodes we feed (or are about to).
+            let candidates: Vec<&NodeId> = feed
+                .children
+                .iter()
+                .map(|c| &c.node)
+                .chain(feed.pending.iter().map(|(n, _)| n))
+                .collect();
+            let via = candidates[feed.next_redirect % candidates.len()].clone();
             feed.next_redirect = feed.next_redirect.wrapping_add(1);
             self.send(
                 from,

@@ -295,3 +295,31 @@ fn a_layer_nobody_watches_stops_on_the_link_and_at_the_publisher() {
     sim.run(Duration::from_secs(1), frames);
     assert!(sim.layers_sent("a", "b", t, sim.now).is_empty());
 }
+
+#[test]
+fn nodes_waiting_to_be_fed_count_against_the_fanout() {
+    // b subscribes through a slow link; c and d ask b's way before b itself is fed. With a
+    // fan-out of one, b feeds one of them and sends the other one further down.
+    let mut sim = Sim::new(&["a", "b", "c", "d"], 1, Duration::from_millis(5), 0.0, 1);
+    sim.link_latency
+        .insert(("a".into(), "b".into()), Duration::from_millis(60));
+    sim.run(
+        Duration::from_millis(100),
+        Some((Duration::from_millis(33), 1)),
+    );
+    sim.subscribe("b", 1, vec![0]);
+    sim.run(
+        Duration::from_millis(61),
+        Some((Duration::from_millis(33), 1)),
+    );
+    sim.subscribe("c", 1, vec![0]);
+    sim.subscribe("d", 1, vec![0]);
+    sim.run(Duration::from_secs(3), Some((Duration::from_millis(33), 1)));
+    for n in ["a", "b", "c", "d"] {
+        let children = sim.nodes[n].relay.children(&key());
+        assert!(children.len() <= 1, "{n} feeds {children:?}");
+    }
+    for n in ["b", "c", "d"] {
+        assert!(sim.received(n) > 30, "{n} receives: {}", sim.received(n));
+    }
+}

@@ -65,19 +65,24 @@ pub struct NodeStats {
     pub joined_broadcasts: Vec<Duration>,
 }
 
+/// What one node knows of the room (the counters of `Roster`).
 #[derive(Default)]
 struct NodeState {
+    /// The room has had a participant here: its housekeeping runs.
     open: bool,
     announced_here: u32,
     counted_here: u32,
-    /// Announced participants of other nodes known from their records.
+    /// Announced participants of other nodes, known from their records.
     announced_elsewhere: u32,
+    /// Counted audience of each other node, from its audience record.
     remote_audience: Vec<u32>,
     remote_audience_total: u32,
+    /// The count this node last wrote, and when.
     reported: u32,
     reported_at: Option<Duration>,
-    counts_sent: Option<(u32, u32)>,
-    stage: u32,
+    /// The room's size its clients last heard (no role changes here, so the size alone
+    /// tells whether the counts changed).
+    size_sent: Option<u32>,
 }
 
 impl NodeState {
@@ -151,7 +156,6 @@ impl Model {
                 self.stats[node].joins += 1;
                 if announced {
                     n.announced_here += 1;
-                    n.stage += stage as u32;
                     // Clients already here hear of it; so does every other node.
                     self.tell_joined(node);
                     self.stats[node].participant_writes += 1;
@@ -168,9 +172,8 @@ impl Model {
             }
             Event::Housekeeping { node } => {
                 let n = &mut self.nodes[node];
-                let counts = (n.stage, n.size() - n.stage);
-                if n.counts_sent != Some(counts) {
-                    n.counts_sent = Some(counts);
+                if n.size_sent != Some(n.size()) {
+                    n.size_sent = Some(n.size());
                     self.stats[node].count_broadcasts.push(now);
                 }
                 let n = &self.nodes[node];
