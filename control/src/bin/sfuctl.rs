@@ -481,6 +481,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print(serde_json::json!(nodes.iter().map(|n| serde_json::json!({
                     "id": n.id, "state": n.state, "region": n.region, "url": n.http_url,
                     "rooms": n.rooms, "participants": n.participants, "tracks": n.tracks, "cpu": n.cpu,
+                    "media_cpu": n.media_cpu, "media_cores": n.media_cores,
+                    "egress_bps": n.egress_bps, "egress_capacity_bps": n.egress_capacity_bps,
+                    "joins_per_sec": n.joins_per_sec, "utilisation": n.utilisation,
                 })).collect::<Vec<_>>()));
             } else {
                 table(
@@ -493,6 +496,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "PARTICIPANTS",
                         "TRACKS",
                         "CPU",
+                        "MEDIA CPU",
+                        "EGRESS",
+                        "LOAD",
                     ],
                     nodes
                         .iter()
@@ -506,6 +512,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                 n.participants.to_string(),
                                 n.tracks.to_string(),
                                 format!("{:.2}", n.cpu),
+                                format!("{:.2}/{:.0}", n.media_cpu, n.media_cores),
+                                format!(
+                                    "{:.1}/{:.0} Mb/s",
+                                    n.egress_bps as f64 / 1e6,
+                                    n.egress_capacity_bps as f64 / 1e6
+                                ),
+                                format!("{:.0} %", n.utilisation * 100.0),
                             ]
                         })
                         .collect(),

@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 /// Frames above this are refused by the WebSocket layer itself (close code 1009); below it,
 /// the configured message limit applies and gets a protocol error instead.
 const MAX_FRAME: usize = 1 << 20;
+/// Read buffer of a session's WebSocket. tungstenite's default, 128 KiB, would be most of
+/// what an idle audience member costs the node; client messages are small, and the buffer
+/// grows for the rare large one (an SDP offer).
+const READ_BUFFER: usize = 4096;
 
 #[derive(Deserialize)]
 pub struct ConnectQuery {
@@ -46,6 +50,9 @@ pub async fn upgrade(
     })?;
     Ok(ws
         .max_message_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
+        // Every message is sent (and flushed) on its own: no write buffer to fill first.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| Session::new(state, grants, room).run(socket)))
 }
 
