@@ -28,8 +28,15 @@ use rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Sent packets remembered for matching feedback (about 4 s at 1,000 packets per second).
+/// Sent packets remembered for matching feedback: at most this many (about 4 s at 1,000
+/// packets per second), at first far fewer. The ring doubles only when a packet would take
+/// the slot of one sent less than [`FEEDBACK_HORIZON`] ago, so a subscriber receiving audio
+/// and a low layer keeps a few hundred slots, not 4,096 (128 KiB, the largest part of what an
+/// audience member used to cost).
 const HISTORY: usize = 4096;
+const FIRST_HISTORY: usize = 128;
+/// Feedback for a packet older than this is not waited for.
+const FEEDBACK_HORIZON: Duration = Duration::from_secs(2);
 /// Window of the acknowledged-rate measurement, in receiver time.
 const ACKED_WINDOW: Duration = Duration::from_millis(500);
 /// Window of the loss fraction.
@@ -108,7 +115,9 @@ struct Cluster {
 /// See the module documentation.
 pub struct Estimator {
     config: EstimatorConfig,
-    history: Box<[Option<Sent>]>,
+    /// A ring indexed by transport-wide sequence number modulo its length (a power of two,
+    /// so that it divides the sequence space); empty until the first packet.
+    history: Vec<Option<Sent>>,
     groups: ArrivalGroupAccumulator,
     detector: Trendline,
     /// (arrival on the receiver's clock, bytes), oldest first.
@@ -132,7 +141,7 @@ impl Estimator {
     pub fn new(config: EstimatorConfig) -> Self {
         Self {
             config,
-            history: vec![None; HISTORY].into_boxed_slice(),
+            history: Vec::new(),
             groups: ArrivalGroupAccumulator::default(),
             detector: Trendline::default(),
             acked: VecDeque::new(),
@@ -200,7 +209,19 @@ impl Estimator {
     /// Records a packet leaving with transport-wide sequence number `twcc`; `probe` is the
     /// probe cluster it belongs to (0: none).
     pub fn on_sent(&mut self, now: Instant, twcc: u16, size: usize, probe: u16) {
-        self.history[twcc as usize % HISTORY] = Some(Sent {
+        if self.history.is_empty() {
+            self.history = vec![None; FIRST_HISTORY];
+        }
+        let len = self.history.len();
+        if len < HISTORY
+            && self.history[twcc as usize % len].is_some_and(|old| {
+                old.twcc != twcc && now.saturating_duration_since(old.departure) < FEEDBACK_HORIZON
+            })
+        {
+            self.grow_history();
+        }
+        let len = self.history.len();
+        self.history[twcc as usize % len] = Some(Sent {
             twcc,
             departure: now,
             size: size as u32,
@@ -212,6 +233,16 @@ impl Estimator {
             c.first_departure.get_or_insert(now);
             c.last_departure = Some(now);
         }
+    }
+
+    /// Doubles the history ring, keeping what it remembers.
+    fn grow_history(&mut self) {
+        let len = self.history.len() * 2;
+        let mut grown = vec![None; len];
+        for s in self.history.iter().flatten() {
+            grown[s.twcc as usize % len] = Some(*s);
+        }
+        self.history = grown;
     }
 
     /// A probe cluster ended after `sent` packets.
@@ -247,14 +278,18 @@ impl Estimator {
     pub fn on_twcc(&mut self, now: Instant, feedback: &TransportLayerCc) {
         self.last_feedback = Some(now);
         let (mut lost, mut total) = (0u32, 0u32);
+        let len = self.history.len();
         for ack in convert_twcc(feedback) {
-            let Some(sent) = self.history[ack.sequence_number as usize % HISTORY]
+            if len == 0 {
+                break;
+            }
+            let Some(sent) = self.history[ack.sequence_number as usize % len]
                 .filter(|s| s.twcc == ack.sequence_number)
             else {
                 continue;
             };
             // A packet counts once: forgotten once it arrived, flagged once reported lost.
-            let slot = &mut self.history[ack.sequence_number as usize % HISTORY];
+            let slot = &mut self.history[ack.sequence_number as usize % len];
             if ack.arrived {
                 *slot = None;
             } else if sent.lost_reported {
@@ -570,6 +605,40 @@ mod tests {
             }
         }
         e.target_bps()
+    }
+
+    #[test]
+    fn the_history_grows_with_the_rate_and_feedback_still_matches() {
+        let t0 = Instant::now();
+        let mut e = Estimator::new(EstimatorConfig::default());
+        assert!(
+            e.history.is_empty(),
+            "nothing allocated before the first packet"
+        );
+        // Audio only: 50 packets a second fit the first ring.
+        for i in 0..500u16 {
+            e.on_sent(t0 + Duration::from_millis(20 * i as u64), i, 100, 0);
+        }
+        assert_eq!(e.history.len(), FIRST_HISTORY);
+        // 1,000 packets a second: the ring doubles until two seconds fit, no further.
+        let mut e = Estimator::new(EstimatorConfig::default());
+        let mut seq = 0u16;
+        for i in 0..5_000u64 {
+            e.on_sent(t0 + Duration::from_millis(i), seq, 1_000, 0);
+            seq = seq.wrapping_add(1);
+        }
+        assert_eq!(
+            e.history.len(),
+            2048,
+            "two seconds at 1,000 packets a second"
+        );
+        // Feedback for a packet sent 1.5 s ago still finds it.
+        let old = seq.wrapping_sub(1_500);
+        e.on_twcc(t0 + Duration::from_secs(5), &twcc(old, &[Some(1_000)]));
+        assert!(
+            e.history[old as usize % e.history.len()].is_none(),
+            "acknowledged and forgotten"
+        );
     }
 
     #[test]

@@ -201,7 +201,7 @@ async fn start(
     let session_id = id.clone();
     tokio::spawn(async move {
         while let Some(m) = events_rx.recv().await {
-            if matches!(m, Outbound::Message(ServerMessage::Left { .. })) {
+            if matches!(&m, Outbound::Message(m) if matches!(**m, ServerMessage::Left { .. })) {
                 break;
             }
         }

@@ -103,7 +103,7 @@ impl Session {
                     }
                 }
                 Some(event) = self.events_rx.recv() => {
-                    let left = matches!(event, Outbound::Message(ServerMessage::Left { .. }));
+                    let left = matches!(&event, Outbound::Message(m) if matches!(**m, ServerMessage::Left { .. }));
                     let sent = match event {
                         Outbound::Message(m) => send(&mut socket, &m).await,
                         Outbound::Shared(text) => socket.send(Message::Text(text)).await,

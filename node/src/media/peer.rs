@@ -88,74 +88,83 @@ pub fn red_payload_type(codecs: &[RTCRtpCodecParameters]) -> Option<u8> {
         .map(|c| c.payload_type)
 }
 
-/// Codecs the node negotiates, in order of preference.
-fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
-    let video_feedback = || {
-        vec![
-            RTCPFeedback {
-                typ: "nack".into(),
-                parameter: "".into(),
-            },
-            RTCPFeedback {
-                typ: "nack".into(),
-                parameter: "pli".into(),
-            },
-            RTCPFeedback {
-                typ: "ccm".into(),
-                parameter: "fir".into(),
-            },
-        ]
-    };
-    let codec =
-        |mime: &str, clock_rate, channels, fmtp: &str, pt, feedback| RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                sdp_fmtp_line: fmtp.to_owned(),
-                rtcp_feedback: feedback,
-            },
-            payload_type: pt,
-        };
-    // RED (RFC 2198), preferred over plain Opus (as LiveKit does): a lost packet's audio rides in
-    // the next one. Forwarded as it is to subscribers that negotiate it, as its primary Opus
+/// Video codecs the node negotiates, in order of preference: (MIME type, fmtp, payload type);
+/// each has an RTX codec at the next payload type.
+const VIDEO_CODECS: [(&str, &str, u8); 5] = [
+    (MIME_TYPE_VP8, "", 96),
+    (
+        MIME_TYPE_H264,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        102,
+    ),
+    (
+        MIME_TYPE_H264,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+        104,
+    ),
+    (MIME_TYPE_VP9, "profile-id=0", 98),
+    (MIME_TYPE_AV1, "level-idx=5;profile=0;tier=0", 45),
+];
+
+fn codec(
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: &str,
+    payload_type: u8,
+    rtcp_feedback: Vec<RTCPFeedback>,
+) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback,
+        },
+        payload_type,
+    }
+}
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    [("nack", ""), ("nack", "pli"), ("ccm", "fir")]
+        .into_iter()
+        .map(|(typ, parameter)| RTCPFeedback {
+            typ: typ.into(),
+            parameter: parameter.into(),
+        })
+        .collect()
+}
+
+/// Every codec the node negotiates, with its kind, in order of preference.
+fn codecs() -> Vec<(RtpCodecKind, RTCRtpCodecParameters)> {
+    // RED (RFC 2198), preferred over plain Opus (as LiveKit does): a lost packet's audio rides
+    // in the next one. Forwarded as it is to subscribers that negotiate it, as its primary Opus
     // block to the others.
-    me.register_codec(
-        codec(RED_MIME, 48_000, 2, "111/111", 63, vec![]),
-        RtpCodecKind::Audio,
-    )?;
-    me.register_codec(
-        codec(
-            MIME_TYPE_OPUS,
-            48_000,
-            2,
-            "minptime=10;useinbandfec=1",
-            111,
-            vec![],
-        ),
-        RtpCodecKind::Audio,
-    )?;
-    let video = [
-        (MIME_TYPE_VP8, "", 96u8),
+    let mut all = vec![
         (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-            102,
+            RtpCodecKind::Audio,
+            codec(RED_MIME, 48_000, 2, "111/111", 63, vec![]),
         ),
         (
-            MIME_TYPE_H264,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
-            104,
+            RtpCodecKind::Audio,
+            codec(
+                MIME_TYPE_OPUS,
+                48_000,
+                2,
+                "minptime=10;useinbandfec=1",
+                111,
+                vec![],
+            ),
         ),
-        (MIME_TYPE_VP9, "profile-id=0", 98),
-        (MIME_TYPE_AV1, "level-idx=5;profile=0;tier=0", 45),
     ];
-    for (mime, fmtp, pt) in video {
-        me.register_codec(
-            codec(mime, 90_000, 0, fmtp, pt, video_feedback()),
+    for (mime, fmtp, pt) in VIDEO_CODECS {
+        all.push((
             RtpCodecKind::Video,
-        )?;
-        me.register_codec(
+            codec(mime, 90_000, 0, fmtp, pt, video_feedback()),
+        ));
+        all.push((
+            RtpCodecKind::Video,
             codec(
                 MIME_TYPE_RTX,
                 90_000,
@@ -164,10 +173,46 @@ fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error
                 pt + 1,
                 vec![],
             ),
-            RtpCodecKind::Video,
-        )?;
+        ));
+    }
+    all
+}
+
+/// Codecs the node negotiates, in order of preference.
+fn register_codecs(me: &mut MediaEngine) -> Result<(), rtc::shared::error::Error> {
+    for (kind, c) in codecs() {
+        me.register_codec(c, kind)?;
     }
     Ok(())
+}
+
+/// The codecs a subscriber's media section for a track published with `mime` offers: that
+/// codec (every profile of it) and its RTX, or for audio RED and Opus. Offering only these,
+/// rather than every codec the node knows, keeps each subscriber's descriptions (held four
+/// times over by webrtc-rs) a fraction of the size: a large room's audience pays for them once
+/// per member.
+pub fn codecs_for(mime: &str) -> Vec<RTCRtpCodecParameters> {
+    let all = codecs();
+    let wanted: Vec<u8> = all
+        .iter()
+        .filter(|(_, c)| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|(_, c)| c.payload_type)
+        .collect();
+    let audio = mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) || mime.eq_ignore_ascii_case(RED_MIME);
+    all.into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| {
+            let rtx_of = c
+                .rtp_codec
+                .sdp_fmtp_line
+                .strip_prefix("apt=")
+                .and_then(|pt| pt.parse::<u8>().ok());
+            wanted.contains(&c.payload_type)
+                || rtx_of.is_some_and(|pt| wanted.contains(&pt))
+                || (audio && c.rtp_codec.mime_type.eq_ignore_ascii_case(RED_MIME))
+                || (audio && c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+        })
+        .collect()
 }
 
 /// MIME type of RED audio.

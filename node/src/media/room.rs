@@ -170,7 +170,9 @@ pub struct LocalRoom {
     pub(super) roster: Roster,
     /// The layers last asked of the cluster for each remote track.
     pub(super) demand: HashMap<TrackId, Vec<LayerIndex>>,
-    pub(super) peers: slab::Slab<Peer>,
+    /// Boxed: a peer connection is several kilobytes, and a slab keeps up to twice the slots
+    /// it holds; boxed, a spare slot costs a pointer.
+    pub(super) peers: slab::Slab<Box<Peer>>,
     pub(super) tracks: HashMap<TrackId, Published>,
     pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     pub(super) demux: Vec<DemuxUpdate>,
@@ -484,7 +486,7 @@ impl LocalRoom {
             )
         })?;
         self.next_generation = self.next_generation.wrapping_add(1);
-        let key = self.peers.insert(Peer {
+        let key = self.peers.insert(Box::new(Peer {
             pc,
             direction,
             participant: participant.to_owned(),
@@ -499,7 +501,7 @@ impl LocalRoom {
             outbound: Vec::new(),
             negotiation: Negotiation::default(),
             described: false,
-        });
+        }));
         self.demux.push(DemuxUpdate::Add {
             ufrag: ice.ufrag,
             peer: key,

@@ -201,6 +201,7 @@ impl LocalRoom {
             published.id.to_string(),
             published.rtc_codec.clone(),
         );
+        let codec_mime = codec.mime_type.clone();
         let key = self.subscriber_peer(now, sid)?;
         let peer = &mut self.peers[key];
         if peer.outbound.iter().any(|o| o.source == Some(track)) {
@@ -226,6 +227,20 @@ impl LocalRoom {
             }],
         );
         let sender = peer.pc.add_track(media).map_err(internal)?;
+        let ids: Vec<_> = peer.pc.get_transceivers().collect();
+        let transceiver = ids.into_iter().find(|t| {
+            peer.pc
+                .rtp_transceiver(*t)
+                .and_then(|t| t.sender())
+                .is_some_and(|s| s == sender)
+        });
+        if let Some(mut t) = transceiver.and_then(|t| peer.pc.rtp_transceiver(t)) {
+            // Only the track's codec: see `peer::codecs_for`.
+            let preferred = super::peer::codecs_for(&codec_mime);
+            if let Err(e) = t.set_codec_preferences(preferred) {
+                tracing::debug!(room = %self.name, "codec preferences: {e}");
+            }
+        }
         peer.outbound.push(Outbound {
             sender,
             kind,
@@ -280,6 +295,9 @@ impl LocalRoom {
             .pc
             .local_description()
             .map(|d| d.sdp)
+            .inspect(
+                |sdp| tracing::trace!(room = %self.name, bytes = sdp.len(), "subscriber offer"),
+            )
             .ok_or_else(|| internal("no local description after offering"))?;
         peer.negotiation.needs_offer = false;
         peer.negotiation.offer_outstanding = true;

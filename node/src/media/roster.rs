@@ -64,7 +64,7 @@ impl Participant {
     pub fn send(&self, message: ServerMessage) {
         if let Some(events) = &self.events {
             // A closed channel means the WebSocket is going away; its leave follows.
-            let _ = events.send(Outbound::Message(message));
+            let _ = events.send(Outbound::Message(Box::new(message)));
         }
     }
 

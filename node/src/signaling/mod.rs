@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 /// reference count per recipient).
 #[derive(Debug)]
 pub enum Outbound {
-    Message(ServerMessage),
+    /// Boxed: a channel's blocks hold 32 of these, allocated per session; an unboxed
+    /// message would make every idle session's queue several kilobytes.
+    Message(Box<ServerMessage>),
     Shared(Utf8Bytes),
 }
 
