@@ -87,7 +87,9 @@ impl NodeApi {
     }
 
     /// Calls `path` (built for the participant) on the node `identity` of `room` is connected
-    /// to, trying the likely nodes first; `NotFound` if no node has it.
+    /// to, trying the likely nodes first; `NotFound` if no node has it. A node the registry
+    /// names for the participant that cannot be reached is an error; one only searched (an
+    /// audience member has no record) is skipped.
     pub async fn on_participant(
         &self,
         membership: &Membership,
@@ -97,23 +99,35 @@ impl NodeApi {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(), NodeCallError> {
-        let mut last = NodeCallError::NotFound(format!("no participant {identity} in room {room}"));
-        for node in candidates(membership, room, identity) {
+        let (named, searched) = candidates(membership, room, identity);
+        for (node, is_named) in named
+            .into_iter()
+            .map(|n| (n, true))
+            .chain(searched.into_iter().map(|n| (n, false)))
+        {
             match self.call(&node, method.clone(), path, body.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(NodeCallError::NotFound(_)) => continue,
-                Err(e) => last = e,
+                Err(e) if is_named => return Err(e),
+                Err(e) => tracing::debug!(node = node.id, "searching for {identity}: {e}"),
             }
         }
-        Err(last)
+        Err(NodeCallError::NotFound(format!(
+            "no participant {identity} in room {room}"
+        )))
     }
 }
 
-/// The nodes that may hold `identity` in `room`: the node of its record (stage, or the
-/// audience of a small room), of its raised hand, then every other node hosting the room.
-pub fn candidates(membership: &Membership, room: &str, identity: &str) -> Vec<NodeRecord> {
+/// The nodes that may hold `identity` in `room`: those the registry names for it (its record,
+/// for the stage or the audience of a small room; its raised hand), and the other nodes hosting
+/// the room, to search.
+pub fn candidates(
+    membership: &Membership,
+    room: &str,
+    identity: &str,
+) -> (Vec<NodeRecord>, Vec<NodeRecord>) {
     let (participants, _) = membership.room(room);
-    let mut ids: Vec<String> = participants
+    let mut named: Vec<String> = participants
         .iter()
         .filter(|p| p.identity == identity)
         .map(|p| p.node.clone())
@@ -125,19 +139,22 @@ pub fn candidates(membership: &Membership, room: &str, identity: &str) -> Vec<No
                 .map(|h| h.node),
         )
         .collect();
+    named.sort();
+    named.dedup();
     let prefix = membership.keys().room_nodes_prefix(room);
-    for (k, _) in membership.list(&prefix) {
-        if let Some(node) = k.strip_prefix(&prefix)
-            && !ids.iter().any(|i| i == node)
-        {
-            ids.push(node.to_owned());
-        }
-    }
-    ids.dedup();
+    let searched: Vec<String> = membership
+        .list(&prefix)
+        .into_iter()
+        .filter_map(|(k, _)| Some(k.strip_prefix(&prefix)?.to_owned()))
+        .filter(|n| !named.contains(n))
+        .collect();
     let nodes = membership.nodes();
-    ids.iter()
-        .filter_map(|id| nodes.iter().find(|n| n.id == *id).cloned())
-        .collect()
+    let records = |ids: Vec<String>| -> Vec<NodeRecord> {
+        ids.iter()
+            .filter_map(|id| nodes.iter().find(|n| n.id == *id).cloned())
+            .collect()
+    };
+    (records(named), records(searched))
 }
 
 /// Percent-encodes one path segment (RFC 3986 unreserved characters stay as they are).

@@ -55,6 +55,38 @@ struct ListedTrack {
     muted: bool,
 }
 
+impl super::Control {
+    /// The participants of `room` the registry records on `node`, by sid after `after`.
+    fn recorded_on(&self, room: &str, node: &str, after: &str) -> Vec<Listed> {
+        let (participants, tracks) = self.membership.room(room);
+        let mut listed: Vec<Listed> = participants
+            .into_iter()
+            .filter(|p| p.node == node && p.sid.as_str() > after)
+            .map(|p| Listed {
+                tracks: tracks
+                    .iter()
+                    .filter(|t| t.participant == p.sid)
+                    .map(|t| ListedTrack {
+                        sid: t.track.clone(),
+                        kind: t.kind.clone(),
+                        codec: t.codec_mime.clone(),
+                        layers: t.rids.clone(),
+                        muted: t.muted,
+                    })
+                    .collect(),
+                sid: p.sid,
+                identity: p.identity,
+                name: p.name,
+                kind: p.kind,
+                stage: p.stage,
+                hand_raised_ms: None,
+            })
+            .collect();
+        listed.sort_by(|a, b| a.sid.cmp(&b.sid));
+        listed
+    }
+}
+
 #[tonic::async_trait]
 impl RoomService for Api {
     async fn create_room(
@@ -167,18 +199,22 @@ impl RoomService for Api {
                 segment(&room),
                 segment(&after)
             );
-            let body = match self
+            let listed: Vec<Listed> = match self
                 .0
                 .call_node(&node, reqwest::Method::GET, &path, None)
                 .await
             {
-                Ok(b) => b,
+                Ok(body) => serde_json::from_str(&body)
+                    .map_err(|e| Status::internal(format!("node {node} listed nonsense: {e}")))?,
                 // A node that left meanwhile holds no one any more.
                 Err(e) if e.code() == tonic::Code::NotFound => continue,
-                Err(e) => return Err(e),
+                // One that cannot be reached: what the registry knows of it (its stage, and
+                // whoever it announced), rather than nothing.
+                Err(e) => {
+                    tracing::warn!(node, "listing participants: {e}");
+                    self.0.recorded_on(&room, &node, &after)
+                }
             };
-            let listed: Vec<Listed> = serde_json::from_str(&body)
-                .map_err(|e| Status::internal(format!("node {node} listed nonsense: {e}")))?;
             let full = listed.len() >= want;
             participants.extend(listed.into_iter().map(|p| {
                 pb::ParticipantInfo {

@@ -18,6 +18,7 @@ mod room_roles;
 mod room_subscribe;
 pub mod roster;
 mod rtcp_tap;
+pub mod transport;
 pub mod udp;
 pub mod worker;
 mod worker_cluster;

@@ -1,0 +1,265 @@
+//! The transport of a subscriber's connection, run by the node itself: ICE-lite
+//! ([`stun`]), DTLS ([`dtls`]) and SRTP ([`srtp`]).
+//!
+//! webrtc-rs still negotiates the connection (its SDP, transceivers, payload types and header
+//! extensions); the connection's datagrams never enter its pipeline. This is the direct send
+//! path of forwarded media: the forwarding core's packet is written once into the worker's
+//! send buffer and protected where it lies, with no per-packet allocation, no copy between
+//! pipeline handlers and no second header parse. RTCP (a few packets a second) uses
+//! webrtc-rs's SRTP context.
+//!
+//! Security: an address is bound to the connection only by a binding request that carries
+//! the connection's password (MESSAGE-INTEGRITY), and only such requests, DTLS and SRTCP that
+//! authenticates keep it alive; the DTLS peer must present the certificate its SDP's
+//! fingerprint names.
+
+pub mod dtls;
+pub mod srtp;
+pub mod stun;
+
+use bytes::{BufMut, BytesMut};
+use rtc::crypto::RTCCryptoProvider;
+use rtc::rtcp;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::srtp::context::Context;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Addresses remembered per connection: a browser checks from a few candidates at most.
+const MAX_ADDRS: usize = 4;
+/// Send buffer grown this much at a time (many packets' worth: see [`Transport::send_rtp`]).
+const ARENA_CHUNK: usize = 64 * 1024;
+
+/// What a datagram did to the connection.
+pub enum TransportEvent {
+    /// An authenticated check came from a new address (the worker routes it here from now on).
+    Address(SocketAddr),
+    /// DTLS is done: media may flow.
+    Connected,
+    /// The peer closed DTLS.
+    Closed,
+    /// RTCP from the subscriber (feedback: NACK, PLI, TWCC, REMB, receiver reports).
+    Rtcp(Vec<Box<dyn rtcp::Packet>>),
+}
+
+/// Why a datagram was refused (counted; the connection goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Stun(#[from] stun::StunError),
+    #[error(transparent)]
+    Dtls(#[from] dtls::DtlsError),
+    #[error("SRTP: {0}")]
+    Srtp(String),
+    #[error("not a packet of this connection")]
+    Unexpected,
+}
+
+/// The SRTP state of a connected transport.
+struct Keys {
+    rtp: srtp::RtpProtector,
+    rtcp_out: Context,
+    rtcp_in: Context,
+}
+
+/// See the module documentation.
+pub struct Transport {
+    ufrag: String,
+    pwd: String,
+    crypto: Arc<dyn RTCCryptoProvider>,
+    dtls: dtls::Dtls,
+    /// Where media goes: the address of the latest nominated (or first) authenticated check.
+    remote: Option<SocketAddr>,
+    addrs: Vec<SocketAddr>,
+    keys: Option<Keys>,
+}
+
+impl Transport {
+    pub fn new(
+        ufrag: &str,
+        pwd: &str,
+        local: SocketAddr,
+        certificate: &rtc::peer_connection::certificate::RTCCertificate,
+        crypto: Arc<dyn RTCCryptoProvider>,
+    ) -> Result<Self, TransportError> {
+        Ok(Self {
+            ufrag: ufrag.to_owned(),
+            pwd: pwd.to_owned(),
+            dtls: dtls::Dtls::new(local, certificate, crypto.clone())?,
+            crypto,
+            remote: None,
+            addrs: Vec::new(),
+            keys: None,
+        })
+    }
+
+    /// The fingerprint the peer's SDP announced.
+    pub fn set_remote_fingerprint(&mut self, hex: &str) -> Result<(), TransportError> {
+        Ok(self.dtls.set_remote_fingerprint(hex)?)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.keys.is_some() && self.remote.is_some()
+    }
+
+    /// Addresses authenticated checks came from.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A datagram from `from`; replies go into `out`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> Result<Option<TransportEvent>, TransportError> {
+        // RFC 7983: the first byte tells STUN, DTLS and RTP/RTCP apart.
+        match data.first().copied().unwrap_or(255) {
+            0..=3 => self.on_stun(from, data, out),
+            20..=63 => {
+                if !self.addrs.contains(&from) {
+                    // DTLS only from an address that proved it knows the password.
+                    return Err(TransportError::Unexpected);
+                }
+                match self.dtls.handle(now, from, data, out)? {
+                    Some(dtls::DtlsEvent::Connected(keys)) => {
+                        self.keys = Some(self.session(keys)?);
+                        Ok(Some(TransportEvent::Connected))
+                    }
+                    Some(dtls::DtlsEvent::Closed) => Ok(Some(TransportEvent::Closed)),
+                    None => Ok(None),
+                }
+            }
+            128..=191 if data.len() >= 8 && (192..=223).contains(&data[1]) => {
+                let keys = self.keys.as_mut().ok_or(TransportError::Unexpected)?;
+                let clear = keys
+                    .rtcp_in
+                    .decrypt_rtcp(data)
+                    .map_err(|e| TransportError::Srtp(e.to_string()))?;
+                let packets = rtcp::packet::unmarshal(&mut clear.freeze())
+                    .map_err(|e| TransportError::Srtp(e.to_string()))?;
+                Ok(Some(TransportEvent::Rtcp(packets)))
+            }
+            // A subscriber sends no media; anything else is noise.
+            _ => Err(TransportError::Unexpected),
+        }
+    }
+
+    fn on_stun(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<(SocketAddr, BytesMut)>,
+    ) -> Result<Option<TransportEvent>, TransportError> {
+        let answered = stun::answer(data, from, &self.ufrag, &self.pwd, self.crypto.crypto())?;
+        out.push((from, BytesMut::from(&answered.response[..])));
+        if answered.nominated || self.remote.is_none() {
+            self.remote = Some(from);
+        }
+        if self.addrs.contains(&from) {
+            return Ok(None);
+        }
+        if self.addrs.len() >= MAX_ADDRS {
+            self.addrs.remove(0);
+        }
+        self.addrs.push(from);
+        Ok(Some(TransportEvent::Address(from)))
+    }
+
+    fn session(&self, keys: dtls::SrtpKeys) -> Result<Keys, TransportError> {
+        let crypto = self.crypto.crypto();
+        let srtp_err = |e: rtc::shared::error::Error| TransportError::Srtp(e.to_string());
+        let profile = match keys.profile {
+            srtp::Profile::AeadAes128Gcm => ProtectionProfile::AeadAes128Gcm,
+            srtp::Profile::Aes128CmHmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+        };
+        Ok(Keys {
+            rtp: srtp::RtpProtector::new(crypto, keys.profile, &keys.local_key, &keys.local_salt)
+                .map_err(|e| TransportError::Srtp(e.to_string()))?,
+            rtcp_out: Context::new(
+                &keys.local_key,
+                &keys.local_salt,
+                profile,
+                None,
+                None,
+                crypto,
+            )
+            .map_err(srtp_err)?,
+            rtcp_in: Context::new(
+                &keys.remote_key,
+                &keys.remote_salt,
+                profile,
+                None,
+                Some(rtc::srtp::option::srtcp_replay_protection(64)),
+                crypto,
+            )
+            .map_err(srtp_err)?,
+        })
+    }
+
+    /// Protects an RTP packet for the subscriber, written into `arena` (a buffer the worker
+    /// sends from, grown in large chunks and reused once its datagrams are sent): the datagram
+    /// and where it goes, or `None` before the connection is up.
+    pub fn send_rtp(
+        &mut self,
+        header: &rtc::rtp::header::Header,
+        payload: &[u8],
+        arena: &mut BytesMut,
+    ) -> Result<Option<(SocketAddr, BytesMut)>, TransportError> {
+        let (Some(remote), Some(keys)) = (self.remote, self.keys.as_mut()) else {
+            return Ok(None);
+        };
+        let header_len = header.marshal_size();
+        let len = header_len + payload.len();
+        let total = len + keys.rtp.profile().overhead();
+        if arena.capacity() < total {
+            arena.reserve(ARENA_CHUNK.max(total));
+        }
+        // Uninitialised capacity becomes the packet: header, payload, room for the tag.
+        arena.put_bytes(0, header_len);
+        header
+            .marshal_to(&mut arena[..header_len])
+            .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        arena.put_slice(payload);
+        arena.put_bytes(0, total - len);
+        let n = keys
+            .rtp
+            .protect(&mut arena[..total], len, header_len)
+            .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        Ok(Some((remote, arena.split_to(n))))
+    }
+
+    /// Protects RTCP for the subscriber (sender reports): the datagram and where it goes.
+    pub fn send_rtcp(
+        &mut self,
+        packets: &[Box<dyn rtcp::Packet>],
+    ) -> Result<Option<(SocketAddr, BytesMut)>, TransportError> {
+        let (Some(remote), Some(keys)) = (self.remote, self.keys.as_mut()) else {
+            return Ok(None);
+        };
+        let clear =
+            rtcp::packet::marshal(packets).map_err(|e| TransportError::Srtp(e.to_string()))?;
+        let protected = keys
+            .rtcp_out
+            .encrypt_rtcp(&clear)
+            .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        Ok(Some((remote, protected)))
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.dtls.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        self.dtls.handle_timeout(now, out);
+    }
+
+    /// Closes DTLS (`close_notify`), best effort.
+    pub fn close(&mut self, now: Instant, out: &mut Vec<(SocketAddr, BytesMut)>) {
+        self.dtls.close(now, out);
+    }
+}
