@@ -58,7 +58,17 @@ impl Server {
         let drain = Arc::new(crate::drain::Drain::default());
         let workers = WorkerConfig {
             workers: config.worker_count(),
-            bind_ip: config.rtc.bind_ip,
+            // Media answers go out from the address the kernel picks for the destination, and
+            // ICE drops an answer that does not come from the address its check went to: a
+            // node announcing only loopback binds loopback, so that a browser on another local
+            // address (which reaches it through loopback) gets answers from 127.0.0.1.
+            bind_ip: if config.rtc.bind_ip.is_unspecified()
+                && announced.iter().all(|ip| ip.is_loopback())
+            {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                config.rtc.bind_ip
+            },
             first_port: config.rtc.udp_port,
             announced_ips: announced.clone(),
             max_participants: config.room.max_participants,

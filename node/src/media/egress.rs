@@ -100,6 +100,9 @@ pub enum Effect {
 #[derive(Default)]
 pub struct Egress {
     pub udp: SendQueue,
+    /// Where forwarded packets are written and protected before they are sent; its chunks are
+    /// reused once the datagrams cut from them are gone.
+    pub arena: bytes::BytesMut,
     /// (link, datagram) pairs.
     pub relay: Vec<(u32, Bytes)>,
     pub effects: Vec<Effect>,

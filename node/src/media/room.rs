@@ -30,6 +30,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// (RFC 7675) every few seconds and RTCP every second, so only a vanished peer is this quiet;
 /// webrtc-rs's ICE-lite agent does not time out on its own.
 pub(super) const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Addresses a peer connection may be reached from (a browser checks from a few candidates).
+const MAX_PEER_ADDRS: usize = 4;
 /// Period of the room's housekeeping (connection deadlines).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -45,6 +47,8 @@ pub struct RoomContext {
     pub large_room_threshold: u32,
     /// The worker's DTLS certificate (see [`super::peer::worker_certificate`]).
     pub certificate: rtc::peer_connection::certificate::RTCCertificate,
+    /// Cryptography of the node's own transports.
+    pub crypto: Arc<dyn rtc::crypto::RTCCryptoProvider>,
     pub core: sfu_core::RoomConfig,
 }
 
@@ -52,6 +56,8 @@ pub struct RoomContext {
 pub enum DemuxUpdate {
     /// Route STUN with this ufrag to the peer.
     Add { ufrag: String, peer: usize },
+    /// Route everything from this address to the peer (an authenticated check came from it).
+    Bind { addr: SocketAddr, peer: usize },
     /// The peer is gone: forget its ufrag and addresses.
     Remove {
         ufrag: String,
@@ -159,6 +165,8 @@ pub(super) struct Peer {
     pub negotiation: Negotiation,
     /// Whether the first offer or answer was made (candidates are added once).
     pub described: bool,
+    /// The node's own transport (subscriber connections): webrtc-rs only negotiates them.
+    pub transport: Option<super::transport::Transport>,
 }
 
 /// See the module documentation.
@@ -244,13 +252,24 @@ impl LocalRoom {
         self.demux.drain(..)
     }
 
-    /// Records an address a peer sent a connectivity check from.
-    pub fn note_peer_addr(&mut self, peer: usize, addr: SocketAddr) {
-        if let Some(p) = self.peers.get_mut(peer)
-            && !p.addrs.contains(&addr)
-        {
-            p.addrs.push(addr);
+    /// Records an address an authenticated connectivity check of a peer came from, and routes
+    /// its datagrams here. A peer keeps a few at most: the oldest is forgotten.
+    pub(super) fn bind_peer_addr(&mut self, peer: usize, addr: SocketAddr) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.addrs.contains(&addr) {
+            return;
         }
+        if p.addrs.len() >= MAX_PEER_ADDRS {
+            let old = p.addrs.remove(0);
+            self.demux.push(DemuxUpdate::Remove {
+                ufrag: String::new(),
+                addrs: vec![old],
+            });
+        }
+        p.addrs.push(addr);
+        self.demux.push(DemuxUpdate::Bind { addr, peer });
     }
 
     pub(super) fn participant(&self, sid: &str) -> Result<&Participant, SignalError> {
@@ -486,6 +505,21 @@ impl LocalRoom {
             )
         })?;
         self.next_generation = self.next_generation.wrapping_add(1);
+        let transport = match direction {
+            Direction::Subscribe => Some(
+                super::transport::Transport::new(
+                    &ice.ufrag,
+                    &ice.pwd,
+                    self.ctx.candidates[0],
+                    &self.ctx.certificate,
+                    self.ctx.crypto.clone(),
+                )
+                .map_err(|e| {
+                    SignalError::new(ErrorCode::Internal, format!("creating the transport: {e}"))
+                })?,
+            ),
+            Direction::Publish => None,
+        };
         let key = self.peers.insert(Box::new(Peer {
             pc,
             direction,
@@ -501,6 +535,7 @@ impl LocalRoom {
             outbound: Vec::new(),
             negotiation: Negotiation::default(),
             described: false,
+            transport,
         }));
         self.demux.push(DemuxUpdate::Add {
             ufrag: ice.ufrag,
@@ -521,9 +556,17 @@ impl LocalRoom {
             return;
         };
         // Best effort: tell the browser (DTLS close_notify) so it does not wait for a timeout.
-        let _ = rtc::sansio::Protocol::close(&mut peer.pc);
-        while let Some(t) = rtc::sansio::Protocol::poll_write(&mut peer.pc) {
-            out.udp.push(t.transport.peer_addr, t.message);
+        if let Some(t) = &mut peer.transport {
+            let mut replies = Vec::new();
+            t.close(now, &mut replies);
+            for (addr, d) in replies {
+                out.udp.push(addr, d);
+            }
+        } else {
+            let _ = rtc::sansio::Protocol::close(&mut peer.pc);
+            while let Some(t) = rtc::sansio::Protocol::poll_write(&mut peer.pc) {
+                out.udp.push(t.transport.peer_addr, t.message);
+            }
         }
         let peer = self.peers.remove(key);
         self.demux.push(DemuxUpdate::Remove {
@@ -580,7 +623,9 @@ impl LocalRoom {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        let next = rtc::sansio::Protocol::poll_timeout(&mut peer.pc);
+        let pc = rtc::sansio::Protocol::poll_timeout(&mut peer.pc);
+        let own = peer.transport.as_ref().and_then(|t| t.poll_timeout());
+        let next = pc.into_iter().chain(own).min();
         if next != peer.timer {
             peer.timer = next;
             if let Some(t) = next {

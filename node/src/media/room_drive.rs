@@ -6,10 +6,12 @@
 //! one entry in the worker's send batch; payloads are shared, never copied.
 
 use super::ParticipantKind;
+use super::demux::{PacketClass, classify};
 use super::egress::Effect;
 use super::egress::Egress;
 use super::peer::Direction;
 use super::room::{LocalRoom, Origin};
+use super::transport::TransportEvent;
 use crate::signaling::protocol::{ServerMessage, SpeakerView};
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -42,7 +44,9 @@ pub struct EdgeDrops {
 }
 
 impl LocalRoom {
-    /// A datagram from `from` for peer `key`.
+    /// A datagram from `from` for peer `key`. Only what authenticates keeps a peer alive or
+    /// binds an address to it: a check carrying its password, DTLS and SRTP/SRTCP that
+    /// decrypts.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -51,11 +55,61 @@ impl LocalRoom {
         data: &[u8],
         out: &mut Egress,
     ) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        if let Some(transport) = &mut peer.transport {
+            let mut replies = Vec::new();
+            let result = transport.handle_datagram(now, from, data, &mut replies);
+            for (addr, d) in replies {
+                out.udp.push(addr, d);
+            }
+            match result {
+                Ok(event) => {
+                    peer.last_heard = now;
+                    match event {
+                        Some(TransportEvent::Address(addr)) => self.bind_peer_addr(key, addr),
+                        Some(TransportEvent::Connected) => self.on_connected(now, key, out),
+                        Some(TransportEvent::Closed) => {
+                            self.on_peer_failed(now, key, "closed", out)
+                        }
+                        Some(TransportEvent::Rtcp(packets)) => self.on_rtcp(now, key, &packets),
+                        None => {}
+                    }
+                }
+                Err(e) => {
+                    self.drops.rejected += 1;
+                    tracing::trace!(room = %self.name, "datagram rejected: {e}");
+                }
+            }
+            self.route_core_outputs(now, out);
+            self.rearm(key);
+            return;
+        }
+        // A connection webrtc-rs runs (publishers): its peer's checks are verified here first,
+        // so that an address is bound only by one that knows the password. (Answers to the
+        // agent's own checks go to it as they are: it authenticates them.)
+        if classify(data) == PacketClass::Stun {
+            use crate::media::transport::stun::{StunError, verify};
+            match verify(
+                data,
+                &peer.ice.ufrag,
+                &peer.ice.pwd,
+                self.ctx.crypto.crypto(),
+            ) {
+                Ok(()) => self.bind_peer_addr(key, from),
+                Err(StunError::NotBindingRequest) if peer.addrs.contains(&from) => {}
+                Err(e) => {
+                    self.drops.rejected += 1;
+                    tracing::trace!(room = %self.name, "check rejected: {e}");
+                    return;
+                }
+            }
+        }
         let local_addr = self.ctx.candidates[0];
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
-        peer.last_heard = now;
         let input = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -66,11 +120,38 @@ impl LocalRoom {
             },
             message: BytesMut::from(data),
         };
-        if let Err(e) = peer.pc.handle_read(input) {
-            self.drops.rejected += 1;
-            tracing::trace!(room = %self.name, "datagram rejected: {e}");
+        match peer.pc.handle_read(input) {
+            Ok(()) => peer.last_heard = now,
+            Err(e) => {
+                self.drops.rejected += 1;
+                tracing::trace!(room = %self.name, "datagram rejected: {e}");
+            }
         }
         self.drive(now, key, out);
+    }
+
+    /// A subscriber connection is up: its subscriptions start (a WHEP player's sources are
+    /// chosen).
+    fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
+        let peer = &mut self.peers[key];
+        if peer.connected {
+            return;
+        }
+        peer.connected = true;
+        let (sid, direction) = (peer.participant.clone(), peer.direction);
+        tracing::info!(room = %self.name, participant = %sid, ?direction, "peer connected");
+        if direction == Direction::Subscribe {
+            let whep = self
+                .roster
+                .local
+                .get(&sid)
+                .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
+            if whep {
+                self.choose_whep_sources(now, out);
+            } else {
+                self.attach_subscriptions(now, key);
+            }
+        }
     }
 
     /// A packet of a remote track, from a relay link.
@@ -102,6 +183,13 @@ impl LocalRoom {
             peer.timer = None;
             if let Err(e) = peer.pc.handle_timeout(now) {
                 tracing::debug!(room = %self.name, "peer timeout: {e}");
+            }
+            if let Some(t) = &mut peer.transport {
+                let mut replies = Vec::new();
+                t.handle_timeout(now, &mut replies);
+                for (addr, d) in replies {
+                    out.udp.push(addr, d);
+                }
             }
             self.drive(now, key, out);
         }
@@ -151,28 +239,12 @@ impl LocalRoom {
         out: &mut Egress,
     ) {
         match event {
+            // The node runs a subscriber's transport itself: webrtc-rs, which never sees its
+            // datagrams, would report it failed.
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(_)
+                if self.peers[key].transport.is_some() => {}
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
-                RTCPeerConnectionState::Connected => {
-                    let peer = &mut self.peers[key];
-                    if peer.connected {
-                        return;
-                    }
-                    peer.connected = true;
-                    let (sid, direction) = (peer.participant.clone(), peer.direction);
-                    tracing::info!(room = %self.name, participant = %sid, ?direction, "peer connected");
-                    if direction == Direction::Subscribe {
-                        let whep = self
-                            .roster
-                            .local
-                            .get(&sid)
-                            .is_some_and(|p| matches!(p.kind, ParticipantKind::Whep { .. }));
-                        if whep {
-                            self.choose_whep_sources(now, out);
-                        } else {
-                            self.attach_subscriptions(now, key);
-                        }
-                    }
-                }
+                RTCPeerConnectionState::Connected => self.on_connected(now, key, out),
                 RTCPeerConnectionState::Failed => self.on_peer_failed(now, key, "failed", out),
                 RTCPeerConnectionState::Closed => self.on_peer_failed(now, key, "closed", out),
                 _ => {}
@@ -282,20 +354,22 @@ impl LocalRoom {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Rtp { sink, packet, .. } => {
-                    let Some(peer) = self.peers.get_mut(sink.0 as usize) else {
+                    // The direct send path: written once into the send buffer, protected in
+                    // place (see `transport`).
+                    let Some(t) = self
+                        .peers
+                        .get_mut(sink.0 as usize)
+                        .and_then(|p| p.transport.as_mut())
+                    else {
                         continue;
                     };
-                    let message = TaggedRTCMessage {
-                        now,
-                        // The track id is not used on the write path; an empty String does
-                        // not allocate.
-                        message: RTCMessage::RtpPacket(String::new(), packet),
-                    };
-                    if peer.pc.handle_write(message).is_err() {
-                        self.drops.send_failed += 1;
-                    }
-                    while let Some(t) = peer.pc.poll_write() {
-                        out.udp.push(t.transport.peer_addr, t.message);
+                    match t.send_rtp(&packet.header, &packet.payload, &mut out.arena) {
+                        Ok(Some((addr, datagram))) => out.udp.push(addr, datagram),
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.drops.send_failed += 1;
+                            tracing::trace!(room = %self.name, "send: {e}");
+                        }
                     }
                 }
                 Output::SenderReport { sink, report, .. } => {
@@ -399,6 +473,14 @@ impl LocalRoom {
             return;
         };
         if !peer.connected {
+            return;
+        }
+        if let Some(t) = &mut peer.transport {
+            match t.send_rtcp(&[packet]) {
+                Ok(Some((addr, datagram))) => out.udp.push(addr, datagram),
+                Ok(None) => {}
+                Err(_) => self.drops.send_failed += 1,
+            }
             return;
         }
         let message = TaggedRTCMessage {

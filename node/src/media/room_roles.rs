@@ -328,6 +328,7 @@ mod tests {
             default_max_layer: 2,
             large_room_threshold: threshold,
             certificate: super::super::peer::worker_certificate().unwrap(),
+            crypto: rtc::crypto::default_provider().unwrap(),
             core: Default::default(),
         });
         LocalRoom::new("r".into(), ctx, now, threshold)

@@ -16,6 +16,32 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
 use sfu_core::{MediaKind, RoomError, SinkId, SubscriptionParams, SubscriptionSettings, TrackId};
 use std::time::Instant;
 
+/// The SHA-256 certificate fingerprint an SDP announces (`a=fingerprint:sha-256 AB:CD:…`),
+/// at session or media level (bundled connections share one certificate).
+fn sha256_fingerprint(sdp: &str) -> Option<String> {
+    sdp.lines().find_map(|l| {
+        let v = l.trim().strip_prefix("a=fingerprint:")?;
+        let (alg, value) = v.split_once(' ')?;
+        alg.eq_ignore_ascii_case("sha-256")
+            .then(|| value.trim().to_owned())
+    })
+}
+
+/// Hands the peer's certificate fingerprint to the node's transport of its connection.
+fn set_fingerprint(peer: &mut super::room::Peer, sdp: &str) -> Result<(), SignalError> {
+    let Some(t) = &mut peer.transport else {
+        return Ok(());
+    };
+    let fingerprint = sha256_fingerprint(sdp).ok_or_else(|| {
+        SignalError::new(
+            ErrorCode::InvalidSdp,
+            "the answer has no a=fingerprint:sha-256 line",
+        )
+    })?;
+    t.set_remote_fingerprint(&fingerprint)
+        .map_err(|e| SignalError::new(ErrorCode::InvalidSdp, e.to_string()))
+}
+
 fn rtc_kind(kind: MediaKind) -> RtpCodecKind {
     match kind {
         MediaKind::Audio => RtpCodecKind::Audio,
@@ -346,6 +372,7 @@ impl LocalRoom {
                 "no offer is outstanding",
             ));
         }
+        set_fingerprint(peer, &sdp)?;
         let answer = RTCSessionDescription::answer(sdp).map_err(invalid_sdp)?;
         peer.pc
             .set_remote_description(now, answer)
@@ -474,8 +501,20 @@ impl LocalRoom {
                 "session already playing",
             ));
         }
+        let fingerprint = sha256_fingerprint(&sdp).ok_or_else(|| {
+            SignalError::new(
+                ErrorCode::InvalidSdp,
+                "the offer has no a=fingerprint:sha-256 line",
+            )
+        })?;
         let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp)?;
         let key = self.create_peer(now, sid, Direction::Subscribe)?;
+        if let Some(t) = &mut self.peers[key].transport
+            && let Err(e) = t.set_remote_fingerprint(&fingerprint)
+        {
+            self.remove_peer(now, key, out);
+            return Err(SignalError::new(ErrorCode::InvalidSdp, e.to_string()));
+        }
         match self.answer_player(now, key, offer) {
             Ok(answer) => {
                 self.drive(now, key, out);

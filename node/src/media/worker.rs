@@ -147,6 +147,8 @@ pub(super) fn spawn(
         large_room_threshold: config.large_room_threshold,
         certificate: super::peer::worker_certificate()
             .map_err(|e| anyhow::anyhow!("making the DTLS certificate: {e}"))?,
+        crypto: rtc::crypto::default_provider()
+            .map_err(|e| anyhow::anyhow!("cryptography provider: {e}"))?,
         core: config.core,
     });
     let relay = Relay::new(
@@ -282,6 +284,8 @@ impl Worker {
                     self.drops.unknown_source += 1;
                     return;
                 }
+                // Routed by its username, but the address is bound to the peer only once the
+                // room found the check authentic (`DemuxUpdate::Bind`).
                 let Some(t) = stun_local_ufrag(data)
                     .and_then(|u| self.by_ufrag.get(u))
                     .copied()
@@ -289,10 +293,6 @@ impl Worker {
                     self.drops.unknown_ufrag += 1;
                     return;
                 };
-                self.by_addr.insert(from, t);
-                if let Some(room) = self.rooms.get_mut(t.room) {
-                    room.note_peer_addr(t.peer, from);
-                }
                 t
             }
         };
@@ -346,6 +346,9 @@ impl Worker {
                 match update {
                     DemuxUpdate::Add { ufrag, peer } => {
                         self.by_ufrag.insert(ufrag, PeerRef { room: idx, peer });
+                    }
+                    DemuxUpdate::Bind { addr, peer } => {
+                        self.by_addr.insert(addr, PeerRef { room: idx, peer });
                     }
                     DemuxUpdate::Remove { ufrag, addrs } => {
                         self.by_ufrag.remove(&ufrag);

@@ -40,27 +40,7 @@ pub fn answer(
     pwd: &str,
     crypto: &dyn RTCCrypto,
 ) -> Result<Answered, StunError> {
-    let mut m = Message::new();
-    m.raw = data.to_vec();
-    m.decode()
-        .map_err(|e| StunError::Malformed(e.to_string()))?;
-    if m.typ != BINDING_REQUEST {
-        return Err(StunError::NotBindingRequest);
-    }
-    // USERNAME is "ours:theirs" (RFC 8445 §7.2.2).
-    let username = m.get(ATTR_USERNAME).map_err(|_| StunError::WrongUsername)?;
-    let ours = username
-        .split(|b| *b == b':')
-        .next()
-        .ok_or(StunError::WrongUsername)?;
-    if ours != ufrag.as_bytes() {
-        return Err(StunError::WrongUsername);
-    }
-    if FINGERPRINT.check(&m).is_err() {
-        return Err(StunError::Unauthenticated);
-    }
-    MessageIntegrity::check(&mut m, pwd.as_bytes(), crypto)
-        .map_err(|_| StunError::Unauthenticated)?;
+    let m = verified(data, ufrag, pwd, crypto)?;
     let nominated = m.contains(ATTR_USE_CANDIDATE);
     let mut response = Message::new();
     let setters: [Box<dyn Setter + '_>; 5] = [
@@ -83,6 +63,47 @@ pub fn answer(
         response: response.raw,
         nominated,
     })
+}
+
+/// Checks that a binding request is for `ufrag` and proves it knows `pwd`, without answering
+/// it (for connections whose checks webrtc-rs answers).
+pub fn verify(
+    data: &[u8],
+    ufrag: &str,
+    pwd: &str,
+    crypto: &dyn RTCCrypto,
+) -> Result<(), StunError> {
+    verified(data, ufrag, pwd, crypto).map(|_| ())
+}
+
+fn verified(
+    data: &[u8],
+    ufrag: &str,
+    pwd: &str,
+    crypto: &dyn RTCCrypto,
+) -> Result<Message, StunError> {
+    let mut m = Message::new();
+    m.raw = data.to_vec();
+    m.decode()
+        .map_err(|e| StunError::Malformed(e.to_string()))?;
+    if m.typ != BINDING_REQUEST {
+        return Err(StunError::NotBindingRequest);
+    }
+    // USERNAME is "ours:theirs" (RFC 8445 §7.2.2).
+    let username = m.get(ATTR_USERNAME).map_err(|_| StunError::WrongUsername)?;
+    let ours = username
+        .split(|b| *b == b':')
+        .next()
+        .ok_or(StunError::WrongUsername)?;
+    if ours != ufrag.as_bytes() {
+        return Err(StunError::WrongUsername);
+    }
+    if FINGERPRINT.check(&m).is_err() {
+        return Err(StunError::Unauthenticated);
+    }
+    MessageIntegrity::check(&mut m, pwd.as_bytes(), crypto)
+        .map_err(|_| StunError::Unauthenticated)?;
+    Ok(m)
 }
 
 #[cfg(test)]
