@@ -9,29 +9,13 @@
 use crate::bandwidth::{Estimator, EstimatorConfig};
 use crate::probe::Prober;
 use crate::resend::RetransmitBudget;
-use bytes::Bytes;
-use rtp::header::Header;
 use std::time::{Duration, Instant};
 
-/// RTP header extension profile of one-byte extensions (RFC 8285).
-const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 /// A subscriber that negotiated feedback but sent none this long after media started is
 /// treated as one without feedback: it gets everything it asks for.
 const FEEDBACK_GRACE: Duration = Duration::from_secs(5);
 /// Bytes on the wire beyond the RTP payload: RTP header with the extension, SRTP tag, UDP/IP.
 pub(crate) const OVERHEAD: usize = 12 + 8 + 10 + 28;
-
-/// Every transport-wide sequence number, big-endian, back to back.
-static TWCC_VALUES: [u8; 1 << 17] = {
-    let mut a = [0u8; 1 << 17];
-    let mut i = 0;
-    while i < 1 << 16 {
-        a[2 * i] = (i >> 8) as u8;
-        a[2 * i + 1] = i as u8;
-        i += 1;
-    }
-    a
-};
 
 /// What the subscriber negotiated for congestion control.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,25 +124,19 @@ impl Downlink {
         self.params = params;
     }
 
-    /// Numbers a packet about to leave (adds the transport-wide sequence number when
-    /// negotiated) and records it. `probe` marks a duplicate sent only to probe.
-    pub fn on_send(&mut self, now: Instant, header: &mut Header, payload_len: usize) {
+    /// Records a packet about to leave; its transport-wide sequence number (with the
+    /// negotiated extension id) when the subscriber gives that feedback, for the send path to
+    /// write into the packet (see [`crate::edits`]).
+    pub fn on_send(&mut self, now: Instant, payload_len: usize) -> Option<(u8, u16)> {
         self.first_sent.get_or_insert(now);
         let size = payload_len + OVERHEAD;
         self.prober.on_sent(size);
-        let Some(id) = self.params.twcc_ext else {
-            return;
-        };
+        let id = self.params.twcc_ext?;
         let seq = self.next_twcc;
         self.next_twcc = seq.wrapping_add(1);
-        let at = 2 * seq as usize;
-        header.extension = true;
-        header.extension_profile = ONE_BYTE_PROFILE;
-        // Only fails for ids outside 1..=14, which negotiation never yields; such a packet
-        // simply goes without the number.
-        let _ = header.set_extension(id, Bytes::from_static(&TWCC_VALUES[at..at + 2]));
         let probe = self.prober.active().map_or(0, |p| p.id);
         self.estimator.on_sent(now, seq, size, probe);
+        Some((id, seq))
     }
 
     /// The bandwidth to allocate, or `None` when the subscriber gives no feedback (then it
@@ -198,9 +176,7 @@ mod tests {
             EstimatorConfig::default(),
         );
         for expected in [0u16, 1, 2] {
-            let mut h = Header::default();
-            d.on_send(now, &mut h, 100);
-            assert_eq!(h.get_extension(3).unwrap(), &expected.to_be_bytes()[..]);
+            assert_eq!(d.on_send(now, 100), Some((3, expected)));
         }
         assert_eq!(d.budget(now), Some(300_000), "initial estimate");
         assert_eq!(
@@ -218,9 +194,11 @@ mod tests {
             "paused again at once: wait"
         );
         assert!(s.update(now + Duration::from_secs(4), true), "after 2 s");
-        let mut h = Header::default();
-        plain.on_send(now, &mut h, 100);
-        assert!(h.extensions.is_empty());
+        assert_eq!(
+            plain.on_send(now, 100),
+            None,
+            "no feedback negotiated: no number"
+        );
         assert_eq!(plain.budget(now), None);
     }
 }

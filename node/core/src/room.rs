@@ -75,6 +75,8 @@ pub enum Output {
         sink: SinkId,
         subscription: SubscriptionId,
         packet: Packet,
+        /// What to write into it as it is sent (see [`crate::edits`]).
+        edits: crate::edits::PacketEdits,
     },
     /// Send an RTP packet, as the publisher sent it (minus header extensions), over a relay
     /// link.

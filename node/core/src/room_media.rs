@@ -4,6 +4,7 @@
 
 use crate::codec::{Codec, MediaKind};
 use crate::downlink::OVERHEAD;
+use crate::edits::PacketEdits;
 use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::room::{Output, Room, RoomError, RoomStats};
 use crate::subscription::Subscription;
@@ -96,8 +97,13 @@ impl Room {
             ) {
                 Ok(rewrite) => {
                     let mut header = rewrite.header(&packet.header);
+                    let mut edits = PacketEdits::default();
                     let payload = match (rewrite.picture, &vp8, &red) {
-                        (Some((pid, tl0)), Some(d), _) => d.rewrite(&packet.payload, pid, tl0),
+                        // Shared as it is: the new numbering is written as it is sent.
+                        (Some((pid, tl0)), Some(d), _) => {
+                            edits.vp8 = Some(d.edit(pid, tl0));
+                            packet.payload.clone()
+                        }
                         (_, _, Some(primary)) => match (sub.red_payload_type, primary) {
                             (Some(pt), _) => {
                                 header.payload_type = pt;
@@ -109,7 +115,7 @@ impl Room {
                         _ => packet.payload.clone(),
                     };
                     if let Some(d) = self.downlinks.get_mut(&sub.sink) {
-                        d.on_send(now, &mut header, payload_len);
+                        edits.twcc = d.on_send(now, payload_len);
                     }
                     self.stats.packets_out += 1;
                     self.stats.bytes_out += payload_len as u64;
@@ -117,6 +123,7 @@ impl Room {
                         sink: sub.sink,
                         subscription: sub.id,
                         packet: Packet { header, payload },
+                        edits,
                     });
                 }
                 Err(reason) => self.stats.dropped[reason as usize] += 1,
@@ -233,18 +240,20 @@ impl Room {
                         }
                     }
                     let sub = &mut track.subscriptions[i];
-                    let mut packet = match &mut sub.rtx {
+                    let packet = match &mut sub.rtx {
                         Some(rtx) => rtx.wrap(&packet),
                         None => packet,
                     };
+                    let mut edits = PacketEdits::default();
                     if let Some(d) = self.downlinks.get_mut(&sub.sink) {
-                        d.on_send(now, &mut packet.header, packet.payload.len());
+                        edits.twcc = d.on_send(now, packet.payload.len());
                     }
                     self.stats.retransmitted += 1;
                     self.outputs.push_back(Output::Rtp {
                         sink: sub.sink,
                         subscription: sub.id,
                         packet,
+                        edits,
                     });
                 }
                 None => self.stats.nack_misses += 1,
@@ -313,7 +322,7 @@ impl Room {
                 });
                 let sub = &mut track.subscriptions[index];
                 let Some(rtx) = sub.rtx.as_mut() else { break };
-                let mut packet = match copy {
+                let packet = match copy {
                     Some(p) => rtx.wrap(&p),
                     None => rtx.padding(sub.forwarder.last_sent().map_or(0, |(ts, _)| ts)),
                 };
@@ -321,7 +330,10 @@ impl Room {
                 let Some(d) = self.downlinks.get_mut(&sink) else {
                     break;
                 };
-                d.on_send(now, &mut packet.header, len);
+                let edits = PacketEdits {
+                    twcc: d.on_send(now, len),
+                    vp8: None,
+                };
                 due = due.saturating_sub(len + OVERHEAD);
                 sent += 1;
                 self.stats.probe_packets += 1;
@@ -329,6 +341,7 @@ impl Room {
                     sink,
                     subscription: sub.id,
                     packet,
+                    edits,
                 });
             }
         }

@@ -99,23 +99,20 @@ impl Vp8Descriptor {
         self.picture_id.is_some() || self.tl0_pic_idx.is_some()
     }
 
-    /// A copy of `payload` with the picture id and TL0PICIDX replaced (each masked to the width
-    /// the packet uses). Fields the packet does not carry are left alone.
+    /// A copy of `payload` with the picture id and TL0PICIDX replaced (see [`Self::edit`]).
     pub fn rewrite(&self, payload: &Bytes, picture_id: u16, tl0_pic_idx: u8) -> Bytes {
         let mut b = BytesMut::from(payload.as_ref());
-        if let Some(pid) = self.picture_id {
-            if pid.long {
-                let v = picture_id & 0x7fff;
-                b[pid.offset] = 0x80 | (v >> 8) as u8;
-                b[pid.offset + 1] = v as u8;
-            } else {
-                b[pid.offset] = (picture_id & 0x7f) as u8;
-            }
-        }
-        if let Some((_, at)) = self.tl0_pic_idx {
-            b[at] = tl0_pic_idx;
-        }
+        self.edit(picture_id, tl0_pic_idx).apply(&mut b);
         b.freeze()
+    }
+
+    /// The edit that replaces this packet's picture id and TL0PICIDX (each masked to the
+    /// width the packet uses) as it is sent. Fields the packet does not carry are left alone.
+    pub fn edit(&self, picture_id: u16, tl0_pic_idx: u8) -> crate::edits::Vp8Edit {
+        crate::edits::Vp8Edit {
+            picture_id: self.picture_id.map(|p| (p.offset, p.long, picture_id)),
+            tl0_pic_idx: self.tl0_pic_idx.map(|(_, at)| (at, tl0_pic_idx)),
+        }
     }
 }
 

@@ -102,7 +102,7 @@ pub struct Egress {
     pub udp: SendQueue,
     /// Where forwarded packets are written and protected before they are sent; its chunks are
     /// reused once the datagrams cut from them are gone.
-    pub arena: bytes::BytesMut,
+    pub arena: super::transport::arena::SendArena,
     /// (link, datagram) pairs.
     pub relay: Vec<(u32, Bytes)>,
     pub effects: Vec<Effect>,

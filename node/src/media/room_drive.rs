@@ -2,8 +2,11 @@
 //! the core's outputs into subscribers' peer connections and onto the wire; and timers.
 //!
 //! Everything here runs on the room's worker thread for each datagram. Per packet and
-//! subscriber it does one header rewrite (in the core), one SRTP encryption (in webrtc-rs) and
-//! one entry in the worker's send batch; payloads are shared, never copied.
+//! subscriber it does one header rewrite (in the core), one write of the packet into the
+//! worker's send buffer with its edits and SRTP protection in place (the node's own transport,
+//! [`super::transport`]) and one entry in the worker's send batch; nothing is allocated.
+//! Publishers' connections are webrtc-rs's; subscribers' are negotiated by webrtc-rs and
+//! carried by the node.
 
 use super::ParticipantKind;
 use super::demux::{PacketClass, classify};
@@ -353,7 +356,12 @@ impl LocalRoom {
     pub(super) fn route_core_outputs(&mut self, now: Instant, out: &mut Egress) {
         while let Some(output) = self.core.poll_output() {
             match output {
-                Output::Rtp { sink, packet, .. } => {
+                Output::Rtp {
+                    sink,
+                    packet,
+                    edits,
+                    ..
+                } => {
                     // The direct send path: written once into the send buffer, protected in
                     // place (see `transport`).
                     let Some(t) = self
@@ -363,7 +371,7 @@ impl LocalRoom {
                     else {
                         continue;
                     };
-                    match t.send_rtp(&packet.header, &packet.payload, &mut out.arena) {
+                    match t.send_rtp(&packet.header, &packet.payload, &edits, &mut out.arena) {
                         Ok(Some((addr, datagram))) => out.udp.push(addr, datagram),
                         Ok(None) => {}
                         Err(e) => {

@@ -120,6 +120,15 @@ impl Default for RecvBatch {
 #[derive(Default)]
 pub struct SendQueue {
     queue: Vec<(SocketAddr, bytes::BytesMut)>,
+    /// What `sendmmsg` reads, kept between calls so that sending allocates nothing.
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
 }
 
 impl SendQueue {
@@ -142,7 +151,7 @@ impl SendQueue {
         let mut start = 0;
         while start < self.queue.len() {
             let end = (start + BATCH).min(self.queue.len());
-            match send_batch(socket, &self.queue[start..end]) {
+            match send_batch(socket, &self.queue[start..end], &mut self.scratch) {
                 Ok(sent) => start += sent.max(1).min(end - start),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The send buffer is full: wait until it drains rather than drop a burst.
@@ -164,36 +173,45 @@ impl SendQueue {
     }
 }
 
-fn send_batch(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+fn send_batch(
+    socket: &UdpSocket,
+    batch: &[(SocketAddr, bytes::BytesMut)],
+    scratch: &mut Scratch,
+) -> io::Result<usize> {
     let fd = socket.as_raw_fd();
     socket.try_io(Interest::WRITABLE, || {
-        let mut addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)> =
-            batch.iter().map(|(a, _)| std_to_sockaddr(a)).collect();
-        let mut iovecs: Vec<libc::iovec> = batch
-            .iter()
-            .map(|(_, d)| libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(addrs.iter_mut())
-            .map(|(iov, (addr, len))| {
-                // SAFETY: msghdr is plain old data; the fields we need are set below.
-                let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-                h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = *len;
-                h.msg_iov = iov;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: the headers point into `addrs`, `iovecs` and `batch`, all alive for the call;
-        // sendmmsg only reads the buffers.
+        let Scratch {
+            addrs,
+            iovecs,
+            headers,
+        } = &mut *scratch;
+        addrs.clear();
+        addrs.extend(batch.iter().map(|(a, _)| std_to_sockaddr(a)));
+        iovecs.clear();
+        iovecs.extend(batch.iter().map(|(_, d)| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        }));
+        headers.clear();
+        headers.extend(
+            iovecs
+                .iter_mut()
+                .zip(addrs.iter_mut())
+                .map(|(iov, (addr, len))| {
+                    // SAFETY: msghdr is plain old data; the fields we need are set below.
+                    let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+                    h.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                    h.msg_namelen = *len;
+                    h.msg_iov = iov;
+                    h.msg_iovlen = 1;
+                    libc::mmsghdr {
+                        msg_hdr: h,
+                        msg_len: 0,
+                    }
+                }),
+        );
+        // SAFETY: the headers point into `addrs`, `iovecs` and `batch`, all alive and not moved
+        // for the call; sendmmsg only reads the buffers.
         let n = unsafe {
             libc::sendmmsg(
                 fd,

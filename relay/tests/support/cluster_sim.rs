@@ -55,9 +55,12 @@ impl Node {
         }
         while let Some(o) = self.room.poll_output() {
             match o {
-                RoomOutput::Rtp { sink, packet, .. } => {
-                    self.deliver_locally(now, sink, &packet, keep_ids, mark)
-                }
+                RoomOutput::Rtp {
+                    sink,
+                    packet,
+                    edits,
+                    ..
+                } => self.deliver_locally(now, sink, &edits.applied(&packet), keep_ids, mark),
                 o => work.push(Work::Room(o)),
             }
         }
@@ -357,10 +360,15 @@ impl Sim {
                 n.subscriptions.clear();
             }
             Work::Relay(other) => panic!("unexpected relay output {other:?}"),
-            Work::Room(RoomOutput::Rtp { sink, packet, .. }) => {
+            Work::Room(RoomOutput::Rtp {
+                sink,
+                packet,
+                edits,
+                ..
+            }) => {
                 let (keep, mark) = (self.keep_payload_ids, self.mark);
                 let n = self.nodes.get_mut(id).unwrap();
-                n.deliver_locally(now, sink, &packet, keep, mark);
+                n.deliver_locally(now, sink, &edits.applied(&packet), keep, mark);
             }
             Work::Room(RoomOutput::Relay { sink, packet, .. }) => {
                 let (link, bytes) = datagram(sink, &packet).unwrap();

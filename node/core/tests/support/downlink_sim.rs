@@ -295,8 +295,9 @@ impl Sim {
                 Output::Rtp {
                     subscription,
                     packet,
+                    edits,
                     ..
-                } => self.send(subscription, packet),
+                } => self.send(subscription, edits.applied(&packet)),
                 Output::KeyframeRequest { layer, .. } => self.keyframe[layer.min(2)] = true,
                 _ => {}
             }

@@ -13,6 +13,7 @@
 //! authenticates keep it alive; the DTLS peer must present the certificate its SDP's
 //! fingerprint names.
 
+pub mod arena;
 pub mod dtls;
 pub mod srtp;
 pub mod stun;
@@ -29,8 +30,8 @@ use std::time::Instant;
 
 /// Addresses remembered per connection: a browser checks from a few candidates at most.
 const MAX_ADDRS: usize = 4;
-/// Send buffer grown this much at a time (many packets' worth: see [`Transport::send_rtp`]).
-const ARENA_CHUNK: usize = 64 * 1024;
+/// A one-byte header extension block holding one two-byte element, padded to a word.
+const TWCC_EXTENSION_LEN: usize = 8;
 
 /// What a datagram did to the connection.
 pub enum TransportEvent {
@@ -93,6 +94,19 @@ impl Transport {
             addrs: Vec::new(),
             keys: None,
         })
+    }
+
+    /// A transport whose handshake is taken as done, with these keys, sending to `remote`: for
+    /// tests and benchmarks of the send path.
+    #[doc(hidden)]
+    pub fn established(
+        mut self,
+        keys: dtls::SrtpKeys,
+        remote: SocketAddr,
+    ) -> Result<Self, TransportError> {
+        self.keys = Some(self.session(keys)?);
+        self.remote = Some(remote);
+        Ok(self)
     }
 
     /// The fingerprint the peer's SDP announced.
@@ -202,29 +216,67 @@ impl Transport {
     }
 
     /// Protects an RTP packet for the subscriber, written into `arena` (a buffer the worker
-    /// sends from, grown in large chunks and reused once its datagrams are sent): the datagram
-    /// and where it goes, or `None` before the connection is up.
+    /// sends from, grown in large chunks and reused once its datagrams are sent) with its
+    /// per-subscriber edits: the datagram and where it goes, or `None` before the connection
+    /// is up. Allocates nothing once the arena has grown.
     pub fn send_rtp(
         &mut self,
         header: &rtc::rtp::header::Header,
         payload: &[u8],
-        arena: &mut BytesMut,
+        edits: &sfu_core::PacketEdits,
+        arena: &mut arena::SendArena,
     ) -> Result<Option<(SocketAddr, BytesMut)>, TransportError> {
         let (Some(remote), Some(keys)) = (self.remote, self.keys.as_mut()) else {
             return Ok(None);
         };
-        let header_len = header.marshal_size();
-        let len = header_len + payload.len();
-        let total = len + keys.rtp.profile().overhead();
-        if arena.capacity() < total {
-            arena.reserve(ARENA_CHUNK.max(total));
+        if header.extension && edits.twcc.is_some() {
+            // Not a forwarded packet (those carry no extension of their own): the slow way.
+            let whole = edits.applied(&sfu_core::Packet {
+                header: header.clone(),
+                payload: bytes::Bytes::copy_from_slice(payload),
+            });
+            let plain = sfu_core::PacketEdits::default();
+            return self.send_rtp(&whole.header, &whole.payload, &plain, arena);
         }
+        let fixed = header.marshal_size();
+        let extension = if edits.twcc.is_some() {
+            TWCC_EXTENSION_LEN
+        } else {
+            0
+        };
+        let header_len = fixed + extension;
+        // RTP padding (probe packets): to a multiple of four bytes, four if already aligned;
+        // the last byte says how many (RFC 3550 §5.1), as webrtc-rs marshals it.
+        let padding = if header.padding {
+            match payload.len() % 4 {
+                0 => 4,
+                r => 4 - r,
+            }
+        } else {
+            0
+        };
+        let len = header_len + payload.len() + padding;
+        let total = len + keys.rtp.profile().overhead();
+        let arena = arena.room(total);
         // Uninitialised capacity becomes the packet: header, payload, room for the tag.
-        arena.put_bytes(0, header_len);
+        arena.put_bytes(0, fixed);
         header
-            .marshal_to(&mut arena[..header_len])
+            .marshal_to(&mut arena[..fixed])
             .map_err(|e| TransportError::Srtp(e.to_string()))?;
+        if let Some((id, seq)) = edits.twcc {
+            // RFC 8285 one-byte header extension with one element: the transport-wide number.
+            arena[0] |= 0x10;
+            let [hi, lo] = seq.to_be_bytes();
+            arena.put_slice(&[0xBE, 0xDE, 0x00, 0x01, (id << 4) | 1, hi, lo, 0x00]);
+        }
         arena.put_slice(payload);
+        if let Some(vp8) = &edits.vp8 {
+            vp8.apply(&mut arena[header_len..header_len + payload.len()]);
+        }
+        if padding > 0 {
+            arena.put_bytes(0, padding - 1);
+            arena.put_u8(padding as u8);
+        }
         arena.put_bytes(0, total - len);
         let n = keys
             .rtp
