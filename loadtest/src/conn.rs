@@ -2,12 +2,27 @@
 //! client has: offer/answer, the socket and timer plumbing, and what it received.
 //!
 //! The owner (a peer task) calls [`Conn::read_ready`] when the socket is readable,
-//! [`Conn::handle_timeout`] at [`Conn::timeout`], then [`Conn::drain`] and [`Conn::flush`].
-//! Datagrams are read in batches (up to [`READ_BATCH`] per wake-up) so that a busy peer costs
-//! one task wake-up per batch rather than one per packet.
+//! [`Conn::handle_timeout`] at [`Conn::timeout`], then, on every turn of its loop,
+//! [`Conn::drain`], [`Conn::flush`] and [`Conn::timeout`] in that order. Datagrams are read in
+//! batches ([`stamped`], up to [`READ_BATCH`] per wake-up) so that a busy peer costs one task
+//! wake-up per batch rather than one per packet.
+//!
+//! A light receiving connection ([`crate::light`]) passes the peer connection only what it
+//! must (STUN, DTLS, RTCP and a sample of the media) and measures the rest from RTP headers.
+//! Once connected it no longer wakes for every datagram: its socket leaves tokio's reactor
+//! (which would otherwise handle an event per datagram) and is read when a timer says
+//! ([`READ_PERIOD_MAX`] at most between reads), with arrival times from the kernel, so the
+//! wake-up, the poll of everything the task waits on and the read that finds the socket empty
+//! are paid per batch instead of per packet. Asking a peer connection anything (events,
+//! packets, its timeout) costs a pass over its whole handler pipeline, so a light connection
+//! asks only when it passed it something since it last asked (a sans-IO peer connection
+//! changes only when called), and once connected runs its timers once a second
+//! ([`LIGHT_TICK`]).
 
+use crate::light::{Light, Verdict};
 use crate::media::sent_at;
-use crate::state::{Shared, lock};
+use crate::stamped;
+use crate::state::{PeerState, Shared, lock};
 use crate::stats::Arrival;
 use anyhow::Context;
 use bytes::BytesMut;
@@ -37,7 +52,10 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
@@ -46,8 +64,72 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// Datagrams read per wake-up at most, so that one busy peer cannot starve the others.
 pub const READ_BATCH: usize = 64;
-/// Largest datagram read (media packets stay under 1,200 bytes; DTLS flights under 1,500).
-const MAX_DATAGRAM: usize = 2048;
+/// Longest time a connected light connection leaves datagrams in its socket: two reads a
+/// second, where its receiver reports and timers (once a second) fall on every other read.
+pub const READ_PERIOD_MAX: Duration = Duration::from_millis(500);
+/// The period starts here once connected and adapts to the packet rate: a read of fewer than
+/// [`IDLE_READ`] datagrams doubles it (up to [`READ_PERIOD_MAX`]), one of more than
+/// [`BUSY_READ`] halves it (down to [`READ_PERIOD_MIN`]). The socket's queue so stays far
+/// below its receive buffer (208 KiB by default on Linux, some 90 full-size datagrams), also
+/// when a keyframe arrives.
+const READ_PERIOD_START: Duration = Duration::from_millis(50);
+const READ_PERIOD_MIN: Duration = Duration::from_millis(10);
+const BUSY_READ: usize = 32;
+const IDLE_READ: usize = 8;
+/// How often a connected light connection runs its peer connection's timers. The only one
+/// left then is ICE's: webrtc-rs's agent ticks every 200 ms to see whether its keepalive
+/// (every 2 s) is due, and a tick costs a pass over the pipeline; once a second keeps the
+/// keepalive within 3 s, well inside consent freshness's 30 s (RFC 7675).
+pub const LIGHT_TICK: Duration = Duration::from_secs(1);
+
+/// A connection's socket: in tokio's reactor, to wait on its readiness; or out of it, read on
+/// a timer (a connected light connection).
+enum Socket {
+    Reactor(UdpSocket),
+    Timer(std::net::UdpSocket),
+}
+
+impl Socket {
+    fn fd(&self) -> RawFd {
+        match self {
+            Socket::Reactor(s) => s.as_raw_fd(),
+            Socket::Timer(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Reads a batch into `batch`: how many datagrams, 0 when there were none.
+    fn recv(&self, batch: &mut stamped::Batch) -> io::Result<usize> {
+        let fd = self.fd();
+        let r = match self {
+            // Readiness is cleared when the closure says `WouldBlock`: after a batch that
+            // was not full, the socket is empty (or tokio's next event says otherwise), so the
+            // next wake-up is not spent on a read that finds nothing.
+            Socket::Reactor(s) => {
+                let mut got = 0;
+                let r = s.try_io(Interest::READABLE, || {
+                    got = batch.recv(fd)?;
+                    if got < stamped::BATCH {
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                r.map(|()| got).or_else(|e| match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(got),
+                    _ => Err(e),
+                })
+            }
+            Socket::Timer(_) => batch.recv(fd),
+        };
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            // ICMP port unreachable from a peer that went away surfaces here on Linux.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// Opus and VP8, as most browsers send by default, with NACK and PLI feedback on video.
 /// Publishing connections also offer the MID, RID and audio-level header extensions.
@@ -116,8 +198,10 @@ pub struct Drained {
 
 /// See the module documentation.
 pub struct Conn {
-    pub pc: RTCPeerConnection,
-    socket: UdpSocket,
+    /// Boxed: 8.5 KB that would otherwise sit inside every peer task's future, once for each
+    /// connection the peer might have.
+    pub pc: Box<RTCPeerConnection>,
+    socket: Socket,
     local: SocketAddr,
     /// Whether our host candidate is in the local description yet.
     candidate_added: bool,
@@ -127,20 +211,38 @@ pub struct Conn {
     /// then compares a number instead of hashing a track id.
     ssrc_kinds: Vec<(u32, bool)>,
     pub connected: bool,
-    buf: Box<[u8; MAX_DATAGRAM]>,
+    /// The light receiver's state, on a light receiving connection.
+    light: Option<Box<Light>>,
+    /// Whether the peer connection was called since [`Conn::timeout`] last asked it
+    /// (light connections only: a full one is called for every datagram anyway).
+    stirred: bool,
+    /// The peer connection's timeout when it was last asked.
+    pc_timeout: Option<Instant>,
+    /// A connected light connection reads its socket at this instant, not on readiness.
+    next_read: Option<Instant>,
+    read_period: Duration,
+    /// When a connected light connection last ran its peer connection's timers.
+    last_tick: Option<Instant>,
 }
 
 impl Conn {
-    /// Opens a socket on `bind` and a peer connection; `sending` for publishing connections.
-    pub async fn open(bind: IpAddr, sending: bool) -> anyhow::Result<Self> {
+    /// Opens a socket on `bind` and a peer connection; `sending` for publishing connections,
+    /// `light` for a light receiving one.
+    pub async fn open(bind: IpAddr, sending: bool, light: bool) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
             .await
             .context("binding a UDP socket (out of file descriptors or ports?)")?;
         let local = socket.local_addr()?;
+        if light {
+            stamped::enable(socket.as_raw_fd()).context("asking for receive timestamps")?;
+        }
         let registry = if sending {
             Registry::new()
                 .with(Slot::SenderReport, SenderReportBuilder::new().build())
                 .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        } else if light {
+            // It would see only the sample; the light receiver reports instead.
+            Registry::new()
         } else {
             Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
         };
@@ -162,14 +264,19 @@ impl Conn {
             .with_interceptor_registry(registry)
             .build(Instant::now())?;
         Ok(Self {
-            pc,
-            socket,
+            pc: Box::new(pc),
+            socket: Socket::Reactor(socket),
             local,
             candidate_added: false,
             kinds: HashMap::new(),
             ssrc_kinds: Vec::new(),
             connected: false,
-            buf: Box::new([0; MAX_DATAGRAM]),
+            light: light.then(Box::default),
+            stirred: true,
+            pc_timeout: None,
+            next_read: None,
+            read_period: READ_PERIOD_START,
+            last_tick: None,
         })
     }
 
@@ -222,6 +329,7 @@ impl Conn {
 
     /// Creates our offer.
     pub fn offer(&mut self) -> anyhow::Result<String> {
+        self.stirred = true;
         self.add_candidate()?;
         let offer = self.pc.create_offer(None)?;
         self.pc.set_local_description(Instant::now(), offer)?;
@@ -230,6 +338,10 @@ impl Conn {
 
     /// Applies the far end's answer to our offer.
     pub fn accept_answer(&mut self, sdp: String) -> anyhow::Result<()> {
+        self.stirred = true;
+        if let Some(light) = &mut self.light {
+            light.negotiated(&sdp);
+        }
         let answer = RTCSessionDescription::answer(sdp).context("parsing the answer")?;
         self.pc
             .set_remote_description(Instant::now(), answer)
@@ -239,6 +351,7 @@ impl Conn {
 
     /// Answers the far end's offer (first or renegotiation).
     pub fn answer(&mut self, sdp: String) -> anyhow::Result<String> {
+        self.stirred = true;
         let offer = RTCSessionDescription::offer(sdp).context("parsing the offer")?;
         self.pc
             .set_remote_description(Instant::now(), offer)
@@ -246,57 +359,193 @@ impl Conn {
         self.add_candidate()?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(Instant::now(), answer)?;
-        self.local_sdp()
-    }
-
-    /// The socket, to wait on its readiness (`UdpSocket::readable`) without borrowing the
-    /// connection, which is not `Sync`.
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
-    }
-
-    /// Reads the datagrams waiting on the socket (a batch at most) into the connection.
-    pub fn read_ready(&mut self) -> io::Result<()> {
-        for _ in 0..READ_BATCH {
-            match self.socket.try_recv_from(&mut self.buf[..]) {
-                Ok((n, from)) => {
-                    let input = TaggedBytesMut {
-                        now: Instant::now(),
-                        transport: TransportContext {
-                            local_addr: self.local,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: BytesMut::from(&self.buf[..n]),
-                    };
-                    // A datagram the connection cannot use (garbage, a stray packet) is
-                    // dropped, as a browser would.
-                    let _ = self.pc.handle_read(input);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                // ICMP port unreachable from a peer that went away surfaces here on Linux.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        let sdp = self.local_sdp()?;
+        if let Some(light) = &mut self.light {
+            light.negotiated(&sdp);
         }
+        Ok(sdp)
+    }
+
+    /// The socket to wait on for readiness, without borrowing the connection, which is not
+    /// `Sync`; none once a light connection reads on its timer.
+    pub fn readiness(&self) -> Option<&UdpSocket> {
+        match &self.socket {
+            Socket::Reactor(s) => Some(s),
+            Socket::Timer(_) => None,
+        }
+    }
+
+    /// A light connection that just connected: its socket leaves the reactor (the reactor
+    /// closes its descriptor; a duplicate keeps the socket open) and is read on a timer.
+    fn read_on_timer(&mut self, now: Instant) -> io::Result<()> {
+        if let Socket::Reactor(s) = &self.socket {
+            let fd = s.as_fd().try_clone_to_owned()?;
+            self.socket = Socket::Timer(std::net::UdpSocket::from(fd));
+        }
+        self.next_read = Some(now + self.read_period);
+        self.last_tick = Some(now);
         Ok(())
     }
 
-    /// When the connection next needs [`Conn::handle_timeout`].
-    pub fn timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+    /// Reads the datagrams waiting on the socket (a batch at most) into the connection; a
+    /// light connection measures most media packets into `shared` from their header instead.
+    pub fn read_ready(&mut self, shared: &Shared) -> io::Result<()> {
+        self.read(shared, READ_BATCH).map(|_| ())
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        // Errors here are the connection's own failures; they surface as a state change.
-        let _ = self.pc.handle_timeout(now);
+    /// Reads up to about `limit` datagrams (whole batches); returns how many it read.
+    fn read(&mut self, shared: &Shared, limit: usize) -> io::Result<usize> {
+        stamped::with_batch(|batch| {
+            let mut state = None;
+            let mut read = 0;
+            while read < limit {
+                let n = self.socket.recv(batch)?;
+                for i in 0..n {
+                    if let Some((d, from, at)) = batch.datagram(i) {
+                        self.on_datagram(d, from, at, shared, &mut state);
+                    }
+                }
+                read += n;
+                if n < stamped::BATCH {
+                    break;
+                }
+            }
+            Ok(read)
+        })
+    }
+
+    /// One datagram that arrived `at`: to the peer connection, or, on a light connection,
+    /// measured from its header into `state` (locked from `shared` when first needed).
+    fn on_datagram<'s>(
+        &mut self,
+        d: &[u8],
+        from: SocketAddr,
+        at: Instant,
+        shared: &'s Shared,
+        state: &mut Option<MutexGuard<'s, PeerState>>,
+    ) {
+        let verdict = match self.light.as_deref_mut() {
+            Some(light) => light.classify(d),
+            None => return self.feed(at, from, d),
+        };
+        if verdict == Verdict::NotRtp {
+            self.feed(at, from, d);
+            // Measured now, in arrival order with the packets around it (jitter and freezes
+            // are measured from one packet to the next).
+            self.take_reads(shared, state);
+            return;
+        }
+        let s = state.get_or_insert_with(|| lock(shared));
+        let Verdict::HeaderOnly {
+            header: h,
+            video,
+            bytes,
+        } = verdict
+        else {
+            s.reception.light.sampled += 1;
+            self.feed(at, from, d);
+            self.take_reads(shared, state);
+            return;
+        };
+        s.reception.light.header_only += 1;
+        s.reception.on_packet(Arrival {
+            now: at,
+            ssrc: h.ssrc,
+            video,
+            seq: h.seq,
+            rtp_time: h.timestamp,
+            bytes,
+            marker: h.marker,
+            sent: None,
+        });
+    }
+
+    /// Passes a datagram from `from` to the peer connection.
+    fn feed(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
+        self.stirred = true;
+        let input = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(d),
+        };
+        // A datagram the connection cannot use (garbage, a stray packet) is dropped, as a
+        // browser would.
+        let _ = self.pc.handle_read(input);
+    }
+
+    /// When the connection next needs [`Conn::handle_timeout`]. A connected light connection
+    /// does everything at its reads: its peer connection's timers and reports wait for them.
+    pub fn timeout(&mut self) -> Option<Instant> {
+        let Some(light) = &self.light else {
+            return self.pc.poll_timeout();
+        };
+        if self.stirred {
+            self.pc_timeout = self.pc.poll_timeout();
+            self.stirred = false;
+        }
+        if self.next_read.is_some() {
+            return self.next_read;
+        }
+        match (self.pc_timeout, light.next_report()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs what is due at `now`: a light connection's read, the peer connection's timers,
+    /// and a light connection's receiver reports (from the measurements in `shared`).
+    pub fn handle_timeout(&mut self, now: Instant, shared: &Shared) -> io::Result<()> {
+        if self.next_read.is_some_and(|t| t <= now) {
+            let read = self.read(shared, usize::MAX)?;
+            if read > BUSY_READ {
+                self.read_period = (self.read_period / 2).max(READ_PERIOD_MIN);
+            } else if read < IDLE_READ {
+                self.read_period = (self.read_period * 2).min(READ_PERIOD_MAX);
+            }
+            self.next_read = Some(now + self.read_period);
+        }
+        if self.stirred && self.light.is_some() {
+            self.pc_timeout = self.pc.poll_timeout();
+        }
+        let ticks = self
+            .last_tick
+            .is_none_or(|t| now.saturating_duration_since(t) >= LIGHT_TICK);
+        if self.light.is_none() || (ticks && self.pc_timeout.is_some_and(|t| t <= now)) {
+            if self.last_tick.is_some() {
+                self.last_tick = Some(now);
+            }
+            self.stirred = true;
+            // Errors here are the connection's own failures; they surface as a state change.
+            let _ = self.pc.handle_timeout(now);
+        }
+        let Some(light) = &mut self.light else {
+            return Ok(());
+        };
+        if light.next_report().is_some_and(|t| t <= now) {
+            let reports = light.reports(now, &lock(shared).reception);
+            for rr in reports {
+                self.stirred = true;
+                let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(rr)]);
+                // Refused only when the connection is not up, and then there is nothing to
+                // report to.
+                let _ = self.pc.handle_write(TaggedRTCMessage { now, message });
+            }
+        }
+        Ok(())
     }
 
     /// Takes the connection's events and received packets: packets are measured into the
     /// peer's state; a failed connection is an error.
     pub fn drain(&mut self, shared: &Shared) -> anyhow::Result<Drained> {
         let mut out = Drained::default();
+        if !self.stirred {
+            return Ok(out);
+        }
         // Events first: a track opened by a packet is known before that packet is read.
         while let Some(event) = self.pc.poll_event() {
             match event {
@@ -304,6 +553,12 @@ impl Conn {
                     RTCPeerConnectionState::Connected if !self.connected => {
                         self.connected = true;
                         out.connected = true;
+                        if let Some(light) = &mut self.light {
+                            let now = Instant::now();
+                            light.on_connected(now);
+                            self.read_on_timer(now)
+                                .context("taking the socket out of the reactor")?;
+                        }
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         anyhow::bail!("peer connection {s}");
@@ -319,13 +574,38 @@ impl Conn {
                 _ => {}
             }
         }
-        let mut state = None;
+        out.keyframe_requested = self.take_reads(shared, &mut None);
+        Ok(out)
+    }
+
+    /// Takes what the peer connection decrypted: packets are measured into `state` (locked
+    /// from `shared` when first needed), sender reports noted by a light connection. Returns
+    /// whether the far end asked for a keyframe (PLI or FIR).
+    fn take_reads<'s>(
+        &mut self,
+        shared: &'s Shared,
+        state: &mut Option<MutexGuard<'s, PeerState>>,
+    ) -> bool {
+        let mut keyframe_requested = false;
         while let Some(TaggedRTCMessage { now, message }) = self.pc.poll_read() {
             match message {
                 RTCMessage::RtpPacket(track, p) => {
                     let ssrc = p.header.ssrc;
-                    let video = match self.ssrc_kinds.iter().find(|(s, _)| *s == ssrc) {
-                        Some((_, video)) => *video,
+                    // A light connection takes the kind from the payload type, as it does
+                    // for the packets it does not decrypt.
+                    let mut known = None;
+                    if let Some(l) = self.light.as_deref_mut() {
+                        let h = &p.header;
+                        l.on_decrypted(ssrc, h.sequence_number, p.payload.len(), h.padding);
+                        known = l.video(h.payload_type);
+                    }
+                    let video = match known.or_else(|| {
+                        self.ssrc_kinds
+                            .iter()
+                            .find(|(s, _)| *s == ssrc)
+                            .map(|(_, v)| *v)
+                    }) {
+                        Some(video) => video,
                         None => {
                             // A track not announced yet: Opus is payload type 111 in every
                             // offer we make or have seen; anything else is taken for video.
@@ -339,6 +619,9 @@ impl Conn {
                         }
                     };
                     let s = state.get_or_insert_with(|| lock(shared));
+                    if self.light.is_some() {
+                        s.reception.light.authenticated += 1;
+                    }
                     s.reception.on_packet(Arrival {
                         now,
                         ssrc,
@@ -351,7 +634,10 @@ impl Conn {
                     });
                 }
                 RTCMessage::RtcpPacket(_, packets) => {
-                    out.keyframe_requested |= packets.iter().any(|p| {
+                    if let Some(light) = &mut self.light {
+                        light.on_rtcp(now, &packets);
+                    }
+                    keyframe_requested |= packets.iter().any(|p| {
                         p.as_any().is::<PictureLossIndication>()
                             || p.as_any().is::<FullIntraRequest>()
                     });
@@ -359,19 +645,27 @@ impl Conn {
                 _ => {}
             }
         }
-        Ok(out)
+        keyframe_requested
     }
 
     /// Sends what the connection has queued.
     pub async fn flush(&mut self) {
+        if !self.stirred {
+            return;
+        }
         while let Some(t) = self.pc.poll_write() {
-            // UDP: a send that fails is a lost packet, which the measurements will show.
-            let _ = self.socket.send_to(&t.message, t.transport.peer_addr).await;
+            // UDP: a send that fails is a lost packet, which the measurements will show (a
+            // socket read on a timer never waits: its send buffer is far from full).
+            let _ = match &self.socket {
+                Socket::Reactor(s) => s.send_to(&t.message, t.transport.peer_addr).await,
+                Socket::Timer(s) => s.send_to(&t.message, t.transport.peer_addr),
+            };
         }
     }
 
     /// Closes the connection and sends what that queued (DTLS close notify).
     pub async fn close(&mut self) {
+        self.stirred = true;
         let _ = self.pc.close();
         self.flush().await;
     }

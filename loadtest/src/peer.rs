@@ -31,6 +31,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(40);
 pub struct Role {
     pub publish: Option<Publish>,
     pub subscribe: bool,
+    /// Receive as a light receiver ([`crate::light`]).
+    pub light: bool,
 }
 
 /// One simulated participant to run.
@@ -134,13 +136,15 @@ pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>
         publishing: None,
         receiving: None,
     };
+    // Joining and ending are boxed: their futures (HTTP, WebSocket handshakes) are large, and
+    // a future awaited in place would make every peer's task that large for its whole life.
     let result = async {
-        let mut signal = join(&spec, &mut peer, &shared).await?;
+        let mut signal = Box::pin(join(&spec, &mut peer, &shared)).await?;
         let r = drive(&spec, &mut peer, &mut signal, &shared, &mut stop, started).await;
         for c in peer.conns() {
             c.close().await;
         }
-        signal.end().await;
+        Box::pin(signal.end()).await;
         r
     }
     .await;
@@ -158,7 +162,7 @@ async fn join(spec: &PeerSpec, peer: &mut Peer, shared: &Shared) -> anyhow::Resu
     });
     let publishing = match &spec.role.publish {
         Some(p) => {
-            let mut conn = Conn::open(spec.bind, true).await?;
+            let mut conn = Conn::open(spec.bind, true, false).await?;
             let publisher = Publisher::add_tracks(&mut conn.pc, &spec.identity, p)?;
             let offer = conn.offer()?;
             Some((conn, publisher, offer))
@@ -246,7 +250,7 @@ async fn join_whip(
         peer.publishing = Some((conn, publisher));
     }
     if spec.role.subscribe {
-        let mut conn = Conn::open(spec.bind, false).await?;
+        let mut conn = Conn::open(spec.bind, false, spec.role.light).await?;
         conn.add_receivers()?;
         let offer = conn.offer()?;
         // A separate identity: one identity holds one session at a time.
@@ -352,26 +356,26 @@ async fn drive(
         if sleep.deadline() != wake.into() {
             sleep.as_mut().reset(wake.into());
         }
-        let publishing = peer.publishing.as_ref().map(|(c, _)| c.socket());
-        let receiving = peer.receiving.as_ref().map(Conn::socket);
+        let publishing = peer.publishing.as_ref().and_then(|(c, _)| c.readiness());
+        let receiving = peer.receiving.as_ref().and_then(Conn::readiness);
         tokio::select! {
             r = readable(publishing) => {
                 r.context("publishing socket")?;
                 if let Some((c, _)) = &mut peer.publishing {
-                    c.read_ready().context("publishing socket")?;
+                    c.read_ready(shared).context("publishing socket")?;
                 }
             }
             r = readable(receiving) => {
                 r.context("receiving socket")?;
                 if let Some(c) = &mut peer.receiving {
-                    c.read_ready().context("receiving socket")?;
+                    c.read_ready(shared).context("receiving socket")?;
                 }
             }
             _ = &mut sleep => {
                 let now = Instant::now();
                 for c in peer.conns() {
                     if c.timeout().is_some_and(|t| t <= now) {
-                        c.handle_timeout(now);
+                        c.handle_timeout(now, shared).context("reading a socket")?;
                     }
                 }
             }
@@ -379,10 +383,13 @@ async fn drive(
                 let offer = offer?;
                 let conn = match &mut peer.receiving {
                     Some(c) => c,
-                    None => peer.receiving.insert(Conn::open(spec.bind, false).await?),
+                    None => {
+                        let c = Conn::open(spec.bind, false, spec.role.light).await?;
+                        peer.receiving.insert(c)
+                    }
                 };
                 let answer = conn.answer(offer)?;
-                signal.answer(answer).await?;
+                Box::pin(signal.answer(answer)).await?;
             }
             // Fired or dropped: a dropped controller stops everyone too.
             _ = &mut *stop => return Ok(()),

@@ -6,7 +6,7 @@ use crate::procstat::ProcSample;
 use crate::scenario::Scenario;
 use crate::series::Sample;
 use crate::state::PeerState;
-use crate::stats::{Histogram, Percentiles, StreamStats};
+use crate::stats::{Histogram, LightCounts, Percentiles, StreamStats};
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
@@ -32,7 +32,8 @@ pub struct ProcessUse {
 }
 
 /// See the module documentation. Percentiles are over peers (each peer's figure over the
-/// window), except `latency_ms`, which is over every packet every receiver got.
+/// window), except `latency_ms`, which is over every packet every receiver got (with light
+/// receivers, every packet of the sample).
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// The scenario that ran (without its credentials).
@@ -68,7 +69,8 @@ pub struct Report {
     pub audio_loss_percent: Option<Percentiles>,
     /// RFC 3550 interarrival jitter, per receiver (the mean of its video streams).
     pub jitter_ms: Option<Percentiles>,
-    /// Send-to-receive latency of every packet (send time carried in the payload).
+    /// Send-to-receive latency of every packet (send time carried in the payload); with light
+    /// receivers, of every sampled packet.
     pub latency_ms: Option<Percentiles>,
     /// Video gaps over 500 ms, per receiver.
     pub freezes_per_receiver: Option<Percentiles>,
@@ -81,6 +83,8 @@ pub struct Report {
     pub packets_sent: u64,
     /// RTP packets the receivers got in the window.
     pub packets_received: u64,
+    /// With light receivers: how they handled the packets of the window, over all of them.
+    pub light: Option<LightCounts>,
     pub keyframe_requests: u64,
     /// The watched processes together, and each.
     pub sfu: Option<ProcessUse>,
@@ -176,9 +180,7 @@ pub fn build(i: Inputs<'_>) -> Report {
     };
     let mut latency = Histogram::default();
     for s in &live_receivers {
-        for stream in &s.reception.streams {
-            latency.merge(&stream.stats.latency);
-        }
+        latency.merge(&s.reception.latency);
     }
     let q = |p: f64| latency.quantile(p).map_or(0.0, ms);
     let latency_ms = (latency.count() > 0).then(|| Percentiles {
@@ -290,6 +292,17 @@ pub fn build(i: Inputs<'_>) -> Report {
         total_audio_loss_percent: total(false),
         packets_sent: i.states.iter().map(|s| s.sent_in_window().0).sum(),
         packets_received,
+        light: i.scenario.light_receivers.then(|| {
+            live_receivers
+                .iter()
+                .fold(LightCounts::default(), |mut t, s| {
+                    let l = &s.reception.light;
+                    t.header_only += l.header_only;
+                    t.sampled += l.sampled;
+                    t.authenticated += l.authenticated;
+                    t
+                })
+        }),
         keyframe_requests: i.states.iter().map(|s| s.sent_in_window().1).sum(),
         sfu,
         sfu_processes,
@@ -391,6 +404,17 @@ impl fmt::Display for Report {
             self.packets_sent,
             self.keyframe_requests
         )?;
+        if let Some(l) = self.light {
+            writeln!(
+                f,
+                "light receivers: {} packets measured from the header alone, {} of {} sampled \
+                 packets authenticated ({} failed)",
+                l.header_only,
+                l.authenticated,
+                l.sampled,
+                l.sampled.saturating_sub(l.authenticated)
+            )?;
+        }
         if self.sfu_processes.len() > 1 {
             for (pid, u) in &self.sfu_processes {
                 writeln!(

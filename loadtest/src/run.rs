@@ -85,6 +85,7 @@ fn plan(s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Vec<Planned>> {
                     role: Role {
                         publish: Some(publish(i)),
                         subscribe,
+                        light: s.light_receivers,
                     },
                     endpoint: e.clone(),
                     base: s.target.url.clone(),
@@ -110,6 +111,7 @@ fn plan(s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Vec<Planned>> {
                     role: Role {
                         publish: None,
                         subscribe: true,
+                        light: s.light_receivers,
                     },
                     endpoint: e.clone(),
                     base: subscriber_urls[k % subscriber_urls.len()].clone(),
@@ -220,6 +222,18 @@ impl Controller {
     }
 }
 
+/// Gives the pages the allocator holds free back to the system. Joining allocates much that
+/// is short-lived (HTTP and WebSocket handshakes, DTLS flights, SDP parsing) between what
+/// stays, and glibc's allocator keeps the pages of those holes: the memory per peer measured
+/// in the window is then what the peers use, not what their joining left behind.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Runs `s` and reports.
 pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let http = reqwest::Client::builder()
@@ -279,6 +293,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     c.timed_phase("warm-up", Duration::from_secs_f64(s.warmup_secs))
         .await;
 
+    release_free_memory();
     for p in &c.peers {
         lock(p).start_window();
     }

@@ -11,6 +11,7 @@
 //! join_rate = 20                    # peers started per second
 //! warmup_secs = 3
 //! duration_secs = 30
+//! light_receivers = false           # measure from RTP headers, decrypt 1 packet in 16
 //!
 //! [target]
 //! kind = "sfu"                      # sfu (WebSocket protocol) | whip (WHIP/WHEP) | janus
@@ -214,6 +215,10 @@ pub struct Scenario {
     pub warmup_secs: f64,
     #[serde(default = "default_duration")]
     pub duration_secs: f64,
+    /// Receivers measure media from the clear RTP headers and authenticate and decrypt only a
+    /// sample ([`crate::light`]): a fraction of the CPU per packet; latency from the sample.
+    #[serde(default)]
+    pub light_receivers: bool,
     pub video: Option<VideoSpec>,
     pub audio: Option<AudioSpec>,
     #[serde(default)]
@@ -240,6 +245,7 @@ impl Default for Scenario {
             join_rate: default_join_rate(),
             warmup_secs: default_warmup(),
             duration_secs: default_duration(),
+            light_receivers: false,
             video: Some(VideoSpec::default()),
             audio: Some(AudioSpec::default()),
             speakers: SpeakerSpec::default(),
@@ -450,6 +456,7 @@ mod tests {
 rooms = 2
 publishers = 1
 subscribers = 10
+light_receivers = true
 
 [target]
 kind = "sfu"
@@ -472,6 +479,7 @@ bitrate_kbps = 32
     fn a_good_scenario_parses_with_defaults() {
         let s = Scenario::from_toml(GOOD).unwrap();
         assert_eq!(s.peers(), 22);
+        assert!(s.light_receivers);
         assert_eq!(s.video.as_ref().unwrap().fps, 30);
         assert_eq!(s.audio.as_ref().unwrap().ptime_ms, 20);
         assert_eq!(s.room(1), "loadtest-1");

@@ -1,9 +1,9 @@
 //! Receive-side measurements of one peer: per received stream (by SSRC) packets, loss,
 //! latency, jitter and freezes, plus what arrived since the last per-second sample.
 //!
-//! Memory per peer stays small and fixed (a few KiB): latency goes into a logarithmic
-//! histogram rather than a list of samples, so thousands of peers can be measured for as long
-//! as a test runs.
+//! Memory per peer stays small and bounded (a few KiB at most): latency goes into one sparse
+//! logarithmic histogram per peer (not per stream, not a list of samples), so thousands of
+//! peers can be measured for as long as a test runs.
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -14,42 +14,44 @@ const PER_DECADE: usize = 64;
 const DECADES: usize = 7;
 const MIN_MICROS: f64 = 10.0;
 
-/// A logarithmic histogram of durations.
-#[derive(Clone)]
-pub struct Histogram {
-    counts: Box<[u32; PER_DECADE * DECADES + 1]>,
-    total: u64,
-}
+/// The last bucket: everything from 100 s up.
+const LAST_BUCKET: u16 = (PER_DECADE * DECADES) as u16;
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            counts: Box::new([0; PER_DECADE * DECADES + 1]),
-            total: 0,
-        }
-    }
+/// A logarithmic histogram of durations, sparse: only the buckets that were hit, in order.
+/// One peer's latencies fall in a few dozen of the 449 buckets, so a peer's histograms take
+/// a few hundred bytes where dense ones would take 1.8 KiB each.
+#[derive(Clone, Default)]
+pub struct Histogram {
+    /// (bucket, samples), by bucket.
+    buckets: Vec<(u16, u32)>,
+    total: u64,
 }
 
 impl Histogram {
     pub fn record(&mut self, d: Duration) {
         let us = (d.as_secs_f64() * 1e6).max(MIN_MICROS);
         let i = ((us / MIN_MICROS).log10() * PER_DECADE as f64) as usize;
-        self.counts[i.min(self.counts.len() - 1)] += 1;
-        self.total += 1;
+        self.add(i.min(LAST_BUCKET as usize) as u16, 1);
     }
 
-    pub fn clear(&mut self) {
-        if self.total > 0 {
-            self.counts.fill(0);
-            self.total = 0;
+    fn add(&mut self, bucket: u16, n: u32) {
+        match self.buckets.binary_search_by_key(&bucket, |b| b.0) {
+            Ok(k) => self.buckets[k].1 += n,
+            Err(k) => self.buckets.insert(k, (bucket, n)),
         }
+        self.total += n as u64;
+    }
+
+    /// Empties the histogram, keeping its room for the next samples.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+        self.total = 0;
     }
 
     pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
+        for &(bucket, n) in &other.buckets {
+            self.add(bucket, n);
         }
-        self.total += other.total;
     }
 
     pub fn count(&self) -> u64 {
@@ -63,8 +65,8 @@ impl Histogram {
         }
         let target = ((self.total as f64) * q).ceil().max(1.0) as u64;
         let mut seen = 0u64;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += *c as u64;
+        for &(i, n) in &self.buckets {
+            seen += n as u64;
             if seen >= target {
                 // Upper edge of the bucket.
                 let us = MIN_MICROS * 10f64.powf((i + 1) as f64 / PER_DECADE as f64);
@@ -84,7 +86,10 @@ pub struct StreamStats {
     sampled_highest: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
-    pub latency: Histogram,
+    /// Since the stream began (not reset with the window): the first extended sequence number
+    /// and the packets received, for RTCP receiver reports.
+    base: Option<u64>,
+    received: u64,
     /// RFC 3550 interarrival jitter, in seconds.
     jitter: f64,
     last_transit: Option<f64>,
@@ -106,7 +111,7 @@ impl StreamStats {
         }
     }
 
-    /// Records one packet. `sent` is the embedded send time, if the payload had one.
+    /// Records one packet.
     pub fn on_packet(
         &mut self,
         now: Instant,
@@ -114,7 +119,6 @@ impl StreamStats {
         rtp_time: u32,
         bytes: usize,
         frame_end: bool,
-        sent: Option<Instant>,
     ) {
         let ext = match self.highest {
             None => (1u64 << 16) | seq as u64,
@@ -132,12 +136,11 @@ impl StreamStats {
         };
         self.first = Some(self.first.map_or(ext, |f| f.min(ext)));
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
+        self.base = Some(self.base.map_or(ext, |b| b.min(ext)));
         self.packets += 1;
+        self.received += 1;
         self.bytes += bytes as u64;
         self.first_packet_at.get_or_insert(now);
-        if let Some(sent) = sent {
-            self.latency.record(now.saturating_duration_since(sent));
-        }
         // Jitter from arrival times against RTP timestamps.
         if self.clock_rate > 0.0 {
             let arrival = now
@@ -186,6 +189,19 @@ impl StreamStats {
         Duration::from_secs_f64(self.jitter)
     }
 
+    /// For an RTCP receiver report, since the stream began: the highest extended sequence
+    /// number (RFC 3550 cycles in the upper 16 bits), packets expected and packets received,
+    /// and the jitter in RTP timestamp units.
+    pub fn since_start(&self) -> Option<SinceStart> {
+        let (base, highest) = (self.base?, self.highest?);
+        Some(SinceStart {
+            highest: (highest - (1 << 16)) as u32,
+            expected: highest - base + 1,
+            received: self.received,
+            jitter: (self.jitter * self.clock_rate) as u32,
+        })
+    }
+
     /// Packets the sequence numbers say were sent since the last call.
     pub fn take_expected(&mut self) -> u64 {
         let n = match (self.sampled_highest, self.highest, self.first) {
@@ -202,10 +218,18 @@ impl StreamStats {
         self.first = self.highest.map(|h| h + 1);
         self.packets = 0;
         self.bytes = 0;
-        self.latency = Histogram::default();
         self.freezes = 0;
         self.frozen = Duration::ZERO;
     }
+}
+
+/// What a receiver report says of a stream; see [`StreamStats::since_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinceStart {
+    pub highest: u32,
+    pub expected: u64,
+    pub received: u64,
+    pub jitter: u32,
 }
 
 /// One received stream: its SSRC, kind and measurements.
@@ -224,11 +248,27 @@ pub struct Tick {
     pub latency: Histogram,
 }
 
-/// Everything a peer receives: one entry per stream, and the current tick.
+/// How a light receiver (see [`crate::light`]) handled the RTP packets of the window.
+#[derive(Clone, Copy, Default, Debug, Serialize)]
+pub struct LightCounts {
+    /// Measured from the clear header alone, never decrypted.
+    pub header_only: u64,
+    /// Chosen for the sample and passed to the peer connection to authenticate and decrypt.
+    pub sampled: u64,
+    /// Sampled packets that came out of the peer connection authenticated and decrypted (the
+    /// rest failed: a broken stream).
+    pub authenticated: u64,
+}
+
+/// Everything a peer receives: one entry per stream, its latency over the window, and the
+/// current tick.
 #[derive(Clone, Default)]
 pub struct Reception {
     pub streams: Vec<Received>,
+    /// Send-to-receive latency of every packet of the window that carried a send time.
+    pub latency: Histogram,
     pub tick: Tick,
+    pub light: LightCounts,
 }
 
 /// One received RTP packet, as the measurements need it.
@@ -258,20 +298,13 @@ impl Reception {
             }
         };
         let s = &mut self.streams[i].stats;
-        s.on_packet(
-            a.now,
-            a.seq,
-            a.rtp_time,
-            a.bytes,
-            a.video && a.marker,
-            a.sent,
-        );
+        s.on_packet(a.now, a.seq, a.rtp_time, a.bytes, a.video && a.marker);
         self.tick.packets += 1;
         self.tick.bytes += a.bytes as u64;
         if let Some(sent) = a.sent {
-            self.tick
-                .latency
-                .record(a.now.saturating_duration_since(sent));
+            let latency = a.now.saturating_duration_since(sent);
+            self.latency.record(latency);
+            self.tick.latency.record(latency);
         }
     }
 
@@ -295,6 +328,8 @@ impl Reception {
         for s in &mut self.streams {
             s.stats.start_window();
         }
+        self.latency.clear();
+        self.light = LightCounts::default();
     }
 }
 
@@ -337,6 +372,26 @@ mod tests {
         let p99 = h.quantile(0.99).unwrap().as_secs_f64() * 1e3;
         assert!((49.0..53.0).contains(&p50), "{p50}");
         assert!((98.0..104.0).contains(&p99), "{p99}");
+        // Sparse: 100 samples over two decades fill some 100 buckets of 449; none when empty.
+        assert!(
+            h.buckets.len() <= 100 && h.buckets.is_sorted(),
+            "{}",
+            h.buckets.len()
+        );
+        let mut empty = Histogram::default();
+        empty.merge(&Histogram::default());
+        assert!(empty.buckets.is_empty() && empty.quantile(0.5).is_none());
+        // Merging keeps the order and the counts: the same quantiles.
+        empty.merge(&h);
+        assert_eq!(empty.quantile(0.5), h.quantile(0.5));
+        empty.record(Duration::from_secs(1000));
+        assert_eq!(empty.count(), 101);
+        assert!(
+            empty.quantile(1.0).unwrap() > Duration::from_secs(100),
+            "the last bucket"
+        );
+        empty.clear();
+        assert!(empty.quantile(0.5).is_none());
     }
 
     #[test]
@@ -344,19 +399,22 @@ mod tests {
         let mut s = StreamStats::new(90_000);
         let now = Instant::now();
         for seq in [65_534u16, 65_535, 1, 2] {
-            s.on_packet(now, seq, 0, 100, false, None);
+            s.on_packet(now, seq, 0, 100, false);
         }
         assert_eq!(s.expected(), 5);
         assert!((s.loss() - 0.2).abs() < 1e-9);
+        // A receiver report counts the cycle: 65,534 was in cycle 0, 2 is in cycle 1.
+        let r = s.since_start().unwrap();
+        assert_eq!((r.highest, r.expected, r.received), ((1 << 16) | 2, 5, 4));
     }
 
     #[test]
     fn freezes_are_gaps_between_frames() {
         let mut s = StreamStats::new(90_000);
         let t = Instant::now();
-        s.on_packet(t, 1, 0, 100, true, None);
-        s.on_packet(t + Duration::from_millis(100), 2, 0, 100, true, None);
-        s.on_packet(t + Duration::from_millis(800), 3, 0, 100, true, None);
+        s.on_packet(t, 1, 0, 100, true);
+        s.on_packet(t + Duration::from_millis(100), 2, 0, 100, true);
+        s.on_packet(t + Duration::from_millis(800), 3, 0, 100, true);
         assert_eq!(s.freezes, 1);
         assert_eq!(s.frozen, Duration::from_millis(700));
     }

@@ -1,6 +1,8 @@
 //! Short load tests against a node started in this process: 20 real WebRTC peers for 10 s.
 //! Media flows both ways (two publishers that also subscribe get each other's media, and every
-//! subscriber gets both), loss stays under 1 %, and every field of the report is filled.
+//! subscriber gets both), loss stays under 1 %, and every field of the report is filled; with
+//! full receivers (every packet decrypted) and with light ones (headers, and a sample
+//! decrypted).
 
 use sfu_loadtest::report::Report;
 use sfu_loadtest::run::{Watch, run};
@@ -8,10 +10,11 @@ use sfu_loadtest::scenario::{Scenario, TargetKind};
 use sfu_loadtest::stats::Percentiles;
 use sfu_node::{Config, Server};
 
-fn scenario(kind: TargetKind, url: String, room: &str) -> Scenario {
+fn scenario(kind: TargetKind, url: String, room: &str, light: bool) -> Scenario {
     let text = format!(
         r#"
 room_prefix = "{room}"
+light_receivers = {light}
 publishers = 2
 publishers_subscribe = true
 subscribers = 18
@@ -41,11 +44,11 @@ bitrate_kbps = 32
     Scenario::from_toml(&text).expect("the test scenario is valid")
 }
 
-async fn run_against_node(kind: TargetKind, room: &str) -> Report {
+async fn run_against_node(kind: TargetKind, room: &str, light: bool) -> Report {
     let node = Server::start(Config::loopback())
         .await
         .expect("node starts");
-    let s = scenario(kind, format!("http://{}", node.http_addr), room);
+    let s = scenario(kind, format!("http://{}", node.http_addr), room, light);
     let watch = Watch {
         // The node runs in this process: its CPU is this process's.
         pids: vec![std::process::id()],
@@ -134,16 +137,50 @@ fn check(r: &Report, video_streams: f64) {
     }
 }
 
+/// What light receivers must show besides: they measured most packets from the header
+/// alone, decrypted about one in 16, and the sample authenticated (but for a packet or two
+/// between reading and decrypting when the window opened or closed).
+fn check_light(r: &Report) {
+    let l = r
+        .light
+        .unwrap_or_else(|| panic!("light receivers report how they read:\n{r}"));
+    assert!(l.authenticated as f64 >= 0.99 * l.sampled as f64, "{l:?}");
+    let share = l.sampled as f64 / (l.sampled + l.header_only) as f64;
+    assert!(
+        (0.04..0.09).contains(&share),
+        "one packet in 16 decrypted: {l:?}"
+    );
+    assert_eq!(l.header_only + l.authenticated, r.packets_received, "{l:?}");
+}
+
 /// This project's WebSocket protocol: publishers receive each other, subscribers both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_peers_over_websocket_fill_the_report() {
-    let r = run_against_node(TargetKind::Sfu, "short-ws").await;
+    let r = run_against_node(TargetKind::Sfu, "short-ws", false).await;
     check(&r, 2.0);
+    assert!(r.light.is_none(), "full receivers unless asked");
 }
 
 /// WHIP and WHEP: a WHEP session plays one publisher, so each receiver gets one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_peers_over_whip_and_whep_fill_the_report() {
-    let r = run_against_node(TargetKind::Whip, "short-whip").await;
+    let r = run_against_node(TargetKind::Whip, "short-whip", false).await;
     check(&r, 1.0);
+}
+
+/// Light receivers over the WebSocket protocol (the node offers; they answer): the same
+/// figures, latency from the sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_light_peers_over_websocket_fill_the_report() {
+    let r = run_against_node(TargetKind::Sfu, "short-ws-light", true).await;
+    check(&r, 2.0);
+    check_light(&r);
+}
+
+/// Light receivers over WHEP (they offer; the server answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_light_peers_over_whip_and_whep_fill_the_report() {
+    let r = run_against_node(TargetKind::Whip, "short-whip-light", true).await;
+    check(&r, 1.0);
+    check_light(&r);
 }

@@ -25,7 +25,7 @@ type Ws =
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Read buffer per WebSocket. tungstenite's default (128 KiB) would cost every simulated peer
 /// that much memory for messages of a few KiB; the buffer grows when a message needs it.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 1024;
 
 /// A WebSocket session while joining.
 pub struct Session {

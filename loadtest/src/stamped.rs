@@ -1,0 +1,240 @@
+//! Reading UDP datagrams in batches (`recvmmsg`), each with the instant the kernel received
+//! it (Linux `SO_TIMESTAMPNS`, where asked for).
+//!
+//! A light receiver ([`crate::light`]) reads its socket a few times a second rather than at
+//! every datagram: arrival times then come from the kernel, so latency and jitter stay what
+//! they were on the wire however late the datagram is read. The kernel stamps with the wall
+//! clock; [`Clock`] turns that into an [`Instant`] by the offset between the two clocks when
+//! the batch is read, so a wall-clock step between receiving and reading moves the arrivals of
+//! one batch at most.
+//!
+//! The buffers of a batch (36 KiB) are per thread, not per connection: a peer's task reads and
+//! handles a whole batch before it awaits anything, so no two reads on a thread overlap.
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::size_of;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Datagrams read by one system call at most.
+pub const BATCH: usize = 16;
+/// Largest datagram read (media packets stay under 1,200 bytes; DTLS flights under 1,500).
+const MAX_DATAGRAM: usize = 2048;
+/// Room for one control message holding a timespec (CMSG_SPACE(16) is 32 bytes), as u64s so
+/// that it is aligned as a cmsghdr must be.
+const CONTROL_WORDS: usize = 8;
+
+/// Asks the kernel to stamp every datagram received on `fd`.
+pub fn enable(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a pointer to an int that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Wall-clock and monotonic time read together, to place kernel stamps on the monotonic clock.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    wall: SystemTime,
+    now: Instant,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            now: Instant::now(),
+        }
+    }
+
+    /// The instant of a kernel stamp: as long before `now` as the stamp is before `wall`
+    /// (never after `now`).
+    fn instant(&self, stamp: SystemTime) -> Instant {
+        let age = self.wall.duration_since(stamp).unwrap_or_default();
+        self.now.checked_sub(age).unwrap_or(self.now)
+    }
+}
+
+/// What `recvmmsg` reads into: datagrams, senders, control messages, and the headers
+/// pointing at them.
+struct Buffers {
+    data: [[u8; MAX_DATAGRAM]; BATCH],
+    names: [libc::sockaddr_storage; BATCH],
+    controls: [[u64; CONTROL_WORDS]; BATCH],
+    iovs: [libc::iovec; BATCH],
+    headers: [libc::mmsghdr; BATCH],
+}
+
+/// The buffers of one batch, and what the last read put in them.
+pub struct Batch {
+    b: Box<Buffers>,
+    /// How many datagrams the last read got, and when it read them.
+    count: usize,
+    clock: Clock,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Batch> = RefCell::new(Batch::new());
+}
+
+/// Runs `f` with this thread's batch buffers. `f` must not call it again (it would panic on
+/// the second borrow); reading a batch and handling its datagrams never does.
+pub fn with_batch<R>(f: impl FnOnce(&mut Batch) -> R) -> R {
+    BUFFERS.with_borrow_mut(|b| f(b))
+}
+
+impl Batch {
+    fn new() -> Self {
+        let mut b = Box::<Buffers>::new_uninit();
+        Self {
+            // SAFETY: every field is plain data (bytes, C structs, raw pointers) for which all
+            // zeroes is a valid value; the pointers are set before each use.
+            b: unsafe {
+                b.as_mut_ptr().write_bytes(0, 1);
+                b.assume_init()
+            },
+            count: 0,
+            clock: Clock::now(),
+        }
+    }
+
+    /// Reads up to [`BATCH`] datagrams from `fd` without blocking; how many it read (an
+    /// error, `WouldBlock` included, when none).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let b = &mut *self.b;
+        for i in 0..BATCH {
+            b.iovs[i] = libc::iovec {
+                iov_base: b.data[i].as_mut_ptr().cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let h = &mut b.headers[i].msg_hdr;
+            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut b.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = b.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
+            h.msg_flags = 0;
+        }
+        self.clock = Clock::now();
+        // SAFETY: every header points into buffers of this batch, which outlive the call,
+        // with the lengths of those buffers.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                b.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.count = n as usize;
+        Ok(self.count)
+    }
+
+    /// Datagram `i` of the last read: its bytes, sender and arrival (the kernel's stamp, or
+    /// when the batch was read on a socket without stamps). `None` past the batch or for a
+    /// sender that is not an IP address.
+    pub fn datagram(&self, i: usize) -> Option<(&[u8], SocketAddr, Instant)> {
+        let b = &*self.b;
+        let header = b.headers.get(i).filter(|_| i < self.count)?;
+        let h = &header.msg_hdr;
+        let mut at = self.clock.now;
+        // SAFETY: the kernel filled this header's control buffer with `msg_controllen` bytes
+        // of well-formed control messages; the CMSG_* macros walk them within that length,
+        // and a timestamp's data is a timespec, read unaligned as CMSG_DATA does not promise
+        // alignment.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    let stamp = UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                    at = self.clock.instant(stamp);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        let len = (header.msg_len as usize).min(MAX_DATAGRAM);
+        Some((&b.data[i][..len], socket_addr(&b.names[i])?, at))
+    }
+}
+
+/// An IPv4 or IPv6 socket address from the kernel's representation.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match s.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in, which it can hold.
+            let a: &libc::sockaddr_in = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a: &libc::sockaddr_in6 = unsafe { &*(s as *const libc::sockaddr_storage).cast() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn datagrams_arrive_in_a_batch_with_their_sender_and_kernel_stamps() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable(rx.as_raw_fd()).unwrap();
+        with_batch(|b| {
+            let err = b.recv(rx.as_raw_fd()).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "never blocks");
+            let sent = Instant::now();
+            for i in 0..BATCH + 2 {
+                tx.send_to(&[i as u8; 3], rx.local_addr().unwrap()).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(b.recv(rx.as_raw_fd()).unwrap(), BATCH, "a full batch");
+            for i in 0..BATCH {
+                let (d, from, at) = b.datagram(i).unwrap();
+                assert_eq!((d, from), (&[i as u8; 3][..], tx.local_addr().unwrap()));
+                // Stamped on arrival, not when read 50 ms later (with slack for the clocks).
+                let read = b.clock.now;
+                assert!(at <= read - Duration::from_millis(40), "{:?}", read - at);
+                assert!(at + Duration::from_millis(5) >= sent, "{:?}", sent - at);
+            }
+            assert_eq!(b.recv(rx.as_raw_fd()).unwrap(), 2, "then the rest");
+            assert_eq!(b.datagram(1).unwrap().0, &[BATCH as u8 + 1; 3]);
+            assert!(b.datagram(2).is_none(), "nothing past the batch");
+        });
+    }
+}
