@@ -136,18 +136,20 @@ pub fn candidates(
                 .hands(room)
                 .into_iter()
                 .filter(|h| h.identity == identity)
-                .map(|h| h.node),
+                .map(|h| crate::records::node_of(&h.node).to_owned()),
         )
         .collect();
     named.sort();
     named.dedup();
     let prefix = membership.keys().room_nodes_prefix(room);
-    let searched: Vec<String> = membership
+    let mut searched: Vec<String> = membership
         .list(&prefix)
         .into_iter()
-        .filter_map(|(k, _)| Some(k.strip_prefix(&prefix)?.to_owned()))
+        .filter_map(|(k, _)| Some(crate::records::node_of(k.strip_prefix(&prefix)?).to_owned()))
         .filter(|n| !named.contains(n))
         .collect();
+    searched.sort();
+    searched.dedup();
     let nodes = membership.nodes();
     let records = |ids: Vec<String>| -> Vec<NodeRecord> {
         ids.iter()

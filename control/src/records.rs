@@ -111,6 +111,9 @@ pub struct ParticipantRecord {
     /// joined). Records of nodes that predate roles are stage.
     #[serde(default = "yes")]
     pub stage: bool,
+    /// The media worker of `node` the session is on (a room spans a node's workers).
+    #[serde(default)]
+    pub worker: u16,
 }
 
 fn yes() -> bool {
@@ -169,6 +172,9 @@ pub struct TrackRecord {
     /// Payload type of RED in its packets, if its publisher may send RED.
     #[serde(default)]
     pub red_payload_type: Option<u8>,
+    /// The media worker of `origin` the track is published on.
+    #[serde(default)]
+    pub worker: u16,
 }
 
 /// A room created through the API: its limits. Not bound to a lease.
@@ -187,6 +193,18 @@ pub struct RoomConfig {
     /// announced one by one (0: the nodes' default, 50).
     #[serde(default)]
     pub large_room_threshold: u32,
+}
+
+/// The name under which one media worker of a node writes its per-node keys (its room's
+/// counted audience, its hosting of the room): `node#wN`. A room spans the workers of a node,
+/// and each keeps its own.
+pub fn worker_key(node: &str, worker: u16) -> String {
+    format!("{node}#w{worker}")
+}
+
+/// The node of a name written by [`worker_key`] (or of a plain node id).
+pub fn node_of(name: &str) -> &str {
+    name.split('#').next().unwrap_or(name)
 }
 
 /// A parsed key.
@@ -312,6 +330,12 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workers_name_says_its_node() {
+        assert_eq!(node_of(&worker_key("node-1", 3)), "node-1");
+        assert_eq!(node_of("node-1"), "node-1");
+    }
 
     #[test]
     fn keys_round_trip() {

@@ -151,6 +151,7 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         kind: "client".into(),
         joined_ms: 0,
         stage: true,
+        worker: 0,
     };
     put(
         keys.participant("lobby", "PA_1"),

@@ -70,7 +70,7 @@ impl Admission {
         // The worker applies the old session's leave (its place given back included) before
         // it answers, and the membership task handles that before our reservation.
         let replaced = media
-            .request(&request.room, |reply| Command::Admin {
+            .request_each(true, |reply| Command::Admin {
                 op: AdminOp::EndReplaced {
                     room: request.room.clone(),
                     identity: request.grants.identity.clone(),

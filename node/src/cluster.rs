@@ -1,11 +1,13 @@
 //! The node as a member of the cluster: its registry membership, its relay links, and the
 //! routing of both to the media workers.
 //!
-//! - Registry changes about a room go to the worker owning that room; a node leaving goes to
-//!   every worker; node records keep the relay link manager's peer list current.
-//! - Relay frames go to the worker owning the room they name. Flows are routed by what the
-//!   frames announced: a `FlowOpen` ties a flow to the worker of its room, and a flow this
-//!   node sends carries its worker's index in its top bits (so NACKs find it).
+//! - Registry changes about a room go to every worker (a room spans them; those not hosting it
+//!   ignore them); node records keep the relay link manager's peer list current.
+//! - Relay frames about a room go to its home worker, the one that pulls its tracks from other
+//!   nodes; requests about a track published here (subscribe, keyframe) go to the worker it is
+//!   published on; audio levels to every worker. Flows are routed by what the frames
+//!   announced: a `FlowOpen` ties a flow to the home worker of its room, and a flow this node
+//!   sends carries its worker's index in its top bits (so NACKs find it).
 //! - Every few seconds the node record is written again with the node's load.
 
 use crate::media::worker::FLOW_WORKER_SHIFT;
@@ -73,13 +75,27 @@ impl LinkHandler for Router {
                 None => return,
             },
             Some(Body::Nack(n)) => (n.flow >> FLOW_WORKER_SHIFT) as usize,
-            Some(Body::Subscribe(s)) => self.media.worker_for(&s.room),
+            // A track published on this node is fed by the worker it is published on.
+            Some(Body::Subscribe(s)) => self
+                .media
+                .track_owner(&s.room, sfu_core::TrackId(s.track))
+                .unwrap_or_else(|| self.media.worker_for(&s.room)),
             Some(Body::Accepted(a)) => self.media.worker_for(&a.room),
             Some(Body::Redirect(r)) => self.media.worker_for(&r.room),
             Some(Body::Refused(r)) => self.media.worker_for(&r.room),
-            Some(Body::KeyframeRequest(k)) => self.media.worker_for(&k.room),
+            Some(Body::KeyframeRequest(k)) => self
+                .media
+                .track_owner(&k.room, sfu_core::TrackId(k.track))
+                .unwrap_or_else(|| self.media.worker_for(&k.room)),
             Some(Body::TrackEnded(e)) => self.media.worker_for(&e.room),
-            Some(Body::AudioLevels(l)) => self.media.worker_for(&l.room),
+            // Every worker of the room ranks speakers.
+            Some(Body::AudioLevels(_)) => {
+                self.broadcast(|| ClusterInput::Frame {
+                    from: from.clone(),
+                    frame: frame.clone(),
+                });
+                return;
+            }
             Some(Body::Hello(_)) | None => return,
         };
         let _ = self.media.send_to(
@@ -136,15 +152,17 @@ pub async fn route_events(
                     }
                 }
             }
-            ClusterEvent::Participant { room, .. }
-            | ClusterEvent::ParticipantGone { room, .. }
-            | ClusterEvent::Track { room, .. }
-            | ClusterEvent::TrackGone { room, .. }
-            | ClusterEvent::Audience { room, .. }
-            | ClusterEvent::Hand { room, .. }
-            | ClusterEvent::HandGone { room, .. } => {
-                let room = room.clone();
-                let _ = media.send(&room, Command::Cluster(ClusterInput::Event(e)));
+            // A room spans the workers: each that hosts it applies the change.
+            ClusterEvent::Participant { .. }
+            | ClusterEvent::ParticipantGone { .. }
+            | ClusterEvent::Track { .. }
+            | ClusterEvent::TrackGone { .. }
+            | ClusterEvent::Audience { .. }
+            | ClusterEvent::Hand { .. }
+            | ClusterEvent::HandGone { .. } => {
+                for i in 0..media.worker_count() {
+                    let _ = media.send_to(i, Command::Cluster(ClusterInput::Event(e.clone())));
+                }
             }
             ClusterEvent::Registered(yes) => {
                 if *yes {

@@ -107,6 +107,11 @@ impl Metrics {
             m.bytes_out.clone(),
         );
         registry.register(
+            "relayed_packets",
+            "RTP packets sent on relay links: to other nodes, and to the other media workers of this node",
+            m.relayed.clone(),
+        );
+        registry.register(
             "nacks_received",
             "Packets NACKed by subscribers",
             m.nacks_received.clone(),

@@ -26,6 +26,15 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
     }
     let mut browser = Browser::launch(&pages).await;
     let last = expect_media(&mut browser, &["sub1", "sub2", "sub3"], 60.0, LIMIT).await;
+    // The room spans the node's two media workers: joins went to the one with fewer
+    // participants, so subscribers on both decode the publisher's video, which the
+    // publisher's worker handed once to the other.
+    let each = node.media.snapshot_each().await;
+    assert_eq!(each.len(), 2);
+    assert!(
+        each.iter().all(|w| w.participants >= 1 && w.rooms == 1),
+        "the room is on both workers: {each:?}"
+    );
     for sub in ["sub1", "sub2", "sub3"] {
         assert_eq!(
             stat(&last, sub, "videoTracks"),
@@ -42,6 +51,10 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
 
     let metrics = common::metrics(&base).await;
     assert!(metrics.contains("sfu_packets_out_total"), "{metrics}");
+    assert!(
+        common::metric(&metrics, "sfu_relayed_packets_total") > 100.0,
+        "packets crossed between the workers: {metrics}"
+    );
     // Chromium published redundant audio (RED, which the node prefers), and the subscribers,
     // who negotiated RED too, received and played it (audio packets above).
     let red = common::metric(&metrics, "sfu_red_packets_total");

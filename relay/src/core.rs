@@ -388,6 +388,21 @@ impl Relay {
         origin: NodeId,
         layers: Vec<LayerIndex>,
     ) {
+        let via = origin.clone();
+        self.set_demand_via(now, key, origin, via, layers);
+    }
+
+    /// [`Relay::set_demand`], asking `via` (which pulls it from `origin` if it does not have
+    /// it) rather than the origin itself: the workers of a node other than a room's home worker
+    /// pull other nodes' tracks through it, so that each crosses to the node once.
+    pub fn set_demand_via(
+        &mut self,
+        now: Instant,
+        key: TrackKey,
+        origin: NodeId,
+        via: NodeId,
+        layers: Vec<LayerIndex>,
+    ) {
         if origin == self.me {
             return;
         }
@@ -401,7 +416,7 @@ impl Relay {
                 self.wants.insert(
                     key.clone(),
                     Want {
-                        via: origin.clone(),
+                        via,
                         origin,
                         local_layers: layers,
                         redirects: 0,

@@ -97,7 +97,7 @@ impl Control {
                 v.room_participants = in_room.iter().filter(|p| p.node == n.id).count() as u32
                     + audience
                         .iter()
-                        .filter(|(node, _)| *node == n.id)
+                        .filter(|(name, _)| crate::records::node_of(name) == n.id)
                         .map(|(_, c)| c)
                         .sum::<u32>();
                 v.stage_here = stage_nodes.contains(n.id.as_str());

@@ -113,14 +113,19 @@ impl Control {
         }
     }
 
-    /// The nodes hosting part of a room.
+    /// The nodes hosting part of a room (each of a node's workers that does writes its own
+    /// key, `node#wN`).
     fn room_nodes(&self, room: &str) -> Vec<String> {
         let prefix = self.membership.keys().room_nodes_prefix(room);
-        self.membership
+        let mut nodes: Vec<String> = self
+            .membership
             .list(&prefix)
             .into_iter()
-            .filter_map(|(k, _)| Some(k.strip_prefix(&prefix)?.to_owned()))
-            .collect()
+            .filter_map(|(k, _)| Some(crate::records::node_of(k.strip_prefix(&prefix)?).to_owned()))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
     }
 
     fn room(&self, name: &str) -> pb::Room {

@@ -65,17 +65,24 @@ async fn list(
 ) -> Result<Json<Vec<crate::media::LocalParticipantInfo>>, Problem> {
     state.bearer(&headers)?.may_admin(&room)?;
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    state.media.send(
-        &room,
-        Command::ListParticipants {
-            room: room.clone(),
-            after: q.after,
-            limit,
-            reply: tx,
-        },
-    )?;
-    Ok(Json(rx.await.unwrap_or_default()))
+    // A page of each worker's, merged in sid order.
+    let mut all = Vec::new();
+    for worker in 0..state.media.worker_count() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        state.media.send_to(
+            worker,
+            Command::ListParticipants {
+                room: room.clone(),
+                after: q.after.clone(),
+                limit,
+                reply: tx,
+            },
+        )?;
+        all.extend(rx.await.unwrap_or_default());
+    }
+    all.sort_by(|a, b| a.sid.cmp(&b.sid));
+    all.truncate(limit);
+    Ok(Json(all))
 }
 
 #[derive(Deserialize)]
@@ -122,10 +129,16 @@ async fn drain(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn run(state: &AppState, room: &str, op: AdminOp) -> Result<StatusCode, Problem> {
+/// Runs an operation on the workers of this node: on the one holding the participant, or on
+/// every one for a whole room (a room spans them).
+async fn run(state: &AppState, _room: &str, op: AdminOp) -> Result<StatusCode, Problem> {
+    let every = matches!(op, AdminOp::DeleteRoom { .. });
     state
         .media
-        .request(room, |reply| Command::Admin { op, reply })
+        .request_each(every, |reply| Command::Admin {
+            op: op.clone(),
+            reply,
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

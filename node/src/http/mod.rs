@@ -80,9 +80,11 @@ impl AppState {
         request.place = self.admission.admit(&self.media, &request).await?;
         let place = request.place;
         let room = request.room.clone();
+        // The participant lives on the worker with the fewest (a room spans the workers).
+        let worker = self.media.join_worker();
         let joined = self
             .media
-            .request(&room, |reply| Command::Join(request, reply))
+            .request_to(worker, |reply| Command::Join(request, reply))
             .await;
         if joined.is_err() && place {
             self.membership.release(&room);
@@ -98,18 +100,20 @@ impl AppState {
         identity: &str,
         can_publish: bool,
     ) -> Result<(), SignalError> {
-        let op = crate::media::AdminOp::UpdatePermissions {
-            room: room.to_owned(),
-            identity: identity.to_owned(),
-            can_publish,
-        };
-        match self
+        let found = self
             .media
-            .request(room, |reply| Command::Admin { op, reply })
-            .await
-        {
+            .request_each(false, |reply| Command::Admin {
+                op: crate::media::AdminOp::UpdatePermissions {
+                    room: room.to_owned(),
+                    identity: identity.to_owned(),
+                    can_publish,
+                },
+                reply,
+            })
+            .await;
+        match found {
             Err(e) if e.code == crate::signaling::protocol::ErrorCode::NotFound => {}
-            other => return other,
+            other => return other.map(|_| ()),
         }
         let path = sfu_control::node_api::participant_path(room, identity, "/permissions");
         self.nodes

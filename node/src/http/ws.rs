@@ -316,8 +316,10 @@ impl Session {
             }
             ClientMessage::Mute { track, muted } => {
                 let identity = self.grants.identity.clone();
+                // To the worker this session lives on.
+                let worker = crate::media::worker_of(&participant).unwrap_or(0);
                 media
-                    .request(&room, |reply| Command::Admin {
+                    .request_to(worker, |reply| Command::Admin {
                         op: crate::media::AdminOp::Mute {
                             room: room.clone(),
                             identity,

@@ -75,6 +75,8 @@ pub enum Effect {
         room: String,
         track: TrackId,
         origin: String,
+        /// Who to ask: the origin, or this node's worker that pulls it from other nodes.
+        via: String,
         layers: Vec<LayerIndex>,
     },
     /// Ask the node feeding a remote track for a keyframe.

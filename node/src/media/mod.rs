@@ -9,6 +9,7 @@
 pub mod demux;
 mod egress;
 pub mod peer;
+mod plane;
 mod room;
 mod room_admin;
 mod room_drive;
@@ -23,22 +24,19 @@ pub mod udp;
 pub mod worker;
 mod worker_cluster;
 mod worker_commands;
+mod worker_links;
 mod worker_metrics;
 
 use crate::auth::Grants;
-use crate::metrics::Metrics;
 use crate::signaling::Events;
 use crate::signaling::protocol::{
     ErrorCode, HandView, ParticipantCounts, ParticipantView, PeerTarget, Permissions, SignalError,
     TrackSourceName,
 };
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+pub use plane::{MediaPlane, worker_of};
 pub use worker::WorkerConfig;
 
 /// How a participant is connected.
@@ -196,6 +194,7 @@ pub struct TrackSettings {
 }
 
 /// Administrative operations on this node's part of rooms.
+#[derive(Clone, Debug)]
 pub enum AdminOp {
     RemoveParticipant {
         room: String,
@@ -266,6 +265,26 @@ pub enum ClusterInput {
     Event(sfu_control::ClusterEvent),
 }
 
+impl Command {
+    /// The participant (sid) a command is about, if it is about one: it goes to the worker
+    /// that participant lives on.
+    pub fn participant(&self) -> Option<&str> {
+        match self {
+            Command::Leave { participant, .. }
+            | Command::Publish { participant, .. }
+            | Command::TrackSettings { participant, .. }
+            | Command::Unpublish { participant, .. }
+            | Command::Subscribe { participant, .. }
+            | Command::SubscriberAnswer { participant, .. }
+            | Command::Play { participant, .. }
+            | Command::Trickle { participant, .. }
+            | Command::Hand { participant, .. }
+            | Command::Counts { participant, .. } => Some(participant),
+            _ => None,
+        }
+    }
+}
+
 /// A worker's view of its load.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WorkerSnapshot {
@@ -273,88 +292,4 @@ pub struct WorkerSnapshot {
     pub participants: usize,
     pub tracks: usize,
     pub peers: usize,
-}
-
-/// Handle to the media workers.
-#[derive(Clone)]
-pub struct MediaPlane {
-    workers: Arc<[mpsc::UnboundedSender<Command>]>,
-    udp_addrs: Arc<[SocketAddr]>,
-}
-
-impl MediaPlane {
-    /// Starts `config.workers` worker threads, each with its own UDP socket.
-    pub fn start(config: WorkerConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let mut workers = Vec::new();
-        let mut udp_addrs = Vec::new();
-        for index in 0..config.workers.max(1) {
-            let (tx, addr) = worker::spawn(index, &config, metrics.clone())?;
-            workers.push(tx);
-            udp_addrs.push(addr);
-        }
-        Ok(Self {
-            workers: workers.into(),
-            udp_addrs: udp_addrs.into(),
-        })
-    }
-
-    /// Local addresses of the workers' UDP sockets.
-    pub fn udp_addrs(&self) -> &[SocketAddr] {
-        &self.udp_addrs
-    }
-
-    /// The worker owning `room`.
-    pub fn worker_for(&self, room: &str) -> usize {
-        let mut h = DefaultHasher::new();
-        room.hash(&mut h);
-        (h.finish() % self.workers.len() as u64) as usize
-    }
-
-    pub fn worker_count(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Sends a command to the worker owning `room`.
-    pub fn send(&self, room: &str, command: Command) -> Result<(), SignalError> {
-        self.send_to(self.worker_for(room), command)
-    }
-
-    /// Sends a command to worker `index`.
-    pub fn send_to(&self, index: usize, command: Command) -> Result<(), SignalError> {
-        self.workers
-            .get(index)
-            .ok_or_else(|| SignalError::new(ErrorCode::Internal, "no such media worker"))?
-            .send(command)
-            .map_err(|_| SignalError::new(ErrorCode::Internal, "media worker stopped"))
-    }
-
-    /// Sends a command built around a reply channel and waits for the reply.
-    pub async fn request<T>(
-        &self,
-        room: &str,
-        build: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, SignalError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(room, build(tx))?;
-        rx.await.map_err(|_| {
-            SignalError::new(ErrorCode::Internal, "media worker dropped the request")
-        })?
-    }
-
-    /// Sums the workers' snapshots.
-    pub async fn snapshot(&self) -> WorkerSnapshot {
-        let mut total = WorkerSnapshot::default();
-        for w in self.workers.iter() {
-            let (tx, rx) = oneshot::channel();
-            if w.send(Command::Snapshot(tx)).is_ok()
-                && let Ok(s) = rx.await
-            {
-                total.rooms += s.rooms;
-                total.participants += s.participants;
-                total.tracks += s.tracks;
-                total.peers += s.peers;
-            }
-        }
-        total
-    }
 }

@@ -49,6 +49,9 @@ pub struct RoomContext {
     pub certificate: rtc::peer_connection::certificate::RTCCertificate,
     /// Cryptography of the node's own transports.
     pub crypto: Arc<dyn rtc::crypto::RTCCryptoProvider>,
+    /// This worker's index, and how many workers the node has (a room spans them).
+    pub worker: usize,
+    pub workers: usize,
     pub core: sfu_core::RoomConfig,
 }
 
@@ -236,8 +239,13 @@ impl LocalRoom {
         self.roster.local.len()
     }
 
+    /// Tracks published on this worker (tracks of other workers or nodes it forwards are
+    /// counted where they are published).
     pub fn track_count(&self) -> usize {
-        self.tracks.len()
+        self.tracks
+            .values()
+            .filter(|t| matches!(t.origin, Origin::Local { .. }))
+            .count()
     }
 
     pub fn peer_count(&self) -> usize {
@@ -321,6 +329,7 @@ impl LocalRoom {
             kind: p.record_kind().to_owned(),
             joined_ms: p.joined_ms,
             stage: p.can_publish,
+            worker: self.ctx.worker as u16,
         }
     }
 
@@ -339,7 +348,7 @@ impl LocalRoom {
         if self.ctx.max_participants > 0 && self.roster.local.len() >= self.ctx.max_participants {
             return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
         }
-        let sid = format!("PA_{:016x}", rand::random::<u64>());
+        let sid = super::plane::new_sid(self.ctx.worker);
         let joined_ms = self.join_time(&identity, &request.kind);
         self.roster.next_seq += 1;
         let whip = request.kind == ParticipantKind::Whip;

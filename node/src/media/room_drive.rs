@@ -409,7 +409,7 @@ impl LocalRoom {
                 }
                 Output::SharedLevels(levels) => {
                     // Every node hosting part of the room ranks speakers, audience nodes too.
-                    let nodes = self.roster.nodes();
+                    let nodes = self.roster.nodes(&self.ctx.node_id);
                     if !nodes.is_empty() {
                         out.effects.push(Effect::SharedLevels {
                             room: self.name.clone(),

@@ -40,6 +40,7 @@ impl LocalRoom {
             source: p.source.as_str().to_owned(),
             audio_levels: p.audio_levels,
             red_payload_type: p.red_payload_type,
+            worker: self.ctx.worker as u16,
         }
     }
 }

@@ -24,12 +24,13 @@ impl LocalRoom {
     pub fn on_remote_participant(
         &mut self,
         now: Instant,
-        record: ParticipantRecord,
+        mut record: ParticipantRecord,
         out: &mut Egress,
     ) {
-        if *record.node == *self.ctx.node_id {
+        if self.is_mine(&record.node, record.worker) {
             return;
         }
+        record.node = self.peer_name(&record.node, record.worker);
         if let Some(known) = self.roster.remote.get(&record.sid) {
             // A change of role.
             if known.stage != record.stage {
@@ -58,10 +59,44 @@ impl LocalRoom {
         self.broadcast("", &ServerMessage::ParticipantJoined { participant: view });
     }
 
-    /// The counted audience of another node changed.
-    pub fn on_remote_audience(&mut self, node: &str, count: u32) {
-        if *node != *self.ctx.node_id {
-            self.roster.set_remote_audience(node, count);
+    /// The counted audience of another worker of this node, or of another node, changed
+    /// (`name` is its `node#wN`).
+    pub fn on_remote_audience(&mut self, name: &str, count: u32) {
+        if name != self.own_name() {
+            self.roster.set_remote_audience(name, count);
+        }
+    }
+
+    /// This worker's name: `node#wN`.
+    pub(super) fn own_name(&self) -> String {
+        sfu_control::records::worker_key(&self.ctx.node_id, self.ctx.worker as u16)
+    }
+
+    /// Whether a record of `node`'s worker `worker` is this worker's own.
+    fn is_mine(&self, node: &str, worker: u16) -> bool {
+        *node == *self.ctx.node_id && usize::from(worker) == self.ctx.worker
+    }
+
+    /// How this worker names where a participant or track of `node`'s worker `worker` is:
+    /// another worker of this node by its `node#wN` (its in-process link), another node by
+    /// its id.
+    fn peer_name(&self, node: &str, worker: u16) -> String {
+        if *node == *self.ctx.node_id {
+            sfu_control::records::worker_key(node, worker)
+        } else {
+            node.to_owned()
+        }
+    }
+
+    /// Where this worker pulls a track published on `origin` (a node, or `node#wN` for a
+    /// worker of this one) from: another node's tracks come through the room's home worker,
+    /// the only one of this node that pulls them from other nodes.
+    fn pull_from(&self, origin: &str) -> String {
+        let home = super::plane::home_worker(&self.name, self.ctx.workers);
+        if origin.contains('#') || home == self.ctx.worker {
+            origin.to_owned()
+        } else {
+            sfu_control::records::worker_key(&self.ctx.node_id, home as u16)
         }
     }
 
@@ -82,10 +117,11 @@ impl LocalRoom {
     }
 
     /// A track published on another node.
-    pub fn on_remote_track(&mut self, now: Instant, record: TrackRecord, out: &mut Egress) {
-        if *record.origin == *self.ctx.node_id {
+    pub fn on_remote_track(&mut self, now: Instant, mut record: TrackRecord, out: &mut Egress) {
+        if self.is_mine(&record.origin, record.worker) {
             return;
         }
+        record.origin = self.peer_name(&record.origin, record.worker);
         let Ok(id) = record.track.parse::<TrackId>() else {
             tracing::warn!(room = %self.name, track = record.track, "malformed track id in the registry");
             return;
@@ -278,6 +314,7 @@ impl LocalRoom {
                 out.effects.push(Effect::Demand {
                     room: self.name.clone(),
                     track,
+                    via: self.pull_from(&origin),
                     origin,
                     layers: wanted,
                 });

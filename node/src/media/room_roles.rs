@@ -329,6 +329,8 @@ mod tests {
             large_room_threshold: threshold,
             certificate: super::super::peer::worker_certificate().unwrap(),
             crypto: rtc::crypto::default_provider().unwrap(),
+            worker: 0,
+            workers: 1,
             core: Default::default(),
         });
         LocalRoom::new("r".into(), ctx, now, threshold)

@@ -268,22 +268,38 @@ impl Roster {
         self.remote_audience_total = self.remote_audience_total - old + count;
     }
 
-    /// Other nodes hosting part of the room (announced participants or counted audience).
-    pub fn nodes(&self) -> Vec<String> {
+    /// The relay peers hosting part of the room (announced participants or counted audience):
+    /// other workers of node `me` by their `node#wN`, other nodes by their id.
+    pub fn nodes(&self, me: &str) -> Vec<String> {
         let mut nodes: Vec<String> = self
             .remote
             .values()
             .map(|r| r.node.clone())
-            .chain(self.remote_audience.keys().cloned())
+            .chain(self.remote_audience.keys().map(|k| {
+                let node = sfu_control::records::node_of(k);
+                if node == me {
+                    k.clone()
+                } else {
+                    node.to_owned()
+                }
+            }))
             .collect();
         nodes.sort();
         nodes.dedup();
         nodes
     }
 
-    /// Forgets what another node held (it left the cluster).
+    /// Forgets what another node held (it left the cluster): its workers' counts too.
     pub fn forget_node(&mut self, node: &str) {
-        self.set_remote_audience(node, 0);
+        let counted: Vec<String> = self
+            .remote_audience
+            .keys()
+            .filter(|k| sfu_control::records::node_of(k) == node)
+            .cloned()
+            .collect();
+        for k in counted {
+            self.set_remote_audience(&k, 0);
+        }
         let gone: Vec<String> = self
             .hands
             .values()

@@ -10,15 +10,17 @@
 
 use super::demux::{PacketClass, classify, stun_local_ufrag};
 use super::egress::Egress;
+use super::plane::Shared;
 use super::room::{DemuxUpdate, LocalRoom, RoomContext};
 use super::udp::{self, BATCH, RecvBatch};
+use super::worker_links::LinkHandle;
 use super::worker_metrics::{add_edge_drops, add_room_stats};
 use super::{Command, WorkerSnapshot};
 use crate::metrics::Metrics;
+use sfu_control::records::worker_key;
 use sfu_control::{ClusterEvent, Membership};
 use sfu_core::Room;
 use sfu_relay::glue::{Rooms, SinkTable};
-use sfu_relay::quic::Link;
 use sfu_relay::{NodeId, Relay, RelayConfig};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -86,6 +88,9 @@ pub(super) struct WorkerDrops {
 }
 
 pub(super) struct Worker {
+    /// This worker's index among its node's workers.
+    pub(super) index: usize,
+    pub(super) shared: Arc<Shared>,
     pub(super) socket: UdpSocket,
     pub(super) ctx: Arc<RoomContext>,
     pub(super) metrics: Arc<Metrics>,
@@ -97,7 +102,7 @@ pub(super) struct Worker {
     pub(super) by_addr: HashMap<SocketAddr, PeerRef>,
     pub(super) deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     pub(super) relay: Relay,
-    pub(super) links: HashMap<NodeId, Link>,
+    pub(super) links: HashMap<NodeId, LinkHandle>,
     pub(super) sinks: SinkTable,
     /// Registry deletions about linked nodes, held for [`LINKED_GRACE`].
     pub(super) deferred: Vec<(Instant, ClusterEvent)>,
@@ -124,7 +129,10 @@ pub(super) fn spawn(
     index: usize,
     config: &WorkerConfig,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(mpsc::UnboundedSender<Command>, SocketAddr)> {
+    commands: mpsc::UnboundedReceiver<Command>,
+    siblings: Vec<mpsc::UnboundedSender<Command>>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<SocketAddr> {
     let port = if config.first_port == 0 {
         0
     } else {
@@ -149,10 +157,15 @@ pub(super) fn spawn(
             .map_err(|e| anyhow::anyhow!("making the DTLS certificate: {e}"))?,
         crypto: rtc::crypto::default_provider()
             .map_err(|e| anyhow::anyhow!("cryptography provider: {e}"))?,
+        worker: index,
+        workers: siblings.len(),
         core: config.core,
     });
+    // The relay core names this worker `node#wN`: the other workers of the node link to it
+    // under that name (other nodes know only the node).
+    let me: NodeId = worker_key(&config.node_id, index as u16).as_str().into();
     let relay = Relay::new(
-        config.node_id.clone(),
+        me.clone(),
         RelayConfig {
             fanout: config.fanout,
             flow_base: (index as u32) << FLOW_WORKER_SHIFT,
@@ -161,7 +174,15 @@ pub(super) fn spawn(
     );
     let membership = config.membership.clone();
     let webhooks = config.webhooks.clone();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let mut links = HashMap::new();
+    for (j, to) in siblings
+        .into_iter()
+        .enumerate()
+        .filter(|(j, _)| *j != index)
+    {
+        let name: NodeId = worker_key(&config.node_id, j as u16).as_str().into();
+        links.insert(name, LinkHandle::Sibling { me: me.clone(), to });
+    }
     std::thread::Builder::new()
         .name(format!("media-{index}"))
         .spawn(move || {
@@ -183,7 +204,9 @@ pub(super) fn spawn(
                         return;
                     }
                 };
-                let worker = Worker {
+                let mut worker = Worker {
+                    index,
+                    shared,
                     socket,
                     ctx,
                     metrics,
@@ -195,17 +218,23 @@ pub(super) fn spawn(
                     by_addr: HashMap::new(),
                     deadlines: BinaryHeap::new(),
                     relay,
-                    links: HashMap::new(),
+                    links,
                     sinks: SinkTable::default(),
                     deferred: Vec::new(),
                     out: Egress::default(),
                     drops: WorkerDrops::default(),
                     reported_gauges: WorkerSnapshot::default(),
                 };
-                worker.run(rx).await;
+                let now = Instant::now();
+                let siblings: Vec<NodeId> = worker.links.keys().cloned().collect();
+                for name in siblings {
+                    worker.relay.handle_link_up(now, name);
+                }
+                worker.drain_relay(now);
+                worker.run(commands).await;
             });
         })?;
-    Ok((tx, local))
+    Ok(local)
 }
 
 impl Worker {
@@ -248,11 +277,8 @@ impl Worker {
     /// Forgets this worker's rooms in the registry when the node stops.
     pub(super) fn membership_cleanup(&mut self) {
         for (_, room) in &self.rooms {
-            self.membership.remove(
-                self.membership
-                    .keys()
-                    .room_node(&room.name, &self.ctx.node_id),
-            );
+            self.membership
+                .remove(self.membership.keys().room_node(&room.name, &self.name()));
         }
     }
 
@@ -367,11 +393,8 @@ impl Worker {
             let room = self.rooms.remove(idx);
             self.room_by_name.remove(&room.name);
             self.sinks.forget_room(&room.name);
-            self.membership.remove(
-                self.membership
-                    .keys()
-                    .room_node(&room.name, &self.ctx.node_id),
-            );
+            self.membership
+                .remove(self.membership.keys().room_node(&room.name, &self.name()));
             add_room_stats(&self.metrics, room.core_stats(), &room.reported);
             add_edge_drops(&self.metrics, &room.drops, &room.reported_drops);
             tracing::info!(room = %room.name, "room closed on this node");
@@ -402,7 +425,7 @@ impl Worker {
         ));
         self.room_by_name.insert(name.to_owned(), idx);
         self.membership.set_json(
-            self.membership.keys().room_node(name, &self.ctx.node_id),
+            self.membership.keys().room_node(name, &self.name()),
             &sfu_control::records::RoomNodeRecord::default(),
         );
         // What the rest of the cluster already has in this room.
@@ -422,6 +445,11 @@ impl Worker {
         }
         tracing::info!(room = name, "room opened on this node");
         Some(idx)
+    }
+
+    /// This worker's name in per-worker registry keys and to its relay core (`node#wN`).
+    pub(super) fn name(&self) -> String {
+        worker_key(&self.ctx.node_id, self.index as u16)
     }
 
     /// Above how many participants `room` is large: its configuration's, or the node's.

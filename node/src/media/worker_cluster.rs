@@ -100,7 +100,8 @@ impl Worker {
                     self.membership.remove(keys.participant(&room, &sid));
                 }
                 Effect::AudienceCount { room, count, was } => {
-                    let key = keys.audience(&room, &node);
+                    // Each worker counts its own part of the room's audience.
+                    let key = keys.audience(&room, &self.name());
                     let prefix = keys.participants_prefix(&room);
                     let webhooks = self.webhooks.clone();
                     if was == 0 && count > 0 {
@@ -138,6 +139,11 @@ impl Worker {
                     };
                     self.membership
                         .set_json(keys.track(&room, &record.track), &record);
+                    self.shared
+                        .track_owners
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert((key.room.clone(), key.track), self.index);
                     self.relay.add_local_track(key, info);
                     let mut e = hook("track_published", &room);
                     e.track = Some(crate::webhook::TrackRef {
@@ -159,10 +165,16 @@ impl Worker {
                 } => {
                     self.membership
                         .remove(keys.track(&room, &track.to_string()));
-                    self.relay.remove_local_track(&TrackKey {
+                    let key = TrackKey {
                         room: room.as_str().into(),
                         track,
-                    });
+                    };
+                    self.shared
+                        .track_owners
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(key.room.clone(), key.track));
+                    self.relay.remove_local_track(&key);
                     let mut e = hook("track_unpublished", &room);
                     e.track = Some(crate::webhook::TrackRef {
                         sid: track.to_string(),
@@ -175,14 +187,20 @@ impl Worker {
                     room,
                     track,
                     origin,
+                    via,
                     layers,
                 } => {
                     let key = TrackKey {
                         room: room.as_str().into(),
                         track,
                     };
-                    self.relay
-                        .set_demand(now, key, origin.as_str().into(), layers);
+                    self.relay.set_demand_via(
+                        now,
+                        key,
+                        origin.as_str().into(),
+                        via.as_str().into(),
+                        layers,
+                    );
                 }
                 Effect::UpstreamKeyframe { room, track, layer } => {
                     self.relay.request_keyframe(
@@ -284,7 +302,8 @@ impl Worker {
         match input {
             ClusterInput::LinkUp(link) => {
                 let node = link.node.clone();
-                self.links.insert(node.clone(), link);
+                self.links
+                    .insert(node.clone(), super::worker_links::LinkHandle::Quic(link));
                 self.relay.handle_link_up(now, node);
                 self.drain_relay(now);
             }
@@ -345,7 +364,9 @@ impl Worker {
             }
             _ => None,
         }?;
-        self.links.contains_key(node.as_str()).then_some(node)
+        // The other workers of this node write no keys of their own that could flap.
+        let own = sfu_control::records::node_of(&node) == &*self.ctx.node_id;
+        (!own && self.links.contains_key(node.as_str())).then_some(node)
     }
 
     /// Whether a deferred deletion was undone by the node writing its keys again.

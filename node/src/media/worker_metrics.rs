@@ -9,6 +9,8 @@ impl Worker {
     pub(super) fn report_metrics(&mut self) {
         let m = &self.metrics;
         let now = self.snapshot();
+        // Joins go to the worker with the fewest participants.
+        self.shared.load[self.index].store(now.participants, std::sync::atomic::Ordering::Relaxed);
         let delta = |gauge: &prometheus_client::metrics::gauge::Gauge, new: usize, old: usize| {
             gauge.inc_by(new as i64 - old as i64);
         };
