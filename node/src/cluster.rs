@@ -107,21 +107,34 @@ impl LinkHandler for Router {
         );
     }
 
+    /// A datagram's packets go to the workers their flows belong to: one command per worker
+    /// per datagram, and one look-up of the flow table per datagram.
     fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
-        let Ok((flow, rtp)) = sfu_relay::wire::decode_datagram(datagram) else {
-            return;
-        };
-        let Some(worker) = self.flows().get(&(from.clone(), flow)).copied() else {
-            return;
-        };
-        let _ = self.media.send_to(
-            worker,
-            Command::Cluster(ClusterInput::Datagram {
-                from: from.clone(),
-                flow,
-                rtp,
-            }),
-        );
+        let mut each: Vec<(usize, Vec<(u32, bytes::Bytes)>)> = Vec::new();
+        {
+            let flows = self.flows();
+            for record in sfu_relay::wire::records(datagram) {
+                let Ok((flow, rtp)) = record else {
+                    break;
+                };
+                let Some(&worker) = flows.get(&(from.clone(), flow)) else {
+                    continue;
+                };
+                match each.iter_mut().find(|(w, _)| *w == worker) {
+                    Some((_, records)) => records.push((flow, rtp)),
+                    None => each.push((worker, vec![(flow, rtp)])),
+                }
+            }
+        }
+        for (worker, records) in each {
+            let _ = self.media.send_to(
+                worker,
+                Command::Cluster(ClusterInput::Datagrams {
+                    from: from.clone(),
+                    records,
+                }),
+            );
+        }
     }
 }
 

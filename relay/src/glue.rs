@@ -2,10 +2,11 @@
 //!
 //! Shared by the node's media workers and by the simulation tests, so both exercise the same
 //! wiring: attach and detach relay sinks, answer NACKs and keyframe requests from downstream,
-//! and turn the rooms' relay outputs into datagrams.
+//! and pack the rooms' relayed packets into datagrams ([`Outbox`]).
 
 use crate::core::{Output, TrackKey, decode_sink};
-use bytes::{Bytes, BytesMut};
+use crate::wire::DatagramWriter;
+use bytes::Bytes;
 use sfu_core::{Packet, Room, SinkId, SubscriptionId};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -86,16 +87,63 @@ impl SinkTable {
     }
 }
 
-/// The datagram for a packet the room sends to a relay sink: `(link, bytes)`.
-pub fn datagram(sink: SinkId, packet: &Packet) -> Option<(u32, Bytes)> {
-    use rtc_shared::marshal::{Marshal, MarshalSize};
-    let (link, flow) = decode_sink(sink)?;
-    let size = packet.marshal_size();
-    let mut buf = BytesMut::with_capacity(5 + size);
-    prost::encoding::encode_varint(flow as u64, &mut buf);
-    let start = buf.len();
-    buf.resize(start + size, 0);
-    // A packet the room built always marshals into a buffer of its own marshal size.
-    packet.marshal_to(&mut buf[start..]).ok()?;
-    Some((link, buf.freeze()))
+/// What the rooms of a node (or worker) relay during one turn of its loop, packed per link into
+/// as few datagrams as the link's datagram size allows when the turn ends (see
+/// [`crate::wire`]). Packets keep their order within a link.
+#[derive(Default)]
+pub struct Outbox {
+    /// (link, flow, packet), in the order the rooms sent them.
+    packets: Vec<(u32, u32, Packet)>,
+    writer: DatagramWriter,
+}
+
+impl Outbox {
+    /// Queues a packet a room sends to a relay sink; false if `sink` is not one.
+    pub fn push(&mut self, sink: SinkId, packet: Packet) -> bool {
+        let Some((link, flow)) = decode_sink(sink) else {
+            return false;
+        };
+        self.packets.push((link, flow, packet));
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Packs the queued packets and hands each datagram to `send(link, datagram)`; `max(link)`
+    /// is the largest datagram the link takes now.
+    pub fn flush(&mut self, mut max: impl FnMut(u32) -> usize, mut send: impl FnMut(u32, Bytes)) {
+        use rtc_shared::marshal::{Marshal, MarshalSize};
+        // Stable: a link's packets stay in the order they were sent.
+        self.packets.sort_by_key(|(link, _, _)| *link);
+        let mut current: Option<(u32, usize)> = None;
+        for (link, flow, packet) in self.packets.drain(..) {
+            let limit = match current {
+                Some((l, limit)) if l == link => limit,
+                _ => {
+                    if let Some((l, _)) = current
+                        && let Some(d) = self.writer.finish()
+                    {
+                        send(l, d);
+                    }
+                    let limit = max(link);
+                    current = Some((link, limit));
+                    limit
+                }
+            };
+            // A packet the room built marshals into a buffer of its own marshal size.
+            let full = self.writer.push(limit, flow, packet.marshal_size(), |out| {
+                packet.marshal_to(out).is_ok()
+            });
+            if let Some(d) = full {
+                send(link, d);
+            }
+        }
+        if let Some((l, _)) = current
+            && let Some(d) = self.writer.finish()
+        {
+            send(l, d);
+        }
+    }
 }

@@ -28,6 +28,8 @@ pub const ALPN: &[u8] = b"sfu-relay/1";
 /// A link with no packet for this long is dead (keep-alives go every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// The largest UDP payload of a 9,000-byte jumbo frame over IPv6.
+const JUMBO_UDP_PAYLOAD: u16 = 8952;
 /// Backoff between dial attempts.
 const DIAL_BACKOFF: [Duration; 4] = [
     Duration::from_millis(200),
@@ -135,6 +137,12 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.datagram_receive_buffer_size(Some(16 << 20));
     t.datagram_send_buffer_size(16 << 20);
     t.max_concurrent_uni_streams(1024u32.into());
+    // Relayed packets share datagrams (see `wire`): on a path with jumbo frames (a data
+    // centre's, loopback) MTU discovery finds room for several video packets in each; on a
+    // 1,500-byte path its probes fail and datagrams stay at its size.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(JUMBO_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -159,6 +167,11 @@ impl Link {
     /// Queues a control frame.
     pub fn send_frame(&self, frame: Frame) {
         let _ = self.frames.send(frame);
+    }
+
+    /// The largest datagram the path takes now (MTU discovery raises it after the handshake).
+    pub fn max_datagram_size(&self) -> usize {
+        self.connection.max_datagram_size().unwrap_or(0)
     }
 
     /// Sends a media datagram, or, if it is too large for a datagram on this path, a
@@ -475,9 +488,4 @@ async fn read_hello(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow:
         ),
         _ => bail!("expected Hello"),
     }
-}
-
-/// Decodes a datagram for the relay core: flow id and RTP bytes.
-pub fn split_datagram(d: Bytes) -> Result<(u32, Bytes), wire::WireError> {
-    wire::decode_datagram(d)
 }

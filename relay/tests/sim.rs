@@ -31,6 +31,33 @@ fn loss_on_a_link_is_recovered_by_nacks_to_the_sender() {
     );
 }
 
+/// A worker packs what it relays to a link in one turn into shared datagrams: a lost datagram
+/// loses every packet in it, and each is named in NACKs and resent.
+#[test]
+fn packets_sharing_lost_datagrams_are_each_recovered() {
+    let mut sim = Sim::new(&["a", "b"], 4, Duration::from_millis(20), 0.10, 3);
+    // Every layer crosses the link: three packets a frame, sent in the same turn.
+    sim.subscribe("b", 1, vec![0, 1, 2]);
+    sim.run(Duration::from_millis(200), None);
+    sim.run(Duration::from_secs(5), Some((Duration::from_millis(10), 3)));
+    sim.run(Duration::from_secs(1), None);
+    let ab = ("a".into(), "b".into());
+    let (datagrams, packets) = (sim.datagrams[&ab], sim.packets[&ab]);
+    assert!(
+        packets >= 2 * datagrams,
+        "packets share datagrams: {packets} packets in {datagrams} datagrams"
+    );
+    for layer in 0..3 {
+        let got: HashSet<u32> = sim.nodes["b"].relayed[&layer].iter().copied().collect();
+        let (first, last) = (*got.iter().min().unwrap(), *got.iter().max().unwrap());
+        let missing = (first..=last).filter(|id| !got.contains(id)).count();
+        assert!(
+            last - first > 400 && missing == 0,
+            "layer {layer}: frames {first}..={last}, {missing} missing after 10 % datagram loss"
+        );
+    }
+}
+
 #[test]
 fn ten_edges_asking_for_keyframes_reach_the_publisher_as_one() {
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k"];

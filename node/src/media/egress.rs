@@ -3,7 +3,6 @@
 //! demand). The worker owns one and empties it after every input.
 
 use super::udp::SendQueue;
-use bytes::Bytes;
 use sfu_control::records::{HandRecord, ParticipantRecord, TrackRecord};
 use sfu_core::{LayerIndex, TrackId};
 
@@ -105,7 +104,7 @@ pub struct Egress {
     /// Where forwarded packets are written and protected before they are sent; its chunks are
     /// reused once the datagrams cut from them are gone.
     pub arena: super::transport::arena::SendArena,
-    /// (link, datagram) pairs.
-    pub relay: Vec<(u32, Bytes)>,
+    /// Packets for relay links, packed into datagrams when the worker's turn ends.
+    pub relay: sfu_relay::glue::Outbox,
     pub effects: Vec<Effect>,
 }

@@ -257,10 +257,11 @@ pub enum ClusterInput {
         from: sfu_relay::NodeId,
         frame: sfu_proto::relay::Frame,
     },
-    Datagram {
+    /// Relayed packets, `(flow, RTP)`, from one datagram (or the part of it for this
+    /// worker's flows).
+    Datagrams {
         from: sfu_relay::NodeId,
-        flow: u32,
-        rtp: bytes::Bytes,
+        records: Vec<(u32, bytes::Bytes)>,
     },
     Event(sfu_control::ClusterEvent),
 }

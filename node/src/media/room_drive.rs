@@ -392,9 +392,7 @@ impl LocalRoom {
                     self.write_rtcp(now, sink.0 as usize, Box::new(sr), out);
                 }
                 Output::Relay { sink, packet, .. } => {
-                    if let Some(d) = sfu_relay::glue::datagram(sink, &packet) {
-                        out.relay.push(d);
-                    }
+                    out.relay.push(sink, packet);
                 }
                 Output::Speakers(speakers) => {
                     let speakers = speakers

@@ -37,6 +37,9 @@ const METRICS_PERIOD: Duration = Duration::from_secs(1);
 /// turn. Bounds the send queue (and latency) when datagrams arrive faster than they can be
 /// forwarded: the excess then waits in (and overflows from) the kernel's receive buffer.
 const BATCHES_PER_TURN: usize = 4;
+/// Commands handled in one turn at most (a burst of relayed packets from a sibling, of
+/// signaling), before the socket and deadlines get their turn.
+const COMMANDS_PER_TURN: usize = 64;
 /// Flow ids a worker allocates carry its index in the top byte, so that a NACK for a flow
 /// reaches the worker that sends it.
 pub const FLOW_WORKER_SHIFT: u32 = 24;
@@ -260,7 +263,15 @@ impl Worker {
                     }
                 }
                 command = commands.recv() => match command {
-                    Some(c) => self.handle_command(c),
+                    Some(c) => {
+                        self.handle_command(c);
+                        // What else is queued is handled in this turn too, so that its relayed
+                        // packets share datagrams and the socket is flushed once.
+                        for _ in 1..COMMANDS_PER_TURN {
+                            let Ok(c) = commands.try_recv() else { break };
+                            self.handle_command(c);
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => self.handle_deadlines(Instant::now()),

@@ -284,17 +284,21 @@ impl Worker {
         self.send_relay_datagrams();
     }
 
+    /// Sends what the rooms relayed this turn, packed per link.
     pub(super) fn send_relay_datagrams(&mut self) {
-        for (link, d) in self.out.relay.drain(..) {
-            let sent = self
-                .relay
-                .node_of_link(link)
-                .and_then(|n| self.links.get(n))
-                .is_some_and(|l| l.send_datagram(d));
-            if !sent {
-                self.drops.relay_rejected += 1;
-            }
+        if self.out.relay.is_empty() {
+            return;
         }
+        let (relay, links, drops) = (&self.relay, &self.links, &mut self.drops);
+        let link_of = |link: u32| relay.node_of_link(link).and_then(|n| links.get(n));
+        self.out.relay.flush(
+            |link| link_of(link).map_or(0, |l| l.max_datagram_size()),
+            |link, d| {
+                if !link_of(link).is_some_and(|l| l.send_datagram(d)) {
+                    drops.relay_rejected += 1;
+                }
+            },
+        );
     }
 
     pub(super) fn handle_cluster(&mut self, input: ClusterInput) {
@@ -327,23 +331,25 @@ impl Worker {
                 self.relay.handle_frame(now, &from, frame);
                 self.drain_relay(now);
             }
-            ClusterInput::Datagram { from, flow, rtp } => {
+            ClusterInput::Datagrams { from, records } => {
                 let link = self.relay.link_id(&from);
-                match self.relay.handle_datagram(now, link, flow, rtp) {
-                    Ok(d) => {
-                        let (track, layer, packet) = (d.key.track, d.layer, d.packet);
-                        if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
-                            self.rooms[idx].handle_relayed_rtp(
-                                now,
-                                track,
-                                layer,
-                                packet,
-                                &mut self.out,
-                            );
-                            self.after_room(idx);
+                for (flow, rtp) in records {
+                    match self.relay.handle_datagram(now, link, flow, rtp) {
+                        Ok(d) => {
+                            let (track, layer, packet) = (d.key.track, d.layer, d.packet);
+                            if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
+                                self.rooms[idx].handle_relayed_rtp(
+                                    now,
+                                    track,
+                                    layer,
+                                    packet,
+                                    &mut self.out,
+                                );
+                                self.after_room(idx);
+                            }
                         }
+                        Err(_) => self.drops.relay_rejected += 1,
                     }
-                    Err(_) => self.drops.relay_rejected += 1,
                 }
             }
             ClusterInput::Event(e) => self.handle_cluster_event(now, e),

@@ -3,7 +3,7 @@
 //! The relay core does not tell them apart: the workers of a node relay a room's tracks to
 //! each other as nodes do, one copy of each packet per worker that wants it, so a room spans
 //! every core of a node. A sibling link hands frames and datagrams to the other worker's
-//! command queue; the datagram's payload is shared, not copied.
+//! command queue: a turn's packets for it in one command, their bytes shared, not copied.
 
 use super::{ClusterInput, Command};
 use bytes::Bytes;
@@ -11,6 +11,10 @@ use sfu_proto::relay::Frame;
 use sfu_relay::NodeId;
 use sfu_relay::quic::Link;
 use tokio::sync::mpsc;
+
+/// What a worker packs into one hand-off to a sibling: a turn's packets for it, in one
+/// command (the other worker wakes once for them, not once per packet).
+const SIBLING_DATAGRAM: usize = 64 * 1024;
 
 /// See the module documentation.
 pub(super) enum LinkHandle {
@@ -35,18 +39,25 @@ impl LinkHandle {
         }
     }
 
+    /// The largest datagram the link takes now.
+    pub(super) fn max_datagram_size(&self) -> usize {
+        match self {
+            LinkHandle::Quic(l) => l.max_datagram_size(),
+            LinkHandle::Sibling { .. } => SIBLING_DATAGRAM,
+        }
+    }
+
     /// False if the datagram could not be sent.
     pub(super) fn send_datagram(&self, datagram: Bytes) -> bool {
         match self {
             LinkHandle::Quic(l) => l.send_datagram(datagram),
             LinkHandle::Sibling { me, to } => {
-                let Ok((flow, rtp)) = sfu_relay::wire::decode_datagram(datagram) else {
+                let Ok(records) = sfu_relay::wire::records(datagram).collect() else {
                     return false;
                 };
-                to.send(Command::Cluster(ClusterInput::Datagram {
+                to.send(Command::Cluster(ClusterInput::Datagrams {
                     from: me.clone(),
-                    flow,
-                    rtp,
+                    records,
                 }))
                 .is_ok()
             }

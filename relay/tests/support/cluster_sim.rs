@@ -14,8 +14,8 @@ pub use sfu_core::{
 #[allow(unused_imports)]
 pub use sfu_proto::relay::{Frame, Subscribe, frame::Body};
 pub use sfu_relay::core::{NodeId, Output, Relay, RelayConfig, TrackKey};
-use sfu_relay::glue::{SinkTable, datagram};
-use sfu_relay::wire::decode_datagram;
+use sfu_relay::glue::{Outbox, SinkTable};
+use sfu_relay::wire::records;
 use std::cmp::Reverse;
 pub use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 pub use std::time::{Duration, Instant};
@@ -33,6 +33,12 @@ pub struct Node {
     pub relay: Relay,
     pub room: Room,
     pub sinks: SinkTable,
+    /// Packets for relay links, packed into datagrams after each round of outputs (as a
+    /// node's worker packs them after each turn of its loop).
+    pub outbox: Outbox,
+    /// Packets that arrived over relay links, by layer (source payload ids; only while
+    /// payload ids are kept).
+    pub relayed: HashMap<usize, Vec<u32>>,
     /// Local subscribers: sink -> packets received (source payload ids).
     pub received: HashMap<SinkId, Vec<u32>>,
     pub subscriptions: HashMap<SinkId, SubscriptionId>,
@@ -105,6 +111,10 @@ pub struct Sim {
     pub down: HashSet<NodeId>,
     /// Datagrams put on the wire, by (from, to).
     pub datagrams: HashMap<(NodeId, NodeId), u64>,
+    /// Packets in them, by (from, to).
+    pub packets: HashMap<(NodeId, NodeId), u64>,
+    /// Largest datagram a link takes (the relay packs packets up to it).
+    pub max_datagram: usize,
     /// Layers seen in datagrams per (from, to).
     pub layers_seen: HashMap<(NodeId, NodeId), HashSet<u32>>,
     pub pending_key: bool,
@@ -160,6 +170,8 @@ impl Sim {
                     relay: Relay::new(id.clone(), config),
                     room: Room::new(WallClock::new(now, Duration::ZERO), RoomConfig::default()),
                     sinks: SinkTable::default(),
+                    outbox: Outbox::default(),
+                    relayed: HashMap::new(),
                     received: HashMap::new(),
                     subscriptions: HashMap::new(),
                     plis: Vec::new(),
@@ -180,6 +192,8 @@ impl Sim {
             rng: StdRng::seed_from_u64(7),
             down: HashSet::new(),
             datagrams: HashMap::new(),
+            packets: HashMap::new(),
+            max_datagram: 1200,
             layers_seen: HashMap::new(),
             pending_key: true,
             next_seq: [100, 20_000, 40_000],
@@ -236,7 +250,8 @@ impl Sim {
                 .datagrams
                 .entry((from.clone(), to.clone()))
                 .or_default() += 1;
-            if let Ok((flow, rtp)) = decode_datagram(d.clone()) {
+            for (flow, rtp) in records(d.clone()).map_while(Result::ok) {
+                *self.packets.entry((from.clone(), to.clone())).or_default() += 1;
                 self.layers_seen
                     .entry((from.clone(), to.clone()))
                     .or_default()
@@ -295,6 +310,25 @@ impl Sim {
             for (id, w) in work {
                 self.handle(&id, w);
             }
+            let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+            for id in &ids {
+                self.send_relayed(id);
+            }
+        }
+    }
+
+    /// Puts what a node relayed in the last round on the wire, packed into datagrams.
+    pub fn send_relayed(&mut self, id: &NodeId) {
+        let n = self.nodes.get_mut(id).unwrap();
+        if n.outbox.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        let max = self.max_datagram;
+        n.outbox.flush(|_| max, |link, d| out.push((link, d)));
+        for (link, d) in out {
+            let to = self.nodes[id].relay.node_of_link(link).unwrap().clone();
+            self.send(id, &to, Msg::Datagram(d));
         }
     }
 
@@ -315,6 +349,7 @@ impl Sim {
             for w in work {
                 self.handle(id, w);
             }
+            self.send_relayed(id);
         }
     }
 
@@ -371,9 +406,7 @@ impl Sim {
                 n.deliver_locally(now, sink, &edits.applied(&packet), keep, mark);
             }
             Work::Room(RoomOutput::Relay { sink, packet, .. }) => {
-                let (link, bytes) = datagram(sink, &packet).unwrap();
-                let to = self.nodes[id].relay.node_of_link(link).unwrap().clone();
-                self.send(id, &to, Msg::Datagram(bytes));
+                assert!(self.nodes.get_mut(id).unwrap().outbox.push(sink, packet));
             }
             Work::Room(RoomOutput::KeyframeRequest { layer, .. }) => {
                 let n = self.nodes.get_mut(id).unwrap();
@@ -405,10 +438,18 @@ impl Sim {
             Msg::Frame(f) => n.relay.handle_frame(now, &from, f),
             Msg::Datagram(d) => {
                 let link = n.relay.link_id(&from);
-                let (flow, rtp) = decode_datagram(d).unwrap();
-                if let Ok(del) = n.relay.handle_datagram(now, link, flow, rtp) {
-                    let (track, layer, packet) = (del.key.track, del.layer, del.packet);
-                    n.room.handle_rtp(now, track, layer, packet);
+                for record in records(d) {
+                    let (flow, rtp) = record.unwrap();
+                    if let Ok(del) = n.relay.handle_datagram(now, link, flow, rtp) {
+                        let (track, layer, packet) = (del.key.track, del.layer, del.packet);
+                        if self.keep_payload_ids {
+                            n.relayed
+                                .entry(layer)
+                                .or_default()
+                                .push(payload_id(&packet));
+                        }
+                        n.room.handle_rtp(now, track, layer, packet);
+                    }
                 }
             }
         }
