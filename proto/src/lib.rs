@@ -8,7 +8,8 @@ pub mod relay {
     include!(concat!(env!("OUT_DIR"), "/sfu.relay.v1.rs"));
 
     /// Protocol version carried in [`Hello`]; links between different versions are refused.
-    pub const PROTOCOL_VERSION: u32 = 1;
+    /// 2: media datagrams carry several packets (`varint flow, varint length, RTP` records).
+    pub const PROTOCOL_VERSION: u32 = 2;
 }
 
 /// The control-plane gRPC API: messages, clients and servers.

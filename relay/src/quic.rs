@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::core::NodeId;
 
 /// ALPN of the relay protocol; a peer speaking another version is refused by TLS.
-pub const ALPN: &[u8] = b"sfu-relay/1";
+pub const ALPN: &[u8] = b"sfu-relay/2";
 /// A link with no packet for this long is dead (keep-alives go every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
