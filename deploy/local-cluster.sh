@@ -56,14 +56,14 @@ for _ in $(seq 1 100); do
 done
 
 for i in $(seq 1 "$NODES"); do
-  "$BIN" --node-id "node-$i" --etcd "http://127.0.0.1:$ETCD_CLIENT" --certs-dir "$STATE/certs" \
+  "$BIN" --dev --node-id "node-$i" --etcd "http://127.0.0.1:$ETCD_CLIENT" --certs-dir "$STATE/certs" \
     --bind "127.0.0.1:$((7000 + i))" --udp-port "$((7100 + 10 * i))" --workers 1 \
     --relay-bind "127.0.0.1:$((7200 + i))" --node-ip 127.0.0.1 \
     >"$STATE/logs/node-$i.log" 2>&1 &
   pids+=($!)
 done
 
-target/release/sfu-control --etcd "http://127.0.0.1:$ETCD_CLIENT" --bind 127.0.0.1:7900 \
+target/release/sfu-control --dev --etcd "http://127.0.0.1:$ETCD_CLIENT" --bind 127.0.0.1:7900 \
   >"$STATE/logs/control.log" 2>&1 &
 pids+=($!)
 

@@ -3,6 +3,7 @@
 //! `sfuctl` CLI.
 
 pub mod auth;
+pub mod keys;
 pub mod membership;
 pub mod node_api;
 pub mod placement;

@@ -24,7 +24,7 @@ impl Service {
             .unwrap()
             .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sfu-control"))
-            .args(["--etcd", etcd, "--cluster", "ctl"])
+            .args(["--etcd", etcd, "--cluster", "ctl", "--dev"])
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -51,6 +51,30 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Without keys the control plane does not fall back to the public development key.
+#[test]
+fn the_control_plane_refuses_to_start_without_keys() {
+    let run = |args: &[&str]| {
+        // Bounded: a control plane that wrongly starts would otherwise wait for etcd.
+        let out = std::process::Command::new("timeout")
+            .args(["20", env!("CARGO_BIN_EXE_sfu-control")])
+            .args(["--etcd", "http://127.0.0.1:9", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("SFU_KEYS")
+            .env_remove("SFU_DEV")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&[]);
+    assert!(e.contains("no API keys") && e.contains("--dev"), "{e}");
+    let e = run(&["--keys", "prod:short"]);
+    assert!(e.contains("at least 32 bytes"), "{e}");
+    let e = run(&["--keys", ""]);
+    assert!(e.contains("empty"), "{e}");
 }
 
 fn sfuctl(url: &str, args: &[&str]) -> Output {

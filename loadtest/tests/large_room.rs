@@ -95,6 +95,7 @@ async fn three_hundred_audience_peers_spread_over_nodes_and_are_counted_not_anno
         let mut c = Config::loopback();
         c.cluster.node_id = id.clone();
         c.cluster.etcd = vec![etcd.endpoint.clone()];
+        c.dev = true;
         c.cluster.certs_dir = Some(dir.clone());
         c.cluster.name = "large".into();
         // A low capacity: placement must spread the room before a node fills.

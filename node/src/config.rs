@@ -1,7 +1,10 @@
 //! Node configuration: defaults, then a TOML file, then environment variables and flags.
 //!
-//! With no configuration at all the node runs in development mode: API key `devkey`, secret
-//! `secret`, HTTP on port 7880, media on UDP port 7882 and up, and a log line saying so.
+//! With no configuration at all the node runs in development mode on loopback: API key
+//! `devkey`, secret `secret`, HTTP on 127.0.0.1:7880, media on UDP port 7882 and up announced
+//! as 127.0.0.1, and a log line saying so. The development key is public, so it is never used
+//! where anyone but this machine could present it: a node bound to another address, or one in
+//! a cluster (etcd), refuses to start without keys unless told `--dev`.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -9,9 +12,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-/// The development API key and secret used when no keys are configured.
-pub const DEV_API_KEY: &str = "devkey";
-pub const DEV_API_SECRET: &str = "secret";
+pub use sfu_control::keys::{DEV_API_KEY, DEV_API_SECRET, MIN_SECRET_BYTES};
 
 /// Complete node configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -21,8 +22,12 @@ pub struct Config {
     pub http_bind: SocketAddr,
     /// Media transport.
     pub rtc: RtcConfig,
-    /// API key → secret. Empty means development mode.
+    /// API key → secret. Empty means development mode, which needs [`Config::dev`] unless
+    /// the node is reachable from this machine only.
     pub keys: BTreeMap<String, String>,
+    /// Development mode asked for: the public development key even on an open address or in a
+    /// cluster (`--dev`).
+    pub dev: bool,
     /// Per-room limits and forwarding choices.
     pub room: RoomLimits,
     /// Limits on signaling input.
@@ -159,9 +164,11 @@ pub const JOINS_PER_WORKER: u32 = 50;
 impl Default for Config {
     fn default() -> Self {
         Self {
-            http_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7880),
+            // Loopback until told otherwise: with no keys, this machine is all it may serve.
+            http_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
             rtc: RtcConfig::default(),
             keys: BTreeMap::new(),
+            dev: false,
             room: RoomLimits::default(),
             limits: InputLimits::default(),
             cluster: ClusterConfig::default(),
@@ -270,6 +277,11 @@ impl Config {
         if !self.rtc.bind_ip.is_unspecified() {
             return vec![self.rtc.bind_ip];
         }
+        // Signaling on loopback only reaches clients on this machine: they need no other
+        // address, and none is opened.
+        if self.http_bind.ip().is_loopback() {
+            return vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        }
         let mut ips: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
             .map(|addrs| {
                 addrs
@@ -283,10 +295,27 @@ impl Config {
         ips
     }
 
-    /// Checks values that parse but cannot work.
+    /// Whether only this machine can reach the node: HTTP and media on loopback, no cluster.
+    pub fn loopback_only(&self) -> bool {
+        self.http_bind.ip().is_loopback()
+            && self.announced_ips().iter().all(IpAddr::is_loopback)
+            && !self.cluster.enabled()
+    }
+
+    /// Checks values that parse but cannot work, or must not.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if let Some((k, _)) = self.keys.iter().find(|(k, s)| k.is_empty() || s.len() < 6) {
-            bail!("API key {k:?}: keys must be non-empty and secrets at least 6 characters long");
+        sfu_control::keys::check_keys(&self.keys)?;
+        if self.keys.is_empty() && !self.dev && !self.loopback_only() {
+            bail!(
+                "no API keys: the development key is public, so a node {} needs keys \
+                 (--keys KEY:SECRET or SFU_KEYS, secrets of {MIN_SECRET_BYTES}+ bytes); \
+                 --dev allows the development key anyway",
+                if self.cluster.enabled() {
+                    "in a cluster".to_owned()
+                } else {
+                    format!("reachable beyond this machine (HTTP on {})", self.http_bind)
+                }
+            );
         }
         if self.limits.max_message_bytes < 1024 || self.limits.max_sdp_bytes < 1024 {
             bail!("limits must be at least 1024 bytes");
@@ -316,28 +345,24 @@ impl Config {
     }
 }
 
-/// Parses `key:secret,key2:secret2` (the `--keys` flag and `SFU_KEYS`).
+/// Parses `key:secret,key2:secret2` (the `--keys` flag and `SFU_KEYS`). An empty setting is
+/// an error, not development mode: `SFU_KEYS=""` is a deployment mistake.
 pub fn parse_keys(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (k, v) = pair
-                .split_once(':')
-                .with_context(|| format!("key {pair:?} is not of the form key:secret"))?;
-            Ok((k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect()
+    Ok(sfu_control::keys::parse_keys(s)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const LONG: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn defaults_are_development_mode_on_7880() {
+    fn defaults_are_development_mode_on_loopback_7880() {
         let c = Config::default();
         assert!(c.is_dev());
-        assert_eq!(c.http_bind.port(), 7880);
+        assert_eq!(c.http_bind, "127.0.0.1:7880".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.announced_ips(), [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         assert_eq!(
             c.effective_keys().get("devkey").map(String::as_str),
             Some("secret")
@@ -346,26 +371,58 @@ mod tests {
     }
 
     #[test]
+    fn the_development_key_never_serves_beyond_this_machine_unless_asked() {
+        let open = Config {
+            http_bind: "0.0.0.0:7880".parse().unwrap(),
+            ..Default::default()
+        };
+        let e = open.validate().unwrap_err().to_string();
+        assert!(e.contains("no API keys") && e.contains("--dev"), "{e}");
+        let mut media_open = Config::default();
+        media_open.rtc.node_ips = vec!["192.0.2.1".parse().unwrap()];
+        assert!(
+            media_open.validate().is_err(),
+            "media announced beyond loopback"
+        );
+        let mut clustered = Config::default();
+        clustered.cluster.etcd = vec!["http://127.0.0.1:2379".into()];
+        clustered.cluster.certs_dir = Some("/tmp".into());
+        let e = clustered.validate().unwrap_err().to_string();
+        assert!(e.contains("in a cluster"), "{e}");
+        for mut c in [open, media_open, clustered] {
+            c.dev = true;
+            assert!(c.validate().is_ok(), "--dev allows it");
+            c.dev = false;
+            c.keys = parse_keys(&format!("prod:{LONG}")).unwrap();
+            assert!(c.validate().is_ok(), "keys allow it");
+        }
+    }
+
+    #[test]
     fn file_values_override_defaults_and_unknown_fields_are_errors() {
         let c: Config = toml::from_str(
-            "http_bind = \"127.0.0.1:9000\"\n[rtc]\nudp_port = 9100\n[keys]\nprod = \"0123456789\"\n",
+            "http_bind = \"127.0.0.1:9000\"\ndev = true\n[rtc]\nudp_port = 9100\n[keys]\nprod = \"0123456789\"\n",
         )
         .unwrap();
         assert_eq!(c.http_bind.port(), 9000);
         assert_eq!(c.rtc.udp_port, 9100);
-        assert!(!c.is_dev());
+        assert!(!c.is_dev() && c.dev);
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
     }
 
     #[test]
     fn keys_flag_parses_and_rejects_garbage() {
-        let k = parse_keys("a:secret1, b:secret2").unwrap();
+        let k = parse_keys(&format!("a:{LONG}, b:{LONG}")).unwrap();
         assert_eq!(k.len(), 2);
         assert!(parse_keys("nocolon").is_err());
+        assert!(parse_keys("").is_err() && parse_keys(" , ").is_err());
+        assert!(parse_keys(&format!("a:{}", &LONG[1..])).is_err());
+        // A configuration file's keys are checked as well.
         let c = Config {
-            keys: parse_keys("a:short").unwrap(),
+            keys: [("a".to_owned(), LONG[1..].to_owned())].into(),
             ..Default::default()
         };
-        assert!(c.validate().is_err());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 32 bytes"), "31 bytes: {e}");
     }
 }

@@ -57,9 +57,13 @@ struct ServeArgs {
     /// Media worker threads (0: one per core).
     #[arg(long, env = "SFU_WORKERS", global = true)]
     workers: Option<usize>,
-    /// API keys as key:secret pairs, comma-separated. None: development mode.
+    /// API keys as key:secret pairs, comma-separated (secrets of 32+ bytes). None: development
+    /// mode, allowed only on loopback unless --dev.
     #[arg(long, env = "SFU_KEYS", global = true, hide_env_values = true)]
     keys: Option<String>,
+    /// Use the public development key even on an open address or in a cluster.
+    #[arg(long, env = "SFU_DEV", global = true)]
+    dev: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. "info,sfu_node=debug".
     #[arg(long, env = "SFU_LOG", global = true)]
     log: Option<String>,
@@ -138,9 +142,12 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(w) = args.workers {
         c.rtc.workers = w;
     }
-    if let Some(k) = &args.keys {
+    // clap takes an empty variable for an absent one; an empty key list is a mistake.
+    let empty_env = std::env::var_os("SFU_KEYS").is_some_and(|v| v.is_empty());
+    if let Some(k) = args.keys.as_deref().or(empty_env.then_some("")) {
         c.keys = config::parse_keys(k).context("--keys / SFU_KEYS")?;
     }
+    c.dev |= args.dev;
     if let Some(l) = &args.log {
         c.log = l.clone();
     }

@@ -205,9 +205,15 @@ impl Server {
         });
         if config.is_dev() {
             tracing::warn!(
-                "development mode: API key {:?}, secret {:?}; configure keys for anything else",
+                "development mode: API key {:?}, secret {:?}; {}",
                 crate::config::DEV_API_KEY,
-                crate::config::DEV_API_SECRET
+                crate::config::DEV_API_SECRET,
+                if config.loopback_only() {
+                    "only this machine can reach the node; to open it to the network, give \
+                     keys and an address: --keys KEY:SECRET --bind 0.0.0.0:7880"
+                } else {
+                    "anyone who can reach this node can mint tokens (--dev)"
+                }
             );
         }
         tracing::info!(

@@ -42,13 +42,36 @@ fn token_subcommand_mints_a_token_the_node_accepts() {
 
 #[test]
 fn bad_configuration_is_refused_with_a_reason() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfu-node"))
-        .args(["--keys", "nocolon"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("key:secret"), "{err}");
+    let refused = |args: &[&str], env: &[(&str, &str)], reason: &str| {
+        // Bounded: a node that wrongly starts would otherwise serve until killed.
+        let out = Command::new("timeout")
+            .args(["20", env!("CARGO_BIN_EXE_sfu-node")])
+            .args(args)
+            .env_remove("SFU_KEYS")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} started: {err}");
+        assert!(err.contains(reason), "{args:?} {env:?}: {err}");
+    };
+    refused(&["--keys", "nocolon"], &[], "key:secret");
+    // The public development key never serves beyond this machine unless asked for.
+    refused(&["--bind", "0.0.0.0:0"], &[], "no API keys");
+    refused(&["--node-ip", "192.0.2.1"], &[], "no API keys");
+    refused(
+        &[
+            "--etcd",
+            "http://127.0.0.1:9",
+            "--certs-dir",
+            "/nonexistent",
+        ],
+        &[],
+        "in a cluster",
+    );
+    // An empty setting is a mistake, not development mode; short secrets are refused.
+    refused(&[], &[("SFU_KEYS", "")], "empty");
+    refused(&["--keys", "prod:tooshort"], &[], "at least 32 bytes");
 }
 
 /// Reports links that come up, and keeps them (a dropped link's control stream ends, which

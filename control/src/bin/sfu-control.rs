@@ -20,9 +20,13 @@ struct Cli {
     /// Listen address for gRPC and JSON.
     #[arg(long, env = "SFU_CONTROL_BIND", default_value_t = sfu_control::service::default_bind())]
     bind: SocketAddr,
-    /// API keys as key:secret pairs (comma-separated). None: the development key.
+    /// API keys as key:secret pairs (comma-separated; secrets of 32+ bytes). Required unless
+    /// --dev.
     #[arg(long, env = "SFU_KEYS", hide_env_values = true)]
     keys: Option<String>,
+    /// Use the public development key ("devkey" / "secret"): for a cluster on one machine.
+    #[arg(long, env = "SFU_DEV")]
+    dev: bool,
 }
 
 #[tokio::main]
@@ -35,20 +39,26 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let keys: BTreeMap<String, String> = match &cli.keys {
-        Some(k) => k
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, s) = p.split_once(':').context("keys are key:secret pairs")?;
-                Ok((k.trim().to_owned(), s.trim().to_owned()))
-            })
-            .collect::<anyhow::Result<_>>()?,
-        None => {
-            tracing::warn!("development mode: API key \"devkey\", secret \"secret\"");
-            [("devkey".to_owned(), "secret".to_owned())].into()
-        }
-    };
+    // clap takes an empty variable for an absent one; an empty key list is a mistake.
+    let empty_env = std::env::var_os("SFU_KEYS").is_some_and(|v| v.is_empty());
+    let keys: BTreeMap<String, String> =
+        match (cli.keys.as_deref().or(empty_env.then_some("")), cli.dev) {
+            (Some(k), _) => sfu_control::keys::parse_keys(k).context("--keys / SFU_KEYS")?,
+            (None, true) => {
+                tracing::warn!(
+                    "development mode: API key {:?}, secret {:?}; anyone who can reach this \
+                 service can mint tokens",
+                    sfu_control::keys::DEV_API_KEY,
+                    sfu_control::keys::DEV_API_SECRET
+                );
+                sfu_control::keys::dev_keys()
+            }
+            (None, false) => anyhow::bail!(
+                "no API keys: give --keys KEY:SECRET (or SFU_KEYS; secrets of {}+ bytes, the \
+             nodes' keys), or --dev for the public development key",
+                sfu_control::keys::MIN_SECRET_BYTES
+            ),
+        };
     let control = sfu_control::service::connect(&cli.etcd, &cli.cluster, &keys).await?;
     let listener = tokio::net::TcpListener::bind(cli.bind)
         .await

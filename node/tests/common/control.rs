@@ -51,6 +51,7 @@ impl Cluster {
             let mut config = Config::loopback();
             config.cluster.node_id = id.clone();
             config.cluster.etcd = vec![etcd.endpoint.clone()];
+            config.dev = true;
             config.cluster.certs_dir = Some(dir.clone());
             config.cluster.name = "cp".to_owned();
             configure(i, &mut config);

@@ -45,7 +45,8 @@ impl NodeProcess {
         let http = free_port();
         let log = dir.join(format!("{id}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-node"));
-        cmd.args(["--node-id", id, "--etcd", etcd, "--cluster", "it"])
+        // A cluster on one machine, with the development key.
+        cmd.args(["--node-id", id, "--etcd", etcd, "--cluster", "it", "--dev"])
             .arg("--certs-dir")
             .arg(certs)
             .args(["--bind", &format!("127.0.0.1:{http}")])
