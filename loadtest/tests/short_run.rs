@@ -2,7 +2,7 @@
 //! Media flows both ways (two publishers that also subscribe get each other's media, and every
 //! subscriber gets both), loss stays under 1 %, and every field of the report is filled; with
 //! full receivers (every packet decrypted) and with light ones (headers, and a sample
-//! decrypted).
+//! decrypted). And a panic in one room of a worker leaves another room on it flowing.
 
 use sfu_loadtest::report::Report;
 use sfu_loadtest::run::{Watch, run};
@@ -183,4 +183,100 @@ async fn twenty_light_peers_over_whip_and_whep_fill_the_report() {
     let r = run_against_node(TargetKind::Whip, "short-whip-light", true).await;
     check(&r, 1.0);
     check_light(&r);
+}
+
+/// A panic while the worker handles one room closes that room (its participants are told and
+/// its media stops) and another room on the same worker keeps flowing through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_room_leaves_another_on_the_same_worker_flowing() {
+    use sfu_node::media::Command;
+    let mut config = Config::loopback();
+    config.rtc.workers = 1;
+    let node = Server::start(config).await.expect("node starts");
+    let url = format!("http://{}", node.http_addr);
+    let room = |name: &str| {
+        Scenario::from_toml(&format!(
+            r#"
+room_prefix = "{name}"
+light_receivers = true
+publishers = 1
+subscribers = 4
+join_rate = 40
+warmup_secs = 2
+duration_secs = 8
+
+[target]
+kind = "sfu"
+url = "{url}"
+
+[video]
+bitrate_kbps = 300
+fps = 15
+keyframe_interval_secs = 2
+
+[audio]
+bitrate_kbps = 32
+"#
+        ))
+        .expect("the test scenario is valid")
+    };
+    let watch = Watch {
+        pids: vec![std::process::id()],
+        progress: false,
+    };
+    let (failing, healthy) = (room("doomed"), room("healthy"));
+    let (w1, w2) = (watch.clone(), watch.clone());
+    let doomed = tokio::spawn(async move { run(&failing, &w1).await });
+    let kept = tokio::spawn(async move { run(&healthy, &w2).await });
+    // Inside both measurement windows (joins take ~0.2 s, then 2 s of warm-up).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    node.media
+        .send_to(
+            0,
+            Command::InjectPanic {
+                room: "doomed".into(),
+            },
+        )
+        .expect("the worker takes commands");
+    let (doomed, kept) = (doomed.await.unwrap().unwrap(), kept.await.unwrap().unwrap());
+    println!("{doomed}\n{kept}");
+
+    let metrics = node.metrics.encode();
+    assert!(
+        metrics.contains("sfu_room_panics_total 1"),
+        "the panic was caught and counted: {metrics}"
+    );
+    // The room that panicked was closed on the worker: nobody of it is left there.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    node.media
+        .send_to(
+            0,
+            Command::ListParticipants {
+                room: "doomed".into(),
+                after: String::new(),
+                limit: 100,
+                reply: tx,
+            },
+        )
+        .unwrap();
+    assert!(rx.await.unwrap().is_empty(), "the failed room was closed");
+    // Its participants were told why their sessions ended; the other room's media went on
+    // all the way through its window.
+    assert!(
+        doomed.peers_failed == 5
+            && doomed
+                .failures
+                .iter()
+                .any(|f| f.contains("the room failed on this node")),
+        "the failed room's participants were told:\n{doomed}"
+    );
+    let kbps = |r: &Report| r.video_kbps.as_ref().map_or(0.0, |p| p.p50);
+    assert_eq!(kept.receivers_complete, 4, "{kept}");
+    assert_eq!(kept.receivers_under_1pct_loss, 4, "{kept}");
+    assert!(kbps(&kept) > 250.0, "the other room kept flowing:\n{kept}");
+    assert!(
+        node.media.stopped_workers().is_empty(),
+        "the worker is still running"
+    );
+    node.stop().await;
 }

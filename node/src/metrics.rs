@@ -41,6 +41,8 @@ pub struct Metrics {
     pub webhooks_dropped: Counter,
     /// Joins answered `429` because the node admits joins at a limited rate.
     pub joins_throttled: Counter,
+    /// Panics caught while a media worker handled a room (the room was closed).
+    pub room_panics: Counter,
 }
 
 impl Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
             packets_out: Counter::default(),
             bytes_out: Counter::default(),
             relayed: Counter::default(),
+            room_panics: Counter::default(),
             nacks_received: Counter::default(),
             retransmitted: Counter::default(),
             keyframe_requests_received: Counter::default(),
@@ -110,6 +113,11 @@ impl Metrics {
             "relayed_packets",
             "RTP packets sent on relay links: to other nodes, and to the other media workers of this node",
             m.relayed.clone(),
+        );
+        registry.register(
+            "room_panics",
+            "Panics caught while a media worker handled a room; each closed that room on its worker",
+            m.room_panics.clone(),
         );
         registry.register(
             "nacks_received",

@@ -220,6 +220,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             "not registered in the cluster",
         );
     }
+    let stopped = state.media.stopped_workers();
+    if !stopped.is_empty() {
+        tracing::error!(workers = ?stopped, "media workers stopped");
+        return (StatusCode::SERVICE_UNAVAILABLE, "a media worker stopped");
+    }
     // The workers answer a snapshot only if their loops are running.
     let probe = tokio::time::timeout(std::time::Duration::from_secs(2), state.media.snapshot());
     match probe.await {

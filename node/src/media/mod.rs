@@ -24,6 +24,7 @@ pub mod udp;
 pub mod worker;
 mod worker_cluster;
 mod worker_commands;
+mod worker_guard;
 mod worker_links;
 mod worker_metrics;
 
@@ -182,6 +183,12 @@ pub enum Command {
     },
     /// Input from the cluster: relay links and registry changes.
     Cluster(ClusterInput),
+    /// Test hook: the worker panics while handling `room`, as a bug would (see
+    /// `Worker::guarded`). Not reachable from any network input.
+    #[doc(hidden)]
+    InjectPanic {
+        room: String,
+    },
 }
 
 /// What a client says about showing a track (see `ClientMessage::TrackSettings`).

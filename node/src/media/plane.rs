@@ -100,6 +100,13 @@ impl MediaPlane {
         self.workers.len()
     }
 
+    /// Workers whose loop has ended (its thread panicked outside any room, or stopped).
+    pub fn stopped_workers(&self) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&i| self.workers[i].is_closed())
+            .collect()
+    }
+
     /// The worker a new participant goes to: the one with the fewest (counted at once, so a
     /// burst of joins spreads; each worker corrects its count every second).
     pub fn join_worker(&self) -> usize {

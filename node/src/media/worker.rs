@@ -93,6 +93,9 @@ pub(super) struct WorkerDrops {
 pub(super) struct Worker {
     /// This worker's index among its node's workers.
     pub(super) index: usize,
+    /// The room the input being handled reached into, if any: the one a panic closes (see
+    /// [`super::worker_guard`]).
+    pub(super) touching: Option<usize>,
     pub(super) shared: Arc<Shared>,
     pub(super) socket: UdpSocket,
     pub(super) ctx: Arc<RoomContext>,
@@ -209,6 +212,7 @@ pub(super) fn spawn(
                 };
                 let mut worker = Worker {
                     index,
+                    touching: None,
                     shared,
                     socket,
                     ctx,
@@ -264,12 +268,12 @@ impl Worker {
                 }
                 command = commands.recv() => match command {
                     Some(c) => {
-                        self.handle_command(c);
+                        self.guarded(|w| w.handle_command(c));
                         // What else is queued is handled in this turn too, so that its relayed
                         // packets share datagrams and the socket is flushed once.
                         for _ in 1..COMMANDS_PER_TURN {
                             let Ok(c) = commands.try_recv() else { break };
-                            self.handle_command(c);
+                            self.guarded(|w| w.handle_command(c));
                         }
                     }
                     None => break,
@@ -305,7 +309,7 @@ impl Worker {
             };
             let now = Instant::now();
             for (from, data) in batch.iter() {
-                self.handle_datagram(now, from, data);
+                self.guarded(|w| w.handle_datagram(now, from, data));
             }
             if n < BATCH {
                 return;
@@ -336,6 +340,7 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(target.room) else {
             return;
         };
+        self.touching = Some(target.room);
         room.handle_datagram(now, target.peer, from, data, &mut self.out);
         self.after_room(target.room);
     }
@@ -361,17 +366,23 @@ impl Worker {
                 break;
             }
             self.deadlines.pop();
-            let Some(room) = self.rooms.get_mut(idx) else {
-                continue;
-            };
-            if room.armed != Some(t) {
-                continue;
-            }
-            room.armed = None;
-            room.handle_timeout(now, &mut self.out);
-            room.refresh_demand_periodic(now, &mut self.out);
-            self.after_room(idx);
+            self.guarded(|w| w.room_deadline(now, t, idx));
         }
+    }
+
+    /// A room's deadline `t` is due.
+    fn room_deadline(&mut self, now: Instant, t: Instant, idx: usize) {
+        let Some(room) = self.rooms.get_mut(idx) else {
+            return;
+        };
+        if room.armed != Some(t) {
+            return;
+        }
+        self.touching = Some(idx);
+        room.armed = None;
+        room.handle_timeout(now, &mut self.out);
+        room.refresh_demand_periodic(now, &mut self.out);
+        self.after_room(idx);
     }
 
     /// Applies a room's routing changes and effects, re-arms its deadline, and closes it
@@ -422,6 +433,7 @@ impl Worker {
 
     pub(super) fn room_index(&mut self, name: &str, create: bool) -> Option<usize> {
         if let Some(&idx) = self.room_by_name.get(name) {
+            self.touching = Some(idx);
             return Some(idx);
         }
         if !create {
@@ -435,6 +447,7 @@ impl Worker {
             self.large_room_threshold(name),
         ));
         self.room_by_name.insert(name.to_owned(), idx);
+        self.touching = Some(idx);
         self.membership.set_json(
             self.membership.keys().room_node(name, &self.name()),
             &sfu_control::records::RoomNodeRecord::default(),

@@ -278,6 +278,7 @@ impl Worker {
             if let Some(idx) = room.and_then(|r| self.room_by_name.get(&r).copied())
                 && let Some(room) = self.rooms.get_mut(idx)
             {
+                self.touching = Some(idx);
                 room.route_core_outputs(now, &mut self.out);
             }
         }
@@ -338,6 +339,7 @@ impl Worker {
                         Ok(d) => {
                             let (track, layer, packet) = (d.key.track, d.layer, d.packet);
                             if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
+                                self.touching = Some(idx);
                                 self.rooms[idx].handle_relayed_rtp(
                                     now,
                                     track,
@@ -415,6 +417,7 @@ impl Worker {
         if let ClusterEvent::NodeGone(node) = &e {
             let rooms: Vec<usize> = self.rooms.iter().map(|(i, _)| i).collect();
             for idx in rooms {
+                self.touching = Some(idx);
                 self.rooms[idx].on_node_gone(now, node, &mut self.out);
                 self.after_room(idx);
             }

@@ -152,7 +152,11 @@ impl Worker {
                 let page = self
                     .room_by_name
                     .get(&room)
-                    .map(|&idx| self.rooms[idx].list_local(&after, limit))
+                    .copied()
+                    .map(|idx| {
+                        self.touching = Some(idx);
+                        self.rooms[idx].list_local(&after, limit)
+                    })
                     .unwrap_or_default();
                 let _ = reply.send(page);
             }
@@ -163,6 +167,12 @@ impl Worker {
                 let _ = reply.send(self.admin(now, op));
             }
             Command::Cluster(input) => self.handle_cluster(input),
+            Command::InjectPanic { room } => {
+                if let Some(idx) = self.room_index(&room, false) {
+                    self.touching = Some(idx);
+                    panic!("injected in room {room:?} (test hook)");
+                }
+            }
         }
     }
 
