@@ -120,6 +120,27 @@ async fn attack(base: String, addr: SocketAddr, udp: Vec<SocketAddr>) {
     )
     .await;
     assert_eq!((s, p["type"].as_str()), (413, Some("too_large")), "{p}");
+    // An offer asking for 100 media sections is refused before it is parsed.
+    let many: String = (2..100)
+        .map(|i| format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{i}\r\n"))
+        .collect();
+    let hundred = format!("{offer}{many}");
+    let (s, p) = post_sdp(
+        &base,
+        &whip,
+        Some(&good),
+        "application/sdp",
+        hundred.clone(),
+    )
+    .await;
+    assert_eq!((s, p["type"].as_str()), (400, Some("invalid_sdp")), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than 16 media sections"),
+        "{p}"
+    );
 
     // Tokens: missing, expired, forged, for another room, without canPublish.
     let (s, p) = post_sdp(&base, &whip, None, "application/sdp", offer.clone()).await;
@@ -300,6 +321,23 @@ async fn attack(base: String, addr: SocketAddr, udp: Vec<SocketAddr>) {
     )
     .await;
     assert_error(&v, "invalid_sdp");
+    ws2.send(Message::Text(
+        serde_json::json!({"type": "publish", "sdp": hundred})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    // Room events (others leaving) may come first.
+    let mut v = ws_next(&mut ws2).await;
+    while v["type"] != "error" {
+        v = ws_next(&mut ws2).await;
+    }
+    assert_error(&v, "invalid_sdp");
+    assert!(
+        v["message"].as_str().unwrap().contains("media sections"),
+        "{v}"
+    );
 
     // Garbage UDP at every worker socket: random bytes, fake STUN, RTP and DTLS from unknown
     // addresses, and empty datagrams.

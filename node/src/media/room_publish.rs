@@ -58,6 +58,42 @@ pub(super) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::InvalidSdp, format!("invalid SDP: {e}"))
 }
 
+/// Media sections a client's offer may have. A publisher sends a few tracks (microphone,
+/// camera, a screen and its audio), a WHEP player receives two; each section becomes a track
+/// or subscription with its own state (a retransmission cache per layer), so a client may not
+/// ask for hundreds.
+pub const MAX_OFFERED_SECTIONS: usize = 16;
+/// Simulcast layers (RIDs) a media section may have: three, as every browser sends, and one
+/// spare.
+pub const MAX_RIDS_PER_SECTION: usize = 4;
+
+/// A client's offer, refused before it is parsed if it asks for more than the node gives any
+/// client (see [`MAX_OFFERED_SECTIONS`]).
+pub(super) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalError> {
+    let (mut sections, mut rids) = (0usize, 0usize);
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            sections += 1;
+            rids = 0;
+        } else if line.starts_with("a=rid:") {
+            rids += 1;
+        }
+        if sections > MAX_OFFERED_SECTIONS {
+            return Err(SignalError::new(
+                ErrorCode::InvalidSdp,
+                format!("the offer has more than {MAX_OFFERED_SECTIONS} media sections"),
+            ));
+        }
+        if rids > MAX_RIDS_PER_SECTION {
+            return Err(SignalError::new(
+                ErrorCode::InvalidSdp,
+                format!("a media section has more than {MAX_RIDS_PER_SECTION} simulcast layers"),
+            ));
+        }
+    }
+    RTCSessionDescription::offer(sdp).map_err(invalid_sdp)
+}
+
 pub(super) fn internal(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::Internal, e.to_string())
 }
@@ -121,7 +157,7 @@ impl LocalRoom {
             ));
         }
         let existing = p.publisher;
-        let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp)?;
+        let offer = client_offer(sdp)?;
         let key = match existing {
             Some(k) => k,
             None => self.create_peer(now, sid, Direction::Publish)?,

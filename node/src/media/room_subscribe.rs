@@ -507,7 +507,7 @@ impl LocalRoom {
                 "the offer has no a=fingerprint:sha-256 line",
             )
         })?;
-        let offer = RTCSessionDescription::offer(sdp).map_err(invalid_sdp)?;
+        let offer = super::room_publish::client_offer(sdp)?;
         let key = self.create_peer(now, sid, Direction::Subscribe)?;
         if let Some(t) = &mut self.peers[key].transport
             && let Err(e) = t.set_remote_fingerprint(&fingerprint)
