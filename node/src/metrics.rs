@@ -43,6 +43,8 @@ pub struct Metrics {
     pub joins_throttled: Counter,
     /// Panics caught while a media worker handled a room (the room was closed).
     pub room_panics: Counter,
+    /// WebSocket clients disconnected because they did not read their messages.
+    pub slow_clients: Counter,
 }
 
 impl Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             relayed: Counter::default(),
             room_panics: Counter::default(),
+            slow_clients: Counter::default(),
             nacks_received: Counter::default(),
             retransmitted: Counter::default(),
             keyframe_requests_received: Counter::default(),
@@ -118,6 +121,11 @@ impl Metrics {
             "room_panics",
             "Panics caught while a media worker handled a room; each closed that room on its worker",
             m.room_panics.clone(),
+        );
+        registry.register(
+            "slow_clients",
+            "WebSocket clients disconnected because they did not read their messages (queue full or a send stalled)",
+            m.slow_clients.clone(),
         );
         registry.register(
             "nacks_received",

@@ -420,3 +420,68 @@ async fn bad_input_gets_clear_errors_and_no_other_room_is_harmed() {
     browser.stop().await;
     node.stop().await;
 }
+
+/// A client that stops reading is disconnected once a message to it stalls, and leaves its
+/// room, instead of holding the node's memory and its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_and_leaves_its_room() {
+    let node = start_node().await;
+    let addr = node.http_addr;
+    // A small receive buffer, so that the node's socket buffer is what fills.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(addr).await.unwrap();
+    let url = format!(
+        "ws://{addr}/rtc?access_token={}",
+        token("lazy", "slow", false, true)
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"join"}"#.into()))
+        .await
+        .unwrap();
+    let joined = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => break serde_json::from_str::<Value>(&t).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(node.media.snapshot().await.participants, 1);
+
+    // Requests whose answers (errors quoting a long unknown message type) it never reads.
+    let ask = format!(r#"{{"type":"{}"}}"#, "x".repeat(16_000));
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(40) {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            ws.send(Message::Text(ask.clone().into())),
+        )
+        .await;
+        if matches!(sent, Ok(Err(_))) {
+            closed = true;
+            break;
+        }
+        if node.media.snapshot().await.participants == 0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the node let the client go");
+    let mut left = false;
+    for _ in 0..50 {
+        if node.media.snapshot().await.participants == 0 {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left, "the client's participant left the room");
+    let metrics = common::metrics(&format!("http://{addr}")).await;
+    assert_eq!(
+        common::metric(&metrics, "sfu_slow_clients_total"),
+        1.0,
+        "{metrics}"
+    );
+    node.stop().await;
+}

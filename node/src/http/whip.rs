@@ -20,7 +20,6 @@ use axum::routing::{delete, post};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tokio::sync::mpsc;
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -135,7 +134,7 @@ async fn start(
         .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
         .map(str::to_owned);
 
-    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (events, mut events_rx) = crate::signaling::events();
     let kind = match endpoint {
         Endpoint::Whip => ParticipantKind::Whip,
         Endpoint::Whep => ParticipantKind::Whep { source },

@@ -14,7 +14,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use std::time::Duration;
 
 /// Frames above this are refused by the WebSocket layer itself (close code 1009); below it,
 /// the configured message limit applies and gets a protocol error instead.
@@ -61,8 +61,10 @@ struct Session {
     grants: Grants,
     room: String,
     participant: Option<String>,
-    events_tx: mpsc::UnboundedSender<Outbound>,
-    events_rx: mpsc::UnboundedReceiver<Outbound>,
+    events_tx: crate::signaling::Events,
+    events_rx: crate::signaling::EventsRx,
+    /// The client stopped reading what it is sent: the session ends.
+    too_slow: bool,
 }
 
 /// What the loop does after a client message.
@@ -73,7 +75,7 @@ enum Flow {
 
 impl Session {
     fn new(state: AppState, grants: Grants, room: String) -> Self {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = crate::signaling::events();
         Self {
             state,
             grants,
@@ -81,6 +83,7 @@ impl Session {
             participant: None,
             events_tx,
             events_rx,
+            too_slow: false,
         }
     }
 
@@ -106,25 +109,48 @@ impl Session {
                     let left = matches!(&event, Outbound::Message(m) if matches!(**m, ServerMessage::Left { .. }));
                     let sent = match event {
                         Outbound::Message(m) => send(&mut socket, &m).await,
-                        Outbound::Shared(text) => socket.send(Message::Text(text)).await,
+                        Outbound::Shared(text) => send_text(&mut socket, text).await,
                     };
-                    if sent.is_err() || left {
+                    if left {
                         // The node ended the session (e.g. the same identity joined again).
                         self.participant = None;
                         break;
                     }
+                    if let Err(e) = sent {
+                        self.too_slow |= is_too_slow(&e);
+                        break;
+                    }
                 }
             }
+            if self.events_rx.overflowed() {
+                self.too_slow = true;
+            }
+            if self.too_slow {
+                break;
+            }
         }
+        let too_slow = self.too_slow;
+        let reason = if too_slow {
+            self.state.metrics.slow_clients.inc();
+            tracing::info!(room = %self.room, "a client that did not read its messages was disconnected");
+            "the client did not read its messages"
+        } else {
+            "signaling connection closed"
+        };
         if let Some(sid) = self.participant.take() {
             let _ = self.state.media.send(
                 &self.room,
                 Command::Leave {
                     room: self.room.clone(),
                     participant: sid,
-                    reason: "signaling connection closed".into(),
+                    reason: reason.into(),
                 },
             );
+        }
+        if too_slow {
+            // Not awaited for long: the client is not reading.
+            let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
+            return;
         }
         let _ = socket.send(Message::Close(None)).await;
     }
@@ -157,7 +183,9 @@ impl Session {
         let request = request_name(&message);
         match self.handle(message).await {
             Ok(Some(reply)) => {
-                let _ = send(socket, &reply).await;
+                if let Err(e) = send(socket, &reply).await {
+                    self.too_slow |= is_too_slow(&e);
+                }
                 if matches!(reply, ServerMessage::Left { .. }) {
                     Flow::Stop
                 } else {
@@ -387,14 +415,14 @@ impl Session {
     }
 
     async fn error(
-        &self,
+        &mut self,
         socket: &mut WebSocket,
         code: ErrorCode,
         message: &str,
         request: Option<&str>,
     ) {
         self.state.metrics.signaling_errors.inc();
-        let _ = send(
+        let sent = send(
             socket,
             &ServerMessage::Error {
                 code,
@@ -403,6 +431,9 @@ impl Session {
             },
         )
         .await;
+        if let Err(e) = sent {
+            self.too_slow |= is_too_slow(&e);
+        }
     }
 }
 
@@ -426,7 +457,31 @@ fn request_name(m: &ClientMessage) -> &'static str {
     }
 }
 
+/// How long one message may take to reach the client's socket. A client that stops reading
+/// fills the socket's buffers and then stalls the send; it is let go rather than waited for.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await
+    send_text(socket, text.into()).await
+}
+
+/// Sends one text frame within [`SEND_TIMEOUT`].
+async fn send_text(
+    socket: &mut WebSocket,
+    text: axum::extract::ws::Utf8Bytes,
+) -> Result<(), axum::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new(TooSlow)),
+    }
+}
+
+/// The client did not take a message within [`SEND_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the client did not read its messages")]
+struct TooSlow;
+
+fn is_too_slow(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<TooSlow>())
 }

@@ -318,7 +318,6 @@ mod tests {
     use crate::auth::Grants;
     use crate::signaling::Outbound;
     use std::sync::Arc;
-    use tokio::sync::mpsc;
 
     fn room(threshold: u32, now: Instant) -> LocalRoom {
         let ctx = Arc::new(RoomContext {
@@ -340,8 +339,8 @@ mod tests {
         identity: &str,
         stage: bool,
         admin: bool,
-    ) -> (JoinRequest, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (JoinRequest, crate::signaling::EventsRx) {
+        let (tx, rx) = crate::signaling::events();
         let grants = Grants {
             identity: identity.into(),
             name: identity.into(),
@@ -364,7 +363,7 @@ mod tests {
         (request, rx)
     }
 
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<String> {
+    fn drain(rx: &mut crate::signaling::EventsRx) -> Vec<String> {
         let mut types = Vec::new();
         while let Ok(m) = rx.try_recv() {
             let text = match m {

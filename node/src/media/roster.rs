@@ -410,14 +410,13 @@ pub(super) fn encode(message: &ServerMessage) -> Utf8Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
 
     fn participant(
         sid: &str,
         stage: bool,
         announced: bool,
-    ) -> (Participant, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Participant, crate::signaling::EventsRx) {
+        let (tx, rx) = crate::signaling::events();
         (
             Participant {
                 sid: sid.into(),
