@@ -7,13 +7,17 @@
 //! stayed above 80 % for three seconds after video had been paused. Two rules stop this:
 //!
 //! - [`RecentResends`]: a packet resent to a subscription is not resent again within
-//!   [`RESEND_INTERVAL`]; the first copy may still be on its way.
+//!   [`RESEND_INTERVAL`]; the first copy may still be on its way. It remembers as many
+//!   packets as the retransmission cache holds, so a NACK naming the whole cache window again
+//!   and again gets each packet once per interval.
 //! - [`RetransmitBudget`]: retransmissions to one subscriber may use at most
 //!   [`RETRANSMIT_SHARE`] of its bandwidth estimate (token bucket); beyond that, NACKs are
 //!   left unanswered (a subscriber that cannot wait for the packet asks for a keyframe).
+//!   A subscriber that sends no congestion feedback is budgeted as if its estimate were
+//!   [`DEFAULT_ESTIMATE_BPS`]: otherwise a 150-byte NACK could make the node send half a
+//!   megabyte.
 //!
-//! Subscribers without congestion feedback have no estimate and no budget: every NACK is
-//! answered, as before.
+//! And one NACK is answered for at most [`MAX_RESENT_PER_NACK`] packets.
 
 use std::time::{Duration, Instant};
 
@@ -21,15 +25,27 @@ use std::time::{Duration, Instant};
 pub const RESEND_INTERVAL: Duration = Duration::from_millis(100);
 /// Share of a subscriber's estimate that retransmissions may use.
 pub const RETRANSMIT_SHARE: f64 = 0.2;
+/// The estimate a subscriber without congestion feedback is budgeted by: 400 kbps of
+/// retransmissions, more than a 1.5 Mbps stream at 10 % loss needs.
+pub const DEFAULT_ESTIMATE_BPS: u64 = 2_000_000;
+/// Packets one NACK may have resent: a lost burst of a large key frame, not a whole cache.
+pub const MAX_RESENT_PER_NACK: usize = 64;
 /// The budget saved up while nothing is retransmitted covers this much time at its rate.
 const BURST: Duration = Duration::from_millis(250);
 /// The smallest bucket: one full-size packet, so a low estimate still gets some repair.
 const MIN_BURST_BYTES: f64 = 1_500.0;
-/// Slots remembered per subscription (a power of two, indexed by sequence number).
-const SLOTS: usize = 64;
+/// Slots remembered per subscription (indexed by sequence number): the retransmission
+/// cache's default size, so that every packet a NACK can name has a slot of its own.
+const SLOTS: usize = crate::retransmit::DEFAULT_CACHE_SIZE;
 
-/// When each remembered sequence number was last resent.
-type Slots = [Option<(u16, Instant)>; SLOTS];
+/// When each remembered sequence number was last resent: milliseconds after `base`, plus one
+/// (0: never). Compact (6 bytes a slot), since every subscription that ever NACKs has one.
+#[derive(Debug)]
+struct Slots {
+    base: Instant,
+    seq: [u16; SLOTS],
+    at: [u32; SLOTS],
+}
 
 /// The last packets resent to one subscription, by outgoing sequence number. The slots are
 /// allocated at the first NACK: most subscriptions (audio, clean links) never see one.
@@ -41,15 +57,30 @@ pub struct RecentResends {
 impl RecentResends {
     /// Whether `seq` may be resent now; if so, remembers that it is.
     pub fn allow(&mut self, now: Instant, seq: u16) -> bool {
-        let slots = self.slots.get_or_insert_with(|| Box::new([None; SLOTS]));
-        let slot = &mut slots[seq as usize % SLOTS];
-        if let Some((s, at)) = *slot
-            && s == seq
-            && now.saturating_duration_since(at) < RESEND_INTERVAL
+        let slots = self.slots.get_or_insert_with(|| {
+            Box::new(Slots {
+                base: now,
+                seq: [0; SLOTS],
+                at: [0; SLOTS],
+            })
+        });
+        let i = seq as usize % SLOTS;
+        let ms = now.saturating_duration_since(slots.base).as_millis();
+        // A node up for 49 days: start the clock again (at worst one early resend per slot).
+        let ms = u32::try_from(ms + 1).unwrap_or_else(|_| {
+            slots.base = now;
+            slots.at = [0; SLOTS];
+            1
+        });
+        let at = slots.at[i];
+        if at != 0
+            && slots.seq[i] == seq
+            && u64::from(ms - at.min(ms)) < RESEND_INTERVAL.as_millis() as u64
         {
             return false;
         }
-        *slot = Some((seq, now));
+        slots.seq[i] = seq;
+        slots.at[i] = ms;
         true
     }
 }
@@ -63,11 +94,9 @@ pub struct RetransmitBudget {
 
 impl RetransmitBudget {
     /// Whether a retransmission of `bytes` fits, with the subscriber's estimate `estimate_bps`
-    /// (`None`: no estimate, no limit); if it fits, it is spent.
+    /// (`None`: no estimate yet, [`DEFAULT_ESTIMATE_BPS`]); if it fits, it is spent.
     pub fn allow(&mut self, now: Instant, estimate_bps: Option<u64>, bytes: usize) -> bool {
-        let Some(estimate) = estimate_bps else {
-            return true;
-        };
+        let estimate = estimate_bps.unwrap_or(DEFAULT_ESTIMATE_BPS);
         let rate = estimate as f64 * RETRANSMIT_SHARE / 8.0;
         let cap = (rate * BURST.as_secs_f64()).max(MIN_BURST_BYTES);
         self.tokens = match self.refilled {
@@ -123,10 +152,30 @@ mod tests {
     }
 
     #[test]
-    fn without_an_estimate_every_retransmission_goes() {
+    fn without_an_estimate_the_default_one_bounds_retransmissions() {
         let t0 = Instant::now();
         let mut b = RetransmitBudget::default();
-        assert!((0..1_000).all(|_| b.allow(t0, None, 1_200)));
+        // 2 Mbps * 0.2 = 50,000 bytes/s, a burst of 12,500 bytes.
+        let sent = (0..1_000).filter(|_| b.allow(t0, None, 1_200)).count();
+        assert_eq!(sent, 10, "the burst: 12,500 bytes");
+        let later = t0 + Duration::from_secs(1);
+        let more = (0..1_000).filter(|_| b.allow(later, None, 1_200)).count();
+        assert_eq!(more, 10, "a second's refill, capped at the burst");
+    }
+
+    #[test]
+    fn the_whole_cache_window_is_remembered() {
+        let t0 = Instant::now();
+        let mut r = RecentResends::default();
+        let all: Vec<u16> = (0..SLOTS as u16)
+            .map(|i| 60_000u16.wrapping_add(i))
+            .collect();
+        assert!(all.iter().all(|&s| r.allow(t0, s)));
+        let t1 = t0 + Duration::from_millis(50);
+        assert!(
+            all.iter().all(|&s| !r.allow(t1, s)),
+            "none twice within the interval"
+        );
     }
 
     #[test]

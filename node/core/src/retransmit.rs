@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Packets older than this are not resent: the receiver's jitter buffer has given up on them.
 pub const MAX_RETRANSMIT_AGE: Duration = Duration::from_secs(2);
+/// Packets a layer's cache holds unless the room is configured otherwise.
+pub const DEFAULT_CACHE_SIZE: usize = 512;
 
 struct Slot {
     ext_seq: u64,

@@ -56,7 +56,7 @@ impl Default for RoomConfig {
     fn default() -> Self {
         Self {
             // About 2 s of 2.5 Mbps video in 1,200-byte packets.
-            cache_size: 512,
+            cache_size: crate::retransmit::DEFAULT_CACHE_SIZE,
             tick: Duration::from_millis(50),
             keyframe_retry: Duration::from_secs(1),
             speakers: SpeakerConfig::default(),
@@ -151,7 +151,8 @@ pub struct RoomStats {
     pub red_packets: u64,
     /// NACKs not answered because the packet was resent to that subscription moments ago.
     pub nack_repeats: u64,
-    /// NACKs not answered because the subscriber's retransmission budget was spent.
+    /// NACKs not answered because the subscriber's retransmission budget was spent, or the
+    /// NACK named more packets than one may have resent.
     pub nack_over_budget: u64,
 }
 

@@ -224,7 +224,9 @@ impl Room {
             return;
         };
         let sink = track.subscriptions[i].sink;
-        for &out_seq in lost {
+        let answered = lost.len().min(crate::resend::MAX_RESENT_PER_NACK);
+        self.stats.nack_over_budget += (lost.len() - answered) as u64;
+        for &out_seq in &lost[..answered] {
             if !track.subscriptions[i].resent.allow(now, out_seq) {
                 self.stats.nack_repeats += 1;
                 continue;

@@ -48,7 +48,11 @@ impl Room {
         let Some(layer) = track.layers.get(relay.layer) else {
             return;
         };
-        for &seq in lost {
+        // Links are between this cluster's nodes, but a bug should not make one resend a
+        // whole cache either.
+        let answered = lost.len().min(crate::resend::MAX_RESENT_PER_NACK);
+        self.stats.nack_over_budget += (lost.len() - answered) as u64;
+        for &seq in &lost[..answered] {
             match layer.cache.get(seq, now) {
                 Some(cached) => {
                     self.stats.retransmitted += 1;

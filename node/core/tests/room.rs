@@ -510,3 +510,41 @@ fn red_goes_as_it_is_to_red_subscribers_and_as_its_primary_block_to_others() {
     assert_eq!(subs, vec![with_red]);
     assert_eq!(h.room.stats().dropped_malformed, 1);
 }
+
+/// A NACK flood (a subscriber without congestion feedback naming the whole cache, a hundred
+/// times a second) gets what the default budget allows, not the cache a hundred times over.
+#[test]
+fn a_nack_flood_stays_inside_the_retransmission_budget() {
+    let mut h = Harness::new();
+    h.add_video(VIDEO, 1);
+    // As the node declares every subscriber: here one that negotiated no congestion feedback.
+    h.room.set_sink(SinkId(1), sfu_core::SinkParams::default());
+    let sub = h.subscribe(VIDEO, 1, 0);
+    h.drain();
+    let mut sent = Vec::new();
+    for i in 0..500u16 {
+        let mut p = vp8(7, i, 3000 * i as u32, i == 0);
+        p.payload = Bytes::from(vec![0x10; 1_000]);
+        h.room.handle_rtp(h.now, VIDEO, 0, p);
+        sent.extend(rtp_outputs(&h.drain()).into_iter().map(|(_, p)| p));
+    }
+    assert_eq!(sent.len(), 500);
+    let all: Vec<u16> = sent.iter().map(|p| p.header.sequence_number).collect();
+    let mut resent_bytes = 0usize;
+    for _ in 0..100 {
+        h.room.handle_nack(h.now, sub, &all);
+        resent_bytes += rtp_outputs(&h.drain())
+            .iter()
+            .map(|(_, p)| p.payload.len())
+            .sum::<usize>();
+        h.advance(Duration::from_millis(10));
+    }
+    // 1 s at 20 % of the default 2 Mbps estimate (50,000 bytes/s) plus its 12,500-byte burst;
+    // answering everything would have been 50 MB.
+    assert!(
+        resent_bytes <= 63_000,
+        "{resent_bytes} bytes resent for 100 NACKs of 500 packets"
+    );
+    assert!(resent_bytes > 0, "some repair still goes");
+    assert!(h.room.stats().nack_over_budget > 0);
+}
