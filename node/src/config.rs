@@ -154,6 +154,10 @@ pub struct InputLimits {
     /// Joins per second the node admits before answering `429` (0: the default for its
     /// media workers, see [`JOINS_PER_WORKER`]).
     pub joins_per_sec: u32,
+    /// A WebSocket client from which nothing (not even the answer to a ping, which browsers
+    /// send by themselves) arrived for this long is gone: its session ends. The node pings
+    /// every third of it.
+    pub ws_idle_secs: u64,
 }
 
 /// Joins per second per media worker admitted by default. Measured (BENCHMARKS.md, "Large
@@ -211,6 +215,7 @@ impl Default for InputLimits {
             max_message_bytes: 64 * 1024,
             max_sdp_bytes: 64 * 1024,
             joins_per_sec: 0,
+            ws_idle_secs: 45,
         }
     }
 }
@@ -319,6 +324,9 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 || self.limits.max_sdp_bytes < 1024 {
             bail!("limits must be at least 1024 bytes");
+        }
+        if self.limits.ws_idle_secs == 0 {
+            bail!("limits.ws_idle_secs must be at least 1");
         }
         let c = &self.cluster;
         if !c.node_id.is_empty()

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub room_panics: Counter,
     /// WebSocket clients disconnected because they did not read their messages.
     pub slow_clients: Counter,
+    /// WebSocket clients disconnected because nothing came from them for too long.
+    pub idle_clients: Counter,
 }
 
 impl Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             relayed: Counter::default(),
             room_panics: Counter::default(),
             slow_clients: Counter::default(),
+            idle_clients: Counter::default(),
             nacks_received: Counter::default(),
             retransmitted: Counter::default(),
             keyframe_requests_received: Counter::default(),
@@ -126,6 +129,11 @@ impl Metrics {
             "slow_clients",
             "WebSocket clients disconnected because they did not read their messages (queue full or a send stalled)",
             m.slow_clients.clone(),
+        );
+        registry.register(
+            "idle_clients",
+            "WebSocket clients disconnected because nothing (not even a pong) came from them for limits.ws_idle_secs",
+            m.idle_clients.clone(),
         );
         registry.register(
             "nacks_received",

@@ -485,3 +485,47 @@ async fn a_client_that_never_reads_is_disconnected_and_leaves_its_room() {
     );
     node.stop().await;
 }
+
+/// A client from which nothing comes (not even the answers to the node's pings) is let go
+/// after `limits.ws_idle_secs`; one that keeps reading answers the pings by itself and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_let_go_and_a_listening_one_stays() {
+    let mut config = sfu_node::Config::loopback();
+    config.limits.ws_idle_secs = 2;
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let addr = node.http_addr;
+    let mut silent = ws_connect(addr, Some(&token("silent", "quiet", false, true)))
+        .await
+        .unwrap();
+    let v = ws_request(&mut silent, r#"{"type":"join"}"#.into()).await;
+    assert_eq!(v["type"], "joined", "{v}");
+    let mut listening = ws_connect(addr, Some(&token("listening", "quiet", false, true)))
+        .await
+        .unwrap();
+    let v = ws_request(&mut listening, r#"{"type":"join"}"#.into()).await;
+    assert_eq!(v["type"], "joined", "{v}");
+    // Only the listening client reads (and so answers pings) for 5 s.
+    let reading = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(m)) = tokio::time::timeout_at(until, listening.next()).await {
+            m.expect("the listening client stays connected");
+        }
+        listening
+    });
+    let mut listening = reading.await.unwrap();
+    assert_eq!(
+        node.media.snapshot().await.participants,
+        1,
+        "the silent client left, the listening one stayed"
+    );
+    let v = ws_request(&mut listening, r#"{"type":"ping","id":1}"#.into()).await;
+    assert_eq!(v["type"], "pong", "{v}");
+    let metrics = common::metrics(&format!("http://{addr}")).await;
+    assert_eq!(
+        common::metric(&metrics, "sfu_idle_clients_total"),
+        1.0,
+        "{metrics}"
+    );
+    drop(silent);
+    node.stop().await;
+}

@@ -88,10 +88,27 @@ impl Session {
     }
 
     async fn run(mut self, mut socket: WebSocket) {
+        let idle = Duration::from_secs(self.state.config.limits.ws_idle_secs);
+        let mut keepalive = tokio::time::interval(idle / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
+        let mut idle_out = false;
         loop {
             tokio::select! {
+                _ = keepalive.tick() => {
+                    if heard.elapsed() >= idle {
+                        idle_out = true;
+                        break;
+                    }
+                    let ping = socket.send(Message::Ping(Default::default()));
+                    if tokio::time::timeout(SEND_TIMEOUT, ping).await.is_err() {
+                        self.too_slow = true;
+                        break;
+                    }
+                }
                 frame = socket.recv() => {
                     let Some(Ok(frame)) = frame else { break };
+                    heard = tokio::time::Instant::now();
                     let flow = match frame {
                         Message::Text(text) => self.on_text(&mut socket, text.as_str()).await,
                         Message::Binary(_) => {
@@ -134,6 +151,9 @@ impl Session {
             self.state.metrics.slow_clients.inc();
             tracing::info!(room = %self.room, "a client that did not read its messages was disconnected");
             "the client did not read its messages"
+        } else if idle_out {
+            self.state.metrics.idle_clients.inc();
+            "nothing heard from the client"
         } else {
             "signaling connection closed"
         };
@@ -147,7 +167,7 @@ impl Session {
                 },
             );
         }
-        if too_slow {
+        if too_slow || idle_out {
             // Not awaited for long: the client is not reading.
             let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
             return;
