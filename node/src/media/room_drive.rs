@@ -135,7 +135,7 @@ impl LocalRoom {
 
     /// A subscriber connection is up: its subscriptions start (a WHEP player's sources are
     /// chosen).
-    fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    pub(super) fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let peer = &mut self.peers[key];
         if peer.connected {
             return;

@@ -27,10 +27,11 @@ fn sha256_fingerprint(sdp: &str) -> Option<String> {
     })
 }
 
-/// Hands the peer's certificate fingerprint to the node's transport of its connection.
-fn set_fingerprint(peer: &mut super::room::Peer, sdp: &str) -> Result<(), SignalError> {
+/// Hands the peer's certificate fingerprint to the node's transport of its connection; true
+/// if that connected it (the handshake had finished before the answer arrived).
+fn set_fingerprint(peer: &mut super::room::Peer, sdp: &str) -> Result<bool, SignalError> {
     let Some(t) = &mut peer.transport else {
-        return Ok(());
+        return Ok(false);
     };
     let fingerprint = sha256_fingerprint(sdp).ok_or_else(|| {
         SignalError::new(
@@ -372,7 +373,7 @@ impl LocalRoom {
                 "no offer is outstanding",
             ));
         }
-        set_fingerprint(peer, &sdp)?;
+        let connected_now = set_fingerprint(peer, &sdp)?;
         let answer = RTCSessionDescription::answer(sdp).map_err(invalid_sdp)?;
         peer.pc
             .set_remote_description(now, answer)
@@ -384,6 +385,9 @@ impl LocalRoom {
         let params = super::peer::sink_params(&mut peer.pc);
         tracing::debug!(room = %self.name, participant = %sid, ?params, "subscriber congestion control");
         self.core.set_sink(SinkId(key as u64), params);
+        if connected_now {
+            self.on_connected(now, key, out);
+        }
         self.attach_subscriptions(now, key);
         self.negotiate(now, sid)?;
         self.drive(now, key, out);

@@ -52,6 +52,9 @@ pub struct Dtls {
     /// SHA-256 of the certificate the peer's SDP announced (empty until the SDP is known).
     fingerprint: Vec<u8>,
     remote: Option<SocketAddr>,
+    /// A handshake that finished before the peer's SDP (its answer travels over the WebSocket,
+    /// its DTLS over UDP, and either may arrive first): it is checked when the SDP comes.
+    finished_early: Option<SocketAddr>,
 }
 
 impl Dtls {
@@ -79,17 +82,22 @@ impl Dtls {
             crypto,
             fingerprint: Vec::new(),
             remote: None,
+            finished_early: None,
         })
     }
 
     /// The peer's certificate fingerprint from its SDP (`a=fingerprint:sha-256 AB:CD:...`).
-    pub fn set_remote_fingerprint(&mut self, hex: &str) -> Result<(), DtlsError> {
+    /// If the handshake already finished, it is checked now: the keys, if it matches.
+    pub fn set_remote_fingerprint(&mut self, hex: &str) -> Result<Option<SrtpKeys>, DtlsError> {
         self.fingerprint = hex
             .split(':')
             .map(|b| u8::from_str_radix(b, 16))
             .collect::<Result<_, _>>()
             .map_err(|_| DtlsError::Fingerprint)?;
-        Ok(())
+        match self.finished_early.take() {
+            Some(from) => self.keys(from).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A DTLS datagram from `from`; what it sends back goes into `out`.
@@ -108,6 +116,9 @@ impl Dtls {
         let mut result = None;
         for event in events.map_err(dtls_err)? {
             match event {
+                EndpointEvent::HandshakeComplete if self.fingerprint.is_empty() => {
+                    self.finished_early = Some(from);
+                }
                 EndpointEvent::HandshakeComplete => {
                     result = Some(DtlsEvent::Connected(self.keys(from)?))
                 }
@@ -183,5 +194,113 @@ impl Dtls {
             let _ = self.endpoint.stop(now, remote);
             self.drain(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::peer::worker_certificate;
+    use rtc::peer_connection::certificate::RTCCertificate;
+
+    /// The `a=fingerprint:sha-256` value of a certificate.
+    fn fingerprint(cert: &RTCCertificate) -> String {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let der = cert.dtls_certificate.certificate[0].as_ref();
+        let digest = provider.crypto().hash(HashAlgorithm::Sha256, der).unwrap();
+        digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// A browser's side of the handshake with certificate `cert`, in memory: runs until
+    /// neither side sends more, and returns what the server reported.
+    fn handshake(server: &mut Dtls, cert: &RTCCertificate) -> Result<Vec<DtlsEvent>, DtlsError> {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(rtc::crypto::default_provider().unwrap())
+            .with_certificates(vec![cert.dtls_certificate.clone()])
+            .with_srtp_protection_profiles(vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm])
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, None)
+            .unwrap();
+        let (client_addr, server_addr): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:6000".parse().unwrap(),
+        );
+        let mut client = Endpoint::new(client_addr, TransportProtocol::UDP, None);
+        let now = Instant::now();
+        client
+            .connect(now, server_addr, Arc::new(config), None)
+            .unwrap();
+        let mut events = Vec::new();
+        for _ in 0..20 {
+            let mut to_client = Vec::new();
+            let mut sent = false;
+            while let Some(t) = client.poll_transmit() {
+                sent = true;
+                let event = server.handle(now, client_addr, &t.message, &mut to_client)?;
+                events.extend(event);
+            }
+            for (_, d) in to_client {
+                sent = true;
+                client.read(now, server_addr, None, d).unwrap();
+            }
+            if !sent {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    fn server() -> Dtls {
+        let cert = worker_certificate().unwrap();
+        let provider = rtc::crypto::default_provider().unwrap();
+        Dtls::new("127.0.0.1:6000".parse().unwrap(), &cert, provider).unwrap()
+    }
+
+    /// The answer (with the fingerprint) travels over the WebSocket, the handshake over UDP:
+    /// either may come first.
+    #[test]
+    fn a_handshake_that_finishes_before_the_answer_connects_when_it_comes() {
+        let (mut s, browser) = (server(), worker_certificate().unwrap());
+        let events = handshake(&mut s, &browser).unwrap();
+        assert!(
+            events.is_empty(),
+            "no keys before the certificate can be checked"
+        );
+        let keys = s.set_remote_fingerprint(&fingerprint(&browser)).unwrap();
+        assert!(keys.is_some(), "the answer's fingerprint connects it");
+    }
+
+    #[test]
+    fn a_handshake_after_the_answer_connects_at_once() {
+        let (mut s, browser) = (server(), worker_certificate().unwrap());
+        assert!(
+            s.set_remote_fingerprint(&fingerprint(&browser))
+                .unwrap()
+                .is_none()
+        );
+        let events = handshake(&mut s, &browser).unwrap();
+        assert!(matches!(events[..], [DtlsEvent::Connected(_)]));
+    }
+
+    #[test]
+    fn another_certificate_than_the_answer_names_is_refused_either_way() {
+        let (browser, other) = (worker_certificate().unwrap(), worker_certificate().unwrap());
+        let mut early = server();
+        assert!(handshake(&mut early, &browser).unwrap().is_empty());
+        assert!(matches!(
+            early.set_remote_fingerprint(&fingerprint(&other)),
+            Err(DtlsError::Fingerprint)
+        ));
+        let mut late = server();
+        late.set_remote_fingerprint(&fingerprint(&other)).unwrap();
+        assert!(matches!(
+            handshake(&mut late, &browser),
+            Err(DtlsError::Fingerprint)
+        ));
     }
 }

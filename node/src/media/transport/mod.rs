@@ -109,9 +109,16 @@ impl Transport {
         Ok(self)
     }
 
-    /// The fingerprint the peer's SDP announced.
-    pub fn set_remote_fingerprint(&mut self, hex: &str) -> Result<(), TransportError> {
-        Ok(self.dtls.set_remote_fingerprint(hex)?)
+    /// The fingerprint the peer's SDP announced. True if that connects the transport: the
+    /// DTLS handshake had finished before the SDP arrived, and the certificate matches.
+    pub fn set_remote_fingerprint(&mut self, hex: &str) -> Result<bool, TransportError> {
+        match self.dtls.set_remote_fingerprint(hex)? {
+            Some(keys) => {
+                self.keys = Some(self.session(keys)?);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     pub fn connected(&self) -> bool {
