@@ -59,3 +59,47 @@ mod tests {
         assert_eq!("TR_0123456789abcdeg".parse::<TrackId>(), Err(ParseIdError));
     }
 }
+
+/// A map keyed by ids this project mints (tracks, subscriptions, sinks, outgoing SSRCs),
+/// hashed by one multiply instead of SipHash: it is looked up per forwarded packet and
+/// subscriber, and its keys are not chosen by remote parties, so the flooding resistance SipHash
+/// buys is not needed (measured: SipHash was ~500 of ~4,400 instructions per forwarded packet).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// See [`IdMap`]: FxHash's step (rotate, xor, multiply by a large odd constant).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl IdHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}

@@ -45,7 +45,7 @@ pub use codec::{Codec, MediaKind};
 pub use downlink::SinkParams;
 pub use edits::{PacketEdits, Vp8Edit};
 pub use forwarder::{DropReason, Forwarder, ForwarderConfig, Rewrite};
-pub use ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
+pub use ids::{IdMap, LayerIndex, SinkId, SubscriptionId, TrackId};
 pub use room::{Output, Room, RoomConfig, RoomError, RoomStats};
 pub use speakers::{Speaker, SpeakerConfig};
 pub use subscription::{

@@ -21,7 +21,7 @@ use crate::clock::WallClock;
 use crate::codec::MediaKind;
 use crate::downlink::{Downlink, SinkParams};
 use crate::forwarder::{DropReason, Forwarder, ForwarderConfig};
-use crate::ids::{LayerIndex, SinkId, SubscriptionId, TrackId};
+use crate::ids::{IdMap, LayerIndex, SinkId, SubscriptionId, TrackId};
 use crate::resend::RecentResends;
 use crate::speakers::{Speaker, SpeakerConfig, Speakers};
 use crate::subscription::{
@@ -29,7 +29,7 @@ use crate::subscription::{
 };
 use crate::track::{Track, TrackInfo};
 use rtp::packet::Packet;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,11 +160,11 @@ pub struct RoomStats {
 pub struct Room {
     pub(crate) clock: WallClock,
     pub(crate) config: RoomConfig,
-    pub(crate) tracks: HashMap<TrackId, Track>,
+    pub(crate) tracks: IdMap<TrackId, Track>,
     /// Which track owns each subscription.
-    pub(crate) index: HashMap<SubscriptionId, TrackId>,
+    pub(crate) index: IdMap<SubscriptionId, TrackId>,
     /// Subscribers' downlinks, by sink (local subscribers only; relay sinks have none).
-    pub(crate) downlinks: HashMap<SinkId, Downlink>,
+    pub(crate) downlinks: IdMap<SinkId, Downlink>,
     pub(crate) speakers: Speakers,
     pub(crate) next_subscription: u64,
     pub(crate) outputs: VecDeque<Output>,
@@ -180,9 +180,9 @@ impl Room {
         Self {
             clock,
             config,
-            tracks: HashMap::new(),
-            index: HashMap::new(),
-            downlinks: HashMap::new(),
+            tracks: IdMap::default(),
+            index: IdMap::default(),
+            downlinks: IdMap::default(),
             speakers: Speakers::default(),
             next_subscription: 1,
             outputs: VecDeque::new(),

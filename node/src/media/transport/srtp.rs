@@ -12,7 +12,6 @@ use rtc::crypto::{
     AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
     StreamCipherAlgorithm,
 };
-use std::collections::HashMap;
 
 /// The SRTP protection profiles the node accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +134,7 @@ impl Roc {
 pub struct RtpProtector {
     profile: Profile,
     cipher: Cipher,
-    rocs: HashMap<u32, Roc>,
+    rocs: sfu_core::IdMap<u32, Roc>,
 }
 
 impl RtpProtector {
@@ -195,7 +194,7 @@ impl RtpProtector {
         Ok(Self {
             profile,
             cipher,
-            rocs: HashMap::new(),
+            rocs: sfu_core::IdMap::default(),
         })
     }
 
