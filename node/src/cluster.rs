@@ -260,7 +260,7 @@ fn stat_cpu_seconds(path: &str) -> Option<(String, f64)> {
 }
 
 /// CPU seconds the media worker threads (named `media-N`) used so far.
-fn media_cpu_seconds() -> f64 {
+pub(crate) fn media_cpu_seconds() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };

@@ -158,6 +158,12 @@ pub struct InputLimits {
     /// send by themselves) arrived for this long is gone: its session ends. The node pings
     /// every third of it.
     pub ws_idle_secs: u64,
+    /// WHEP sessions one access token may have open at once (0: no limit).
+    pub whep_sessions_per_token: u32,
+    /// Joins wait (`429`, `Retry-After`) while the media workers use more than this share of a
+    /// core each, on average over the last second: a join then would degrade everyone already
+    /// in (0: never).
+    pub max_worker_cpu: f64,
 }
 
 /// Joins per second per media worker admitted by default. Measured (BENCHMARKS.md, "Large
@@ -216,6 +222,8 @@ impl Default for InputLimits {
             max_sdp_bytes: 64 * 1024,
             joins_per_sec: 0,
             ws_idle_secs: 45,
+            whep_sessions_per_token: 10,
+            max_worker_cpu: 0.95,
         }
     }
 }
@@ -237,6 +245,8 @@ impl Config {
         };
         c.rtc.udp_port = 0;
         c.rtc.node_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        // Tests and local tools run their peers on the same cores as the node.
+        c.limits.max_worker_cpu = 0.0;
         c.rtc.workers = 2;
         c.cluster.relay_bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
         c

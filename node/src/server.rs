@@ -157,7 +157,7 @@ impl Server {
             load: Default::default(),
             updated_ms: 0,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(route_events(
                 node_id.as_str().into(),
                 events_rx,
@@ -186,14 +186,19 @@ impl Server {
         }
 
         let config = Arc::new(config);
-        let app = router(AppState::new(
+        let state = AppState::new(
             config.clone(),
             media.clone(),
             metrics.clone(),
             membership.clone(),
             node_id.as_str().into(),
             drain.clone(),
-        ));
+        );
+        tasks.push(tokio::spawn(crate::http::gate::sample_worker_cpu(
+            state.gate.clone(),
+            media.worker_count(),
+        )));
+        let app = router(state);
         let (tx, rx) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {

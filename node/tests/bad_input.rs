@@ -529,3 +529,54 @@ async fn a_silent_client_is_let_go_and_a_listening_one_stays() {
     drop(silent);
     node.stop().await;
 }
+
+/// While the media workers are saturated, joins are told to come back later (`429`,
+/// `at_capacity`) instead of degrading everyone already in; once the load falls they are
+/// admitted again. (The limit here is tiny, so that a flood of junk datagrams saturates.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_wait_while_the_media_workers_are_saturated() {
+    let mut config = sfu_node::Config::loopback();
+    config.rtc.workers = 1;
+    config.limits.max_worker_cpu = 0.001;
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let (addr, target) = (node.http_addr, node.media.udp_addrs()[0]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..200 {
+                    let _ = socket.send_to(&[0x80; 200], target).await;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let t = token("late", "busy", false, true);
+    let mut refused = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(status) = ws_connect(addr, Some(&t)).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(429),
+        "a join while the worker is saturated waits"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
+    let mut admitted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if ws_connect(addr, Some(&t)).await.is_ok() {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "joins are admitted again once the load falls");
+    node.stop().await;
+}

@@ -192,3 +192,50 @@ async fn garbage_sent_to_a_live_peer_is_dropped() {
     );
     node.stop().await;
 }
+
+/// One viewer token opens at most `limits.whep_sessions_per_token` WHEP sessions at once; a
+/// session that ends frees its place.
+#[tokio::test]
+async fn a_viewer_token_opens_a_limited_number_of_sessions() {
+    let mut config = sfu_node::Config::loopback();
+    config.limits.whep_sessions_per_token = 2;
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let http = reqwest::Client::new();
+    let viewer = token("viewer", "limited", false, true);
+    let play = |t: String| {
+        http.post(format!("{base}/whep/limited"))
+            .header("content-type", "application/sdp")
+            .bearer_auth(t)
+            .body(offer(false))
+            .send()
+    };
+    let first = play(viewer.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(play(viewer.clone()).await.unwrap().status(), 201);
+    let third = play(viewer.clone()).await.unwrap();
+    assert_eq!(third.status(), 429);
+    let problem: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(problem["type"], "too_many_sessions", "{problem}");
+    // Another token is not affected; ending a session frees a place.
+    let other = token("other-viewer", "limited", false, true);
+    assert_eq!(play(other).await.unwrap().status(), 201);
+    let deleted = http
+        .delete(format!("{base}{location}"))
+        .bearer_auth(viewer.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let mut again = 0;
+    for _ in 0..50 {
+        again = play(viewer.clone()).await.unwrap().status().as_u16();
+        if again == 201 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(again, 201, "the ended session's place is free again");
+    node.stop().await;
+}

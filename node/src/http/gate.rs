@@ -4,9 +4,18 @@
 //! stall the media of everyone already in. Joins past the rate are answered `429` with
 //! `Retry-After`; clients that honour it (the demo page, the load tester) come back, so a
 //! storm is spread out in time instead of failing.
+//!
+//! The gate also closes while the media workers are saturated (their CPU, sampled every
+//! second, above `limits.max_worker_cpu` of a core each on average): a join would then degrade
+//! everyone already in, so it is answered `429` with `Retry-After`, and the control plane
+//! places it on another node (it sees the same load in the node's record).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+/// How long a join refused for load is told to wait.
+pub const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 /// See the module documentation.
 pub struct JoinGate {
@@ -15,6 +24,10 @@ pub struct JoinGate {
     rate: f64,
     /// Joins admitted at once after a quiet while.
     burst: f64,
+    /// The media workers' CPU over the last sample, in thousandths of a core per worker.
+    busy_permille: AtomicU32,
+    /// Above this (thousandths of a core per worker), joins wait; 0: never.
+    max_busy_permille: u32,
 }
 
 struct Bucket {
@@ -33,7 +46,27 @@ impl JoinGate {
             }),
             rate,
             burst: rate.max(1.0),
+            busy_permille: AtomicU32::new(0),
+            max_busy_permille: 0,
         }
+    }
+
+    /// Also closes while the workers use more than `fraction` of a core each (0: never).
+    pub fn with_max_worker_cpu(mut self, fraction: f64) -> Self {
+        self.max_busy_permille = (fraction.max(0.0) * 1000.0).round() as u32;
+        self
+    }
+
+    /// The workers' CPU, in cores per worker, as last sampled.
+    pub fn set_worker_cpu(&self, per_worker: f64) {
+        let permille = (per_worker.max(0.0) * 1000.0).round().min(u32::MAX as f64) as u32;
+        self.busy_permille.store(permille, Ordering::Relaxed);
+    }
+
+    /// Whether the workers are too busy for another join.
+    pub fn saturated(&self) -> bool {
+        self.max_busy_permille > 0
+            && self.busy_permille.load(Ordering::Relaxed) > self.max_busy_permille
     }
 
     /// Admits one join now, or says how long until one would be.
@@ -69,9 +102,36 @@ impl JoinGate {
     }
 }
 
+/// Samples the media workers' CPU into `gate` every second, for as long as the node runs.
+pub async fn sample_worker_cpu(gate: std::sync::Arc<JoinGate>, workers: usize) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (Instant::now(), crate::cluster::media_cpu_seconds());
+    loop {
+        tick.tick().await;
+        let now = (Instant::now(), crate::cluster::media_cpu_seconds());
+        let elapsed = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        gate.set_worker_cpu((now.1 - last.1) / elapsed / workers.max(1) as f64);
+        last = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closes_while_the_workers_are_saturated_and_only_if_asked() {
+        let gate = JoinGate::new(0).with_max_worker_cpu(0.9);
+        gate.set_worker_cpu(0.5);
+        assert!(!gate.saturated());
+        gate.set_worker_cpu(0.97);
+        assert!(gate.saturated());
+        gate.set_worker_cpu(0.2);
+        assert!(!gate.saturated(), "open again once the load falls");
+        let never = JoinGate::new(0);
+        never.set_worker_cpu(5.0);
+        assert!(!never.saturated());
+    }
 
     #[test]
     fn admits_the_rate_and_says_when_to_come_back() {

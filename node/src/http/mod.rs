@@ -5,7 +5,7 @@ mod admin;
 mod demo;
 pub mod gate;
 mod problem;
-mod whip;
+pub(crate) mod whip;
 mod ws;
 
 use crate::auth::{Authenticator, Grants};
@@ -55,7 +55,10 @@ impl AppState {
                 membership.clone(),
                 node_id.to_string(),
             )),
-            gate: Arc::new(gate::JoinGate::new(config.joins_per_sec())),
+            gate: Arc::new(
+                gate::JoinGate::new(config.joins_per_sec())
+                    .with_max_worker_cpu(config.limits.max_worker_cpu),
+            ),
             nodes: {
                 let (key, secret) = keys
                     .iter()
@@ -140,6 +143,16 @@ impl AppState {
     /// may be stale and other nodes may already consider it gone. Past its join rate it asks
     /// joiners to come back later (`429` with `Retry-After`).
     fn admitting(&self) -> Result<(), Problem> {
+        if self.gate.saturated() {
+            self.metrics.joins_throttled.inc();
+            // 429, as for the join rate: clients already come back after `Retry-After`.
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "at_capacity",
+                "this node's media workers are saturated; retry, or join another node",
+            )
+            .retry_after(gate::BUSY_RETRY));
+        }
         if let Err(wait) = self.gate.try_admit() {
             self.metrics.joins_throttled.inc();
             return Err(Problem::too_many_requests(wait));

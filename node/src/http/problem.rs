@@ -30,6 +30,13 @@ impl Problem {
         }
     }
 
+    /// Tells the client when to come back (`Retry-After`, whole seconds).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
     /// `429 Too Many Requests`: the node admits joins at a limited rate; come back after
     /// `wait` (rounded up to whole seconds, as `Retry-After` counts).
     pub fn too_many_requests(wait: std::time::Duration) -> Self {

@@ -46,6 +46,20 @@ struct Session {
     participant: String,
     etag: String,
     remote_ufrag: Option<String>,
+    /// The access token that opened it (a hash), for WHEP's sessions-per-token limit.
+    token: u64,
+}
+
+/// A key for the access token in `headers` (its hash: the token itself need not be kept).
+fn token_key(headers: &HeaderMap) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Live WHIP/WHEP sessions by id.
@@ -128,6 +142,27 @@ async fn start(
             ),
         ));
     }
+    // One viewer token is often shared (an embed, a link), but it may not open sessions
+    // without end: each is a peer connection and a place in the room.
+    let token = token_key(&headers);
+    let per_token = state.config.limits.whep_sessions_per_token as usize;
+    if endpoint == Endpoint::Whep && per_token > 0 {
+        let open = state
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.endpoint == Endpoint::Whep && s.token == token)
+            .count();
+        if open >= per_token {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!(
+                    "this access token already plays {open} sessions (limits.whep_sessions_per_token)"
+                ),
+            ));
+        }
+    }
     let sdp = read_body(&state, &headers, body, SDP).await?;
     let remote_ufrag = sdp
         .lines()
@@ -193,6 +228,7 @@ async fn start(
             participant,
             etag: etag.clone(),
             remote_ufrag,
+            token,
         },
     );
     // Forget the session once the participant is gone, whatever ended it.
@@ -270,9 +306,7 @@ async fn patch(
         ));
     }
     let fragment = read_body(&state, &headers, body, SDPFRAG).await?;
-    let ufrag = fragment
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"));
+    let (ufrag, candidates) = trickle_fragment(&fragment);
     if let (Some(new), Some(old)) = (ufrag, remote_ufrag.as_deref())
         && new != old
     {
@@ -286,7 +320,30 @@ async fn patch(
         Endpoint::Whip => PeerTarget::Publisher,
         Endpoint::Whep => PeerTarget::Subscriber,
     };
+    for (candidate, sdp_mid) in candidates {
+        state
+            .media
+            .request(&room, |reply| Command::Trickle {
+                room: room.clone(),
+                participant: participant.clone(),
+                target,
+                candidate,
+                sdp_mid,
+                reply,
+            })
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A trickle-ICE fragment (RFC 8840): its `a=ice-ufrag`, if any, and its candidates (without
+/// `a=`), each with the `a=mid` it follows.
+pub(crate) fn trickle_fragment(fragment: &str) -> (Option<&str>, Vec<(String, Option<String>)>) {
+    let ufrag = fragment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"));
     let mut mid = None;
+    let mut candidates = Vec::new();
     for line in fragment.lines().map(str::trim) {
         if let Some(m) = line.strip_prefix("a=mid:") {
             mid = Some(m.to_owned());
@@ -294,22 +351,10 @@ async fn patch(
             .strip_prefix("a=")
             .filter(|c| c.starts_with("candidate:"))
         {
-            let candidate = c.to_owned();
-            let sdp_mid = mid.clone();
-            state
-                .media
-                .request(&room, |reply| Command::Trickle {
-                    room: room.clone(),
-                    participant: participant.clone(),
-                    target,
-                    candidate,
-                    sdp_mid,
-                    reply,
-                })
-                .await?;
+            candidates.push((c.to_owned(), mid.clone()));
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    (ufrag, candidates)
 }
 
 /// Reads a text body of the given content type, within the SDP size limit.
