@@ -322,3 +322,47 @@ impl Transport {
         self.dtls.close(now, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A third party that saw a connection's username (it travels in clear) but not its
+    /// password: its checks, from its own address, are not answered, bind nothing, and (being
+    /// errors) refresh nothing; its DTLS is refused. The peer's own check binds its address.
+    #[test]
+    fn a_spoofed_check_neither_binds_nor_counts_as_the_peer() {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let cert = crate::media::peer::worker_certificate().unwrap();
+        let pwd = "p4ssword-of-22-characters";
+        let local = "127.0.0.1:7882".parse().unwrap();
+        let mut t = Transport::new("local", pwd, local, &cert, provider.clone()).unwrap();
+        let (peer, spoofer): (SocketAddr, SocketAddr) = (
+            "192.0.2.7:5000".parse().unwrap(),
+            "198.51.100.9:6000".parse().unwrap(),
+        );
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let forged = stun::tests::request(
+            "local:remote",
+            "not-the-password-at-all",
+            provider.crypto(),
+            true,
+        );
+        assert!(t.handle_datagram(now, spoofer, &forged, &mut out).is_err());
+        assert!(out.is_empty(), "not answered");
+        assert!(t.addrs().is_empty(), "nothing bound");
+        let dtls_hello = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            t.handle_datagram(now, spoofer, &dtls_hello, &mut out),
+            Err(TransportError::Unexpected)
+        ));
+        let real = stun::tests::request("local:remote", pwd, provider.crypto(), true);
+        assert!(matches!(
+            t.handle_datagram(now, peer, &real, &mut out),
+            Ok(Some(TransportEvent::Address(a))) if a == peer
+        ));
+        assert_eq!(t.addrs(), [peer]);
+        assert_eq!(out.len(), 1, "the peer's check is answered");
+    }
+}

@@ -107,11 +107,17 @@ fn verified(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rtc::stun::textattrs::TextAttribute;
 
-    fn request(username: &str, pwd: &str, crypto: &dyn RTCCrypto, use_candidate: bool) -> Vec<u8> {
+    /// A binding request as a browser sends it (also used by the transport's tests).
+    pub(crate) fn request(
+        username: &str,
+        pwd: &str,
+        crypto: &dyn RTCCrypto,
+        use_candidate: bool,
+    ) -> Vec<u8> {
         let mut m = Message::new();
         let setters: [Box<dyn Setter + '_>; 3] = [
             Box::new(BINDING_REQUEST),
