@@ -164,6 +164,9 @@ pub struct InputLimits {
     /// core each, on average over the last second: a join then would degrade everyone already
     /// in (0: never).
     pub max_worker_cpu: f64,
+    /// Joins per second admitted from one source address (bursts of twice that; addresses of
+    /// this machine are exempt; 0: no limit).
+    pub joins_per_sec_per_source: u32,
 }
 
 /// Joins per second per media worker admitted by default. Measured (BENCHMARKS.md, "Large
@@ -224,6 +227,7 @@ impl Default for InputLimits {
             ws_idle_secs: 45,
             whep_sessions_per_token: 10,
             max_worker_cpu: 0.95,
+            joins_per_sec_per_source: 10,
         }
     }
 }

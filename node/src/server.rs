@@ -201,6 +201,8 @@ impl Server {
         let app = router(state);
         let (tx, rx) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
+            // The peer's address reaches the handlers (joins per source address).
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = rx.await;
             });

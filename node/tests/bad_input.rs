@@ -63,7 +63,17 @@ async fn ws_request(ws: &mut Ws, text: String) -> Value {
     ws_next(ws).await
 }
 
+/// The next answer, past the room's events (others joining, leaving, counts, speakers),
+/// which may come at any time.
 async fn ws_next(ws: &mut Ws) -> Value {
+    const EVENTS: [&str; 6] = [
+        "participant_joined",
+        "participant_left",
+        "participant_updated",
+        "participant_count",
+        "speakers",
+        "track_unpublished",
+    ];
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -71,7 +81,10 @@ async fn ws_next(ws: &mut Ws) -> Value {
             .expect("connection open")
             .unwrap();
         if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if !EVENTS.contains(&v["type"].as_str().unwrap_or("")) {
+                return v;
+            }
         }
     }
 }

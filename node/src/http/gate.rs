@@ -102,6 +102,61 @@ impl JoinGate {
     }
 }
 
+/// Joins per source address: one client (or one attacker) may not use up the node's join rate.
+/// Addresses on this machine are exempt (a load tester, a local proxy terminating TLS).
+pub struct SourceGate {
+    buckets: Mutex<std::collections::HashMap<std::net::IpAddr, Bucket>>,
+    /// Joins per second per address (0: unlimited).
+    rate: f64,
+    burst: f64,
+}
+
+/// Addresses remembered at most; past it, those whose bucket has refilled are forgotten.
+const MAX_SOURCES: usize = 16_384;
+
+impl SourceGate {
+    /// `rate` joins per second per address on average, bursts of twice that.
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            buckets: Mutex::new(std::collections::HashMap::new()),
+            rate,
+            burst: (2.0 * rate).max(1.0),
+        }
+    }
+
+    /// Admits one join from `ip` now, or says how long until one would be.
+    pub fn try_admit(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
+        self.try_admit_at(ip, Instant::now())
+    }
+
+    fn try_admit_at(&self, ip: std::net::IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.rate <= 0.0 || ip.is_loopback() {
+            return Ok(());
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&ip) {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
+            });
+        }
+        let b = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
+        }
+    }
+}
+
 /// Samples the media workers' CPU into `gate` every second, for as long as the node runs.
 pub async fn sample_worker_cpu(gate: std::sync::Arc<JoinGate>, workers: usize) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -118,6 +173,29 @@ pub async fn sample_worker_cpu(gate: std::sync::Arc<JoinGate>, workers: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_source_has_its_own_rate_and_this_machine_none() {
+        let gate = SourceGate::new(5);
+        let t0 = Instant::now();
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let admitted = (0..100)
+            .filter(|_| gate.try_admit_at(a, t0).is_ok())
+            .count();
+        assert_eq!(admitted, 10, "a burst of two seconds' worth");
+        assert!(
+            gate.try_admit_at(b, t0).is_ok(),
+            "another source is not affected"
+        );
+        let wait = gate.try_admit_at(a, t0).unwrap_err();
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        assert!(
+            gate.try_admit_at(a, t0 + Duration::from_millis(200))
+                .is_ok()
+        );
+        let local = "127.0.0.1".parse().unwrap();
+        assert!((0..1000).all(|_| gate.try_admit_at(local, t0).is_ok()));
+    }
 
     #[test]
     fn closes_while_the_workers_are_saturated_and_only_if_asked() {

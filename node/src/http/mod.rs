@@ -35,6 +35,7 @@ pub struct AppState {
     pub drain: Arc<crate::drain::Drain>,
     pub admission: Arc<crate::admission::Admission>,
     pub gate: Arc<gate::JoinGate>,
+    pub sources: Arc<gate::SourceGate>,
     /// Other nodes' admin API, to act for an administrator connected here.
     pub nodes: sfu_control::node_api::NodeApi,
 }
@@ -59,6 +60,9 @@ impl AppState {
                 gate::JoinGate::new(config.joins_per_sec())
                     .with_max_worker_cpu(config.limits.max_worker_cpu),
             ),
+            sources: Arc::new(gate::SourceGate::new(
+                config.limits.joins_per_sec_per_source,
+            )),
             nodes: {
                 let (key, secret) = keys
                     .iter()
@@ -142,7 +146,11 @@ impl AppState {
     /// A node that lost its registry lease admits no one (fencing): its view of the cluster
     /// may be stale and other nodes may already consider it gone. Past its join rate it asks
     /// joiners to come back later (`429` with `Retry-After`).
-    fn admitting(&self) -> Result<(), Problem> {
+    fn admitting(&self, source: std::net::IpAddr) -> Result<(), Problem> {
+        if let Err(wait) = self.sources.try_admit(source) {
+            self.metrics.joins_throttled.inc();
+            return Err(Problem::too_many_requests(wait));
+        }
         if self.gate.saturated() {
             self.metrics.joins_throttled.inc();
             // 429, as for the join rate: clients already come back after `Retry-After`.

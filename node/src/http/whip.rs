@@ -13,12 +13,13 @@ use crate::signaling::Outbound;
 use crate::signaling::protocol::{PeerTarget, ServerMessage};
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
 const SDP: &str = "application/sdp";
@@ -88,15 +89,17 @@ struct WhepQuery {
 
 async fn whip(
     State(state): State<AppState>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    start(state, Endpoint::Whip, room, None, headers, body).await
+    start(state, source, Endpoint::Whip, room, None, headers, body).await
 }
 
 async fn whep(
     State(state): State<AppState>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(query): Query<WhepQuery>,
     headers: HeaderMap,
@@ -104,6 +107,7 @@ async fn whep(
 ) -> Result<Response, Problem> {
     start(
         state,
+        source,
         Endpoint::Whep,
         room,
         query.participant,
@@ -115,6 +119,7 @@ async fn whep(
 
 async fn start(
     state: AppState,
+    peer: SocketAddr,
     endpoint: Endpoint,
     room: String,
     source: Option<String>,
@@ -124,7 +129,7 @@ async fn start(
     check_room_name(&room)?;
     let grants = state.bearer(&headers)?;
     grants.may_join(&room)?;
-    state.admitting()?;
+    state.admitting(peer.ip())?;
     let allowed = match endpoint {
         Endpoint::Whip => grants.can_publish,
         Endpoint::Whep => grants.can_subscribe,

@@ -31,6 +31,7 @@ pub struct ConnectQuery {
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(source): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<ConnectQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
@@ -40,7 +41,7 @@ pub async fn upgrade(
     let room = grants.room.clone().unwrap_or_default();
     check_room_name(&room)?;
     grants.may_join(&room)?;
-    state.admitting()?;
+    state.admitting(source.ip())?;
     let ws = ws.map_err(|e| {
         Problem::new(
             StatusCode::UPGRADE_REQUIRED,
