@@ -13,6 +13,8 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod media;
 pub mod metrics;
