@@ -3,6 +3,8 @@
 //! `sfuctl` CLI.
 
 pub mod auth;
+pub mod cli_args;
+pub mod http_server;
 pub mod keys;
 pub mod membership;
 pub mod node_api;
@@ -11,6 +13,7 @@ pub mod records;
 pub mod registry;
 pub mod service;
 pub mod testing;
+pub mod tls;
 
 pub use membership::{ClusterEvent, Membership};
 pub use records::{Keys, NodeRecord, ParticipantRecord, TrackRecord};

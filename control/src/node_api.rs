@@ -39,12 +39,10 @@ pub struct NodeApi {
 }
 
 impl NodeApi {
-    pub fn new(api_key: String, api_secret: String) -> Self {
+    /// Calls nodes with `http` (see [`crate::tls::http_client`]: nodes may serve HTTPS).
+    pub fn new(api_key: String, api_secret: String, http: reqwest::Client) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http,
             key: (api_key, api_secret),
         }
     }

@@ -1,9 +1,9 @@
 //! Test support: a real etcd server (Debian's `etcd` binary) on free loopback ports in a
-//! temporary directory, stopped when dropped.
+//! temporary directory, stopped when dropped; with TLS and client certificates if asked.
 
 use anyhow::{Context, bail};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,17 +18,52 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Files of an etcd serving TLS: its certificate and key, and the CA whose certificates it
+/// requires of clients.
+pub struct EtcdTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub client_ca: &'a Path,
+}
+
 impl Etcd {
     /// Starts etcd and waits until it serves.
     pub fn start() -> anyhow::Result<Self> {
-        let (client, peer) = (free_port()?, free_port()?);
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only, and only clients with a certificate from
+    /// `tls.client_ca` (`https://` endpoint).
+    pub fn start_tls(tls: &EtcdTls) -> anyhow::Result<Self> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&EtcdTls>) -> anyhow::Result<Self> {
+        let (client, peer, metrics) = (free_port()?, free_port()?, free_port()?);
         let dir = std::env::temp_dir().join(format!("sfu-etcd-{}-{client}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let client_url = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = tls {
+            command
+                .arg("--cert-file")
+                .arg(tls.cert)
+                .arg("--key-file")
+                .arg(tls.key)
+                .arg("--trusted-ca-file")
+                .arg(tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            // Health is asked in plain HTTP here, whatever the client port speaks.
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{metrics}"),
+            ])
             .args(["--name", "test", "--data-dir"])
             .arg(dir.join("data"))
             .args([
@@ -56,7 +91,7 @@ impl Etcd {
         // Serving means healthy (a leader elected), not merely listening.
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if healthy(client) {
+            if healthy(metrics) {
                 return Ok(etcd);
             }
             std::thread::sleep(Duration::from_millis(50));

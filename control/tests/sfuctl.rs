@@ -33,7 +33,11 @@ impl Service {
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
+            if let Ok(r) = sfu_control::tls::http_client(None, Duration::from_secs(30))
+                .unwrap()
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return Service { child, url };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    sfu_control::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -139,7 +139,7 @@ async fn three_hundred_audience_peers_spread_over_nodes_and_are_counted_not_anno
         .unwrap();
 
     // An audience member watching from the start: what does it hear during the ramp?
-    let http = reqwest::Client::new();
+    let http = sfu_control::tls::http_client(None, std::time::Duration::from_secs(30)).unwrap();
     let observer_token = token("observer", false);
     let placed: Value = http
         .post(format!("{control}/v1/join"))

@@ -40,6 +40,18 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// Webhook receivers.
     pub webhook: WebhookConfig,
+    /// HTTPS for the HTTP server, and trust for HTTPS the node calls.
+    pub tls: TlsConfig,
+}
+
+/// TLS: the HTTP server (signaling, WHIP/WHEP, admin API) serves HTTPS with `cert` and `key`;
+/// HTTPS the node calls (webhooks) is verified with the system's roots plus `ca`.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Where to send webhooks (room, participant and track events).
@@ -76,8 +88,11 @@ pub struct ClusterConfig {
     /// Cluster name; nodes of one cluster share a registry prefix.
     pub name: String,
     pub region: String,
-    /// etcd endpoints (`http://host:2379`). Empty: standalone.
+    /// etcd endpoints (`http://host:2379`, or `https://` with `etcd_access.ca`). Empty:
+    /// standalone.
     pub etcd: Vec<String>,
+    /// TLS and user for a secured etcd.
+    pub etcd_access: sfu_control::registry::EtcdAccess,
     /// Where the relay (QUIC) endpoint listens.
     pub relay_bind: SocketAddr,
     /// Where other nodes reach it. Default: the first announced address and the bound port.
@@ -106,6 +121,7 @@ impl Default for ClusterConfig {
             name: "default".to_owned(),
             region: String::new(),
             etcd: Vec::new(),
+            etcd_access: Default::default(),
             relay_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7890),
             relay_advertise: None,
             http_advertise: None,
@@ -167,6 +183,9 @@ pub struct InputLimits {
     /// Joins per second admitted from one source address (bursts of twice that; addresses of
     /// this machine are exempt; 0: no limit).
     pub joins_per_sec_per_source: u32,
+    /// Seconds an HTTP client has for the TLS handshake and then for each request's headers:
+    /// connections opened and left silent do not pile up.
+    pub header_timeout_secs: u64,
 }
 
 /// Joins per second per media worker admitted by default. Measured (BENCHMARKS.md, "Large
@@ -187,6 +206,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             drain_timeout_secs: 60,
             webhook: WebhookConfig::default(),
+            tls: TlsConfig::default(),
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"
@@ -228,6 +248,7 @@ impl Default for InputLimits {
             whep_sessions_per_token: 10,
             max_worker_cpu: 0.95,
             joins_per_sec_per_source: 10,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -341,6 +362,12 @@ impl Config {
         }
         if self.limits.ws_idle_secs == 0 {
             bail!("limits.ws_idle_secs must be at least 1");
+        }
+        if self.limits.header_timeout_secs == 0 {
+            bail!("limits.header_timeout_secs must be at least 1");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("tls.cert and tls.key go together: HTTPS needs both");
         }
         let c = &self.cluster;
         if !c.node_id.is_empty()

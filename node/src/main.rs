@@ -94,6 +94,10 @@ struct ServeArgs {
     /// decides).
     #[arg(long, env = "SFU_CAPACITY", global = true)]
     capacity: Option<u32>,
+    #[command(flatten)]
+    etcd_access: sfu_control::cli_args::EtcdAccessArgs,
+    #[command(flatten)]
+    tls: sfu_control::cli_args::TlsArgs,
 }
 
 #[derive(Args)]
@@ -179,12 +183,23 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.capacity {
         k.capacity = v;
     }
+    if args.etcd_access.any() {
+        k.etcd_access = args.etcd_access.access();
+    }
+    if args.tls.tls_cert.is_some() {
+        c.tls.cert = args.tls.tls_cert.clone();
+        c.tls.key = args.tls.tls_key.clone();
+    }
+    if args.tls.tls_ca.is_some() {
+        c.tls.ca = args.tls.tls_ca.clone();
+    }
     c.validate()?;
     Ok(c)
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    sfu_control::tls::install_default_provider();
     match cli.command {
         Some(Cmd::Token(t)) => {
             let mut claims = sfu_node::auth::join_claims(

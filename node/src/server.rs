@@ -35,6 +35,8 @@ pub struct Server {
 impl Server {
     /// Starts a node on the current tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // HTTP clients built elsewhere in this process (tests, embedders) need a default.
+        sfu_control::tls::install_default_provider();
         config.validate()?;
         let node_id = if config.cluster.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
@@ -46,14 +48,25 @@ impl Server {
         let ttl = Duration::from_secs(config.cluster.lease_ttl_secs);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let membership = if config.cluster.enabled() {
-            let registry = EtcdRegistry::connect(&config.cluster.etcd)
-                .await
-                .context("connecting to etcd")?;
+            let registry =
+                EtcdRegistry::connect_with(&config.cluster.etcd, &config.cluster.etcd_access)
+                    .await
+                    .context("connecting to etcd")?;
             Membership::start(registry, keys.clone(), ttl, events_tx)
         } else {
             Membership::start(MemoryRegistry::new(), keys.clone(), ttl, events_tx)
         };
 
+        // HTTPS the node calls (webhooks, other nodes' admin API) and HTTPS it serves.
+        let outgoing =
+            sfu_control::tls::http_client(config.tls.ca.as_deref(), Duration::from_secs(5))
+                .context("tls.ca")?;
+        let server_tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                Some(sfu_control::tls::server_config(cert, key).context("tls.cert / tls.key")?)
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let drain = Arc::new(crate::drain::Drain::default());
         let workers = WorkerConfig {
@@ -98,6 +111,7 @@ impl Server {
                     key,
                     secret,
                     metrics.webhooks_dropped.clone(),
+                    outgoing.clone(),
                 )
             },
         };
@@ -111,11 +125,14 @@ impl Server {
             .first()
             .copied()
             .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-        let http_url = config
-            .cluster
-            .http_advertise
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", SocketAddr::new(host, http_addr.port())));
+        let http_url = config.cluster.http_advertise.clone().unwrap_or_else(|| {
+            let scheme = if server_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", SocketAddr::new(host, http_addr.port()))
+        });
 
         let (links, relay_addr) = if config.cluster.enabled() {
             let dir = config
@@ -188,6 +205,7 @@ impl Server {
         let config = Arc::new(config);
         let state = AppState::new(
             config.clone(),
+            outgoing,
             media.clone(),
             metrics.clone(),
             membership.clone(),
@@ -200,16 +218,19 @@ impl Server {
         )));
         let app = router(state);
         let (tx, rx) = oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            // The peer's address reaches the handlers (joins per source address).
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+        let options = sfu_control::http_server::ServeOptions {
+            tls: server_tls,
+            header_timeout: Duration::from_secs(config.limits.header_timeout_secs),
+            ..Default::default()
+        };
+        let http = tokio::spawn(sfu_control::http_server::serve(
+            listener,
+            app,
+            options,
+            async {
                 let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("HTTP server: {e}");
-            }
-        });
+            },
+        ));
         if config.is_dev() {
             tracing::warn!(
                 "development mode: API key {:?}, secret {:?}; {}",

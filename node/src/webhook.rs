@@ -107,10 +107,17 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Starts delivering to `urls`, signing with `api_key`/`api_secret`; counts events it has
-    /// to drop in `dropped`.
-    pub fn start(urls: Vec<String>, api_key: String, api_secret: String, dropped: Counter) -> Self {
-        Self::with_queue(urls, api_key, api_secret, dropped, QUEUE)
+    /// Starts delivering to `urls` with `http` (`https://` receivers are verified as
+    /// `sfu_control::tls::http_client` does), signing with `api_key`/`api_secret`; counts
+    /// events it has to drop in `dropped`.
+    pub fn start(
+        urls: Vec<String>,
+        api_key: String,
+        api_secret: String,
+        dropped: Counter,
+        http: reqwest::Client,
+    ) -> Self {
+        Self::with_queue(urls, api_key, api_secret, dropped, http, QUEUE)
     }
 
     fn with_queue(
@@ -118,16 +125,13 @@ impl Webhooks {
         api_key: String,
         api_secret: String,
         dropped: Counter,
+        http: reqwest::Client,
         queue: usize,
     ) -> Self {
         if urls.is_empty() {
             return Self { tx: None, dropped };
         }
         let (tx, mut rx) = mpsc::channel::<Event>(queue);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 let body = serde_json::to_vec(&event).unwrap_or_default();
@@ -219,6 +223,7 @@ mod tests {
             "devkey".into(),
             "secret".into(),
             metrics.webhooks_dropped.clone(),
+            sfu_control::tls::http_client(None, Duration::from_secs(5)).unwrap(),
             1,
         );
         for _ in 0..10 {

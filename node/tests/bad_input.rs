@@ -20,7 +20,7 @@ async fn post_sdp(
     ctype: &str,
     body: String,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = common::http()
         .post(format!("{base}{path}"))
         .header("content-type", ctype)
         .body(body);

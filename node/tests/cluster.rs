@@ -97,7 +97,11 @@ fn told(s: &common::Sample, page: &str, list: &str) -> Vec<String> {
 /// admits joins, 503 if it refuses them.
 async fn join_status(node: &NodeProcess, room: &str) -> u16 {
     let token = common::token("probe", room, false, true);
-    match reqwest::get(format!("{}/rtc?access_token={token}", node.url())).await {
+    match common::http()
+        .get(format!("{}/rtc?access_token={token}", node.url()))
+        .send()
+        .await
+    {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// Publishes audio and video over WHIP; returns the session URL.
 async fn whip_publish(node: &str, room: &str, identity: &str) -> String {
-    let r = reqwest::Client::new()
+    let r = common::http()
         .post(format!("{node}/whip/{room}"))
         .header("content-type", "application/sdp")
         .bearer_auth(token(identity, room, true, false))
@@ -124,7 +124,7 @@ async fn rooms_are_listed_with_participants_summed_over_nodes_then_deleted() {
         let left = next_of(ws, &["left"], Duration::from_secs(10)).await;
         assert_eq!(left["reason"], "the room was deleted");
     }
-    let http = reqwest::Client::new();
+    let http = common::http();
     let ended = eventually(Duration::from_secs(10), || async {
         (http.delete(&whip).send().await.unwrap().status() == 404).then_some(())
     })
@@ -346,12 +346,13 @@ async fn placement_honours_the_clients_region() {
         [("cp1", "us"), ("cp2", "eu"), ("cp3", "eu")].map(|(a, b)| (a.to_owned(), b.to_owned()))
     );
     let mut join = JoinServiceClient::connect(cluster.grpc()).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = common::http();
     for i in 0..6 {
         let t = token(&format!("traveller{i}"), "regional", true, true);
         let place = |region: &str| pb::JoinRequest {
             token: t.clone(),
             region: region.into(),
+            avoid: vec![],
         };
         let us = join.join(place("us")).await.unwrap().into_inner();
         assert_eq!(us.node, "cp1", "the only node in us");

@@ -125,7 +125,7 @@ async fn reloads_and_whep_players_sharing_a_token_stay_within_the_limit() {
     assert!(emptied.is_some());
     // WHEP players sharing one viewer token each take a place.
     let viewer = token("viewer", "tight", false, true);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut statuses = Vec::new();
     for node in [&a, &a, &b, &b] {
         // The places of the sessions that just left are released a moment after they go.
@@ -214,7 +214,7 @@ async fn only_session_on(cluster: &Cluster, identity: &str, node: usize) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_fills_a_node_up_to_capacity_then_spills_and_the_room_stays_one() {
     let cluster = Cluster::start(3, 5).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let mut sockets = Vec::new();
     let mut placed: Vec<String> = Vec::new();
     let mut last = Value::Null;
@@ -399,10 +399,11 @@ async fn every_api_refuses_bad_credentials() {
             .join(pb::JoinRequest {
                 token: t.clone(),
                 region: String::new(),
+                avoid: vec![],
             })
             .await;
         assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
-        let status = reqwest::Client::new()
+        let status = common::http()
             .post(format!("http://{}/v1/join", cluster.control))
             .json(&serde_json::json!({ "token": t }))
             .send()
@@ -420,12 +421,13 @@ async fn every_api_refuses_bad_credentials() {
         .join(pb::JoinRequest {
             token: no_join,
             region: String::new(),
+            avoid: vec![],
         })
         .await;
     assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied);
     // The nodes' admin API too.
     let node = format!("http://{}", cluster.nodes[0].http_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     for (t, status) in [
         ("", 401),
         (forged.as_str(), 401),
@@ -681,7 +683,7 @@ async fn a_join_storm_is_told_to_come_back_and_every_join_gets_in() {
     drop(results);
 
     // The control plane knows each node's rate: past both, it says when to come back.
-    let http = reqwest::Client::new();
+    let http = common::http();
     let asks = (0..30).map(|i| {
         let http = http.clone();
         let control = cluster.control;

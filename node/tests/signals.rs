@@ -75,7 +75,9 @@ async fn drain_by_signal(node: &NodeProcess, ws: &mut Ws, target: &NodeProcess) 
     let m = next_of(ws, &["migrate"], Duration::from_secs(15)).await;
     assert_eq!(m["url"], target.url(), "sent to the other node: {m}");
     let token = common::token("late", "drained", true, true);
-    let r = reqwest::get(format!("{}/rtc?access_token={token}", node.url()))
+    let r = common::http()
+        .get(format!("{}/rtc?access_token={token}", node.url()))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 503, "a draining node admits no one");

@@ -1,6 +1,8 @@
 //! Webhooks: every room, participant and track event reaches the receiver, signed with a JWT
 //! carrying the body's hash, and a failed delivery is retried; a room spanning nodes starts
-//! and finishes once, however its participants race; dropped events are a metric.
+//! and finishes once, however its participants race; dropped events are a metric. Over TLS:
+//! a node serving HTTPS delivers to an HTTPS receiver it trusts through `tls.ca`, and lets
+//! go of connections that never finish their handshake or their headers.
 
 mod common;
 
@@ -53,7 +55,7 @@ async fn events_are_delivered_signed_and_retried() {
     config.webhook.urls = vec![hook];
     let node = Server::start(config).await.unwrap();
     let base = format!("http://{}", node.http_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let r = http
         .post(format!("{base}/whip/hooked"))
         .header("content-type", "application/sdp")
@@ -221,4 +223,140 @@ async fn a_room_on_two_nodes_starts_and_finishes_once_however_its_participants_r
         "{metrics}"
     );
     cluster.stop().await;
+}
+
+/// Keeps every webhook body.
+async fn keep(State(r): State<Arc<Mutex<Vec<Vec<u8>>>>>, body: axum::body::Bytes) -> StatusCode {
+    r.lock().unwrap().push(body.to_vec());
+    StatusCode::OK
+}
+
+/// Reads until the server closes the connection; whether it did within `limit`.
+async fn closed_within(mut io: impl tokio::io::AsyncRead + Unpin, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_node_delivers_to_an_https_receiver_and_drops_silent_connections() {
+    use tokio::io::AsyncWriteExt;
+    let dir = std::env::temp_dir().join(format!("sfu-webhook-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = sfu_relay::certs::create_ca("test CA").unwrap();
+    let leaf = sfu_relay::certs::issue_node(&ca, "127.0.0.1").unwrap();
+    let (ca_file, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    );
+    std::fs::write(&ca_file, &ca.cert).unwrap();
+    std::fs::write(&cert, &leaf.cert).unwrap();
+    std::fs::write(&key, &leaf.key).unwrap();
+
+    // The receiver serves HTTPS only, with a certificate from a CA no system trusts.
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(keep))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("https://{}/hook", listener.local_addr().unwrap());
+    let options = sfu_control::http_server::ServeOptions {
+        tls: Some(sfu_control::tls::server_config(&cert, &key).unwrap()),
+        ..Default::default()
+    };
+    tokio::spawn(sfu_control::http_server::serve(
+        listener,
+        app,
+        options,
+        std::future::pending(),
+    ));
+
+    let mut config = Config::loopback();
+    config.webhook.urls = vec![hook];
+    config.tls.cert = Some(cert.clone());
+    config.tls.key = Some(key.clone());
+    config.tls.ca = Some(ca_file.clone());
+    config.limits.header_timeout_secs = 1;
+    let node = Server::start(config).await.unwrap();
+    let base = format!("https://{}", node.http_addr);
+
+    // Signaling over HTTPS: trusted with the CA, refused without it.
+    let http = sfu_control::tls::http_client(Some(&ca_file), Duration::from_secs(5)).unwrap();
+    assert!(
+        common::http()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    let r = http
+        .post(format!("{base}/whip/secure"))
+        .header("content-type", "application/sdp")
+        .bearer_auth(common::token("obs", "secure", true, false))
+        .body(common::sdp::offer(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The join's events reach the HTTPS receiver.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .map(|v| v["event"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>();
+        if events.iter().any(|e| e == "participant_joined") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.iter().any(|e| e == "room_started")
+            && events.iter().any(|e| e == "participant_joined"),
+        "webhooks over HTTPS: {events:?}"
+    );
+
+    // A connection that never starts its TLS handshake is closed after the header timeout...
+    let silent = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    assert!(closed_within(silent, Duration::from_secs(8)).await);
+    // ...and so is one that completes it but never finishes its request's headers.
+    let mut tls = tokio_rustls::rustls::RootCertStore::empty();
+    for c in sfu_control::tls::certificates(&ca_file).unwrap() {
+        tls.add(c).unwrap();
+    }
+    let client =
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(sfu_control::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(tls)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(node.http_addr)
+        .await
+        .unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(stream, Duration::from_secs(8)).await);
+
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,7 @@ fn ufrag(sdp: &str) -> String {
 async fn whip_and_whep_sessions_follow_rfc_9725() {
     let node = start_node().await;
     let base = format!("http://{}", node.http_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let room = "whip http";
     let path = "whip%20http";
 
@@ -146,7 +146,7 @@ async fn whip_and_whep_sessions_follow_rfc_9725() {
 async fn garbage_sent_to_a_live_peer_is_dropped() {
     let node = start_node().await;
     let base = format!("http://{}", node.http_addr);
-    let r = reqwest::Client::new()
+    let r = common::http()
         .post(format!("{base}/whip/junk"))
         .header("content-type", "application/sdp")
         .bearer_auth(token("target", "junk", true, true))
@@ -184,7 +184,9 @@ async fn garbage_sent_to_a_live_peer_is_dropped() {
     let snapshot = node.media.snapshot().await;
     assert_eq!((snapshot.participants, snapshot.tracks), (1, 2));
     assert_eq!(
-        reqwest::get(format!("{base}/healthz"))
+        common::http()
+            .get(format!("{base}/healthz"))
+            .send()
             .await
             .unwrap()
             .status(),
@@ -201,7 +203,7 @@ async fn a_viewer_token_opens_a_limited_number_of_sessions() {
     config.limits.whep_sessions_per_token = 2;
     let node = sfu_node::Server::start(config).await.unwrap();
     let base = format!("http://{}", node.http_addr);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let viewer = token("viewer", "limited", false, true);
     let play = |t: String| {
         http.post(format!("{base}/whep/limited"))

@@ -27,11 +27,19 @@ struct Cli {
     /// Use the public development key ("devkey" / "secret"): for a cluster on one machine.
     #[arg(long, env = "SFU_DEV")]
     dev: bool,
+    #[command(flatten)]
+    etcd_access: sfu_control::cli_args::EtcdAccessArgs,
+    #[command(flatten)]
+    tls: sfu_control::cli_args::TlsArgs,
+    /// Seconds a client has for the TLS handshake and then for each request's headers.
+    #[arg(long, env = "SFU_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    sfu_control::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -59,12 +67,34 @@ async fn main() -> anyhow::Result<()> {
                 sfu_control::keys::MIN_SECRET_BYTES
             ),
         };
-    let control = sfu_control::service::connect(&cli.etcd, &cli.cluster, &keys).await?;
+    let tls = match (&cli.tls.tls_cert, &cli.tls.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(sfu_control::tls::server_config(cert, key).context("--tls-cert / --tls-key")?)
+        }
+        _ => None,
+    };
+    let control = sfu_control::service::connect_with(
+        &cli.etcd,
+        &cli.etcd_access.access(),
+        cli.tls.tls_ca.as_deref(),
+        &cli.cluster,
+        &keys,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(cli.bind)
         .await
         .with_context(|| format!("binding {}", cli.bind))?;
-    tracing::info!(addr = %listener.local_addr()?, "sfu-control serving gRPC and /v1/join");
-    sfu_control::service::serve(control, listener, async {
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = tls.is_some(),
+        "sfu-control serving gRPC and /v1/join"
+    );
+    let options = sfu_control::http_server::ServeOptions {
+        tls,
+        header_timeout: std::time::Duration::from_secs(cli.header_timeout_secs.max(1)),
+        ..Default::default()
+    };
+    sfu_control::service::serve_with(control, listener, options, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await

@@ -3,6 +3,7 @@
 //! Tables for people by default, `--json` for scripts. Tokens are signed locally with the API
 //! key and secret (the development key by default).
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sfu_control::auth::{admin_claims, join_claims, mint};
 use sfu_proto::control as pb;
@@ -39,8 +40,34 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// A CA certificate (PEM) trusted besides the system's, for an `https://` control service.
+    #[arg(long, env = "SFU_TLS_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// A channel to the control service: over TLS for `https://` URLs, verified with the system's
+/// roots and `--ca`.
+async fn channel(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--url {url}"))?;
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url}"))
 }
 
 #[derive(Subcommand)]
@@ -182,6 +209,7 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    sfu_control::tls::install_default_provider();
     let url = cli.url.clone();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -254,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", mint(&cli.api_secret, &claims)?);
         }
         Cmd::Rooms { command } => {
-            let mut c = RoomServiceClient::connect(cli.url.clone()).await?;
+            let mut c = RoomServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);
             match command {
                 RoomsCmd::List => {
                     let rooms = c
@@ -327,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Participants { command } => {
-            let mut c = RoomServiceClient::connect(cli.url.clone()).await?;
+            let mut c = RoomServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);
             match command {
                 ParticipantsCmd::List { room } => {
                     let mut ps = Vec::new();
@@ -471,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Nodes {
             command: NodesCmd::List,
         } => {
-            let mut c = NodeServiceClient::connect(cli.url.clone()).await?;
+            let mut c = NodeServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);
             let nodes = c
                 .list_nodes(authed(&admin, pb::ListNodesRequest {}))
                 .await?
@@ -528,7 +556,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node {
             command: NodeCmd::Drain { node },
         } => {
-            let mut c = NodeServiceClient::connect(cli.url.clone()).await?;
+            let mut c = NodeServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);
             c.drain_node(authed(&admin, pb::DrainNodeRequest { node: node.clone() }))
                 .await?;
             if json {

@@ -2,14 +2,82 @@
 
 use super::{LeaseId, Listing, Registry, RegistryError, Result, Revision, Watch, WatchEvent};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
+use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Every call gives up after this long, so a node notices an unreachable etcd quickly.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to reach an etcd cluster that is not open to anyone: TLS (its CA, and a client
+/// certificate where etcd asks for one) and user authentication. All empty: plain `http://`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdAccess {
+    /// CA certificate (PEM) that signed etcd's server certificate; turns TLS on.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for etcd's `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user and password (etcd's `auth enable`).
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl EtcdAccess {
+    /// The connection options these settings ask for; a clear error for settings that cannot
+    /// work (a certificate without its key, a password without a user, `https://` without a
+    /// CA, unreadable files).
+    pub fn connect_options(&self, endpoints: &[String]) -> Result<ConnectOptions> {
+        let bad = |why: String| RegistryError::Unavailable(format!("etcd access: {why}"));
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| bad(format!("reading {}: {e}", path.display())))
+        };
+        let https = endpoints.iter().any(|e| e.starts_with("https://"));
+        match (&self.ca, https) {
+            (Some(ca), _) => {
+                let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+                match (&self.cert, &self.key) {
+                    (Some(cert), Some(key)) => {
+                        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(bad(
+                            "a client certificate needs its key, and a key its certificate".into(),
+                        ));
+                    }
+                }
+                options = options.with_tls(tls);
+            }
+            (None, true) => {
+                return Err(bad(
+                    "https:// endpoints need the CA of etcd's certificate".into()
+                ));
+            }
+            (None, false) if self.cert.is_some() || self.key.is_some() => {
+                return Err(bad(
+                    "a client certificate needs the CA of etcd's certificate too".into(),
+                ));
+            }
+            (None, false) => {}
+        }
+        match (&self.user, &self.password) {
+            (Some(user), Some(password)) => options = options.with_user(user, password),
+            (None, None) => {}
+            _ => return Err(bad("a user needs a password, and a password a user".into())),
+        }
+        Ok(options)
+    }
+}
 
 /// See the module documentation.
 #[derive(Clone)]
@@ -42,13 +110,16 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 impl EtcdRegistry {
-    /// Connects to etcd (`http://host:port` endpoints). Returns at once: the connection is
-    /// established lazily and re-established after failures.
+    /// Connects to an open etcd (`http://host:port` endpoints). Returns at once: the
+    /// connection is established lazily and re-established after failures.
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        Self::connect_with(endpoints, &EtcdAccess::default()).await
+    }
+
+    /// Connects with TLS and/or a user. With a user, etcd is asked for a token at once, so an
+    /// unreachable etcd or wrong password fails here.
+    pub async fn connect_with(endpoints: &[String], access: &EtcdAccess) -> Result<Self> {
+        let options = access.connect_options(endpoints)?;
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(unavailable)?;

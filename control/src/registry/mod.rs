@@ -12,7 +12,7 @@
 mod etcd;
 mod memory;
 
-pub use etcd::EtcdRegistry;
+pub use etcd::{EtcdAccess, EtcdRegistry};
 pub use memory::MemoryRegistry;
 
 use std::future::Future;

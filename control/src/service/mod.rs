@@ -16,11 +16,12 @@ mod nodes;
 mod rooms;
 
 use crate::auth::{AuthError, Authenticator, Grants};
+use crate::http_server::ServeOptions;
 use crate::membership::Membership;
 use crate::node_api::{NodeApi, NodeCallError};
 use crate::placement::Policy;
 use crate::records::{Key, NodeRecord, RoomConfig};
-use crate::registry::{EtcdRegistry, Registry};
+use crate::registry::{EtcdAccess, EtcdRegistry, Registry};
 use sfu_proto::control as pb;
 use sfu_proto::control::join_service_server::JoinServiceServer;
 use sfu_proto::control::node_service_server::NodeServiceServer;
@@ -243,6 +244,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(control, listener, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with TLS and timeouts of its own.
+pub async fn serve_with(
+    control: Arc<Control>,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let api = Api(control.clone());
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -264,11 +275,9 @@ pub async fn serve(
         )
         .with_state(api);
     let app = grpc.merge(json);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    crate::http_server::serve(listener, app, options, shutdown).await;
     sweeper.abort();
-    result.map_err(Into::into)
+    Ok(())
 }
 
 /// Connects to etcd and builds the service state.
@@ -277,7 +286,20 @@ pub async fn connect(
     cluster: &str,
     keys: &BTreeMap<String, String>,
 ) -> anyhow::Result<Arc<Control>> {
-    let registry = EtcdRegistry::connect(etcd).await?;
+    connect_with(etcd, &EtcdAccess::default(), None, cluster, keys).await
+}
+
+/// [`connect`] to a secured etcd (`access`), calling nodes over HTTPS verified with the
+/// platform's roots and `tls_ca`.
+pub async fn connect_with(
+    etcd: &[String],
+    access: &EtcdAccess,
+    tls_ca: Option<&std::path::Path>,
+    cluster: &str,
+    keys: &BTreeMap<String, String>,
+) -> anyhow::Result<Arc<Control>> {
+    let registry = EtcdRegistry::connect_with(etcd, access).await?;
+    let http = crate::tls::http_client(tls_ca, Duration::from_secs(5))?;
     let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The view is read on demand; events are not needed.
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -293,7 +315,7 @@ pub async fn connect(
         registry,
         auth: Authenticator::new(keys),
         policy: Policy::default(),
-        nodes: NodeApi::new(key, secret),
+        nodes: NodeApi::new(key, secret, http),
         placed: Mutex::default(),
     }))
 }

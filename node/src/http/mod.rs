@@ -41,8 +41,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// `outgoing` calls other nodes' admin API (HTTPS verified with `tls.ca`).
     pub fn new(
         config: Arc<Config>,
+        outgoing: reqwest::Client,
         media: MediaPlane,
         metrics: Arc<Metrics>,
         membership: sfu_control::Membership,
@@ -69,7 +71,7 @@ impl AppState {
                     .next()
                     .map(|(k, s)| (k.clone(), s.clone()))
                     .unwrap_or_default();
-                sfu_control::node_api::NodeApi::new(key, secret)
+                sfu_control::node_api::NodeApi::new(key, secret, outgoing)
             },
             config,
             media,

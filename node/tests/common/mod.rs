@@ -30,9 +30,17 @@ pub async fn start_node() -> Server {
         .expect("node starts")
 }
 
+/// An HTTP client (the process's TLS provider chosen first: reqwest is built without one).
+pub fn http() -> reqwest::Client {
+    sfu_control::tls::install_default_provider();
+    reqwest::Client::new()
+}
+
 /// A node's Prometheus text (`GET /metrics` on its HTTP base URL).
 pub async fn metrics(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
         .await
         .expect("metrics answer")
         .text()

@@ -81,7 +81,11 @@ impl NodeProcess {
 
     /// The status of `/readyz` (0 if the node does not answer).
     pub async fn readyz(&self) -> u16 {
-        match reqwest::get(format!("{}/readyz", self.url())).await {
+        match super::http()
+            .get(format!("{}/readyz", self.url()))
+            .send()
+            .await
+        {
             Ok(r) => r.status().as_u16(),
             Err(_) => 0,
         }
