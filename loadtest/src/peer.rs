@@ -10,6 +10,13 @@
 //! | `sfu` | `publish` offer on the WebSocket | the node offers (again on every change); we answer |
 //! | `whip` | WHIP offer | WHEP offer (recvonly), watching one publisher |
 //! | `janus` | `joinandconfigure` with our offer | `join` as subscriber to every publisher; Janus offers |
+//!
+//! An `sfu` peer whose signaling is lost ([`sfu::Lost`]: its node died, or asked it to move)
+//! joins again as a browser would: after a random wait below an exponentially growing ceiling
+//! (full jitter, so the thousand peers of a dead node do not return in the same instant),
+//! placed away from the lost node, with the same identity; it publishes again and the node
+//! subscribes it to everything again. The time from the loss to media flowing again is
+//! recorded in its state ([`PeerState::reconnect_time`](crate::state::PeerState)).
 
 use crate::conn::Conn;
 use crate::scenario::TargetKind;
@@ -19,12 +26,25 @@ use crate::state::{Shared, lock};
 use anyhow::Context;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 /// A peer whose connections are not all up this long after it started has failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Ceiling of the first reconnection attempt's random wait; it doubles with every attempt up
+/// to [`RECONNECT_MAX`]. Half a second: the viewers' bound is 3 s (p99), and the lease of a
+/// dead node (5 s) need not expire first, since the lost node is avoided.
+const RECONNECT_FIRST: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// A peer that cannot join again for this long after losing its node has failed.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Reconnections that got media flowing again, over the whole process (as
+/// [`crate::signal::BUSY_RETRIES`]): tests read it.
+pub static RECONNECTS: AtomicU64 = AtomicU64::new(0);
 
 /// What a peer does: publish, receive, or both.
 #[derive(Clone, Debug)]
@@ -124,6 +144,30 @@ struct Peer {
     publishing: Option<(Conn, Publisher)>,
     /// The receiving connection (for `sfu`, opened at the node's first offer).
     receiving: Option<Conn>,
+    /// The node it joined, when the control plane placed it (to avoid it after losing it).
+    node: Option<String>,
+}
+
+/// A reconnection waiting for media to flow again.
+struct Resuming {
+    /// When the signaling was lost.
+    lost: Instant,
+    /// Packets received over all streams by then: more means media flows again.
+    packets: u64,
+}
+
+/// The wait before reconnection attempt `attempt` (1, 2, ...): see [`RECONNECT_FIRST`].
+fn reconnect_wait(attempt: u32) -> Duration {
+    let ceiling = RECONNECT_FIRST
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(RECONNECT_MAX);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// Packets received over all streams.
+fn packets_received(shared: &Shared) -> u64 {
+    let s = lock(shared);
+    s.reception.streams.iter().map(|r| r.stats.packets).sum()
 }
 
 /// Runs one peer until `stop` fires (or its sender is dropped) or it fails; a failure is
@@ -135,26 +179,79 @@ pub async fn run(spec: PeerSpec, shared: Shared, mut stop: oneshot::Receiver<()>
     let mut peer = Peer {
         publishing: None,
         receiving: None,
+        node: None,
     };
-    // Joining and ending are boxed: their futures (HTTP, WebSocket handshakes) are large, and
-    // a future awaited in place would make every peer's task that large for its whole life.
-    let result = async {
-        let mut signal = Box::pin(join(&spec, &mut peer, &shared)).await?;
-        let r = drive(&spec, &mut peer, &mut signal, &shared, &mut stop, started).await;
+    let mut avoid: Vec<String> = Vec::new();
+    let mut resuming: Option<Resuming> = None;
+    let mut attempt = 0;
+    let result = loop {
+        let joined = Instant::now();
+        // Joining and ending are boxed: their futures (HTTP, WebSocket handshakes) are large,
+        // and a future awaited in place would make every peer's task that large for its whole
+        // life.
+        let r = async {
+            let mut signal = Box::pin(join(&spec, &mut peer, &shared, &avoid)).await?;
+            attempt = 0;
+            let r = drive(
+                &spec,
+                &mut peer,
+                &mut signal,
+                &shared,
+                &mut stop,
+                joined,
+                &mut resuming,
+            )
+            .await;
+            Box::pin(signal.end()).await;
+            r
+        }
+        .await;
         for c in peer.conns() {
             c.close().await;
         }
-        Box::pin(signal.end()).await;
-        r
-    }
-    .await;
+        peer.publishing = None;
+        peer.receiving = None;
+        let Err(e) = r else { break Ok(()) };
+        // Only a session that was lost is joined again, and only while the loss is recent; a
+        // first join that fails, or a node that ended the session, fails the peer.
+        let lost = e.downcast_ref::<sfu::Lost>().is_some();
+        let since = resuming.as_ref().map(|r| r.lost.elapsed());
+        if !lost && since.is_none_or(|s| s > RECONNECT_PATIENCE) {
+            break Err(e);
+        }
+        if lost {
+            tracing::debug!(peer = spec.identity, "reconnecting: {e:#}");
+            if let Some(node) = peer.node.take()
+                && !avoid.contains(&node)
+            {
+                avoid.push(node);
+            }
+            if resuming.is_none() {
+                resuming = Some(Resuming {
+                    lost: Instant::now(),
+                    packets: packets_received(&shared),
+                });
+            }
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(reconnect_wait(attempt)) => {}
+            _ = &mut stop => break Ok(()),
+        }
+    };
     if let Err(e) = result {
         lock(&shared).failed = Some(format!("{}: {e:#}", spec.identity));
     }
 }
 
-/// Signals with the target and sets up the connections it answered for.
-async fn join(spec: &PeerSpec, peer: &mut Peer, shared: &Shared) -> anyhow::Result<Signal> {
+/// Signals with the target, placed away from `avoid` (`sfu`), and sets up the connections it
+/// answered for.
+async fn join(
+    spec: &PeerSpec,
+    peer: &mut Peer,
+    shared: &Shared,
+    avoid: &[String],
+) -> anyhow::Result<Signal> {
     let e = &*spec.endpoint;
     lock(shared).server = Some(match e.kind {
         TargetKind::Janus => e.url.clone(),
@@ -172,10 +269,11 @@ async fn join(spec: &PeerSpec, peer: &mut Peer, shared: &Shared) -> anyhow::Resu
     let signal = match e.kind {
         TargetKind::Sfu => {
             let publish = publishing.is_some();
-            let mut s =
-                sfu::join(e, &spec.base, &spec.identity, publish, spec.role.subscribe).await?;
+            let subscribe = spec.role.subscribe;
+            let mut s = sfu::join(e, &spec.base, &spec.identity, publish, subscribe, avoid).await?;
             // The control plane may have placed the peer elsewhere.
             lock(shared).server = Some(s.node_url.clone());
+            peer.node = s.node.clone();
             if let Some((mut conn, mut publisher, offer)) = publishing {
                 let answer = s.publish(offer).await?;
                 conn.accept_answer(answer)?;
@@ -293,7 +391,8 @@ async fn readable(socket: Option<&UdpSocket>) -> std::io::Result<()> {
     }
 }
 
-/// The event loop: connections, media, offers, until stopped.
+/// The event loop: connections, media, offers, until stopped. `started`: when this session
+/// began to join; `resuming`: a reconnection whose media is awaited.
 async fn drive(
     spec: &PeerSpec,
     peer: &mut Peer,
@@ -301,6 +400,7 @@ async fn drive(
     shared: &Shared,
     stop: &mut oneshot::Receiver<()>,
     started: Instant,
+    resuming: &mut Option<Resuming>,
 ) -> anyhow::Result<()> {
     let connect_deadline = started + CONNECT_TIMEOUT;
     let sleep = tokio::time::sleep_until(connect_deadline.into());
@@ -335,6 +435,18 @@ async fn drive(
             c.flush().await;
         }
         let all_up = peer.all_connected(spec.role.subscribe);
+        if all_up
+            && let Some(r) = resuming
+            && (!spec.role.subscribe || packets_received(shared) > r.packets)
+        {
+            let took = now.saturating_duration_since(r.lost);
+            tracing::debug!(peer = spec.identity, "reconnected in {took:?}");
+            RECONNECTS.fetch_add(1, Ordering::Relaxed);
+            let mut s = lock(shared);
+            s.reconnects += 1;
+            s.reconnect_time.record(took);
+            *resuming = None;
+        }
         if !all_up && now >= connect_deadline {
             anyhow::bail!(if spec.role.subscribe && peer.receiving.is_none() {
                 "the server offered nothing to receive within 40 s"

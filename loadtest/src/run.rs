@@ -234,6 +234,28 @@ fn release_free_memory() {
     }
 }
 
+/// Peers that lost their node and joined again (see [`crate::peer`]): how many times, and how
+/// long from the loss to media flowing again. Printed beside the report, on stderr.
+fn print_reconnections(states: &[PeerState]) {
+    let mut times = crate::stats::Histogram::default();
+    let mut count = 0u64;
+    for s in states {
+        count += u64::from(s.reconnects);
+        times.merge(&s.reconnect_time);
+    }
+    if count == 0 {
+        return;
+    }
+    let ms = |q: f64| times.quantile(q).map_or(0, |d| d.as_millis());
+    eprintln!(
+        "reconnections: {count} by {} peers; loss to media again p50 {} ms, p99 {} ms, max {} ms",
+        states.iter().filter(|s| s.reconnects > 0).count(),
+        ms(0.5),
+        ms(0.99),
+        ms(1.0),
+    );
+}
+
 /// Runs `s` and reports.
 pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
     let http = reqwest::Client::builder()
@@ -328,6 +350,7 @@ pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
         }
     }
     drop(publisher_thread);
+    print_reconnections(&states);
     Ok(report::build(report::Inputs {
         scenario: s,
         metas: &metas,

@@ -4,7 +4,7 @@
 //! One uncontended mutex per peer: the peer's task locks it once per received packet, the
 //! controller once per second. Nothing in it grows with the length of a run.
 
-use crate::stats::Reception;
+use crate::stats::{Histogram, Reception};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,11 @@ pub struct PeerState {
     pub packets_sent: u64,
     /// Keyframe requests (PLI or FIR) it received (publishers).
     pub keyframe_requests: u64,
+    /// Times it lost its node's signaling and joined again with media flowing.
+    pub reconnects: u32,
+    /// From each such loss to media flowing again (received, or sent for a publisher that
+    /// receives nothing).
+    pub reconnect_time: Histogram,
     /// `packets_sent` and `keyframe_requests` when the measurement window started.
     window_base: (u64, u64),
 }

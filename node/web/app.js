@@ -6,6 +6,9 @@
 // &control=URL (ask the cluster's control plane which node to join).
 // A draining node sends `migrate`: the page reconnects to the node it names, with the same
 // token and the same camera, and publishes and subscribes again there.
+// A node that dies (killed, crashed, unreachable) closes the WebSocket without `left`: the
+// page shows "reconnecting" and tries again with backoff (see `reconnect`), placed by the
+// control plane away from the lost node, or on the same node without &control.
 //
 // Large rooms: tiles are ordered by who spoke last (`speakers` events), each tile tells the
 // node the size it renders at (`track_settings`, so the node sends the simulcast layer that
@@ -49,6 +52,14 @@ const sfu = {
   hands: new Map(), // sid -> {identity, raised_ms}: the queue (hosts), or our own hand
   messages: {}, // messages received, by type (tests count them)
   busyRetries: 0, // times a join was told to come back later
+  node: null, // id of the node the control plane placed us on (null if not placed)
+  avoid: [], // nodes we lost while reconnecting, for the control plane to skip
+  reconnecting: 0, // attempts of the reconnection under way (0: connected or never lost)
+  reconnects: 0, // reconnections that succeeded
+  lostAt: null, // when the connection was lost (ms since the epoch)
+  lastReconnectMs: null, // how long the last reconnection took, loss to `joined`
+  cameraOpens: 0, // getUserMedia calls (a reconnection reuses the camera: no new prompt)
+  marks: {}, // free-form values tests set in the page and read back through sfuStats
 };
 window.sfu = sfu;
 
@@ -217,6 +228,7 @@ function removeTile(sid) {
 
 async function publish(simulcast, codec) {
   if (!sfu.media) {
+    sfu.cameraOpens += 1;
     sfu.media = await navigator.mediaDevices.getUserMedia({
       audio: true,
       video: { width: 640, height: 480, frameRate: 30 },
@@ -296,20 +308,20 @@ async function comeBackLater(r) {
   await sleep(secs * 1000 * (1 + Math.random() / 2));
 }
 
-// Asks the control plane which node to join.
-async function place(control, token) {
+// Asks the control plane which node to join, skipping the nodes in `avoid`: {node, url}.
+async function place(control, token, avoid) {
   for (;;) {
     const r = await fetch(`${control.replace(/\/$/, "")}/v1/join`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ token }),
+      body: JSON.stringify({ token, avoid }),
     });
     if (r.status === 429) {
       await comeBackLater(r);
       continue;
     }
     if (!r.ok) throw new Error(`placement: ${(await r.json()).detail}`);
-    return (await r.json()).url;
+    return await r.json();
   }
 }
 
@@ -403,10 +415,41 @@ function disconnect() {
   for (const sid of [...sfu.participants.keys()]) if (sid !== "self") removeTile(sid);
 }
 
+// Reconnection after a lost node. Exponential backoff with full jitter: attempt n waits a
+// random time below min(10 s, 0.5 s * 2^(n-1)), so the first comes within half a second (the
+// viewers' bound is 3 s) while the thousand clients of a dead node spread out instead of
+// arriving at the control plane and the surviving nodes in the same instant.
+const RECONNECT_FIRST_MS = 500;
+const RECONNECT_MAX_MS = 10_000;
+
+function reconnect(room, identity, withMedia, token) {
+  if (sfu.node && !sfu.avoid.includes(sfu.node)) sfu.avoid.push(sfu.node);
+  if (sfu.lostAt === null) sfu.lostAt = Date.now();
+  disconnect();
+  sfu.reconnecting += 1;
+  const ceiling = Math.min(RECONNECT_MAX_MS, RECONNECT_FIRST_MS * 2 ** (sfu.reconnecting - 1));
+  const wait = Math.random() * ceiling;
+  setState("reconnecting");
+  log(`connection lost; reconnecting (attempt ${sfu.reconnecting}) in ${Math.round(wait)} ms`);
+  setTimeout(() => {
+    // Without a control plane the same node is the only one we know.
+    const base = params.get("control") ? null : sfu.url;
+    join(room, identity, withMedia, base, token).catch((e) => {
+      log(`reconnecting failed: ${e}`);
+      reconnect(room, identity, withMedia, token);
+    });
+  }, wait);
+}
+
 async function join(room, identity, withMedia, base, token) {
-  setState("connecting");
+  if (!sfu.reconnecting) setState("connecting");
   token = token || (await getToken(room, identity, withMedia));
-  if (!base && params.get("control")) base = await place(params.get("control"), token);
+  sfu.node = null;
+  if (!base && params.get("control")) {
+    const placed = await place(params.get("control"), token, sfu.avoid);
+    base = placed.url;
+    sfu.node = placed.node;
+  }
   base = base || location.origin;
   await admitted(base);
   sfu.url = base;
@@ -420,6 +463,12 @@ async function join(room, identity, withMedia, base, token) {
     send({ type: "join" });
   };
   ws.onclose = () => {
+    if (sfu.ws !== ws) return; // replaced by a newer connection
+    if (sfu.state === "left") return; // the node ended the session on purpose
+    if (sfu.reconnecting || (opened && sfu.state !== "connecting")) {
+      reconnect(room, identity, withMedia, token);
+      return;
+    }
     if (!opened && sfu.state === "connecting") {
       // Refused before the upgrade (most likely too many joins at once): come back.
       sfu.busyRetries += 1;
@@ -434,6 +483,14 @@ async function join(room, identity, withMedia, base, token) {
     try {
       switch (msg.type) {
         case "joined":
+          if (sfu.reconnecting) {
+            sfu.reconnects += 1;
+            sfu.lastReconnectMs = Date.now() - sfu.lostAt;
+            log(`reconnected to ${sfu.url} after ${sfu.lastReconnectMs} ms`);
+          }
+          sfu.reconnecting = 0;
+          sfu.lostAt = null;
+          sfu.avoid = [];
           sfu.self = msg.participant;
           for (const p of msg.participants) sfu.participants.set(p.sid, { identity: p.identity, stage: p.stage, stream: new MediaStream(), tile: null });
           sfu.permissions = msg.permissions;
@@ -551,6 +608,11 @@ window.sfuStats = async function () {
     hands: [...sfu.hands.values()].map((h) => h.identity),
     messages: sfu.messages,
     busyRetries: sfu.busyRetries,
+    node: sfu.node,
+    reconnects: sfu.reconnects,
+    lastReconnectMs: sfu.lastReconnectMs,
+    cameraOpens: sfu.cameraOpens,
+    marks: sfu.marks,
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;

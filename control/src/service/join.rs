@@ -5,6 +5,11 @@
 //! report (so a storm does not pile onto the node that looked emptiest two seconds ago), and
 //! each node's join rate as a token bucket (a node past it is skipped; if every node is,
 //! the client is told to come back: `429` with `Retry-After`, `RESOURCE_EXHAUSTED` in gRPC).
+//!
+//! A client reconnecting after its node died names that node in `avoid`: a killed node stays
+//! in the registry (and keeps its participants, so a meeting's affinity points at it) until its
+//! lease expires. Avoided nodes are skipped while any other node can take the join; if none
+//! can, they are considered again (the client may have seen a network blip, not a death).
 
 use super::{Api, Control, now_ms, status};
 use crate::placement::{self, NodeView, RoomView};
@@ -32,6 +37,9 @@ struct NodePlaced {
     tokens: f64,
     at: Instant,
 }
+
+/// At most this many nodes are avoided per join: a client reports the one or two it lost.
+const MAX_AVOID: usize = 8;
 
 /// Why no node could take a join now.
 enum Refusal {
@@ -114,8 +122,14 @@ impl Control {
         (views, room)
     }
 
-    /// The join decision for a participant's token.
-    fn decide(&self, token: &str, region: &str) -> Result<pb::JoinResponse, Refusal> {
+    /// The join decision for a participant's token, skipping the nodes in `avoid` while
+    /// another one can take it.
+    fn decide(
+        &self,
+        token: &str,
+        region: &str,
+        avoid: &[String],
+    ) -> Result<pb::JoinResponse, Refusal> {
         let grants = self
             .auth
             .verify(token)
@@ -125,6 +139,10 @@ impl Control {
             .may_join(&room_name)
             .map_err(|e| Refusal::Other(status(e)))?;
         let (mut views, room) = self.views(&room_name);
+        let avoid = &avoid[..avoid.len().min(MAX_AVOID)];
+        let (mut avoided, kept): (Vec<NodeView>, Vec<NodeView>) =
+            views.into_iter().partition(|v| avoid.contains(&v.id));
+        views = kept;
         if let Some(c) = self.membership.room_config(&room_name)
             && c.max_participants > 0
             && room.size >= c.max_participants
@@ -140,6 +158,10 @@ impl Control {
         loop {
             let chosen = match placement::place(&self.policy, now_ms(), &views, &room, region) {
                 Ok(n) => n.clone(),
+                Err(_) if soonest.is_none() && !avoided.is_empty() => {
+                    views.append(&mut avoided);
+                    continue;
+                }
                 Err(e) => {
                     return Err(match soonest {
                         Some(wait) => Refusal::Busy(wait),
@@ -182,7 +204,7 @@ impl JoinService for Api {
         r: Request<pb::JoinRequest>,
     ) -> Result<GrpcResponse<pb::JoinResponse>, Status> {
         let req = r.into_inner();
-        match self.0.decide(&req.token, &req.region) {
+        match self.0.decide(&req.token, &req.region, &req.avoid) {
             Ok(j) => Ok(GrpcResponse::new(j)),
             Err(Refusal::Other(s)) => Err(s),
             Err(Refusal::Busy(wait)) => Err(Status::resource_exhausted(format!(
@@ -198,6 +220,9 @@ pub(super) struct JoinJson {
     token: String,
     #[serde(default)]
     region: String,
+    /// Node ids the client lost its connection to (see the module documentation).
+    #[serde(default)]
+    avoid: Vec<String>,
 }
 
 fn problem(code: StatusCode, kind: &str, detail: &str) -> Response {
@@ -215,9 +240,10 @@ fn problem(code: StatusCode, kind: &str, detail: &str) -> Response {
         .into_response()
 }
 
-/// `POST /v1/join` for browsers: `{"token": "...", "region": "..."}` → `{"node", "url"}`.
+/// `POST /v1/join` for browsers: `{"token": "...", "region": "...", "avoid": ["node"]}` →
+/// `{"node", "url"}`.
 pub(super) async fn join_json(State(api): State<Api>, Json(body): Json<JoinJson>) -> Response {
-    match api.0.decide(&body.token, &body.region) {
+    match api.0.decide(&body.token, &body.region, &body.avoid) {
         Ok(j) => Json(serde_json::json!({ "node": j.node, "url": j.url })).into_response(),
         Err(Refusal::Busy(wait)) => {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

@@ -6,6 +6,10 @@
 //! hands reading to a task of its own that passes only offers on: the peer's event loop wakes
 //! for every media packet, and polling a WebSocket that often is not free (tungstenite
 //! prepares its read buffer on every poll).
+//!
+//! A session that ends without the node saying so (the socket closed or broke: the node died)
+//! or because the node asked the client to move ends in [`Lost`]: the peer may join again,
+//! naming the lost node in `avoid` so that the control plane places it elsewhere.
 
 use super::Endpoint;
 use anyhow::{Context, anyhow, bail};
@@ -27,6 +31,19 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// that much memory for messages of a few KiB; the buffer grows when a message needs it.
 const READ_BUFFER: usize = 1024;
 
+/// The signaling connection ended without the node ending the session: the node died, the
+/// network broke, or the node asked the client to move. Joining again is the remedy.
+#[derive(Debug)]
+pub struct Lost(pub String);
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "signaling lost: {}", self.0)
+    }
+}
+
+impl std::error::Error for Lost {}
+
 /// A WebSocket session while joining.
 pub struct Session {
     ws: Ws,
@@ -34,6 +51,8 @@ pub struct Session {
     offers: VecDeque<String>,
     /// The node the control plane chose (or the endpoint's URL).
     pub node_url: String,
+    /// Its id, when the control plane chose it.
+    pub node: Option<String>,
 }
 
 /// A WebSocket session while the peer runs: offers arrive from the reading task.
@@ -43,15 +62,21 @@ pub struct Running {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// The node to join: the control plane's choice, or the endpoint's URL.
-async fn node_url(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<String> {
+/// The node to join, skipping `avoid`: the control plane's choice (URL and id), or the
+/// endpoint's URL.
+async fn node_url(
+    e: &Endpoint,
+    base: &str,
+    token: &str,
+    avoid: &[String],
+) -> anyhow::Result<(String, Option<String>)> {
     let Some(control) = &e.control else {
-        return Ok(base.to_owned());
+        return Ok((base.to_owned(), None));
     };
     let r = e
         .http
         .post(format!("{}/v1/join", control.trim_end_matches('/')))
-        .json(&json!({ "token": token }))
+        .json(&json!({ "token": token, "avoid": avoid }))
         .send()
         .await
         .context("asking the control plane")?;
@@ -62,27 +87,31 @@ async fn node_url(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<Strin
         .json()
         .await
         .context("reading the control plane's answer")?;
-    r["url"]
+    let url = r["url"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| anyhow!("placement failed: {r}"))
+        .ok_or_else(|| anyhow!("placement failed: {r}"))?;
+    Ok((url, r["node"].as_str().map(str::to_owned)))
 }
 
-/// Connects and joins. With `subscribe`, the node subscribes the peer to every track of the
-/// room, present and future, and offers them.
+/// Connects and joins, placed away from the nodes in `avoid` (those the peer just lost). With
+/// `subscribe`, the node subscribes the peer to every track of the room, present and future,
+/// and offers them.
 pub async fn join(
     e: &Endpoint,
     base: &str,
     identity: &str,
     publish: bool,
     subscribe: bool,
+    avoid: &[String],
 ) -> anyhow::Result<Session> {
     let token = e.tokens.for_peer(&e.room, identity, publish)?;
-    let (ws, url) = super::honouring_busy(|| connect(e, base, &token)).await?;
+    let (ws, url, node) = super::honouring_busy(|| connect(e, base, &token, avoid)).await?;
     let mut s = Session {
         ws,
         offers: VecDeque::new(),
         node_url: url,
+        node,
     };
     s.send(json!({ "type": "join", "auto_subscribe": subscribe }))
         .await?;
@@ -92,8 +121,13 @@ pub async fn join(
 
 /// Asks where to join and opens the WebSocket there: [`super::Busy`] if the control plane
 /// or the node says to come back later.
-async fn connect(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<(Ws, String)> {
-    let url = node_url(e, base, token).await?;
+async fn connect(
+    e: &Endpoint,
+    base: &str,
+    token: &str,
+    avoid: &[String],
+) -> anyhow::Result<(Ws, String, Option<String>)> {
+    let (url, node) = node_url(e, base, token, avoid).await?;
     let ws_url = format!(
         "{}/rtc?access_token={token}",
         url.trim_end_matches('/').replacen("http", "ws", 1)
@@ -104,7 +138,7 @@ async fn connect(e: &Endpoint, base: &str, token: &str) -> anyhow::Result<(Ws, S
         .await
         .context("WebSocket connect timed out")?
     {
-        Ok((ws, _)) => Ok((ws, url)),
+        Ok((ws, _)) => Ok((ws, url, node)),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {
             let secs = r
                 .headers()
@@ -169,15 +203,16 @@ impl Session {
     }
 }
 
-/// Passes the node's offers on until the session ends; the end is passed on as an error.
+/// Passes the node's offers on until the session ends; the end is passed on as an error,
+/// [`Lost`] unless the node ended the session.
 async fn read_offers(
     mut stream: SplitStream<Ws>,
     tx: mpsc::UnboundedSender<anyhow::Result<String>>,
 ) {
     let end = loop {
         let m = match stream.next().await {
-            None => break anyhow!("signaling closed"),
-            Some(Err(e)) => break anyhow!(e).context("reading the WebSocket"),
+            None | Some(Ok(Message::Close(_))) => break Lost("signaling closed".into()).into(),
+            Some(Err(e)) => break anyhow!(Lost(format!("reading the WebSocket: {e}"))),
             Some(Ok(m)) => m,
         };
         let Message::Text(t) = m else { continue };
@@ -188,7 +223,9 @@ async fn read_offers(
         let offer = match v["type"].as_str() {
             Some("offer") => sdp_of(&v),
             Some("left") => break anyhow!("the node ended the session: {}", v["reason"]),
-            Some("migrate") => break anyhow!("the node asked to migrate to {}", v["url"]),
+            Some("migrate") => {
+                break Lost(format!("the node asked to migrate to {}", v["url"])).into();
+            }
             _ => continue,
         };
         if tx.send(offer).is_err() {
@@ -204,7 +241,7 @@ impl Running {
         self.offers
             .recv()
             .await
-            .unwrap_or_else(|| Err(anyhow!("signaling closed")))
+            .unwrap_or_else(|| Err(Lost("signaling closed".into()).into()))
     }
 
     pub async fn answer(&mut self, sdp: String) -> anyhow::Result<()> {
