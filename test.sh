@@ -21,7 +21,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if [ ! -d node/tests/browser/node_modules/playwright-core ]; then
+# Again when a package the tests use is missing (one added since the last install).
+if [ ! -d node/tests/browser/node_modules/playwright-core ] ||
+  [ ! -d node/tests/browser/node_modules/livekit-server-sdk ]; then
   npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
 fi
 

@@ -258,9 +258,7 @@ fn print_reconnections(states: &[PeerState]) {
 
 /// Runs `s` and reports.
 pub async fn run(s: &Scenario, watch: &Watch) -> anyhow::Result<Report> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
+    let http = sfu_control::tls::http_client(None, Duration::from_secs(30))
         .context("creating the HTTP client")?;
     let planned = plan(s, &http)?;
     let publishers = planned.iter().filter(|p| p.meta.publisher).count();

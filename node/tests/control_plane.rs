@@ -2,7 +2,8 @@
 //! (and against reloads and WHEP players sharing a token), one session per identity across
 //! nodes, placement filling a node then spilling, draining a browser subscriber's node, every
 //! API refusing bad credentials, an audience member promoted and demoted across nodes
-//! (Chromium), and a join storm told to come back later.
+//! (Chromium), a join storm told to come back later, and LiveKit's server SDK managing rooms
+//! through the Twirp RoomService.
 
 mod common;
 
@@ -712,5 +713,96 @@ async fn a_join_storm_is_told_to_come_back_and_every_join_gets_in() {
         busy.iter().all(|r| r.headers().contains_key("retry-after")),
         "every 429 says when to come back"
     );
+    cluster.stop().await;
+}
+
+/// LiveKit's server SDK for Node.js (`livekit-server-sdk` from npm), unchanged, manages the
+/// rooms of a two-node cluster through the control plane's Twirp RoomService: a room spanning
+/// both nodes lists its participants from both, one is removed, errors come back as Twirp's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn livekit_server_sdk_manages_rooms_through_twirp() {
+    let cluster = Cluster::start(2, 0).await;
+    let (_alice, joined) = ws_join(&cluster.url(0), &token("alice", "lk", true, true)).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let (_bob, joined) = ws_join(&cluster.url(1), &token("bob", "lk", true, true)).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    eventually(Duration::from_secs(10), || async {
+        (participants("lk", &cluster.grpc()).await.len() == 2).then_some(())
+    })
+    .await
+    .expect("both participants are registered");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/twirp.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&cluster.grpc(), "devkey", "secret", "lk", "bob"])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the SDK script finishes")
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "livekit-server-sdk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["created"]["name"], "lk-new", "{seen}");
+    assert_eq!(seen["created"]["maxParticipants"], 7, "{seen}");
+    assert_eq!(seen["rooms"], serde_json::json!(["lk", "lk-new"]), "{seen}");
+    assert_eq!(
+        seen["before"],
+        serde_json::json!(["alice", "bob"]),
+        "{seen}"
+    );
+    assert_eq!(seen["one"]["identity"], "bob", "{seen}");
+    assert_eq!(seen["one"]["node"], "cp2", "{seen}");
+    assert_eq!(seen["after"], serde_json::json!(["alice"]), "{seen}");
+    assert_eq!(seen["missing"]["status"], 404, "{seen}");
+    assert_eq!(seen["missing"]["code"], "not_found", "{seen}");
+    assert_eq!(seen["forged"]["status"], 401, "{seen}");
+    assert_eq!(seen["sendData"]["code"], "unimplemented", "{seen}");
+    assert_eq!(
+        seen["roomsAfterDelete"],
+        serde_json::json!(["lk"]),
+        "{seen}"
+    );
+    // Protobuf bodies work as JSON ones do, and a wrong content type is Twirp's bad_route.
+    use prost::Message;
+    let http = common::http();
+    let url = format!("{}/twirp/livekit.RoomService/ListRooms", cluster.grpc());
+    let r = http
+        .post(&url)
+        .bearer_auth(admin())
+        .header("content-type", "application/protobuf")
+        .body(livekit_protocol::ListRoomsRequest::default().encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/protobuf");
+    let listed = livekit_protocol::ListRoomsResponse::decode(r.bytes().await.unwrap()).unwrap();
+    assert_eq!(listed.rooms.len(), 1);
+    assert_eq!(listed.rooms[0].name, "lk");
+    assert_eq!(listed.rooms[0].num_participants, 1);
+    let r = http
+        .post(&url)
+        .bearer_auth(admin())
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["code"], "bad_route", "{error}");
+
+    // The removal holds for our own API too.
+    let left: Vec<String> = participants("lk", &cluster.grpc())
+        .await
+        .into_iter()
+        .map(|p| p.identity)
+        .collect();
+    assert_eq!(left, vec!["alice".to_owned()]);
     cluster.stop().await;
 }

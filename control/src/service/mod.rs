@@ -14,6 +14,7 @@
 mod join;
 mod nodes;
 mod rooms;
+mod twirp;
 
 use crate::auth::{AuthError, Authenticator, Grants};
 use crate::http_server::ServeOptions;
@@ -273,8 +274,8 @@ pub async fn serve_with(
             tower_http::cors::CorsLayer::permissive()
                 .expose_headers([axum::http::header::RETRY_AFTER]),
         )
-        .with_state(api);
-    let app = grpc.merge(json);
+        .with_state(api.clone());
+    let app = grpc.merge(json).merge(twirp::router(api));
     crate::http_server::serve(listener, app, options, shutdown).await;
     sweeper.abort();
     Ok(())
