@@ -13,15 +13,19 @@
 //! The file list is the architecture: [`scenario`] and [`cli`] say what to run; [`run`] runs
 //! it; [`peer`] is one participant, over [`conn`] (a peer connection on its socket, full or
 //! [`light`]), [`sender`] (what a publisher sends, from [`media`]) and [`signal`] (how it
-//! joins each target); [`state`], [`stats`] and [`series`] hold the measurements;
+//! joins each target); [`state`], [`stats`] (with [`playout`]: when a frame could be shown)
+//! and [`series`] hold the measurements;
 //! [`stamped`] reads datagrams with their kernel arrival time; [`procstat`] reads CPU and
-//! memory; [`report`], [`progress`] and [`plot`] show the results.
+//! memory; [`report`], [`progress`] and [`plot`] show the results. [`impair`] is a lossy,
+//! jittery UDP path in process, for tests and measurements on machines without netem.
 
 pub mod cli;
 pub mod conn;
+pub mod impair;
 pub mod light;
 pub mod media;
 pub mod peer;
+pub mod playout;
 pub mod plot;
 pub mod procstat;
 pub mod progress;

@@ -76,6 +76,10 @@ pub struct Report {
     pub freezes_per_receiver: Option<Percentiles>,
     pub freezes: u64,
     pub receivers_with_freezes: usize,
+    /// Time video stood still in freezes over time watched, in percent: the frozen time of
+    /// every receiver's video streams over the window times their number (a freeze counts
+    /// whole when it ends, so one that began before the window counts its earlier part too).
+    pub freeze_ratio_percent: f64,
     /// Loss over all receivers' packets together, in percent.
     pub total_video_loss_percent: f64,
     pub total_audio_loss_percent: f64,
@@ -288,6 +292,17 @@ pub fn build(i: Inputs<'_>) -> Report {
             .iter()
             .filter(|s| s.reception.of(true).any(|x| x.freezes > 0))
             .count(),
+        freeze_ratio_percent: {
+            let videos = live_receivers.iter().flat_map(|s| s.reception.of(true));
+            let (frozen, streams) = videos.fold((0.0, 0usize), |(f, n), x| {
+                (f + x.frozen.as_secs_f64(), n + 1)
+            });
+            if streams == 0 || secs <= 0.0 {
+                0.0
+            } else {
+                100.0 * frozen / (secs * streams as f64)
+            }
+        },
         total_video_loss_percent: total(true),
         total_audio_loss_percent: total(false),
         packets_sent: i.states.iter().map(|s| s.sent_in_window().0).sum(),
@@ -395,12 +410,13 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "loss over all receivers: video {:.3} %, audio {:.3} %; freezes {} ({} receivers); \
-             sent {} packets, {} keyframe requests",
+            "loss over all receivers: video {:.3} %, audio {:.3} %; freezes {} ({} receivers, \
+             {:.3} % of the time); sent {} packets, {} keyframe requests",
             self.total_video_loss_percent,
             self.total_audio_loss_percent,
             self.freezes,
             self.receivers_with_freezes,
+            self.freeze_ratio_percent,
             self.packets_sent,
             self.keyframe_requests
         )?;

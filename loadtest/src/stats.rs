@@ -5,6 +5,7 @@
 //! logarithmic histogram per peer (not per stream, not a list of samples), so thousands of
 //! peers can be measured for as long as a test runs.
 
+use crate::playout::Playout;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -95,18 +96,22 @@ pub struct StreamStats {
     last_transit: Option<f64>,
     clock_rate: f64,
     pub first_packet_at: Option<Instant>,
-    last_frame_at: Option<Instant>,
+    /// Video only: when each frame could be shown (see [`crate::playout`]); boxed, as most
+    /// streams are audio.
+    playout: Option<Box<Playout>>,
     pub freezes: u32,
     pub frozen: Duration,
 }
 
-/// A gap between video frames longer than this is a freeze.
+/// A gap between video frames that could be shown (complete, and every frame before them
+/// complete or given up) longer than this is a freeze.
 pub const FREEZE: Duration = Duration::from_millis(500);
 
 impl StreamStats {
     pub fn new(clock_rate: u32) -> Self {
         Self {
             clock_rate: clock_rate as f64,
+            playout: (clock_rate == 90_000).then(Box::default),
             ..Default::default()
         }
     }
@@ -155,15 +160,11 @@ impl StreamStats {
             }
             self.last_transit = Some(transit);
         }
-        if frame_end {
-            if let Some(last) = self.last_frame_at {
-                let gap = now.saturating_duration_since(last);
-                if gap > FREEZE {
-                    self.freezes += 1;
-                    self.frozen += gap;
-                }
-            }
-            self.last_frame_at = Some(now);
+        if let Some(playout) = &mut self.playout
+            && let Some(gap) = playout.on_packet(now, ext, frame_end, FREEZE)
+        {
+            self.freezes += 1;
+            self.frozen += gap;
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub slow_clients: Counter,
     /// WebSocket clients disconnected because nothing came from them for too long.
     pub idle_clients: Counter,
+    /// Tasks alive on the node's tokio runtime, read when metrics are served: a count that
+    /// keeps growing while participants come and go is a leak (see `BENCHMARKS.md`, soak).
+    pub tasks: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +68,7 @@ impl Metrics {
             room_panics: Counter::default(),
             slow_clients: Counter::default(),
             idle_clients: Counter::default(),
+            tasks: Gauge::default(),
             nacks_received: Counter::default(),
             retransmitted: Counter::default(),
             keyframe_requests_received: Counter::default(),
@@ -136,6 +140,11 @@ impl Metrics {
             m.idle_clients.clone(),
         );
         registry.register(
+            "tasks",
+            "Tasks alive on the node's tokio runtime (media workers are threads, not counted)",
+            m.tasks.clone(),
+        );
+        registry.register(
             "nacks_received",
             "Packets NACKed by subscribers",
             m.nacks_received.clone(),
@@ -205,8 +214,12 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The text exposition format. Called on the node's runtime, whose task count it reads.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.tasks
+                .set(i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -137,6 +137,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.datagram_receive_buffer_size(Some(16 << 20));
     t.datagram_send_buffer_size(16 << 20);
     t.max_concurrent_uni_streams(1024u32.into());
+    // Media rides in datagrams, which QUIC never retransmits: the link repairs its own losses
+    // (NACKs to the origin's cache), so loss is no sign of congestion here. A loss-based
+    // controller (quinn's default, CUBIC) shrinks its window at every random loss: at 5 %
+    // loss and 30 ms of jitter it let through under half of one 1.5 Mbps video and queued
+    // the rest for seconds (BENCHMARKS.md, impairment). BBR paces at the delivery rate it
+    // measures and keeps it through random loss.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     // Relayed packets share datagrams (see `wire`): on a path with jumbo frames (a data
     // centre's, loopback) MTU discovery finds room for several video packets in each; on a
     // 1,500-byte path its probes fail and datagrams stay at its size.

@@ -1,0 +1,152 @@
+//! A relay link through a lossy, jittery path: 5 % of datagrams lost and each delayed by up
+//! to 30 ms (so they reorder), both ways, between two nodes of a real cluster (etcd, QUIC).
+//!
+//! A publisher of the load tester sends to node `ia`; subscribers on node `ib` get its media
+//! only over the impaired link. Their video must freeze less than 1 % of the time: the relay
+//! hop repairs its losses (NACKs to the origin's cache) before the picture stalls. Freezes
+//! are counted as [`sfu_loadtest::playout`] defines them (a frame is shown once it and every
+//! frame before it are complete, a hole is given up after a second), so unrepaired loss would
+//! freeze about once per lost packet. The proxy's counters check that the loss really
+//! happened.
+//!
+//! The same test measures (`--nocapture` prints the report): `IMPAIR_LOSS` (0.05),
+//! `IMPAIR_JITTER_MS` (30), `IMPAIR_SECS` (measured seconds, 15), `IMPAIR_SUBSCRIBERS` (4).
+
+use sfu_control::testing::Etcd;
+use sfu_loadtest::impair::{ImpairProxy, Impairment};
+use sfu_loadtest::run::{Watch, run};
+use sfu_loadtest::scenario::Scenario;
+use sfu_node::{Config, Server};
+use std::time::Duration;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
+    let mut c = Config::loopback();
+    c.cluster.node_id = id.to_owned();
+    c.cluster.etcd = vec![etcd.to_owned()];
+    c.cluster.certs_dir = Some(certs.to_owned());
+    c.cluster.name = "impaired".into();
+    c.dev = true;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_behind_a_lossy_jittery_relay_link_barely_freeze() {
+    let loss: f64 = env_or("IMPAIR_LOSS", 0.05);
+    let jitter_ms: u64 = env_or("IMPAIR_JITTER_MS", 30);
+    let secs: f64 = env_or("IMPAIR_SECS", 15.0);
+    let subscribers: u32 = env_or("IMPAIR_SUBSCRIBERS", 4);
+    if let Ok(filter) = std::env::var("SFU_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let etcd = Etcd::start().expect("etcd starts");
+    let certs = std::env::temp_dir().join(format!("sfu-impaired-{}", std::process::id()));
+    let ids = ["ia".to_owned(), "ib".to_owned()];
+    sfu_relay::certs::ensure_dev_certs(&certs, &ids).unwrap();
+
+    // `ia` sorts first, so it dials `ib`: at the address `ib` advertises, the proxy's.
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // `Server::relay_addr` is the advertised address: `ib` listens on a port chosen here.
+    let b_relay = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap();
+    let mut b_config = node_config("ib", &etcd.endpoint, &certs);
+    b_config.cluster.relay_bind = b_relay;
+    b_config.cluster.relay_advertise = Some(front.local_addr().unwrap());
+    let b = Server::start(b_config).await.expect("node ib starts");
+    let proxy = ImpairProxy::with_socket(
+        front,
+        b_relay,
+        Impairment {
+            loss,
+            jitter: Duration::from_millis(jitter_ms),
+            seed: 12,
+        },
+    );
+    let a = Server::start(node_config("ia", &etcd.endpoint, &certs))
+        .await
+        .expect("node ia starts");
+
+    let scenario = Scenario::from_toml(&format!(
+        r#"
+room_prefix = "impaired"
+publishers = 1
+subscribers = {subscribers}
+join_rate = 10
+warmup_secs = 4
+duration_secs = {secs}
+
+[target]
+kind = "sfu"
+url = "http://{a}"
+subscriber_urls = ["http://{b}"]
+
+[video]
+bitrate_kbps = 1500
+keyframe_interval_secs = 3
+
+[audio]
+bitrate_kbps = 32
+"#,
+        a = a.http_addr,
+        b = b.http_addr,
+    ))
+    .unwrap();
+    let watch = Watch {
+        pids: vec![std::process::id()],
+        progress: false,
+    };
+    let before = proxy.counts();
+    let report = run(&scenario, &watch).await.expect("the run completes");
+    let counts = proxy.counts();
+    println!("{report}");
+    println!(
+        "impairment: loss {loss}, jitter {jitter_ms} ms; proxy {counts:?}, dropped {:.2} %; \
+         freeze ratio {:.3} %",
+        100.0 * counts.loss(),
+        report.freeze_ratio_percent
+    );
+    // The origin answers the link's NACKs from its cache (counted once a second).
+    println!(
+        "origin ia: {} packets NACKed, {} resent; ib: {} resent",
+        a.metrics.nacks_received.get(),
+        a.metrics.retransmitted.get(),
+        b.metrics.retransmitted.get()
+    );
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&certs);
+
+    assert_eq!(report.peers_connected as u32, subscribers + 1, "{report}");
+    assert_eq!(
+        report.receivers_complete as u32, subscribers,
+        "every subscriber gets audio and video over the link: {report}"
+    );
+    // The link carried the media, and the path really lost about `loss` of it.
+    let carried = counts.received - before.received;
+    assert!(carried > 1_000, "{counts:?}");
+    assert!(
+        (counts.loss() - loss).abs() <= loss * 0.3 + 0.002,
+        "the proxy dropped {:.2} % of {} datagrams, not {:.0} %",
+        100.0 * counts.loss(),
+        counts.received,
+        100.0 * loss
+    );
+    if jitter_ms > 0 {
+        assert!(counts.reordered > 0, "the jitter reorders: {counts:?}");
+    }
+    assert!(
+        report.freeze_ratio_percent < 1.0,
+        "video frozen {:.3} % of the time behind the impaired link: {report}",
+        report.freeze_ratio_percent
+    );
+}
