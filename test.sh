@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh Debian machine it first installs what the tests
 # use: Chromium (end-to-end tests), protoc (etcd/gRPC code generation), etcd (cluster tests),
-# Node.js and playwright-core (to drive Chromium). Extra arguments go to `cargo test`.
+# Node.js and playwright-core (to drive Chromium), GStreamer and ffmpeg (recordings). Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,13 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Recording: GStreamer to build against (gstreamer-rs finds it with pkg-config) and its plugins
+# that write the files; ffmpeg's ffprobe checks them.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -f /usr/include/gstreamer-1.0/gst/gst.h ] || missing+=(libgstreamer1.0-dev)
+[ -f /usr/include/gstreamer-1.0/gst/app/app.h ] || missing+=(libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base)
+compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null || missing+=(gstreamer1.0-plugins-good)
+command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -42,6 +42,25 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// HTTPS for the HTTP server, and trust for HTTPS the node calls.
     pub tls: TlsConfig,
+    /// Track recordings.
+    pub recording: RecordingConfig,
+}
+
+/// Where recordings go.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Directory recordings are written to (created when the first one starts); relative
+    /// paths are from the node's working directory.
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: "recordings".into(),
+        }
+    }
 }
 
 /// TLS: the HTTP server (signaling, WHIP/WHEP, admin API) serves HTTPS with `cert` and `key`;
@@ -207,6 +226,7 @@ impl Default for Config {
             drain_timeout_secs: 60,
             webhook: WebhookConfig::default(),
             tls: TlsConfig::default(),
+            recording: RecordingConfig::default(),
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"

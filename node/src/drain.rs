@@ -2,8 +2,8 @@
 //!
 //! A draining node admits no one, says so in its registry record (placement skips it), and
 //! tells its WebSocket participants to reconnect to another node (a `migrate` message; the demo
-//! client follows it). It is done when its last participant has left, or at the deadline;
-//! then the process exits.
+//! client follows it). Its recordings are stopped first, so their files are finalised. It is
+//! done when its last participant has left, or at the deadline; then the process exits.
 
 use crate::media::{AdminOp, Command, MediaPlane};
 use sfu_control::Membership;
@@ -49,6 +49,8 @@ impl Drain {
         let me = self.clone();
         tokio::spawn(async move {
             let until = Instant::now() + deadline;
+            // Recordings end cleanly (finalised files) before participants move away.
+            media.stop_all_recordings().await;
             loop {
                 if let Some(url) = target(&node_id, &membership) {
                     for i in 0..media.worker_count() {

@@ -5,6 +5,7 @@
 //! - [`http`]: WebSocket signaling, WHIP/WHEP, the demo page, health and metrics (axum).
 //! - [`auth`]: LiveKit-compatible JWT access tokens.
 //! - [`cluster`]: registry membership and relay links, routed to the media workers.
+//! - [`recording`]: tracks written to files (WebM, Matroska, MP4) through GStreamer.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, start and stop.
 
 /// Access tokens (shared with the control plane).
@@ -18,6 +19,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod recording;
 pub mod server;
 pub mod signaling;
 pub mod webhook;

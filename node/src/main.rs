@@ -94,6 +94,9 @@ struct ServeArgs {
     /// decides).
     #[arg(long, env = "SFU_CAPACITY", global = true)]
     capacity: Option<u32>,
+    /// Where recordings are written (default: `recordings/` in the working directory).
+    #[arg(long, env = "SFU_RECORDINGS_DIR", global = true)]
+    recordings_dir: Option<PathBuf>,
     #[command(flatten)]
     etcd_access: sfu_control::cli_args::EtcdAccessArgs,
     #[command(flatten)]
@@ -182,6 +185,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.capacity {
         k.capacity = v;
+    }
+    if let Some(v) = &args.recordings_dir {
+        c.recording.dir = v.clone();
     }
     if args.etcd_access.any() {
         k.etcd_access = args.etcd_access.access();

@@ -97,6 +97,7 @@ impl Server {
             node_id: node_id.as_str().into(),
             fanout: config.cluster.fanout,
             membership: membership.clone(),
+            recordings_dir: config.recording.dir.clone(),
             webhooks: {
                 let keys = config.effective_keys();
                 let key = config
@@ -281,6 +282,8 @@ impl Server {
     /// Leaves the cluster (its registry keys go at once), closes relay links and stops
     /// accepting HTTP requests.
     pub async fn stop(mut self) {
+        // Recordings first, so that their files are finalised while media still flows.
+        self.media.stop_all_recordings().await;
         self.membership.leave().await;
         if let Some(l) = &self.links {
             l.close();

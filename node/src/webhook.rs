@@ -55,11 +55,43 @@ pub struct TrackRef {
     pub participant: String,
 }
 
+/// A recording, in `egress_started` and `egress_ended`.
+#[derive(Serialize, Clone, Debug)]
+pub struct EgressRef {
+    pub id: String,
+    /// `track`.
+    pub kind: String,
+    pub track: String,
+    /// `active`, `complete` or `failed`.
+    pub state: crate::recording::RecordingState,
+    /// The file's path on the recording node.
+    pub file: String,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    /// Why it failed or ended by itself (empty otherwise).
+    pub error: String,
+}
+
+impl From<&crate::recording::RecordingInfo> for EgressRef {
+    fn from(i: &crate::recording::RecordingInfo) -> Self {
+        Self {
+            id: i.id.clone(),
+            kind: i.kind.to_owned(),
+            track: i.track.clone(),
+            state: i.state,
+            file: i.file.clone(),
+            duration_ms: i.duration_ms,
+            size_bytes: i.size_bytes,
+            error: i.error.clone(),
+        }
+    }
+}
+
 /// One event, as sent (JSON).
 #[derive(Serialize, Clone, Debug)]
 pub struct Event {
     /// `room_started`, `room_finished`, `participant_joined`, `participant_left`,
-    /// `track_published`, `track_unpublished`.
+    /// `track_published`, `track_unpublished`, `egress_started`, `egress_ended`.
     pub event: &'static str,
     pub id: String,
     /// Seconds since the Unix epoch.
@@ -70,6 +102,8 @@ pub struct Event {
     pub participant: Option<ParticipantRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track: Option<TrackRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRef>,
 }
 
 impl Event {
@@ -87,6 +121,7 @@ impl Event {
             },
             participant: None,
             track: None,
+            egress: None,
         }
     }
 }

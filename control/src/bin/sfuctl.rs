@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sfu_control::auth::{admin_claims, join_claims, mint};
 use sfu_proto::control as pb;
 use sfu_proto::control::node_service_client::NodeServiceClient;
+use sfu_proto::control::recording_service_client::RecordingServiceClient;
 use sfu_proto::control::room_service_client::RoomServiceClient;
 use std::time::Duration;
 use tonic::Request;
@@ -96,6 +97,32 @@ enum Cmd {
     Node {
         #[command(subcommand)]
         command: NodeCmd,
+    },
+    /// Track recordings (files on the recording node).
+    Recordings {
+        #[command(subcommand)]
+        command: RecordingsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingsCmd {
+    /// Record a published track; prints the recording's id.
+    Start {
+        room: String,
+        #[arg(long)]
+        track: String,
+        /// The node that records (default: the track's own node).
+        #[arg(long, default_value = "")]
+        node: String,
+    },
+    /// Stop a recording; waits until its file is finalised.
+    Stop { id: String },
+    /// Recordings of every node.
+    List {
+        /// Only this room's.
+        #[arg(long, default_value = "")]
+        room: String,
     },
 }
 
@@ -563,6 +590,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print(serde_json::json!({ "draining": node }));
             } else {
                 println!("node {node} is draining");
+            }
+        }
+        Cmd::Recordings { command } => {
+            let mut c = RecordingServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);
+            let one = |r: &pb::RecordingInfo| {
+                serde_json::json!({
+                    "id": r.id, "room": r.room, "kind": r.kind, "track": r.track, "codec": r.codec,
+                    "state": r.state, "node": r.node, "file": r.file, "duration_ms": r.duration_ms,
+                    "size_bytes": r.size_bytes, "started_ms": r.started_ms, "ended_ms": r.ended_ms,
+                    "error": r.error,
+                })
+            };
+            match command {
+                RecordingsCmd::Start { room, track, node } => {
+                    let req = pb::StartRecordingRequest { room, track, node };
+                    let r = c.start_recording(authed(&admin, req)).await?.into_inner();
+                    if json {
+                        print(one(&r));
+                    } else {
+                        println!("{}", r.id);
+                    }
+                }
+                RecordingsCmd::Stop { id } => {
+                    let req = pb::StopRecordingRequest { id };
+                    let r = c.stop_recording(authed(&admin, req)).await?.into_inner();
+                    if json {
+                        print(one(&r));
+                    } else {
+                        println!(
+                            "{} {}: {} ({:.1} s, {} bytes)",
+                            r.id,
+                            r.state,
+                            r.file,
+                            r.duration_ms as f64 / 1000.0,
+                            r.size_bytes
+                        );
+                    }
+                }
+                RecordingsCmd::List { room } => {
+                    let req = pb::ListRecordingsRequest { room };
+                    let all = c.list_recordings(authed(&admin, req)).await?.into_inner();
+                    if json {
+                        print(serde_json::json!(
+                            all.recordings.iter().map(one).collect::<Vec<_>>()
+                        ));
+                    } else {
+                        let header = [
+                            "ID", "ROOM", "KIND", "STATE", "NODE", "FILE", "DURATION", "SIZE",
+                        ];
+                        let rows = all.recordings.iter().map(|r| {
+                            vec![
+                                r.id.clone(),
+                                r.room.clone(),
+                                format!("{} {}", r.kind, r.track),
+                                if r.error.is_empty() {
+                                    r.state.clone()
+                                } else {
+                                    format!("{} ({})", r.state, r.error)
+                                },
+                                r.node.clone(),
+                                r.file.clone(),
+                                format!("{:.1}s", r.duration_ms as f64 / 1000.0),
+                                r.size_bytes.to_string(),
+                            ]
+                        });
+                        table(&header, rows.collect());
+                    }
+                }
             }
         }
     }

@@ -10,9 +10,11 @@
 //! - [`rooms`]: the `RoomService` (rooms, participants, roles).
 //! - [`nodes`]: the `NodeService` (nodes, draining).
 //! - [`join`]: placement of joining participants, gRPC and JSON.
+//! - [`recordings`]: the `RecordingService` (track recordings, run by the nodes).
 
 mod join;
 mod nodes;
+mod recordings;
 mod rooms;
 mod twirp;
 
@@ -26,6 +28,7 @@ use crate::registry::{EtcdAccess, EtcdRegistry, Registry};
 use sfu_proto::control as pb;
 use sfu_proto::control::join_service_server::JoinServiceServer;
 use sfu_proto::control::node_service_server::NodeServiceServer;
+use sfu_proto::control::recording_service_server::RecordingServiceServer;
 use sfu_proto::control::room_service_server::RoomServiceServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -266,6 +269,7 @@ pub async fn serve_with(
     let grpc = tonic::service::Routes::new(RoomServiceServer::new(api.clone()))
         .add_service(NodeServiceServer::new(api.clone()))
         .add_service(JoinServiceServer::new(api.clone()))
+        .add_service(RecordingServiceServer::new(api.clone()))
         .into_axum_router();
     let json = axum::Router::new()
         .route("/v1/join", axum::routing::post(join::join_json))

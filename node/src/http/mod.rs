@@ -5,6 +5,7 @@ mod admin;
 mod demo;
 pub mod gate;
 mod problem;
+mod recordings;
 pub(crate) mod whip;
 mod ws;
 
@@ -231,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rtc", get(ws::upgrade))
         .merge(whip::routes())
         .merge(admin::routes())
+        .merge(recordings::routes())
         .merge(demo::routes())
         .layer(cors)
         .with_state(state)

@@ -10,10 +10,12 @@ pub mod demux;
 mod egress;
 pub mod peer;
 mod plane;
+mod record;
 mod room;
 mod room_admin;
 mod room_drive;
 mod room_publish;
+mod room_record;
 mod room_remote;
 mod room_roles;
 mod room_subscribe;
@@ -183,11 +185,29 @@ pub enum Command {
     },
     /// Input from the cluster: relay links and registry changes.
     Cluster(ClusterInput),
+    /// Starts or stops a recording fed by a room of this worker.
+    Record(RecordCommand),
     /// Test hook: the worker panics while handling `room`, as a bug would (see
     /// `Worker::guarded`). Not reachable from any network input.
     #[doc(hidden)]
     InjectPanic {
         room: String,
+    },
+}
+
+/// What a room's home worker is asked about recordings (see [`crate::recording`]).
+pub enum RecordCommand {
+    /// Feed `recorder` with `track` (the room is opened here if it was not).
+    Start {
+        room: String,
+        track: String,
+        recorder: crate::recording::Recorder,
+        reply: Reply<()>,
+    },
+    Stop {
+        room: String,
+        id: String,
+        reply: Reply<()>,
     },
 }
 

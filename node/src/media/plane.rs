@@ -53,6 +53,8 @@ pub struct MediaPlane {
     workers: Arc<[mpsc::UnboundedSender<Command>]>,
     udp_addrs: Arc<[SocketAddr]>,
     shared: Arc<Shared>,
+    /// The node's recordings (fed by the workers; see [`crate::recording`]).
+    pub(super) recordings: crate::recording::Recordings,
 }
 
 impl MediaPlane {
@@ -67,6 +69,11 @@ impl MediaPlane {
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             track_owners: RwLock::default(),
         });
+        let recordings = crate::recording::Recordings::new(
+            config.recordings_dir.clone(),
+            config.node_id.clone(),
+            config.webhooks.clone(),
+        );
         let mut udp_addrs = Vec::new();
         for (index, (_, rx)) in channels.into_iter().enumerate() {
             let addr = worker::spawn(
@@ -83,6 +90,7 @@ impl MediaPlane {
             workers: senders.into(),
             udp_addrs: udp_addrs.into(),
             shared,
+            recordings,
         })
     }
 

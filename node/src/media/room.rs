@@ -201,6 +201,9 @@ pub struct LocalRoom {
     /// Packets dropped at the edge of the room, and those already reported.
     pub drops: super::room_drive::EdgeDrops,
     pub reported_drops: super::room_drive::EdgeDrops,
+    /// Recordings fed by this room (see [`super::room_record`]); they keep it open.
+    pub(super) recorders: Vec<super::room_record::TrackRecorder>,
+    pub(super) next_recorder: u64,
 }
 
 impl LocalRoom {
@@ -228,11 +231,14 @@ impl LocalRoom {
             reported: sfu_core::RoomStats::default(),
             drops: Default::default(),
             reported_drops: Default::default(),
+            recorders: Vec::new(),
+            next_recorder: 0,
         }
     }
 
+    /// No participant here, and nothing recorded here.
     pub fn is_empty(&self) -> bool {
-        self.roster.local.is_empty()
+        self.roster.local.is_empty() && self.recorders.is_empty()
     }
 
     pub fn participant_count(&self) -> usize {

@@ -362,6 +362,10 @@ impl LocalRoom {
                     edits,
                     ..
                 } => {
+                    if super::room_record::is_recorder(sink) {
+                        self.record(sink, &packet, &edits);
+                        continue;
+                    }
                     // The direct send path: written once into the send buffer, protected in
                     // place (see `transport`).
                     let Some(t) = self

@@ -367,7 +367,9 @@ impl LocalRoom {
             return;
         };
         for (subscription, sink) in self.core.remove_track(track) {
-            if sfu_relay::core::decode_sink(sink).is_none() {
+            if super::room_record::is_recorder(sink) {
+                self.recording_ended(sink);
+            } else if sfu_relay::core::decode_sink(sink).is_none() {
                 self.on_subscription_ended(now, sink.0 as usize, subscription, out);
             }
         }

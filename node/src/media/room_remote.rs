@@ -294,6 +294,11 @@ impl LocalRoom {
                 }
             }
         }
+        for track in self.recorded_tracks() {
+            if let Some(w) = wants.get_mut(&track) {
+                *w = (true, true);
+            }
+        }
         for (track, origin, layers) in remote {
             let (interested, attached) = wants.get(&track).copied().unwrap_or_default();
             let kind = self.tracks.get(&track).map(|t| t.kind);

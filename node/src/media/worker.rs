@@ -68,6 +68,8 @@ pub struct WorkerConfig {
     pub fanout: usize,
     pub membership: Membership,
     pub webhooks: crate::webhook::Webhooks,
+    /// Where recordings are written.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// Where datagrams from an address or with a ufrag go.

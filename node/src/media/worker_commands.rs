@@ -167,6 +167,7 @@ impl Worker {
                 let _ = reply.send(self.admin(now, op));
             }
             Command::Cluster(input) => self.handle_cluster(input),
+            Command::Record(c) => self.handle_record(now, c),
             Command::InjectPanic { room } => {
                 if let Some(idx) = self.room_index(&room, false) {
                     self.touching = Some(idx);

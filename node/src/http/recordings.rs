@@ -1,0 +1,111 @@
+//! The node's recordings API (administrators; used by the control plane):
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /admin/rooms/{room}/recordings` `{"track": "TR_…"}` | record a track on this node: `201` and the recording |
+//! | `GET /admin/recordings` | this node's recordings |
+//! | `GET /admin/recordings/{id}` | one of them |
+//! | `DELETE /admin/recordings/{id}` | stop it; answers once the file is finalised |
+//!
+//! The track may be published on any node of the cluster: this node pulls it like a
+//! subscriber. An unknown room or track is `404` with what was not found; a codec that cannot
+//! be recorded `400`; a pipeline that cannot start `500` with GStreamer's reason.
+
+use super::{AppState, Problem};
+use crate::recording::{RecordingInfo, TrackSpec};
+use crate::signaling::protocol::{ErrorCode, SignalError};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/rooms/{room}/recordings", post(start))
+        .route("/admin/recordings", get(list))
+        .route("/admin/recordings/{id}", get(one).delete(stop))
+}
+
+#[derive(Deserialize)]
+struct StartBody {
+    track: String,
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<StartBody>,
+) -> Result<(StatusCode, Json<RecordingInfo>), Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    // The registry's track directory says what the track is, wherever it is published.
+    let (participants, tracks) = state.membership.room(&room);
+    let Some(t) = tracks.iter().find(|t| t.track == body.track) else {
+        let message = if participants.is_empty() && tracks.is_empty() {
+            format!("no room {room} in the cluster")
+        } else {
+            format!("no track {} in room {room}", body.track)
+        };
+        return Err(SignalError::new(ErrorCode::NotFound, message).into());
+    };
+    let spec = TrackSpec {
+        room: room.clone(),
+        track: t.track.clone(),
+        codec_mime: t.codec_mime.clone(),
+        clock_rate: t.clock_rate,
+    };
+    let info = state.media.record_track(spec).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<RecordingInfo>>, Problem> {
+    let grants = state.bearer(&headers)?;
+    let all = state.media.recordings().list();
+    Ok(Json(
+        all.into_iter()
+            .filter(|r| grants.may_admin(&r.room).is_ok())
+            .collect(),
+    ))
+}
+
+fn not_found(id: &str) -> Problem {
+    SignalError::new(
+        ErrorCode::NotFound,
+        format!("no recording {id} on this node"),
+    )
+    .into()
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<RecordingInfo>, Problem> {
+    let grants = state.bearer(&headers)?;
+    let info = state
+        .media
+        .recordings()
+        .get(&id)
+        .ok_or_else(|| not_found(&id))?;
+    grants.may_admin(&info.room)?;
+    Ok(Json(info))
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<RecordingInfo>, Problem> {
+    let grants = state.bearer(&headers)?;
+    let info = state
+        .media
+        .recordings()
+        .get(&id)
+        .ok_or_else(|| not_found(&id))?;
+    grants.may_admin(&info.room)?;
+    Ok(Json(state.media.stop_recording(&id).await?))
+}

@@ -1,0 +1,124 @@
+//! Recordings on the media plane: which worker feeds a recording (the room's home worker,
+//! which also pulls the room's tracks from other nodes), and the commands it is given.
+
+use super::plane::MediaPlane;
+use super::worker::Worker;
+use super::{Command, RecordCommand};
+use crate::recording::{RecordingInfo, Recordings, TrackSpec};
+use crate::signaling::protocol::{ErrorCode, SignalError};
+use std::time::Instant;
+
+impl MediaPlane {
+    /// Records a track of a room into a new file on this node; answers once it runs. The
+    /// recording is listed (failed, with the reason) if it could not start.
+    pub async fn record_track(&self, spec: TrackSpec) -> Result<RecordingInfo, SignalError> {
+        let worker = self.worker_for(&spec.room);
+        let (room, track) = (spec.room.clone(), spec.track.clone());
+        let (info, recorder) =
+            self.recordings()
+                .start(spec, worker)
+                .await
+                .map_err(|e| match e {
+                    crate::recording::RecordingError::Unsupported(m) => {
+                        SignalError::new(ErrorCode::BadRequest, m)
+                    }
+                    crate::recording::RecordingError::Pipeline(m) => {
+                        SignalError::new(ErrorCode::Internal, m)
+                    }
+                })?;
+        self.request_to(worker, |reply| {
+            Command::Record(RecordCommand::Start {
+                room,
+                track,
+                recorder,
+                reply,
+            })
+        })
+        .await?;
+        Ok(self.recordings().get(&info.id).unwrap_or(info))
+    }
+
+    /// Stops a recording of this node and waits until its file is finalised.
+    pub async fn stop_recording(&self, id: &str) -> Result<RecordingInfo, SignalError> {
+        let recordings = self.recordings();
+        let (room, worker) = recordings.route(id).ok_or_else(|| {
+            SignalError::new(
+                ErrorCode::NotFound,
+                format!("no recording {id} on this node"),
+            )
+        })?;
+        if recordings.get(id).is_some_and(|i| !i.state.finished()) {
+            // Not found there: it ended by itself meanwhile (its track went away).
+            let _ = self
+                .request_to(worker, |reply| {
+                    Command::Record(RecordCommand::Stop {
+                        room,
+                        id: id.to_owned(),
+                        reply,
+                    })
+                })
+                .await;
+        }
+        recordings.finished(id).await.ok_or_else(|| {
+            SignalError::new(
+                ErrorCode::NotFound,
+                format!("no recording {id} on this node"),
+            )
+        })
+    }
+
+    /// Stops every running recording (a node draining or stopping) and waits for their files.
+    pub async fn stop_all_recordings(&self) {
+        let running = self.recordings().running();
+        if !running.is_empty() {
+            tracing::info!(count = running.len(), "stopping recordings");
+        }
+        let stops = running.iter().map(|id| self.stop_recording(id));
+        futures_util::future::join_all(stops).await;
+    }
+
+    pub fn recordings(&self) -> &Recordings {
+        &self.recordings
+    }
+}
+
+impl Worker {
+    pub(super) fn handle_record(&mut self, now: Instant, command: RecordCommand) {
+        match command {
+            RecordCommand::Start {
+                room,
+                track,
+                recorder,
+                reply,
+            } => {
+                // Opened here if no participant of this node is in it: what the rest of the
+                // cluster has in the room comes from the registry.
+                let Some(idx) = self.room_index(&room, true) else {
+                    recorder.fail("the room could not be opened on this node");
+                    let _ = reply.send(Err(SignalError::new(
+                        ErrorCode::Internal,
+                        "the room could not be opened on this node",
+                    )));
+                    return;
+                };
+                let result = self.rooms[idx].start_recording(now, &track, recorder, &mut self.out);
+                self.after_room(idx);
+                let _ = reply.send(result);
+            }
+            RecordCommand::Stop { room, id, reply } => {
+                let result = match self.room_index(&room, false) {
+                    Some(idx) => {
+                        let r = self.rooms[idx].stop_recording(now, &id, &mut self.out);
+                        self.after_room(idx);
+                        r
+                    }
+                    None => Err(SignalError::new(
+                        ErrorCode::NotFound,
+                        format!("no recording {id}"),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+}

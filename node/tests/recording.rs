@@ -1,0 +1,310 @@
+//! Track recordings end to end: a real Chromium publisher, recordings started and stopped
+//! through the control plane's gRPC API on the node that is not the publisher's (so the
+//! tracks come over a relay link), files checked with ffprobe and decoded by ffmpeg; a node
+//! killed mid-recording leaves a file ffmpeg decodes.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use common::control::{Cluster, admin, authed};
+use common::process::{NodeProcess, free_port};
+use common::{Browser, browser_lock};
+use sfu_proto::control as pb;
+use sfu_proto::control::recording_service_client::RecordingServiceClient;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the publisher is recorded.
+const RECORDED: Duration = Duration::from_secs(20);
+
+/// `(codec name, duration in seconds)` of a file's first stream, as ffprobe reads it.
+fn probe(file: &Path) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json"])
+        .args(["-show_entries", "stream=codec_name:format=duration"])
+        .arg(file)
+        .output()
+        .expect("ffprobe (Debian's ffmpeg) is installed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let codec = v["streams"][0]["codec_name"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (codec, duration)
+}
+
+/// What ffmpeg says (at level error) while decoding the whole file, and whether it succeeded.
+fn decode(file: &Path) -> (bool, String) {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The room's published tracks as the registry lists them, once there are `n`.
+async fn tracks(cluster: &Cluster, room: &str, n: usize) -> Vec<sfu_control::TrackRecord> {
+    for _ in 0..300 {
+        let (_, tracks) = cluster.api.membership.room(room);
+        if tracks.len() >= n {
+            return tracks;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{room} did not get {n} tracks");
+}
+
+async fn keep(State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>, body: String) -> StatusCode {
+    if let Ok(v) = serde_json::from_str(&body) {
+        r.lock().unwrap().push(v);
+    }
+    StatusCode::OK
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_recorded_on_another_node_play_back_whole() {
+    let _guard = browser_lock().await;
+    let dir = std::env::temp_dir().join(format!("sfu-rec-{}", rand::random::<u32>()));
+    let hooks = Arc::new(Mutex::new(Vec::new()));
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(keep))
+        .with_state(hooks.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let cluster = Cluster::start_with(2, |_, c| {
+        c.recording.dir = dir.clone();
+        c.webhook.urls = vec![hook.clone()];
+    })
+    .await;
+    let room = "rec-e2e";
+    let mut browser = Browser::launch(&[(
+        "pub",
+        format!(
+            "{}/?room={room}&identity=alice&autojoin=1&publish=1",
+            cluster.url(0)
+        ),
+    )])
+    .await;
+    let published = tracks(&cluster, room, 2).await;
+    let mut api = RecordingServiceClient::connect(cluster.grpc())
+        .await
+        .unwrap();
+
+    // Bad input: what is unknown is named, and nothing is recorded.
+    let start = |room: &str, track: &str| pb::StartRecordingRequest {
+        room: room.into(),
+        track: track.into(),
+        node: "cp2".into(),
+    };
+    let e = api
+        .start_recording(authed(&admin(), start(room, "TR_nosuchtrack")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("TR_nosuchtrack"), "{e:?}");
+    let e = api
+        .start_recording(authed(&admin(), start("no-such-room", "TR_x")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no-such-room"), "{e:?}");
+
+    // One recording per track, on cp2 (the publisher is on cp1).
+    let mut ids = Vec::new();
+    for t in &published {
+        let r = api
+            .start_recording(authed(&admin(), start(room, &t.track)))
+            .await
+            .expect("recording starts")
+            .into_inner();
+        assert_eq!(
+            (r.node.as_str(), r.state.as_str()),
+            ("cp2", "active"),
+            "{r:?}"
+        );
+        ids.push((r.id, t.kind.clone()));
+    }
+    let started = Instant::now();
+    let listed = api
+        .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .recordings;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // The browser keeps reporting while the recordings run (its output must be read).
+    let _ = browser.until(RECORDED, |_| false).await;
+    let mut done = Vec::new();
+    for (id, kind) in &ids {
+        let r = api
+            .stop_recording(authed(
+                &admin(),
+                pb::StopRecordingRequest { id: id.clone() },
+            ))
+            .await
+            .expect("recording stops")
+            .into_inner();
+        done.push((r, kind.clone()));
+    }
+    let truth = started.elapsed().as_secs_f64();
+    browser.stop().await;
+
+    for (r, kind) in &done {
+        assert_eq!(r.state, "complete", "{r:?}");
+        let file = Path::new(&r.file);
+        assert!(file.starts_with(&dir), "{r:?}");
+        assert_eq!(
+            std::fs::metadata(file).unwrap().len(),
+            r.size_bytes,
+            "{r:?}"
+        );
+        let (codec, duration) = probe(file);
+        eprintln!("{kind}: {duration:.2} s in the file, {truth:.2} s recorded: {r:?}");
+        let expected = if kind == "video" { "vp8" } else { "opus" };
+        assert_eq!(codec, expected, "{r:?}");
+        assert!(
+            (duration - truth).abs() < 1.0,
+            "{kind}: ffprobe says {duration:.2} s, recorded for {truth:.2} s: {r:?}"
+        );
+        assert!(
+            (r.duration_ms as f64 / 1000.0 - duration).abs() < 1.0,
+            "the API's duration matches the file's: {r:?}, {duration:.2}"
+        );
+        let (ok, errors) = decode(file);
+        assert!(ok && errors.is_empty(), "{kind} decodes cleanly: {errors}");
+    }
+
+    // The webhooks: started and ended for each, the end with the file, duration and size.
+    let mut ended = Vec::new();
+    for _ in 0..50 {
+        ended = hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["event"] == "egress_ended")
+            .cloned()
+            .collect();
+        if ended.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended.len(), 2, "{:?}", hooks.lock().unwrap());
+    for (r, _) in &done {
+        let e = ended
+            .iter()
+            .find(|e| e["egress"]["id"] == r.id.as_str())
+            .unwrap_or_else(|| panic!("no egress_ended for {}: {ended:?}", r.id));
+        assert_eq!(e["egress"]["file"], r.file.as_str(), "{e}");
+        assert_eq!(e["egress"]["size_bytes"], r.size_bytes, "{e}");
+        assert!(e["egress"]["duration_ms"].as_u64().unwrap() > 15_000, "{e}");
+    }
+    let started_hooks = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["event"] == "egress_started")
+        .count();
+    assert_eq!(started_hooks, 2);
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
+    let _guard = browser_lock().await;
+    let _ = common::tracing_subscriber_init();
+    let etcd = sfu_control::testing::Etcd::start().expect("etcd starts");
+    let dir = std::env::temp_dir().join(format!("sfu-reckill-{}", rand::random::<u32>()));
+    sfu_relay::certs::ensure_dev_certs(&dir.join("certs"), &["k1".to_owned()]).unwrap();
+    let recordings = dir.join("recordings");
+    let mut node = NodeProcess::start(
+        "k1",
+        &etcd.endpoint,
+        &dir.join("certs"),
+        &dir,
+        free_port(),
+        None,
+        &["--recordings-dir", recordings.to_str().unwrap()],
+    );
+    node.wait_ready().await;
+    let room = "rec-kill";
+    let mut browser = Browser::launch(&[(
+        "pub",
+        format!(
+            "{}/?room={room}&identity=bob&autojoin=1&publish=1",
+            node.url()
+        ),
+    )])
+    .await;
+    // The camera's track, from the node's own admin API.
+    let http = common::http();
+    let mut video = String::new();
+    for _ in 0..300 {
+        let listed: serde_json::Value = http
+            .get(format!("{}/admin/rooms/{room}/participants", node.url()))
+            .bearer_auth(admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        let found = listed[0]["tracks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["kind"] == "video"))
+            .and_then(|t| t["sid"].as_str());
+        if let Some(sid) = found {
+            video = sid.to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!video.is_empty(), "the publisher's video is listed");
+    let r = http
+        .post(format!("{}/admin/rooms/{room}/recordings", node.url()))
+        .bearer_auth(admin())
+        .json(&serde_json::json!({ "track": video }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let info: serde_json::Value = r.json().await.unwrap();
+    let _ = browser.until(Duration::from_secs(8), |_| false).await;
+    node.signal("KILL");
+    assert!(node.exited_within(Duration::from_secs(5)).await.is_some());
+    browser.stop().await;
+
+    let file = Path::new(info["file"].as_str().unwrap());
+    let (codec, _) = probe(file);
+    assert_eq!(codec, "vp8", "{info}");
+    let (ok, errors) = decode(file);
+    eprintln!("decoding the killed node's file: ok {ok}, errors: {errors:?}");
+    assert!(ok, "ffmpeg decodes what was written: {errors}");
+    // Frames decoded: most of the 8 s before the kill.
+    let frames = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let frames: u64 = String::from_utf8_lossy(&frames.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(frames >= 100, "{frames} frames decoded from 8 s at ~30 fps");
+    let _ = std::fs::remove_dir_all(&dir);
+}
