@@ -318,7 +318,10 @@ async fn https_node_delivers_to_an_https_receiver_and_drops_silent_connections()
             .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
             .map(|v| v["event"].as_str().unwrap_or_default().to_owned())
             .collect::<Vec<_>>();
-        if events.iter().any(|e| e == "participant_joined") {
+        // Deliveries run concurrently: either may arrive first.
+        if events.iter().any(|e| e == "participant_joined")
+            && events.iter().any(|e| e == "room_started")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -7,6 +7,7 @@ use crate::records::TrackRecord;
 use crate::registry::Registry;
 use sfu_proto::control as pb;
 use sfu_proto::control::room_service_server::RoomService;
+use std::time::Duration;
 use tonic::{Request, Response as GrpcResponse, Status};
 
 /// The most participants one page of `ListParticipants` holds.
@@ -316,26 +317,32 @@ impl RoomService for Api {
         let g = self.0.grants(&r)?;
         let req = r.into_inner();
         g.may_admin(&req.room).map_err(status)?;
-        // Only the stage publishes, and the stage has records.
-        let (participants, tracks) = self.0.membership.room(&req.room);
-        let p = participants
-            .iter()
-            .find(|p| p.identity == req.identity)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no participant {} on the stage of room {}",
-                    req.identity, req.room
-                ))
-            })?;
-        let mut track = tracks
-            .into_iter()
-            .find(|t| t.track == req.track_sid && t.participant == p.sid)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "{} publishes no track {}",
-                    req.identity, req.track_sid
-                ))
-            })?;
+        // Only the stage publishes, and the stage has records. The view of them follows the
+        // registry by a watch: a track an administrator just saw listed (ListParticipants
+        // asks the nodes themselves) may reach it a moment later on a loaded machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut track = loop {
+            let (participants, tracks) = self.0.membership.room(&req.room);
+            let p = participants.iter().find(|p| p.identity == req.identity);
+            let found = p.and_then(|p| {
+                tracks
+                    .into_iter()
+                    .find(|t| t.track == req.track_sid && t.participant == p.sid)
+            });
+            if let Some(track) = found {
+                break track;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::not_found(match p {
+                    None => format!(
+                        "no participant {} on the stage of room {}",
+                        req.identity, req.room
+                    ),
+                    Some(_) => format!("{} publishes no track {}", req.identity, req.track_sid),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let body = serde_json::json!({ "track": req.track_sid, "muted": req.muted });
         self.0
             .on_participant(
