@@ -17,6 +17,11 @@ ETCD_PEER=${ETCD_PEER:-23800}
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# Recordings: GStreamer to build against and its plugins that write the files.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -f /usr/include/gstreamer-1.0/gst/app/app.h ] ||
+  missing+=(libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base)
+compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null || missing+=(gstreamer1.0-plugins-good)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -59,6 +64,7 @@ for i in $(seq 1 "$NODES"); do
   "$BIN" --dev --node-id "node-$i" --etcd "http://127.0.0.1:$ETCD_CLIENT" --certs-dir "$STATE/certs" \
     --bind "127.0.0.1:$((7000 + i))" --udp-port "$((7100 + 10 * i))" --workers 1 \
     --relay-bind "127.0.0.1:$((7200 + i))" --node-ip 127.0.0.1 \
+    --recordings-dir "$STATE/recordings/node-$i" \
     >"$STATE/logs/node-$i.log" 2>&1 &
   pids+=($!)
 done

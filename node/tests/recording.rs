@@ -99,6 +99,8 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     )])
     .await;
     let published = tracks(&cluster, room, 2).await;
+    // Media flowing, and the recording node's view of the registry caught up.
+    let _ = browser.until(Duration::from_secs(2), |_| false).await;
     let mut api = RecordingServiceClient::connect(cluster.grpc())
         .await
         .unwrap();
@@ -274,15 +276,25 @@ async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!video.is_empty(), "the publisher's video is listed");
-    let r = http
-        .post(format!("{}/admin/rooms/{room}/recordings", node.url()))
-        .bearer_auth(admin())
-        .json(&serde_json::json!({ "track": video }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let info: serde_json::Value = r.json().await.unwrap();
+    // The node finds the track in the registry's directory, written moments after the roster
+    // lists it.
+    let mut answer = (0, serde_json::Value::Null);
+    for _ in 0..50 {
+        let r = http
+            .post(format!("{}/admin/rooms/{room}/recordings", node.url()))
+            .bearer_auth(admin())
+            .json(&serde_json::json!({ "track": video }))
+            .send()
+            .await
+            .unwrap();
+        answer = (r.status().as_u16(), r.json().await.unwrap_or_default());
+        if answer.0 != 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, info) = answer;
+    assert_eq!(status, 201, "{info}");
     let _ = browser.until(Duration::from_secs(8), |_| false).await;
     node.signal("KILL");
     assert!(node.exited_within(Duration::from_secs(5)).await.is_some());
@@ -306,5 +318,151 @@ async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
         .parse()
         .unwrap_or(0);
     assert!(frames >= 100, "{frames} frames decoded from 8 s at ~30 fps");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The node process's CPU time so far (user + system) and its resident memory.
+fn cpu_and_rss() -> (Duration, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 14th field.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    (Duration::from_millis(ticks * 10), rss_kb * 1024)
+}
+
+/// CPU (% of one core) of this process over `window`, while the browser keeps reporting.
+async fn measure(browser: &mut Browser, window: Duration) -> (f64, u64) {
+    let (before, _) = cpu_and_rss();
+    let t = Instant::now();
+    let _ = browser.until(window, |_| false).await;
+    let (after, rss) = cpu_and_rss();
+    (
+        (after - before).as_secs_f64() / t.elapsed().as_secs_f64() * 100.0,
+        rss,
+    )
+}
+
+/// What a track recording costs the node against a subscriber of the same tracks (see
+/// BENCHMARKS.md). `cargo test --release -p sfu-node --test recording -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn recording_cost() {
+    const N: usize = 4;
+    const WINDOW: Duration = Duration::from_secs(15);
+    let _guard = browser_lock().await;
+    let _ = common::tracing_subscriber_init();
+    let dir = std::env::temp_dir().join(format!("sfu-recbench-{}", rand::random::<u32>()));
+    let mut config = sfu_node::Config::loopback();
+    config.recording.dir = dir.clone();
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let room = "rec-bench";
+    let mut browser = Browser::launch(&[(
+        "pub",
+        format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+    )])
+    .await;
+    let http = common::http();
+    let mut tracks: Vec<String> = Vec::new();
+    for _ in 0..300 {
+        let listed: serde_json::Value = http
+            .get(format!("{base}/admin/rooms/{room}/participants"))
+            .bearer_auth(admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        tracks = listed[0]["tracks"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .filter_map(|t| Some(t["sid"].as_str()?.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if tracks.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tracks.len(), 2);
+    let _ = browser.until(Duration::from_secs(5), |_| false).await;
+    let (idle, idle_rss) = measure(&mut browser, WINDOW).await;
+
+    // N recordings of the publisher's audio and video.
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        for t in &tracks {
+            let r: serde_json::Value = http
+                .post(format!("{base}/admin/rooms/{room}/recordings"))
+                .bearer_auth(admin())
+                .json(&serde_json::json!({ "track": t }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ids.push(r["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let _ = browser.until(Duration::from_secs(3), |_| false).await;
+    let (recording, recording_rss) = measure(&mut browser, WINDOW).await;
+    let mut bytes = 0;
+    let mut secs = 0.0;
+    for id in &ids {
+        let r: serde_json::Value = http
+            .delete(format!("{base}/admin/recordings/{id}"))
+            .bearer_auth(admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        bytes += r["size_bytes"].as_u64().unwrap();
+        // The average duration of the 2N recordings.
+        secs += r["duration_ms"].as_u64().unwrap() as f64 / 1000.0 / (2 * N) as f64;
+    }
+
+    // N subscribers of the same two tracks (Chromium pages).
+    for i in 0..N {
+        browser
+            .open(
+                &format!("sub{i}"),
+                &format!("{base}/?room={room}&identity=v{i}&autojoin=1&publish=0"),
+            )
+            .await;
+    }
+    let _ = browser.until(Duration::from_secs(8), |_| false).await;
+    let (subscribed, subscribed_rss) = measure(&mut browser, WINDOW).await;
+    browser.stop().await;
+    println!(
+        "publisher only: {idle:.1} % of a core, RSS {} MB",
+        idle_rss >> 20
+    );
+    println!(
+        "{N} recordings of audio + video: {recording:.1} % ({:.2} % each), RSS {} MB (+{:.1} MB each); {:.0} kbit/s written per recording",
+        (recording - idle) / N as f64,
+        recording_rss >> 20,
+        (recording_rss as f64 - idle_rss as f64) / N as f64 / 1e6,
+        bytes as f64 * 8.0 / secs / 1000.0 / N as f64,
+    );
+    println!(
+        "{N} subscribers of audio + video: {subscribed:.1} % ({:.2} % each), RSS {} MB",
+        (subscribed - idle) / N as f64,
+        subscribed_rss >> 20,
+    );
+    node.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

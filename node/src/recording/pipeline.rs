@@ -5,7 +5,8 @@
 //! ```
 //!
 //! The jitter buffer puts packets back in order and turns RTP timestamps into buffer times
-//! (the muxer writes those); the depayloader rebuilds frames without decoding them.
+//! (the muxer writes those); the depayloader rebuilds frames without decoding them. The
+//! muxer starts the file at time 0 and keeps RTP's timing from there.
 
 use super::RecordingError;
 use gstreamer as gst;
@@ -117,6 +118,10 @@ pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
     set_if_known(src.upcast_ref(), "leaky-type", "upstream");
     let jitter = element("rtpjitterbuffer")?;
     jitter.set_property("latency", JITTER_LATENCY_MS);
+    // Buffer times from the RTP timestamps alone (from the first packet's arrival): a burst
+    // after a stall must not squeeze frames onto one timestamp, as arrival-time smoothing
+    // does (two video frames on one millisecond are an error to WebM readers).
+    jitter.set_property_from_str("mode", "none");
     let depay = element(plan.depayloader)?;
     // rtpopusdepay (1.22) says no sample rate, which the WebM muxer needs: Opus in RTP is
     // always 48 kHz (RFC 7587), so it is added.
@@ -146,6 +151,9 @@ pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
     sink.set_property("location", file.display().to_string());
     // Not synchronised to the clock: write as fast as packets come.
     sink.set_property("sync", false);
+    // What a killed node loses is what sits in this buffer: 8 KiB is 1.6 s of 40 kbit/s
+    // Opus (the default 64 KiB would be 13 s), a fraction of a second of video.
+    sink.set_property("buffer-size", 8192u32);
     let chain = [src.upcast_ref(), &jitter, &depay, &fix, &mux, &sink];
     pipeline
         .add_many(chain)
