@@ -286,3 +286,25 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the control service"), "{err}");
 }
+
+/// `sfuctl recordings`: listing, and unknown rooms and recordings named in plain errors (the
+/// recordings themselves are tested end to end in `node/tests/recording.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfuctl_recordings_list_and_refuse_what_does_not_exist() {
+    let etcd = Etcd::start().expect("etcd starts");
+    let service = Service::start(&etcd.endpoint).await;
+    let url = &service.url;
+    assert_eq!(json(url, &["recordings", "list"]), serde_json::json!([]));
+    let table = ok(url, &["recordings", "list"]);
+    assert!(
+        table.starts_with("ID  ROOM  KIND  STATE  NODE  FILE"),
+        "{table}"
+    );
+    let out = sfuctl(url, &["recordings", "start", "nowhere", "--track", "TR_1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found: no room nowhere"), "{err}");
+    let out = sfuctl(url, &["recordings", "stop", "EG_missing"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found: no recording EG_missing"), "{err}");
+}
