@@ -1,7 +1,7 @@
 //! Track recordings end to end: a real Chromium publisher, recordings started and stopped
-//! through the control plane's gRPC API on the node that is not the publisher's (so the
-//! tracks come over a relay link), files checked with ffprobe and decoded by ffmpeg; a node
-//! killed mid-recording leaves a file ffmpeg decodes.
+//! through the control plane's gRPC API (and by a drain) on the node that is not the
+//! publisher's (so the tracks come over a relay link), files checked with ffprobe and decoded
+//! by ffmpeg; a node killed mid-recording leaves a file ffmpeg decodes.
 
 mod common;
 
@@ -11,6 +11,7 @@ use common::control::{Cluster, admin, authed};
 use common::process::{NodeProcess, free_port};
 use common::{Browser, browser_lock};
 use sfu_proto::control as pb;
+use sfu_proto::control::node_service_client::NodeServiceClient;
 use sfu_proto::control::recording_service_client::RecordingServiceClient;
 use std::path::Path;
 use std::process::Command;
@@ -149,18 +150,48 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     assert_eq!(listed.len(), 2, "{listed:?}");
     // The browser keeps reporting while the recordings run (its output must be read).
     let _ = browser.until(RECORDED, |_| false).await;
+    // The first recording stopped through the API; the second by draining its node, which
+    // stops its recordings cleanly before anything else.
     let mut done = Vec::new();
-    for (id, kind) in &ids {
-        let r = api
-            .stop_recording(authed(
-                &admin(),
-                pb::StopRecordingRequest { id: id.clone() },
-            ))
+    let (id, kind) = &ids[0];
+    let r = api
+        .stop_recording(authed(
+            &admin(),
+            pb::StopRecordingRequest { id: id.clone() },
+        ))
+        .await
+        .expect("recording stops")
+        .into_inner();
+    done.push((r, kind.clone()));
+    let mut nodes = NodeServiceClient::connect(cluster.grpc()).await.unwrap();
+    nodes
+        .drain_node(authed(
+            &admin(),
+            pb::DrainNodeRequest { node: "cp2".into() },
+        ))
+        .await
+        .expect("cp2 drains");
+    let (id, kind) = &ids[1];
+    let mut drained = None;
+    for _ in 0..100 {
+        let all = api
+            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
             .await
-            .expect("recording stops")
-            .into_inner();
-        done.push((r, kind.clone()));
+            .unwrap()
+            .into_inner()
+            .recordings;
+        drained = all
+            .into_iter()
+            .find(|r| r.id == *id && r.state == "complete");
+        if drained.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    done.push((
+        drained.expect("the drain completes the recording"),
+        kind.clone(),
+    ));
     let truth = started.elapsed().as_secs_f64();
     browser.stop().await;
 
