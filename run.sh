@@ -8,12 +8,14 @@ cd "$(dirname "$0")"
 # Build needs: protoc (gRPC code), GStreamer with its base and good plugins (recordings).
 if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/descriptor.proto ] ||
   ! command -v pkg-config >/dev/null 2>&1 || [ ! -f /usr/include/gstreamer-1.0/gst/app/app.h ] ||
-  ! compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null; then
+  ! compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null ||
+  ! compgen -G "/usr/lib/*/gstreamer-1.0/libgstvideoparsersbad.so" >/dev/null; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
     protobuf-compiler libprotobuf-dev pkg-config libgstreamer1.0-dev \
-    libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+    gstreamer1.0-plugins-bad
 fi
 exec cargo run --release --locked -p sfu-node -- "$@"

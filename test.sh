@@ -20,6 +20,7 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -f /usr/include/gstreamer-1.0/gst/gst.h ] || missing+=(libgstreamer1.0-dev)
 [ -f /usr/include/gstreamer-1.0/gst/app/app.h ] || missing+=(libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base)
 compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null || missing+=(gstreamer1.0-plugins-good)
+compgen -G "/usr/lib/*/gstreamer-1.0/libgstvideoparsersbad.so" >/dev/null || missing+=(gstreamer1.0-plugins-bad)
 command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 if ((${#missing[@]})); then
   sudo=""

@@ -497,3 +497,77 @@ async fn recording_cost() {
     node.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// H.264 (a WHIP publisher) goes to MP4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_is_recorded_to_mp4() {
+    let _guard = browser_lock().await;
+    let _ = common::tracing_subscriber_init();
+    let dir = std::env::temp_dir().join(format!("sfu-rec264-{}", rand::random::<u32>()));
+    let mut config = sfu_node::Config::loopback();
+    config.recording.dir = dir.clone();
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let room = "rec-h264";
+    let mut browser = Browser::launch(&[(
+        "whip",
+        format!("{base}/whip.html?room={room}&identity=obs&codec=h264"),
+    )])
+    .await;
+    let http = common::http();
+    let mut answer = (0, serde_json::Value::Null);
+    for _ in 0..300 {
+        let listed: serde_json::Value = http
+            .get(format!("{base}/admin/rooms/{room}/participants"))
+            .bearer_auth(admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        let video = listed[0]["tracks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["kind"] == "video"))
+            .and_then(|t| t["sid"].as_str())
+            .map(str::to_owned);
+        if let Some(video) = video {
+            let r = http
+                .post(format!("{base}/admin/rooms/{room}/recordings"))
+                .bearer_auth(admin())
+                .json(&serde_json::json!({ "track": video }))
+                .send()
+                .await
+                .unwrap();
+            answer = (r.status().as_u16(), r.json().await.unwrap_or_default());
+            if answer.0 != 404 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, info) = answer;
+    assert_eq!(status, 201, "{info}");
+    let _ = browser.until(Duration::from_secs(6), |_| false).await;
+    let id = info["id"].as_str().unwrap();
+    let done: serde_json::Value = http
+        .delete(format!("{base}/admin/recordings/{id}"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    browser.stop().await;
+    assert_eq!(done["state"], "complete", "{done}");
+    let file = Path::new(done["file"].as_str().unwrap());
+    assert_eq!(file.extension().unwrap(), "mp4");
+    let (codec, duration) = probe(file);
+    eprintln!("h264: {codec} {duration:.2} s: {done}");
+    assert_eq!(codec, "h264", "{done}");
+    let (ok, errors) = decode(file);
+    assert!(ok && errors.is_empty(), "{errors}");
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

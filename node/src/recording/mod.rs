@@ -12,7 +12,7 @@
 //! |---|---|
 //! | Opus, VP8, VP9 | WebM |
 //! | AV1 | Matroska (needs `rtpav1depay`, from gst-plugins-rs) |
-//! | H.264 | MP4, fragmented |
+//! | H.264 | MP4, fragmented (needs `h264parse`, from gst-plugins-bad) |
 //!
 //! Matroska and WebM are written cluster by cluster and MP4 fragment by fragment, so a node
 //! killed mid-recording leaves a file that plays up to its last second or so; a recording

@@ -125,7 +125,13 @@ pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
     let depay = element(plan.depayloader)?;
     // rtpopusdepay (1.22) says no sample rate, which the WebM muxer needs: Opus in RTP is
     // always 48 kHz (RFC 7587), so it is added.
-    let fix = element("capssetter")?;
+    // H.264 also needs a parser: MP4 wants the picture size and codec data, which only the
+    // stream's SPS says (h264parse, gst-plugins-bad).
+    let fix = if plan.encoding == "H264" {
+        element("h264parse")?
+    } else {
+        element("capssetter")?
+    };
     if plan.encoding == "OPUS" {
         fix.set_property(
             "caps",
