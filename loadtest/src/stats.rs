@@ -197,7 +197,7 @@ impl StreamStats {
         let (base, highest) = (self.base?, self.highest?);
         Some(SinceStart {
             highest: (highest - (1 << 16)) as u32,
-            expected: highest - base + 1,
+            expected: (highest + 1).saturating_sub(base),
             received: self.received,
             jitter: (self.jitter * self.clock_rate) as u32,
         })
@@ -207,7 +207,9 @@ impl StreamStats {
     pub fn take_expected(&mut self) -> u64 {
         let n = match (self.sampled_highest, self.highest, self.first) {
             (Some(s), Some(h), _) => h.saturating_sub(s),
-            (None, Some(h), Some(f)) => h - f + 1,
+            // A window that started after the last packet (`first` one past it) expects none
+            // until the next arrives.
+            (None, Some(h), Some(f)) => (h + 1).saturating_sub(f),
             _ => 0,
         };
         self.sampled_highest = self.highest;
