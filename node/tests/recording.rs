@@ -67,6 +67,23 @@ async fn tracks(cluster: &Cluster, room: &str, n: usize) -> Vec<sfu_control::Tra
     panic!("{room} did not get {n} tracks");
 }
 
+/// Starts recording `track` through a node's admin API: the status and the answer.
+async fn start_recording(
+    http: &reqwest::Client,
+    base: &str,
+    room: &str,
+    track: &str,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .post(format!("{base}/admin/rooms/{room}/recordings"))
+        .bearer_auth(admin())
+        .json(&serde_json::json!({ "track": track }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
 async fn keep(State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>, body: String) -> StatusCode {
     if let Ok(v) = serde_json::from_str(&body) {
         r.lock().unwrap().push(v);
@@ -311,14 +328,7 @@ async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
     // lists it.
     let mut answer = (0, serde_json::Value::Null);
     for _ in 0..50 {
-        let r = http
-            .post(format!("{}/admin/rooms/{room}/recordings", node.url()))
-            .bearer_auth(admin())
-            .json(&serde_json::json!({ "track": video }))
-            .send()
-            .await
-            .unwrap();
-        answer = (r.status().as_u16(), r.json().await.unwrap_or_default());
+        answer = start_recording(&http, &node.url(), room, &video).await;
         if answer.0 != 404 {
             break;
         }
@@ -532,14 +542,7 @@ async fn h264_is_recorded_to_mp4() {
             .and_then(|t| t["sid"].as_str())
             .map(str::to_owned);
         if let Some(video) = video {
-            let r = http
-                .post(format!("{base}/admin/rooms/{room}/recordings"))
-                .bearer_auth(admin())
-                .json(&serde_json::json!({ "track": video }))
-                .send()
-                .await
-                .unwrap();
-            answer = (r.status().as_u16(), r.json().await.unwrap_or_default());
+            answer = start_recording(&http, &base, room, &video).await;
             if answer.0 != 404 {
                 break;
             }

@@ -85,14 +85,7 @@ async fn one(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<RecordingInfo>, Problem> {
-    let grants = state.bearer(&headers)?;
-    let info = state
-        .media
-        .recordings()
-        .get(&id)
-        .ok_or_else(|| not_found(&id))?;
-    grants.may_admin(&info.room)?;
-    Ok(Json(info))
+    Ok(Json(administered(&state, &headers, &id)?))
 }
 
 async fn stop(
@@ -100,12 +93,18 @@ async fn stop(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<RecordingInfo>, Problem> {
-    let grants = state.bearer(&headers)?;
+    administered(&state, &headers, &id)?;
+    Ok(Json(state.media.stop_recording(&id).await?))
+}
+
+/// Recording `id`, if the bearer administers its room.
+fn administered(state: &AppState, headers: &HeaderMap, id: &str) -> Result<RecordingInfo, Problem> {
+    let grants = state.bearer(headers)?;
     let info = state
         .media
         .recordings()
-        .get(&id)
-        .ok_or_else(|| not_found(&id))?;
+        .get(id)
+        .ok_or_else(|| not_found(id))?;
     grants.may_admin(&info.room)?;
-    Ok(Json(state.media.stop_recording(&id).await?))
+    Ok(info)
 }
