@@ -145,3 +145,35 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The control plane for a test cluster on `etcd` (`cluster` prefix, development key), serving
+/// on a free loopback port until the process ends; waits until `nodes` nodes have reported
+/// their load. Its state, and its base URL.
+pub async fn serve_control(
+    etcd: &str,
+    cluster: &str,
+    nodes: usize,
+) -> anyhow::Result<(std::sync::Arc<crate::service::Control>, String)> {
+    let api =
+        crate::service::connect(&[etcd.to_owned()], cluster, &crate::keys::dev_keys()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(crate::service::serve(
+        api.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    for _ in 0..100 {
+        let reported = api
+            .membership
+            .nodes()
+            .iter()
+            .filter(|n| n.updated_ms > 0)
+            .count();
+        if reported >= nodes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((api, url))
+}

@@ -15,7 +15,7 @@ use sfu_loadtest::scenario::Scenario;
 use sfu_node::{Config, Server};
 use sfu_proto::control as pb;
 use sfu_proto::control::room_service_client::RoomServiceClient;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -102,31 +102,10 @@ async fn three_hundred_audience_peers_spread_over_nodes_and_are_counted_not_anno
         c.cluster.capacity = 150;
         nodes.push(Server::start(c).await.expect("node starts"));
     }
-    let keys: BTreeMap<String, String> = [("devkey".to_owned(), "secret".to_owned())].into();
-    let api = sfu_control::service::connect(std::slice::from_ref(&etcd.endpoint), "large", &keys)
+    // The control plane sees every node (with a load report) before the room starts.
+    let (api, control) = sfu_control::testing::serve_control(&etcd.endpoint, "large", 3)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sfu_control::service::serve(
-        api.clone(),
-        listener,
-        std::future::pending(),
-    ));
-    // The control plane sees every node (with a load report) before the room starts.
-    for _ in 0..100 {
-        if api
-            .membership
-            .nodes()
-            .iter()
-            .filter(|n| n.updated_ms > 0)
-            .count()
-            == 3
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Large from its 20th participant on: past that, the audience is counted.
     let mut rooms = RoomServiceClient::connect(control.clone()).await.unwrap();
     rooms

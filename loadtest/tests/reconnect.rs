@@ -7,7 +7,6 @@
 use sfu_loadtest::run::{Watch, run};
 use sfu_loadtest::scenario::Scenario;
 use sfu_node::{Config, Server};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -42,31 +41,9 @@ async fn peers_of_a_dead_node_join_another_and_media_flows_again() {
         c.cluster.name = "reconnect".into();
         nodes.push(Some(start_node(c)));
     }
-    let keys: BTreeMap<String, String> = [("devkey".to_owned(), "secret".to_owned())].into();
-    let api =
-        sfu_control::service::connect(std::slice::from_ref(&etcd.endpoint), "reconnect", &keys)
-            .await
-            .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sfu_control::service::serve(
-        api.clone(),
-        listener,
-        std::future::pending(),
-    ));
-    for _ in 0..100 {
-        if api
-            .membership
-            .nodes()
-            .iter()
-            .filter(|n| n.updated_ms > 0)
-            .count()
-            == 2
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_api, control) = sfu_control::testing::serve_control(&etcd.endpoint, "reconnect", 2)
+        .await
+        .unwrap();
     let url = |i: usize| {
         let (s, _) = nodes[i].as_ref().expect("running");
         format!("http://{}", s.http_addr)

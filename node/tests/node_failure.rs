@@ -18,7 +18,6 @@ use common::process::{NodeProcess, free_udp_port};
 use common::{Browser, Sample, browser_lock, expect_media, stat, token};
 use sfu_control::service::Control;
 use sfu_control::testing::Etcd;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,17 +48,9 @@ impl Processes {
         std::fs::create_dir_all(&dir).unwrap();
         let ids = ["n1".to_owned(), "n2".to_owned()];
         sfu_relay::certs::ensure_dev_certs(&dir.join("certs"), &ids).unwrap();
-        let keys: BTreeMap<String, String> = [("devkey".to_owned(), "secret".to_owned())].into();
-        let api = sfu_control::service::connect(std::slice::from_ref(&etcd.endpoint), "it", &keys)
+        let (api, control) = sfu_control::testing::serve_control(&etcd.endpoint, "it", 0)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let control = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(sfu_control::service::serve(
-            api.clone(),
-            listener,
-            std::future::pending(),
-        ));
         let mut p = Processes {
             etcd,
             dir,
