@@ -113,8 +113,14 @@ type AloneCallback = Box<dyn FnOnce(Result<bool, RegistryError>) + Send>;
 type Mirror = Arc<RwLock<BTreeMap<String, Vec<u8>>>>;
 
 /// Transactions tried before a reservation gives up (each fails only if another node
-/// reserved meanwhile).
-const RESERVE_ATTEMPTS: usize = 8;
+/// reserved meanwhile). Between tries a node waits a random while that doubles each time,
+/// so that nodes which keep losing to each other spread out instead of colliding again
+/// (seen with three nodes each taking single places near a room's limit: eight immediate
+/// retries were sometimes all lost).
+const RESERVE_ATTEMPTS: u32 = 12;
+/// The first wait after a lost reservation race; it doubles up to [`RESERVE_BACKOFF_MAX`].
+const RESERVE_BACKOFF: Duration = Duration::from_millis(2);
+const RESERVE_BACKOFF_MAX: Duration = Duration::from_millis(128);
 /// The most places reserved at once.
 const MAX_BLOCK: u32 = 32;
 /// Spare places not taken for this long go back to the room.
@@ -567,7 +573,12 @@ impl<R: Registry> Task<R> {
             return Err(RegistryError::Unavailable("not registered".into()));
         };
         let prefix = self.keys.reservations_prefix(room);
-        for _ in 0..RESERVE_ATTEMPTS {
+        for attempt in 0..RESERVE_ATTEMPTS {
+            if attempt > 0 {
+                let ceiling = (RESERVE_BACKOFF * (1 << attempt.min(7))).min(RESERVE_BACKOFF_MAX);
+                let wait = ceiling.mul_f64(rand::random_range(0.5..1.0));
+                tokio::time::sleep(wait).await;
+            }
             let (kvs, revision) = self.registry.list(&prefix).await?;
             let others: u32 = kvs
                 .iter()
