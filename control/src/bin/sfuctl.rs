@@ -98,7 +98,7 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
-    /// Track recordings (files on the recording node).
+    /// Track and room recordings (files on the recording node).
     Recordings {
         #[command(subcommand)]
         command: RecordingsCmd,
@@ -107,12 +107,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum RecordingsCmd {
-    /// Record a published track; prints the recording's id.
+    /// Record a published track, or without --track the whole room (the active speaker's
+    /// video and everyone's audio, mixed); prints the recording's id.
     Start {
         room: String,
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         track: String,
-        /// The node that records (default: the track's own node).
+        /// The node that records (default: the track's own node; for a room, its first
+        /// participant's).
         #[arg(long, default_value = "")]
         node: String,
     },

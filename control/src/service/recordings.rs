@@ -1,6 +1,7 @@
-//! `RecordingService`: track recordings, carried out by the nodes (their
+//! `RecordingService`: track and room recordings, carried out by the nodes (their
 //! `/admin/.../recordings` API). A recording runs on any node: the one the request names, or
-//! by default the track's origin (no relay traffic for it). Listing and stopping ask every
+//! by default the track's origin (no relay traffic for it), for a room recording the node of
+//! its first participant. Listing and stopping ask every
 //! node, since the registry holds no recordings (a few nodes: a few calls).
 
 use super::{Api, status};
@@ -60,6 +61,25 @@ fn detail(body: &str) -> String {
         .unwrap_or_else(|| body.to_owned())
 }
 
+impl Api {
+    /// Asks `node` to start a recording of `room` (`body` says which).
+    async fn start_on(
+        &self,
+        node: &str,
+        room: &str,
+        body: serde_json::Value,
+    ) -> Result<GrpcResponse<pb::RecordingInfo>, Status> {
+        let path = format!("/admin/rooms/{}/recordings", segment(room));
+        let answer = self
+            .0
+            .call_node(node, reqwest::Method::POST, &path, Some(body))
+            .await
+            .map_err(|s| Status::new(s.code(), detail(s.message())))?;
+        let listed: Listed = parse(node, &answer)?;
+        Ok(GrpcResponse::new(listed.into()))
+    }
+}
+
 #[tonic::async_trait]
 impl RecordingService for Api {
     async fn start_recording(
@@ -70,6 +90,18 @@ impl RecordingService for Api {
         let req = r.into_inner();
         g.may_admin(&req.room).map_err(status)?;
         let (participants, tracks) = self.0.membership.room(&req.room);
+        if req.track.is_empty() {
+            // A room recording.
+            let Some(first) = participants.first() else {
+                return Err(Status::not_found(format!("no room {}", req.room)));
+            };
+            let node = if req.node.is_empty() {
+                first.node.clone()
+            } else {
+                req.node.clone()
+            };
+            return self.start_on(&node, &req.room, serde_json::json!({})).await;
+        }
         let Some(track) = tracks.iter().find(|t| t.track == req.track) else {
             return Err(Status::not_found(
                 if participants.is_empty() && tracks.is_empty() {
@@ -84,15 +116,8 @@ impl RecordingService for Api {
         } else {
             req.node.clone()
         };
-        let path = format!("/admin/rooms/{}/recordings", segment(&req.room));
         let body = serde_json::json!({ "track": req.track });
-        let answer = self
-            .0
-            .call_node(&node, reqwest::Method::POST, &path, Some(body))
-            .await
-            .map_err(|s| Status::new(s.code(), detail(s.message())))?;
-        let listed: Listed = parse(&node, &answer)?;
-        Ok(GrpcResponse::new(listed.into()))
+        self.start_on(&node, &req.room, body).await
     }
 
     async fn stop_recording(

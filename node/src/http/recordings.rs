@@ -3,6 +3,7 @@
 //! | request | effect |
 //! |---|---|
 //! | `POST /admin/rooms/{room}/recordings` `{"track": "TR_…"}` | record a track on this node: `201` and the recording |
+//! | `POST /admin/rooms/{room}/recordings` `{}` | record the room (speaker's video, mixed audio) on this node |
 //! | `GET /admin/recordings` | this node's recordings |
 //! | `GET /admin/recordings/{id}` | one of them |
 //! | `DELETE /admin/recordings/{id}` | stop it; answers once the file is finalised |
@@ -29,6 +30,8 @@ pub fn routes() -> Router<AppState> {
 
 #[derive(Deserialize)]
 struct StartBody {
+    /// The track to record; none: the whole room.
+    #[serde(default)]
     track: String,
 }
 
@@ -41,6 +44,19 @@ async fn start(
     state.bearer(&headers)?.may_admin(&room)?;
     // The registry's track directory says what the track is, wherever it is published.
     let (participants, tracks) = state.membership.room(&room);
+    if body.track.is_empty() {
+        if participants.is_empty() && tracks.is_empty() {
+            let message = format!("no room {room} in the cluster");
+            return Err(SignalError::new(ErrorCode::NotFound, message).into());
+        }
+        // The file has a video stream if there is VP8 video to show now (the muxer cannot
+        // add one later).
+        let with_video = tracks
+            .iter()
+            .any(|t| t.kind == "video" && t.codec_mime.eq_ignore_ascii_case("video/VP8"));
+        let info = state.media.record_room(&room, with_video).await?;
+        return Ok((StatusCode::CREATED, Json(info)));
+    }
     let Some(t) = tracks.iter().find(|t| t.track == body.track) else {
         let message = if participants.is_empty() && tracks.is_empty() {
             format!("no room {room} in the cluster")

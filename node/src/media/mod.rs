@@ -14,6 +14,7 @@ mod record;
 mod room;
 mod room_admin;
 mod room_drive;
+mod room_program;
 mod room_publish;
 mod room_record;
 mod room_remote;
@@ -202,6 +203,12 @@ pub enum RecordCommand {
         room: String,
         track: String,
         recorder: crate::recording::Recorder,
+        reply: Reply<()>,
+    },
+    /// Feed a room recording (the room is opened here if it was not).
+    StartRoom {
+        room: String,
+        recorder: crate::recording::ProgramRecorder,
         reply: Reply<()>,
     },
     Stop {

@@ -38,6 +38,31 @@ impl MediaPlane {
         Ok(self.recordings().get(&info.id).unwrap_or(info))
     }
 
+    /// Records a room into a new file on this node (see [`crate::recording::program`]):
+    /// `with_video` if the room has VP8 video to show. Answers once it runs.
+    pub async fn record_room(
+        &self,
+        room: &str,
+        with_video: bool,
+    ) -> Result<RecordingInfo, SignalError> {
+        let worker = self.worker_for(room);
+        let (info, recorder) = self
+            .recordings()
+            .start_room(room, with_video, worker)
+            .await
+            .map_err(|e| SignalError::new(ErrorCode::Internal, e.to_string()))?;
+        let room = room.to_owned();
+        self.request_to(worker, |reply| {
+            Command::Record(RecordCommand::StartRoom {
+                room,
+                recorder,
+                reply,
+            })
+        })
+        .await?;
+        Ok(self.recordings().get(&info.id).unwrap_or(info))
+    }
+
     /// Stops a recording of this node and waits until its file is finalised.
     pub async fn stop_recording(&self, id: &str) -> Result<RecordingInfo, SignalError> {
         let recordings = self.recordings();
@@ -102,6 +127,20 @@ impl Worker {
                     return;
                 };
                 let result = self.rooms[idx].start_recording(now, &track, recorder, &mut self.out);
+                self.after_room(idx);
+                let _ = reply.send(result);
+            }
+            RecordCommand::StartRoom {
+                room,
+                recorder,
+                reply,
+            } => {
+                let Some(idx) = self.room_index(&room, true) else {
+                    let why = "the room could not be opened on this node";
+                    let _ = reply.send(Err(super::room_program::refuse(recorder, why)));
+                    return;
+                };
+                let result = self.rooms[idx].start_program(now, recorder, &mut self.out);
                 self.after_room(idx);
                 let _ = reply.send(result);
             }

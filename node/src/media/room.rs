@@ -203,6 +203,8 @@ pub struct LocalRoom {
     pub reported_drops: super::room_drive::EdgeDrops,
     /// Recordings fed by this room (see [`super::room_record`]); they keep it open.
     pub(super) recorders: Vec<super::room_record::TrackRecorder>,
+    /// Room recordings fed by this room (see [`super::room_program`]); they keep it open.
+    pub(super) programs: Vec<super::room_program::RoomProgram>,
     pub(super) next_recorder: u64,
 }
 
@@ -232,13 +234,14 @@ impl LocalRoom {
             drops: Default::default(),
             reported_drops: Default::default(),
             recorders: Vec::new(),
+            programs: Vec::new(),
             next_recorder: 0,
         }
     }
 
     /// No participant here, and nothing recorded here.
     pub fn is_empty(&self) -> bool {
-        self.roster.local.is_empty() && self.recorders.is_empty()
+        self.roster.local.is_empty() && self.recorders.is_empty() && !self.has_programs()
     }
 
     pub fn participant_count(&self) -> usize {
@@ -671,6 +674,7 @@ impl LocalRoom {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         self.tell_counts(now, out);
+        self.steer_programs(now, out);
         let stale: Vec<(usize, &'static str)> = self
             .peers
             .iter()

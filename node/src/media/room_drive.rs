@@ -408,6 +408,7 @@ impl LocalRoom {
                         })
                         .collect();
                     self.speakers_changed(now, speakers);
+                    self.steer_programs(now, out);
                 }
                 Output::SharedLevels(levels) => {
                     // Every node hosting part of the room ranks speakers, audience nodes too.

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 /// Sink ids of recordings carry this bit (peer connections' are slab keys; relay links'
 /// carry the top bit).
-const RECORDER_BIT: u64 = 1 << 62;
+pub(super) const RECORDER_BIT: u64 = 1 << 62;
 
 /// Whether a sink is a recording.
 pub(super) fn is_recorder(sink: SinkId) -> bool {
@@ -96,6 +96,9 @@ impl LocalRoom {
         id: &str,
         out: &mut Egress,
     ) -> Result<(), SignalError> {
+        if self.stop_program(now, id, out) {
+            return Ok(());
+        }
         let i = self
             .recorders
             .iter()
@@ -112,6 +115,7 @@ impl LocalRoom {
     /// thread is gone (it failed) stops being fed.
     pub(super) fn record(&mut self, sink: SinkId, packet: &Packet, edits: &PacketEdits) {
         let Some(i) = self.recorders.iter().position(|r| r.sink == sink) else {
+            self.record_program(sink, packet, edits);
             return;
         };
         if !self.recorders[i].recorder.push(packet, edits) {
@@ -126,11 +130,16 @@ impl LocalRoom {
         if let Some(i) = self.recorders.iter().position(|r| r.sink == sink) {
             let r = self.recorders.swap_remove(i);
             r.recorder.end("the track was unpublished");
+        } else {
+            self.program_track_ended(sink);
         }
     }
 
     /// Recorded tracks (one entry per recording), for the demand on remote tracks.
     pub(super) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
-        self.recorders.iter().map(|r| r.track)
+        self.recorders
+            .iter()
+            .map(|r| r.track)
+            .chain(self.program_tracks())
     }
 }

@@ -23,8 +23,13 @@
 //!   `egress_started` / `egress_ended`.
 //! - [`pipeline`]: which GStreamer elements record which codec.
 //! - [`writer`]: the recording thread, and the handle a media worker feeds.
+//! - [`program`], [`program_writer`]: room recordings, one file for the whole room (the
+//!   active speaker's video, switched by the forwarder without decoding, and every
+//!   participant's audio mixed).
 
 pub mod pipeline;
+pub mod program;
+pub mod program_writer;
 pub mod writer;
 
 use crate::webhook::{EgressRef, Event, Webhooks};
@@ -35,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
+pub use program_writer::ProgramRecorder;
 pub use writer::Recorder;
 
 /// How long a stop waits for the file to be finalised before it answers anyway.
@@ -67,7 +73,7 @@ impl RecordingState {
 pub struct RecordingInfo {
     pub id: String,
     pub room: String,
-    /// `track` (room recordings come later).
+    /// `track`, or `room` (the speaker's video and every participant's audio, mixed).
     pub kind: &'static str,
     pub track: String,
     /// The track's MIME type (`video/VP8`...).

@@ -17,7 +17,7 @@ use std::path::Path;
 /// How long the jitter buffer waits for a late packet. A recording is not interactive, and on
 /// the node's own machine little arrives late: this only covers reordering and a NACK's worth
 /// of delay upstream.
-const JITTER_LATENCY_MS: u32 = 300;
+pub(super) const JITTER_LATENCY_MS: u32 = 300;
 /// What the appsrc queues (bytes) before it drops packets: a stuck disk must not grow the
 /// node's memory without bound. About 8 s of 2.5 Mbit/s video.
 const APPSRC_MAX_BYTES: u64 = 2_500_000;
@@ -78,7 +78,7 @@ pub struct Built {
     pub src: gst_app::AppSrc,
 }
 
-fn element(name: &str) -> Result<gst::Element, RecordingError> {
+pub(super) fn element(name: &str) -> Result<gst::Element, RecordingError> {
     gst::ElementFactory::make(name).build().map_err(|_| {
         RecordingError::Pipeline(format!(
             "GStreamer element {name} is not installed on this node"
@@ -87,7 +87,7 @@ fn element(name: &str) -> Result<gst::Element, RecordingError> {
 }
 
 /// Sets a property if this GStreamer version has it (several came in recent versions).
-fn set_if_known(e: &gst::Element, name: &str, value: &str) {
+pub(super) fn set_if_known(e: &gst::Element, name: &str, value: &str) {
     if e.find_property(name).is_some() {
         e.set_property_from_str(name, value);
     }

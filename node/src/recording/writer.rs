@@ -44,16 +44,9 @@ impl Recorder {
     /// Hands one forwarded packet (with the subscriber's edits applied) to the recording
     /// thread. False once that thread is gone (the recording failed): drop the recorder.
     pub fn push(&mut self, packet: &sfu_core::Packet, edits: &PacketEdits) -> bool {
-        let header = &packet.header;
-        let fixed = header.marshal_size();
-        let mut buf = vec![0u8; fixed + packet.payload.len()];
-        if header.marshal_to(&mut buf[..fixed]).is_err() {
+        let Some(buf) = serialize(packet, edits) else {
             return true;
-        }
-        buf[fixed..].copy_from_slice(&packet.payload);
-        if let Some(vp8) = &edits.vp8 {
-            vp8.apply(&mut buf[fixed..]);
-        }
+        };
         match self.tx.try_send(buf) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
@@ -87,7 +80,20 @@ impl Recorder {
     }
 }
 
-fn init() -> Result<(), RecordingError> {
+/// A forwarded packet as the subscriber would get it (edits applied), in a buffer of its own.
+pub(super) fn serialize(packet: &sfu_core::Packet, edits: &PacketEdits) -> Option<Vec<u8>> {
+    let header = &packet.header;
+    let fixed = header.marshal_size();
+    let mut buf = vec![0u8; fixed + packet.payload.len()];
+    header.marshal_to(&mut buf[..fixed]).ok()?;
+    buf[fixed..].copy_from_slice(&packet.payload);
+    if let Some(vp8) = &edits.vp8 {
+        vp8.apply(&mut buf[fixed..]);
+    }
+    Some(buf)
+}
+
+pub(super) fn init() -> Result<(), RecordingError> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| gst::init().map_err(|e| e.to_string()))
         .clone()
@@ -239,7 +245,7 @@ fn first_error(pipeline: &gst::Pipeline, file: &std::path::Path) -> String {
         .unwrap_or_else(|| format!("could not start writing {}", file.display()))
 }
 
-fn bus_error(bus: &gst::Bus) -> Option<String> {
+pub(super) fn bus_error(bus: &gst::Bus) -> Option<String> {
     let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
     match msg.view() {
         gst::MessageView::Error(e) => Some(match e.debug() {

@@ -1,0 +1,317 @@
+//! The thread of a room recording, and the [`ProgramRecorder`] handle the room's media worker
+//! feeds it through.
+//!
+//! As for a track recording (see [`super::writer`]), the worker's part per packet is one
+//! serialisation and one non-blocking bounded send. Packets say which stream they belong to:
+//! the program's video, or one participant's audio (a branch of the mix, created by its first
+//! packet and removed when the worker says its track is gone).
+
+use super::program::{AudioBranch, Program};
+use super::writer::{bus_error, init, serialize};
+use super::{Entry, RecordingError, RecordingInfo, RecordingState, Recordings, now_ms, safe};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use sfu_core::PacketEdits;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as Slot;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// Messages waiting for the thread before packets are dropped (about 3 s of one video and a
+/// few audio tracks).
+const CHANNEL: usize = 2048;
+/// How often the thread looks at the bus and updates the listed duration while idle.
+const POLL: Duration = Duration::from_millis(250);
+/// How long the muxer gets to finalise the file after the end.
+const EOS_WAIT: Duration = Duration::from_secs(5);
+
+enum Message {
+    Video(Vec<u8>),
+    /// A packet of the audio track with this branch number.
+    Audio(u64, Vec<u8>),
+    /// That track is gone: its branch leaves the mix.
+    AudioGone(u64),
+}
+
+/// What a media worker holds for a room recording; dropping it (or [`end`](Self::end)) ends
+/// the recording and finalises the file.
+pub struct ProgramRecorder {
+    id: Arc<str>,
+    tx: SyncSender<Message>,
+    recordings: Recordings,
+    /// Whether the file has a video stream (the room had video when it started).
+    pub with_video: bool,
+    /// Packets dropped because the thread was behind.
+    pub dropped: u64,
+}
+
+impl ProgramRecorder {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn send(&mut self, message: Message) -> bool {
+        match self.tx.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped += 1;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// A packet of the program's video (the forwarder already switched it to the speaker).
+    /// False once the thread is gone (the recording failed).
+    pub fn push_video(&mut self, packet: &sfu_core::Packet, edits: &PacketEdits) -> bool {
+        match serialize(packet, edits) {
+            Some(buf) => self.send(Message::Video(buf)),
+            None => true,
+        }
+    }
+
+    /// A packet of one participant's audio (`branch` numbers the track in this recording).
+    pub fn push_audio(
+        &mut self,
+        branch: u64,
+        packet: &sfu_core::Packet,
+        edits: &PacketEdits,
+    ) -> bool {
+        match serialize(packet, edits) {
+            Some(buf) => self.send(Message::Audio(branch, buf)),
+            None => true,
+        }
+    }
+
+    /// An audio track of the mix went away.
+    pub fn audio_gone(&mut self, branch: u64) {
+        // Blocking would stall the worker; a lost message leaves an idle branch, which the
+        // mixer mixes as silence.
+        let _ = self.send(Message::AudioGone(branch));
+    }
+
+    /// Ends the recording, saying why when it was not asked for.
+    pub fn end(self, reason: &str) {
+        self.recordings.update(&self.id, |i| {
+            if !i.state.finished() {
+                i.state = RecordingState::Ending;
+                if !reason.is_empty() {
+                    i.error = reason.to_owned();
+                }
+            }
+        });
+        if self.dropped > 0 {
+            tracing::warn!(recording = %self.id, dropped = self.dropped, "room recording fell behind and lost packets");
+        }
+    }
+
+    /// The recording could not start in the room: listed as failed with `reason`.
+    pub fn fail(self, reason: &str) {
+        self.recordings
+            .finish(&self.id, RecordingState::Failed, reason);
+    }
+}
+
+impl Recordings {
+    /// Starts a room recording (see [`super::program`]) in a new file: builds its pipeline on
+    /// its own thread and waits until it runs. Listed (failed, with the reason) even if it
+    /// could not start.
+    pub async fn start_room(
+        &self,
+        room: &str,
+        with_video: bool,
+        worker: usize,
+    ) -> Result<(RecordingInfo, ProgramRecorder), RecordingError> {
+        let id = format!("EG_{:012x}", rand::random::<u64>() >> 16);
+        let file = self
+            .inner
+            .dir
+            .join(format!("{}-room-{}.webm", safe(room), id));
+        let info = RecordingInfo {
+            id: id.clone(),
+            room: room.to_owned(),
+            kind: "room",
+            track: String::new(),
+            codec: if with_video {
+                "video/VP8+audio/opus".into()
+            } else {
+                "audio/opus".into()
+            },
+            state: RecordingState::Starting,
+            node: self.inner.node.to_string(),
+            file: file.display().to_string(),
+            duration_ms: 0,
+            size_bytes: 0,
+            started_ms: now_ms(),
+            ended_ms: 0,
+            error: String::new(),
+        };
+        let (done, _) = watch::channel(false);
+        self.entries().insert(
+            id.clone(),
+            Entry {
+                info: info.clone(),
+                done,
+                worker,
+            },
+        );
+        let started = std::fs::create_dir_all(&self.inner.dir).map_err(|e| {
+            RecordingError::Pipeline(format!(
+                "creating the recordings directory {}: {e}",
+                self.inner.dir.display()
+            ))
+        });
+        let recorder = match started {
+            Ok(()) => spawn(id.clone(), with_video, file, self.clone()).await,
+            Err(e) => Err(e),
+        };
+        match recorder {
+            Ok(recorder) => {
+                let info = self
+                    .update(&id, |i| i.state = RecordingState::Active)
+                    .unwrap_or(info);
+                self.webhook("egress_started", &info);
+                Ok((info, recorder))
+            }
+            Err(e) => {
+                self.finish(&id, RecordingState::Failed, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Starts the thread; resolves once its pipeline runs (or could not start).
+async fn spawn(
+    id: String,
+    with_video: bool,
+    file: PathBuf,
+    recordings: Recordings,
+) -> Result<ProgramRecorder, RecordingError> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (tx, rx) = sync_channel::<Message>(CHANNEL);
+    let recorder = ProgramRecorder {
+        id: Arc::from(id.as_str()),
+        tx,
+        recordings: recordings.clone(),
+        with_video,
+        dropped: 0,
+    };
+    std::thread::Builder::new()
+        .name(format!("room-{}", &id[id.len().saturating_sub(6)..]))
+        .spawn(move || run(id, with_video, file, recordings, rx, ready_tx))
+        .map_err(|e| RecordingError::Pipeline(format!("starting its thread: {e}")))?;
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(recorder),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(RecordingError::Pipeline(
+            "the recording thread ended at start".into(),
+        )),
+    }
+}
+
+fn run(
+    id: String,
+    with_video: bool,
+    file: PathBuf,
+    recordings: Recordings,
+    rx: Receiver<Message>,
+    ready: oneshot::Sender<Result<(), RecordingError>>,
+) {
+    let built = init().and_then(|()| Program::build(&file, with_video));
+    let built = built.and_then(|p| {
+        p.pipeline.set_state(gst::State::Playing).map_err(|_| {
+            let bus = p.pipeline.bus();
+            RecordingError::Pipeline(
+                bus.and_then(|b| bus_error(&b))
+                    .unwrap_or_else(|| format!("could not start writing {}", file.display())),
+            )
+        })?;
+        Ok(p)
+    });
+    let program = match built {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let Some(bus) = program.pipeline.bus() else {
+        return;
+    };
+    let started = Instant::now();
+    let mut branches: HashMap<u64, AudioBranch> = HashMap::new();
+    let mut last_update = Instant::now();
+    let mut failure: Option<String> = None;
+    loop {
+        let pushed = match rx.recv_timeout(POLL) {
+            Ok(Message::Video(packet)) => match &program.video {
+                Some(src) => src.push_buffer(gst::Buffer::from_mut_slice(packet)).err(),
+                None => None,
+            },
+            Ok(Message::Audio(branch, packet)) => {
+                let b = match branches.entry(branch) {
+                    Slot::Occupied(b) => b.into_mut(),
+                    Slot::Vacant(v) => match program.add_audio() {
+                        Ok(b) => {
+                            tracing::debug!(recording = id, branch, "audio joins the mix");
+                            v.insert(b)
+                        }
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    },
+                };
+                b.src.push_buffer(gst::Buffer::from_mut_slice(packet)).err()
+            }
+            Ok(Message::AudioGone(branch)) => {
+                if let Some(b) = branches.remove(&branch) {
+                    tracing::debug!(recording = id, branch, "audio leaves the mix");
+                    program.remove_audio(b);
+                }
+                None
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(e) = pushed {
+            failure = Some(format!("the pipeline refused data: {e:?}"));
+            break;
+        }
+        if let Some(e) = bus_error(&bus) {
+            failure = Some(e);
+            break;
+        }
+        if last_update.elapsed() >= POLL {
+            last_update = Instant::now();
+            let ms = started.elapsed().as_millis() as u64;
+            recordings.update(&id, |i| i.duration_ms = ms);
+        }
+    }
+    drop(rx);
+    let ms = started.elapsed().as_millis() as u64;
+    // Every source ends (the live silence too), so the mixer and the muxer finish the file.
+    program.pipeline.send_event(gst::event::Eos::new());
+    if failure.is_none() {
+        let end = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(EOS_WAIT.as_millis() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        match end.as_ref().map(|m| m.view()) {
+            Some(gst::MessageView::Error(e)) => failure = Some(e.error().to_string()),
+            Some(_) => {}
+            None => tracing::warn!(recording = id, "the muxer did not finish in time"),
+        }
+    }
+    let _ = program.pipeline.set_state(gst::State::Null);
+    recordings.update(&id, |i| i.duration_ms = ms);
+    match failure {
+        Some(e) => recordings.finish(&id, RecordingState::Failed, &e),
+        None => recordings.finish(&id, RecordingState::Complete, ""),
+    }
+}

@@ -1,0 +1,258 @@
+//! Room recordings end to end: two real Chromium publishers on two nodes, each with its own
+//! camera colour and tone, take turns to speak (one mutes its microphone while the other
+//! talks; the second joins and leaves while the recording runs). The room is recorded through
+//! the control plane's gRPC API; the file must have one video and one audio stream as long as
+//! the recording, decode without error, and show both publishers' colours in speaking order.
+
+mod common;
+
+use common::Browser;
+use common::browser_lock;
+use common::control::{Cluster, admin, authed};
+use sfu_proto::control as pb;
+use sfu_proto::control::recording_service_client::RecordingServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Chromium flags for a fake camera showing one colour and a fake microphone playing a tone.
+fn camera_and_tone(dir: &Path, name: &str, colour: &str, size: &str, hz: u32) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let video = dir.join(format!("{name}.y4m"));
+    let audio = dir.join(format!("{name}.wav"));
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("color=c={colour}:s={size}:r=30:d=2"))
+        .args(["-pix_fmt", "yuv420p"])
+        .arg(&video)
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency={hz}:sample_rate=48000:duration=4"))
+        .args(["-af", "volume=0.8"])
+        .arg(&audio)
+        .status()
+        .expect("ffmpeg is installed");
+    assert!(made.success());
+    vec![
+        format!("--use-file-for-fake-video-capture={}", video.display()),
+        format!("--use-file-for-fake-audio-capture={}", audio.display()),
+    ]
+}
+
+/// Turns a publisher's microphone on or off (a muted track sends silence, level 127).
+async fn microphone(browser: &mut Browser, page: &str, on: bool) {
+    let js = format!("window.sfu.media.getAudioTracks().forEach((t) => (t.enabled = {on}))");
+    browser.eval(page, &js).await;
+}
+
+/// Lets `browsers` run for `d`, reading their reports (their output must be read).
+async fn run_for(browsers: &mut [&mut Browser], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for b in browsers.iter_mut() {
+            let _ = b.sample().await;
+        }
+    }
+}
+
+/// Published tracks in the room, as the registry lists them, once there are `n`.
+async fn wait_tracks(cluster: &Cluster, browsers: &mut [&mut Browser], room: &str, n: usize) {
+    for _ in 0..60 {
+        if cluster.api.membership.room(room).1.len() >= n {
+            return;
+        }
+        run_for(browsers, Duration::from_millis(500)).await;
+    }
+    panic!("{room} did not get {n} tracks");
+}
+
+/// `(codec_type, codec_name)` of each stream, and the file's duration, as ffprobe reads them.
+fn probe(file: &Path) -> (Vec<(String, String)>, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name:format=duration",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let streams = v["streams"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| {
+                    (
+                        s["codec_type"].as_str().unwrap_or("").to_owned(),
+                        s["codec_name"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let duration = v["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    (streams, duration)
+}
+
+/// The colour of each decoded video frame, in order: 'r', 'b' or '?' (its average pixel).
+fn frame_colours(file: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-an", "-vf", "scale=1:1:flags=area,format=rgb24"])
+        .args(["-f", "rawvideo", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    out.stdout
+        .chunks_exact(3)
+        .map(|p| match (p[0], p[2]) {
+            (r, b) if r > 150 && b < 100 => 'r',
+            (r, b) if b > 150 && r < 100 => 'b',
+            _ => '?',
+        })
+        .collect()
+}
+
+/// Runs of the same colour, shorter runs (a few frames while switching) left out:
+/// `"rrrrbbbbrr"` → `"rbr"`.
+fn sequence(colours: &str, min_run: usize) -> String {
+    let mut runs: Vec<(char, usize)> = Vec::new();
+    for c in colours.chars() {
+        match runs.last_mut() {
+            Some((last, n)) if *last == c => *n += 1,
+            _ => runs.push((c, 1)),
+        }
+    }
+    let mut out = String::new();
+    for (c, n) in runs {
+        if n >= min_run && c != '?' && !out.ends_with(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
+    let _guard = browser_lock().await;
+    let dir = std::env::temp_dir().join(format!("sfu-roomrec-{}", rand::random::<u32>()));
+    let recordings: PathBuf = dir.join("recordings");
+    let cluster = Cluster::start_with(2, |_, c| c.recording.dir = recordings.clone()).await;
+    let room = "roomrec";
+    // Different picture sizes: the file's video changes resolution at each switch.
+    let red = camera_and_tone(&dir, "red", "red", "320x240", 440);
+    let blue = camera_and_tone(&dir, "blue", "blue", "640x360", 660);
+    let page = |node: usize, who: &str| {
+        format!(
+            "{}/?room={room}&identity={who}&autojoin=1&publish=1",
+            cluster.url(node)
+        )
+    };
+    let mut alice = Browser::launch_with_args(&[("alice", page(0, "alice"))], &red).await;
+    wait_tracks(&cluster, &mut [&mut alice], room, 2).await;
+    run_for(&mut [&mut alice], Duration::from_secs(2)).await;
+
+    let mut api = RecordingServiceClient::connect(cluster.grpc())
+        .await
+        .unwrap();
+    // An unknown room is named.
+    let e = api
+        .start_recording(authed(
+            &admin(),
+            pb::StartRecordingRequest {
+                room: "no-such-room".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no-such-room"), "{e:?}");
+
+    // Recorded on alice's node (the room's first participant's), without --track.
+    let r = api
+        .start_recording(authed(
+            &admin(),
+            pb::StartRecordingRequest {
+                room: room.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("room recording starts")
+        .into_inner();
+    let started = Instant::now();
+    assert_eq!(
+        (r.kind.as_str(), r.state.as_str()),
+        ("room", "active"),
+        "{r:?}"
+    );
+    assert_eq!(r.node, "cp1", "{r:?}");
+
+    // Alice talks alone; bob joins on the other node, muted, then they take turns; bob
+    // leaves while alice talks again.
+    run_for(&mut [&mut alice], Duration::from_secs(3)).await;
+    let mut bob = Browser::launch_with_args(&[("bob", page(1, "bob"))], &blue).await;
+    wait_tracks(&cluster, &mut [&mut alice, &mut bob], room, 4).await;
+    microphone(&mut bob, "bob", false).await;
+    run_for(&mut [&mut alice, &mut bob], Duration::from_secs(2)).await;
+    microphone(&mut alice, "alice", false).await;
+    microphone(&mut bob, "bob", true).await;
+    run_for(&mut [&mut alice, &mut bob], Duration::from_secs(5)).await;
+    microphone(&mut alice, "alice", true).await;
+    bob.stop().await;
+    run_for(&mut [&mut alice], Duration::from_secs(4)).await;
+
+    let done = api
+        .stop_recording(authed(&admin(), pb::StopRecordingRequest { id: r.id }))
+        .await
+        .expect("recording stops")
+        .into_inner();
+    let truth = started.elapsed().as_secs_f64();
+    alice.stop().await;
+    assert_eq!(done.state, "complete", "{done:?}");
+    let file = Path::new(&done.file);
+    assert!(file.starts_with(&recordings), "{done:?}");
+    let (streams, duration) = probe(file);
+    eprintln!(
+        "room recording: {streams:?}, {duration:.2} s in the file, {truth:.2} s recorded: {done:?}"
+    );
+    assert_eq!(
+        streams,
+        [
+            ("video".to_owned(), "vp8".to_owned()),
+            ("audio".to_owned(), "opus".to_owned())
+        ],
+        "one video and one audio stream"
+    );
+    assert!(
+        (duration - truth).abs() < 1.0,
+        "ffprobe says {duration:.2} s, recorded for {truth:.2} s"
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&decoded.stderr);
+    assert!(
+        decoded.status.success() && errors.is_empty(),
+        "decodes cleanly: {errors}"
+    );
+    // The picture follows the speaker: alice (red), bob (blue), alice again.
+    let colours = frame_colours(file);
+    let red_frames = colours.matches('r').count();
+    let blue_frames = colours.matches('b').count();
+    eprintln!(
+        "{red_frames} red and {blue_frames} blue frames of {}",
+        colours.len()
+    );
+    assert!(red_frames > 60 && blue_frames > 30, "{colours}");
+    assert_eq!(sequence(&colours, 10), "rbr", "{colours}");
+    cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
