@@ -44,6 +44,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Track recordings.
     pub recording: RecordingConfig,
+    /// Federation gateway settings (this node carries links to other organisations' clusters).
+    pub federation: Option<crate::federation::FederationConfig>,
 }
 
 /// Where recordings go.
@@ -227,6 +229,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             tls: TlsConfig::default(),
             recording: RecordingConfig::default(),
+            federation: None,
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"

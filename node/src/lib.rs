@@ -5,6 +5,7 @@
 //! - [`http`]: WebSocket signaling, WHIP/WHEP, the demo page, health and metrics (axum).
 //! - [`auth`]: LiveKit-compatible JWT access tokens.
 //! - [`cluster`]: registry membership and relay links, routed to the media workers.
+//! - [`federation`]: gateways linking two organisations' clusters.
 //! - [`recording`]: tracks written to files (WebM, Matroska, MP4) through GStreamer.
 //! - [`config`], [`metrics`], [`server`]: configuration, Prometheus metrics, start and stop.
 
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod drain;
+pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

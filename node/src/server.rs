@@ -27,6 +27,8 @@ pub struct Server {
     pub drain: Arc<crate::drain::Drain>,
     drain_timeout: Duration,
     links: Option<Arc<LinkManager>>,
+    /// The federation gateway, if this node is one.
+    pub federation: Option<Arc<crate::federation::Federation>>,
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
@@ -47,11 +49,13 @@ impl Server {
         let keys = Keys::new(&config.cluster.name);
         let ttl = Duration::from_secs(config.cluster.lease_ttl_secs);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut etcd = None;
         let membership = if config.cluster.enabled() {
             let registry =
                 EtcdRegistry::connect_with(&config.cluster.etcd, &config.cluster.etcd_access)
                     .await
                     .context("connecting to etcd")?;
+            etcd = Some(registry.clone());
             Membership::start(registry, keys.clone(), ttl, events_tx)
         } else {
             Membership::start(MemoryRegistry::new(), keys.clone(), ttl, events_tx)
@@ -217,7 +221,28 @@ impl Server {
             state.gate.clone(),
             media.worker_count(),
         )));
-        let app = router(state);
+        let mut app = router(state);
+        let federation = match (&config.federation, etcd) {
+            (Some(f), Some(etcd)) => {
+                let fed = Arc::new(
+                    crate::federation::Federation::start(
+                        f,
+                        &node_id,
+                        media.clone(),
+                        membership.clone(),
+                        etcd,
+                    )
+                    .await
+                    .context("federation")?,
+                );
+                let auth = sfu_control::auth::Authenticator::new(&config.effective_keys());
+                let peers = f.peers.iter().map(|p| p.name.clone()).collect();
+                app = app.merge(crate::federation::http::routes(fed.clone(), auth, peers));
+                Some(fed)
+            }
+            (Some(_), None) => anyhow::bail!("a federation gateway needs a cluster (etcd)"),
+            _ => None,
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let options = sfu_control::http_server::ServeOptions {
             tls: server_tls,
@@ -263,6 +288,7 @@ impl Server {
             membership,
             drain,
             links,
+            federation,
             shutdown: Some(tx),
             tasks,
             http,
@@ -287,6 +313,9 @@ impl Server {
         self.membership.leave().await;
         if let Some(l) = &self.links {
             l.close();
+        }
+        if let Some(f) = &self.federation {
+            f.close();
         }
         for t in &self.tasks {
             t.abort();

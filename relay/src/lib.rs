@@ -18,3 +18,5 @@ pub mod quic;
 pub mod wire;
 
 pub use crate::core::{NodeId, Output, Relay, RelayConfig, TrackKey};
+/// The QUIC implementation links are made with, for users of [`quic::Link::connection`].
+pub use quinn;

@@ -44,6 +44,9 @@ pub struct Identity {
     roots: Arc<rustls::RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    /// The protocol both sides must name in TLS: [`ALPN`] for mesh links; federation links
+    /// name their own, so a mesh endpoint and a federation endpoint never talk.
+    alpn: &'static [u8],
 }
 
 impl Clone for Identity {
@@ -53,6 +56,7 @@ impl Clone for Identity {
             roots: self.roots.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            alpn: self.alpn,
         }
     }
 }
@@ -88,7 +92,14 @@ impl Identity {
             roots: Arc::new(roots),
             chain,
             key,
+            alpn: ALPN,
         })
+    }
+
+    /// The same identity speaking another protocol (ALPN) than the relay's.
+    pub fn with_alpn(mut self, alpn: &'static [u8]) -> Self {
+        self.alpn = alpn;
+        self
     }
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -105,7 +116,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![self.alpn.to_vec()];
         let mut config =
             quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
         config.transport_config(transport());
@@ -117,7 +128,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots.clone())
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![self.alpn.to_vec()];
         let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
         config.transport_config(transport());
         Ok(config)
@@ -171,6 +182,20 @@ pub struct Link {
 }
 
 impl Link {
+    /// A link whose control frames go through `frames` (whoever reads it writes them to the
+    /// connection): a federation gateway translates the frames its workers send.
+    pub fn new(
+        node: NodeId,
+        connection: quinn::Connection,
+        frames: mpsc::UnboundedSender<Frame>,
+    ) -> Self {
+        Self {
+            node,
+            connection,
+            frames,
+        }
+    }
+
     /// Queues a control frame.
     pub fn send_frame(&self, frame: Frame) {
         let _ = self.frames.send(frame);

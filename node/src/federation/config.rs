@@ -1,0 +1,64 @@
+//! The `[federation]` section of a gateway's configuration.
+
+use anyhow::bail;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A node with this section is a federation gateway of its cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// This cluster's name towards its peers (e.g. `a.example`): its federation certificate
+    /// names it, and peers namespace our participants with it.
+    pub name: String,
+    /// Where the federation endpoint listens (UDP, QUIC).
+    pub bind: SocketAddr,
+    /// This gateway's federation certificate and key (PEM), issued for `name` by this
+    /// cluster's federation CA, which is not its mesh CA.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A federation peer: another organisation's cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its name: its certificate must name it, and its participants appear as `name/identity`.
+    pub name: String,
+    /// Its gateways' federation endpoints.
+    pub addrs: Vec<SocketAddr>,
+    /// The only CA (or self-signed certificate) trusted for this peer.
+    pub ca: PathBuf,
+}
+
+impl FederationConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let dns = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        };
+        if !dns(&self.name) {
+            bail!(
+                "federation.name {:?} must be a DNS name (letters, digits, '.', '-')",
+                self.name
+            );
+        }
+        for p in &self.peers {
+            if !dns(&p.name) || p.name == self.name {
+                bail!(
+                    "federation peer name {:?} must be a DNS name other than ours",
+                    p.name
+                );
+            }
+            if p.addrs.is_empty() {
+                bail!("federation peer {}: no address", p.name);
+            }
+        }
+        Ok(())
+    }
+}

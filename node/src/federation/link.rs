@@ -1,0 +1,521 @@
+//! The gateway's side of its federation links: what crosses, translated and checked.
+//!
+//! Each side names rooms in what it sends as the receiver does; only rooms both sides map
+//! (see [`Peer::active`]) pass, and the rest is refused (a subscription gets a
+//! `Refused` answer) and counted. A peer's subscription names no node of ours: the origin is
+//! looked up in our registry, and only tracks published in our cluster (not a third party's)
+//! are served. Paths are cut to the peer's name both ways, so neither side learns the other's
+//! node names and loop checks never compare two clusters' node ids.
+//!
+//! Our workers see the peer as one more relay link, named `gateway~peer`: the frames they send
+//! on it come through [`FederationLinks::outbound`] (our room names to the peer's); datagrams
+//! go straight to the connection (they carry only flow ids, which the peer routes by the
+//! `FlowOpen` frames that passed the check).
+
+use super::control::{self, Message};
+use super::mapping::Mappings;
+use super::roster;
+use crate::cluster::Router;
+use sfu_control::Membership;
+use sfu_proto::relay::frame::Body;
+use sfu_proto::relay::{FlowClose, Frame, Refused, Subscribe, refused::Reason};
+use sfu_relay::NodeId;
+use sfu_relay::quic::{Link, LinkHandler};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::mpsc;
+
+/// The most tracks one peer may subscribe to at once, and flows it may open to us.
+const MAX_FED_TRACKS: usize = 4096;
+/// The most mappings a peer may announce.
+const MAX_PEER_MAPPINGS: usize = 10_000;
+
+/// Counters, per gateway (every peer together).
+#[derive(Default)]
+pub struct Stats {
+    /// Links from a name that is not a configured peer (the TLS handshake already refuses
+    /// certificates no peer's CA issued, before any of this runs).
+    pub links_refused: AtomicU64,
+    /// Frames about a room not mapped by both sides.
+    pub frames_unmapped: AtomicU64,
+    /// Subscriptions refused: unmapped room, unknown track, or over the limit.
+    pub subscriptions_refused: AtomicU64,
+    /// Rosters refused (unmapped room, too large, bad records).
+    pub rosters_refused: AtomicU64,
+    /// Frames our workers sent about a room no longer mapped (dropped).
+    pub outbound_dropped: AtomicU64,
+    pub links_up: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One linked peer.
+struct Peer {
+    raw: Link,
+    /// How our workers name the link: `gateway~peer`.
+    link_name: NodeId,
+    control: mpsc::UnboundedSender<Message>,
+    /// The peer's mappings with us: its room → ours.
+    theirs: BTreeMap<String, String>,
+    sent_mappings: Option<Vec<(String, String)>>,
+    /// Rooms both sides map: ours → the peer's.
+    active: BTreeMap<String, String>,
+    /// Tracks the peer subscribes to: (our room, track).
+    fed: HashSet<(String, u64)>,
+    /// Flows the peer opened to us → our room.
+    flows: HashMap<u32, String>,
+    /// Registry keys written for the peer's participants and tracks, per our room.
+    written: HashMap<String, Vec<String>>,
+    sent_rosters: HashMap<String, Vec<u8>>,
+}
+
+/// See the module documentation.
+pub struct FederationLinks {
+    me: Weak<FederationLinks>,
+    /// Our federation name.
+    name: String,
+    node_id: String,
+    allowed: Vec<String>,
+    router: Router,
+    membership: Membership,
+    mappings: Arc<Mappings>,
+    peers: Mutex<HashMap<String, Peer>>,
+    pub stats: Stats,
+}
+
+/// The room a frame is about, if it names one.
+fn room_of(body: &mut Body) -> Option<&mut String> {
+    match body {
+        Body::Subscribe(s) => Some(&mut s.room),
+        Body::Accepted(a) => Some(&mut a.room),
+        Body::Redirect(r) => Some(&mut r.room),
+        Body::Refused(r) => Some(&mut r.room),
+        Body::FlowOpen(f) => Some(&mut f.room),
+        Body::KeyframeRequest(k) => Some(&mut k.room),
+        Body::TrackEnded(e) => Some(&mut e.room),
+        Body::AudioLevels(l) => Some(&mut l.room),
+        Body::FlowClose(_) | Body::Nack(_) | Body::Hello(_) => None,
+    }
+}
+
+fn refused(room: String, track: u64, detail: &str) -> Frame {
+    Frame {
+        body: Some(Body::Refused(Refused {
+            room,
+            track,
+            reason: Reason::NotFound as i32,
+            detail: detail.to_owned(),
+        })),
+    }
+}
+
+impl FederationLinks {
+    pub fn new(
+        name: String,
+        node_id: &str,
+        allowed: Vec<String>,
+        router: Router,
+        membership: Membership,
+        mappings: Arc<Mappings>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            name,
+            node_id: node_id.to_owned(),
+            allowed,
+            router,
+            membership,
+            mappings,
+            peers: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Peers linked now.
+    pub fn linked(&self) -> Vec<String> {
+        self.peers().keys().cloned().collect()
+    }
+
+    /// Rooms both sides map with `peer`: ours → theirs.
+    pub fn active(&self, peer: &str) -> BTreeMap<String, String> {
+        self.peers()
+            .get(peer)
+            .map(|p| p.active.clone())
+            .unwrap_or_default()
+    }
+
+    /// A frame our workers send to `peer`, translated; `None` if it must not cross.
+    fn outbound(&self, peer: &str, frame: Frame) -> Option<Frame> {
+        let mut body = frame.body?;
+        let peers = self.peers();
+        let p = peers.get(peer)?;
+        if let Some(room) = room_of(&mut body) {
+            let Some(theirs) = p.active.get(room.as_str()) else {
+                bump(&self.stats.outbound_dropped);
+                return None;
+            };
+            *room = theirs.clone();
+        }
+        match &mut body {
+            // The peer finds the origin in its own registry.
+            Body::Subscribe(s) => s.origin.clear(),
+            Body::Accepted(a) => a.path = vec![self.name.clone()],
+            // Our other nodes are not reachable from the peer; levels stay in the cluster.
+            Body::Redirect(_) | Body::AudioLevels(_) => return None,
+            _ => {}
+        }
+        Some(Frame { body: Some(body) })
+    }
+
+    /// Runs every few hundred milliseconds: sends our mappings and rosters where they
+    /// changed, and stops what crosses for rooms no longer mapped by both sides.
+    pub fn sync(&self) {
+        let mut peers = self.peers();
+        for (name, p) in peers.iter_mut() {
+            let mine = self.mappings.with_peer(name);
+            let list: Vec<(String, String)> =
+                mine.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+            if p.sent_mappings.as_ref() != Some(&list) {
+                let _ = p.control.send(Message::Mappings {
+                    rooms: list.clone(),
+                });
+                p.sent_mappings = Some(list);
+            }
+            self.update_active(name, p);
+            for (ours, theirs) in &p.active {
+                let (participants, tracks) = roster::local(&self.membership, ours);
+                let m = Message::Roster {
+                    room: theirs.clone(),
+                    participants,
+                    tracks,
+                };
+                let bytes = serde_json::to_vec(&m).unwrap_or_default();
+                if p.sent_rosters.get(ours) != Some(&bytes) {
+                    let _ = p.control.send(m);
+                    p.sent_rosters.insert(ours.clone(), bytes);
+                }
+            }
+        }
+    }
+
+    /// Recomputes the rooms both sides map with one peer; stops those no longer mapped.
+    fn update_active(&self, name: &str, p: &mut Peer) {
+        let active: BTreeMap<String, String> = self
+            .mappings
+            .with_peer(name)
+            .into_iter()
+            .filter(|(ours, theirs)| p.theirs.get(theirs) == Some(ours))
+            .collect();
+        let gone: Vec<String> = p
+            .active
+            .iter()
+            .filter(|(ours, theirs)| active.get(*ours) != Some(*theirs))
+            .map(|(ours, _)| ours.clone())
+            .collect();
+        for room in gone {
+            tracing::info!(peer = %name, %room, "federated room no longer mapped by both sides");
+            self.deactivate(p, &room);
+        }
+        for room in active.keys() {
+            if !p.active.contains_key(room) {
+                tracing::info!(peer = %name, %room, "federated room mapped by both sides");
+            }
+        }
+        p.active = active;
+    }
+
+    /// Forgets which rosters were sent, so that the next sync sends them all again (a lost
+    /// or refused roster is repaired within one period).
+    pub fn resend_rosters(&self) {
+        for p in self.peers().values_mut() {
+            p.sent_rosters.clear();
+        }
+    }
+
+    /// Stops everything of `room` crossing with one peer: what it subscribed to, what it
+    /// sends us, and its participants in our registry.
+    fn deactivate(&self, p: &mut Peer, room: &str) {
+        let fed: Vec<u64> = p
+            .fed
+            .iter()
+            .filter(|(r, _)| r == room)
+            .map(|(_, t)| *t)
+            .collect();
+        for track in fed {
+            p.fed.remove(&(room.to_owned(), track));
+            self.router.frame(
+                &p.link_name,
+                Frame {
+                    body: Some(Body::Subscribe(Subscribe {
+                        room: room.to_owned(),
+                        track,
+                        layers: vec![],
+                        origin: String::new(),
+                    })),
+                },
+            );
+        }
+        let flows: Vec<u32> = p
+            .flows
+            .iter()
+            .filter(|(_, r)| *r == room)
+            .map(|(f, _)| *f)
+            .collect();
+        for flow in flows {
+            p.flows.remove(&flow);
+            self.router.frame(
+                &p.link_name,
+                Frame {
+                    body: Some(Body::FlowClose(FlowClose { flow })),
+                },
+            );
+        }
+        for key in p.written.remove(room).unwrap_or_default() {
+            self.membership.remove(key);
+        }
+        p.sent_rosters.remove(room);
+    }
+
+    fn on_message(&self, peer: &str, m: Message) {
+        let mut peers = self.peers();
+        let Some(p) = peers.get_mut(peer) else { return };
+        match m {
+            Message::Mappings { rooms } => {
+                if rooms.len() > MAX_PEER_MAPPINGS {
+                    tracing::warn!(%peer, n = rooms.len(), "federation peer announced too many mappings; ignored");
+                    return;
+                }
+                p.theirs = rooms.into_iter().collect();
+                // Before the rosters that follow on the stream arrive.
+                self.update_active(peer, p);
+            }
+            Message::Roster {
+                room,
+                participants,
+                tracks,
+            } => {
+                if !p.active.contains_key(&room) {
+                    bump(&self.stats.rosters_refused);
+                    tracing::info!(%peer, %room, "federation roster for a room not mapped by both sides refused");
+                    return;
+                }
+                match roster::federated(peer, &p.link_name, participants, tracks) {
+                    Ok((ps, ts)) => {
+                        let keys = self.membership.keys();
+                        let mut written = Vec::new();
+                        for r in &ps {
+                            let k = keys.participant(&room, &r.sid);
+                            self.membership.set_json(k.clone(), r);
+                            written.push(k);
+                        }
+                        for t in &ts {
+                            let k = keys.track(&room, &t.track);
+                            self.membership.set_json(k.clone(), t);
+                            written.push(k);
+                        }
+                        for old in p.written.remove(&room).unwrap_or_default() {
+                            if !written.contains(&old) {
+                                self.membership.remove(old);
+                            }
+                        }
+                        p.written.insert(room, written);
+                    }
+                    Err(e) => {
+                        bump(&self.stats.rosters_refused);
+                        tracing::warn!(%peer, %room, "federation roster refused: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The federation's own stream with one peer: opened by the side whose name sorts first.
+    async fn control_stream(
+        self: Arc<Self>,
+        peer: String,
+        conn: sfu_relay::quinn::Connection,
+        mut out: mpsc::UnboundedReceiver<Message>,
+    ) {
+        let streams = if self.name < peer {
+            conn.open_bi().await
+        } else {
+            conn.accept_bi().await
+        };
+        let Ok((mut send, mut recv)) = streams else {
+            return;
+        };
+        let writer = async {
+            while let Some(m) = out.recv().await {
+                if control::write(&mut send, &m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let reader = async {
+            loop {
+                match control::read(&mut recv).await {
+                    Ok(m) => self.on_message(&peer, m),
+                    Err(e) => {
+                        tracing::info!(%peer, "federation stream ended: {e:#}");
+                        conn.close(6u32.into(), b"federation stream error");
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = writer => {}
+            _ = reader => {}
+        }
+    }
+}
+
+impl LinkHandler for FederationLinks {
+    fn link_up(&self, raw: Link) {
+        let peer = raw.node.to_string();
+        if !self.allowed.contains(&peer) {
+            bump(&self.stats.links_refused);
+            tracing::warn!(%peer, remote = %raw.connection.remote_address(), "federation link from a name that is no configured peer refused");
+            raw.connection.close(5u32.into(), b"not a configured peer");
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        bump(&self.stats.links_up);
+        let link_name: NodeId = format!("{}~{peer}", self.node_id).into();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let wrapped = Link::new(link_name.clone(), raw.connection.clone(), tx);
+        let conn = raw.connection.clone();
+        self.peers().insert(
+            peer.clone(),
+            Peer {
+                raw: raw.clone(),
+                link_name,
+                control: ctl_tx,
+                theirs: BTreeMap::new(),
+                sent_mappings: None,
+                active: BTreeMap::new(),
+                fed: HashSet::new(),
+                flows: HashMap::new(),
+                written: HashMap::new(),
+                sent_rosters: HashMap::new(),
+            },
+        );
+        tracing::info!(%peer, remote = %conn.remote_address(), "federation link up");
+        self.router.link_up(wrapped);
+        let (m, p) = (me.clone(), peer.clone());
+        tokio::spawn(async move {
+            while let Some(f) = rx.recv().await {
+                if let Some(f) = m.outbound(&p, f) {
+                    raw.send_frame(f);
+                }
+            }
+        });
+        tokio::spawn(me.control_stream(peer, conn, ctl_rx));
+    }
+
+    fn link_down(&self, node: &NodeId) {
+        let Some(mut p) = self.peers().remove(&**node) else {
+            return;
+        };
+        tracing::info!(peer = %node, "federation link down");
+        for (_, keys) in p.written.drain() {
+            for k in keys {
+                self.membership.remove(k);
+            }
+        }
+        self.router.link_down(&p.link_name);
+    }
+
+    fn frame(&self, from: &NodeId, frame: Frame) {
+        let Some(mut body) = frame.body else { return };
+        let mut peers = self.peers();
+        let Some(p) = peers.get_mut(&**from) else {
+            return;
+        };
+        let mut ours = None;
+        if let Some(room) = room_of(&mut body) {
+            // The peer names our rooms as we do (each side translates what it sends).
+            let Some(local) = p.active.contains_key(room.as_str()).then(|| room.clone()) else {
+                bump(&self.stats.frames_unmapped);
+                if let Body::Subscribe(s) = &body
+                    && !s.layers.is_empty()
+                {
+                    bump(&self.stats.subscriptions_refused);
+                    tracing::info!(peer = %from, room = %s.room, "federation subscription to a room not mapped by both sides refused");
+                    p.raw
+                        .send_frame(refused(s.room.clone(), s.track, "room not mapped"));
+                }
+                return;
+            };
+            ours = Some(local);
+        }
+        let room = ours.unwrap_or_default();
+        match &mut body {
+            Body::Subscribe(s) if s.layers.is_empty() => {
+                p.fed.remove(&(room, s.track));
+            }
+            Body::Subscribe(s) => {
+                let peer_room = p.active.get(&room).cloned().unwrap_or_default();
+                let (_, tracks) = self.membership.room(&room);
+                let origin = tracks
+                    .iter()
+                    .find(|t| {
+                        t.track
+                            .parse::<sfu_core::TrackId>()
+                            .is_ok_and(|id| id.0 == s.track)
+                    })
+                    .filter(|t| !roster::is_federated(&t.origin))
+                    .map(|t| t.origin.clone());
+                let full =
+                    p.fed.len() >= MAX_FED_TRACKS && !p.fed.contains(&(room.clone(), s.track));
+                match origin {
+                    Some(origin) if !full => {
+                        s.origin = origin;
+                        p.fed.insert((room, s.track));
+                    }
+                    _ => {
+                        bump(&self.stats.subscriptions_refused);
+                        let detail = if full {
+                            "too many subscriptions"
+                        } else {
+                            "no such track"
+                        };
+                        p.raw.send_frame(refused(peer_room, s.track, detail));
+                        return;
+                    }
+                }
+            }
+            Body::Accepted(a) => a.path = vec![p.link_name.to_string()],
+            Body::FlowOpen(f) => {
+                if p.flows.len() >= MAX_FED_TRACKS && !p.flows.contains_key(&f.flow) {
+                    bump(&self.stats.frames_unmapped);
+                    return;
+                }
+                p.flows.insert(f.flow, room);
+            }
+            // Only flows it opened (in mapped rooms).
+            Body::FlowClose(f) if p.flows.remove(&f.flow).is_none() => return,
+            // A peer is fed directly, never sent to our other nodes; levels stay on each side.
+            Body::Redirect(_) | Body::AudioLevels(_) | Body::Hello(_) => return,
+            _ => {}
+        }
+        let link = p.link_name.clone();
+        drop(peers);
+        self.router.frame(&link, Frame { body: Some(body) });
+    }
+
+    fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
+        let link = self.peers().get(&**from).map(|p| p.link_name.clone());
+        if let Some(link) = link {
+            self.router.datagram(&link, datagram);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Federation: one conference across two organisations' clusters.
+//!
+//! A **federation gateway** is an ordinary node with a `[federation]` section. It keeps a
+//! QUIC link (its own endpoint and port, ALPN `sfu-federation/1`) to each configured peer's
+//! gateway, with mutual TLS trusting only the peers' federation CAs, never the mesh CA. Over
+//! it go the relay protocol's frames and datagrams (the same wire format, so wants, layers,
+//! keyframe requests and NACKs work as on relay links) plus a small JSON protocol of its own
+//! on a second stream ([`control`]): each side's room mappings, and the participants and tracks
+//! of each room both sides map.
+//!
+//! Inside its cluster the gateway plays the node the peer's participants are on: it writes
+//! them into its registry (identities namespaced `peer/identity`, node `gateway~peer`), so its
+//! rooms pull their tracks over the federation link exactly as they pull another node's over a
+//! relay link: one copy per direction, only while wanted, only the layers needed
+//! ([`link`] translates room names and refuses what is not mapped).
+//!
+//! - [`config`]: the `[federation]` section.
+//! - [`mapping`]: room mappings, kept in the cluster's etcd.
+//! - [`link`]: the link handler: translation, refusal, counters.
+//! - [`roster`]: the participants and tracks that cross.
+//! - [`control`]: the federation's own messages.
+//! - [`http`]: the admin API (map, unmap, list).
+
+pub mod config;
+pub mod control;
+pub mod http;
+pub mod link;
+pub mod mapping;
+pub mod roster;
+
+pub use config::{FederationConfig, PeerConfig};
+
+use crate::cluster::Router;
+use crate::media::MediaPlane;
+use anyhow::Context;
+use link::{FederationLinks, Stats};
+use mapping::Mappings;
+use sfu_control::{EtcdRegistry, Membership};
+use sfu_relay::NodeId;
+use sfu_relay::quic::{Identity, LinkHandler, LinkManager};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// ALPN of the federation protocol: a relay (mesh) endpoint refuses it, and this endpoint
+/// refuses the relay's.
+pub const ALPN: &[u8] = b"sfu-federation/1";
+/// How often mappings are re-read and rosters compared with what was last sent.
+const SYNC_PERIOD: Duration = Duration::from_millis(300);
+
+/// A running federation gateway.
+pub struct Federation {
+    /// This cluster's name towards its peers.
+    pub name: String,
+    links: Arc<LinkManager>,
+    pub state: Arc<FederationLinks>,
+    pub mappings: Arc<Mappings>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Federation {
+    /// Binds the federation endpoint and starts linking to the configured peers.
+    pub async fn start(
+        config: &FederationConfig,
+        node_id: &str,
+        media: MediaPlane,
+        membership: Membership,
+        registry: EtcdRegistry,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let mut cas = Vec::new();
+        for p in &config.peers {
+            let pem = std::fs::read(&p.ca).with_context(|| {
+                format!("federation peer {}: reading {}", p.name, p.ca.display())
+            })?;
+            cas.extend_from_slice(&pem);
+            cas.push(b'\n');
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let identity = Identity::from_pem(
+            &config.name,
+            &cas,
+            &read(&config.cert).context("federation.cert")?,
+            &read(&config.key).context("federation.key")?,
+        )
+        .context("federation identity")?
+        .with_alpn(ALPN);
+        let mappings = Arc::new(Mappings::new(registry, membership.keys().prefix()));
+        let state = FederationLinks::new(
+            config.name.clone(),
+            node_id,
+            config.peers.iter().map(|p| p.name.clone()).collect(),
+            Router::new(media),
+            membership,
+            mappings.clone(),
+        );
+        let links = LinkManager::start(
+            config.bind,
+            &identity,
+            state.clone() as Arc<dyn LinkHandler>,
+        )
+        .context("federation endpoint")?;
+        let peers: Vec<(NodeId, SocketAddr)> = config
+            .peers
+            .iter()
+            .filter_map(|p| Some((NodeId::from(p.name.as_str()), *p.addrs.first()?)))
+            .collect();
+        links.set_peers(&peers);
+        let (s, m) = (state.clone(), mappings.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYNC_PERIOD);
+            for n in 0u64.. {
+                tick.tick().await;
+                if n % 10 == 9 {
+                    s.resend_rosters();
+                }
+                if let Err(e) = m.refresh().await {
+                    tracing::debug!("federation: reading room mappings: {e}");
+                }
+                s.sync();
+            }
+        });
+        tracing::info!(
+            name = %config.name,
+            addr = %links.local_addr()?,
+            peers = config.peers.len(),
+            "federation gateway started"
+        );
+        Ok(Self {
+            name: config.name.clone(),
+            links,
+            state,
+            mappings,
+            task,
+        })
+    }
+
+    /// Where the federation endpoint listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.links.local_addr()
+    }
+
+    /// Counters (links refused, frames refused, ...).
+    pub fn stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// Closes the federation links.
+    pub fn close(&self) {
+        self.task.abort();
+        self.links.close();
+    }
+}

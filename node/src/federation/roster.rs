@@ -1,0 +1,80 @@
+//! The participants and tracks that cross: ours that a peer sees, and a peer's written into
+//! our registry as federated participants.
+//!
+//! Only stage participants cross, with their tracks; participants and tracks already federated
+//! (from any peer) never go back out. A peer's participants are namespaced (`peer/identity`)
+//! and placed on the link (`gateway~peer`), which is where our rooms pull their tracks from.
+
+use sfu_control::{Membership, ParticipantRecord, TrackRecord};
+
+/// The most participants, and tracks, of one room that cross.
+pub const MAX_ROSTER: usize = 1000;
+
+/// Whether a record's node (or a track's origin) is a federation link, not a node.
+pub fn is_federated(node: &str) -> bool {
+    node.contains('~')
+}
+
+/// Our stage participants of a room and their tracks, sorted (so that equal rosters encode
+/// equally).
+pub fn local(membership: &Membership, room: &str) -> (Vec<ParticipantRecord>, Vec<TrackRecord>) {
+    let (mut participants, mut tracks) = membership.room(room);
+    participants.retain(|p| p.stage && !is_federated(&p.node));
+    participants.sort_by(|a, b| a.sid.cmp(&b.sid));
+    participants.truncate(MAX_ROSTER);
+    tracks.retain(|t| {
+        !is_federated(&t.origin) && participants.iter().any(|p| p.sid == t.participant)
+    });
+    tracks.sort_by(|a, b| a.track.cmp(&b.track));
+    tracks.truncate(MAX_ROSTER);
+    (participants, tracks)
+}
+
+/// Ids that become parts of registry keys: letters, digits, `_` and `-`.
+fn plain_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A peer's roster as our registry holds it; an error names the first bad record.
+pub fn federated(
+    peer: &str,
+    link: &str,
+    participants: Vec<ParticipantRecord>,
+    tracks: Vec<TrackRecord>,
+) -> Result<(Vec<ParticipantRecord>, Vec<TrackRecord>), String> {
+    if participants.len() > MAX_ROSTER || tracks.len() > MAX_ROSTER {
+        return Err(format!(
+            "{} participants and {} tracks (at most {MAX_ROSTER} each)",
+            participants.len(),
+            tracks.len()
+        ));
+    }
+    let mut ps = Vec::with_capacity(participants.len());
+    for mut p in participants {
+        if !plain_id(&p.sid) || p.identity.len() > 256 {
+            return Err(format!("participant {:?}", p.sid));
+        }
+        p.identity = format!("{peer}/{}", p.identity);
+        p.node = link.to_owned();
+        p.worker = 0;
+        p.stage = true;
+        ps.push(p);
+    }
+    let mut ts = Vec::with_capacity(tracks.len());
+    for mut t in tracks {
+        if t.track.parse::<sfu_core::TrackId>().is_err()
+            || !ps.iter().any(|p| p.sid == t.participant)
+        {
+            return Err(format!("track {:?}", t.track));
+        }
+        t.origin = link.to_owned();
+        t.worker = 0;
+        // Levels are measured and shared inside each cluster only (not across yet).
+        t.audio_levels = false;
+        ts.push(t);
+    }
+    Ok((ps, ts))
+}

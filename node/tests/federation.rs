@@ -1,0 +1,499 @@
+//! Federation between two independent clusters, each with its own etcd, mesh CA, federation
+//! CA and API keys; one node of each is its federation gateway. Real Chromium publishes on
+//! each side and decodes the other side's camera; unmapping on one side stops the media; the
+//! trust and admission boundaries hold (a mesh certificate, an unknown CA, an unconfigured
+//! name, a foreign token, an unmapped room are each refused).
+
+mod common;
+
+use common::control::{eventually, ws_join};
+use common::{Browser, browser_lock, expect_media, http, stat};
+use serde_json::{Value, json};
+use sfu_control::auth::{admin_claims, join_claims, mint};
+use sfu_control::testing::Etcd;
+use sfu_node::federation::{FederationConfig, PeerConfig};
+use sfu_node::{Config, Server};
+use sfu_proto::relay::frame::Body;
+use sfu_proto::relay::{Frame, Subscribe};
+use sfu_relay::NodeId;
+use sfu_relay::certs::{Pem, create_ca, issue_node};
+use sfu_relay::quic::{Identity, Link, LinkHandler, LinkManager};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// One cluster: its etcd, its gateway node and its secrets.
+struct Side {
+    etcd: Etcd,
+    node: Server,
+    key: String,
+    secret: String,
+    dir: PathBuf,
+    fed_addr: SocketAddr,
+}
+
+impl Side {
+    fn url(&self) -> String {
+        format!("http://{}", self.node.http_addr)
+    }
+
+    fn admin(&self) -> String {
+        mint(
+            &self.secret,
+            &admin_claims(&self.key, Duration::from_secs(600)),
+        )
+        .unwrap()
+    }
+
+    fn token(&self, identity: &str, room: &str) -> String {
+        mint(
+            &self.secret,
+            &join_claims(
+                &self.key,
+                identity,
+                room,
+                true,
+                true,
+                Duration::from_secs(600),
+            ),
+        )
+        .unwrap()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    async fn map(&self, room: &str, peer: &str, peer_room: &str) {
+        let r = http()
+            .put(format!("{}/admin/federation/rooms/{room}", self.url()))
+            .bearer_auth(self.admin())
+            .json(&json!({"peer": peer, "peer_room": peer_room}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    async fn unmap(&self, room: &str) {
+        let r = http()
+            .delete(format!("{}/admin/federation/rooms/{room}", self.url()))
+            .bearer_auth(self.admin())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    }
+
+    async fn rooms(&self) -> Value {
+        http()
+            .get(format!("{}/admin/federation/rooms", self.url()))
+            .bearer_auth(self.admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn active(&self, room: &str) -> bool {
+        self.rooms().await["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["room"] == room && m["active"] == true)
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// Creates each side's mesh certificates and federation CA and certificate, then starts both
+/// gateways, each trusting only the other's federation CA.
+async fn start_pair() -> (Side, Side) {
+    let _ = common::tracing_subscriber_init();
+    let root = std::env::temp_dir().join(format!(
+        "sfu-fed-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut plans = Vec::new();
+    for short in ["a", "b"] {
+        let dir = root.join(short);
+        sfu_relay::certs::ensure_dev_certs(&dir.join("mesh"), &[format!("{short}1")]).unwrap();
+        let name = format!("{short}.example");
+        let ca = create_ca(&format!("{name} federation CA")).unwrap();
+        let cert = issue_node(&ca, &name).unwrap();
+        write(&dir.join("fed-ca.pem"), &ca.cert);
+        write(&dir.join("fed-ca.key"), &ca.key);
+        write(&dir.join("fed.pem"), &cert.cert);
+        write(&dir.join("fed.key"), &cert.key);
+        let port = common::process::free_udp_port();
+        plans.push((short, name, dir, SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    let mut sides = Vec::new();
+    for i in 0..2 {
+        let (short, name, dir, fed_addr): (&str, String, PathBuf, SocketAddr) = plans[i].clone();
+        let (_, peer_name, peer_dir, peer_addr) = plans[1 - i].clone();
+        let etcd = Etcd::start().expect("etcd starts");
+        let key = format!("{short}key");
+        let secret = format!("{short}-secret-{:032x}", rand::random::<u128>());
+        let mut config = Config::loopback();
+        config.cluster.node_id = format!("{short}1");
+        config.cluster.etcd = vec![etcd.endpoint.clone()];
+        config.cluster.certs_dir = Some(dir.join("mesh"));
+        config.cluster.name = short.to_owned();
+        config.keys = [(key.clone(), secret.clone())].into();
+        config.federation = Some(FederationConfig {
+            name: name.clone(),
+            bind: fed_addr,
+            cert: dir.join("fed.pem"),
+            key: dir.join("fed.key"),
+            peers: vec![PeerConfig {
+                name: peer_name,
+                addrs: vec![peer_addr],
+                ca: peer_dir.join("fed-ca.pem"),
+            }],
+        });
+        let node = Server::start(config).await.expect("gateway starts");
+        sides.push(Side {
+            etcd,
+            node,
+            key,
+            secret,
+            dir,
+            fed_addr,
+        });
+    }
+    let b = sides.pop().unwrap();
+    let a = sides.pop().unwrap();
+    (a, b)
+}
+
+/// A link manager outside both clusters, reporting what it is told.
+struct Probe {
+    up: mpsc::UnboundedSender<Link>,
+    frames: mpsc::UnboundedSender<Frame>,
+}
+
+impl LinkHandler for Probe {
+    fn link_up(&self, link: Link) {
+        let _ = self.up.send(link);
+    }
+    fn link_down(&self, _: &NodeId) {}
+    fn frame(&self, _: &NodeId, frame: Frame) {
+        let _ = self.frames.send(frame);
+    }
+    fn datagram(&self, _: &NodeId, _: bytes::Bytes) {}
+}
+
+/// Dials `target` (named `target_name`) with `identity` (whose name must sort before it);
+/// returns the link if one came up within 3 s, and the frames received on it.
+async fn dial(
+    identity: Identity,
+    target_name: &str,
+    target: SocketAddr,
+) -> (
+    Arc<LinkManager>,
+    Option<Link>,
+    mpsc::UnboundedReceiver<Frame>,
+) {
+    let (up, mut up_rx) = mpsc::unbounded_channel();
+    let (frames, frames_rx) = mpsc::unbounded_channel();
+    let m = LinkManager::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        Arc::new(Probe { up, frames }),
+    )
+    .unwrap();
+    m.set_peers(&[(NodeId::from(target_name), target)]);
+    let link = tokio::time::timeout(Duration::from_secs(3), up_rx.recv())
+        .await
+        .ok()
+        .flatten();
+    // A link the other side closes at once (an unconfigured name) came up here first: it
+    // counts only if it stays up.
+    let link = match link {
+        Some(l) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            l.connection.close_reason().is_none().then_some(l)
+        }
+        None => None,
+    };
+    (m, link, frames_rx)
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// What must not link: B's mesh certificate at A's federation endpoint and at A's mesh, a
+/// certificate for B's name from an unknown CA, and a certificate of B's federation CA for
+/// a name A has not configured.
+async fn refused_links(a: &Side, b: &Side) {
+    let alpn = sfu_node::federation::ALPN;
+    let a_fed_ca = read(&a.file("fed-ca.pem"));
+    let b_mesh = sfu_relay::certs::node_files(&b.file("mesh"), "b1");
+    let (b_mesh_cert, b_mesh_key) = (read(&b_mesh.cert), read(&b_mesh.key));
+
+    // B's mesh certificate, at A's federation endpoint.
+    let id = Identity::from_pem("0z", &a_fed_ca, &b_mesh_cert, &b_mesh_key)
+        .unwrap()
+        .with_alpn(alpn);
+    let (m, link, _) = dial(id, "a.example", a.fed_addr).await;
+    assert!(
+        link.is_none(),
+        "a mesh certificate opened a federation link"
+    );
+    m.close();
+
+    // B's mesh certificate, at A's mesh (relay) endpoint.
+    let a_mesh_ca = read(&a.file("mesh/ca.pem"));
+    let id = Identity::from_pem("0z", &a_mesh_ca, &b_mesh_cert, &b_mesh_key).unwrap();
+    let (m, link, _) = dial(id, "a1", a.node.relay_addr.unwrap()).await;
+    assert!(link.is_none(), "B's mesh certificate joined A's mesh");
+    m.close();
+    // The same dial with a certificate of A's mesh CA links: the refusals above are the
+    // certificates', not the harness's.
+    sfu_relay::certs::ensure_dev_certs(&a.file("mesh"), &["0z".to_owned()]).unwrap();
+    let own = sfu_relay::certs::node_files(&a.file("mesh"), "0z");
+    let id = Identity::from_pem("0z", &a_mesh_ca, &read(&own.cert), &read(&own.key)).unwrap();
+    let (m, link, _) = dial(id, "a1", a.node.relay_addr.unwrap()).await;
+    assert!(
+        link.is_some(),
+        "a certificate of A's mesh CA links to A's mesh"
+    );
+    m.close();
+
+    // A certificate naming B's federation name from a CA nobody configured.
+    let rogue_ca = create_ca("rogue").unwrap();
+    let rogue: Pem = issue_node(&rogue_ca, "0z").unwrap();
+    let id = Identity::from_pem("0z", &a_fed_ca, rogue.cert.as_bytes(), rogue.key.as_bytes())
+        .unwrap()
+        .with_alpn(alpn);
+    let (m, link, _) = dial(id, "a.example", a.fed_addr).await;
+    assert!(
+        link.is_none(),
+        "an unknown CA's certificate opened a federation link"
+    );
+    m.close();
+
+    // B's federation CA vouches for a name A does not peer with.
+    let b_ca = Pem {
+        cert: String::from_utf8(read(&b.file("fed-ca.pem"))).unwrap(),
+        key: String::from_utf8(read(&b.file("fed-ca.key"))).unwrap(),
+    };
+    let other = issue_node(&b_ca, "0z").unwrap();
+    let before = a
+        .node
+        .federation
+        .as_ref()
+        .unwrap()
+        .stats()
+        .links_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let id = Identity::from_pem("0z", &a_fed_ca, other.cert.as_bytes(), other.key.as_bytes())
+        .unwrap()
+        .with_alpn(alpn);
+    let (m, link, _) = dial(id, "a.example", a.fed_addr).await;
+    assert!(
+        link.is_none(),
+        "an unconfigured peer name kept a federation link"
+    );
+    m.close();
+    let after = a
+        .node
+        .federation
+        .as_ref()
+        .unwrap()
+        .stats()
+        .links_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The probe dials again after each refusal: each is counted.
+    assert!(after > before, "the refusal is counted");
+}
+
+fn identities(joined: &Value) -> Vec<String> {
+    joined["participants"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["identity"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_share_a_mapped_room() {
+    let _guard = browser_lock().await;
+    let started = Instant::now();
+    let (a, b) = start_pair().await;
+    let fa = a.node.federation.clone().unwrap();
+    let fb = b.node.federation.clone().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            (fa.state.linked() == ["b.example"] && fb.state.linked() == ["a.example"]).then_some(())
+        })
+        .await
+        .is_some(),
+        "the gateways link"
+    );
+
+    refused_links(&a, &b).await;
+
+    // Each side's tokens admit to that side only.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{}/rtc?access_token={}",
+        a.node.http_addr,
+        b.token("mallory", "joint")
+    ))
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        Err(e) => panic!("a B token at A: expected 401, got {e}"),
+        Ok(_) => panic!("A admitted a B token"),
+    }
+
+    // A room crosses only while both sides map it.
+    a.map("joint", "b.example", "joint-with-a").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!a.active("joint").await, "one side's mapping is not enough");
+    b.map("joint-with-a", "a.example", "joint").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            (a.active("joint").await && b.active("joint-with-a").await).then_some(())
+        })
+        .await
+        .is_some(),
+        "both sides see the mapping agreed"
+    );
+
+    // Chromium on each side publishes and decodes the other side's camera.
+    let page = |s: &Side, room: &str, identity: &str| {
+        format!(
+            "{}/?room={room}&identity={identity}&autojoin=1&publish=1&token={}",
+            s.url(),
+            s.token(identity, room)
+        )
+    };
+    let mut browser = Browser::launch(&[
+        ("alice", page(&a, "joint", "alice")),
+        ("bob", page(&b, "joint-with-a", "bob")),
+    ])
+    .await;
+    let media_from = Instant::now();
+    let last = expect_media(
+        &mut browser,
+        &["alice", "bob"],
+        30.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    println!(
+        "federated media decoding on both sides {:.1} s after the pages opened",
+        media_from.elapsed().as_secs_f64()
+    );
+    for p in ["alice", "bob"] {
+        assert!(
+            last["pages"][p]["errors"].as_array().unwrap().is_empty(),
+            "{last:#}"
+        );
+    }
+
+    // The other side's participants appear namespaced.
+    let (_, joined) = ws_join(&b.url(), &b.token("carol", "joint-with-a")).await;
+    assert!(
+        identities(&joined).contains(&"a.example/alice".to_owned()),
+        "B sees A's alice as a.example/alice: {joined}"
+    );
+    let (_, joined) = ws_join(&a.url(), &a.token("dave", "joint")).await;
+    assert!(
+        identities(&joined).contains(&"b.example/bob".to_owned()),
+        "A sees B's bob as b.example/bob: {joined}"
+    );
+
+    // Unmapping on one side (B) stops media both ways within seconds.
+    b.unmap("joint-with-a").await;
+    let unmapped = Instant::now();
+    let mut prev = (0.0, 0.0);
+    let mut still = 0;
+    let (stopped, s) = browser
+        .until(Duration::from_secs(10), |s| {
+            let now = (
+                stat(s, "alice", "framesDecoded"),
+                stat(s, "bob", "framesDecoded"),
+            );
+            still = if now == prev { still + 1 } else { 0 };
+            prev = now;
+            still >= 2
+        })
+        .await;
+    let stop_secs = unmapped.elapsed().as_secs_f64() - 2.0;
+    assert!(stopped, "media kept flowing after the unmap: {s:#}");
+    println!("media stopped within {stop_secs:.1} s of the unmap (2 s of stillness observed)");
+    assert!(
+        stop_secs < 5.0,
+        "media stopped {stop_secs:.1} s after the unmap"
+    );
+    assert!(!a.active("joint").await, "A sees the room unmapped");
+    browser.stop().await;
+
+    // A peer asking for a room that is not mapped is refused. The probe speaks as A's gateway
+    // (its certificate), which stops first.
+    fa.close();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            fb.state.linked().is_empty().then_some(())
+        })
+        .await
+        .is_some(),
+        "B sees A's gateway gone"
+    );
+    let id = Identity::from_pem(
+        "a.example",
+        &read(&b.file("fed-ca.pem")),
+        &read(&a.file("fed.pem")),
+        &read(&a.file("fed.key")),
+    )
+    .unwrap()
+    .with_alpn(sfu_node::federation::ALPN);
+    let (m, link, mut frames) = dial(id, "b.example", b.fed_addr).await;
+    let link = link.expect("A's federation certificate links to B");
+    link.send_frame(Frame {
+        body: Some(Body::Subscribe(Subscribe {
+            room: "joint-with-a".into(),
+            track: 1,
+            layers: vec![0],
+            origin: String::new(),
+        })),
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(3), frames.recv())
+        .await
+        .expect("an answer within 3 s")
+        .unwrap();
+    match answer.body {
+        Some(Body::Refused(r)) => assert_eq!(r.detail, "room not mapped"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(
+        fb.stats()
+            .subscriptions_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    m.close();
+
+    a.node.stop().await;
+    b.node.stop().await;
+    drop((a.etcd, b.etcd));
+    let _ = std::fs::remove_dir_all(a.dir.parent().unwrap());
+    println!(
+        "federation test took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
