@@ -31,6 +31,10 @@ pub struct VideoGrant {
     pub room_create: bool,
     #[serde(default)]
     pub room_list: bool,
+    /// May start and stop recordings (LiveKit's name; here of the token's room, or of every
+    /// room if it names none).
+    #[serde(default)]
+    pub room_record: bool,
 }
 
 /// The claims of an access token.
@@ -62,9 +66,24 @@ pub struct Grants {
     pub room_admin: bool,
     pub room_create: bool,
     pub room_list: bool,
+    pub room_record: bool,
 }
 
 impl Grants {
+    /// Whether the holder may start, stop and list recordings of `room`: `roomRecord` or
+    /// `roomAdmin`, for that room (or a token naming no room).
+    pub fn may_record(&self, room: &str) -> Result<(), AuthError> {
+        if !self.room_record && !self.room_admin {
+            return Err(AuthError::Forbidden(
+                "token grants neither roomRecord nor roomAdmin",
+            ));
+        }
+        match &self.room {
+            Some(r) if r != room => Err(AuthError::Forbidden("token is for another room")),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the holder may administer `room` (remove participants, mute, delete...). A
     /// token naming no room administers every room.
     pub fn may_admin(&self, room: &str) -> Result<(), AuthError> {
@@ -194,6 +213,7 @@ impl Authenticator {
             room_admin: c.video.room_admin,
             room_create: c.video.room_create,
             room_list: c.video.room_list,
+            room_record: c.video.room_record,
         })
     }
 
@@ -292,6 +312,37 @@ mod tests {
         assert!(g.can_publish && g.can_subscribe);
         assert_eq!(g.may_join("demo"), Ok(()));
         assert!(g.may_join("other").unwrap_err().is_forbidden());
+    }
+
+    #[test]
+    fn room_record_lets_a_participant_record_its_own_room_only() {
+        let a = auth();
+        let mut c = join_claims(
+            "devkey",
+            "host",
+            "demo",
+            true,
+            true,
+            Duration::from_secs(60),
+        );
+        let plain = a.verify(&a.sign(&c).unwrap()).unwrap();
+        assert_eq!(
+            plain.may_record("demo"),
+            Err(AuthError::Forbidden(
+                "token grants neither roomRecord nor roomAdmin"
+            ))
+        );
+        // LiveKit's claim name.
+        let json = serde_json::to_value(&c.video).unwrap();
+        assert!(json.get("roomRecord").is_some(), "{json}");
+        c.video.room_record = true;
+        let host = a.verify(&a.sign(&c).unwrap()).unwrap();
+        assert_eq!(host.may_record("demo"), Ok(()));
+        assert!(host.may_record("other").unwrap_err().is_forbidden());
+        assert!(
+            host.may_admin("demo").is_err(),
+            "recording is not administering"
+        );
     }
 
     #[test]

@@ -54,6 +54,27 @@ async fn run_for(browsers: &mut [&mut Browser], d: Duration) {
     }
 }
 
+/// Whether a page shows a recording running (the demo page's `recording` events).
+fn shows_recording(s: &common::Sample, page: &str) -> bool {
+    s["pages"][page]["stats"]["recordings"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+}
+
+/// A participant's token for `room`, with `roomRecord` or not.
+fn participant_token(identity: &str, room: &str, record: bool) -> String {
+    let mut c = sfu_control::auth::join_claims(
+        "devkey",
+        identity,
+        room,
+        true,
+        true,
+        Duration::from_secs(600),
+    );
+    c.video.room_record = record;
+    common::token_for(&c, "secret")
+}
+
 /// Published tracks in the room, as the registry lists them, once there are `n`.
 async fn wait_tracks(cluster: &Cluster, browsers: &mut [&mut Browser], room: &str, n: usize) {
     for _ in 0..60 {
@@ -102,7 +123,9 @@ fn frame_colours(file: &Path) -> String {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(file)
-        .args(["-an", "-vf", "scale=1:1:flags=area,format=rgb24"])
+        // Each frame once, as stored (not repeated to a constant rate).
+        .args(["-an", "-vsync", "passthrough"])
+        .args(["-vf", "scale=1:1:flags=area,format=rgb24"])
         .args(["-f", "rawvideo", "-"])
         .output()
         .expect("ffmpeg is installed");
@@ -192,6 +215,12 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
     );
     assert_eq!(r.node, "cp1", "{r:?}");
 
+    // Alice's page shows the recording.
+    let (shown, s) = alice
+        .until(Duration::from_secs(5), |s| shows_recording(s, "alice"))
+        .await;
+    assert!(shown, "the demo page shows the recording: {s}");
+
     // Alice talks alone; bob joins on the other node, muted, then they take turns; bob
     // leaves while alice talks again.
     run_for(&mut [&mut alice], Duration::from_secs(3)).await;
@@ -212,6 +241,11 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
         .expect("recording stops")
         .into_inner();
     let truth = started.elapsed().as_secs_f64();
+    let (hidden, s) = alice
+        .until(Duration::from_secs(5), |s| !shows_recording(s, "alice"))
+        .await;
+    assert!(hidden, "the demo page shows the recording ended: {s}");
+    participant_records(&cluster, &mut alice, room).await;
     alice.stop().await;
     assert_eq!(done.state, "complete", "{done:?}");
     let file = Path::new(&done.file);
@@ -251,8 +285,57 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
         "{red_frames} red and {blue_frames} blue frames of {}",
         colours.len()
     );
-    assert!(red_frames > 60 && blue_frames > 30, "{colours}");
-    assert_eq!(sequence(&colours, 10), "rbr", "{colours}");
+    let runs = sequence(&colours, 10);
+    assert!(red_frames > 60 && blue_frames > 30, "{runs}");
+    assert_eq!(runs, "rbr", "{colours}");
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starting and stopping through a node's API with a participant's token: `roomRecord` for
+/// the room is needed; without it, a 403 says which grant for which room.
+async fn participant_records(cluster: &Cluster, alice: &mut Browser, room: &str) {
+    let http = common::http();
+    let url = format!("{}/admin/rooms/{room}/recordings", cluster.url(0));
+    for (token, why) in [
+        (participant_token("carol", room, false), "roomRecord"),
+        (
+            participant_token("carol", "elsewhere", true),
+            "another room",
+        ),
+    ] {
+        let r = http
+            .post(&url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let body: serde_json::Value = r.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap_or("");
+        assert!(detail.contains(room) && detail.contains(why), "{body}");
+    }
+    let host = participant_token("carol", room, true);
+    let r = http
+        .post(&url)
+        .bearer_auth(&host)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let started: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(started["kind"], "room", "{started}");
+    run_for(&mut [alice], Duration::from_secs(2)).await;
+    let id = started["id"].as_str().unwrap();
+    let r = http
+        .delete(format!("{}/admin/recordings/{id}", cluster.url(0)))
+        .bearer_auth(&host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let done: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(done["state"], "complete", "{done}");
 }

@@ -60,6 +60,7 @@ const sfu = {
   lastReconnectMs: null, // how long the last reconnection took, loss to `joined`
   cameraOpens: 0, // getUserMedia calls (a reconnection reuses the camera: no new prompt)
   marks: {}, // free-form values tests set in the page and read back through sfuStats
+  recordings: new Set(), // ids of the room's recordings running (told by `recording`)
 };
 window.sfu = sfu;
 
@@ -563,6 +564,13 @@ async function join(room, identity, withMedia, base, token) {
         case "track_muted":
           log(`track ${msg.track} ${msg.muted ? "muted" : "unmuted"}`);
           break;
+        case "recording":
+          // Everyone is shown that the room (or a track) is being recorded.
+          if (msg.active) sfu.recordings.add(msg.id);
+          else sfu.recordings.delete(msg.id);
+          $("recording").hidden = sfu.recordings.size === 0;
+          log(`${msg.kind} recording ${msg.id} ${msg.active ? "started" : "ended"}`);
+          break;
         case "speakers":
           onSpeakers(msg);
           break;
@@ -613,6 +621,7 @@ window.sfuStats = async function () {
     lastReconnectMs: sfu.lastReconnectMs,
     cameraOpens: sfu.cameraOpens,
     marks: sfu.marks,
+    recordings: [...sfu.recordings],
   };
   for (const pc of [sfu.sub]) {
     if (!pc) continue;

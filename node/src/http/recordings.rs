@@ -1,4 +1,6 @@
-//! The node's recordings API (administrators; used by the control plane):
+//! The node's recordings API, for administrators (the control plane uses it) and for
+//! participants whose token grants `roomRecord` for their room (LiveKit's grant; `roomAdmin`
+//! does too). Without it: `403` saying which grant is missing for which room.
 //!
 //! | request | effect |
 //! |---|---|
@@ -41,7 +43,7 @@ async fn start(
     headers: HeaderMap,
     Json(body): Json<StartBody>,
 ) -> Result<(StatusCode, Json<RecordingInfo>), Problem> {
-    state.bearer(&headers)?.may_admin(&room)?;
+    may_record(&state, &headers, &room)?;
     // The registry's track directory says what the track is, wherever it is published.
     let (participants, tracks) = state.membership.room(&room);
     if body.track.is_empty() {
@@ -83,7 +85,7 @@ async fn list(
     let all = state.media.recordings().list();
     Ok(Json(
         all.into_iter()
-            .filter(|r| grants.may_admin(&r.room).is_ok())
+            .filter(|r| grants.may_record(&r.room).is_ok())
             .collect(),
     ))
 }
@@ -113,7 +115,7 @@ async fn stop(
     Ok(Json(state.media.stop_recording(&id).await?))
 }
 
-/// Recording `id`, if the bearer administers its room.
+/// Recording `id`, if the bearer may record its room.
 fn administered(state: &AppState, headers: &HeaderMap, id: &str) -> Result<RecordingInfo, Problem> {
     let grants = state.bearer(headers)?;
     let info = state
@@ -121,6 +123,25 @@ fn administered(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Recor
         .recordings()
         .get(id)
         .ok_or_else(|| not_found(id))?;
-    grants.may_admin(&info.room)?;
+    grants
+        .may_record(&info.room)
+        .map_err(|e| refused(&info.room, e))?;
     Ok(info)
+}
+
+/// The bearer may record `room` (`roomRecord` or `roomAdmin` for it).
+fn may_record(state: &AppState, headers: &HeaderMap, room: &str) -> Result<(), Problem> {
+    state
+        .bearer(headers)?
+        .may_record(room)
+        .map_err(|e| refused(room, e))
+}
+
+/// A `403` naming the room and what the token lacks.
+fn refused(room: &str, e: crate::auth::AuthError) -> Problem {
+    SignalError::new(
+        ErrorCode::Forbidden,
+        format!("recording room {room} needs roomRecord or roomAdmin for it: {e}"),
+    )
+    .into()
 }

@@ -205,6 +205,13 @@ pub enum RecordCommand {
         recorder: crate::recording::Recorder,
         reply: Reply<()>,
     },
+    /// Tell the room's participants on this worker that a recording started or ended.
+    Notice {
+        room: String,
+        id: String,
+        kind: &'static str,
+        active: bool,
+    },
     /// Feed a room recording (the room is opened here if it was not).
     StartRoom {
         room: String,

@@ -69,10 +69,23 @@ impl MediaPlane {
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             track_owners: RwLock::default(),
         });
+        // Every worker may hold participants of a recorded room: each is told.
+        let notified = senders.clone();
+        let notify: crate::recording::Notify = Box::new(move |info, active| {
+            for w in &notified {
+                let _ = w.send(Command::Record(super::RecordCommand::Notice {
+                    room: info.room.clone(),
+                    id: info.id.clone(),
+                    kind: info.kind,
+                    active,
+                }));
+            }
+        });
         let recordings = crate::recording::Recordings::new(
             config.recordings_dir.clone(),
             config.node_id.clone(),
             config.webhooks.clone(),
+            notify,
         );
         let mut udp_addrs = Vec::new();
         for (index, (_, rx)) in channels.into_iter().enumerate() {

@@ -144,6 +144,16 @@ impl Worker {
                 self.after_room(idx);
                 let _ = reply.send(result);
             }
+            RecordCommand::Notice {
+                room,
+                id,
+                kind,
+                active,
+            } => {
+                if let Some(idx) = self.room_index(&room, false) {
+                    self.rooms[idx].tell_recording(&id, kind, active);
+                }
+            }
             RecordCommand::Stop { room, id, reply } => {
                 let result = match self.room_index(&room, false) {
                     Some(idx) => {

@@ -111,12 +111,18 @@ impl LocalRoom {
 
     /// The video track a room recording should show: a screen share, else the camera of the
     /// best-ranked speaker that has one, else what it shows now, else any.
-    fn program_video_choice(&self, current: Option<TrackId>) -> Option<TrackId> {
+    /// `except` is a track about to go.
+    fn program_video_choice(
+        &self,
+        current: Option<TrackId>,
+        except: Option<TrackId>,
+    ) -> Option<TrackId> {
         let videos: Vec<&super::room::Published> = {
             let mut v: Vec<_> = self
                 .tracks
                 .values()
                 .filter(|t| t.kind == MediaKind::Video && codec_is(t, "VP8"))
+                .filter(|t| Some(t.id) != except)
                 .filter(|t| self.core.track(t.id).is_some())
                 .collect();
             // A stable order (by id) when nothing else decides.
@@ -199,7 +205,7 @@ impl LocalRoom {
             if held && current.is_some_and(|c| self.core.track(c).is_some()) {
                 continue;
             }
-            let Some(target) = self.program_video_choice(current) else {
+            let Some(target) = self.program_video_choice(current, None) else {
                 continue;
             };
             if current == Some(target) {
@@ -245,6 +251,39 @@ impl LocalRoom {
         }
         if changed {
             self.refresh_demand(now, out);
+        }
+    }
+
+    /// A track is about to be unpublished: room recordings showing it move to another now,
+    /// while their subscription still exists, so the file's video stream goes on with
+    /// continuous sequence numbers and timestamps (a new subscription would start another).
+    pub(super) fn release_program_track(&mut self, now: Instant, track: TrackId) {
+        for i in 0..self.programs.len() {
+            let Some(f) = &self.programs[i].video else {
+                continue;
+            };
+            if f.track != track {
+                continue;
+            }
+            let subscription = f.subscription;
+            let Some(target) = self.program_video_choice(Some(track), Some(track)) else {
+                continue;
+            };
+            if self
+                .core
+                .move_subscription(now, subscription, target)
+                .is_ok()
+            {
+                let top = self
+                    .tracks
+                    .get(&target)
+                    .map_or(0, |t| t.rids.len().max(1) - 1);
+                self.pin_best(now, subscription, top);
+                if let Some(f) = &mut self.programs[i].video {
+                    f.track = target;
+                }
+                self.programs[i].switched_at = Some(now);
+            }
         }
     }
 
@@ -319,6 +358,21 @@ impl LocalRoom {
     /// Whether this room feeds a room recording (it keeps the room open).
     pub(super) fn has_programs(&self) -> bool {
         !self.programs.is_empty()
+    }
+}
+
+impl LocalRoom {
+    /// Tells the room's participants here that a recording started or ended (every worker
+    /// of the recording node is told; see [`crate::recording::Notify`]).
+    pub(super) fn tell_recording(&self, id: &str, kind: &'static str, active: bool) {
+        self.broadcast(
+            "",
+            &crate::signaling::protocol::ServerMessage::Recording {
+                id: id.to_owned(),
+                kind,
+                active,
+            },
+        );
     }
 }
 

@@ -363,6 +363,7 @@ impl LocalRoom {
 
     /// Ends a track: its subscriptions, its place in the publisher's list, its announcement.
     pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
+        self.release_program_track(now, track);
         let Some(published) = self.tracks.remove(&track) else {
             return;
         };

@@ -351,6 +351,7 @@ mod tests {
             room_admin: admin,
             room_create: false,
             room_list: false,
+            room_record: false,
         };
         let request = JoinRequest {
             room: "r".into(),

@@ -126,10 +126,15 @@ pub struct Recordings {
     inner: Arc<Inner>,
 }
 
+/// Told when a recording starts (`true`) or ends: the media plane passes it on to the room's
+/// participants on every worker.
+pub type Notify = Box<dyn Fn(&RecordingInfo, bool) + Send + Sync>;
+
 struct Inner {
     dir: PathBuf,
     node: Arc<str>,
     webhooks: Webhooks,
+    notify: Notify,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -156,12 +161,13 @@ fn safe(s: &str) -> String {
 
 impl Recordings {
     /// Recordings written under `dir` (created when the first one starts).
-    pub fn new(dir: PathBuf, node: Arc<str>, webhooks: Webhooks) -> Self {
+    pub fn new(dir: PathBuf, node: Arc<str>, webhooks: Webhooks, notify: Notify) -> Self {
         Self {
             inner: Arc::new(Inner {
                 dir,
                 node,
                 webhooks,
+                notify,
                 entries: Mutex::default(),
             }),
         }
@@ -234,6 +240,7 @@ impl Recordings {
                 let info = self.update(&id, |i| i.state = RecordingState::Active);
                 if let Some(info) = &info {
                     self.webhook("egress_started", info);
+                    (self.inner.notify)(info, true);
                 }
                 Ok((info.unwrap_or_else(|| info_fallback(&id)), recorder))
             }
@@ -287,6 +294,7 @@ impl Recordings {
             "recording finished"
         );
         self.webhook("egress_ended", &info);
+        (self.inner.notify)(&info, false);
     }
 
     fn webhook(&self, event: &'static str, info: &RecordingInfo) {

@@ -174,6 +174,7 @@ impl Recordings {
                     .update(&id, |i| i.state = RecordingState::Active)
                     .unwrap_or(info);
                 self.webhook("egress_started", &info);
+                (self.inner.notify)(&info, true);
                 Ok((info, recorder))
             }
             Err(e) => {

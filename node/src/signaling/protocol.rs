@@ -260,6 +260,12 @@ pub enum ServerMessage {
     Speakers {
         speakers: Vec<SpeakerView>,
     },
+    /// A recording of the room started (`active`) or ended; `kind` is `room` or `track`.
+    Recording {
+        id: String,
+        kind: &'static str,
+        active: bool,
+    },
     /// Dynacast, to a publisher: send only these simulcast layers (by RID) of the track; the
     /// others are not needed by anyone in the cluster. All layers listed: send them all.
     /// `name` is the track's id in the publisher's offer (`MediaStreamTrack.id`).
