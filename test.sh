@@ -32,7 +32,8 @@ fi
 
 # Again when a package the tests use is missing (one added since the last install).
 if [ ! -d node/tests/browser/node_modules/playwright-core ] ||
-  [ ! -d node/tests/browser/node_modules/livekit-server-sdk ]; then
+  [ ! -d node/tests/browser/node_modules/livekit-server-sdk ] ||
+  [ ! -d node/tests/browser/node_modules/livekit-client ]; then
   npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
 fi
 

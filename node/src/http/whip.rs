@@ -198,6 +198,7 @@ async fn start(
                 participant: participant.clone(),
                 sdp,
                 sources: Default::default(),
+                track_sids: Default::default(),
                 reply,
             },
             Endpoint::Whep => Command::Play {

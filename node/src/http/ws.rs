@@ -3,11 +3,17 @@
 //! The token is checked before the upgrade, so a bad token gets an HTTP problem response, not a
 //! WebSocket that closes. After the upgrade each text frame is one JSON message; a malformed or
 //! oversized one gets an `error` message and the session continues.
+//!
+//! The same session speaks LiveKit's client protocol when the client says it is a LiveKit SDK
+//! (`sdk` or `protocol` in the query, as every LiveKit SDK sends): binary protobuf frames,
+//! translated to and from the JSON protocol's messages by [`LiveKitCodec`]; the session
+//! joins at once, as LiveKit's clients expect.
 
 use super::{AppState, Problem, check_room_name};
 use crate::auth::Grants;
 use crate::media::{Command, JoinRequest, ParticipantKind};
 use crate::signaling::Outbound;
+use crate::signaling::livekit::{Decoded, LiveKitCodec, ServerSide};
 use crate::signaling::protocol::{ClientMessage, ErrorCode, ServerMessage, SignalError};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -27,6 +33,22 @@ const READ_BUFFER: usize = 4096;
 #[derive(Deserialize)]
 pub struct ConnectQuery {
     access_token: Option<String>,
+    /// LiveKit's clients: which SDK and protocol version (their presence selects LiveKit's
+    /// encoding), whether to subscribe to everything, and whether this is a resume.
+    sdk: Option<String>,
+    protocol: Option<String>,
+    auto_subscribe: Option<String>,
+    reconnect: Option<String>,
+}
+
+/// How a session's messages travel.
+enum Encoding {
+    Json,
+    LiveKit {
+        codec: Box<LiveKitCodec>,
+        auto_subscribe: bool,
+        resume: bool,
+    },
 }
 
 pub async fn upgrade(
@@ -42,6 +64,24 @@ pub async fn upgrade(
     check_room_name(&room)?;
     grants.may_join(&room)?;
     state.admitting(source.ip())?;
+    let encoding = if query.sdk.is_some() || query.protocol.is_some() {
+        let ping_interval = (state.config.limits.ws_idle_secs / 3).clamp(1, 30) as i32;
+        Encoding::LiveKit {
+            codec: Box::new(LiveKitCodec::new(
+                ServerSide {
+                    node_id: state.node_id.to_string(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    ping_interval,
+                    ping_timeout: state.config.limits.ws_idle_secs.max(2) as i32,
+                },
+                room.clone(),
+            )),
+            auto_subscribe: query.auto_subscribe.as_deref() != Some("0"),
+            resume: query.reconnect.as_deref() == Some("1"),
+        }
+    } else {
+        Encoding::Json
+    };
     let ws = ws.map_err(|e| {
         Problem::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -54,7 +94,7 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         // Every message is sent (and flushed) on its own: no write buffer to fill first.
         .write_buffer_size(0)
-        .on_upgrade(move |socket| Session::new(state, grants, room).run(socket)))
+        .on_upgrade(move |socket| Session::new(state, grants, room, encoding).run(socket)))
 }
 
 struct Session {
@@ -66,6 +106,7 @@ struct Session {
     events_rx: crate::signaling::EventsRx,
     /// The client stopped reading what it is sent: the session ends.
     too_slow: bool,
+    encoding: Encoding,
 }
 
 /// What the loop does after a client message.
@@ -75,7 +116,7 @@ enum Flow {
 }
 
 impl Session {
-    fn new(state: AppState, grants: Grants, room: String) -> Self {
+    fn new(state: AppState, grants: Grants, room: String, encoding: Encoding) -> Self {
         let (events_tx, events_rx) = crate::signaling::events();
         Self {
             state,
@@ -85,6 +126,7 @@ impl Session {
             events_tx,
             events_rx,
             too_slow: false,
+            encoding,
         }
     }
 
@@ -94,6 +136,36 @@ impl Session {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
         let mut idle_out = false;
+        if let Encoding::LiveKit {
+            auto_subscribe,
+            resume,
+            ..
+        } = self.encoding
+        {
+            // LiveKit's clients send no join: the connection is the join. A resume (the
+            // client kept its peer connections) is not supported: told to reconnect fully.
+            let reply = if resume {
+                ServerMessage::Migrate {
+                    url: String::new(),
+                    reason: "resuming is not supported; reconnect".into(),
+                }
+            } else {
+                match self.handle(ClientMessage::Join { auto_subscribe }).await {
+                    Ok(Some(joined)) => joined,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::info!(room = %self.room, "LiveKit join refused: {e}");
+                        ServerMessage::Left { reason: e.message }
+                    }
+                }
+            };
+            let refused = !matches!(reply, ServerMessage::Joined { .. });
+            if emit(&mut self.encoding, &mut socket, &reply).await.is_err() || refused {
+                self.leave_and_close(socket, "signaling connection closed", false)
+                    .await;
+                return;
+            }
+        }
         loop {
             tokio::select! {
                 _ = keepalive.tick() => {
@@ -112,10 +184,7 @@ impl Session {
                     heard = tokio::time::Instant::now();
                     let flow = match frame {
                         Message::Text(text) => self.on_text(&mut socket, text.as_str()).await,
-                        Message::Binary(_) => {
-                            self.error(&mut socket, ErrorCode::BadRequest, "binary frames are not part of the protocol", None).await;
-                            Flow::Continue
-                        }
+                        Message::Binary(bytes) => self.on_binary(&mut socket, &bytes).await,
                         Message::Close(_) => Flow::Stop,
                         _ => Flow::Continue,
                     };
@@ -126,8 +195,14 @@ impl Session {
                 Some(event) = self.events_rx.recv() => {
                     let left = matches!(&event, Outbound::Message(m) if matches!(**m, ServerMessage::Left { .. }));
                     let sent = match event {
-                        Outbound::Message(m) => send(&mut socket, &m).await,
-                        Outbound::Shared(text) => send_text(&mut socket, text).await,
+                        Outbound::Message(m) => emit(&mut self.encoding, &mut socket, &m).await,
+                        Outbound::Shared(text) => match &mut self.encoding {
+                            Encoding::Json => send_text(&mut socket, text).await,
+                            Encoding::LiveKit { codec, .. } => {
+                                let value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                                send_livekit(codec, &mut socket, &value).await
+                            }
+                        },
                     };
                     if left {
                         // The node ended the session (e.g. the same identity joined again).
@@ -158,6 +233,13 @@ impl Session {
         } else {
             "signaling connection closed"
         };
+        self.leave_and_close(socket, reason, too_slow || idle_out)
+            .await;
+    }
+
+    /// Ends the session: leaves the room if joined, and closes the WebSocket (without waiting
+    /// long on a client that does not read).
+    async fn leave_and_close(&mut self, mut socket: WebSocket, reason: &str, hasty: bool) {
         if let Some(sid) = self.participant.take() {
             let _ = self.state.media.send(
                 &self.room,
@@ -168,7 +250,7 @@ impl Session {
                 },
             );
         }
-        if too_slow || idle_out {
+        if hasty {
             // Not awaited for long: the client is not reading.
             let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(None))).await;
             return;
@@ -188,6 +270,16 @@ impl Session {
             .await;
             return Flow::Continue;
         }
+        if !matches!(self.encoding, Encoding::Json) {
+            self.error(
+                socket,
+                ErrorCode::BadRequest,
+                "LiveKit's protocol uses binary frames",
+                None,
+            )
+            .await;
+            return Flow::Continue;
+        }
         let message: ClientMessage = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
@@ -201,10 +293,62 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        self.on_message(socket, message).await
+    }
+
+    /// A binary frame: a LiveKit `SignalRequest`.
+    async fn on_binary(&mut self, socket: &mut WebSocket, bytes: &[u8]) -> Flow {
+        let limit = self.state.config.limits.max_message_bytes;
+        let Encoding::LiveKit { codec, .. } = &mut self.encoding else {
+            self.error(
+                socket,
+                ErrorCode::BadRequest,
+                "binary frames are not part of the protocol",
+                None,
+            )
+            .await;
+            return Flow::Continue;
+        };
+        if bytes.len() > limit {
+            self.error(
+                socket,
+                ErrorCode::TooLarge,
+                &format!("message larger than {limit} bytes"),
+                None,
+            )
+            .await;
+            return Flow::Continue;
+        }
+        let decoded = match codec.decode(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(socket, e.code, &e.message, None).await;
+                return Flow::Continue;
+            }
+        };
+        for d in decoded {
+            let flow = match d {
+                Decoded::Reply(r) => {
+                    if let Err(e) = send_binary(socket, &r).await {
+                        self.too_slow |= is_too_slow(&e);
+                    }
+                    Flow::Continue
+                }
+                Decoded::Request(m) => self.on_message(socket, m).await,
+            };
+            if matches!(flow, Flow::Stop) {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A client message in either encoding.
+    async fn on_message(&mut self, socket: &mut WebSocket, message: ClientMessage) -> Flow {
         let request = request_name(&message);
         match self.handle(message).await {
             Ok(Some(reply)) => {
-                if let Err(e) = send(socket, &reply).await {
+                if let Err(e) = emit(&mut self.encoding, socket, &reply).await {
                     self.too_slow |= is_too_slow(&e);
                 }
                 if matches!(reply, ServerMessage::Left { .. }) {
@@ -257,13 +401,18 @@ impl Session {
         };
         let media = &self.state.media;
         match message {
-            ClientMessage::Publish { sdp, sources } => {
+            ClientMessage::Publish {
+                sdp,
+                sources,
+                track_sids,
+            } => {
                 let answer = media
                     .request(&room, |reply| Command::Publish {
                         room: room.clone(),
                         participant,
                         sdp,
                         sources,
+                        track_sids,
                         reply,
                     })
                     .await?;
@@ -443,7 +592,8 @@ impl Session {
         request: Option<&str>,
     ) {
         self.state.metrics.signaling_errors.inc();
-        let sent = send(
+        let sent = emit(
+            &mut self.encoding,
             socket,
             &ServerMessage::Error {
                 code,
@@ -482,9 +632,46 @@ fn request_name(m: &ClientMessage) -> &'static str {
 /// fills the socket's buffers and then stalls the send; it is let go rather than waited for.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(message).unwrap_or_default();
-    send_text(socket, text.into()).await
+/// Sends a message in the session's encoding.
+async fn emit(
+    encoding: &mut Encoding,
+    socket: &mut WebSocket,
+    message: &ServerMessage,
+) -> Result<(), axum::Error> {
+    match encoding {
+        Encoding::Json => {
+            let text = serde_json::to_string(message).unwrap_or_default();
+            send_text(socket, text.into()).await
+        }
+        Encoding::LiveKit { codec, .. } => {
+            let value = serde_json::to_value(message).unwrap_or_default();
+            send_livekit(codec, socket, &value).await
+        }
+    }
+}
+
+/// Sends what a message (as JSON) translates to in LiveKit's protocol.
+async fn send_livekit(
+    codec: &mut LiveKitCodec,
+    socket: &mut WebSocket,
+    message: &serde_json::Value,
+) -> Result<(), axum::Error> {
+    for response in codec.encode(message) {
+        send_binary(socket, &response).await?;
+    }
+    Ok(())
+}
+
+async fn send_binary(
+    socket: &mut WebSocket,
+    response: &livekit_protocol::SignalResponse,
+) -> Result<(), axum::Error> {
+    use prost::Message as _;
+    let bytes = response.encode_to_vec();
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Binary(bytes.into()))).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new(TooSlow)),
+    }
 }
 
 /// Sends one text frame within [`SEND_TIMEOUT`].

@@ -111,6 +111,9 @@ pub enum Command {
         participant: String,
         sdp: String,
         sources: HashMap<String, TrackSourceName>,
+        /// Sids the client already announced for some tracks, by msid track id (LiveKit's
+        /// clients are told a track's sid before they offer it); others get new ones.
+        track_sids: HashMap<String, sfu_core::TrackId>,
         reply: Reply<String>,
     },
     /// How a WebSocket client shows a track it receives.

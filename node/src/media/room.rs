@@ -383,6 +383,7 @@ impl LocalRoom {
             subscriber: None,
             tracks: Vec::new(),
             sources: HashMap::new(),
+            track_sids: HashMap::new(),
             last_hand: None,
             last_count_request: None,
         };

@@ -136,6 +136,28 @@ pub(super) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
     rids
 }
 
+/// Whether an offer sends audio or video (a media section that is not `recvonly` or
+/// `inactive`, nor rejected with port 0).
+fn offers_media(sdp: &str) -> bool {
+    let mut media = false;
+    let mut sends = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if media && sends {
+                return true;
+            }
+            let mut fields = m.split(' ');
+            let kind = fields.next().unwrap_or("");
+            let port = fields.next().unwrap_or("0");
+            media = (kind == "audio" || kind == "video") && port != "0";
+            sends = true;
+        } else if line == "a=recvonly" || line == "a=inactive" {
+            sends = false;
+        }
+    }
+    media && sends
+}
+
 impl LocalRoom {
     /// Applies a publisher's offer and returns the answer.
     pub fn publish(
@@ -143,14 +165,17 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         sdp: String,
-        sources: HashMap<String, TrackSourceName>,
+        (sources, track_sids): (HashMap<String, TrackSourceName>, HashMap<String, TrackId>),
         out: &mut Egress,
     ) -> Result<String, SignalError> {
         if let Some(p) = self.roster.local.get_mut(sid) {
             p.sources.extend(sources);
+            p.track_sids.extend(track_sids);
         }
         let p = self.participant(sid)?;
-        if !p.can_publish {
+        // A connection for data channels only (LiveKit's clients open theirs on the
+        // publisher connection, audience members too) publishes nothing.
+        if !p.can_publish && offers_media(&sdp) {
             return Err(SignalError::new(
                 ErrorCode::Forbidden,
                 "the access token does not allow publishing",
@@ -281,10 +306,18 @@ impl LocalRoom {
     }
 
     fn publish_track(&mut self, now: Instant, key: usize, o: Offered, out: &mut Egress) {
-        let id = TrackId(rand::random());
         let codec = Codec::from_mime(&o.codec.mime_type);
         let layers = o.rids.len().max(1);
         let owner = self.peers[key].participant.clone();
+        // An announced sid is used once, and only if no track has it (sids are random u64s;
+        // a client repeating one must not take over another track).
+        let announced = self
+            .roster
+            .local
+            .get_mut(&owner)
+            .and_then(|p| p.track_sids.remove(&o.rtc_track))
+            .filter(|id| !self.tracks.contains_key(id));
+        let id = announced.unwrap_or_else(|| TrackId(rand::random()));
         let source = self
             .roster
             .local
@@ -436,10 +469,24 @@ impl LocalRoom {
 
 #[cfg(test)]
 mod tests {
-    use super::order_rids;
+    use super::{offers_media, order_rids};
 
     fn v(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn data_only_and_receive_only_offers_send_no_media() {
+        let data = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n";
+        assert!(!offers_media(data));
+        let recv = format!("{data}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n");
+        assert!(!offers_media(&recv));
+        let send = format!("{recv}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n");
+        assert!(offers_media(&send));
+        assert!(offers_media(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+        ));
+        assert!(!offers_media("m=video 0 UDP/TLS/RTP/SAVPF 96\r\n"));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(super) struct Participant {
     pub place: bool,
     /// What the tracks it publishes show, by msid track id (from `publish`).
     pub sources: HashMap<String, crate::signaling::protocol::TrackSourceName>,
+    /// Sids announced before publishing, by msid track id (see `Command::Publish`).
+    pub track_sids: HashMap<String, TrackId>,
     /// When its last hand change or count request was accepted (each rate-limited).
     pub last_hand: Option<Instant>,
     pub last_count_request: Option<Instant>,
@@ -436,6 +438,7 @@ mod tests {
                 tracks: Vec::new(),
                 place: false,
                 sources: HashMap::new(),
+                track_sids: HashMap::new(),
                 last_hand: None,
                 last_count_request: None,
             },

@@ -56,12 +56,13 @@ impl Worker {
                 participant,
                 sdp,
                 sources,
+                track_sids,
                 reply,
             } => in_room!(room, reply, |r, out| r.publish(
                 now,
                 &participant,
                 sdp,
-                sources,
+                (sources, track_sids),
                 out
             )),
             Command::TrackSettings {

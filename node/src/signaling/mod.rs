@@ -1,5 +1,7 @@
 //! Signaling shared by the WebSocket endpoint and the media workers.
 
+pub mod livekit;
+mod livekit_map;
 pub mod protocol;
 
 use axum::extract::ws::Utf8Bytes;

@@ -25,6 +25,9 @@ pub enum ClientMessage {
         /// short.
         #[serde(default)]
         sources: HashMap<String, TrackSourceName>,
+        /// Sids announced to the client before it offered (LiveKit's encoding only).
+        #[serde(skip)]
+        track_sids: HashMap<String, sfu_core::TrackId>,
     },
     /// Stop publishing a track.
     Unpublish { track: String },

@@ -3,8 +3,9 @@
 //
 // usage: node driver.mjs '{"pages":[{"name":"pub","url":"http://..."}],"seconds":60,"args":[]}'
 // (`args`: extra Chromium flags, e.g. a video file for the fake camera)
-// stdin: JSON lines {"open":{"name":..,"url":..}}, {"eval":{"name":..,"js":..}} or
-// {"close":"name"}; EOF ends the run.
+// stdin: JSON lines {"open":{"name":..,"url":..}}, {"eval":{"name":..,"js":..}},
+// {"script":{"name":..,"path":..}} (a script file run in the page, e.g. an npm package's UMD
+// build) or {"close":"name"}; EOF ends the run.
 
 import { chromium } from "playwright-core";
 import readline from "node:readline";
@@ -64,6 +65,10 @@ rl.on("line", async (line) => {
     if (cmd.eval) {
       const page = pages.get(cmd.eval.name);
       if (page) await page.evaluate(cmd.eval.js);
+    }
+    if (cmd.script) {
+      const page = pages.get(cmd.script.name);
+      if (page) await page.addScriptTag({ path: cmd.script.path });
     }
     if (cmd.close) {
       const page = pages.get(cmd.close);

@@ -163,6 +163,12 @@ impl Browser {
             .await;
     }
 
+    /// Runs a script file in a page (added as a script tag; e.g. an npm package's build).
+    pub async fn script(&mut self, name: &str, path: &str) {
+        self.command(serde_json::json!({"script": {"name": name, "path": path}}))
+            .await;
+    }
+
     pub async fn close_page(&mut self, name: &str) {
         self.command(serde_json::json!({ "close": name })).await;
     }

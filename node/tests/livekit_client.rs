@@ -1,0 +1,173 @@
+//! LiveKit's own JavaScript SDK, `livekit-client` from npm and unchanged, against a real
+//! two-node cluster (etcd, two nodes, the control plane) in headless Chromium: participants
+//! on different nodes publish camera and microphone over LiveKit's signaling protocol and
+//! decode each other's video, see a mute, an audience member receives, and a leave is seen.
+
+mod common;
+
+use common::control::Cluster;
+use common::{Browser, Sample, browser_lock, stat, state, token};
+use serde_json::Value;
+use std::time::Duration;
+
+const ROOM: &str = "lk-e2e";
+
+fn browser_file(name: &str) -> String {
+    format!("{}/tests/browser/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Loads livekit-client's UMD build and the test participant into a page.
+async fn load(b: &mut Browser, page: &str) {
+    let umd = browser_file("node_modules/livekit-client/dist/livekit-client.umd.js");
+    assert!(
+        std::path::Path::new(&umd).exists(),
+        "livekit-client is missing: run `npm ci --prefix node/tests/browser` (test.sh does)"
+    );
+    b.script(page, &umd).await;
+    b.script(page, &browser_file("livekit-page.js")).await;
+}
+
+/// Connects a page's participant to `node` (its `http://` base URL) with livekit-client.
+async fn join(b: &mut Browser, page: &str, node: &str, identity: &str, publish: bool) {
+    let url = node.replacen("http://", "ws://", 1);
+    let token = token(identity, ROOM, publish, true);
+    let js = format!(
+        "(async () => {{ while (!window.lkJoin) await new Promise(r => setTimeout(r, 20)); \
+         await window.lkJoin({url:?}, {token:?}, {publish}); }})()"
+    );
+    b.eval(page, &js).await;
+}
+
+fn events(s: &Sample, page: &str) -> Vec<String> {
+    s["pages"][page]["stats"]["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a page sees of another participant's track of `source` (`camera`, `microphone`).
+fn remote_track<'a>(s: &'a Sample, page: &str, identity: &str, source: &str) -> Option<&'a Value> {
+    s["pages"][page]["stats"]["remote"]
+        .as_array()?
+        .iter()
+        .find(|p| p["identity"] == identity)?["tracks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["source"] == source)
+}
+
+/// Waits until every page decodes video (a picture with a width, frames decoded and the
+/// video element's clock advancing) and receives audio.
+async fn expect_decoding(b: &mut Browser, pages: &[&str], limit: Duration) -> Sample {
+    let mut first: Option<Sample> = None;
+    let (ok, last) = b
+        .until(limit, |s| {
+            let base = first.get_or_insert_with(|| s.clone());
+            pages.iter().all(|p| {
+                stat(s, p, "videoWidth") > 0.0
+                    && stat(s, p, "framesDecoded") >= stat(base, p, "framesDecoded") + 30.0
+                    && stat(s, p, "currentTime") > stat(base, p, "currentTime") + 0.5
+                    && stat(s, p, "audioPackets") > 0.0
+            })
+        })
+        .await;
+    assert!(ok, "media did not reach {pages:?}; last sample: {last:#}");
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
+    let _browser = browser_lock().await;
+    let cluster = Cluster::start(2, 0).await;
+    let (a, b_node) = (cluster.url(0), cluster.url(1));
+    // Pages of the nodes' own origin (loopback is a secure context for the camera).
+    let mut b = Browser::launch(&[
+        ("alice", format!("{a}/healthz")),
+        ("bob", format!("{b_node}/healthz")),
+    ])
+    .await;
+    load(&mut b, "alice").await;
+    load(&mut b, "bob").await;
+    join(&mut b, "alice", &a, "alice", true).await;
+    join(&mut b, "bob", &b_node, "bob", true).await;
+    let s = expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(40)).await;
+    for page in ["alice", "bob"] {
+        assert_eq!(state(&s, page), "published", "{s:#}");
+        eprintln!(
+            "livekit-client {page}: connected in {} ms, published in {} ms, first remote frame at {} ms",
+            stat(&s, page, "joinMs"),
+            stat(&s, page, "publishedMs"),
+            stat(&s, page, "firstFrameMs")
+        );
+    }
+    let cam = remote_track(&s, "bob", "alice", "camera").expect("bob sees alice's camera");
+    assert_eq!(cam["muted"], false, "{s:#}");
+    assert!(
+        remote_track(&s, "alice", "bob", "microphone").is_some(),
+        "{s:#}"
+    );
+
+    // Alice mutes her camera: bob, on the other node, sees it muted.
+    b.eval(
+        "alice",
+        "window.lkRoom.localParticipant.setCameraEnabled(false)",
+    )
+    .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            remote_track(s, "bob", "alice", "camera").is_some_and(|t| t["muted"] == true)
+                && events(s, "bob").iter().any(|e| e == "muted alice camera")
+        })
+        .await;
+    assert!(ok, "bob did not see alice's camera muted: {s:#}");
+    b.eval(
+        "alice",
+        "window.lkRoom.localParticipant.setCameraEnabled(true)",
+    )
+    .await;
+
+    // A third participant joins as audience (no publishing) and receives both.
+    b.open("carol", &format!("{a}/healthz")).await;
+    // The driver runs commands as they come: the page must exist before its scripts.
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| s["pages"]["carol"].is_object())
+        .await;
+    assert!(ok, "carol's page did not open: {s:#}");
+    load(&mut b, "carol").await;
+    join(&mut b, "carol", &a, "carol", false).await;
+    let s = expect_decoding(&mut b, &["carol"], Duration::from_secs(30)).await;
+    assert_eq!(state(&s, "carol"), "connected", "{s:#}");
+    assert!(
+        remote_track(&s, "carol", "bob", "camera").is_some()
+            && remote_track(&s, "carol", "alice", "camera").is_some(),
+        "{s:#}"
+    );
+    // Nobody sees carol publish anything.
+    assert!(
+        s["pages"]["bob"]["stats"]["remote"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["identity"] == "carol")
+            .all(|p| p["tracks"].as_array().is_some_and(|t| t.is_empty())),
+        "{s:#}"
+    );
+
+    // Alice leaves: bob and carol see her go.
+    b.eval("alice", "window.lkRoom.disconnect()").await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            ["bob", "carol"].iter().all(|p| {
+                events(s, p).iter().any(|e| e == "left alice")
+                    && remote_track(s, p, "alice", "camera").is_none()
+            })
+        })
+        .await;
+    assert!(ok, "alice's leave was not seen: {s:#}");
+    b.stop().await;
+    cluster.stop().await;
+}
