@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 /// One cluster: its etcd, its gateway node and its secrets.
 struct Side {
     etcd: Etcd,
+    /// The federation gateway (`a1`).
     node: Server,
+    /// Another node of the cluster (`a2`), not a gateway.
+    plain: Server,
     key: String,
     secret: String,
     dir: PathBuf,
@@ -37,6 +40,10 @@ struct Side {
 impl Side {
     fn url(&self) -> String {
         format!("http://{}", self.node.http_addr)
+    }
+
+    fn plain_url(&self) -> String {
+        format!("http://{}", self.plain.http_addr)
     }
 
     fn admin(&self) -> String {
@@ -124,7 +131,11 @@ async fn start_pair() -> (Side, Side) {
     let mut plans = Vec::new();
     for short in ["a", "b"] {
         let dir = root.join(short);
-        sfu_relay::certs::ensure_dev_certs(&dir.join("mesh"), &[format!("{short}1")]).unwrap();
+        sfu_relay::certs::ensure_dev_certs(
+            &dir.join("mesh"),
+            &[format!("{short}1"), format!("{short}2")],
+        )
+        .unwrap();
         let name = format!("{short}.example");
         let ca = create_ca(&format!("{name} federation CA")).unwrap();
         let cert = issue_node(&ca, &name).unwrap();
@@ -142,13 +153,17 @@ async fn start_pair() -> (Side, Side) {
         let etcd = Etcd::start().expect("etcd starts");
         let key = format!("{short}key");
         let secret = format!("{short}-secret-{:032x}", rand::random::<u128>());
-        let mut config = Config::loopback();
-        config.cluster.node_id = format!("{short}1");
-        config.cluster.etcd = vec![etcd.endpoint.clone()];
-        config.cluster.certs_dir = Some(dir.join("mesh"));
-        config.cluster.name = short.to_owned();
-        config.keys = [(key.clone(), secret.clone())].into();
-        config.federation = Some(FederationConfig {
+        let config = |id: String| {
+            let mut config = Config::loopback();
+            config.cluster.node_id = id;
+            config.cluster.etcd = vec![etcd.endpoint.clone()];
+            config.cluster.certs_dir = Some(dir.join("mesh"));
+            config.cluster.name = short.to_owned();
+            config.keys = [(key.clone(), secret.clone())].into();
+            config
+        };
+        let mut gateway = config(format!("{short}1"));
+        gateway.federation = Some(FederationConfig {
             name: name.clone(),
             bind: fed_addr,
             cert: dir.join("fed.pem"),
@@ -159,10 +174,14 @@ async fn start_pair() -> (Side, Side) {
                 ca: peer_dir.join("fed-ca.pem"),
             }],
         });
-        let node = Server::start(config).await.expect("gateway starts");
+        let node = Server::start(gateway).await.expect("gateway starts");
+        let plain = Server::start(config(format!("{short}2")))
+            .await
+            .expect("node starts");
         sides.push(Side {
             etcd,
             node,
+            plain,
             key,
             secret,
             dir,
@@ -373,11 +392,13 @@ async fn two_clusters_share_a_mapped_room() {
         "both sides see the mapping agreed"
     );
 
-    // Chromium on each side publishes and decodes the other side's camera.
+    // Chromium on each side publishes and decodes the other side's camera, both connected to
+    // nodes that are not gateways: media crosses a relay link, the federation link and
+    // another relay link.
     let page = |s: &Side, room: &str, identity: &str| {
         format!(
             "{}/?room={room}&identity={identity}&autojoin=1&publish=1&token={}",
-            s.url(),
+            s.plain_url(),
             s.token(identity, room)
         )
     };
@@ -406,7 +427,7 @@ async fn two_clusters_share_a_mapped_room() {
     }
 
     // The other side's participants appear namespaced.
-    let (_, joined) = ws_join(&b.url(), &b.token("carol", "joint-with-a")).await;
+    let (_, joined) = ws_join(&b.plain_url(), &b.token("carol", "joint-with-a")).await;
     assert!(
         identities(&joined).contains(&"a.example/alice".to_owned()),
         "B sees A's alice as a.example/alice: {joined}"
@@ -488,8 +509,9 @@ async fn two_clusters_share_a_mapped_room() {
     );
     m.close();
 
-    a.node.stop().await;
-    b.node.stop().await;
+    for n in [a.node, a.plain, b.node, b.plain] {
+        n.stop().await;
+    }
     drop((a.etcd, b.etcd));
     let _ = std::fs::remove_dir_all(a.dir.parent().unwrap());
     println!(

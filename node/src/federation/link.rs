@@ -171,6 +171,7 @@ impl FederationLinks {
             Body::Redirect(_) | Body::AudioLevels(_) => return None,
             _ => {}
         }
+        tracing::trace!(%peer, ?body, "federation frame out");
         Some(Frame { body: Some(body) })
     }
 
@@ -509,6 +510,7 @@ impl LinkHandler for FederationLinks {
         }
         let link = p.link_name.clone();
         drop(peers);
+        tracing::trace!(peer = %from, ?body, "federation frame in");
         self.router.frame(&link, Frame { body: Some(body) });
     }
 

@@ -100,6 +100,16 @@ impl LocalRoom {
         }
     }
 
+    /// The node to ask for a track whose origin is `origin`: a federated track (origin
+    /// `gateway~peer`, see `crate::federation`) is asked of its gateway, which alone holds the
+    /// federation link; any other track of its origin.
+    fn upstream_origin(&self, origin: String) -> String {
+        match origin.split_once('~') {
+            Some((gateway, _)) if gateway != &*self.ctx.node_id => gateway.to_owned(),
+            _ => origin,
+        }
+    }
+
     /// A participant on another node left.
     pub fn on_remote_participant_gone(&mut self, now: Instant, sid: &str, out: &mut Egress) {
         let Some(r) = self.roster.remove_remote(sid) else {
@@ -316,6 +326,7 @@ impl LocalRoom {
             };
             if self.demand.get(&track).map(Vec::as_slice).unwrap_or(&[]) != wanted.as_slice() {
                 self.demand.insert(track, wanted.clone());
+                let origin = self.upstream_origin(origin);
                 out.effects.push(Effect::Demand {
                     room: self.name.clone(),
                     track,

@@ -328,7 +328,10 @@ impl Worker {
                 self.relay.handle_link_down(now, &node);
                 self.drain_relay(now);
             }
-            ClusterInput::Frame { from, frame } => {
+            ClusterInput::Frame { from, mut frame } => {
+                if !self.federated_origin(&mut frame) {
+                    return;
+                }
                 self.relay.handle_frame(now, &from, frame);
                 self.drain_relay(now);
             }
@@ -355,6 +358,41 @@ impl Worker {
                 }
             }
             ClusterInput::Event(e) => self.handle_cluster_event(now, e),
+        }
+    }
+
+    /// Another node of the cluster asks this gateway (as the origin) for a federated track:
+    /// its origin is the federation link (`node~peer`), which the relay pulls it through.
+    /// False (drop the request) while this node knows no such track: the gateway's own view of
+    /// the registry may not hold the track it wrote yet, and the requester asks again when
+    /// its request times out.
+    fn federated_origin(&self, frame: &mut sfu_proto::relay::Frame) -> bool {
+        let Some(sfu_proto::relay::frame::Body::Subscribe(s)) = &mut frame.body else {
+            return true;
+        };
+        let local = self
+            .shared
+            .track_owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(s.room.as_str().into(), sfu_core::TrackId(s.track)));
+        if s.origin != *self.ctx.node_id || local || s.layers.is_empty() {
+            return true;
+        }
+        // From the registry, not the room: the gateway may host no one of the room.
+        let prefix = format!("{}~", self.ctx.node_id);
+        let federated = self.membership.room(&s.room).1.into_iter().find(|t| {
+            t.origin.starts_with(&prefix)
+                && t.track
+                    .parse::<sfu_core::TrackId>()
+                    .is_ok_and(|id| id.0 == s.track)
+        });
+        match federated {
+            Some(t) => {
+                s.origin = t.origin;
+                true
+            }
+            None => false,
         }
     }
 
