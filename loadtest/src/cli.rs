@@ -19,7 +19,8 @@ pub struct Cli {
     /// A TOML scenario file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
-    /// What is tested: this project's nodes (WebSocket), any WHIP/WHEP server, or Janus.
+    /// What is tested: this project's nodes (WebSocket), any WHIP/WHEP server, Janus, or a
+    /// LiveKit server (or our nodes) over LiveKit's client protocol.
     #[arg(long, value_enum)]
     pub target: Option<TargetKind>,
     /// Base URL of the server (Janus: its HTTP API, e.g. http://127.0.0.1:8088/janus).

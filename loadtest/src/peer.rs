@@ -10,8 +10,9 @@
 //! | `sfu` | `publish` offer on the WebSocket | the node offers (again on every change); we answer |
 //! | `whip` | WHIP offer | WHEP offer (recvonly), watching one publisher |
 //! | `janus` | `joinandconfigure` with our offer | `join` as subscriber to every publisher; Janus offers |
+//! | `livekit` | `AddTrackRequest` per track, then our offer | the server offers (again on every change); we answer |
 //!
-//! An `sfu` peer whose signaling is lost ([`sfu::Lost`]: its node died, or asked it to move)
+//! An `sfu` or `livekit` peer whose signaling is lost ([`sfu::Lost`]: its node died, or asked it to move)
 //! joins again as a browser would: after a random wait below an exponentially growing ceiling
 //! (full jitter, so the thousand peers of a dead node do not return in the same instant),
 //! placed away from the lost node, with the same identity; it publishes again and the node
@@ -21,7 +22,7 @@
 use crate::conn::Conn;
 use crate::scenario::TargetKind;
 use crate::sender::{Publish, Publisher};
-use crate::signal::{Endpoint, janus, sfu, whip};
+use crate::signal::{Endpoint, janus, livekit, sfu, whip};
 use crate::state::{Shared, lock};
 use anyhow::Context;
 use std::net::IpAddr;
@@ -73,6 +74,7 @@ pub struct PeerSpec {
 enum Signal {
     /// Boxed: a WebSocket stream is large, and a peer holds one signal for its whole life.
     Sfu(Box<sfu::Running>),
+    LiveKit(Box<livekit::Running>),
     Whip(Vec<whip::Session>),
     Janus(JanusSignal),
 }
@@ -93,6 +95,7 @@ impl Signal {
     async fn next_offer(&mut self) -> anyhow::Result<String> {
         match self {
             Signal::Sfu(s) => s.next_offer().await,
+            Signal::LiveKit(s) => s.next_offer().await,
             Signal::Janus(j) if j.subscribing.is_some() => {
                 let Some(task) = j.subscribing.as_mut() else {
                     return std::future::pending().await;
@@ -111,6 +114,7 @@ impl Signal {
     async fn answer(&mut self, sdp: String) -> anyhow::Result<()> {
         match self {
             Signal::Sfu(s) => s.answer(sdp).await,
+            Signal::LiveKit(s) => s.answer(sdp),
             Signal::Janus(j) => {
                 let handle = j.subscribed.as_ref().context("no Janus subscription")?;
                 j.session.start(handle, sdp).await
@@ -122,6 +126,7 @@ impl Signal {
     async fn end(self) {
         match self {
             Signal::Sfu(s) => s.end().await,
+            Signal::LiveKit(s) => s.end().await,
             Signal::Whip(sessions) => {
                 for s in sessions {
                     s.end().await;
@@ -255,7 +260,7 @@ async fn join(
     let e = &*spec.endpoint;
     lock(shared).server = Some(match e.kind {
         TargetKind::Janus => e.url.clone(),
-        TargetKind::Sfu | TargetKind::Whip => spec.base.clone(),
+        TargetKind::Sfu | TargetKind::LiveKit | TargetKind::Whip => spec.base.clone(),
     });
     let publishing = match &spec.role.publish {
         Some(p) => {
@@ -281,6 +286,21 @@ async fn join(
                 peer.publishing = Some((conn, publisher));
             }
             Signal::Sfu(Box::new(s.run()))
+        }
+        TargetKind::LiveKit => {
+            let publish = publishing.is_some();
+            let subscribe = spec.role.subscribe;
+            let mut s =
+                livekit::join(e, &spec.base, &spec.identity, publish, subscribe, avoid).await?;
+            lock(shared).server = Some(s.node_url.clone());
+            peer.node = s.node.clone();
+            if let Some((mut conn, mut publisher, offer)) = publishing {
+                let answer = s.publish(offer).await?;
+                conn.accept_answer(answer)?;
+                publisher.negotiate(&mut conn.pc);
+                peer.publishing = Some((conn, publisher));
+            }
+            Signal::LiveKit(Box::new(s.run()))
         }
         TargetKind::Whip => {
             let mut sessions = Vec::new();

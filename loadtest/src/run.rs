@@ -64,7 +64,7 @@ fn plan(s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Vec<Planned>> {
     // Streams one publisher sends a receiver (simulcast layers arrive as one stream).
     let kinds = s.audio.is_some() as usize + s.video.is_some() as usize;
     let expected = |others: usize| match s.target.kind {
-        TargetKind::Sfu | TargetKind::Janus => others * kinds,
+        TargetKind::Sfu | TargetKind::LiveKit | TargetKind::Janus => others * kinds,
         // A WHEP session plays one publisher.
         TargetKind::Whip => kinds * (others > 0) as usize,
     };

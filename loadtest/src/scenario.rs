@@ -58,6 +58,10 @@ pub(crate) fn err(field: &str, reason: impl Into<String>) -> ScenarioError {
 pub enum TargetKind {
     /// This project's nodes, over the WebSocket signaling protocol.
     Sfu,
+    /// A LiveKit server, or this project's nodes, over LiveKit's client protocol.
+    #[serde(rename = "livekit")]
+    #[value(name = "livekit")]
+    LiveKit,
     /// Any WHIP (publishers) and WHEP (subscribers) server.
     Whip,
     /// Janus's VideoRoom plugin over its HTTP API.
@@ -311,10 +315,10 @@ impl Scenario {
                 return Err(err(field, format!("{url:?} is not an http(s) URL")));
             }
         }
-        if t.control.is_some() && t.kind != TargetKind::Sfu {
+        if t.control.is_some() && !matches!(t.kind, TargetKind::Sfu | TargetKind::LiveKit) {
             return Err(err(
                 "target.control",
-                "placement is only for kind = \"sfu\"",
+                "placement is only for kind = \"sfu\" or \"livekit\"",
             ));
         }
         for (field, path) in [

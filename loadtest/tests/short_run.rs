@@ -2,7 +2,7 @@
 //! Media flows both ways (two publishers that also subscribe get each other's media, and every
 //! subscriber gets both), loss stays under 1 %, and every field of the report is filled; with
 //! full receivers (every packet decrypted) and with light ones (headers, and a sample
-//! decrypted). And a panic in one room of a worker leaves another room on it flowing.
+//! decrypted); over our WebSocket protocol, WHIP/WHEP and LiveKit's protocol. And a panic in one room of a worker leaves another room on it flowing.
 
 use sfu_loadtest::report::Report;
 use sfu_loadtest::run::{Watch, run};
@@ -37,6 +37,7 @@ bitrate_kbps = 32
 "#,
         kind = match kind {
             TargetKind::Sfu => "sfu",
+            TargetKind::LiveKit => "livekit",
             TargetKind::Whip => "whip",
             TargetKind::Janus => "janus",
         }
@@ -173,6 +174,15 @@ async fn twenty_peers_over_whip_and_whep_fill_the_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_light_peers_over_websocket_fill_the_report() {
     let r = run_against_node(TargetKind::Sfu, "short-ws-light", true).await;
+    check(&r, 2.0);
+    check_light(&r);
+}
+
+/// LiveKit's client protocol against our node (publishers announce their simulcast tracks
+/// before offering; the node offers to receivers), light receivers: the same figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_light_peers_over_livekit_protocol_fill_the_report() {
+    let r = run_against_node(TargetKind::LiveKit, "short-livekit", true).await;
     check(&r, 2.0);
     check_light(&r);
 }

@@ -4,8 +4,11 @@
 //! - [`sfu`]: this project's WebSocket protocol, optionally placed by its control plane; the
 //!   node offers to subscribers, and offers again when tracks come and go.
 //! - [`janus`]: Janus's VideoRoom plugin over its HTTP API.
+//! - [`livekit`]: LiveKit's client protocol (protobuf over a WebSocket at `/rtc`), against a
+//!   LiveKit server or this project's nodes.
 
 pub mod janus;
+pub mod livekit;
 pub mod sfu;
 pub mod whip;
 

@@ -64,7 +64,7 @@ pub struct Running {
 
 /// The node to join, skipping `avoid`: the control plane's choice (URL and id), or the
 /// endpoint's URL.
-async fn node_url(
+pub(super) async fn node_url(
     e: &Endpoint,
     base: &str,
     token: &str,
