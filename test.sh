@@ -22,6 +22,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null || missing+=(gstreamer1.0-plugins-good)
 compgen -G "/usr/lib/*/gstreamer-1.0/libgstvideoparsersbad.so" >/dev/null || missing+=(gstreamer1.0-plugins-bad)
 command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+# LiveKit's Python SDK test: a venv (Debian's python3 makes one only with python3-venv).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -35,6 +37,13 @@ if [ ! -d node/tests/browser/node_modules/playwright-core ] ||
   [ ! -d node/tests/browser/node_modules/livekit-server-sdk ] ||
   [ ! -d node/tests/browser/node_modules/livekit-client ]; then
   npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
+fi
+
+# LiveKit's Python SDK (its wheel carries its native library), pinned, in a venv of its own.
+if [ ! -x target/lk-venv/bin/python ] ||
+  ! target/lk-venv/bin/python -c 'import livekit.rtc' >/dev/null 2>&1; then
+  python3 -m venv target/lk-venv
+  target/lk-venv/bin/pip install -q livekit==1.2.0
 fi
 
 # --no-fail-fast: report every failing test binary, not only the first.

@@ -6,8 +6,9 @@
 mod common;
 
 use common::control::Cluster;
-use common::{Browser, Sample, browser_lock, stat, state, token};
+use common::{Browser, Sample, browser_lock, stat, state, token, token_for};
 use serde_json::Value;
+use sfu_node::auth::join_claims;
 use std::time::Duration;
 
 const ROOM: &str = "lk-e2e";
@@ -58,6 +59,44 @@ fn remote_track<'a>(s: &'a Sample, page: &str, identity: &str, source: &str) -> 
         .as_array()?
         .iter()
         .find(|t| t["source"] == source)
+}
+
+/// Runs `tests/python/livekit_receive.py` with the Python SDK installed by test.sh (a venv
+/// under `target/lk-venv`) for `seconds`; returns what it printed.
+async fn python_receive(node: &str, identity: &str, seconds: u32) -> Value {
+    let python = format!(
+        "{}/../target/lk-venv/bin/python",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "LiveKit's Python SDK is missing: run ./test.sh (it makes target/lk-venv)"
+    );
+    let run = tokio::process::Command::new(&python)
+        .arg(format!(
+            "{}/tests/python/livekit_receive.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(node.replacen("http://", "ws://", 1))
+        .arg(token(identity, ROOM, false, true))
+        .arg(seconds.to_string())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 30), run)
+        .await
+        .expect("the Python SDK finishes")
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "Python SDK: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "Python SDK printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// Waits until every page decodes video (a picture with a width, frames decoded and the
@@ -157,10 +196,26 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         "{s:#}"
     );
 
-    // Alice leaves: bob and carol see her go.
+    // LiveKit's Python SDK (PyPI, its wheel's native library) joins bob's node and decodes
+    // the first video it is sent.
+    let py = python_receive(&b_node, "py", 6).await;
+    assert!(
+        py["frames"].as_u64().unwrap_or(0) >= 30 && py["width"].as_u64().unwrap_or(0) > 0,
+        "the Python SDK decoded too little: {py}"
+    );
+    assert_eq!(
+        py["identities"],
+        serde_json::json!(["alice", "bob", "carol"]),
+        "{py}"
+    );
+    eprintln!("python SDK: joined in {} ms, {py}", py["join_ms"]);
+
+    // Alice leaves: bob and carol see her go. Bob's node holds a registry deletion about a
+    // node it has a relay link to for up to 10 s (`LINKED_GRACE`, against flapping records),
+    // as for every client.
     b.eval("alice", "window.lkRoom.disconnect()").await;
     let (ok, s) = b
-        .until(Duration::from_secs(10), |s| {
+        .until(Duration::from_secs(20), |s| {
             ["bob", "carol"].iter().all(|p| {
                 events(s, p).iter().any(|e| e == "left alice")
                     && remote_track(s, p, "alice", "camera").is_none()
@@ -168,6 +223,131 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         })
         .await;
     assert!(ok, "alice's leave was not seen: {s:#}");
+
+    // A forged token: the client reports it as not allowed (from /rtc/validate) and stops,
+    // rather than taking the refusal for an old server and retrying.
+    let forged = token_for(
+        &join_claims(
+            "devkey",
+            "mallory",
+            ROOM,
+            true,
+            true,
+            Duration::from_secs(60),
+        ),
+        "wrong-secret",
+    );
+    b.eval(
+        "alice",
+        &format!(
+            "window.lkJoin({:?}, {forged:?}, false)",
+            a.replacen("http://", "ws://", 1)
+        ),
+    )
+    .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(15), |s| state(s, "alice") == "failed")
+        .await;
+    let errors = s["pages"]["alice"]["errors"].to_string();
+    assert!(ok && errors.contains("401"), "{s:#}");
+    b.stop().await;
+    cluster.stop().await;
+}
+
+/// Join time, livekit-client against the demo page's JSON protocol: a viewer joins a room
+/// whose publisher is on the other node, `RUNS` times each way, and the time from starting
+/// to join to its first decoded video frame is taken in the page. Run by hand (BENCHMARKS.md):
+/// `cargo test --release -p sfu-node --test livekit_client join_time -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn join_time_against_the_json_protocol() {
+    const RUNS: usize = 10;
+    let _browser = browser_lock().await;
+    let cluster = Cluster::start(2, 0).await;
+    let (a, b_node) = (cluster.url(0), cluster.url(1));
+    let mut b = Browser::launch(&[("pub", format!("{a}/healthz"))]).await;
+    load(&mut b, "pub").await;
+    join(&mut b, "pub", &a, "pub", true).await;
+    let (ok, s) = b
+        .until(Duration::from_secs(20), |s| state(s, "pub") == "published")
+        .await;
+    assert!(ok, "{s:#}");
+    let mut results: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (way, options) in [
+        ("livekit-client (default: /rtc/v1 refused, then /rtc)", "{}"),
+        (
+            "livekit-client (singlePeerConnection: false, /rtc directly)",
+            "{singlePeerConnection: false}",
+        ),
+        ("demo page, JSON protocol", ""),
+    ] {
+        let mut times = Vec::new();
+        for i in 0..RUNS {
+            let name = format!("v{i}");
+            let identity = format!("viewer-{}-{i}", results.len());
+            if options.is_empty() {
+                // The demo page, loaded first; then its own join function, timed as lkJoin is.
+                b.open(&name, &format!("{b_node}/?room={ROOM}&identity={identity}"))
+                    .await;
+                let (ok, s) = b
+                    .until(Duration::from_secs(10), |s| s["pages"][&name].is_object())
+                    .await;
+                assert!(ok, "{s:#}");
+                let token = token(&identity, ROOM, false, true);
+                b.eval(
+                    &name,
+                    &format!(
+                        "(async () => {{ const t0 = performance.now(); \
+                         join({ROOM:?}, {identity:?}, false, undefined, {token:?}); \
+                         for (;;) {{ const s = await window.sfuStats(); \
+                         if (s.framesDecoded > 0) {{ window.sfu.marks.firstFrameMs = performance.now() - t0; return; }} \
+                         await new Promise(r => setTimeout(r, 5)); }} }})()"
+                    ),
+                )
+                .await;
+            } else {
+                b.open(&name, &format!("{b_node}/healthz")).await;
+                let (ok, s) = b
+                    .until(Duration::from_secs(10), |s| s["pages"][&name].is_object())
+                    .await;
+                assert!(ok, "{s:#}");
+                load(&mut b, &name).await;
+                let token = token(&identity, ROOM, false, true);
+                let url = b_node.replacen("http://", "ws://", 1);
+                b.eval(
+                    &name,
+                    &format!(
+                        "(async () => {{ while (!window.lkJoin) await new Promise(r => setTimeout(r, 20)); \
+                         await window.lkJoin({url:?}, {token:?}, false, {options}); }})()"
+                    ),
+                )
+                .await;
+            }
+            let (ok, s) = b
+                .until(Duration::from_secs(20), |s| {
+                    s["pages"][&name]["stats"]["firstFrameMs"].is_number()
+                        || s["pages"][&name]["stats"]["marks"]["firstFrameMs"].is_number()
+                })
+                .await;
+            assert!(ok, "{way}: no frame: {s:#}");
+            let st = &s["pages"][&name]["stats"];
+            let ms = st["firstFrameMs"]
+                .as_f64()
+                .or(st["marks"]["firstFrameMs"].as_f64())
+                .unwrap();
+            times.push(ms);
+            b.close_page(&name).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{way}: join to first frame p50 {:.0} ms, min {:.0}, max {:.0} ({RUNS} runs)",
+            times[RUNS / 2],
+            times[0],
+            times[RUNS - 1]
+        );
+        results.push((way, times));
+    }
     b.stop().await;
     cluster.stop().await;
 }

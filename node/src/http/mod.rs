@@ -230,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/rtc", get(ws::upgrade))
+        .route("/rtc/validate", get(ws::validate))
         .merge(whip::routes())
         .merge(admin::routes())
         .merge(recordings::routes())

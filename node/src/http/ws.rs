@@ -55,11 +55,10 @@ pub async fn upgrade(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(source): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<ConnectQuery>,
+    headers: axum::http::HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, Problem> {
-    let grants = state
-        .auth
-        .verify(query.access_token.as_deref().unwrap_or(""))?;
+    let grants = state.auth.verify(token_of(&query, &headers))?;
     let room = grants.room.clone().unwrap_or_default();
     check_room_name(&room)?;
     grants.may_join(&room)?;
@@ -95,6 +94,34 @@ pub async fn upgrade(
         // Every message is sent (and flushed) on its own: no write buffer to fill first.
         .write_buffer_size(0)
         .on_upgrade(move |socket| Session::new(state, grants, room, encoding).run(socket)))
+}
+
+/// The access token: the `access_token` query parameter, or a bearer token (LiveKit's Rust
+/// SDK, under the Python one, sends it in `Authorization`).
+fn token_of<'a>(query: &'a ConnectQuery, headers: &'a axum::http::HeaderMap) -> &'a str {
+    query.access_token.as_deref().unwrap_or_else(|| {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .trim()
+    })
+}
+
+/// `GET /rtc/validate`: LiveKit's clients ask it why a WebSocket was refused, and report a
+/// 401 or 403 here as the reason (without it they would take the refusal for an old server
+/// and retry). A token that would be admitted gets `200`.
+pub async fn validate(
+    State(state): State<AppState>,
+    Query(query): Query<ConnectQuery>,
+    headers: axum::http::HeaderMap,
+) -> Result<&'static str, Problem> {
+    let grants = state.auth.verify(token_of(&query, &headers))?;
+    let room = grants.room.clone().unwrap_or_default();
+    check_room_name(&room)?;
+    grants.may_join(&room)?;
+    Ok("success")
 }
 
 struct Session {

@@ -235,8 +235,10 @@ impl LocalRoom {
             return Ok(());
         }
         let ssrc = rand::random::<u32>();
+        // The stream id is `participant|track`, as LiveKit's SDKs expect: they find a
+        // received track's participant and track sid in it.
         let media = MediaStreamTrack::new(
-            owner,
+            format!("{owner}|{name}"),
             name.clone(),
             name,
             rtc_kind(kind),

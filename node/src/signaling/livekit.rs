@@ -260,6 +260,7 @@ impl LiveKitCodec {
                 let sid = str_of(&m["participant"]);
                 self.speaking.remove(&sid);
                 let Some(mut info) = self.others.remove(&sid) else {
+                    tracing::debug!(room = %self.room, participant = %sid, "left, never told to this client");
                     return Vec::new();
                 };
                 info.state = lk::participant_info::State::Disconnected as i32;

@@ -73,7 +73,7 @@
       window.sfu.state = publish ? "published" : "connected";
     } catch (e) {
       window.sfu.state = "failed";
-      window.sfu.errors.push(String(e && e.message ? e.message : e));
+      window.sfu.errors.push(`${e && e.message ? e.message : e} (status ${e && e.status})`);
     }
   };
 
