@@ -50,6 +50,8 @@ pub struct Metrics {
     /// Tasks alive on the node's tokio runtime, read when metrics are served: a count that
     /// keeps growing while participants come and go is a leak (see `BENCHMARKS.md`, soak).
     pub tasks: Gauge,
+    /// A federation gateway's links, per peer (`sfu_federation_…`).
+    pub federation: crate::federation::metrics::FederationMetrics,
 }
 
 impl Metrics {
@@ -81,8 +83,10 @@ impl Metrics {
             red_packets: Counter::default(),
             webhooks_dropped: Counter::default(),
             joins_throttled: Counter::default(),
+            federation: Default::default(),
             registry: Registry::default(),
         };
+        m.federation.register(&mut registry);
         registry.register(
             "rooms",
             "Rooms with participants on this node",

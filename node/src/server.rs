@@ -231,6 +231,7 @@ impl Server {
                         media.clone(),
                         membership.clone(),
                         etcd,
+                        metrics.federation.clone(),
                     )
                     .await
                     .context("federation")?,

@@ -426,6 +426,33 @@ async fn two_clusters_share_a_mapped_room() {
         );
     }
 
+    // Metrics per peer: the link is up, one room is mapped, media arrives from the peer, and
+    // the unconfigured name probed above was counted.
+    let m = common::metrics(&a.url()).await;
+    assert_eq!(
+        common::metric(&m, r#"sfu_federation_linked{peer="b.example"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        common::metric(&m, r#"sfu_federation_mapped_rooms{peer="b.example"}"#),
+        1.0
+    );
+    let bytes = |m: &str| common::metric(m, r#"sfu_federation_bytes_in_total{peer="b.example"}"#);
+    assert!(bytes(&m) > 10_000.0, "{m}");
+    assert!(
+        common::metric(
+            &m,
+            r#"sfu_federation_refused_total{reason="unconfigured_peer"}"#
+        ) >= 1.0
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m2 = common::metrics(&a.url()).await;
+    println!(
+        "federation link B -> A carries {:.0} kbit/s of media for one camera and microphone",
+        (bytes(&m2) - bytes(&m)) * 8.0 / 5.0 / 1000.0
+    );
+
     // The other side's participants appear namespaced.
     let (_, joined) = ws_join(&b.plain_url(), &b.token("carol", "joint-with-a")).await;
     assert!(

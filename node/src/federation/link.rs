@@ -14,6 +14,7 @@
 
 use super::control::{self, Message};
 use super::mapping::Mappings;
+use super::metrics::{FederationMetrics, PeerCounters, PeerLabels};
 use super::roster;
 use crate::cluster::Router;
 use sfu_control::Membership;
@@ -70,6 +71,7 @@ struct Peer {
     /// Registry keys written for the peer's participants and tracks, per our room.
     written: HashMap<String, Vec<String>>,
     sent_rosters: HashMap<String, Vec<u8>>,
+    counters: PeerCounters,
 }
 
 /// See the module documentation.
@@ -84,6 +86,7 @@ pub struct FederationLinks {
     mappings: Arc<Mappings>,
     peers: Mutex<HashMap<String, Peer>>,
     pub stats: Stats,
+    metrics: FederationMetrics,
 }
 
 /// The room a frame is about, if it names one.
@@ -120,6 +123,7 @@ impl FederationLinks {
         router: Router,
         membership: Membership,
         mappings: Arc<Mappings>,
+        metrics: FederationMetrics,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -131,6 +135,7 @@ impl FederationLinks {
             mappings,
             peers: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            metrics,
         })
     }
 
@@ -159,6 +164,7 @@ impl FederationLinks {
         if let Some(room) = room_of(&mut body) {
             let Some(theirs) = p.active.get(room.as_str()) else {
                 bump(&self.stats.outbound_dropped);
+                self.metrics.refuse("outbound_unmapped");
                 return None;
             };
             *room = theirs.clone();
@@ -172,6 +178,7 @@ impl FederationLinks {
             _ => {}
         }
         tracing::trace!(%peer, ?body, "federation frame out");
+        p.counters.frames_out.inc();
         Some(Frame { body: Some(body) })
     }
 
@@ -230,6 +237,12 @@ impl FederationLinks {
             }
         }
         p.active = active;
+        self.metrics
+            .mapped_rooms
+            .get_or_create(&PeerLabels {
+                peer: name.to_owned(),
+            })
+            .set(p.active.len() as i64);
     }
 
     /// Forgets which rosters were sent, so that the next sync sends them all again (a lost
@@ -304,6 +317,7 @@ impl FederationLinks {
             } => {
                 if !p.active.contains_key(&room) {
                     bump(&self.stats.rosters_refused);
+                    self.metrics.refuse("roster");
                     tracing::info!(%peer, %room, "federation roster for a room not mapped by both sides refused");
                     return;
                 }
@@ -330,6 +344,7 @@ impl FederationLinks {
                     }
                     Err(e) => {
                         bump(&self.stats.rosters_refused);
+                        self.metrics.refuse("roster");
                         tracing::warn!(%peer, %room, "federation roster refused: {e}");
                     }
                 }
@@ -383,6 +398,7 @@ impl LinkHandler for FederationLinks {
         let peer = raw.node.to_string();
         if !self.allowed.contains(&peer) {
             bump(&self.stats.links_refused);
+            self.metrics.refuse("unconfigured_peer");
             tracing::warn!(%peer, remote = %raw.connection.remote_address(), "federation link from a name that is no configured peer refused");
             raw.connection.close(5u32.into(), b"not a configured peer");
             return;
@@ -407,8 +423,13 @@ impl LinkHandler for FederationLinks {
                 flows: HashMap::new(),
                 written: HashMap::new(),
                 sent_rosters: HashMap::new(),
+                counters: PeerCounters::new(&self.metrics, &peer),
             },
         );
+        self.metrics
+            .linked
+            .get_or_create(&PeerLabels { peer: peer.clone() })
+            .set(1);
         tracing::info!(%peer, remote = %conn.remote_address(), "federation link up");
         self.router.link_up(wrapped);
         let (m, p) = (me.clone(), peer.clone());
@@ -427,6 +448,11 @@ impl LinkHandler for FederationLinks {
             return;
         };
         tracing::info!(peer = %node, "federation link down");
+        let labels = PeerLabels {
+            peer: node.to_string(),
+        };
+        self.metrics.linked.get_or_create(&labels).set(0);
+        self.metrics.mapped_rooms.get_or_create(&labels).set(0);
         for (_, keys) in p.written.drain() {
             for k in keys {
                 self.membership.remove(k);
@@ -446,6 +472,7 @@ impl LinkHandler for FederationLinks {
             // The peer names our rooms as we do (each side translates what it sends).
             let Some(local) = p.active.contains_key(room.as_str()).then(|| room.clone()) else {
                 bump(&self.stats.frames_unmapped);
+                self.metrics.refuse("unmapped_room");
                 if let Body::Subscribe(s) = &body
                     && !s.layers.is_empty()
                 {
@@ -484,6 +511,7 @@ impl LinkHandler for FederationLinks {
                     }
                     _ => {
                         bump(&self.stats.subscriptions_refused);
+                        self.metrics.refuse("subscription");
                         let detail = if full {
                             "too many subscriptions"
                         } else {
@@ -509,13 +537,18 @@ impl LinkHandler for FederationLinks {
             _ => {}
         }
         let link = p.link_name.clone();
-        drop(peers);
         tracing::trace!(peer = %from, ?body, "federation frame in");
+        p.counters.frames_in.inc();
+        drop(peers);
         self.router.frame(&link, Frame { body: Some(body) });
     }
 
     fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
-        let link = self.peers().get(&**from).map(|p| p.link_name.clone());
+        let link = self.peers().get(&**from).map(|p| {
+            p.counters.datagrams_in.inc();
+            p.counters.bytes_in.inc_by(datagram.len() as u64);
+            p.link_name.clone()
+        });
         if let Some(link) = link {
             self.router.datagram(&link, datagram);
         }

@@ -20,12 +20,14 @@
 //! - [`roster`]: the participants and tracks that cross.
 //! - [`control`]: the federation's own messages.
 //! - [`http`]: the admin API (map, unmap, list).
+//! - [`metrics`]: Prometheus metrics per peer.
 
 pub mod config;
 pub mod control;
 pub mod http;
 pub mod link;
 pub mod mapping;
+pub mod metrics;
 pub mod roster;
 
 pub use config::{FederationConfig, PeerConfig};
@@ -66,6 +68,7 @@ impl Federation {
         media: MediaPlane,
         membership: Membership,
         registry: EtcdRegistry,
+        metrics: metrics::FederationMetrics,
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let mut cas = Vec::new();
@@ -95,6 +98,7 @@ impl Federation {
             Router::new(media),
             membership,
             mappings.clone(),
+            metrics,
         );
         let links = LinkManager::start(
             config.bind,
