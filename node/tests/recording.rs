@@ -128,6 +128,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         room: room.into(),
         track: track.into(),
         node: "cp2".into(),
+        ..Default::default()
     };
     let e = api
         .start_recording(authed(&admin(), start(room, "TR_nosuchtrack")))

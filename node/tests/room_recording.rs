@@ -9,49 +9,17 @@ mod common;
 use common::Browser;
 use common::browser_lock;
 use common::control::{Cluster, admin, authed};
+use common::media::{camera_and_tone, probe, run_for};
 use sfu_proto::control as pb;
 use sfu_proto::control::recording_service_client::RecordingServiceClient;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Chromium flags for a fake camera showing one colour and a fake microphone playing a tone.
-fn camera_and_tone(dir: &Path, name: &str, colour: &str, size: &str, hz: u32) -> Vec<String> {
-    std::fs::create_dir_all(dir).unwrap();
-    let video = dir.join(format!("{name}.y4m"));
-    let audio = dir.join(format!("{name}.wav"));
-    let made = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("color=c={colour}:s={size}:r=30:d=2"))
-        .args(["-pix_fmt", "yuv420p"])
-        .arg(&video)
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency={hz}:sample_rate=48000:duration=4"))
-        .args(["-af", "volume=0.8"])
-        .arg(&audio)
-        .status()
-        .expect("ffmpeg is installed");
-    assert!(made.success());
-    vec![
-        format!("--use-file-for-fake-video-capture={}", video.display()),
-        format!("--use-file-for-fake-audio-capture={}", audio.display()),
-    ]
-}
-
 /// Turns a publisher's microphone on or off (a muted track sends silence, level 127).
 async fn microphone(browser: &mut Browser, page: &str, on: bool) {
     let js = format!("window.sfu.media.getAudioTracks().forEach((t) => (t.enabled = {on}))");
     browser.eval(page, &js).await;
-}
-
-/// Lets `browsers` run for `d`, reading their reports (their output must be read).
-async fn run_for(browsers: &mut [&mut Browser], d: Duration) {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        for b in browsers.iter_mut() {
-            let _ = b.sample().await;
-        }
-    }
 }
 
 /// Whether a page shows a recording running (the demo page's `recording` events).
@@ -84,38 +52,6 @@ async fn wait_tracks(cluster: &Cluster, browsers: &mut [&mut Browser], room: &st
         run_for(browsers, Duration::from_millis(500)).await;
     }
     panic!("{room} did not get {n} tracks");
-}
-
-/// `(codec_type, codec_name)` of each stream, and the file's duration, as ffprobe reads them.
-fn probe(file: &Path) -> (Vec<(String, String)>, f64) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json"])
-        .args([
-            "-show_entries",
-            "stream=codec_type,codec_name:format=duration",
-        ])
-        .arg(file)
-        .output()
-        .expect("ffprobe is installed");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let streams = v["streams"]
-        .as_array()
-        .map(|s| {
-            s.iter()
-                .map(|s| {
-                    (
-                        s["codec_type"].as_str().unwrap_or("").to_owned(),
-                        s["codec_name"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let duration = v["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
-    (streams, duration)
 }
 
 /// The colour of each decoded video frame, in order: 'r', 'b' or '?' (its average pixel).

@@ -117,6 +117,12 @@ enum RecordingsCmd {
         /// participant's).
         #[arg(long, default_value = "")]
         node: String,
+        /// Room recordings: also stream live to this RTMP(S) URL (repeat for several).
+        #[arg(long = "stream")]
+        streams: Vec<String>,
+        /// Room recordings: also HLS, served by the recording node.
+        #[arg(long)]
+        hls: bool,
     },
     /// Stop a recording; waits until its file is finalised.
     Stop { id: String },
@@ -601,12 +607,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "id": r.id, "room": r.room, "kind": r.kind, "track": r.track, "codec": r.codec,
                     "state": r.state, "node": r.node, "file": r.file, "duration_ms": r.duration_ms,
                     "size_bytes": r.size_bytes, "started_ms": r.started_ms, "ended_ms": r.ended_ms,
-                    "error": r.error,
+                    "error": r.error, "hls": r.hls,
+                    "streams": r.streams.iter().map(|s| serde_json::json!({
+                        "url": s.url, "state": s.state, "error": s.error,
+                    })).collect::<Vec<_>>(),
                 })
             };
             match command {
-                RecordingsCmd::Start { room, track, node } => {
-                    let req = pb::StartRecordingRequest { room, track, node };
+                RecordingsCmd::Start {
+                    room,
+                    track,
+                    node,
+                    streams,
+                    hls,
+                } => {
+                    let req = pb::StartRecordingRequest {
+                        room,
+                        track,
+                        node,
+                        streams,
+                        hls,
+                    };
                     let r = c.start_recording(authed(&admin, req)).await?.into_inner();
                     if json {
                         print(one(&r));

@@ -26,6 +26,17 @@ struct Listed {
     started_ms: u64,
     ended_ms: u64,
     error: String,
+    #[serde(default)]
+    streams: Vec<ListedStream>,
+    #[serde(default)]
+    hls: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedStream {
+    url: String,
+    state: String,
+    error: String,
 }
 
 impl From<Listed> for pb::RecordingInfo {
@@ -44,6 +55,16 @@ impl From<Listed> for pb::RecordingInfo {
             started_ms: l.started_ms,
             ended_ms: l.ended_ms,
             error: l.error,
+            streams: l
+                .streams
+                .into_iter()
+                .map(|s| pb::StreamInfo {
+                    url: s.url,
+                    state: s.state,
+                    error: s.error,
+                })
+                .collect(),
+            hls: l.hls,
         }
     }
 }
@@ -100,7 +121,8 @@ impl RecordingService for Api {
             } else {
                 req.node.clone()
             };
-            return self.start_on(&node, &req.room, serde_json::json!({})).await;
+            let body = serde_json::json!({ "streams": req.streams, "hls": req.hls });
+            return self.start_on(&node, &req.room, body).await;
         }
         let Some(track) = tracks.iter().find(|t| t.track == req.track) else {
             return Err(Status::not_found(

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `POST /admin/rooms/{room}/recordings` `{"track": "TR_…"}` | record a track on this node: `201` and the recording |
 //! | `POST /admin/rooms/{room}/recordings` `{}` | record the room (speaker's video, mixed audio) on this node |
+//! | … `{"streams": ["rtmp://…"], "hls": true}` | the same, streamed live to RTMP destinations and as HLS |
+//! | `GET /recordings/{id}/hls/{file}` | a room recording's HLS playlist and segments (no token: the id is the capability) |
 //! | `GET /admin/recordings` | this node's recordings |
 //! | `GET /admin/recordings/{id}` | one of them |
 //! | `DELETE /admin/recordings/{id}` | stop it; answers once the file is finalised |
@@ -28,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/rooms/{room}/recordings", post(start))
         .route("/admin/recordings", get(list))
         .route("/admin/recordings/{id}", get(one).delete(stop))
+        .route("/recordings/{id}/hls/{file}", get(hls))
 }
 
 #[derive(Deserialize)]
@@ -35,6 +38,35 @@ struct StartBody {
     /// The track to record; none: the whole room.
     #[serde(default)]
     track: String,
+    /// Room recordings: RTMP(S) destinations to stream the program to.
+    #[serde(default)]
+    streams: Vec<String>,
+    /// Room recordings: also write HLS, served by this node.
+    #[serde(default)]
+    hls: bool,
+}
+
+/// Destinations a room recording streams to at most.
+const MAX_STREAMS: usize = 8;
+
+/// RTMP destinations must be `rtmp://` or `rtmps://` URLs with a host.
+fn check_streams(streams: &[String]) -> Result<(), Problem> {
+    if streams.len() > MAX_STREAMS {
+        let m = format!("at most {MAX_STREAMS} streams per recording");
+        return Err(SignalError::new(ErrorCode::BadRequest, m).into());
+    }
+    for s in streams {
+        let host = s
+            .strip_prefix("rtmp://")
+            .or_else(|| s.strip_prefix("rtmps://"))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|h| !h.is_empty());
+        if host.is_none() || s.len() > 1024 || s.chars().any(char::is_control) {
+            let m = format!("stream {s:?} is not an rtmp:// or rtmps:// URL");
+            return Err(SignalError::new(ErrorCode::BadRequest, m).into());
+        }
+    }
+    Ok(())
 }
 
 async fn start(
@@ -47,6 +79,7 @@ async fn start(
     // The registry's track directory says what the track is, wherever it is published.
     let (participants, tracks) = state.membership.room(&room);
     if body.track.is_empty() {
+        check_streams(&body.streams)?;
         if participants.is_empty() && tracks.is_empty() {
             let message = format!("no room {room} in the cluster");
             return Err(SignalError::new(ErrorCode::NotFound, message).into());
@@ -56,8 +89,15 @@ async fn start(
         let with_video = tracks
             .iter()
             .any(|t| t.kind == "video" && t.codec_mime.eq_ignore_ascii_case("video/VP8"));
-        let info = state.media.record_room(&room, with_video).await?;
+        let info = state
+            .media
+            .record_room(&room, with_video, body.streams, body.hls)
+            .await?;
         return Ok((StatusCode::CREATED, Json(info)));
+    }
+    if !body.streams.is_empty() || body.hls {
+        let m = "streams and HLS are for room recordings (no track)";
+        return Err(SignalError::new(ErrorCode::BadRequest, m).into());
     }
     let Some(t) = tracks.iter().find(|t| t.track == body.track) else {
         let message = if participants.is_empty() && tracks.is_empty() {
@@ -144,4 +184,33 @@ fn refused(room: &str, e: crate::auth::AuthError) -> Problem {
         format!("recording room {room} needs roomRecord or roomAdmin for it: {e}"),
     )
     .into()
+}
+
+/// A file of a room recording's HLS output.
+async fn hls(
+    State(state): State<AppState>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
+    let missing = || -> Problem {
+        SignalError::new(ErrorCode::NotFound, format!("no HLS file {file} of {id}")).into()
+    };
+    // Only a recording this node knows, with HLS, and plain file names: nothing else of the
+    // disk is reachable.
+    let known = state
+        .media
+        .recordings()
+        .get(&id)
+        .is_some_and(|r| !r.hls.is_empty());
+    if !known || !crate::recording::live::servable(&file) {
+        return Err(missing());
+    }
+    let path = crate::recording::live::hls_dir(state.media.recordings().dir(), &id).join(&file);
+    let body = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    let kind = if file.ends_with(".m3u8") {
+        "application/vnd.apple.mpegurl"
+    } else {
+        "video/mp2t"
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, kind)], body).into_response())
 }

@@ -38,17 +38,20 @@ impl MediaPlane {
         Ok(self.recordings().get(&info.id).unwrap_or(info))
     }
 
-    /// Records a room into a new file on this node (see [`crate::recording::program`]):
-    /// `with_video` if the room has VP8 video to show. Answers once it runs.
+    /// Records a room into a new file on this node (see [`crate::recording::program`]),
+    /// streamed live to `streams` (RTMP URLs) and as HLS if `hls`: `with_video` if the room
+    /// has VP8 video to show. Answers once it runs.
     pub async fn record_room(
         &self,
         room: &str,
         with_video: bool,
+        streams: Vec<String>,
+        hls: bool,
     ) -> Result<RecordingInfo, SignalError> {
         let worker = self.worker_for(room);
         let (info, recorder) = self
             .recordings()
-            .start_room(room, with_video, worker)
+            .start_room(room, with_video, streams, hls, worker)
             .await
             .map_err(|e| SignalError::new(ErrorCode::Internal, e.to_string()))?;
         let room = room.to_owned();

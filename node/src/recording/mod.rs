@@ -27,6 +27,7 @@
 //!   active speaker's video, switched by the forwarder without decoding, and every
 //!   participant's audio mixed).
 
+pub mod live;
 pub mod pipeline;
 pub mod program;
 pub mod program_writer;
@@ -88,6 +89,19 @@ pub struct RecordingInfo {
     /// 0 while it runs.
     pub ended_ms: u64,
     /// Why it failed, or why it ended if not by request (the track was unpublished...).
+    pub error: String,
+    /// Room recordings: the RTMP destinations it streams to, each with its own state.
+    pub streams: Vec<StreamInfo>,
+    /// Room recordings with HLS: the playlist's path on this node's HTTP server.
+    pub hls: String,
+}
+
+/// One RTMP destination of a room recording.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamInfo {
+    pub url: String,
+    /// `active`, `failed` (see `error`; the recording goes on without it) or `ended`.
+    pub state: &'static str,
     pub error: String,
 }
 
@@ -210,6 +224,8 @@ impl Recordings {
             started_ms,
             ended_ms: 0,
             error: String::new(),
+            streams: Vec::new(),
+            hls: String::new(),
         };
         let (done, _) = watch::channel(false);
         self.entries().insert(
@@ -274,6 +290,11 @@ impl Recordings {
             }
             e.info.state = state;
             e.info.ended_ms = now_ms();
+            for s in &mut e.info.streams {
+                if s.state == "active" {
+                    s.state = "ended";
+                }
+            }
             if !error.is_empty() {
                 e.info.error = error.to_owned();
             }
@@ -322,6 +343,11 @@ impl Recordings {
         all
     }
 
+    /// The directory recordings are written to.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+
     pub fn get(&self, id: &str) -> Option<RecordingInfo> {
         self.entries().get(id).map(|e| e.info.clone())
     }
@@ -367,6 +393,8 @@ fn info_fallback(id: &str) -> RecordingInfo {
         started_ms: 0,
         ended_ms: 0,
         error: String::new(),
+        streams: Vec::new(),
+        hls: String::new(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! the mixer going when nobody publishes audio, so participants can come and go.
 
 use super::RecordingError;
+use super::live::{Live, LiveSpec};
 use super::pipeline::{JITTER_LATENCY_MS, element, set_if_known};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -44,6 +45,8 @@ pub struct Program {
     /// `None` for a room that had no video when the recording started.
     pub video: Option<gst_app::AppSrc>,
     mixer: gst::Element,
+    /// RTMP and HLS outputs, if any were asked for.
+    pub live: Option<Live>,
 }
 
 /// One participant's audio in the mix.
@@ -102,9 +105,13 @@ fn link_request(
 }
 
 impl Program {
-    /// Builds the pipeline writing `file` (WebM: VP8 and Opus), not started. Without
-    /// `with_video`, the file has audio only.
-    pub fn build(file: &Path, with_video: bool) -> Result<Program, RecordingError> {
+    /// Builds the pipeline writing `file` (WebM: VP8 and Opus), not started, with the live
+    /// outputs `live` asks for. Without `with_video`, the file has audio only.
+    pub fn build(
+        file: &Path,
+        with_video: bool,
+        live: &LiveSpec,
+    ) -> Result<Program, RecordingError> {
         let pipeline = gst::Pipeline::new();
         let mux = element("webmmux")?;
         // Clusters are written as they fill (a killed node leaves a playable file); a proper
@@ -137,12 +144,13 @@ impl Program {
                     .build(),
             );
             let queue = element("queue")?;
+            let tee = element("tee")?;
             add_and_link(
                 &pipeline,
-                &[src.upcast_ref(), &jitter, &depay, &rate, &queue],
+                &[src.upcast_ref(), &jitter, &depay, &rate, &tee, &queue],
             )?;
             link_request(&queue, &mux, "video_%u")?;
-            Some(src)
+            Some((src, tee))
         } else {
             None
         };
@@ -162,6 +170,7 @@ impl Program {
         mixer.set_property("latency", MIXER_EXTRA_LATENCY_MS * 1_000_000);
         let mixed_caps = element("capsfilter")?;
         mixed_caps.set_property("caps", &raw);
+        let audio_tee = element("tee")?;
         let convert = element("audioconvert")?;
         let encoder = element("opusenc")?;
         let queue = element("queue")?;
@@ -171,14 +180,21 @@ impl Program {
         add_and_link(&pipeline, &[&silence, &silence_caps])?;
         add_and_link(
             &pipeline,
-            &[&mixer, &mixed_caps, &convert, &encoder, &queue],
+            &[&mixer, &mixed_caps, &audio_tee, &convert, &encoder, &queue],
         )?;
         link_request(&silence_caps, &mixer, "sink_%u")?;
         link_request(&queue, &mux, "audio_%u")?;
+        let live = if live.is_empty() {
+            None
+        } else {
+            let video_tee = video.as_ref().map(|(_, tee)| tee);
+            Some(Live::build(&pipeline, video_tee, &audio_tee, live)?)
+        };
         Ok(Program {
             pipeline,
-            video,
+            video: video.map(|(src, _)| src),
             mixer,
+            live,
         })
     }
 
@@ -244,7 +260,7 @@ mod tests {
     fn audio_branches_come_and_go_and_the_mix_lasts_the_whole_recording() {
         gstreamer::init().unwrap();
         let file = std::env::temp_dir().join(format!("prog-{}.webm", rand::random::<u32>()));
-        let p = Program::build(&file, false).unwrap();
+        let p = Program::build(&file, false, &LiveSpec::default()).unwrap();
         p.pipeline.set_state(gst::State::Playing).unwrap();
         let packet = |i: u32| {
             let mut rtp = vec![0x80, AUDIO_PT, (i >> 8) as u8, i as u8];

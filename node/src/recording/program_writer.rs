@@ -6,9 +6,12 @@
 //! the program's video, or one participant's audio (a branch of the mix, created by its first
 //! packet and removed when the worker says its track is gone).
 
+use super::live::{HLS_PLAYLIST, LiveSpec, hls_dir};
 use super::program::{AudioBranch, Program};
 use super::writer::{bus_error, init, serialize};
-use super::{Entry, RecordingError, RecordingInfo, RecordingState, Recordings, now_ms, safe};
+use super::{
+    Entry, RecordingError, RecordingInfo, RecordingState, Recordings, StreamInfo, now_ms, safe,
+};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use sfu_core::PacketEdits;
@@ -116,16 +119,22 @@ impl ProgramRecorder {
 }
 
 impl Recordings {
-    /// Starts a room recording (see [`super::program`]) in a new file: builds its pipeline on
-    /// its own thread and waits until it runs. Listed (failed, with the reason) even if it
-    /// could not start.
+    /// Starts a room recording (see [`super::program`]) in a new file, streamed live to
+    /// `streams` (RTMP URLs) and as HLS if `hls`: builds its pipeline on its own thread and
+    /// waits until it runs. Listed (failed, with the reason) even if it could not start.
     pub async fn start_room(
         &self,
         room: &str,
         with_video: bool,
+        streams: Vec<String>,
+        hls: bool,
         worker: usize,
     ) -> Result<(RecordingInfo, ProgramRecorder), RecordingError> {
         let id = format!("EG_{:012x}", rand::random::<u64>() >> 16);
+        let live = LiveSpec {
+            streams: streams.clone(),
+            hls_dir: hls.then(|| hls_dir(&self.inner.dir, &id)),
+        };
         let file = self
             .inner
             .dir
@@ -148,6 +157,19 @@ impl Recordings {
             started_ms: now_ms(),
             ended_ms: 0,
             error: String::new(),
+            streams: streams
+                .into_iter()
+                .map(|url| StreamInfo {
+                    url,
+                    state: "active",
+                    error: String::new(),
+                })
+                .collect(),
+            hls: if hls {
+                format!("/recordings/{id}/hls/{HLS_PLAYLIST}")
+            } else {
+                String::new()
+            },
         };
         let (done, _) = watch::channel(false);
         self.entries().insert(
@@ -165,7 +187,7 @@ impl Recordings {
             ))
         });
         let recorder = match started {
-            Ok(()) => spawn(id.clone(), with_video, file, self.clone()).await,
+            Ok(()) => spawn(id.clone(), with_video, live, file, self.clone()).await,
             Err(e) => Err(e),
         };
         match recorder {
@@ -189,6 +211,7 @@ impl Recordings {
 async fn spawn(
     id: String,
     with_video: bool,
+    live: LiveSpec,
     file: PathBuf,
     recordings: Recordings,
 ) -> Result<ProgramRecorder, RecordingError> {
@@ -203,7 +226,7 @@ async fn spawn(
     };
     std::thread::Builder::new()
         .name(format!("room-{}", &id[id.len().saturating_sub(6)..]))
-        .spawn(move || run(id, with_video, file, recordings, rx, ready_tx))
+        .spawn(move || run(id, with_video, live, file, recordings, rx, ready_tx))
         .map_err(|e| RecordingError::Pipeline(format!("starting its thread: {e}")))?;
     match ready_rx.await {
         Ok(Ok(())) => Ok(recorder),
@@ -217,12 +240,13 @@ async fn spawn(
 fn run(
     id: String,
     with_video: bool,
+    live: LiveSpec,
     file: PathBuf,
     recordings: Recordings,
     rx: Receiver<Message>,
     ready: oneshot::Sender<Result<(), RecordingError>>,
 ) {
-    let built = init().and_then(|()| Program::build(&file, with_video));
+    let built = init().and_then(|()| Program::build(&file, with_video, &live));
     let built = built.and_then(|p| {
         p.pipeline.set_state(gst::State::Playing).map_err(|_| {
             let bus = p.pipeline.bus();
@@ -284,7 +308,7 @@ fn run(
             failure = Some(format!("the pipeline refused data: {e:?}"));
             break;
         }
-        if let Some(e) = bus_error(&bus) {
+        if let Some(e) = errors(&program, &bus, &id, &recordings) {
             failure = Some(e);
             break;
         }
@@ -315,4 +339,43 @@ fn run(
         Some(e) => recordings.finish(&id, RecordingState::Failed, &e),
         None => recordings.finish(&id, RecordingState::Complete, ""),
     }
+}
+
+/// Errors posted by the pipeline: a failed RTMP destination is taken out (listed failed with
+/// its reason; the recording goes on); any other error ends the recording (returned).
+fn errors(program: &Program, bus: &gst::Bus, id: &str, recordings: &Recordings) -> Option<String> {
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        let gst::MessageView::Error(e) = msg.view() else {
+            continue;
+        };
+        let reason = match e.debug() {
+            Some(d) => format!("{} ({d})", e.error()),
+            None => e.error().to_string(),
+        };
+        let stream = program
+            .live
+            .as_ref()
+            .zip(msg.src())
+            .and_then(|(live, src)| Some((live, live.stream_of(src)?)));
+        match stream {
+            Some((live, index)) => {
+                tracing::warn!(
+                    recording = id,
+                    stream = index,
+                    "live stream failed: {reason}"
+                );
+                live.remove_stream(&program.pipeline, index);
+                recordings.update(id, |i| {
+                    if let Some(s) = i.streams.get_mut(index)
+                        && s.state == "active"
+                    {
+                        s.state = "failed";
+                        s.error = reason.clone();
+                    }
+                });
+            }
+            None => return Some(reason),
+        }
+    }
+    None
 }

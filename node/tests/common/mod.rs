@@ -1,12 +1,14 @@
 //! Test harness: a node started in-process on ephemeral loopback ports, and headless Chromium
 //! driven by `tests/browser/driver.mjs`. Submodules: [`control`] (etcd, cluster nodes and
-//! `sfu-control`), [`process`] (node processes), [`sdp`] (client SDP), [`shaper`] (a bandwidth
-//! limiter), [`noise`] (a camera video no encoder can compress).
+//! `sfu-control`), [`media`] (recording and streaming helpers), [`process`] (node
+//! processes), [`sdp`] (client SDP), [`shaper`] (a bandwidth limiter), [`noise`] (a camera
+//! video no encoder can compress).
 
 #![allow(dead_code)]
 
 pub mod control;
 pub mod limited;
+pub mod media;
 pub mod noise;
 pub mod process;
 pub mod sdp;

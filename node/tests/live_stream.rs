@@ -1,0 +1,313 @@
+//! Live streaming end to end: a Chromium publisher's room streamed to a real RTMP server
+//! (Debian's nginx with its RTMP module, on a loopback port) and as HLS served by the node,
+//! with a destination that does not answer; and what room recordings and streams cost.
+
+mod common;
+
+use common::control::admin;
+use common::media::{Nginx, camera_and_tone, measure, probe, run_for, run_limited};
+use common::{Browser, browser_lock};
+use std::path::Path;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone() {
+    let _guard = browser_lock().await;
+    let _ = common::tracing_subscriber_init();
+    let dir = std::env::temp_dir().join(format!("sfu-live-{}", rand::random::<u32>()));
+    let nginx = Nginx::start(&dir.join("nginx"));
+    let mut config = sfu_node::Config::loopback();
+    config.recording.dir = dir.join("recordings");
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let room = "live";
+    let red = camera_and_tone(&dir, "red", "red", "320x240", 440);
+    let mut alice = Browser::launch_with_args(
+        &[(
+            "alice",
+            format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+        )],
+        &red,
+    )
+    .await;
+    let http = common::http();
+    // Once the publisher's two tracks are listed, and media flows.
+    for _ in 0..60 {
+        let listed: serde_json::Value = http
+            .get(format!("{base}/admin/rooms/{room}/participants"))
+            .bearer_auth(admin())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        if listed[0]["tracks"].as_array().is_some_and(|t| t.len() == 2) {
+            break;
+        }
+        run_for(&mut [&mut alice], Duration::from_millis(500)).await;
+    }
+    run_for(&mut [&mut alice], Duration::from_secs(2)).await;
+
+    // Bad input: not an RTMP URL.
+    let r = http
+        .post(format!("{base}/admin/rooms/{room}/recordings"))
+        .bearer_auth(admin())
+        .json(&serde_json::json!({ "streams": ["http://example.com/x"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // One destination that works, one that does not answer (nothing listens on port 9).
+    let live = format!("rtmp://127.0.0.1:{}/live/x", nginx.port);
+    let dead = "rtmp://127.0.0.1:9/live/nobody".to_owned();
+    let r = http
+        .post(format!("{base}/admin/rooms/{room}/recordings"))
+        .bearer_auth(admin())
+        .json(&serde_json::json!({ "streams": [live, dead], "hls": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let started: serde_json::Value = r.json().await.unwrap();
+    let id = started["id"].as_str().unwrap().to_owned();
+    let playlist = format!("{base}{}", started["hls"].as_str().unwrap());
+    run_for(&mut [&mut alice], Duration::from_secs(4)).await;
+
+    // The dead destination failed with its reason; the recording and the other go on.
+    let info: serde_json::Value = http
+        .get(format!("{base}/admin/recordings/{id}"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    eprintln!("streaming: {info}");
+    assert_eq!(info["state"], "active", "{info}");
+    assert_eq!(info["streams"][0]["state"], "active", "{info}");
+    assert_eq!(info["streams"][1]["state"], "failed", "{info}");
+    assert!(
+        !info["streams"][1]["error"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{info}"
+    );
+    // The live RTMP stream as a player gets it from nginx: H.264 and AAC.
+    let (ok, out, err) = run_limited(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+            &live,
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!("ffprobe {live}: {out} {err}");
+    let mut codecs: Vec<&str> = out.lines().map(str::trim).collect();
+    codecs.sort();
+    assert!(ok && codecs == ["aac", "h264"], "{out} {err}");
+    run_for(&mut [&mut alice], Duration::from_secs(4)).await;
+    // The room is unaffected: the publisher still publishes.
+    let s = alice.sample().await;
+    assert_eq!(common::state(&s, "alice"), "publishing", "{s}");
+
+    let done: serde_json::Value = http
+        .delete(format!("{base}/admin/recordings/{id}"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    alice.stop().await;
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(done["streams"][0]["state"], "ended", "{done}");
+    // The file is there as for any room recording.
+    let (streams, _) = probe(Path::new(done["file"].as_str().unwrap()));
+    assert_eq!(streams.len(), 2, "{streams:?}");
+
+    // What nginx recorded plays.
+    drop(nginx);
+    let flv = dir.join("nginx/rec/x.flv");
+    let (ok, _, err) = run_limited(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            flv.to_str().unwrap(),
+            "-f",
+            "null",
+            "-",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ok && err.is_empty(), "nginx's recording decodes: {err}");
+    let (_, duration) = probe(&flv);
+    assert!(duration > 5.0, "{duration} s streamed to nginx");
+
+    // The HLS playlist, served by the node, plays in ffmpeg.
+    let text = http
+        .get(&playlist)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(".ts"), "{text}");
+    let (ok, _, err) = run_limited(
+        "ffmpeg",
+        &[
+            "-nostdin", "-v", "error", "-i", &playlist, "-f", "null", "-",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ok && err.is_empty(), "the HLS playlist plays: {err}");
+    let r = http
+        .get(format!("{base}/recordings/{id}/hls/..%2Fx.webm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "only HLS files are served");
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What room recordings and live streams cost the node (see BENCHMARKS.md), against
+/// subscribers of the same tracks:
+/// `cargo test --release -p sfu-node --test room_recording room_recording_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn room_recording_cost() {
+    const N: usize = 4;
+    const WINDOW: Duration = Duration::from_secs(15);
+    let _guard = browser_lock().await;
+    let dir = std::env::temp_dir().join(format!("sfu-livebench-{}", rand::random::<u32>()));
+    let nginx = Nginx::start(&dir.join("nginx"));
+    let mut config = sfu_node::Config::loopback();
+    config.recording.dir = dir.join("recordings");
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let room = "bench";
+    let args = camera_and_tone(&dir, "cam", "red", "640x360", 440);
+    let mut browser = Browser::launch_with_args(
+        &[(
+            "pub",
+            format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+        )],
+        &args,
+    )
+    .await;
+    let http = common::http();
+    run_for(&mut [&mut browser], Duration::from_secs(8)).await;
+    let (idle, idle_rss) = measure(&mut browser, WINDOW).await;
+
+    let start = |body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{base}/admin/rooms/{room}/recordings");
+        async move {
+            let r: serde_json::Value = http
+                .post(url)
+                .bearer_auth(admin())
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let stop = |id: String| {
+        let http = http.clone();
+        let url = format!("{base}/admin/recordings/{id}");
+        async move {
+            let r: serde_json::Value = http
+                .delete(url)
+                .bearer_auth(admin())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r
+        }
+    };
+
+    // N room recordings (files only).
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        ids.push(start(serde_json::json!({})).await);
+    }
+    run_for(&mut [&mut browser], Duration::from_secs(3)).await;
+    let (rooms, rooms_rss) = measure(&mut browser, WINDOW).await;
+    for id in ids.drain(..) {
+        let r = stop(id).await;
+        assert_eq!(r["state"], "complete", "{r}");
+    }
+
+    // One room recording streaming to one RTMP destination (transcoded), then to two.
+    for streams in [1usize, 2] {
+        let urls: Vec<String> = (0..streams)
+            .map(|i| format!("rtmp://127.0.0.1:{}/live/s{i}", nginx.port))
+            .collect();
+        let id = start(serde_json::json!({ "streams": urls })).await;
+        run_for(&mut [&mut browser], Duration::from_secs(3)).await;
+        let (cpu, rss) = measure(&mut browser, WINDOW).await;
+        let r = stop(id).await;
+        println!(
+            "1 room recording + {streams} RTMP stream(s): {cpu:.1} % of a core (+{:.1} over idle), RSS {} MB (+{:.1} MB); streams: {}",
+            cpu - idle,
+            rss >> 20,
+            (rss as f64 - idle_rss as f64) / 1e6,
+            r["streams"]
+        );
+    }
+
+    // N subscribers of the same tracks (Chromium pages).
+    for i in 0..N {
+        browser
+            .open(
+                &format!("sub{i}"),
+                &format!("{base}/?room={room}&identity=v{i}&autojoin=1&publish=0"),
+            )
+            .await;
+    }
+    run_for(&mut [&mut browser], Duration::from_secs(8)).await;
+    let (subscribed, subscribed_rss) = measure(&mut browser, WINDOW).await;
+    browser.stop().await;
+    println!(
+        "publisher only: {idle:.1} % of a core, RSS {} MB",
+        idle_rss >> 20
+    );
+    println!(
+        "{N} room recordings: {rooms:.1} % ({:.2} % each), RSS {} MB (+{:.1} MB each)",
+        (rooms - idle) / N as f64,
+        rooms_rss >> 20,
+        (rooms_rss as f64 - idle_rss as f64) / N as f64 / 1e6,
+    );
+    println!(
+        "{N} subscribers of audio + video: {subscribed:.1} % ({:.2} % each), RSS {} MB",
+        (subscribed - idle) / N as f64,
+        subscribed_rss >> 20,
+    );
+    drop(nginx);
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
