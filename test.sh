@@ -22,11 +22,11 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 compgen -G "/usr/lib/*/gstreamer-1.0/libgstmatroska.so" >/dev/null || missing+=(gstreamer1.0-plugins-good)
 compgen -G "/usr/lib/*/gstreamer-1.0/libgstvideoparsersbad.so" >/dev/null || missing+=(gstreamer1.0-plugins-bad)
 command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+# LiveKit's Python SDK test: a venv (Debian's python3 makes one only with python3-venv).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 # Live streaming: a real RTMP server to stream to (nginx with its RTMP module; the test runs
 # its own nginx on a loopback port, not the system service).
 [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
-# LiveKit's Python SDK test: a venv (Debian's python3 makes one only with python3-venv).
-python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
