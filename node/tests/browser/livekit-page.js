@@ -111,6 +111,7 @@
       audioPackets,
       remote,
       speaking: room.activeSpeakers.map((p) => p.identity),
+      numParticipants: room.numParticipants,
       joinMs: seen.joinMs,
       publishedMs: seen.connectedMs,
       firstFrameMs: seen.firstFrameMs,
