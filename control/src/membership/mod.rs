@@ -28,9 +28,7 @@
 //!
 //! Media never waits for any of this: if etcd is unreachable, what flows keeps flowing.
 
-use crate::records::{
-    HandRecord, Key, Keys, NodeRecord, ParticipantRecord, ReservationRecord, TrackRecord,
-};
+use crate::records::{HandRecord, Key, Keys, NodeRecord, ParticipantRecord, TrackRecord};
 use crate::registry::{LeaseId, Listing, Registry, RegistryError, Watch, WatchEvent};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -39,6 +37,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+mod places;
+use places::Pool;
 
 /// A change in the cluster, as seen in the registry.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,29 +112,6 @@ enum Op {
 type AloneCallback = Box<dyn FnOnce(Result<bool, RegistryError>) + Send>;
 
 type Mirror = Arc<RwLock<BTreeMap<String, Vec<u8>>>>;
-
-/// Transactions tried before a reservation gives up (each fails only if another node
-/// reserved meanwhile). Between tries a node waits a random while that doubles each time,
-/// so that nodes which keep losing to each other spread out instead of colliding again
-/// (seen with three nodes each taking single places near a room's limit: eight immediate
-/// retries were sometimes all lost).
-const RESERVE_ATTEMPTS: u32 = 12;
-/// The first wait after a lost reservation race; it doubles up to [`RESERVE_BACKOFF_MAX`].
-const RESERVE_BACKOFF: Duration = Duration::from_millis(2);
-const RESERVE_BACKOFF_MAX: Duration = Duration::from_millis(128);
-/// The most places reserved at once.
-const MAX_BLOCK: u32 = 32;
-/// Spare places not taken for this long go back to the room.
-const SPARE_HOLD: Duration = Duration::from_secs(1);
-
-/// Places a node holds in one limited room.
-struct Pool {
-    /// Its reservation record's key.
-    key: String,
-    reserved: u32,
-    used: u32,
-    last_taken: Instant,
-}
 
 /// Handle to the membership task.
 #[derive(Clone)]
@@ -555,115 +533,6 @@ impl<R: Registry> Task<R> {
         result
     }
 
-    /// See [`Membership::reserve`].
-    async fn reserve(&mut self, room: &str, node: &str, limit: u32) -> Result<bool, RegistryError> {
-        let key = self.keys.reservation(room, node);
-        let pool = self.pools.entry(room.to_owned()).or_insert_with(|| Pool {
-            key: key.clone(),
-            reserved: 0,
-            used: 0,
-            last_taken: Instant::now(),
-        });
-        if pool.reserved > pool.used {
-            pool.used += 1;
-            pool.last_taken = Instant::now();
-            return Ok(true);
-        }
-        let Some(lease) = self.lease else {
-            return Err(RegistryError::Unavailable("not registered".into()));
-        };
-        let prefix = self.keys.reservations_prefix(room);
-        for attempt in 0..RESERVE_ATTEMPTS {
-            if attempt > 0 {
-                let ceiling = (RESERVE_BACKOFF * (1 << attempt.min(7))).min(RESERVE_BACKOFF_MAX);
-                let wait = ceiling.mul_f64(rand::random_range(0.5..1.0));
-                tokio::time::sleep(wait).await;
-            }
-            let (kvs, revision) = self.registry.list(&prefix).await?;
-            let others: u32 = kvs
-                .iter()
-                .filter(|(k, _)| *k != key)
-                .filter_map(|(_, v)| serde_json::from_slice::<ReservationRecord>(v).ok())
-                .map(|r| r.reserved)
-                .sum();
-            let Some(pool) = self.pools.get_mut(room) else {
-                return Ok(false);
-            };
-            let free = limit.saturating_sub(others).saturating_sub(pool.reserved);
-            if free == 0 {
-                return Ok(false);
-            }
-            // Large blocks while the room is far from full, single places near the end, so
-            // that spare places other nodes hold rarely turn a join away.
-            let block = (free / 8).clamp(1, MAX_BLOCK);
-            let record = ReservationRecord {
-                reserved: pool.reserved + block,
-                used: pool.used + 1,
-            };
-            let value = serde_json::to_vec(&record).unwrap_or_default();
-            match self
-                .registry
-                .put_if_unchanged(&key, value.clone(), lease, &prefix, revision)
-                .await
-            {
-                Ok(true) => {
-                    pool.reserved = record.reserved;
-                    pool.used = record.used;
-                    pool.last_taken = Instant::now();
-                    self.desired.insert(key.clone(), value);
-                    self.dirty.remove(&key);
-                    return Ok(true);
-                }
-                Ok(false) => continue,
-                Err(RegistryError::LeaseExpired) => {
-                    self.lose_lease();
-                    return Err(RegistryError::LeaseExpired);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(RegistryError::Unavailable(
-            "too many nodes reserving places in this room at once".into(),
-        ))
-    }
-
-    /// See [`Membership::release`].
-    fn release(&mut self, room: &str) {
-        if let Some(pool) = self.pools.get_mut(room) {
-            pool.used = pool.used.saturating_sub(1);
-        }
-    }
-
-    /// Places held spare for a while go back to their room (a lower reservation needs no
-    /// transaction: it cannot break the limit). Also publishes how many are used.
-    fn return_spare_places(&mut self) {
-        let now = Instant::now();
-        let mut emptied = Vec::new();
-        for (room, pool) in &mut self.pools {
-            let idle = now.saturating_duration_since(pool.last_taken) >= SPARE_HOLD;
-            if !idle || pool.reserved == pool.used {
-                continue;
-            }
-            pool.reserved = pool.used;
-            let key = pool.key.clone();
-            if pool.reserved == 0 {
-                self.desired.remove(&key);
-                emptied.push(room.clone());
-            } else {
-                let record = ReservationRecord {
-                    reserved: pool.reserved,
-                    used: pool.used,
-                };
-                self.desired
-                    .insert(key.clone(), serde_json::to_vec(&record).unwrap_or_default());
-            }
-            self.dirty.insert(key);
-        }
-        for room in emptied {
-            self.pools.remove(&room);
-        }
-    }
-
     /// Fencing: the lease is gone; nothing is written with it again.
     fn lose_lease(&mut self) {
         self.lease = None;
@@ -832,160 +701,4 @@ impl<R: Registry> Task<R> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::MemoryRegistry;
-
-    fn node(id: &str) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            region: String::new(),
-            http_url: format!("http://{id}"),
-            relay_addr: None,
-            state: Default::default(),
-            capacity: 0,
-            limits: Default::default(),
-            load: Default::default(),
-            updated_ms: 0,
-        }
-    }
-
-    async fn until(
-        events: &mut mpsc::UnboundedReceiver<ClusterEvent>,
-        f: impl Fn(&ClusterEvent) -> bool,
-    ) -> ClusterEvent {
-        loop {
-            let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
-                .await
-                .expect("event in time")
-                .unwrap();
-            if f(&e) {
-                return e;
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn nodes_see_each_other_and_a_dead_nodes_keys_expire() {
-        let reg = MemoryRegistry::new();
-        let keys = Keys::new("t");
-        let (tx_a, mut ev_a) = mpsc::unbounded_channel();
-        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx_a);
-        a.set_json(keys.node("a"), &node("a"));
-        let (tx_b, _ev_b) = mpsc::unbounded_channel();
-        let b = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx_b);
-        b.set_json(keys.node("b"), &node("b"));
-        until(
-            &mut ev_a,
-            |e| matches!(e, ClusterEvent::Node(n) if n.id == "b"),
-        )
-        .await;
-        assert!(a.registered());
-        assert_eq!(a.nodes().len(), 2);
-        // b stops renewing (as if killed): its keys go with its lease.
-        drop(b);
-        // Membership tasks outlive handles; revoke-free death is simulated by expiring.
-        let lease_b = LeaseId(2);
-        reg.expire_lease(lease_b);
-        until(
-            &mut ev_a,
-            |e| matches!(e, ClusterEvent::NodeGone(id) if id == "b"),
-        )
-        .await;
-        assert_eq!(a.nodes().len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lost_lease_fences_then_everything_is_written_again() {
-        let reg = MemoryRegistry::new();
-        let keys = Keys::new("t");
-        let (tx, mut ev) = mpsc::unbounded_channel();
-        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
-        a.set_json(keys.node("a"), &node("a"));
-        a.set_json(keys.track("r", "TR_1"), &"x");
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
-        reg.expire_lease(LeaseId(1));
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(false))).await;
-        assert!(!a.registered(), "no joins while fenced");
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
-        let (kvs, _) = reg.list("/sfu/t/").await.unwrap();
-        assert_eq!(kvs.len(), 2, "both keys written again under the new lease");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_first_and_the_last_key_under_a_prefix_are_told_once() {
-        let reg = MemoryRegistry::new();
-        let keys = Keys::new("t");
-        let (tx, mut ev) = mpsc::unbounded_channel();
-        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
-        let (told_tx, mut told) = mpsc::unbounded_channel();
-        let prefix = keys.participants_prefix("r");
-        for sid in ["PA_1", "PA_2"] {
-            let t = told_tx.clone();
-            a.set_json_alone(keys.participant("r", sid), &sid, prefix.clone(), move |r| {
-                let _ = t.send((sid, r));
-            });
-        }
-        for sid in ["PA_1", "PA_2"] {
-            let t = told_tx.clone();
-            a.remove_alone(keys.participant("r", sid), prefix.clone(), move |r| {
-                let _ = t.send((sid, r));
-            });
-        }
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            got.push(told.recv().await.unwrap());
-        }
-        assert_eq!(
-            got,
-            [
-                ("PA_1", Ok(true)),
-                ("PA_2", Ok(false)),
-                ("PA_1", Ok(false)),
-                ("PA_2", Ok(true))
-            ]
-        );
-        assert!(reg.list(&prefix).await.unwrap().0.is_empty());
-        // Fenced: nobody can tell, and the key is written once registered again.
-        reg.expire_lease(LeaseId(1));
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(false))).await;
-        let t = told_tx.clone();
-        a.set_json_alone(
-            keys.participant("r", "PA_3"),
-            &"PA_3",
-            prefix.clone(),
-            move |r| {
-                let _ = t.send(("PA_3", r));
-            },
-        );
-        assert!(told.recv().await.unwrap().1.is_err());
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
-        assert_eq!(reg.list(&prefix).await.unwrap().0.len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn compaction_leads_to_a_relist_with_the_differences() {
-        let reg = MemoryRegistry::new();
-        let keys = Keys::new("t");
-        let (tx, mut ev) = mpsc::unbounded_channel();
-        let a = Membership::start(reg.clone(), keys.clone(), Duration::from_secs(3), tx);
-        a.set_json(keys.node("a"), &node("a"));
-        until(&mut ev, |e| matches!(e, ClusterEvent::Registered(true))).await;
-        reg.compact();
-        let lease = reg.grant(Duration::from_secs(60)).await.unwrap();
-        reg.put(
-            &keys.node("z"),
-            serde_json::to_vec(&node("z")).unwrap(),
-            lease,
-        )
-        .await
-        .unwrap();
-        until(
-            &mut ev,
-            |e| matches!(e, ClusterEvent::Node(n) if n.id == "z"),
-        )
-        .await;
-        assert_eq!(a.nodes().len(), 2);
-    }
-}
+mod tests;
