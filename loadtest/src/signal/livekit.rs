@@ -27,17 +27,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use super::sfu::Ws;
 
 /// The protocol version asked for: what livekit-client 2.x speaks.
 const PROTOCOL: i32 = 16;
 /// How long one signaling step may take before the peer gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
-/// Read buffer per WebSocket (tungstenite's default, 128 KiB, would cost every peer that much).
-const READ_BUFFER: usize = 1024;
 /// Between pings when the server does not say.
 const DEFAULT_PING: Duration = Duration::from_secs(10);
 
@@ -100,30 +96,13 @@ async fn connect(
     avoid: &[String],
 ) -> anyhow::Result<(Ws, String, Option<String>)> {
     let (url, node) = super::sfu::node_url(e, base, token, avoid).await?;
-    let ws_url = format!(
-        "{}/rtc?access_token={token}&auto_subscribe={}&sdk=rust&protocol={PROTOCOL}&version={}",
-        url.trim_end_matches('/').replacen("http", "ws", 1),
+    let query = format!(
+        "access_token={token}&auto_subscribe={}&sdk=rust&protocol={PROTOCOL}&version={}",
         u8::from(subscribe),
         env!("CARGO_PKG_VERSION"),
     );
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let connect = tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true);
-    match tokio::time::timeout(STEP_TIMEOUT, connect)
-        .await
-        .context("WebSocket connect timed out")?
-    {
-        Ok((ws, _)) => Ok((ws, url, node)),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {
-            let secs = r
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1);
-            Err(super::Busy(Duration::from_secs(secs.max(1))).into())
-        }
-        Err(e) => Err(anyhow!(e).context(format!("connecting to {url}/rtc"))),
-    }
+    let ws = super::sfu::open(&url, &query).await?;
+    Ok((ws, url, node))
 }
 
 /// What a response means to a session that waits for something else.

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-type Ws =
+pub(super) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long one signaling step may take before the peer gives up.
@@ -128,8 +128,15 @@ async fn connect(
     avoid: &[String],
 ) -> anyhow::Result<(Ws, String, Option<String>)> {
     let (url, node) = node_url(e, base, token, avoid).await?;
+    let ws = open(&url, &format!("access_token={token}")).await?;
+    Ok((ws, url, node))
+}
+
+/// Opens the WebSocket at `{url}/rtc?{query}`: [`super::Busy`] if the node says to come back
+/// later.
+pub(super) async fn open(url: &str, query: &str) -> anyhow::Result<Ws> {
     let ws_url = format!(
-        "{}/rtc?access_token={token}",
+        "{}/rtc?{query}",
         url.trim_end_matches('/').replacen("http", "ws", 1)
     );
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
@@ -138,7 +145,7 @@ async fn connect(
         .await
         .context("WebSocket connect timed out")?
     {
-        Ok((ws, _)) => Ok((ws, url, node)),
+        Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {
             let secs = r
                 .headers()
