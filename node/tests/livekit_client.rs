@@ -7,9 +7,12 @@ mod common;
 
 use common::control::Cluster;
 use common::{Browser, Sample, browser_lock, stat, state, token, token_for};
+use livekit_protocol as lk;
+use lk::{signal_request, signal_response};
 use serde_json::Value;
 use sfu_node::auth::join_claims;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 const ROOM: &str = "lk-e2e";
 
@@ -358,4 +361,116 @@ async fn join_time_against_the_json_protocol() {
     }
     b.stop().await;
     cluster.stop().await;
+}
+
+/// The next binary `SignalResponse` with a message matching `want`, skipping others.
+async fn next_response<T>(
+    ws: &mut common::control::Ws,
+    mut want: impl FnMut(signal_response::Message) -> Option<T>,
+) -> T {
+    use futures_util::StreamExt;
+    use prost::Message as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the session is open")
+            .expect("a frame");
+        if let Message::Binary(bytes) = frame {
+            let response = lk::SignalResponse::decode(bytes).expect("a SignalResponse");
+            if let Some(found) = response.message.and_then(&mut want) {
+                return found;
+            }
+        }
+    }
+}
+
+/// LiveKit's protocol on the wire, without a browser: the connection is the join; a frame that
+/// is not a `SignalRequest`, a text frame, announced tracks past the bound and a bad candidate
+/// are each counted as signaling errors and the session goes on (it still answers a ping); a
+/// JSON client on the same `/rtc` is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_protocol_bad_input_is_counted_and_the_session_goes_on() {
+    use futures_util::SinkExt;
+    use prost::Message as _;
+    let node = common::start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let url = format!(
+        "ws://{}/rtc?access_token={}&auto_subscribe=1&sdk=rust&protocol=16",
+        node.http_addr,
+        token("lk-wire", "wire", true, true)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let join = next_response(&mut ws, |m| match m {
+        signal_response::Message::Join(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    assert_eq!(join.room.unwrap().name, "wire");
+    assert_eq!(join.participant.as_ref().unwrap().identity, "lk-wire");
+    assert!(join.server_info.unwrap().protocol >= 16);
+    assert!(join.ping_interval > 0 && join.ping_timeout > join.ping_interval);
+
+    let before = common::metric(&common::metrics(&base).await, "sfu_signaling_errors_total");
+    let request = |m: signal_request::Message| {
+        Message::Binary(
+            lk::SignalRequest { message: Some(m) }
+                .encode_to_vec()
+                .into(),
+        )
+    };
+    ws.send(Message::Binary(vec![0xff, 0xff, 0xff, 0x0f].into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text(r#"{"type":"join"}"#.into()))
+        .await
+        .unwrap();
+    ws.send(request(signal_request::Message::Trickle(
+        lk::TrickleRequest {
+            candidate_init: "not json".into(),
+            target: lk::SignalTarget::Publisher as i32,
+            r#final: false,
+        },
+    )))
+    .await
+    .unwrap();
+    // 32 tracks may be announced and not offered; the 33rd is refused.
+    let mut published = 0;
+    for i in 0..33 {
+        ws.send(request(signal_request::Message::AddTrack(
+            lk::AddTrackRequest {
+                cid: format!("cid-{i}"),
+                r#type: lk::TrackType::Video as i32,
+                ..Default::default()
+            },
+        )))
+        .await
+        .unwrap();
+    }
+    ws.send(request(signal_request::Message::PingReq(lk::Ping {
+        timestamp: 42,
+        rtt: 0,
+    })))
+    .await
+    .unwrap();
+    let pong = next_response(&mut ws, |m| match m {
+        signal_response::Message::TrackPublished(_) => {
+            published += 1;
+            None
+        }
+        signal_response::Message::PongResp(p) => Some(p),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong.last_ping_timestamp, 42);
+    assert_eq!(published, 32, "announced tracks are bounded");
+    let after = common::metric(&common::metrics(&base).await, "sfu_signaling_errors_total");
+    assert_eq!(after - before, 4.0, "four bad requests counted");
+
+    // A JSON client joins the same room on the same path.
+    let (_json, joined) = common::control::ws_join(&base, &token("json", "wire", true, true)).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["participants"][0]["identity"], "lk-wire", "{joined}");
+    node.stop().await;
 }
