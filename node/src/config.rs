@@ -46,6 +46,25 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// Federation gateway settings (this node carries links to other organisations' clusters).
     pub federation: Option<crate::federation::FederationConfig>,
+    /// The web app served at `/`.
+    pub web: WebConfig,
+}
+
+/// The meeting app (built from `app/` by `npm run --prefix app build`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Directory of the built app, served at `/`; relative paths are from the node's working
+    /// directory. Without it, `/` serves the demo page (also at `/demo.html`).
+    pub app_dir: std::path::PathBuf,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            app_dir: "app/dist".into(),
+        }
+    }
 }
 
 /// Where recordings go.
@@ -230,6 +249,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             recording: RecordingConfig::default(),
             federation: None,
+            web: WebConfig::default(),
             // webrtc-rs logs expected protocol noise (unknown DTLS extensions, stray STUN) at
             // warn; keep it out of operators' logs unless asked for.
             log: "info,rtc=error,rtc_dtls=error,rtc_ice=error,rtc_srtp=error,rtc_interceptor=error"

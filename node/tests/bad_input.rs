@@ -390,11 +390,11 @@ async fn bad_input_gets_clear_errors_and_no_other_room_is_harmed() {
     let mut browser = Browser::launch(&[
         (
             "pub",
-            format!("{base}/?room=canary&identity=alice&autojoin=1&publish=1&simulcast=0"),
+            format!("{base}/demo.html?room=canary&identity=alice&autojoin=1&publish=1&simulcast=0"),
         ),
         (
             "sub",
-            format!("{base}/?room=canary&identity=bob&autojoin=1&publish=0"),
+            format!("{base}/demo.html?room=canary&identity=bob&autojoin=1&publish=0"),
         ),
     ])
     .await;

@@ -16,12 +16,12 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
     let room = "ws-e2e";
     let mut pages = vec![(
         "pub",
-        format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
+        format!("{base}/demo.html?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
     )];
     for i in 1..=3 {
         pages.push((
             ["sub1", "sub2", "sub3"][i - 1],
-            format!("{base}/?room={room}&identity=viewer{i}&autojoin=1&publish=0"),
+            format!("{base}/demo.html?room={room}&identity=viewer{i}&autojoin=1&publish=0"),
         ));
     }
     let mut browser = Browser::launch(&pages).await;

@@ -132,7 +132,7 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     let room = "spanning";
     let page = |node: &NodeProcess, who: &str| {
         format!(
-            "{}/?room={room}&identity={who}&autojoin=1&publish=1&simulcast=0",
+            "{}/demo.html?room={room}&identity={who}&autojoin=1&publish=1&simulcast=0",
             node.url()
         )
     };

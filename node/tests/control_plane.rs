@@ -471,13 +471,16 @@ async fn draining_a_subscribers_node_moves_it_and_its_video_resumes() {
         (
             "pub",
             format!(
-                "{}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=0",
+                "{}/demo.html?room={room}&identity=alice&autojoin=1&publish=1&simulcast=0",
                 url(0)
             ),
         ),
         (
             "sub",
-            format!("{}/?room={room}&identity=bob&autojoin=1&publish=0", url(1)),
+            format!(
+                "{}/demo.html?room={room}&identity=bob&autojoin=1&publish=0",
+                url(1)
+            ),
         ),
     ])
     .await;
@@ -522,13 +525,16 @@ async fn an_audience_member_promoted_on_one_node_is_seen_on_another_and_demotion
         (
             "carol",
             format!(
-                "{}/?room={room}&identity=carol&autojoin=1&publish=0&simulcast=0",
+                "{}/demo.html?room={room}&identity=carol&autojoin=1&publish=0&simulcast=0",
                 url(2)
             ),
         ),
         (
             "dave",
-            format!("{}/?room={room}&identity=dave&autojoin=1&publish=0", url(0)),
+            format!(
+                "{}/demo.html?room={room}&identity=dave&autojoin=1&publish=0",
+                url(0)
+            ),
         ),
     ])
     .await;

@@ -28,12 +28,16 @@ async fn a_layer_nobody_watches_is_paused_at_the_publisher_and_comes_back_when_w
         &[
             (
                 "pub",
-                format!("{b1}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
+                format!(
+                    "{b1}/demo.html?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"
+                ),
             ),
             (
                 "sub",
                 // 160 pixels wide: the 160x120 layer is all it needs.
-                format!("{b2}/?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=160"),
+                format!(
+                    "{b2}/demo.html?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=160"
+                ),
             ),
         ],
         &[noise_camera(&dir)],

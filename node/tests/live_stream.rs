@@ -25,7 +25,7 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
     let mut alice = Browser::launch_with_args(
         &[(
             "alice",
-            format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+            format!("{base}/demo.html?room={room}&identity=alice&autojoin=1&publish=1"),
         )],
         &red,
     )
@@ -207,7 +207,7 @@ async fn room_recording_cost() {
     let mut browser = Browser::launch_with_args(
         &[(
             "pub",
-            format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+            format!("{base}/demo.html?room={room}&identity=alice&autojoin=1&publish=1"),
         )],
         &args,
     )
@@ -285,7 +285,7 @@ async fn room_recording_cost() {
         browser
             .open(
                 &format!("sub{i}"),
-                &format!("{base}/?room={room}&identity=v{i}&autojoin=1&publish=0"),
+                &format!("{base}/demo.html?room={room}&identity=v{i}&autojoin=1&publish=0"),
             )
             .await;
     }

@@ -178,7 +178,7 @@ fn resumed_at(s: &Sample, page: &str) -> Option<u64> {
 async fn pages(p: &Processes) -> Browser {
     let page = |who: &str, publish: u8| {
         format!(
-            "{}/?room={ROOM}&identity={who}&autojoin=1&publish={publish}&simulcast=0&control={}",
+            "{}/demo.html?room={ROOM}&identity={who}&autojoin=1&publish={publish}&simulcast=0&control={}",
             p.node(0).url(),
             p.control
         )

@@ -111,7 +111,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     let mut browser = Browser::launch(&[(
         "pub",
         format!(
-            "{}/?room={room}&identity=alice&autojoin=1&publish=1",
+            "{}/demo.html?room={room}&identity=alice&autojoin=1&publish=1",
             cluster.url(0)
         ),
     )])
@@ -296,7 +296,7 @@ async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
     let mut browser = Browser::launch(&[(
         "pub",
         format!(
-            "{}/?room={room}&identity=bob&autojoin=1&publish=1",
+            "{}/demo.html?room={room}&identity=bob&autojoin=1&publish=1",
             node.url()
         ),
     )])
@@ -409,7 +409,7 @@ async fn recording_cost() {
     let room = "rec-bench";
     let mut browser = Browser::launch(&[(
         "pub",
-        format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1"),
+        format!("{base}/demo.html?room={room}&identity=alice&autojoin=1&publish=1"),
     )])
     .await;
     let http = common::http();
@@ -482,7 +482,7 @@ async fn recording_cost() {
         browser
             .open(
                 &format!("sub{i}"),
-                &format!("{base}/?room={room}&identity=v{i}&autojoin=1&publish=0"),
+                &format!("{base}/demo.html?room={room}&identity=v{i}&autojoin=1&publish=0"),
             )
             .await;
     }

@@ -106,7 +106,7 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
     let blue = camera_and_tone(&dir, "blue", "blue", "640x360", 660);
     let page = |node: usize, who: &str| {
         format!(
-            "{}/?room={room}&identity={who}&autojoin=1&publish=1",
+            "{}/demo.html?room={room}&identity={who}&autojoin=1&publish=1",
             cluster.url(node)
         )
     };

@@ -1,4 +1,5 @@
-//! The demo web client and, in development mode only, a token endpoint for it.
+//! The demo web client (`/demo.html`, and `/` when the meeting app is not built: see
+//! [`super::app`]) and, in development mode only, a token endpoint for it and the app.
 //!
 //! The pages are plain HTML and JavaScript compiled into the binary: nothing to build, nothing
 //! to install.
@@ -22,7 +23,7 @@ const WHIP_WHEP_JS: &str = include_str!("../../web/whipwhep.js");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { html(INDEX) }))
+        .route("/demo.html", get(|| async { index() }))
         .route(
             "/app.js",
             get(|| async {
@@ -58,6 +59,11 @@ async fn admission(State(state): State<AppState>) -> Result<StatusCode, Problem>
     }
 }
 
+/// The demo page.
+pub(super) fn index() -> impl IntoResponse {
+    html(INDEX)
+}
+
 fn html(body: &'static str) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body)
 }
@@ -73,6 +79,9 @@ struct TokenQuery {
     /// Administer the room (see raised hands, promote and demote).
     #[serde(default)]
     admin: bool,
+    /// Display name (default: the identity).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -110,6 +119,16 @@ async fn dev_token(
     );
     let mut claims = claims;
     claims.video.room_admin = q.admin;
+    if let Some(name) = q.name.filter(|n| !n.is_empty()) {
+        if name.len() > 128 {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad_name",
+                "name must be at most 128 characters",
+            ));
+        }
+        claims.name = Some(name);
+    }
     let token = state.auth.sign(&claims)?;
     Ok(Json(serde_json::json!({ "token": token })))
 }

@@ -1,7 +1,9 @@
-//! The node's HTTP surface: WebSocket signaling, WHIP and WHEP, the demo page, health,
-//! readiness and metrics. Runs on the multi-threaded tokio runtime; media stays on the workers.
+//! The node's HTTP surface: WebSocket signaling, WHIP and WHEP, the meeting app and the demo
+//! page, health, readiness and metrics. Runs on the multi-threaded tokio runtime; media stays
+//! on the workers.
 
 mod admin;
+mod app;
 mod demo;
 pub mod gate;
 mod problem;
@@ -235,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(recordings::routes())
         .merge(demo::routes())
+        .merge(app::routes(&state.config.web.app_dir))
         .layer(cors)
         .with_state(state)
 }

@@ -56,12 +56,12 @@ impl LimitedRoom {
             &[
                 (
                     "pub",
-                    format!("{base}/?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
+                    format!("{base}/demo.html?room={room}&identity=alice&autojoin=1&publish=1&simulcast=1"),
                 ),
                 (
                     "sub",
                     // Rendered large: it would take the top layer if the bandwidth allowed.
-                    format!("{base}/?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=640"),
+                    format!("{base}/demo.html?room={room}&identity=bob&autojoin=1&publish=0&tilewidth=640"),
                 ),
             ],
             &[camera],
