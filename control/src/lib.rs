@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cli_args;
+pub mod federation;
 pub mod http_server;
 pub mod keys;
 pub mod membership;

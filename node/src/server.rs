@@ -120,6 +120,7 @@ impl Server {
                 )
             },
         };
+        let webhooks = workers.webhooks.clone();
         let media = MediaPlane::start(workers, metrics.clone())?;
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
@@ -232,6 +233,7 @@ impl Server {
                         membership.clone(),
                         etcd,
                         metrics.federation.clone(),
+                        webhooks,
                     )
                     .await
                     .context("federation")?,

@@ -6,13 +6,15 @@
 
 mod common;
 
-use common::control::{eventually, ws_join};
+use common::control::{authed, eventually, ws_join};
 use common::{Browser, browser_lock, expect_media, http, stat};
 use serde_json::{Value, json};
 use sfu_control::auth::{admin_claims, join_claims, mint};
 use sfu_control::testing::Etcd;
 use sfu_node::federation::{FederationConfig, PeerConfig};
 use sfu_node::{Config, Server};
+use sfu_proto::control as pb;
+use sfu_proto::control::federation_service_client::FederationServiceClient;
 use sfu_proto::relay::frame::Body;
 use sfu_proto::relay::{Frame, Subscribe};
 use sfu_relay::NodeId;
@@ -121,7 +123,7 @@ fn write(path: &Path, text: &str) {
 
 /// Creates each side's mesh certificates and federation CA and certificate, then starts both
 /// gateways, each trusting only the other's federation CA.
-async fn start_pair() -> (Side, Side) {
+async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
     let _ = common::tracing_subscriber_init();
     let root = std::env::temp_dir().join(format!(
         "sfu-fed-{}-{}",
@@ -146,6 +148,22 @@ async fn start_pair() -> (Side, Side) {
         let port = common::process::free_udp_port();
         plans.push((short, name, dir, SocketAddr::from(([127, 0, 0, 1], port))));
     }
+    let (hooks_tx, hooks) = mpsc::unbounded_channel::<Value>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let tx = hooks_tx.clone();
+            async move {
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    let _ = tx.send(v);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
     let mut sides = Vec::new();
     for i in 0..2 {
         let (short, name, dir, fed_addr): (&str, String, PathBuf, SocketAddr) = plans[i].clone();
@@ -174,6 +192,9 @@ async fn start_pair() -> (Side, Side) {
                 ca: peer_dir.join("fed-ca.pem"),
             }],
         });
+        if short == "b" {
+            gateway.webhook.urls = vec![hook.clone()];
+        }
         let node = Server::start(gateway).await.expect("gateway starts");
         let plain = Server::start(config(format!("{short}2")))
             .await
@@ -190,7 +211,20 @@ async fn start_pair() -> (Side, Side) {
     }
     let b = sides.pop().unwrap();
     let a = sides.pop().unwrap();
-    (a, b)
+    (a, b, hooks)
+}
+
+/// Waits for a webhook `event` about participant `identity`.
+async fn hook_about(hooks: &mut mpsc::UnboundedReceiver<Value>, event: &str, identity: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(v) = hooks.recv().await {
+            if v["event"] == event && v["participant"]["identity"] == identity {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {event} webhook for {identity}");
 }
 
 /// A link manager outside both clusters, reporting what it is told.
@@ -351,7 +385,7 @@ fn identities(joined: &Value) -> Vec<String> {
 async fn two_clusters_share_a_mapped_room() {
     let _guard = browser_lock().await;
     let started = Instant::now();
-    let (a, b) = start_pair().await;
+    let (a, b, mut hooks) = start_pair().await;
     let fa = a.node.federation.clone().unwrap();
     let fb = b.node.federation.clone().unwrap();
     assert!(
@@ -382,7 +416,59 @@ async fn two_clusters_share_a_mapped_room() {
     a.map("joint", "b.example", "joint-with-a").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!a.active("joint").await, "one side's mapping is not enough");
-    b.map("joint-with-a", "a.example", "joint").await;
+    // B maps through its control plane's FederationService (A through its gateway's API).
+    let keys: std::collections::BTreeMap<String, String> =
+        [(b.key.clone(), b.secret.clone())].into();
+    let control = sfu_control::service::connect(std::slice::from_ref(&b.etcd.endpoint), "b", &keys)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sfu_control::service::serve(
+        control,
+        listener,
+        std::future::pending(),
+    ));
+    let mut fed = FederationServiceClient::connect(grpc).await.unwrap();
+    let unknown = fed
+        .map_room(authed(
+            &b.admin(),
+            pb::MapRoomRequest {
+                room: "joint-with-a".into(),
+                peer: "c.example".into(),
+                peer_room: "joint".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let peers = eventually(Duration::from_secs(5), || {
+        let mut fed = fed.clone();
+        let token = b.admin();
+        async move {
+            let r = fed
+                .list_peers(authed(&token, pb::ListFederationPeersRequest {}))
+                .await
+                .ok()?
+                .into_inner();
+            (r.peers.len() == 1 && r.peers[0].linked_gateways == ["b1"]).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        peers.is_some(),
+        "B's control plane lists a.example linked through b1"
+    );
+    fed.map_room(authed(
+        &b.admin(),
+        pb::MapRoomRequest {
+            room: "joint-with-a".into(),
+            peer: "a.example".into(),
+            peer_room: "joint".into(),
+        },
+    ))
+    .await
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
             (a.active("joint").await && b.active("joint-with-a").await).then_some(())
@@ -397,7 +483,7 @@ async fn two_clusters_share_a_mapped_room() {
     // another relay link.
     let page = |s: &Side, room: &str, identity: &str| {
         format!(
-            "{}/?room={room}&identity={identity}&autojoin=1&publish=1&token={}",
+            "{}/demo.html?room={room}&identity={identity}&autojoin=1&publish=1&token={}",
             s.plain_url(),
             s.token(identity, room)
         )
@@ -425,6 +511,9 @@ async fn two_clusters_share_a_mapped_room() {
             "{last:#}"
         );
     }
+
+    // B's webhooks announce A's participant, namespaced.
+    hook_about(&mut hooks, "participant_joined", "a.example/alice").await;
 
     // Metrics per peer: the link is up, one room is mapped, media arrives from the peer, and
     // the unconfigured name probed above was counted.
@@ -466,7 +555,21 @@ async fn two_clusters_share_a_mapped_room() {
     );
 
     // Unmapping on one side (B) stops media both ways within seconds.
-    b.unmap("joint-with-a").await;
+    let listed = fed
+        .list_mappings(authed(&b.admin(), pb::ListMappingsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.mappings.len(), 1);
+    assert!(listed.mappings[0].active, "{listed:?}");
+    fed.unmap_room(authed(
+        &b.admin(),
+        pb::UnmapRoomRequest {
+            room: "joint-with-a".into(),
+        },
+    ))
+    .await
+    .unwrap();
     let unmapped = Instant::now();
     let mut prev = (0.0, 0.0);
     let mut still = 0;
@@ -489,6 +592,8 @@ async fn two_clusters_share_a_mapped_room() {
         "media stopped {stop_secs:.1} s after the unmap"
     );
     assert!(!a.active("joint").await, "A sees the room unmapped");
+    a.unmap("joint").await;
+    hook_about(&mut hooks, "participant_left", "a.example/alice").await;
     browser.stop().await;
 
     // A peer asking for a room that is not mapped is refused. The probe speaks as A's gateway

@@ -3,6 +3,9 @@
 //! Tables for people by default, `--json` for scripts. Tokens are signed locally with the API
 //! key and secret (the development key by default).
 
+#[path = "sfuctl/federation.rs"]
+mod federation;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sfu_control::auth::{admin_claims, join_claims, mint};
@@ -102,6 +105,11 @@ enum Cmd {
     Recordings {
         #[command(subcommand)]
         command: RecordingsCmd,
+    },
+    /// Federation with other organisations' clusters: peers and room mappings.
+    Federation {
+        #[command(subcommand)]
+        command: federation::FederationCmd,
     },
 }
 
@@ -599,6 +607,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("node {node} is draining");
             }
+        }
+        Cmd::Federation { command } => {
+            federation::run(command, &cli.url, cli.ca.as_deref(), &admin, json).await?;
         }
         Cmd::Recordings { command } => {
             let mut c = RecordingServiceClient::new(channel(&cli.url, cli.ca.as_deref()).await?);

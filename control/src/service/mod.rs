@@ -12,6 +12,7 @@
 //! - [`join`]: placement of joining participants, gRPC and JSON.
 //! - [`recordings`]: the `RecordingService` (track recordings, run by the nodes).
 
+mod federation;
 mod join;
 mod nodes;
 mod recordings;
@@ -26,6 +27,7 @@ use crate::placement::Policy;
 use crate::records::{Key, NodeRecord, RoomConfig};
 use crate::registry::{EtcdAccess, EtcdRegistry, Registry};
 use sfu_proto::control as pb;
+use sfu_proto::control::federation_service_server::FederationServiceServer;
 use sfu_proto::control::join_service_server::JoinServiceServer;
 use sfu_proto::control::node_service_server::NodeServiceServer;
 use sfu_proto::control::recording_service_server::RecordingServiceServer;
@@ -270,6 +272,7 @@ pub async fn serve_with(
         .add_service(NodeServiceServer::new(api.clone()))
         .add_service(JoinServiceServer::new(api.clone()))
         .add_service(RecordingServiceServer::new(api.clone()))
+        .add_service(FederationServiceServer::new(api.clone()))
         .into_axum_router();
     let json = axum::Router::new()
         .route("/v1/join", axum::routing::post(join::join_json))

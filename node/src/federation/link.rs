@@ -17,7 +17,9 @@ use super::mapping::Mappings;
 use super::metrics::{FederationMetrics, PeerCounters, PeerLabels};
 use super::roster;
 use crate::cluster::Router;
+use crate::webhook::{Event, ParticipantRef, Webhooks};
 use sfu_control::Membership;
+use sfu_control::federation::PeerRecord;
 use sfu_proto::relay::frame::Body;
 use sfu_proto::relay::{FlowClose, Frame, Refused, Subscribe, refused::Reason};
 use sfu_relay::NodeId;
@@ -70,6 +72,8 @@ struct Peer {
     flows: HashMap<u32, String>,
     /// Registry keys written for the peer's participants and tracks, per our room.
     written: HashMap<String, Vec<String>>,
+    /// The peer's participants announced in each of our rooms (for webhooks).
+    members: HashMap<String, Vec<ParticipantRef>>,
     sent_rosters: HashMap<String, Vec<u8>>,
     counters: PeerCounters,
 }
@@ -87,11 +91,16 @@ pub struct FederationLinks {
     peers: Mutex<HashMap<String, Peer>>,
     pub stats: Stats,
     metrics: FederationMetrics,
+    /// The peer records last written to the registry (for the control plane), per peer.
+    published: Mutex<HashMap<String, PeerRecord>>,
+    webhooks: Webhooks,
 }
 
-/// The room a frame is about, if it names one.
-fn room_of(body: &mut Body) -> Option<&mut String> {
-    match body {
+/// The room a frame is about (`Ok(None)`: it names none), or `Err` for a frame that never
+/// crosses a federation link (a kind this module does not know: it fails closed).
+#[allow(unreachable_patterns)]
+fn room_of(body: &mut Body) -> Result<Option<&mut String>, ()> {
+    Ok(match body {
         Body::Subscribe(s) => Some(&mut s.room),
         Body::Accepted(a) => Some(&mut a.room),
         Body::Redirect(r) => Some(&mut r.room),
@@ -100,8 +109,9 @@ fn room_of(body: &mut Body) -> Option<&mut String> {
         Body::KeyframeRequest(k) => Some(&mut k.room),
         Body::TrackEnded(e) => Some(&mut e.room),
         Body::AudioLevels(l) => Some(&mut l.room),
-        Body::FlowClose(_) | Body::Nack(_) | Body::Hello(_) => None,
-    }
+        Body::FlowClose(_) | Body::Nack(_) => None,
+        _ => return Err(()),
+    })
 }
 
 fn refused(room: String, track: u64, detail: &str) -> Frame {
@@ -115,27 +125,35 @@ fn refused(room: String, track: u64, detail: &str) -> Frame {
     }
 }
 
+/// Who a gateway is: its federation name, its node id, and the peers it may link to.
+pub struct Names {
+    pub name: String,
+    pub node_id: String,
+    pub peers: Vec<String>,
+}
+
 impl FederationLinks {
     pub fn new(
-        name: String,
-        node_id: &str,
-        allowed: Vec<String>,
+        names: Names,
         router: Router,
         membership: Membership,
         mappings: Arc<Mappings>,
         metrics: FederationMetrics,
+        webhooks: Webhooks,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            name,
-            node_id: node_id.to_owned(),
-            allowed,
+            name: names.name,
+            node_id: names.node_id,
+            allowed: names.peers,
             router,
             membership,
             mappings,
             peers: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             metrics,
+            published: Mutex::new(HashMap::new()),
+            webhooks,
         })
     }
 
@@ -161,7 +179,7 @@ impl FederationLinks {
         let mut body = frame.body?;
         let peers = self.peers();
         let p = peers.get(peer)?;
-        if let Some(room) = room_of(&mut body) {
+        if let Some(room) = room_of(&mut body).ok()? {
             let Some(theirs) = p.active.get(room.as_str()) else {
                 bump(&self.stats.outbound_dropped);
                 self.metrics.refuse("outbound_unmapped");
@@ -185,6 +203,40 @@ impl FederationLinks {
     /// Runs every few hundred milliseconds: sends our mappings and rosters where they
     /// changed, and stops what crosses for rooms no longer mapped by both sides.
     pub fn sync(&self) {
+        self.sync_links();
+        self.publish();
+    }
+
+    /// Writes, for each configured peer, whether it is linked and which rooms cross, where that
+    /// changed (under the gateway's lease: the records go with it).
+    fn publish(&self) {
+        let records: Vec<PeerRecord> = {
+            let peers = self.peers();
+            self.allowed
+                .iter()
+                .map(|name| PeerRecord {
+                    peer: name.clone(),
+                    gateway: self.node_id.clone(),
+                    linked: peers.contains_key(name),
+                    active_rooms: peers
+                        .get(name)
+                        .map(|p| p.active.keys().cloned().collect())
+                        .unwrap_or_default(),
+                })
+                .collect()
+        };
+        let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            if published.get(&r.peer) != Some(&r) {
+                let key =
+                    sfu_control::federation::peer_key(self.membership.keys(), &r.peer, &r.gateway);
+                self.membership.set_json(key, &r);
+                published.insert(r.peer.clone(), r);
+            }
+        }
+    }
+
+    fn sync_links(&self) {
         let mut peers = self.peers();
         for (name, p) in peers.iter_mut() {
             let mine = self.mappings.with_peer(name);
@@ -210,6 +262,28 @@ impl FederationLinks {
                     p.sent_rosters.insert(ours.clone(), bytes);
                 }
             }
+        }
+    }
+
+    /// `participant_joined` / `participant_left` for the peer's participants in our `room`:
+    /// those in `now` and not in `before`, and the other way round.
+    fn announce(&self, room: &str, before: &[ParticipantRef], now: &[ParticipantRef]) {
+        let hook = |event, p: &ParticipantRef| {
+            let mut e = Event::new(event, &self.node_id, room);
+            e.participant = Some(p.clone());
+            self.webhooks.send(e);
+        };
+        for p in now
+            .iter()
+            .filter(|p| !before.iter().any(|b| b.sid == p.sid))
+        {
+            hook("participant_joined", p);
+        }
+        for p in before
+            .iter()
+            .filter(|b| !now.iter().any(|p| p.sid == b.sid))
+        {
+            hook("participant_left", p);
         }
     }
 
@@ -294,6 +368,7 @@ impl FederationLinks {
         for key in p.written.remove(room).unwrap_or_default() {
             self.membership.remove(key);
         }
+        self.announce(room, &p.members.remove(room).unwrap_or_default(), &[]);
         p.sent_rosters.remove(room);
     }
 
@@ -340,7 +415,17 @@ impl FederationLinks {
                                 self.membership.remove(old);
                             }
                         }
-                        p.written.insert(room, written);
+                        p.written.insert(room.clone(), written);
+                        let members: Vec<ParticipantRef> = ps
+                            .iter()
+                            .map(|r| ParticipantRef {
+                                sid: r.sid.clone(),
+                                identity: r.identity.clone(),
+                                name: r.name.clone(),
+                            })
+                            .collect();
+                        let before = p.members.insert(room.clone(), members.clone());
+                        self.announce(&room, &before.unwrap_or_default(), &members);
                     }
                     Err(e) => {
                         bump(&self.stats.rosters_refused);
@@ -422,6 +507,7 @@ impl LinkHandler for FederationLinks {
                 fed: HashSet::new(),
                 flows: HashMap::new(),
                 written: HashMap::new(),
+                members: HashMap::new(),
                 sent_rosters: HashMap::new(),
                 counters: PeerCounters::new(&self.metrics, &peer),
             },
@@ -458,6 +544,9 @@ impl LinkHandler for FederationLinks {
                 self.membership.remove(k);
             }
         }
+        for (room, members) in p.members.drain() {
+            self.announce(&room, &members, &[]);
+        }
         self.router.link_down(&p.link_name);
     }
 
@@ -468,7 +557,11 @@ impl LinkHandler for FederationLinks {
             return;
         };
         let mut ours = None;
-        if let Some(room) = room_of(&mut body) {
+        let Ok(named) = room_of(&mut body) else {
+            self.metrics.refuse("unknown_frame");
+            return;
+        };
+        if let Some(room) = named {
             // The peer names our rooms as we do (each side translates what it sends).
             let Some(local) = p.active.contains_key(room.as_str()).then(|| room.clone()) else {
                 bump(&self.stats.frames_unmapped);

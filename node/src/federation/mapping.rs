@@ -3,20 +3,10 @@
 //! gateways), so every gateway of the cluster, and the one that takes over, sees the same ones.
 //! A room crosses only while both sides map it to each other (see [`super::link`]).
 
-use serde::{Deserialize, Serialize};
-use sfu_control::{EtcdRegistry, Registry, registry::RegistryError};
+pub use sfu_control::federation::RoomMapping;
+use sfu_control::{EtcdRegistry, Keys, Registry, registry::RegistryError};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-
-/// Our side of one mapping.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RoomMapping {
-    /// Our room.
-    pub room: String,
-    pub peer: String,
-    /// The peer's room, as the peer names it.
-    pub peer_room: String,
-}
 
 /// The mappings, as last read.
 pub struct Mappings {
@@ -27,10 +17,10 @@ pub struct Mappings {
 }
 
 impl Mappings {
-    pub fn new(registry: EtcdRegistry, cluster_prefix: &str) -> Self {
+    pub fn new(registry: EtcdRegistry, keys: &Keys) -> Self {
         Self {
             registry,
-            prefix: format!("{cluster_prefix}federation/rooms/"),
+            prefix: sfu_control::federation::rooms_prefix(keys),
             current: RwLock::new(BTreeMap::new()),
         }
     }

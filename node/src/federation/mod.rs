@@ -69,6 +69,7 @@ impl Federation {
         membership: Membership,
         registry: EtcdRegistry,
         metrics: metrics::FederationMetrics,
+        webhooks: crate::webhook::Webhooks,
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let mut cas = Vec::new();
@@ -90,15 +91,18 @@ impl Federation {
         )
         .context("federation identity")?
         .with_alpn(ALPN);
-        let mappings = Arc::new(Mappings::new(registry, membership.keys().prefix()));
+        let mappings = Arc::new(Mappings::new(registry, membership.keys()));
         let state = FederationLinks::new(
-            config.name.clone(),
-            node_id,
-            config.peers.iter().map(|p| p.name.clone()).collect(),
+            link::Names {
+                name: config.name.clone(),
+                node_id: node_id.to_owned(),
+                peers: config.peers.iter().map(|p| p.name.clone()).collect(),
+            },
             Router::new(media),
             membership,
             mappings.clone(),
             metrics,
+            webhooks,
         );
         let links = LinkManager::start(
             config.bind,

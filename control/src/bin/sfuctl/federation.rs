@@ -1,0 +1,134 @@
+//! `sfuctl federation`: the peers this cluster's gateways are configured for, and room
+//! mappings with them (`FederationService`).
+
+use super::{authed, channel, table};
+use clap::Subcommand;
+use sfu_proto::control as pb;
+use sfu_proto::control::federation_service_client::FederationServiceClient;
+
+#[derive(Subcommand)]
+pub enum FederationCmd {
+    /// Peers (other organisations' clusters) the gateways are configured for.
+    Peers {
+        #[command(subcommand)]
+        command: PeersCmd,
+    },
+    /// Rooms mapped to a peer's rooms.
+    Rooms {
+        #[command(subcommand)]
+        command: RoomsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PeersCmd {
+    /// Each peer with the gateways configured for it and those linked now.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum RoomsCmd {
+    /// Maps our ROOM to the peer's room: it crosses once the peer maps it back.
+    Map {
+        room: String,
+        #[arg(long)]
+        peer: String,
+        /// The peer's room (as the peer names it); defaults to ROOM.
+        #[arg(long)]
+        peer_room: Option<String>,
+    },
+    /// Unmaps ROOM: what crosses for it stops within seconds.
+    Unmap { room: String },
+    /// Our mappings, each with whether the peer maps it back (active).
+    List,
+}
+
+fn mapping(m: &pb::RoomMapping) -> serde_json::Value {
+    serde_json::json!({"room": m.room, "peer": m.peer, "peer_room": m.peer_room, "active": m.active})
+}
+
+pub async fn run(
+    command: FederationCmd,
+    url: &str,
+    ca: Option<&std::path::Path>,
+    admin: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut c = FederationServiceClient::new(channel(url, ca).await?);
+    let print =
+        |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    match command {
+        FederationCmd::Peers {
+            command: PeersCmd::List,
+        } => {
+            let r = c
+                .list_peers(authed(admin, pb::ListFederationPeersRequest {}))
+                .await?
+                .into_inner();
+            if json {
+                print(serde_json::json!(r.peers.iter().map(|p| serde_json::json!({
+                    "name": p.name, "gateways": p.gateways, "linked_gateways": p.linked_gateways,
+                })).collect::<Vec<_>>()));
+            } else {
+                let rows = r.peers.iter().map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.gateways.join(","),
+                        p.linked_gateways.join(","),
+                    ]
+                });
+                table(&["PEER", "GATEWAYS", "LINKED"], rows.collect());
+            }
+        }
+        FederationCmd::Rooms { command } => match command {
+            RoomsCmd::Map {
+                room,
+                peer,
+                peer_room,
+            } => {
+                let req = pb::MapRoomRequest {
+                    peer_room: peer_room.unwrap_or_else(|| room.clone()),
+                    room,
+                    peer,
+                };
+                let m = c.map_room(authed(admin, req)).await?.into_inner();
+                if json {
+                    print(mapping(&m));
+                } else {
+                    println!("mapped {} to {}/{}", m.room, m.peer, m.peer_room);
+                }
+            }
+            RoomsCmd::Unmap { room } => {
+                let req = pb::UnmapRoomRequest { room: room.clone() };
+                c.unmap_room(authed(admin, req)).await?;
+                if json {
+                    print(serde_json::json!({ "unmapped": room }));
+                } else {
+                    println!("unmapped {room}");
+                }
+            }
+            RoomsCmd::List => {
+                let r = c
+                    .list_mappings(authed(admin, pb::ListMappingsRequest {}))
+                    .await?
+                    .into_inner();
+                if json {
+                    print(serde_json::json!(
+                        r.mappings.iter().map(mapping).collect::<Vec<_>>()
+                    ));
+                } else {
+                    let rows = r.mappings.iter().map(|m| {
+                        vec![
+                            m.room.clone(),
+                            m.peer.clone(),
+                            m.peer_room.clone(),
+                            if m.active { "yes" } else { "no" }.to_owned(),
+                        ]
+                    });
+                    table(&["ROOM", "PEER", "PEER ROOM", "ACTIVE"], rows.collect());
+                }
+            }
+        },
+    }
+    Ok(())
+}
