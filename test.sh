@@ -42,6 +42,9 @@ if [ ! -d node/tests/browser/node_modules/playwright-core ] ||
   npm ci --prefix node/tests/browser --no-audit --no-fund --loglevel=error
 fi
 
+# The meeting app (node/tests/meeting_app.rs serves app/dist), rebuilt when its sources changed.
+app/build.sh
+
 # LiveKit's Python SDK (its wheel carries its native library), pinned, in a venv of its own.
 if [ ! -x target/lk-venv/bin/python ] ||
   ! target/lk-venv/bin/python -c 'import livekit.rtc' >/dev/null 2>&1; then

@@ -5,7 +5,10 @@
 // (`args`: extra Chromium flags, e.g. a video file for the fake camera)
 // stdin: JSON lines {"open":{"name":..,"url":..}}, {"eval":{"name":..,"js":..}},
 // {"script":{"name":..,"path":..}} (a script file run in the page, e.g. an npm package's UMD
-// build) or {"close":"name"}; EOF ends the run.
+// build), {"fill":{"name":..,"selector":..,"value":..}} and {"click":{"name":..,"selector":..}}
+// (as a user types and clicks: React pages see them), {"screenshot":{"name":..,"path":..}}
+// (a PNG, plus PATH.json with its size and pixel statistics, measured by Chromium) or
+// {"close":"name"}; EOF ends the run.
 
 import { chromium } from "playwright-core";
 import readline from "node:readline";
@@ -54,6 +57,45 @@ async function sample(page) {
   }
 }
 
+// Saves a PNG of the page and, next to it, what it holds: its byte size, its pixel size, the
+// number of distinct colours (in 4-bit steps) and the luminance's standard deviation, decoded
+// by Chromium in a blank page of its own (a blank or one-colour screenshot has ~1 and ~0).
+async function screenshot(page, path) {
+  const png = await page.screenshot({ path });
+  const probe = await context.newPage();
+  try {
+    const stats = await probe.evaluate(async (b64) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${b64}`;
+      await img.decode();
+      const c = document.createElement("canvas");
+      c.width = img.width;
+      c.height = img.height;
+      const g = c.getContext("2d");
+      g.drawImage(img, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      const colours = new Set();
+      let sum = 0;
+      let sq = 0;
+      const n = d.length / 4;
+      for (let i = 0; i < d.length; i += 4) {
+        colours.add(((d[i] >> 4) << 8) | ((d[i + 1] >> 4) << 4) | (d[i + 2] >> 4));
+        const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2];
+        sum += y;
+        sq += y * y;
+      }
+      const mean = sum / n;
+      return { width: c.width, height: c.height, colours: colours.size, stddev: Math.sqrt(sq / n - mean * mean) };
+    }, png.toString("base64"));
+    // Written whole, then renamed: the test reads it as soon as it exists.
+    const { rename, writeFile } = await import("node:fs/promises");
+    await writeFile(`${path}.json.part`, JSON.stringify({ bytes: png.length, ...stats }));
+    await rename(`${path}.json.part`, `${path}.json`);
+  } finally {
+    await probe.close();
+  }
+}
+
 for (const p of spec.pages) await open(p.name, p.url);
 
 let done = false;
@@ -69,6 +111,18 @@ rl.on("line", async (line) => {
     if (cmd.script) {
       const page = pages.get(cmd.script.name);
       if (page) await page.addScriptTag({ path: cmd.script.path });
+    }
+    if (cmd.fill) {
+      const page = pages.get(cmd.fill.name);
+      if (page) await page.fill(cmd.fill.selector, cmd.fill.value);
+    }
+    if (cmd.click) {
+      const page = pages.get(cmd.click.name);
+      if (page) await page.click(cmd.click.selector);
+    }
+    if (cmd.screenshot) {
+      const page = pages.get(cmd.screenshot.name);
+      if (page) await screenshot(page, cmd.screenshot.path);
     }
     if (cmd.close) {
       const page = pages.get(cmd.close);

@@ -171,6 +171,25 @@ impl Browser {
             .await;
     }
 
+    /// Types `value` into the element `selector` matches, as a user does.
+    pub async fn fill(&mut self, name: &str, selector: &str, value: &str) {
+        let cmd = serde_json::json!({"fill": {"name": name, "selector": selector, "value": value}});
+        self.command(cmd).await;
+    }
+
+    /// Clicks the element `selector` matches, as a user does.
+    pub async fn click(&mut self, name: &str, selector: &str) {
+        let cmd = serde_json::json!({"click": {"name": name, "selector": selector}});
+        self.command(cmd).await;
+    }
+
+    /// Saves a PNG of the page at `path`; the driver writes `PATH.json` with its statistics
+    /// (`bytes`, `width`, `height`, `colours`, `stddev`) once it is saved.
+    pub async fn screenshot(&mut self, name: &str, path: &std::path::Path) {
+        let cmd = serde_json::json!({"screenshot": {"name": name, "path": path}});
+        self.command(cmd).await;
+    }
+
     pub async fn close_page(&mut self, name: &str) {
         self.command(serde_json::json!({ "close": name })).await;
     }
