@@ -88,8 +88,8 @@ impl LinkHandler for Router {
                 .track_owner(&k.room, sfu_core::TrackId(k.track))
                 .unwrap_or_else(|| self.media.worker_for(&k.room)),
             Some(Body::TrackEnded(e)) => self.media.worker_for(&e.room),
-            // Every worker of the room ranks speakers.
-            Some(Body::AudioLevels(_)) => {
+            // Every worker of the room ranks speakers, and delivers data to its participants.
+            Some(Body::AudioLevels(_)) | Some(Body::UserData(_)) => {
                 self.broadcast(|| ClusterInput::Frame {
                     from: from.clone(),
                     frame: frame.clone(),

@@ -64,6 +64,15 @@ fn remote_track<'a>(s: &'a Sample, page: &str, identity: &str, source: &str) -> 
         .find(|t| t["source"] == source)
 }
 
+/// Sends a chat message with livekit-client's `publishData` (topic `chat`).
+async fn send_data(b: &mut Browser, page: &str, text: &str, reliable: bool, to: &[&str]) {
+    let js = format!(
+        "window.lkRoom.localParticipant.publishData(new TextEncoder().encode({text:?}), \
+         {{ reliable: {reliable}, topic: 'chat', destinationIdentities: {to:?} }})"
+    );
+    b.eval(page, &js).await;
+}
+
 /// Runs `tests/python/livekit_receive.py` with the Python SDK installed by test.sh (a venv
 /// under `target/lk-venv`) for `seconds`; returns what it printed.
 async fn python_receive(node: &str, identity: &str, seconds: u32) -> Value {
@@ -154,6 +163,18 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         "{s:#}"
     );
 
+    // Chat over the data channels, across nodes: to everyone on the reliable channel, and to
+    // one identity on the lossy one.
+    send_data(&mut b, "alice", "hello everyone", true, &[]).await;
+    send_data(&mut b, "bob", "psst alice", false, &["alice"]).await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            events(s, "bob").contains(&"data alice chat hello everyone".to_owned())
+                && events(s, "alice").contains(&"data bob chat psst alice".to_owned())
+        })
+        .await;
+    assert!(ok, "the chat messages did not arrive: {s:#}");
+
     // Alice mutes her camera: bob, on the other node, sees it muted.
     b.eval(
         "alice",
@@ -205,6 +226,28 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
                 .to_string()
                 .contains("carol")),
         "an audience member of a large room was announced: {s:#}"
+    );
+
+    // The audience chats too (its data-only publisher connection), and a message for carol
+    // reaches her alone.
+    send_data(&mut b, "carol", "hi from the audience", true, &[]).await;
+    send_data(&mut b, "bob", "for carol only", true, &["carol"]).await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            // Its sender is not one of their participants (a large room's audience is not
+            // announced): livekit-client gives no participant for it.
+            ["alice", "bob"]
+                .iter()
+                .all(|p| events(s, p).contains(&"data ? chat hi from the audience".to_owned()))
+                && events(s, "carol").contains(&"data bob chat for carol only".to_owned())
+        })
+        .await;
+    assert!(ok, "the audience's chat did not arrive: {s:#}");
+    assert!(
+        !events(&s, "alice")
+            .iter()
+            .any(|e| e.contains("for carol only")),
+        "a message for carol reached alice: {s:#}"
     );
 
     // LiveKit's Python SDK (PyPI, its wheel's native library) joins bob's node and decodes

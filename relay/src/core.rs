@@ -553,6 +553,8 @@ impl Relay {
                 }
             }
             Body::TrackEnded(e) => self.on_track_ended(from, e),
+            // Participants' data is delivered by the node's rooms, not relayed.
+            Body::UserData(_) => {}
             Body::AudioLevels(l) => {
                 if !l.levels.is_empty() {
                     self.outputs.push_back(Output::Levels {

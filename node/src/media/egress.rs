@@ -95,6 +95,13 @@ pub enum Effect {
         nodes: Vec<String>,
         levels: Vec<(TrackId, std::sync::Arc<str>, u8)>,
     },
+    /// A participant's data packet for the room's participants on `nodes` (other nodes, and
+    /// other workers of this one).
+    UserData {
+        room: String,
+        nodes: Vec<String>,
+        data: super::room_data::UserData,
+    },
 }
 
 /// See the module documentation.

@@ -13,6 +13,7 @@ mod plane;
 mod record;
 mod room;
 mod room_admin;
+mod room_data;
 mod room_drive;
 mod room_program;
 mod room_publish;

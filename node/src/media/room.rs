@@ -384,6 +384,7 @@ impl LocalRoom {
             tracks: Vec::new(),
             sources: HashMap::new(),
             track_sids: HashMap::new(),
+            data: Default::default(),
             last_hand: None,
             last_count_request: None,
         };

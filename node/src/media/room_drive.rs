@@ -44,6 +44,9 @@ pub struct EdgeDrops {
     pub unknown_track: u64,
     /// Packets a subscriber's peer connection refused to send.
     pub send_failed: u64,
+    /// Participants' data packets refused (too large, too many, not a participant's packet,
+    /// or not sendable to a recipient); see [`super::room_data`].
+    pub data_refused: u64,
 }
 
 impl LocalRoom {
@@ -252,6 +255,9 @@ impl LocalRoom {
                 RTCPeerConnectionState::Closed => self.on_peer_failed(now, key, "closed", out),
                 _ => {}
             },
+            RTCPeerConnectionEvent::OnDataChannel(
+                rtc::peer_connection::event::RTCDataChannelEvent::OnOpen(id),
+            ) => self.on_data_channel_open(key, id),
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                 let peer = &mut self.peers[key];
                 if let Some(inbound) = peer.inbound.get_mut(&init.track_id) {
@@ -289,6 +295,7 @@ impl LocalRoom {
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(now, key, &packets),
+            RTCMessage::DataChannelMessage(id, m) => self.on_data_message(now, key, id, m, out),
             _ => {}
         }
     }

@@ -57,6 +57,8 @@ pub(super) struct Participant {
     pub sources: HashMap<String, crate::signaling::protocol::TrackSourceName>,
     /// Sids announced before publishing, by msid track id (see `Command::Publish`).
     pub track_sids: HashMap<String, TrackId>,
+    /// Its data channels and data budget (see [`super::room_data`]).
+    pub data: super::room_data::DataState,
     /// When its last hand change or count request was accepted (each rate-limited).
     pub last_hand: Option<Instant>,
     pub last_count_request: Option<Instant>,
@@ -439,6 +441,7 @@ mod tests {
                 place: false,
                 sources: HashMap::new(),
                 track_sids: HashMap::new(),
+                data: Default::default(),
                 last_hand: None,
                 last_count_request: None,
             },

@@ -234,6 +234,23 @@ impl Worker {
                         .collect();
                     self.relay.share_levels(&room, &nodes, &levels);
                 }
+                Effect::UserData { room, nodes, data } => {
+                    for node in nodes {
+                        if let Some(link) = self.links.get(node.as_str()) {
+                            link.send_frame(sfu_proto::relay::Frame {
+                                body: Some(sfu_proto::relay::frame::Body::UserData(
+                                    sfu_proto::relay::UserData {
+                                        room: room.clone(),
+                                        participant: data.sender.clone(),
+                                        destinations: data.destinations.clone(),
+                                        reliable: data.reliable,
+                                        packet: data.packet.to_vec(),
+                                    },
+                                )),
+                            });
+                        }
+                    }
+                }
             }
         }
         self.drain_relay(now);
@@ -327,6 +344,25 @@ impl Worker {
                 }
                 self.relay.handle_link_down(now, &node);
                 self.drain_relay(now);
+            }
+            ClusterInput::Frame {
+                frame:
+                    sfu_proto::relay::Frame {
+                        body: Some(sfu_proto::relay::frame::Body::UserData(u)),
+                    },
+                ..
+            } => {
+                // For this worker's participants only: not forwarded further.
+                if let Some(idx) = self.room_index(&u.room, false) {
+                    let data = super::room_data::UserData {
+                        sender: u.participant,
+                        destinations: u.destinations,
+                        reliable: u.reliable,
+                        packet: u.packet.into(),
+                    };
+                    self.rooms[idx].deliver_data(now, &data);
+                    self.after_room(idx);
+                }
             }
             ClusterInput::Frame { from, mut frame } => {
                 if !self.federated_origin(&mut frame) {

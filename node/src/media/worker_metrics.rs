@@ -81,4 +81,5 @@ pub(super) fn add_edge_drops(m: &Metrics, now: &EdgeDrops, before: &EdgeDrops) {
     m.count_drop("rejected_by_peer", now.rejected - before.rejected);
     m.count_drop("unknown_track", now.unknown_track - before.unknown_track);
     m.count_drop("send_failed", now.send_failed - before.send_failed);
+    m.count_drop("data_refused", now.data_refused - before.data_refused);
 }
