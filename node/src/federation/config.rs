@@ -62,3 +62,63 @@ impl FederationConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, peer: &str, addrs: Vec<SocketAddr>) -> FederationConfig {
+        FederationConfig {
+            name: name.into(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            cert: "c".into(),
+            key: "k".into(),
+            peers: vec![PeerConfig {
+                name: peer.into(),
+                addrs,
+                ca: "ca".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn names_must_be_dns_names_and_peers_reachable() {
+        let addr = vec!["127.0.0.1:1".parse().unwrap()];
+        assert!(
+            config("a.example", "b.example", addr.clone())
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            config("a example", "b.example", addr.clone())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            config("a.example", "a.example", addr.clone())
+                .validate()
+                .is_err()
+        );
+        assert!(config("a.example", "b/x", addr).validate().is_err());
+        assert!(config("a.example", "b.example", vec![]).validate().is_err());
+    }
+
+    #[test]
+    fn the_section_parses_from_toml() {
+        let c: FederationConfig = toml::from_str(
+            r#"
+            name = "a.example"
+            bind = "0.0.0.0:7443"
+            cert = "a.pem"
+            key = "a.key"
+            [[peers]]
+            name = "b.example"
+            addrs = ["192.0.2.1:7443"]
+            ca = "b-ca.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.peers[0].name, "b.example");
+        assert!(toml::from_str::<FederationConfig>("name = 1").is_err());
+    }
+}

@@ -78,3 +78,70 @@ pub fn federated(
     }
     Ok((ps, ts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn participant(sid: &str, identity: &str) -> ParticipantRecord {
+        ParticipantRecord {
+            sid: sid.into(),
+            identity: identity.into(),
+            name: identity.into(),
+            node: "b2".into(),
+            kind: "client".into(),
+            joined_ms: 1,
+            stage: true,
+            worker: 3,
+        }
+    }
+
+    fn track(id: &str, participant: &str) -> TrackRecord {
+        TrackRecord {
+            track: id.into(),
+            participant: participant.into(),
+            kind: "video".into(),
+            codec_mime: "video/VP8".into(),
+            clock_rate: 90000,
+            rids: vec![],
+            name: String::new(),
+            origin: "b2".into(),
+            muted: false,
+            source: "camera".into(),
+            audio_levels: true,
+            red_payload_type: None,
+            worker: 3,
+        }
+    }
+
+    #[test]
+    fn a_peers_roster_is_namespaced_and_placed_on_the_link() {
+        let (ps, ts) = federated(
+            "b.example",
+            "a1~b.example",
+            vec![participant("PA_1", "bob")],
+            vec![track("TR_00000000000000ff", "PA_1")],
+        )
+        .unwrap();
+        assert_eq!(ps[0].identity, "b.example/bob");
+        assert_eq!((ps[0].node.as_str(), ps[0].worker), ("a1~b.example", 0));
+        assert_eq!((ts[0].origin.as_str(), ts[0].worker), ("a1~b.example", 0));
+        assert!(!ts[0].audio_levels);
+        assert!(is_federated(&ts[0].origin) && !is_federated("b2"));
+    }
+
+    #[test]
+    fn bad_rosters_are_refused() {
+        // A sid that would change the registry key's shape.
+        assert!(federated("b", "l", vec![participant("PA/../x", "bob")], vec![]).is_err());
+        // A malformed track id, and a track of nobody in the roster.
+        let p = || vec![participant("PA_1", "bob")];
+        assert!(federated("b", "l", p(), vec![track("bogus", "PA_1")]).is_err());
+        assert!(federated("b", "l", p(), vec![track("TR_00000000000000ff", "PA_2")]).is_err());
+        // Too many.
+        let many = (0..=MAX_ROSTER)
+            .map(|i| participant(&format!("PA_{i}"), "x"))
+            .collect();
+        assert!(federated("b", "l", many, vec![]).is_err());
+    }
+}
