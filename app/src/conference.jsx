@@ -21,6 +21,7 @@ import {
   usePinnedTracks,
   useTracks,
 } from "@livekit/components-react";
+import { Hands } from "./hands.jsx";
 
 /** Whether a track reference gets a tile: a real track, or a placeholder of a publisher. */
 function onStage(ref) {
@@ -29,7 +30,7 @@ function onStage(ref) {
   return !p || p.canPublish;
 }
 
-export function Conference({ audience }) {
+export function Conference({ token }) {
   const [widget, setWidget] = useState({ showChat: false, unreadMessages: 0 });
   const autoFocused = useRef(null);
   const permissions = useLocalParticipantPermissions();
@@ -66,7 +67,7 @@ export function Conference({ audience }) {
     }
   }, [shareKey]);
 
-  const listening = audience || (permissions && !permissions.canPublish);
+  const listening = permissions && !permissions.canPublish;
   return (
     <div className="lk-video-conference">
       <LayoutContextProvider value={layout} onWidgetChange={setWidget}>
@@ -92,6 +93,7 @@ export function Conference({ audience }) {
               </FocusLayoutContainer>
             </div>
           )}
+          <Hands token={token} />
           <ControlBar controls={{ chat: true, settings: false }} />
         </div>
         <Chat style={{ display: widget.showChat ? "grid" : "none" }} />

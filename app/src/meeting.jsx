@@ -1,7 +1,9 @@
 // The meeting app the node serves at `/`: LiveKit's open-source React components against this
 // node. `/?room=NAME` shows PreJoin (name, camera and microphone with device selection), then
 // the conference; `&audience=1` joins without publish permission (the large-room model's
-// audience: the stage and chat, no tile of one's own); `&token=…` uses a token the
+// audience: the stage and chat, no tile of one's own, a raise-hand button); `&host=1` joins
+// with roomAdmin (development mode): the host lists raised hands and moves people between the
+// stage and the audience; `&token=…` uses a token the
 // application minted instead of the node's development endpoint.
 import { useState } from "react";
 import { createRoot } from "react-dom/client";
@@ -43,6 +45,7 @@ function Notice({ children }) {
 
 function Meeting({ room }) {
   const audience = params().get("audience") === "1";
+  const host = params().get("host") === "1";
   const [choices, setChoices] = useState(null);
   const [token, setToken] = useState(null);
   const [error, setError] = useState(null);
@@ -52,7 +55,7 @@ function Meeting({ room }) {
     setError(null);
     setState("token");
     try {
-      setToken(await fetchToken({ room, name: values.username, publish: !audience }));
+      setToken(await fetchToken({ room, name: values.username, publish: !audience, admin: host }));
       setChoices(values);
       setState("connecting");
     } catch (e) {
@@ -114,7 +117,7 @@ function Meeting({ room }) {
       style={{ height: "100%" }}
       data-lk-theme="default"
     >
-      <Conference audience={audience} />
+      <Conference token={token} />
     </LiveKitRoom>
   );
 }

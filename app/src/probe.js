@@ -1,5 +1,6 @@
 // What the page shows, for tests and for debugging from the console: `window.sfu` (state and
-// errors) and `window.sfuStats()` (read from the DOM: tiles, remote videos, chat messages).
+// errors) and `window.sfuStats()` (read from the DOM: tiles, remote videos, chat messages,
+// raised hands).
 // The node's browser tests sample these (node/tests/browser/driver.mjs).
 
 window.sfu = { state: "idle", errors: [] };
@@ -33,6 +34,9 @@ window.sfuStats = async () => {
     videoWidth,
     currentTime,
     chat: texts(".lk-chat-entry .lk-message-body"),
+    hands: texts(".hand-row"),
+    handButton: texts(".hand-button"),
+    cameraButton: !!document.querySelector('.lk-control-bar [data-lk-source="camera"]'),
     prejoin: !!document.querySelector(".lk-prejoin"),
   };
 };

@@ -22,9 +22,9 @@ function suffix() {
 
 /**
  * A token for `room`: the page's `?token=` if it has one, else one from the node's development
- * endpoint for `name` (identity `name-xxxxxx`). Throws an Error with a message for people.
+ * endpoint for `name` (identity `name-xxxxxx`; `admin`: a host's, with roomAdmin). Throws an Error with a message for people.
  */
-export async function fetchToken({ room, name, publish }) {
+export async function fetchToken({ room, name, publish, admin }) {
   const given = params().get("token");
   if (given) return given;
   const base = (name || "guest").trim().slice(0, 64) || "guest";
@@ -33,6 +33,7 @@ export async function fetchToken({ room, name, publish }) {
     identity: `${base}-${suffix()}`,
     name: base,
     publish: publish ? "true" : "false",
+    admin: admin ? "true" : "false",
   });
   const r = await fetch(`/dev/token?${q}`);
   if (r.status === 404) {

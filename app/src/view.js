@@ -38,7 +38,7 @@ async function main() {
     setState("failed");
     return;
   }
-  const room = new Room({ adaptiveStream: true, dynacast: true });
+  const room = new Room({ adaptiveStream: false, dynacast: true });
   room
     .on(RoomEvent.TrackSubscribed, (track, pub) => {
       if (track.kind === Track.Kind.Audio) {

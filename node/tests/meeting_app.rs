@@ -1,8 +1,8 @@
 //! The meeting app (`app/`: LiveKit's React components, built with npm and esbuild) served by a
 //! node at `/`, in headless Chromium: two people pass the pre-join screen and join, each sees
 //! the other's video play, a chat message sent by one is shown by the other, an audience
-//! member sees the stage without a tile of their own, the viewer-only page plays the video,
-//! and a screenshot (saved under `target/meeting-app/`) is not blank.
+//! member sees the stage without a tile of their own, raises a hand and is brought on stage
+//! by the host, the viewer-only page plays the video, and a screenshot (saved under `target/meeting-app/`) is not blank.
 
 mod common;
 
@@ -101,7 +101,7 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
 
     let started = std::time::Instant::now();
     let mut b = Browser::launch(&[]).await;
-    join(&mut b, "alice", &base, "alice", "").await;
+    join(&mut b, "alice", &base, "alice", "&host=1").await;
     join(&mut b, "bob", &base, "bob", "").await;
     let s = expect_playing(&mut b, &["alice", "bob"], Duration::from_secs(30)).await;
     for (page, other) in [("alice", "bob"), ("bob", "alice")] {
@@ -129,6 +129,7 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
         })
         .await;
     assert!(ok, "bob does not show alice's chat message: {s:#}");
+    println!("chat shown at {:?}", started.elapsed());
 
     // The audience (no publish permission) sees the stage, with no tile of their own; the
     // viewer-only page plays a video and nothing else.
@@ -150,6 +151,7 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
         stat(&s, "alice", "tiles") == 2.0,
         "alice sees no audience tiles: {s:#}"
     );
+    println!("audience and viewer play at {:?}", started.elapsed());
 
     // A screenshot of the meeting, for people to look at; it is not blank (a blank page has one
     // colour and no deviation; this one is tiles of the fake camera, names, chat, controls).
@@ -172,6 +174,38 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
     assert!(shot["bytes"].as_f64().unwrap() > 20_000.0, "{shot}");
     assert!(shot["colours"].as_f64().unwrap() > 20.0, "{shot}");
     assert!(shot["stddev"].as_f64().unwrap() > 10.0, "{shot}");
+
+    // Carol raises her hand; alice, the host, brings her on stage; carol turns her camera on
+    // and alice sees it.
+    b.click("carol", ".hand-button").await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            texts(s, "alice", "hands")
+                .iter()
+                .any(|h| h.contains("carol"))
+        })
+        .await;
+    assert!(ok, "alice does not see carol's hand: {s:#}");
+    b.click("alice", ".promote-button").await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            stats(s, "carol")["cameraButton"].as_bool() == Some(true)
+                && texts(s, "carol", "handButton").is_empty()
+        })
+        .await;
+    assert!(ok, "carol is not on stage: {s:#}");
+    b.click("carol", ".lk-control-bar [data-lk-source=\"camera\"]")
+        .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(15), |s| {
+            stat(s, "alice", "tiles") == 3.0 && stat(s, "alice", "remoteVideos") == 2.0
+        })
+        .await;
+    assert!(ok, "alice does not see carol on stage: {s:#}");
+    println!(
+        "carol raised her hand and is on stage at {:?}",
+        started.elapsed()
+    );
 
     // Leaving ends bob's session; alice's grid loses his tile.
     b.click("bob", ".lk-disconnect-button").await;
