@@ -140,6 +140,24 @@ pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
                 .build(),
         );
     }
+    // Video frames are timed by the camera's capture times, which jitter on a busy machine
+    // (frames 15 to 50 ms apart): readers that assume a constant rate (ffmpeg guesses 30 fps)
+    // put two of them on one tick. A Matroska DefaultDuration of 2 ms (500 fps, the finest
+    // ffmpeg takes) gives them ticks fine enough; the blocks keep their own times.
+    let video_caps = match plan.encoding {
+        "VP8" => Some("video/x-vp8"),
+        "VP9" => Some("video/x-vp9"),
+        "AV1" => Some("video/x-av1"),
+        _ => None,
+    };
+    if let Some(media) = video_caps {
+        fix.set_property(
+            "caps",
+            gst::Caps::builder(media)
+                .field("framerate", gst::Fraction::new(500, 1))
+                .build(),
+        );
+    }
     let mux = element(plan.muxer)?;
     match plan.muxer {
         "mp4mux" => {
