@@ -288,7 +288,8 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
 }
 
 /// `sfuctl recordings`: listing, and unknown rooms and recordings named in plain errors (the
-/// recordings themselves are tested end to end in `node/tests/recording.rs`).
+/// recordings themselves are tested end to end in `node/tests/recording.rs`,
+/// `room_recording.rs` and `live_stream.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfuctl_recordings_list_and_refuse_what_does_not_exist() {
     let etcd = Etcd::start().expect("etcd starts");
@@ -301,6 +302,21 @@ async fn sfuctl_recordings_list_and_refuse_what_does_not_exist() {
         "{table}"
     );
     let out = sfuctl(url, &["recordings", "start", "nowhere", "--track", "TR_1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found: no room nowhere"), "{err}");
+    // A room recording (no --track), streamed live: the same.
+    let out = sfuctl(
+        url,
+        &[
+            "recordings",
+            "start",
+            "nowhere",
+            "--stream",
+            "rtmp://127.0.0.1/live/x",
+            "--hls",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found: no room nowhere"), "{err}");
