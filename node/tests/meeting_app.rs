@@ -170,7 +170,11 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
     }
     let shot: Value = serde_json::from_slice(&std::fs::read(&json).expect("screenshot taken"))
         .expect("screenshot statistics");
-    println!("screenshot {}: {shot}", png.display());
+    println!(
+        "screenshot {}: {shot} at {:?}",
+        png.display(),
+        started.elapsed()
+    );
     assert!(shot["bytes"].as_f64().unwrap() > 20_000.0, "{shot}");
     assert!(shot["colours"].as_f64().unwrap() > 20.0, "{shot}");
     assert!(shot["stddev"].as_f64().unwrap() > 10.0, "{shot}");
@@ -186,6 +190,7 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
         })
         .await;
     assert!(ok, "alice does not see carol's hand: {s:#}");
+    println!("alice sees carol's hand at {:?}", started.elapsed());
     b.click("alice", ".promote-button").await;
     let (ok, s) = b
         .until(Duration::from_secs(10), |s| {
@@ -194,6 +199,7 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
         })
         .await;
     assert!(ok, "carol is not on stage: {s:#}");
+    println!("carol may publish at {:?}", started.elapsed());
     b.click("carol", ".lk-control-bar [data-lk-source=\"camera\"]")
         .await;
     let (ok, s) = b
