@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Browser, Sample, browser_lock, http, stat, state, tracing_subscriber_init};
+use common::{Browser, Sample, browser_lock, http, stat, state, token, tracing_subscriber_init};
 use serde_json::Value;
 use sfu_node::{Config, Server};
 use std::path::{Path, PathBuf};
@@ -134,8 +134,14 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
     // The audience (no publish permission) sees the stage, with no tile of their own; the
     // viewer-only page plays a video and nothing else.
     join(&mut b, "carol", &base, "carol", "&audience=1").await;
-    b.open("view", &format!("{base}/view.html?room={ROOM}"))
-        .await;
+    // The viewer comes with a token of its own (as an embedding site gives it), not the
+    // development endpoint's.
+    let viewer = token("embed-viewer", ROOM, false, true);
+    b.open(
+        "view",
+        &format!("{base}/view.html?room={ROOM}&token={viewer}"),
+    )
+    .await;
     let s = expect_playing(&mut b, &["carol", "view"], Duration::from_secs(30)).await;
     assert_eq!(state(&s, "carol"), "connected", "{s:#}");
     assert_eq!(
