@@ -33,6 +33,8 @@ struct Side {
     node: Server,
     /// Another node of the cluster (`a2`), not a gateway.
     plain: Server,
+    /// A's second gateway (`a3`), on standby until the first stops.
+    standby: Option<Server>,
     key: String,
     secret: String,
     dir: PathBuf,
@@ -135,7 +137,11 @@ async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
         let dir = root.join(short);
         sfu_relay::certs::ensure_dev_certs(
             &dir.join("mesh"),
-            &[format!("{short}1"), format!("{short}2")],
+            &[
+                format!("{short}1"),
+                format!("{short}2"),
+                format!("{short}3"),
+            ],
         )
         .unwrap();
         let name = format!("{short}.example");
@@ -180,8 +186,7 @@ async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
             config.keys = [(key.clone(), secret.clone())].into();
             config
         };
-        let mut gateway = config(format!("{short}1"));
-        gateway.federation = Some(FederationConfig {
+        let federation = FederationConfig {
             name: name.clone(),
             bind: fed_addr,
             cert: dir.join("fed.pem"),
@@ -191,7 +196,9 @@ async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
                 addrs: vec![peer_addr],
                 ca: peer_dir.join("fed-ca.pem"),
             }],
-        });
+        };
+        let mut gateway = config(format!("{short}1"));
+        gateway.federation = Some(federation.clone());
         if short == "b" {
             gateway.webhook.urls = vec![hook.clone()];
         }
@@ -199,10 +206,21 @@ async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
         let plain = Server::start(config(format!("{short}2")))
             .await
             .expect("node starts");
+        let standby = if short == "a" {
+            let mut c = config(format!("{short}3"));
+            c.federation = Some(FederationConfig {
+                bind: SocketAddr::from(([127, 0, 0, 1], common::process::free_udp_port())),
+                ..federation
+            });
+            Some(Server::start(c).await.expect("second gateway starts"))
+        } else {
+            None
+        };
         sides.push(Side {
             etcd,
             node,
             plain,
+            standby,
             key,
             secret,
             dir,
@@ -594,11 +612,54 @@ async fn two_clusters_share_a_mapped_room() {
     assert!(!a.active("joint").await, "A sees the room unmapped");
     a.unmap("joint").await;
     hook_about(&mut hooks, "participant_left", "a.example/alice").await;
+
+    // Failover: mapped again, media flows; A's active gateway (a1) goes (its lease and its
+    // federation endpoint, as when it stops or dies), the standby gateway (a3) takes over and
+    // media resumes both ways.
+    let a3 = a.standby.as_ref().unwrap();
+    let f3 = a3.federation.clone().unwrap();
+    assert!(
+        f3.state.linked().is_empty(),
+        "the standby gateway holds no link"
+    );
+    a.map("joint", "b.example", "joint-with-a").await;
+    fed.map_room(authed(
+        &b.admin(),
+        pb::MapRoomRequest {
+            room: "joint-with-a".into(),
+            peer: "a.example".into(),
+            peer_room: "joint".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    expect_media(
+        &mut browser,
+        &["alice", "bob"],
+        30.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    let failed = Instant::now();
+    fa.close();
+    a.node.membership.leave().await;
+    expect_media(
+        &mut browser,
+        &["alice", "bob"],
+        30.0,
+        Duration::from_secs(30),
+    )
+    .await;
+    println!(
+        "failover: both sides decoding 30 more frames {:.1} s after the active gateway went",
+        failed.elapsed().as_secs_f64()
+    );
+    assert_eq!(f3.state.linked(), ["b.example"]);
     browser.stop().await;
 
     // A peer asking for a room that is not mapped is refused. The probe speaks as A's gateway
     // (its certificate), which stops first.
-    fa.close();
+    f3.close();
     assert!(
         eventually(Duration::from_secs(10), || async {
             fb.state.linked().is_empty().then_some(())
@@ -641,7 +702,10 @@ async fn two_clusters_share_a_mapped_room() {
     );
     m.close();
 
-    for n in [a.node, a.plain, b.node, b.plain] {
+    for n in [a.node, a.plain, b.node, b.plain]
+        .into_iter()
+        .chain(a.standby)
+    {
         n.stop().await;
     }
     drop((a.etcd, b.etcd));

@@ -94,6 +94,8 @@ pub struct FederationLinks {
     /// The peer records last written to the registry (for the control plane), per peer.
     published: Mutex<HashMap<String, PeerRecord>>,
     webhooks: Webhooks,
+    /// Whether this gateway carries the federation now (see [`super::active`]).
+    active: std::sync::atomic::AtomicBool,
 }
 
 /// The room a frame is about (`Ok(None)`: it names none), or `Err` for a frame that never
@@ -154,11 +156,21 @@ impl FederationLinks {
             metrics,
             published: Mutex::new(HashMap::new()),
             webhooks,
+            active: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this gateway carries the federation now.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn set_active(&self, yes: bool) {
+        self.active.store(yes, Ordering::Relaxed);
     }
 
     /// Peers linked now.
@@ -486,6 +498,12 @@ impl LinkHandler for FederationLinks {
             self.metrics.refuse("unconfigured_peer");
             tracing::warn!(%peer, remote = %raw.connection.remote_address(), "federation link from a name that is no configured peer refused");
             raw.connection.close(5u32.into(), b"not a configured peer");
+            return;
+        }
+        if !self.is_active() {
+            self.metrics.refuse("standby");
+            tracing::info!(%peer, "federation link refused: this gateway is on standby");
+            raw.connection.close(7u32.into(), b"standby gateway");
             return;
         }
         let Some(me) = self.me.upgrade() else { return };

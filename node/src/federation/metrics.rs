@@ -65,7 +65,7 @@ impl FederationMetrics {
         );
         r.register(
             "refused",
-            "Federation input refused: unconfigured_peer, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame",
+            "Federation input refused: unconfigured_peer, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame, standby",
             self.refused.clone(),
         );
     }

@@ -15,6 +15,7 @@
 //! ([`link`] translates room names and refuses what is not mapped).
 //!
 //! - [`config`]: the `[federation]` section.
+//! - [`active`]: which gateway of the cluster carries the federation (failover).
 //! - [`mapping`]: room mappings, kept in the cluster's etcd.
 //! - [`link`]: the link handler: translation, refusal, counters.
 //! - [`roster`]: the participants and tracks that cross.
@@ -22,6 +23,7 @@
 //! - [`http`]: the admin API (map, unmap, list).
 //! - [`metrics`]: Prometheus metrics per peer.
 
+pub mod active;
 pub mod config;
 pub mod control;
 pub mod http;
@@ -38,7 +40,6 @@ use anyhow::Context;
 use link::{FederationLinks, Stats};
 use mapping::Mappings;
 use sfu_control::{EtcdRegistry, Membership};
-use sfu_relay::NodeId;
 use sfu_relay::quic::{Identity, LinkHandler, LinkManager};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,7 +100,7 @@ impl Federation {
                 peers: config.peers.iter().map(|p| p.name.clone()).collect(),
             },
             Router::new(media),
-            membership,
+            membership.clone(),
             mappings.clone(),
             metrics,
             webhooks,
@@ -110,17 +111,13 @@ impl Federation {
             state.clone() as Arc<dyn LinkHandler>,
         )
         .context("federation endpoint")?;
-        let peers: Vec<(NodeId, SocketAddr)> = config
-            .peers
-            .iter()
-            .filter_map(|p| Some((NodeId::from(p.name.as_str()), *p.addrs.first()?)))
-            .collect();
-        links.set_peers(&peers);
-        let (s, m) = (state.clone(), mappings.clone());
+        let mut active = active::Active::new(&membership, node_id, config.peers.clone());
+        let (s, m, l) = (state.clone(), mappings.clone(), links.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_PERIOD);
             for n in 0u64.. {
                 tick.tick().await;
+                active.turn(&membership, &s, &l).await;
                 if n % 10 == 9 {
                     s.resend_rosters();
                 }

@@ -31,7 +31,9 @@ impl LocalRoom {
             return;
         }
         record.node = self.peer_name(&record.node, record.worker);
-        if let Some(known) = self.roster.remote.get(&record.sid) {
+        if let Some(known) = self.roster.remote.get_mut(&record.sid) {
+            // Another gateway carries a federated participant now (failover).
+            known.node.clone_from(&record.node);
             // A change of role.
             if known.stage != record.stage {
                 self.roster.set_remote_stage(&record.sid, record.stage);
@@ -137,6 +139,19 @@ impl LocalRoom {
             return;
         };
         if let Some(existing) = self.tracks.get_mut(&id) {
+            // Another gateway carries a federated track now (failover): pull it from there.
+            if let Origin::Remote { node } = &mut existing.origin
+                && *node != record.origin
+            {
+                *node = record.origin.clone();
+                self.demand.remove(&id);
+                out.effects.push(Effect::Forget {
+                    room: self.name.clone(),
+                    track: id,
+                });
+                self.refresh_demand(now, out);
+                return;
+            }
             // An update (mute state) of a track we know.
             if existing.muted != record.muted {
                 existing.muted = record.muted;

@@ -1,0 +1,100 @@
+//! Which gateway of the cluster carries the federation: one at a time, the holder of a
+//! registry key bound to its lease (`<prefix>federation/active`). Every gateway tries to claim
+//! it every few hundred milliseconds; when the active gateway stops or dies its lease goes, and
+//! another one claims the key and dials the peers (failover). A standby gateway dials no one
+//! and refuses links (see [`super::link`]).
+//!
+//! The active gateway dials each peer's first address; while a peer stays unlinked it moves to
+//! the peer's next address every [`ROTATE_AFTER`] (the peer's active gateway may be another).
+
+use super::config::PeerConfig;
+use super::link::FederationLinks;
+use serde::Serialize;
+use sfu_control::Membership;
+use sfu_relay::NodeId;
+use sfu_relay::quic::LinkManager;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a peer may stay unlinked before its next address is dialed.
+const ROTATE_AFTER: Duration = Duration::from_millis(1500);
+
+#[derive(Serialize)]
+struct ActiveRecord<'a> {
+    gateway: &'a str,
+}
+
+/// See the module documentation.
+pub struct Active {
+    node_id: String,
+    key: String,
+    peers: Vec<PeerConfig>,
+    /// Per peer: the address dialed now, and since when it is unlinked.
+    dialing: HashMap<String, (usize, Option<Instant>)>,
+}
+
+impl Active {
+    pub fn new(membership: &Membership, node_id: &str, peers: Vec<PeerConfig>) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            key: format!("{}federation/active", membership.keys().prefix()),
+            peers,
+            dialing: HashMap::new(),
+        }
+    }
+
+    /// One turn: claims the key if this gateway is not active yet, and keeps the dialed
+    /// addresses current.
+    pub async fn turn(
+        &mut self,
+        membership: &Membership,
+        state: &FederationLinks,
+        links: &Arc<LinkManager>,
+    ) {
+        if !state.is_active() {
+            let record = ActiveRecord {
+                gateway: &self.node_id,
+            };
+            match membership.claim(self.key.clone(), &record).await {
+                Ok(true) => {
+                    tracing::info!(gateway = %self.node_id, "this gateway carries the federation now");
+                    state.set_active(true);
+                }
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!("federation: claiming the active gateway: {e}");
+                    return;
+                }
+            }
+        }
+        let linked = state.linked();
+        let now = Instant::now();
+        let mut changed = self.dialing.is_empty();
+        for p in &self.peers {
+            let (index, since) = self.dialing.entry(p.name.clone()).or_insert((0, None));
+            if linked.contains(&p.name) {
+                *since = None;
+                continue;
+            }
+            let unlinked = *since.get_or_insert(now);
+            if p.addrs.len() > 1 && now.duration_since(unlinked) >= ROTATE_AFTER {
+                *index = (*index + 1) % p.addrs.len();
+                *since = Some(now);
+                changed = true;
+            }
+        }
+        if changed {
+            let peers: Vec<(NodeId, SocketAddr)> = self
+                .peers
+                .iter()
+                .map(|p| {
+                    let i = self.dialing.get(&p.name).map_or(0, |d| d.0);
+                    (NodeId::from(p.name.as_str()), p.addrs[i % p.addrs.len()])
+                })
+                .collect();
+            links.set_peers(&peers);
+        }
+    }
+}
