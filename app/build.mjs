@@ -1,7 +1,8 @@
 // Builds the meeting app into dist/: index.html (the meeting), view.html (one video, for
-// embedding), their bundles and LiveKit's stylesheet. `node build.mjs` (npm run build).
+// embedding), their bundles and LiveKit's stylesheet, each also gzipped. `node build.mjs` (npm run build).
 import * as esbuild from "esbuild";
-import { cpSync, mkdirSync, rmSync } from "node:fs";
+import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { gzipSync } from "node:zlib";
 
 const here = new URL(".", import.meta.url).pathname;
 rmSync(`${here}dist`, { recursive: true, force: true });
@@ -19,4 +20,11 @@ await esbuild.build({
   logLevel: "warning",
 });
 cpSync(`${here}public`, `${here}dist`, { recursive: true });
+// Gzipped copies, which the node sends to browsers that accept gzip (the bundle is 940 KB, 260
+// KB gzipped).
+for (const f of readdirSync(`${here}dist`)) {
+  if (/\.(js|css|html)$/.test(f)) {
+    writeFileSync(`${here}dist/${f}.gz`, gzipSync(readFileSync(`${here}dist/${f}`), { level: 9 }));
+  }
+}
 console.log("app built into dist/");

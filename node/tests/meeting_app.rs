@@ -87,6 +87,13 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
     let index = get("/").await.unwrap();
     assert_eq!(index.status(), 200);
     assert!(index.text().await.unwrap().contains("/meeting.js"));
+    let gzipped = http()
+        .get(format!("{base}/meeting.js"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
     let bundle = get("/meeting.js").await.unwrap();
     assert_eq!(bundle.status(), 200);
     assert!(

@@ -16,8 +16,9 @@ use tower_http::services::ServeDir;
 pub fn routes(dir: &Path) -> Router<AppState> {
     if dir.join("index.html").is_file() {
         tracing::info!(dir = %dir.display(), "serving the meeting app at /");
-        // Paths no other route takes are files of the app (or a 404).
-        Router::new().fallback_service(ServeDir::new(dir))
+        // Paths no other route takes are files of the app (or a 404); the build writes gzipped
+        // copies, sent to browsers that accept them.
+        Router::new().fallback_service(ServeDir::new(dir).precompressed_gzip())
     } else {
         tracing::warn!(
             dir = %dir.display(),
