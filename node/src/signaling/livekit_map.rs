@@ -41,7 +41,8 @@ pub(super) fn permission(can_publish: bool) -> lk::ParticipantPermission {
     lk::ParticipantPermission {
         can_subscribe: true,
         can_publish,
-        can_publish_data: false,
+        // Data packets are open to every participant, audience too (see media::room_data).
+        can_publish_data: true,
         ..Default::default()
     }
 }
