@@ -36,6 +36,7 @@ window.sfuStats = async () => {
     chat: texts(".lk-chat-entry .lk-message-body"),
     hands: texts(".hand-row"),
     handButton: texts(".hand-button"),
+    focus: !!document.querySelector(".lk-focus-layout"),
     cameraButton: !!document.querySelector('.lk-control-bar [data-lk-source="camera"]'),
     prejoin: !!document.querySelector(".lk-prejoin"),
   };

@@ -192,6 +192,21 @@ async fn meeting_app_joins_plays_video_chats_and_embeds() {
     assert!(shot["colours"].as_f64().unwrap() > 20.0, "{shot}");
     assert!(shot["stddev"].as_f64().unwrap() > 10.0, "{shot}");
 
+    // Bob shares his screen (Chromium's fake capture): alice's view switches to the focus
+    // layout with the share in it.
+    b.click("bob", ".lk-control-bar [data-lk-source=\"screen_share\"]")
+        .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(15), |s| {
+            stats(s, "alice")["focus"].as_bool() == Some(true)
+                && stat(s, "alice", "remoteVideos") == 2.0
+        })
+        .await;
+    assert!(ok, "alice does not focus on bob's screen share: {s:#}");
+    println!("screen share in focus at {:?}", started.elapsed());
+    b.click("bob", ".lk-control-bar [data-lk-source=\"screen_share\"]")
+        .await;
+
     // Carol raises her hand; alice, the host, brings her on stage; carol turns her camera on
     // and alice sees it.
     b.click("carol", ".hand-button").await;
