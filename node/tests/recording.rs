@@ -42,17 +42,42 @@ fn probe(file: &Path) -> (String, f64) {
 }
 
 /// What ffmpeg says (at level error) while decoding the whole file, and whether it succeeded.
+///
+/// An MP4 file is decoded with the demuxer's time base for ffmpeg's null output
+/// (`-enc_time_base -1`), and its own frame times are checked to increase instead: MP4 cannot
+/// say how fine a reader's ticks must be (Matroska's DefaultDuration can, see
+/// recording/pipeline.rs), and by default ffmpeg ticks at a rate it guesses from the first
+/// frames (20 fps for a 20 fps camera), so a frame that came early on a busy machine shares a
+/// tick with the one before and the null output calls that "non monotonically increasing dts"
+/// although the file's times increase. Seen in CI under load, never with a steady camera.
 fn decode(file: &Path) -> (bool, String) {
-    let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
+    let mp4 = file.extension().is_some_and(|e| e == "mp4");
+    let mut ffmpeg = Command::new("ffmpeg");
+    ffmpeg.args(["-nostdin", "-v", "error", "-i"]).arg(file);
+    if mp4 {
+        ffmpeg.args(["-enc_time_base", "-1"]);
+    }
+    let out = ffmpeg
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg is installed");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut errors = String::from_utf8_lossy(&out.stderr).into_owned();
+    if mp4 {
+        let times = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+            .args(["packet=dts", "-of", "csv=p=0"])
+            .arg(file)
+            .output()
+            .expect("ffprobe is installed");
+        let dts: Vec<i64> = String::from_utf8_lossy(&times.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if dts.len() < 2 || dts.windows(2).any(|w| w[1] <= w[0]) {
+            errors.push_str(&format!("video frame times do not increase: {dts:?}"));
+        }
+    }
+    (out.status.success(), errors)
 }
 
 /// The room's published tracks as the registry lists them, once there are `n`.
