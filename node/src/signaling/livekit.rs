@@ -26,6 +26,12 @@ use std::collections::{BTreeSet, HashMap};
 /// LiveKit's signaling protocol version this encoding speaks (livekit-client 2.x sends 16
 /// or 17; nothing we translate differs between them).
 pub const PROTOCOL_VERSION: i32 = 16;
+/// The LiveKit server version announced (`ServerInfo.version`; ours goes in `debug_info`).
+/// Clients and components switch features on by it: above 1.8.2 they send chat and text as
+/// data streams, which the node carries (below, LiveKit's components send each chat message
+/// twice); from 1.13.6 livekit-client sends VP9 and AV1 as SVC instead of simulcast layers,
+/// which the node's layer selection does not read, so it stays below that.
+pub const LIVEKIT_VERSION: &str = "1.9.0";
 /// Tracks a client may announce (`AddTrackRequest`) and not yet offer.
 const MAX_PENDING_TRACKS: usize = 32;
 /// Tracks per subscription or settings request, as for the JSON encoding.
@@ -439,7 +445,7 @@ impl LiveKitCodec {
             }),
             participant: Some(me),
             other_participants: others,
-            server_version: self.server.version.clone(),
+            server_version: LIVEKIT_VERSION.to_owned(),
             // The node needs the publisher connection first only to publish: clients that
             // only watch connect on the subscriber connection the node offers.
             subscriber_primary: false,
@@ -447,9 +453,10 @@ impl LiveKitCodec {
             ping_interval: self.server.ping_interval,
             server_info: Some(lk::ServerInfo {
                 edition: lk::server_info::Edition::Standard as i32,
-                version: self.server.version.clone(),
+                version: LIVEKIT_VERSION.to_owned(),
                 protocol: PROTOCOL_VERSION,
                 node_id: self.server.node_id.clone(),
+                debug_info: format!("sfu-node {}", self.server.version),
                 ..Default::default()
             }),
             ..Default::default()
