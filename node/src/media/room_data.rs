@@ -43,7 +43,9 @@ impl DataState {
         // A new participant starts with a full budget.
         let elapsed = self
             .refilled
-            .map_or(Duration::from_secs(60), |t| now.saturating_duration_since(t))
+            .map_or(Duration::from_secs(60), |t| {
+                now.saturating_duration_since(t)
+            })
             .as_secs_f64();
         self.refilled = Some(now);
         self.packets = (self.packets + elapsed * PACKETS_PER_SEC).min(PACKET_BURST);
