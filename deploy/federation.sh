@@ -11,7 +11,7 @@
 #
 # Open a/node-1 and b/node-2 in a browser with the token each side's key mints
 # (SFU_API_KEY=KEY SFU_API_SECRET=SECRET sfuctl token create --identity alice --room joint),
-# e.g. http://127.0.0.1:7102/?room=joint&autojoin=1&publish=1&token=TOKEN: each side sees the
+# e.g. http://127.0.0.1:7102/demo.html?room=joint&autojoin=1&publish=1&token=TOKEN: each side sees the
 # other's participants as a.example/alice, b.example/bob.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -399,9 +399,9 @@ impl Worker {
 
     /// Another node of the cluster asks this gateway (as the origin) for a federated track:
     /// its origin is the federation link (`node~peer`), which the relay pulls it through.
-    /// False (drop the request) while this node knows no such track: the gateway's own view of
-    /// the registry may not hold the track it wrote yet, and the requester asks again when
-    /// its request times out.
+    /// The gateway's own view of the registry may not hold a track it wrote yet: then the
+    /// track is its only federation link's; with several, false (drop the request: the
+    /// requester asks again when its request times out).
     fn federated_origin(&self, frame: &mut sfu_proto::relay::Frame) -> bool {
         let Some(sfu_proto::relay::frame::Body::Subscribe(s)) = &mut frame.body else {
             return true;
@@ -428,7 +428,18 @@ impl Worker {
                 s.origin = t.origin;
                 true
             }
-            None => false,
+            None => {
+                // Our view may not hold the track yet: with one federation link up, it is
+                // that link's (the peer refuses a track it does not have).
+                let mut fed = self.links.keys().filter(|n| n.starts_with(&prefix));
+                match (fed.next(), fed.next()) {
+                    (Some(link), None) => {
+                        s.origin = link.to_string();
+                        true
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 
