@@ -8,6 +8,7 @@ mod common;
 use axum::extract::State;
 use axum::http::StatusCode;
 use common::control::{Cluster, admin, authed};
+use common::media::measure;
 use common::process::{NodeProcess, free_port};
 use common::{Browser, browser_lock};
 use sfu_proto::control as pb;
@@ -386,35 +387,6 @@ async fn a_node_killed_mid_recording_leaves_a_file_that_plays() {
         .unwrap_or(0);
     assert!(frames >= 100, "{frames} frames decoded from 8 s at ~30 fps");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The node process's CPU time so far (user + system) and its resident memory.
-fn cpu_and_rss() -> (Duration, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name (which may hold spaces): utime is the 14th field.
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    (Duration::from_millis(ticks * 10), rss_kb * 1024)
-}
-
-/// CPU (% of one core) of this process over `window`, while the browser keeps reporting.
-async fn measure(browser: &mut Browser, window: Duration) -> (f64, u64) {
-    let (before, _) = cpu_and_rss();
-    let t = Instant::now();
-    let _ = browser.until(window, |_| false).await;
-    let (after, rss) = cpu_and_rss();
-    (
-        (after - before).as_secs_f64() / t.elapsed().as_secs_f64() * 100.0,
-        rss,
-    )
 }
 
 /// What a track recording costs the node against a subscriber of the same tracks (see

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! program video (VP8) ─ tee ─▶ the file
-//!                         └─▶ queue (leaky) → vp8dec → videoconvert → videoscale → videorate
+//!                         └─▶ queue (5 s) → vp8dec → queue (leaky) → videoconvert → videoscale → videorate
 //!                               → openh264enc → tee ─▶ rtmp-N: queue → h264parse ─┐
 //!                                                 └─▶ hls: queue → h264parse ─┐   │
 //! program audio (mix) ─ tee ─▶ opusenc → the file                             │   │
@@ -14,8 +14,9 @@
 //!
 //! Each RTMP destination is a bin of its own: one that fails (does not answer, refuses the
 //! stream, drops the connection) is taken out with its reason while the file, HLS and the
-//! other destinations go on. The transcoding queue is leaky, so a slow encoder drops frames
-//! here rather than holding back the file.
+//! other destinations go on. The transcoding queues leak, so a slow encoder drops pictures
+//! here rather than holding back the file (decoded ones: a compressed frame dropped before
+//! the decoder would stop the picture until the next keyframe).
 
 use super::RecordingError;
 use super::pipeline::{element, set_if_known};
@@ -107,8 +108,19 @@ impl Live {
         // Transcoding, once for every output.
         let h264 = match video {
             Some(video_tee) => {
+                // Frames are dropped only once decoded: a VP8 frame dropped before the
+                // decoder (a keyframe, say) would leave it nothing to decode until the next
+                // keyframe, which a publisher sends only when asked (seen: a loaded machine's
+                // stream went out with no picture at all). The queue before it holds up to
+                // 5 s of compressed frames (decoding keeps up far more easily than encoding),
+                // leaking only past that; the one after it leaks pictures the encoder has no
+                // time for.
                 let q = queue(true)?;
+                q.set_property("max-size-buffers", 0u32);
+                q.set_property("max-size-bytes", 0u32);
+                q.set_property("max-size-time", 5_000_000_000u64);
                 let decode = element("vp8dec")?;
+                let decoded = queue(true)?;
                 let convert = element("videoconvert")?;
                 let scale = element("videoscale")?;
                 // Speakers' pictures differ in size: each is fitted into the same frame.
@@ -132,7 +144,9 @@ impl Live {
                 tee.set_property("allow-not-linked", true);
                 add_and_link(
                     pipeline,
-                    &[&q, &decode, &convert, &scale, &rate, &caps, &encode, &tee],
+                    &[
+                        &q, &decode, &decoded, &convert, &scale, &rate, &caps, &encode, &tee,
+                    ],
                 )?;
                 let sink = q.static_pad("sink").ok_or_else(|| {
                     RecordingError::Pipeline("the transcoding queue has no sink".into())
