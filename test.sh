@@ -53,4 +53,17 @@ if [ ! -x target/lk-venv/bin/python ] ||
 fi
 
 # --no-fail-fast: report every failing test binary, not only the first.
-cargo test --workspace --locked --no-fail-fast "$@"
+if (($#)); then
+  exec cargo test --workspace --locked --no-fail-fast "$@"
+fi
+# The federation test is quarantined: a known bug (docs/federation.md, "Known bug") sometimes
+# leaves one federated audio track silent after a (re)subscription, about one run in four. It
+# runs on its own after everything else and gets one more attempt; failing twice fails the run.
+status=0
+cargo test --workspace --locked --no-fail-fast -- --skip two_clusters_share_a_mapped_room ||
+  status=$?
+if ! cargo test --locked -p sfu-node --test federation; then
+  echo "federation: failed once (known intermittent bug, docs/federation.md); trying again"
+  cargo test --locked -p sfu-node --test federation || status=1
+fi
+exit "$status"
