@@ -406,10 +406,16 @@ impl Relay {
         if origin == self.me {
             return;
         }
+        if self.wants.get(&key).is_some_and(|w| w.origin != origin) {
+            // The track is published elsewhere now (a federation gateway failed over to
+            // another, say): what came through the old way will not come again, and a want
+            // that kept its old route stayed silent for good (it asked the old way for
+            // keyframes). Start over at the new origin.
+            self.drop_want(&key);
+        }
         match self.wants.get_mut(&key) {
             Some(w) => {
                 w.local_layers = layers;
-                w.origin = origin;
             }
             None if layers.is_empty() => return,
             None => {

@@ -266,6 +266,36 @@ fn an_offered_feed_through_the_receiver_is_declined() {
     assert!(unsubscribed_c && asked_a, "{outs:?}");
 }
 
+/// A track whose origin changes (its federation gateway failed over to another node) is asked
+/// for at the new origin, and the old way is told to stop, even while it was flowing.
+#[test]
+fn a_track_that_moves_is_asked_for_where_it_is_now() {
+    let now = Instant::now();
+    let mut b = Relay::new("b".into(), RelayConfig::default());
+    b.handle_link_up(now, "a".into());
+    b.handle_link_up(now, "c".into());
+    b.set_demand(now, key(), "a".into(), vec![0]);
+    b.handle_frame(
+        now,
+        &"a".into(),
+        Frame {
+            body: Some(Body::Accepted(sfu_proto::relay::Accepted {
+                room: ROOM.into(),
+                track: TRACK.0,
+                path: vec!["a".into()],
+                info: None,
+            })),
+        },
+    );
+    while b.poll_output().is_some() {}
+    assert_eq!(b.path(&key()), Some(&[NodeId::from("a")][..]));
+    b.set_demand(now, key(), "c".into(), vec![0]);
+    let outs: Vec<Output> = std::iter::from_fn(|| b.poll_output()).collect();
+    let unsubscribed_a = outs.iter().any(|o| matches!(o, Output::Send { to, frame: Frame { body: Some(Body::Subscribe(s)) } } if &**to == "a" && s.layers.is_empty()));
+    let asked_c = outs.iter().any(|o| matches!(o, Output::Send { to, frame: Frame { body: Some(Body::Subscribe(s)) } } if &**to == "c" && s.layers == [0] && s.origin == "c"));
+    assert!(unsubscribed_a && asked_c, "{outs:?}");
+}
+
 /// Dynacast across the cluster: a layer nobody on any node watches stops flowing over the
 /// relay link and is paused at the publisher; when a subscriber wants it again, it comes back.
 #[test]
