@@ -210,7 +210,7 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
 
 /// What room recordings and live streams cost the node (see BENCHMARKS.md), against
 /// subscribers of the same tracks:
-/// `cargo test --release -p sfu-node --test room_recording room_recording_cost -- --ignored --nocapture`
+/// `cargo test --release -p sfu-node --test live_stream room_recording_cost -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn room_recording_cost() {
