@@ -52,6 +52,12 @@ if [ ! -x target/lk-venv/bin/python ] ||
   target/lk-venv/bin/pip install -q livekit==1.2.0
 fi
 
+# A fresh clone builds once: incremental compilation's caches (GBs for the workspace's test
+# binaries) would only take disk space.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 # --no-fail-fast: report every failing test binary, not only the first.
 if (($#)); then
   exec cargo test --workspace --locked --no-fail-fast "$@"
