@@ -171,6 +171,9 @@ pub trait LinkHandler: Send + Sync + 'static {
     fn link_down(&self, node: &NodeId);
     fn frame(&self, from: &NodeId, frame: Frame);
     fn datagram(&self, from: &NodeId, datagram: Bytes);
+    /// The peer sent bytes that are no frame on the control stream (the link is closed): a
+    /// federation gateway counts it.
+    fn malformed(&self, _from: &NodeId, _error: &anyhow::Error) {}
 }
 
 /// A live link to one node, cheap to clone: send frames and datagrams on it from any thread.
@@ -231,7 +234,8 @@ impl Link {
 pub struct LinkManager {
     me: NodeId,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// Behind a lock: a federation gateway's trust changes as peers are added and removed.
+    client: Mutex<quinn::ClientConfig>,
     handler: Arc<dyn LinkHandler>,
     /// Peers we dial (those sorting after us), with their dialer task.
     dialing: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::JoinHandle<()>)>>,
@@ -251,7 +255,7 @@ impl LinkManager {
         let manager = Arc::new(Self {
             me: identity.node_id.clone(),
             endpoint,
-            client: identity.client_config()?,
+            client: Mutex::new(identity.client_config()?),
             handler,
             dialing: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -285,6 +289,15 @@ impl LinkManager {
             let task = tokio::spawn(async move { m.dial_loop(node2, addr2).await });
             dialing.insert(node.clone(), (*addr, task));
         }
+    }
+
+    /// Trusts `identity`'s CAs (and presents its certificate) from now on, in new links both
+    /// ways; links up stay as they are.
+    pub fn set_identity(&self, identity: &Identity) -> anyhow::Result<()> {
+        self.endpoint
+            .set_server_config(Some(identity.server_config()?));
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = identity.client_config()?;
+        Ok(())
     }
 
     /// Closes every link and the endpoint.
@@ -335,9 +348,10 @@ impl LinkManager {
     ) -> anyhow::Result<quinn::Connection> {
         let name = ServerName::try_from(node.to_string())
             .map_err(|_| anyhow!("node id {node} is not a DNS name"))?;
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), addr, &name.to_str())?;
+            .connect_with(client, addr, &name.to_str())?;
         let conn = tokio::time::timeout(IDLE_TIMEOUT, connecting).await??;
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &hello(&self.me)).await?;
@@ -435,6 +449,9 @@ impl LinkManager {
                 match read_frame(&mut recv, &mut buf).await {
                     Ok(f) => h.frame(&n, f),
                     Err(e) => {
+                        if e.downcast_ref::<wire::WireError>().is_some() {
+                            h.malformed(&n, &e);
+                        }
                         tracing::debug!(peer = %n, "control stream ended: {e:#}");
                         c.close(4u32.into(), b"control stream error");
                         break;
