@@ -6,9 +6,13 @@
 //! - `<prefix>federation/peers/<peer>/<gateway>`: a [`PeerRecord`], written by each gateway
 //!   under its lease: the peers it is configured for, whether the link is up, and the rooms both
 //!   sides map.
+//! - `<prefix>federation/added/<peer>`: an [`AddedPeer`], a peer added by an administrator
+//!   (`FederationService.AddPeer`) beside those in the gateways' configuration, bound to no
+//!   lease. Gateways watch these and link to (or unlink from) them at runtime.
 
 use crate::records::Keys;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// Our side of one mapping: our `room` is joined with the peer's `peer_room`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +30,65 @@ pub struct PeerRecord {
     pub linked: bool,
     /// Our rooms both sides map now.
     pub active_rooms: Vec<String>,
+    /// Where the gateway has the peer from: `config` (its configuration) or `added` (an
+    /// [`AddedPeer`] in the registry).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A peer added at runtime: its name (its certificate must name it), its gateways' federation
+/// endpoints, and the only CA (or self-signed certificate) trusted for it, in PEM.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddedPeer {
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+    pub ca_pem: String,
+}
+
+/// The most gateway addresses one peer may have.
+pub const MAX_PEER_ADDRS: usize = 16;
+
+/// Whether `name` can be a federation name: a DNS name (letters, digits, '.', '-').
+pub fn is_federation_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+impl AddedPeer {
+    /// Checks what a gateway needs of it; the error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if !is_federation_name(&self.name) {
+            return Err(format!(
+                "peer name {:?} must be a DNS name (letters, digits, '.', '-')",
+                self.name
+            ));
+        }
+        if self.addrs.is_empty() || self.addrs.len() > MAX_PEER_ADDRS {
+            return Err(format!(
+                "a peer needs 1 to {MAX_PEER_ADDRS} gateway addresses (got {})",
+                self.addrs.len()
+            ));
+        }
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the peer's CA is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("the peer's CA holds no PEM certificate".into());
+        }
+        Ok(())
+    }
+}
+
+pub fn added_prefix(keys: &Keys) -> String {
+    format!("{}federation/added/", keys.prefix())
+}
+
+pub fn added_key(keys: &Keys, peer: &str) -> String {
+    format!("{}{peer}", added_prefix(keys))
 }
 
 pub fn rooms_prefix(keys: &Keys) -> String {

@@ -1,8 +1,12 @@
 //! `FederationService`: room mappings with other organisations' clusters, kept in the registry
-//! where the gateways read them, and the peers the gateways report (see [`crate::federation`]).
+//! where the gateways read them, the peers the gateways report, and peers added at runtime
+//! (kept in the registry, where the gateways watch them; see [`crate::federation`]).
 
 use super::{Api, status};
-use crate::federation::{PeerRecord, RoomMapping, peers_prefix, room_key, rooms_prefix};
+use crate::federation::{
+    AddedPeer, PeerRecord, RoomMapping, added_key, added_prefix, peers_prefix, room_key,
+    rooms_prefix,
+};
 use crate::registry::Registry;
 use sfu_proto::control as pb;
 use sfu_proto::control::federation_service_server::FederationService;
@@ -30,6 +34,20 @@ impl Api {
             .view(&peers_prefix(self.0.membership.keys()))
     }
 
+    /// The peers added at runtime, read from the registry now.
+    async fn added_peers(&self) -> Result<Vec<AddedPeer>, Status> {
+        let (listing, _) = self
+            .0
+            .registry
+            .list(&added_prefix(self.0.membership.keys()))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(listing
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect())
+    }
+
     fn mapping(&self, m: RoomMapping, peers: &[PeerRecord]) -> pb::RoomMapping {
         let active = peers
             .iter()
@@ -51,6 +69,7 @@ impl FederationService for Api {
     ) -> Result<GrpcResponse<pb::ListFederationPeersResponse>, Status> {
         self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
         let mut peers: BTreeMap<String, pb::FederationPeer> = BTreeMap::new();
+        let mut config = std::collections::BTreeSet::new();
         for p in self.peer_records() {
             let e = peers.entry(p.peer.clone()).or_insert(pb::FederationPeer {
                 name: p.peer.clone(),
@@ -60,10 +79,102 @@ impl FederationService for Api {
                 e.linked_gateways.push(p.gateway.clone());
             }
             e.gateways.push(p.gateway);
+            // Records written before peers could be added say nothing: configuration.
+            if p.source != "added" {
+                config.insert(p.peer);
+            }
+        }
+        let added = self.added_peers().await?;
+        for a in &added {
+            let e = peers.entry(a.name.clone()).or_insert(pb::FederationPeer {
+                name: a.name.clone(),
+                ..Default::default()
+            });
+            e.addrs = a.addrs.iter().map(ToString::to_string).collect();
+        }
+        for p in peers.values_mut() {
+            let added = added.iter().any(|a| a.name == p.name);
+            p.source = match (config.contains(&p.name), added) {
+                (true, true) => "config,added",
+                (false, true) => "added",
+                _ => "config",
+            }
+            .to_owned();
         }
         Ok(GrpcResponse::new(pb::ListFederationPeersResponse {
             peers: peers.into_values().collect(),
         }))
+    }
+
+    async fn add_peer(
+        &self,
+        r: Request<pb::AddPeerRequest>,
+    ) -> Result<GrpcResponse<pb::FederationPeer>, Status> {
+        self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
+        let req = r.into_inner();
+        let addrs = req
+            .addrs
+            .iter()
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>().map_err(|_| {
+                    Status::invalid_argument(format!("address {a:?} is not IP:PORT"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let peer = AddedPeer {
+            name: req.name,
+            addrs,
+            ca_pem: req.ca_pem,
+        };
+        peer.check().map_err(Status::invalid_argument)?;
+        let records = self.peer_records();
+        if records
+            .iter()
+            .any(|p| p.peer == peer.name && p.source != "added")
+        {
+            return Err(Status::already_exists(format!(
+                "{:?} is in a federation gateway's configuration",
+                peer.name
+            )));
+        }
+        let value = serde_json::to_vec(&peer).unwrap_or_default();
+        self.0
+            .registry
+            .put_persistent(&added_key(self.0.membership.keys(), &peer.name), value)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(peer = %peer.name, addrs = ?peer.addrs, "federation peer added");
+        let gateways = records.iter().filter(|p| p.peer == peer.name);
+        Ok(GrpcResponse::new(pb::FederationPeer {
+            gateways: gateways.clone().map(|p| p.gateway.clone()).collect(),
+            linked_gateways: gateways
+                .filter(|p| p.linked)
+                .map(|p| p.gateway.clone())
+                .collect(),
+            source: "added".into(),
+            addrs: peer.addrs.iter().map(ToString::to_string).collect(),
+            name: peer.name,
+        }))
+    }
+
+    async fn remove_peer(
+        &self,
+        r: Request<pb::RemovePeerRequest>,
+    ) -> Result<GrpcResponse<pb::RemovePeerResponse>, Status> {
+        self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
+        let name = r.into_inner().name;
+        if !self.added_peers().await?.iter().any(|a| a.name == name) {
+            return Err(Status::not_found(format!(
+                "{name:?} is not an added federation peer"
+            )));
+        }
+        self.0
+            .registry
+            .delete(&added_key(self.0.membership.keys(), &name))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(peer = %name, "federation peer removed");
+        Ok(GrpcResponse::new(pb::RemovePeerResponse {}))
     }
 
     async fn map_room(
@@ -75,9 +186,10 @@ impl FederationService for Api {
         room_name(&req.room, "room")?;
         room_name(&req.peer_room, "peer_room")?;
         let peers = self.peer_records();
-        if !peers.iter().any(|p| p.peer == req.peer) {
+        let added = self.added_peers().await?;
+        if !peers.iter().any(|p| p.peer == req.peer) && !added.iter().any(|a| a.name == req.peer) {
             return Err(Status::not_found(format!(
-                "{:?} is not a peer any federation gateway of this cluster is configured for",
+                "{:?} is neither a peer any federation gateway of this cluster is configured for nor an added one",
                 req.peer
             )));
         }

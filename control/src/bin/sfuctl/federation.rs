@@ -1,5 +1,5 @@
-//! `sfuctl federation`: the peers this cluster's gateways are configured for, and room
-//! mappings with them (`FederationService`).
+//! `sfuctl federation`: the peers this cluster's gateways are configured for or that were
+//! added at runtime, and room mappings with them (`FederationService`).
 
 use super::{authed, channel, table};
 use clap::Subcommand;
@@ -22,8 +22,20 @@ pub enum FederationCmd {
 
 #[derive(Subcommand)]
 pub enum PeersCmd {
-    /// Each peer with the gateways configured for it and those linked now.
+    /// Each peer with where it comes from (config, added), its gateways and those linked now.
     List,
+    /// Adds a peer (kept in the registry): the gateways trust its CA and link to it.
+    Add {
+        name: String,
+        /// Its gateways' federation endpoints, IP:PORT (repeat for several).
+        #[arg(long = "addr", required = true)]
+        addrs: Vec<String>,
+        /// The only CA (or self-signed certificate) trusted for it, a PEM file.
+        #[arg(long)]
+        ca: std::path::PathBuf,
+    },
+    /// Removes an added peer: the gateways close its link and what crosses stops.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -59,6 +71,35 @@ pub async fn run(
         |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match command {
         FederationCmd::Peers {
+            command: PeersCmd::Add { name, addrs, ca },
+        } => {
+            use anyhow::Context;
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            let req = pb::AddPeerRequest {
+                name,
+                addrs,
+                ca_pem,
+            };
+            let p = c.add_peer(authed(admin, req)).await?.into_inner();
+            if json {
+                print(serde_json::json!({"name": p.name, "addrs": p.addrs, "source": p.source}));
+            } else {
+                println!("added peer {} at {}", p.name, p.addrs.join(","));
+            }
+        }
+        FederationCmd::Peers {
+            command: PeersCmd::Remove { name },
+        } => {
+            let req = pb::RemovePeerRequest { name: name.clone() };
+            c.remove_peer(authed(admin, req)).await?;
+            if json {
+                print(serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed peer {name}");
+            }
+        }
+        FederationCmd::Peers {
             command: PeersCmd::List,
         } => {
             let r = c
@@ -67,17 +108,19 @@ pub async fn run(
                 .into_inner();
             if json {
                 print(serde_json::json!(r.peers.iter().map(|p| serde_json::json!({
-                    "name": p.name, "gateways": p.gateways, "linked_gateways": p.linked_gateways,
+                    "name": p.name, "source": p.source, "addrs": p.addrs,
+                    "gateways": p.gateways, "linked_gateways": p.linked_gateways,
                 })).collect::<Vec<_>>()));
             } else {
                 let rows = r.peers.iter().map(|p| {
                     vec![
                         p.name.clone(),
+                        p.source.clone(),
                         p.gateways.join(","),
                         p.linked_gateways.join(","),
                     ]
                 });
-                table(&["PEER", "GATEWAYS", "LINKED"], rows.collect());
+                table(&["PEER", "SOURCE", "GATEWAYS", "LINKED"], rows.collect());
             }
         }
         FederationCmd::Rooms { command } => match command {
