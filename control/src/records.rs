@@ -9,6 +9,7 @@
 //! {prefix}rooms/{room}/tracks/{track}        TrackRecord     (the track directory)
 //! {prefix}rooms/{room}/reserved/{node}       ReservationRecord (places a node holds in a limited room)
 //! {prefix}rooms/{room}/config                RoomConfig      (no lease: set by the API)
+//! {prefix}rooms/{room}/recordings/{id}       RecordingRecord (a recording running, by its node)
 //! ```
 //!
 //! Every key is written by the node it describes and bound to that node's lease, so a node
@@ -177,6 +178,18 @@ pub struct TrackRecord {
     pub worker: u16,
 }
 
+/// A recording of the room running on `node` (written by that node while it runs, so
+/// participants on every node can be told, and told at their join).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RecordingRecord {
+    /// `EG_…`
+    pub id: String,
+    /// `track` or `room`.
+    pub kind: String,
+    pub node: String,
+    pub started_ms: u64,
+}
+
 /// A room created through the API: its limits. Not bound to a lease.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct RoomConfig {
@@ -218,6 +231,7 @@ pub enum Key {
     Track { room: String, track: String },
     Reservation { room: String, node: String },
     RoomConfig { room: String },
+    Recording { room: String, id: String },
 }
 
 /// The key layout under a cluster's prefix.
@@ -286,6 +300,14 @@ impl Keys {
         format!("{}rooms/{room}/config", self.prefix)
     }
 
+    pub fn recording(&self, room: &str, id: &str) -> String {
+        format!("{}rooms/{room}/recordings/{id}", self.prefix)
+    }
+
+    pub fn recordings_prefix(&self, room: &str) -> String {
+        format!("{}rooms/{room}/recordings/", self.prefix)
+    }
+
     pub fn rooms_prefix(&self) -> String {
         format!("{}rooms/", self.prefix)
     }
@@ -321,6 +343,10 @@ impl Keys {
             }),
             ["rooms", room, "config"] => Some(Key::RoomConfig {
                 room: (*room).to_owned(),
+            }),
+            ["rooms", room, "recordings", id] => Some(Key::Recording {
+                room: (*room).to_owned(),
+                id: (*id).to_owned(),
             }),
             _ => None,
         }
@@ -365,6 +391,13 @@ mod tests {
             Some(Key::Hand {
                 room: "r".into(),
                 sid: "PA_1".into()
+            })
+        );
+        assert_eq!(
+            k.parse(&k.recording("r", "EG_1")),
+            Some(Key::Recording {
+                room: "r".into(),
+                id: "EG_1".into()
             })
         );
         assert_eq!(k.parse("/sfu/other/nodes/n1"), None);

@@ -177,6 +177,10 @@ pub async fn route_events(
                     let _ = media.send_to(i, Command::Cluster(ClusterInput::Event(e.clone())));
                 }
             }
+            // Participants of the room on this node are told (see `crate::media::record`).
+            ClusterEvent::Recording { .. } | ClusterEvent::RecordingGone { .. } => {
+                media.recording_event(&me, &e)
+            }
             ClusterEvent::Registered(yes) => {
                 if *yes {
                     tracing::info!("registered in the cluster; admitting joins");

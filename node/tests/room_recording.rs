@@ -162,6 +162,14 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
     run_for(&mut [&mut alice], Duration::from_secs(3)).await;
     let mut bob = Browser::launch_with_args(&[("bob", page(1, "bob"))], &blue).await;
     wait_tracks(&cluster, &mut [&mut alice, &mut bob], room, 4).await;
+    // Bob, on the other node and joining while it runs, is told at his join.
+    let (shown, s) = bob
+        .until(Duration::from_secs(5), |s| shows_recording(s, "bob"))
+        .await;
+    assert!(
+        shown,
+        "a late joiner on another node sees the recording: {s}"
+    );
     microphone(&mut bob, "bob", false).await;
     run_for(&mut [&mut alice, &mut bob], Duration::from_secs(2)).await;
     microphone(&mut alice, "alice", false).await;
@@ -229,10 +237,11 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
 }
 
 /// Starting and stopping through a node's API with a participant's token: `roomRecord` for
-/// the room is needed; without it, a 403 says which grant for which room.
+/// the room is needed; without it, a 403 says which grant for which room. The recording runs
+/// on the other node than alice's: her page is told when it starts and ends.
 async fn participant_records(cluster: &Cluster, alice: &mut Browser, room: &str) {
     let http = common::http();
-    let url = format!("{}/admin/rooms/{room}/recordings", cluster.url(0));
+    let url = format!("{}/admin/rooms/{room}/recordings", cluster.url(1));
     for (token, why) in [
         (participant_token("carol", room, false), "roomRecord"),
         (
@@ -263,10 +272,15 @@ async fn participant_records(cluster: &Cluster, alice: &mut Browser, room: &str)
     assert_eq!(r.status().as_u16(), 201);
     let started: serde_json::Value = r.json().await.unwrap();
     assert_eq!(started["kind"], "room", "{started}");
-    run_for(&mut [alice], Duration::from_secs(2)).await;
+    assert_eq!(started["node"], "cp2", "{started}");
+    let (shown, s) = alice
+        .until(Duration::from_secs(5), |s| shows_recording(s, "alice"))
+        .await;
+    assert!(shown, "alice is told of a recording on the other node: {s}");
+    run_for(&mut [alice], Duration::from_secs(1)).await;
     let id = started["id"].as_str().unwrap();
     let r = http
-        .delete(format!("{}/admin/recordings/{id}", cluster.url(0)))
+        .delete(format!("{}/admin/recordings/{id}", cluster.url(1)))
         .bearer_auth(&host)
         .send()
         .await
@@ -274,4 +288,8 @@ async fn participant_records(cluster: &Cluster, alice: &mut Browser, room: &str)
     assert_eq!(r.status().as_u16(), 200);
     let done: serde_json::Value = r.json().await.unwrap();
     assert_eq!(done["state"], "complete", "{done}");
+    let (hidden, s) = alice
+        .until(Duration::from_secs(5), |s| !shows_recording(s, "alice"))
+        .await;
+    assert!(hidden, "alice is told it ended: {s}");
 }

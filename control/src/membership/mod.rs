@@ -28,7 +28,9 @@
 //!
 //! Media never waits for any of this: if etcd is unreachable, what flows keeps flowing.
 
-use crate::records::{HandRecord, Key, Keys, NodeRecord, ParticipantRecord, TrackRecord};
+use crate::records::{
+    HandRecord, Key, Keys, NodeRecord, ParticipantRecord, RecordingRecord, TrackRecord,
+};
 use crate::registry::{LeaseId, Listing, Registry, RegistryError, Watch, WatchEvent};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -76,6 +78,16 @@ pub enum ClusterEvent {
     HandGone {
         room: String,
         sid: String,
+    },
+    /// A recording of the room is running on a node.
+    Recording {
+        room: String,
+        record: RecordingRecord,
+    },
+    /// It ended (or its node left): the record as it last was.
+    RecordingGone {
+        room: String,
+        record: RecordingRecord,
     },
     /// The node is registered (again) under a new lease, or lost its lease.
     Registered(bool),
@@ -348,6 +360,11 @@ impl Membership {
             .collect()
     }
 
+    /// The recordings of a room running on any node, as last seen.
+    pub fn recordings(&self, room: &str) -> Vec<RecordingRecord> {
+        self.view(&self.keys.recordings_prefix(room))
+    }
+
     /// The raised hands of a room, earliest first.
     pub fn hands(&self, room: &str) -> Vec<HandRecord> {
         let mut hands: Vec<HandRecord> = self.view(&self.keys.hands_prefix(room));
@@ -602,12 +619,12 @@ impl<R: Registry> Task<R> {
         };
         let new: BTreeMap<String, Vec<u8>> = kvs.into_iter().collect();
         let old = std::mem::take(&mut *self.mirror.write().unwrap_or_else(|e| e.into_inner()));
-        for k in old.keys().filter(|k| !new.contains_key(*k)) {
-            self.emit(k, None);
+        for (k, was) in old.iter().filter(|(k, _)| !new.contains_key(*k)) {
+            self.emit(k, None, Some(was));
         }
         for (k, v) in &new {
             if old.get(k) != Some(v) {
-                self.emit(k, Some(v));
+                self.emit(k, Some(v), None);
             }
         }
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = new;
@@ -623,27 +640,27 @@ impl<R: Registry> Task<R> {
     fn apply(&mut self, e: WatchEvent) {
         match e {
             WatchEvent::Put { key, value } => {
-                self.emit(&key, Some(&value));
+                self.emit(&key, Some(&value), None);
                 self.mirror
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(key, value);
             }
             WatchEvent::Delete { key } => {
-                let existed = self
+                let was = self
                     .mirror
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key)
-                    .is_some();
-                if existed {
-                    self.emit(&key, None);
+                    .remove(&key);
+                if let Some(was) = was {
+                    self.emit(&key, None, Some(&was));
                 }
             }
         }
     }
 
-    fn emit(&self, key: &str, value: Option<&Vec<u8>>) {
+    /// Announces a key's new value (`None`: deleted; `was` is then its last value).
+    fn emit(&self, key: &str, value: Option<&Vec<u8>>, was: Option<&Vec<u8>>) {
         let Some(parsed) = self.keys.parse(key) else {
             return;
         };
@@ -686,6 +703,12 @@ impl<R: Registry> Task<R> {
                 .ok()
                 .map(|record| ClusterEvent::Hand { room, record }),
             (Key::Hand { room, sid }, None) => Some(ClusterEvent::HandGone { room, sid }),
+            (Key::Recording { room, .. }, Some(v)) => serde_json::from_slice(v)
+                .ok()
+                .map(|record| ClusterEvent::Recording { room, record }),
+            (Key::Recording { room, .. }, None) => was
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .map(|record| ClusterEvent::RecordingGone { room, record }),
             (Key::RoomNode { .. } | Key::Reservation { .. } | Key::RoomConfig { .. }, _) => None,
         };
         match event {

@@ -214,3 +214,16 @@ async fn hls(
     };
     Ok(([(axum::http::header::CONTENT_TYPE, kind)], body).into_response())
 }
+
+/// Tells a participant who just joined `room` about the recordings running in it, on any
+/// node (later starts and ends reach it as they happen: `media/record.rs`).
+pub fn announce(state: &AppState, room: &str, events: &crate::signaling::Events) {
+    for (id, kind) in state.media.running_recordings(room, &state.membership) {
+        let told = crate::signaling::protocol::ServerMessage::Recording {
+            id,
+            kind,
+            active: true,
+        };
+        events.send(crate::signaling::Outbound::Message(Box::new(told)));
+    }
+}

@@ -411,6 +411,8 @@ impl Session {
             };
             let joined = self.state.admit_and_join(request).await?;
             self.participant = Some(joined.participant.sid.clone());
+            // Queued now, sent after the joined reply.
+            super::recordings::announce(&self.state, &room, &self.events_tx);
             return Ok(Some(ServerMessage::Joined {
                 room,
                 participant: joined.participant,

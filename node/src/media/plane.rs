@@ -69,9 +69,24 @@ impl MediaPlane {
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             track_owners: RwLock::default(),
         });
-        // Every worker may hold participants of a recorded room: each is told.
+        // Every worker may hold participants of a recorded room: each is told. Other nodes
+        // learn it from the registry (a key bound to this node's lease, so a node that dies
+        // takes its recordings' keys with it), and so do participants joining later.
         let notified = senders.clone();
+        let membership = config.membership.clone();
         let notify: crate::recording::Notify = Box::new(move |info, active| {
+            let key = membership.keys().recording(&info.room, &info.id);
+            if active {
+                let record = sfu_control::records::RecordingRecord {
+                    id: info.id.clone(),
+                    kind: info.kind.to_owned(),
+                    node: info.node.clone(),
+                    started_ms: info.started_ms,
+                };
+                membership.set_json(key, &record);
+            } else {
+                membership.remove(key);
+            }
             for w in &notified {
                 let _ = w.send(Command::Record(super::RecordCommand::Notice {
                     room: info.room.clone(),

@@ -1,11 +1,23 @@
 //! Recordings on the media plane: which worker feeds a recording (the room's home worker,
-//! which also pulls the room's tracks from other nodes), and the commands it is given.
+//! which also pulls the room's tracks from other nodes), the commands it is given, and who
+//! is told that a recording runs.
+//!
+//! Participants on every node are told when a recording of their room starts and ends, and
+//! a participant who joins while one runs is told at its join. The recording node tells its
+//! own workers directly and writes a registry key per running recording,
+//! `rooms/{room}/recordings/{id}`, bound to its lease; other nodes tell their participants
+//! when the key appears and goes, and a joining participant is told the keys of its room.
+//! The registry rather than a relay frame to the room's other nodes: a node that opens the
+//! room later (its first participant joins after the recording started) has nothing to ask a
+//! frame from, while the registry holds the state; and a recording node that dies takes its
+//! keys with it, so everyone is told its recordings ended.
 
 use super::plane::MediaPlane;
 use super::worker::Worker;
 use super::{Command, RecordCommand};
-use crate::recording::{RecordingInfo, Recordings, TrackSpec};
+use crate::recording::{RecordingInfo, RecordingState, Recordings, TrackSpec};
 use crate::signaling::protocol::{ErrorCode, SignalError};
+use sfu_control::{ClusterEvent, Membership};
 use std::time::Instant;
 
 impl MediaPlane {
@@ -108,6 +120,59 @@ impl MediaPlane {
     pub fn recordings(&self) -> &Recordings {
         &self.recordings
     }
+
+    /// A recording started or ended on another node (the registry says so): the room's
+    /// participants on this node are told. This node's own are told when they start and end
+    /// (see [`crate::recording::Notify`]), not again from the registry.
+    pub fn recording_event(&self, me: &str, e: &ClusterEvent) {
+        let (room, record, active) = match e {
+            ClusterEvent::Recording { room, record } => (room, record, true),
+            ClusterEvent::RecordingGone { room, record } => (room, record, false),
+            _ => return,
+        };
+        if record.node == me {
+            return;
+        }
+        for i in 0..self.worker_count() {
+            let _ = self.send_to(
+                i,
+                Command::Record(RecordCommand::Notice {
+                    room: room.clone(),
+                    id: record.id.clone(),
+                    kind: kind_name(&record.kind),
+                    active,
+                }),
+            );
+        }
+    }
+
+    /// The recordings of `room` running anywhere in the cluster: the registry's, and this
+    /// node's own (whose key may not have reached the registry yet).
+    pub fn running_recordings(
+        &self,
+        room: &str,
+        membership: &Membership,
+    ) -> Vec<(String, &'static str)> {
+        let mut running: Vec<(String, &'static str)> = membership
+            .recordings(room)
+            .into_iter()
+            .map(|r| (r.id, kind_name(&r.kind)))
+            .collect();
+        for r in self.recordings().list() {
+            if r.room == room
+                && r.state == RecordingState::Active
+                && !running.iter().any(|(id, _)| *id == r.id)
+            {
+                running.push((r.id, r.kind));
+            }
+        }
+        running
+    }
+}
+
+/// A recording's kind as the signaling protocol names it.
+fn kind_name(kind: &str) -> &'static str {
+    if kind == "room" { "room" } else { "track" }
 }
 
 impl Worker {

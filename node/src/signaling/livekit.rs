@@ -78,6 +78,11 @@ pub struct LiveKitCodec {
     /// server-requested mute.
     own_mutes: HashMap<String, bool>,
     speaking: BTreeSet<String>,
+    /// Recordings of the room running (`Room.active_recording` in every room we send).
+    recordings: BTreeSet<String>,
+    /// The room's stage and audience as last told: LiveKit's clients replace their whole
+    /// room with each one we send.
+    counts: (u32, u32),
     version: u32,
 }
 
@@ -94,6 +99,8 @@ impl LiveKitCodec {
             next_offer_id: 0,
             own_mutes: HashMap::new(),
             speaking: BTreeSet::new(),
+            recordings: BTreeSet::new(),
+            counts: (0, 0),
             version: 0,
         }
     }
@@ -336,14 +343,20 @@ impl LiveKitCodec {
             "participant_count" => {
                 let stage = m["stage"].as_u64().unwrap_or(0) as u32;
                 let audience = m["audience"].as_u64().unwrap_or(0) as u32;
+                self.counts = (stage, audience);
                 R::RoomUpdate(lk::RoomUpdate {
-                    room: Some(lk::Room {
-                        name: self.room.clone(),
-                        sid: room_sid(&self.room),
-                        num_participants: stage + audience,
-                        num_publishers: stage,
-                        ..Default::default()
-                    }),
+                    room: Some(self.room_info()),
+                })
+            }
+            "recording" => {
+                let id = str_of(&m["id"]);
+                if m["active"].as_bool().unwrap_or(false) {
+                    self.recordings.insert(id);
+                } else {
+                    self.recordings.remove(&id);
+                }
+                R::RoomUpdate(lk::RoomUpdate {
+                    room: Some(self.room_info()),
                 })
             }
             "speakers" => {
@@ -414,6 +427,19 @@ impl LiveKitCodec {
         vec![response(out)]
     }
 
+    /// The room as this client knows it now.
+    fn room_info(&self) -> lk::Room {
+        let (stage, audience) = self.counts;
+        lk::Room {
+            name: self.room.clone(),
+            sid: room_sid(&self.room),
+            num_participants: stage + audience,
+            num_publishers: stage,
+            active_recording: !self.recordings.is_empty(),
+            ..Default::default()
+        }
+    }
+
     fn join_response(&mut self, m: &Value) -> lk::SignalResponse {
         let mut me = self.participant(&m["participant"]);
         me.permission = Some(lk::ParticipantPermission {
@@ -433,15 +459,12 @@ impl LiveKitCodec {
         let counts = &m["counts"];
         let stage = counts["stage"].as_u64().unwrap_or(0) as u32;
         let audience = counts["audience"].as_u64().unwrap_or(0) as u32;
+        self.counts = (stage, audience);
         response(signal_response::Message::Join(lk::JoinResponse {
             room: Some(lk::Room {
-                sid: room_sid(&self.room),
-                name: self.room.clone(),
-                num_participants: stage + audience,
-                num_publishers: stage,
                 creation_time: now_ms() / 1000,
                 creation_time_ms: now_ms(),
-                ..Default::default()
+                ..self.room_info()
             }),
             participant: Some(me),
             other_participants: others,
@@ -627,5 +650,32 @@ mod tests {
         assert!(
             matches!(&r.message, Some(signal_response::Message::PongResp(p)) if p.last_ping_timestamp == 7)
         );
+    }
+
+    #[test]
+    fn recordings_are_told_as_the_rooms_active_recording_and_stay_told() {
+        let mut c = codec();
+        let room = |out: Vec<lk::SignalResponse>| match &out[0].message {
+            Some(signal_response::Message::RoomUpdate(u)) => u.room.clone().unwrap(),
+            m => panic!("{m:?}"),
+        };
+        let r = room(
+            c.encode(&serde_json::json!({"type": "participant_count", "stage": 2, "audience": 1})),
+        );
+        assert!(!r.active_recording);
+        let r = room(c.encode(
+            &serde_json::json!({"type": "recording", "id": "EG_1", "kind": "room", "active": true}),
+        ));
+        assert!(r.active_recording);
+        assert_eq!(r.num_participants, 3, "a recording update keeps the counts");
+        let r = room(
+            c.encode(&serde_json::json!({"type": "participant_count", "stage": 2, "audience": 2})),
+        );
+        assert!(r.active_recording, "a count update keeps the recording");
+        c.encode(&serde_json::json!({"type": "recording", "id": "EG_2", "kind": "track", "active": true}));
+        let r = room(c.encode(&serde_json::json!({"type": "recording", "id": "EG_1", "kind": "room", "active": false})));
+        assert!(r.active_recording, "EG_2 still runs");
+        let r = room(c.encode(&serde_json::json!({"type": "recording", "id": "EG_2", "kind": "track", "active": false})));
+        assert!(!r.active_recording);
     }
 }
