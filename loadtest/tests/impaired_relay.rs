@@ -32,6 +32,10 @@ fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
     c.cluster.etcd = vec![etcd.to_owned()];
     c.cluster.certs_dir = Some(certs.to_owned());
     c.cluster.name = "impaired".into();
+    // Relayed media in the link's QUIC datagrams, through the impairing proxy: the direct
+    // path (worker to worker) would pass beside it. Both paths carry the same records and
+    // recover losses with the same NACKs; `direct_relay.rs` tests the direct one.
+    c.cluster.direct_media = false;
     c.dev = true;
     c
 }

@@ -20,7 +20,7 @@ use sfu_relay::NodeId;
 use sfu_relay::quic::{Link, LinkHandler, LinkManager};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -30,16 +30,11 @@ const LOAD_REPORT_PERIOD: Duration = Duration::from_secs(2);
 /// Routes relay input to media workers.
 pub struct Router {
     media: MediaPlane,
-    /// (peer, flow) → worker, for flows peers send us.
-    inbound: Mutex<HashMap<(NodeId, u32), usize>>,
 }
 
 impl Router {
     pub fn new(media: MediaPlane) -> Self {
-        Self {
-            media,
-            inbound: Mutex::new(HashMap::new()),
-        }
+        Self { media }
     }
 
     fn broadcast(&self, make: impl Fn() -> ClusterInput) {
@@ -48,8 +43,10 @@ impl Router {
         }
     }
 
+    /// (peer, flow) → worker, for the flows peers send us (the workers read it too, for
+    /// what arrives on the direct path).
     fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u32), usize>> {
-        self.inbound.lock().unwrap_or_else(|e| e.into_inner())
+        self.media.shared().inbound_flows()
     }
 }
 
@@ -96,7 +93,8 @@ impl LinkHandler for Router {
                 });
                 return;
             }
-            Some(Body::Hello(_)) | None => return,
+            // The link itself handles direct-path confirmations.
+            Some(Body::Hello(_)) | Some(Body::DirectConfirmed(_)) | None => return,
         };
         let _ = self.media.send_to(
             worker,
@@ -110,22 +108,7 @@ impl LinkHandler for Router {
     /// A datagram's packets go to the workers their flows belong to: one command per worker
     /// per datagram, and one look-up of the flow table per datagram.
     fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
-        let mut each: Vec<(usize, Vec<(u32, bytes::Bytes)>)> = Vec::new();
-        {
-            let flows = self.flows();
-            for record in sfu_relay::wire::records(datagram) {
-                let Ok((flow, rtp)) = record else {
-                    break;
-                };
-                let Some(&worker) = flows.get(&(from.clone(), flow)) else {
-                    continue;
-                };
-                match each.iter_mut().find(|(w, _)| *w == worker) {
-                    Some((_, records)) => records.push((flow, rtp)),
-                    None => each.push((worker, vec![(flow, rtp)])),
-                }
-            }
-        }
+        let each = self.media.shared().route_records(from, datagram);
         for (worker, records) in each {
             let _ = self.media.send_to(
                 worker,

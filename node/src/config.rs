@@ -148,6 +148,11 @@ pub struct ClusterConfig {
     pub lease_ttl_secs: u64,
     /// Participants this node takes before placement prefers others (0: none stated; the
     /// measured CPU of its media workers and its egress decide).
+    /// Relayed media goes straight between the media workers' UDP sockets (sealed with keys
+    /// from the relay link's TLS session) when the peer offers it too and the path works;
+    /// false: in the relay link's QUIC datagrams only (e.g. when the workers' ports are not
+    /// reachable between nodes at the relay endpoint's address).
+    pub direct_media: bool,
     pub capacity: u32,
     /// Media this node may send, in Mbit/s (0: its fastest network interface's speed, or
     /// 1,000 if unknown).
@@ -171,6 +176,7 @@ impl Default for ClusterConfig {
             capacity: 0,
             egress_capacity_mbps: 0,
         }
+            direct_media: true,
     }
 }
 

@@ -15,6 +15,13 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
+/// Label of the relay datagram counters: `direct` (between media workers' sockets) or `quic`
+/// (the link's QUIC datagrams and streams).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    pub path: &'static str,
+}
+
 /// All metrics of a node.
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +34,10 @@ pub struct Metrics {
     pub packets_out: Counter,
     pub bytes_out: Counter,
     pub relayed: Counter,
+    /// Datagrams of relayed media sent to other nodes, by path.
+    pub relay_datagrams_out: Family<PathLabels, Counter>,
+    /// Datagrams of relayed media received on the direct path.
+    pub relay_direct_in: Counter,
     pub nacks_received: Counter,
     pub retransmitted: Counter,
     pub keyframe_requests_received: Counter,
@@ -67,6 +78,8 @@ impl Metrics {
             packets_out: Counter::default(),
             bytes_out: Counter::default(),
             relayed: Counter::default(),
+            relay_datagrams_out: Family::default(),
+            relay_direct_in: Counter::default(),
             room_panics: Counter::default(),
             slow_clients: Counter::default(),
             idle_clients: Counter::default(),
@@ -127,6 +140,16 @@ impl Metrics {
             "relayed_packets",
             "RTP packets sent on relay links: to other nodes, and to the other media workers of this node",
             m.relayed.clone(),
+        );
+        registry.register(
+            "relay_datagrams_out",
+            "Datagrams of relayed media sent to other nodes: path direct (between media workers' sockets, sealed with keys of the link's TLS session) or quic (the link's QUIC datagrams)",
+            m.relay_datagrams_out.clone(),
+        );
+        registry.register(
+            "relay_direct_datagrams_in",
+            "Datagrams of relayed media received and opened on the direct path",
+            m.relay_direct_in.clone(),
         );
         registry.register(
             "room_panics",

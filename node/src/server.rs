@@ -154,13 +154,20 @@ impl Server {
                         dir.display()
                     )
                 })?;
-            let links = LinkManager::start(
+            // The direct media path: peers send relayed media to the workers' sockets.
+            let direct_ports = if config.cluster.direct_media {
+                media.udp_addrs().iter().map(|a| a.port()).collect()
+            } else {
+                Vec::new()
+            };
+            let links = LinkManager::start_with_direct(
                 config.cluster.relay_bind,
                 &identity,
                 Arc::new(Router::new(media.clone())),
             )?;
             let bound = links.local_addr()?;
             let advertise = config
+                direct_ports,
                 .cluster
                 .relay_advertise
                 .unwrap_or_else(|| SocketAddr::new(host, bound.port()));

@@ -441,6 +441,7 @@ mod seeds {
             Body::Hello(p::Hello {
                 node_id: "node-1".into(),
                 protocol_version: 1,
+                ..Default::default()
             }),
             Body::Subscribe(p::Subscribe {
                 room: "demo".into(),

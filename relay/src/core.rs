@@ -497,7 +497,7 @@ impl Relay {
     pub fn handle_frame(&mut self, now: Instant, from: &NodeId, frame: Frame) {
         let Some(body) = frame.body else { return };
         match body {
-            Body::Hello(_) => {}
+            Body::Hello(_) | Body::DirectConfirmed(_) => {}
             Body::Subscribe(s) => self.on_subscribe(now, from, s),
             Body::Accepted(a) => self.on_accepted(now, from, a),
             Body::Redirect(r) => self.on_redirect(now, from, r),

@@ -5,6 +5,7 @@
 //! - [`nack`]: loss detection on relayed flows.
 //! - [`wire`]: control-frame and datagram framing.
 //! - [`glue`]: applying the relay's outputs to the forwarding core.
+//! - [`direct`]: sealing relayed media for the workers' UDP sockets (the links' data path).
 //! - [`quic`]: the links themselves, over QUIC (quinn) with mutual TLS from a cluster CA.
 //! - [`certs`]: creating a development cluster CA and node certificates.
 
@@ -12,6 +13,7 @@ pub mod certs;
 pub mod core;
 mod core_feed;
 mod core_want;
+pub mod direct;
 pub mod glue;
 pub mod nack;
 pub mod quic;

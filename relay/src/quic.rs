@@ -7,8 +7,12 @@
 //! node id its `Hello` claims.
 //!
 //! This is the I/O shell around the sans-IO [`core`](crate::core): it moves frames and
-//! datagrams between the network and a [`LinkHandler`], and does nothing clever.
+//! datagrams between the network and a [`LinkHandler`], and does nothing clever. When both
+//! nodes offer their media workers' ports in their `Hello`s, it also exports the keys of the
+//! link's [`direct`](crate::direct) path from the TLS session and records the peer's
+//! confirmations; the workers send and receive on that path themselves.
 
+use crate::direct::{self, DirectPath, KEY_LEN};
 use crate::wire::{self, MAX_STREAM_PACKET};
 use anyhow::{Context, anyhow, bail};
 use bytes::{Bytes, BytesMut};
@@ -182,6 +186,8 @@ pub struct Link {
     pub node: NodeId,
     pub connection: quinn::Connection,
     frames: mpsc::UnboundedSender<Frame>,
+    /// The direct media path, when both ends offered one.
+    pub direct: Option<Arc<DirectPath>>,
 }
 
 impl Link {
@@ -196,6 +202,7 @@ impl Link {
             node,
             connection,
             frames,
+            direct: None,
         }
     }
 
@@ -237,6 +244,8 @@ pub struct LinkManager {
     /// Behind a lock: a federation gateway's trust changes as peers are added and removed.
     client: Mutex<quinn::ClientConfig>,
     handler: Arc<dyn LinkHandler>,
+    /// Our media workers' UDP ports, offered to peers for the direct path (empty: none).
+    direct_ports: Vec<u16>,
     /// Peers we dial (those sorting after us), with their dialer task.
     dialing: Mutex<HashMap<NodeId, (SocketAddr, tokio::task::JoinHandle<()>)>>,
     /// Live links, to replace a stale one when the peer reconnects.
@@ -244,11 +253,22 @@ pub struct LinkManager {
 }
 
 impl LinkManager {
-    /// Binds the endpoint and starts accepting links.
+    /// Binds the endpoint and starts accepting links, with no direct path.
     pub fn start(
         bind: SocketAddr,
         identity: &Identity,
         handler: Arc<dyn LinkHandler>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::start_with_direct(bind, identity, handler, Vec::new())
+    }
+
+    /// Binds the endpoint and starts accepting links; offers peers a direct path to the media
+    /// workers listening on `direct_ports` (at the address they reach the endpoint at).
+    pub fn start_with_direct(
+        bind: SocketAddr,
+        identity: &Identity,
+        handler: Arc<dyn LinkHandler>,
+        direct_ports: Vec<u16>,
     ) -> anyhow::Result<Arc<Self>> {
         let endpoint = quinn::Endpoint::server(identity.server_config()?, bind)
             .with_context(|| format!("binding relay endpoint {bind}"))?;
@@ -257,6 +277,7 @@ impl LinkManager {
             endpoint,
             client: Mutex::new(identity.client_config()?),
             handler,
+            direct_ports,
             dialing: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
         });
@@ -348,20 +369,25 @@ impl LinkManager {
     ) -> anyhow::Result<quinn::Connection> {
         let name = ServerName::try_from(node.to_string())
             .map_err(|_| anyhow!("node id {node} is not a DNS name"))?;
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let connecting = self
-            .endpoint
-            .connect_with(client, addr, &name.to_str())?;
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let connecting = self.endpoint.connect_with(client, addr, &name.to_str())?;
         let conn = tokio::time::timeout(IDLE_TIMEOUT, connecting).await??;
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(&mut send, &hello(&self.me)).await?;
+        let ours = self.hello();
+        write_frame(&mut send, &hello_frame(&ours)).await?;
         let mut buf = BytesMut::new();
-        let peer = read_hello(&mut recv, &mut buf).await?;
+        let theirs = read_hello(&mut recv, &mut buf).await?;
+        let peer: NodeId = theirs.node_id.as_str().into();
         if *peer != **node {
             conn.close(1u32.into(), b"unexpected node");
             bail!("{addr} answered as {peer}, expected {node}");
         }
-        self.run(node.clone(), conn.clone(), send, recv, buf);
+        let direct = self.direct_path(&conn, &ours, &theirs);
+        self.run(node.clone(), conn.clone(), send, recv, buf, direct);
         Ok(conn)
     }
 
@@ -380,7 +406,8 @@ impl LinkManager {
         let conn = tokio::time::timeout(IDLE_TIMEOUT, incoming).await??;
         let (mut send, mut recv) = tokio::time::timeout(IDLE_TIMEOUT, conn.accept_bi()).await??;
         let mut buf = BytesMut::new();
-        let peer = read_hello(&mut recv, &mut buf).await?;
+        let theirs = read_hello(&mut recv, &mut buf).await?;
+        let peer: NodeId = theirs.node_id.as_str().into();
         // The CA vouched for the certificate; it must also name the node the peer claims to be.
         let certs = conn
             .peer_identity()
@@ -400,9 +427,63 @@ impl LinkManager {
                 conn.remote_address()
             );
         }
-        write_frame(&mut send, &hello(&self.me)).await?;
-        self.run(peer, conn, send, recv, buf);
+        let ours = self.hello();
+        write_frame(&mut send, &hello_frame(&ours)).await?;
+        let direct = self.direct_path(&conn, &ours, &theirs);
+        self.run(peer, conn, send, recv, buf, direct);
         Ok(())
+    }
+
+    /// Our `Hello`: with the direct path's ports and a fresh channel id, if we offer it.
+    fn hello(&self) -> Hello {
+        let mut channel = [0u8; 4];
+        if !self.direct_ports.is_empty() {
+            // Unguessable, so that stray datagrams of an old link do not even reach the AEAD.
+            let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut channel);
+        }
+        Hello {
+            node_id: self.me.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            direct_ports: self.direct_ports.iter().map(|p| u32::from(*p)).collect(),
+            direct_channel: u32::from_be_bytes(channel),
+        }
+    }
+
+    /// The link's direct path, if both ends offered one: the peer's ports at the address the
+    /// connection reaches it at, and a key per direction exported from the TLS session.
+    fn direct_path(
+        &self,
+        conn: &quinn::Connection,
+        ours: &Hello,
+        theirs: &Hello,
+    ) -> Option<Arc<DirectPath>> {
+        if ours.direct_ports.is_empty() || theirs.direct_ports.is_empty() {
+            return None;
+        }
+        let export = |sender: &str| {
+            let mut key = [0u8; KEY_LEN];
+            conn.export_keying_material(
+                &mut key,
+                direct::EXPORTER_LABEL,
+                &direct::exporter_context(sender),
+            )
+            .ok()
+            .map(|_| key)
+        };
+        let ip = conn.remote_address().ip();
+        let peer_addrs = theirs
+            .direct_ports
+            .iter()
+            .filter_map(|p| u16::try_from(*p).ok())
+            .map(|p| SocketAddr::new(ip, p))
+            .collect();
+        Some(Arc::new(DirectPath::new(
+            peer_addrs,
+            theirs.direct_channel,
+            export(&ours.node_id)?,
+            ours.direct_channel,
+            export(&theirs.node_id)?,
+        )))
     }
 
     /// Runs a link: reader, writer and media tasks; reports it up, and down when it closes.
@@ -413,6 +494,7 @@ impl LinkManager {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         mut buf: BytesMut,
+        direct: Option<Arc<DirectPath>>,
     ) {
         let replaced = self
             .live
@@ -432,6 +514,7 @@ impl LinkManager {
             node: node.clone(),
             connection: conn.clone(),
             frames: tx,
+            direct: direct.clone(),
         });
         tracing::info!(peer = %node, remote = %conn.remote_address(), "relay link up");
         // Writer.
@@ -447,6 +530,14 @@ impl LinkManager {
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut recv, &mut buf).await {
+                    // The peer opens what one of our workers sends directly: it may switch.
+                    Ok(Frame {
+                        body: Some(Body::DirectConfirmed(c)),
+                    }) => {
+                        if let Some(d) = &direct {
+                            d.confirm(c.worker);
+                        }
+                    }
                     Ok(f) => h.frame(&n, f),
                     Err(e) => {
                         if e.downcast_ref::<wire::WireError>().is_some() {
@@ -496,12 +587,9 @@ impl LinkManager {
     }
 }
 
-fn hello(me: &NodeId) -> Frame {
+fn hello_frame(h: &Hello) -> Frame {
     Frame {
-        body: Some(Body::Hello(Hello {
-            node_id: me.to_string(),
-            protocol_version: PROTOCOL_VERSION,
-        })),
+        body: Some(Body::Hello(h.clone())),
     }
 }
 
@@ -525,12 +613,10 @@ async fn read_frame(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow:
     }
 }
 
-async fn read_hello(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow::Result<NodeId> {
+async fn read_hello(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> anyhow::Result<Hello> {
     let f = tokio::time::timeout(IDLE_TIMEOUT, read_frame(recv, buf)).await??;
     match f.body {
-        Some(Body::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => {
-            Ok(h.node_id.as_str().into())
-        }
+        Some(Body::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => Ok(h),
         Some(Body::Hello(h)) => bail!(
             "protocol version {} (ours is {PROTOCOL_VERSION})",
             h.protocol_version

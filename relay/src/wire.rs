@@ -184,6 +184,7 @@ mod tests {
             body: Some(Body::Hello(Hello {
                 node_id: "n1".into(),
                 protocol_version: 1,
+                ..Default::default()
             })),
         };
         let mut buf = BytesMut::new();

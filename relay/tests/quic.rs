@@ -272,3 +272,93 @@ async fn a_member_cannot_pose_as_another_node() {
     b.close();
     x.close();
 }
+
+/// Both ends offer their media workers' ports: each link gets a direct path whose keys and
+/// channels cross (what one seals, the other opens), the ports at the address the link
+/// reached the peer at, and a `DirectConfirmed` frame switches the sender's worker over.
+#[tokio::test]
+async fn links_agree_on_a_direct_path_when_both_offer_it() {
+    use sfu_proto::relay::DirectConfirmed;
+    use sfu_relay::direct::{Opener, Sealer};
+    let ca = create_ca("test cluster").unwrap();
+    let start_direct = |node: &str, ports: Vec<u16>| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rec = Arc::new(Recorder {
+            tx,
+            links: Mutex::new(Vec::new()),
+        });
+        let m = LinkManager::start_with_direct(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity(&ca, node),
+            rec.clone(),
+            ports,
+        )
+        .unwrap();
+        (m, rec, rx)
+    };
+    let (a, rec_a, mut ev_a) = start_direct("node-a", vec![4100, 4101]);
+    let (b, rec_b, mut ev_b) = start_direct("node-b", vec![5100]);
+    let (c, rec_c, mut ev_c) = start_direct("node-c", vec![]);
+    let peers = vec![
+        (NodeId::from("node-a"), a.local_addr().unwrap()),
+        (NodeId::from("node-b"), b.local_addr().unwrap()),
+        (NodeId::from("node-c"), c.local_addr().unwrap()),
+    ];
+    for m in [&a, &b, &c] {
+        m.set_peers(&peers);
+    }
+    for _ in 0..2 {
+        assert!(matches!(next(&mut ev_a).await, Event::Up(_)));
+    }
+    assert!(matches!(next(&mut ev_b).await, Event::Up(_)));
+    assert!(matches!(next(&mut ev_c).await, Event::Up(_)));
+    let link = |rec: &Recorder, to: &str| {
+        rec.links
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| &*l.node == to)
+            .cloned()
+            .unwrap()
+    };
+    let (ab, ba) = (link(&rec_a, "node-b"), link(&rec_b, "node-a"));
+    let (pa, pb) = (ab.direct.clone().unwrap(), ba.direct.clone().unwrap());
+    assert_eq!(pa.peer_addrs, vec!["127.0.0.1:5100".parse().unwrap()]);
+    assert_eq!(
+        pb.peer_addrs,
+        vec![
+            "127.0.0.1:4100".parse().unwrap(),
+            "127.0.0.1:4101".parse().unwrap()
+        ]
+    );
+    assert_eq!((pa.peer_channel, pb.peer_channel), (pb.channel, pa.channel));
+    assert_ne!(pa.send_key, pa.recv_key, "a key per direction");
+    // What A's worker 1 seals under B's channel, B opens with its receiving key.
+    let mut sealed = bytes::BytesMut::new();
+    Sealer::new(&pa.send_key, pa.peer_channel, 1).seal(b"records", &mut sealed);
+    assert_eq!(sfu_relay::direct::channel_of(&sealed), Some(pb.channel));
+    let (worker, plain) = Opener::new(&pb.recv_key).open(&mut sealed).unwrap();
+    assert_eq!((worker, plain), (1, &b"records"[..]));
+    // B confirms A's worker 1: A's path says so; the frame is the link's, not the handler's.
+    assert!(!pa.is_confirmed(1));
+    ba.send_frame(Frame {
+        body: Some(Body::DirectConfirmed(DirectConfirmed { worker: 1 })),
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !pa.is_confirmed(1) {
+        assert!(tokio::time::Instant::now() < deadline, "confirmation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!pa.is_confirmed(0));
+    assert!(ev_a.try_recv().is_err(), "no frame reached the handler");
+    // C offers no ports: its links have no direct path, on either end.
+    assert!(link(&rec_a, "node-c").direct.is_none());
+    assert!(
+        rec_c
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| l.direct.is_none())
+    );
+}

@@ -29,6 +29,7 @@ pub mod worker;
 mod worker_cluster;
 mod worker_commands;
 mod worker_guard;
+mod worker_direct;
 mod worker_links;
 mod worker_metrics;
 

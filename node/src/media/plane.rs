@@ -11,13 +11,15 @@
 
 use super::{Command, ErrorCode, SignalError, WorkerConfig, WorkerSnapshot, worker};
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use sfu_core::TrackId;
+use sfu_relay::NodeId;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 type Reply<T> = oneshot::Sender<Result<T, SignalError>>;
@@ -30,6 +32,39 @@ pub struct Shared {
     /// The worker each track published on this node is published on (relay requests from
     /// other nodes about a track go there).
     pub track_owners: RwLock<HashMap<(Arc<str>, TrackId), usize>>,
+    /// (peer, flow) → worker, for the flows other nodes send us: a `FlowOpen` ties a flow to
+    /// the home worker of its room. Looked up once per relay datagram received.
+    pub inbound_flows: Mutex<HashMap<(NodeId, u32), usize>>,
+}
+
+/// A relay datagram's records, grouped by the worker each goes to.
+pub type RoutedRecords = Vec<(usize, Vec<(u32, Bytes)>)>;
+
+impl Shared {
+    pub fn inbound_flows(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u32), usize>> {
+        self.inbound_flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Splits a relay datagram from `from` into its records, grouped by the worker whose flow
+    /// each belongs to (records of unknown flows are dropped; a malformed one ends the
+    /// datagram): one look-up of the flow table per datagram.
+    pub fn route_records(&self, from: &NodeId, datagram: Bytes) -> RoutedRecords {
+        let mut each: RoutedRecords = Vec::new();
+        let flows = self.inbound_flows();
+        for record in sfu_relay::wire::records(datagram) {
+            let Ok((flow, rtp)) = record else {
+                break;
+            };
+            let Some(&worker) = flows.get(&(from.clone(), flow)) else {
+                continue;
+            };
+            match each.iter_mut().find(|(w, _)| *w == worker) {
+                Some((_, records)) => records.push((flow, rtp)),
+                None => each.push((worker, vec![(flow, rtp)])),
+            }
+        }
+        each
+    }
 }
 
 /// The index of the worker a participant lives on, from its sid (`PA_` and two hex digits).
@@ -68,6 +103,7 @@ impl MediaPlane {
         let shared = Arc::new(Shared {
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             track_owners: RwLock::default(),
+            inbound_flows: Mutex::default(),
         });
         // Every worker may hold participants of a recorded room: each is told. Other nodes
         // learn it from the registry (a key bound to this node's lease, so a node that dies
@@ -120,6 +156,11 @@ impl MediaPlane {
             shared,
             recordings,
         })
+    }
+
+    /// What the workers share.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Local addresses of the workers' UDP sockets.

@@ -6,7 +6,8 @@
 //! each, it sends what was produced: the UDP batch with `sendmmsg`, relay datagrams on their
 //! QUIC links, and the cluster effects to the registry and the relay. Datagrams are routed to
 //! rooms by [`demux`](super::demux); one that matches no peer is dropped and counted, and can
-//! never reach another room.
+//! never reach another room. Relayed media from other nodes' workers arrives on the same
+//! socket ([`worker_direct`](super::worker_direct)), told apart by its first byte.
 
 use super::demux::{PacketClass, classify, stun_local_ufrag};
 use super::egress::Egress;
@@ -79,6 +80,13 @@ pub(super) struct PeerRef {
     pub(super) peer: usize,
 }
 
+/// Relay datagrams sent to other nodes, by path.
+#[derive(Default)]
+pub(super) struct RelaySent {
+    pub(super) direct: u64,
+    pub(super) quic: u64,
+}
+
 /// Datagrams dropped before reaching any room.
 #[derive(Default)]
 pub(super) struct WorkerDrops {
@@ -111,6 +119,13 @@ pub(super) struct Worker {
     pub(super) deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     pub(super) relay: Relay,
     pub(super) links: HashMap<NodeId, LinkHandle>,
+    /// The command queues of the node's workers (this one's too), by index.
+    pub(super) siblings: Vec<mpsc::UnboundedSender<Command>>,
+    /// Links' direct paths by the channel this node named them with.
+    pub(super) direct_in: HashMap<u32, super::worker_direct::DirectIn>,
+    pub(super) direct_drops: super::worker_direct::DirectDrops,
+    /// Relay datagrams sent to other nodes since the last metrics report, by path.
+    pub(super) relay_sent: RelaySent,
     pub(super) sinks: SinkTable,
     /// Registry deletions about linked nodes, held for [`LINKED_GRACE`].
     pub(super) deferred: Vec<(Instant, ClusterEvent)>,
@@ -183,6 +198,7 @@ pub(super) fn spawn(
     let membership = config.membership.clone();
     let webhooks = config.webhooks.clone();
     let mut links = HashMap::new();
+    let queues = siblings.clone();
     for (j, to) in siblings
         .into_iter()
         .enumerate()
@@ -228,6 +244,10 @@ pub(super) fn spawn(
                     deadlines: BinaryHeap::new(),
                     relay,
                     links,
+                    siblings: queues,
+                    direct_in: HashMap::new(),
+                    direct_drops: Default::default(),
+                    relay_sent: RelaySent::default(),
                     sinks: SinkTable::default(),
                     deferred: Vec::new(),
                     out: Egress::default(),
@@ -320,6 +340,10 @@ impl Worker {
     }
 
     pub(super) fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if data.first() == Some(&sfu_relay::direct::MAGIC) {
+            self.handle_direct(now, data);
+            return;
+        }
         let target = match self.by_addr.get(&from) {
             Some(t) => *t,
             None => {

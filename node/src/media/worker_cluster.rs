@@ -5,6 +5,7 @@
 use super::ClusterInput;
 use super::egress::Effect;
 use super::worker::{CoreRooms, LINKED_GRACE, Worker};
+use super::worker_links::{LinkHandle, Sent};
 use sfu_control::ClusterEvent;
 use sfu_relay::NodeId;
 use sfu_relay::core::{Output as RelayOutput, TrackKey};
@@ -309,14 +310,29 @@ impl Worker {
         }
         let (relay, links, drops) = (&self.relay, &self.links, &mut self.drops);
         let link_of = |link: u32| relay.node_of_link(link).and_then(|n| links.get(n));
-        self.out.relay.flush(
+        let super::egress::Egress {
+            relay: outbox,
+            udp,
+            arena,
+            ..
+        } = &mut self.out;
+        let mut out = super::worker_links::DirectOut {
+            now: Instant::now(),
+            udp,
+            arena,
+        };
+        let (mut direct, mut quic) = (0, 0);
+        outbox.flush(
             |link| link_of(link).map_or(0, |l| l.max_datagram_size()),
-            |link, d| {
-                if !link_of(link).is_some_and(|l| l.send_datagram(d)) {
-                    drops.relay_rejected += 1;
-                }
+            |link, d| match link_of(link).map(|l| l.send_datagram(d, &mut out)) {
+                Some(Sent::Direct) => direct += 1,
+                Some(Sent::Quic) => quic += 1,
+                Some(Sent::Sibling) => {}
+                Some(Sent::Failed) | None => drops.relay_rejected += 1,
             },
         );
+        self.relay_sent.direct += direct;
+        self.relay_sent.quic += quic;
     }
 
     pub(super) fn handle_cluster(&mut self, input: ClusterInput) {
@@ -324,13 +340,15 @@ impl Worker {
         match input {
             ClusterInput::LinkUp(link) => {
                 let node = link.node.clone();
+                self.direct_link_up(&link);
                 self.links
-                    .insert(node.clone(), super::worker_links::LinkHandle::Quic(link));
+                    .insert(node.clone(), LinkHandle::quic(link, self.index));
                 self.relay.handle_link_up(now, node);
                 self.drain_relay(now);
             }
             ClusterInput::LinkDown(node) => {
                 self.links.remove(&node);
+                self.direct_link_down(&node);
                 // Deletions held because the node was linked are believed at once now, unless
                 // the node has written its keys again meanwhile (its record flapped).
                 let (now_due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
@@ -372,26 +390,7 @@ impl Worker {
                 self.drain_relay(now);
             }
             ClusterInput::Datagrams { from, records } => {
-                let link = self.relay.link_id(&from);
-                for (flow, rtp) in records {
-                    match self.relay.handle_datagram(now, link, flow, rtp) {
-                        Ok(d) => {
-                            let (track, layer, packet) = (d.key.track, d.layer, d.packet);
-                            if let Some(&idx) = self.room_by_name.get(&*d.key.room) {
-                                self.touching = Some(idx);
-                                self.rooms[idx].handle_relayed_rtp(
-                                    now,
-                                    track,
-                                    layer,
-                                    packet,
-                                    &mut self.out,
-                                );
-                                self.after_room(idx);
-                            }
-                        }
-                        Err(_) => self.drops.relay_rejected += 1,
-                    }
-                }
+                self.handle_relay_records(now, &from, records);
             }
             ClusterInput::Event(e) => self.handle_cluster_event(now, e),
         }

@@ -4,21 +4,44 @@
 //! each other as nodes do, one copy of each packet per worker that wants it, so a room spans
 //! every core of a node. A sibling link hands frames and datagrams to the other worker's
 //! command queue: a turn's packets for it in one command, their bytes shared, not copied.
+//!
+//! A link to another node sends its media datagrams on the [`direct`](sfu_relay::direct)
+//! path when the peer offered one and confirmed that it receives this worker's: sealed into
+//! the worker's send buffer and sent with its own `sendmmsg` batch, so a relayed packet costs
+//! about what a local delivery does. Until then (and for datagrams too large for it) they go
+//! in the link's QUIC datagrams, while small probes go the direct way every
+//! [`PROBE_EVERY`] until one is confirmed.
 
+use super::transport::arena::SendArena;
+use super::udp::{MAX_DATAGRAM, SendQueue};
 use super::{ClusterInput, Command};
 use bytes::Bytes;
 use sfu_proto::relay::Frame;
 use sfu_relay::NodeId;
+use sfu_relay::direct::{DirectPath, OVERHEAD, Sealer};
 use sfu_relay::quic::Link;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// What a worker packs into one hand-off to a sibling: a turn's packets for it, in one
 /// command (the other worker wakes once for them, not once per packet).
 const SIBLING_DATAGRAM: usize = 64 * 1024;
+/// How often a worker whose direct datagrams are not confirmed yet sends a probe (only while
+/// it has media for the link).
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Below QUIC's datagram size, for the direct header being a few bytes longer than QUIC's.
+const DIRECT_SLACK: usize = 8;
 
 /// See the module documentation.
 pub(super) enum LinkHandle {
-    Quic(Link),
+    Quic {
+        link: Link,
+        /// Boxed: the key schedule is large, and sibling links have none.
+        direct: Option<Box<DirectSend>>,
+    },
     Sibling {
         /// This worker's name, as the other worker's relay core knows it.
         me: NodeId,
@@ -26,10 +49,51 @@ pub(super) enum LinkHandle {
     },
 }
 
+/// A worker's sending end of a link's direct path.
+pub(super) struct DirectSend {
+    path: Arc<DirectPath>,
+    worker: u32,
+    to: SocketAddr,
+    /// Read-only borrows of the links pack a turn's datagrams; sealing counts nonces.
+    sealer: RefCell<Sealer>,
+    last_probe: Cell<Option<Instant>>,
+}
+
+/// Where a link's datagram went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Sent {
+    Direct,
+    Quic,
+    Sibling,
+    Failed,
+}
+
+/// The worker's send buffer and batch, which direct datagrams join.
+pub(super) struct DirectOut<'a> {
+    pub(super) now: Instant,
+    pub(super) udp: &'a mut SendQueue,
+    pub(super) arena: &'a mut SendArena,
+}
+
 impl LinkHandle {
+    /// A link to another node, as worker `worker` sends on it.
+    pub(super) fn quic(link: Link, worker: usize) -> Self {
+        let worker = worker as u32;
+        let direct = link.direct.clone().and_then(|path| {
+            Some(Box::new(DirectSend {
+                to: path.peer_addr(worker)?,
+                sealer: RefCell::new(Sealer::new(&path.send_key, path.peer_channel, worker)),
+                path,
+                worker,
+                last_probe: Cell::new(None),
+            }))
+        });
+        LinkHandle::Quic { link, direct }
+    }
+
     pub(super) fn send_frame(&self, frame: Frame) {
         match self {
-            LinkHandle::Quic(l) => l.send_frame(frame),
+            LinkHandle::Quic { link, .. } => link.send_frame(frame),
             LinkHandle::Sibling { me, to } => {
                 let _ = to.send(Command::Cluster(ClusterInput::Frame {
                     from: me.clone(),
@@ -42,25 +106,69 @@ impl LinkHandle {
     /// The largest datagram the link takes now.
     pub(super) fn max_datagram_size(&self) -> usize {
         match self {
-            LinkHandle::Quic(l) => l.max_datagram_size(),
+            LinkHandle::Quic { link, direct } => {
+                let quic = link.max_datagram_size();
+                match direct {
+                    Some(d) if d.path.is_confirmed(d.worker) => quic
+                        .saturating_sub(DIRECT_SLACK)
+                        .min(MAX_DATAGRAM - OVERHEAD),
+                    _ => quic,
+                }
+            }
             LinkHandle::Sibling { .. } => SIBLING_DATAGRAM,
         }
     }
 
-    /// False if the datagram could not be sent.
-    pub(super) fn send_datagram(&self, datagram: Bytes) -> bool {
+    /// Sends a datagram of relayed media: directly (into `out`) if the path is confirmed and
+    /// it fits, else on the link.
+    pub(super) fn send_datagram(&self, datagram: Bytes, out: &mut DirectOut<'_>) -> Sent {
         match self {
-            LinkHandle::Quic(l) => l.send_datagram(datagram),
+            LinkHandle::Quic { link, direct } => {
+                if let Some(d) = direct {
+                    if d.path.is_confirmed(d.worker) {
+                        if datagram.len() + OVERHEAD <= MAX_DATAGRAM {
+                            d.seal(&datagram, out);
+                            return Sent::Direct;
+                        }
+                    } else if d
+                        .last_probe
+                        .get()
+                        .is_none_or(|t| out.now.duration_since(t) >= PROBE_EVERY)
+                    {
+                        d.last_probe.set(Some(out.now));
+                        d.seal(&[], out);
+                    }
+                }
+                if link.send_datagram(datagram) {
+                    Sent::Quic
+                } else {
+                    Sent::Failed
+                }
+            }
             LinkHandle::Sibling { me, to } => {
                 let Ok(records) = sfu_relay::wire::records(datagram).collect() else {
-                    return false;
+                    return Sent::Failed;
                 };
-                to.send(Command::Cluster(ClusterInput::Datagrams {
+                let sent = to.send(Command::Cluster(ClusterInput::Datagrams {
                     from: me.clone(),
                     records,
-                }))
-                .is_ok()
+                }));
+                if sent.is_ok() {
+                    Sent::Sibling
+                } else {
+                    Sent::Failed
+                }
             }
         }
+    }
+}
+
+impl DirectSend {
+    /// Seals `payload` into the worker's send buffer and queues it for the peer's worker.
+    fn seal(&self, payload: &[u8], out: &mut DirectOut<'_>) {
+        let buf = out.arena.room(payload.len() + OVERHEAD);
+        self.sealer.borrow_mut().seal(payload, buf);
+        let datagram = buf.split();
+        out.udp.push(self.to, datagram);
     }
 }

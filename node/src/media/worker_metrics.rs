@@ -34,6 +34,20 @@ impl Worker {
         m.count_drop("unknown_ufrag", d.unknown_ufrag);
         m.count_drop("socket_send_failed", d.send_failed);
         m.count_drop("relay_rejected", d.relay_rejected);
+        let d = std::mem::take(&mut self.direct_drops);
+        m.count_drop("direct_unknown_channel", d.unknown_channel);
+        m.count_drop("direct_rejected", d.rejected);
+        let sent = std::mem::take(&mut self.relay_sent);
+        let path = |path| {
+            m.relay_datagrams_out
+                .get_or_create(&crate::metrics::PathLabels { path })
+        };
+        if sent.direct > 0 {
+            path("direct").inc_by(sent.direct);
+        }
+        if sent.quic > 0 {
+            path("quic").inc_by(sent.quic);
+        }
     }
 }
 
