@@ -246,8 +246,7 @@ impl Server {
                     .context("federation")?,
                 );
                 let auth = sfu_control::auth::Authenticator::new(&config.effective_keys());
-                let peers = f.peers.iter().map(|p| p.name.clone()).collect();
-                app = app.merge(crate::federation::http::routes(fed.clone(), auth, peers));
+                app = app.merge(crate::federation::http::routes(fed.clone(), auth));
                 Some(fed)
             }
             (Some(_), None) => anyhow::bail!("a federation gateway needs a cluster (etcd)"),

@@ -2,7 +2,9 @@
 //! CA and API keys; one node of each is its federation gateway. Real Chromium publishes on
 //! each side and decodes the other side's camera; unmapping on one side stops the media; the
 //! trust and admission boundaries hold (a mesh certificate, an unknown CA, an unconfigured
-//! name, a foreign token, an unmapped room are each refused).
+//! name, a foreign token, an unmapped room are each refused). A is configured with B as its
+//! peer; B adds A at runtime through its control plane (`FederationService.AddPeer`) and
+//! removes it later, which closes the link and stops the media.
 
 mod common;
 
@@ -186,16 +188,22 @@ async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
             config.keys = [(key.clone(), secret.clone())].into();
             config
         };
+        // B has no configured peer: the test adds A through B's control plane.
+        let peers = if short == "a" {
+            vec![PeerConfig {
+                name: peer_name,
+                addrs: vec![peer_addr],
+                ca: peer_dir.join("fed-ca.pem"),
+            }]
+        } else {
+            vec![]
+        };
         let federation = FederationConfig {
             name: name.clone(),
             bind: fed_addr,
             cert: dir.join("fed.pem"),
             key: dir.join("fed.key"),
-            peers: vec![PeerConfig {
-                name: peer_name,
-                addrs: vec![peer_addr],
-                ca: peer_dir.join("fed-ca.pem"),
-            }],
+            peers,
         };
         let mut gateway = config(format!("{short}1"));
         gateway.federation = Some(federation.clone());
@@ -406,6 +414,69 @@ async fn two_clusters_share_a_mapped_room() {
     let (a, b, mut hooks) = start_pair().await;
     let fa = a.node.federation.clone().unwrap();
     let fb = b.node.federation.clone().unwrap();
+    // B's control plane; B adds A as a peer through it (A has B in its configuration).
+    let keys: std::collections::BTreeMap<String, String> =
+        [(b.key.clone(), b.secret.clone())].into();
+    let control = sfu_control::service::connect(std::slice::from_ref(&b.etcd.endpoint), "b", &keys)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sfu_control::service::serve(
+        control,
+        listener,
+        std::future::pending(),
+    ));
+    let mut fed = FederationServiceClient::connect(grpc).await.unwrap();
+    let a_peer = pb::AddPeerRequest {
+        name: "a.example".into(),
+        addrs: vec![
+            a.fed_addr.to_string(),
+            a.standby
+                .as_ref()
+                .unwrap()
+                .federation
+                .as_ref()
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string(),
+        ],
+        ca_pem: std::fs::read_to_string(a.file("fed-ca.pem")).unwrap(),
+    };
+    for (bad, what) in [
+        (
+            pb::AddPeerRequest {
+                addrs: vec!["a1:7443".into()],
+                ..a_peer.clone()
+            },
+            "a host name",
+        ),
+        (
+            pb::AddPeerRequest {
+                ca_pem: "not PEM".into(),
+                ..a_peer.clone()
+            },
+            "no PEM",
+        ),
+        (
+            pb::AddPeerRequest {
+                name: "a example".into(),
+                ..a_peer.clone()
+            },
+            "a bad name",
+        ),
+    ] {
+        let e = fed.add_peer(authed(&b.admin(), bad)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+    }
+    let added = fed
+        .add_peer(authed(&b.admin(), a_peer.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((added.source.as_str(), added.addrs.len()), ("added", 2));
+    let added_at = Instant::now();
     assert!(
         eventually(Duration::from_secs(10), || async {
             (fa.state.linked() == ["b.example"] && fb.state.linked() == ["a.example"]).then_some(())
@@ -414,6 +485,20 @@ async fn two_clusters_share_a_mapped_room() {
         .is_some(),
         "the gateways link"
     );
+    println!(
+        "B's gateway linked with A {:.1} s after AddPeer",
+        added_at.elapsed().as_secs_f64()
+    );
+    let peers = http()
+        .get(format!("{}/admin/federation/peers", a.url()))
+        .bearer_auth(a.admin())
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(peers["peers"][0]["source"], "config", "{peers}");
 
     refused_links(&a, &b).await;
 
@@ -435,19 +520,6 @@ async fn two_clusters_share_a_mapped_room() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!a.active("joint").await, "one side's mapping is not enough");
     // B maps through its control plane's FederationService (A through its gateway's API).
-    let keys: std::collections::BTreeMap<String, String> =
-        [(b.key.clone(), b.secret.clone())].into();
-    let control = sfu_control::service::connect(std::slice::from_ref(&b.etcd.endpoint), "b", &keys)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sfu_control::service::serve(
-        control,
-        listener,
-        std::future::pending(),
-    ));
-    let mut fed = FederationServiceClient::connect(grpc).await.unwrap();
     let unknown = fed
         .map_room(authed(
             &b.admin(),
@@ -469,7 +541,10 @@ async fn two_clusters_share_a_mapped_room() {
                 .await
                 .ok()?
                 .into_inner();
-            (r.peers.len() == 1 && r.peers[0].linked_gateways == ["b1"]).then_some(r)
+            (r.peers.len() == 1
+                && r.peers[0].linked_gateways == ["b1"]
+                && r.peers[0].source == "added")
+                .then_some(r)
         }
     })
     .await;
@@ -655,19 +730,56 @@ async fn two_clusters_share_a_mapped_room() {
         failed.elapsed().as_secs_f64()
     );
     assert_eq!(f3.state.linked(), ["b.example"]);
+
+    // B removes A as a peer: the link closes and media stops both ways.
+    fed.remove_peer(authed(
+        &b.admin(),
+        pb::RemovePeerRequest {
+            name: "a.example".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let removed = Instant::now();
+    let (mut prev, mut still) = ((0.0, 0.0), 0);
+    let (stopped, s) = browser
+        .until(Duration::from_secs(10), |s| {
+            let now = (
+                stat(s, "alice", "framesDecoded"),
+                stat(s, "bob", "framesDecoded"),
+            );
+            still = if now == prev { still + 1 } else { 0 };
+            prev = now;
+            still >= 2
+        })
+        .await;
+    assert!(
+        stopped,
+        "media kept flowing after the peer was removed: {s:#}"
+    );
+    println!(
+        "media stopped within {:.1} s of RemovePeer (2 s of stillness observed)",
+        removed.elapsed().as_secs_f64() - 2.0
+    );
+    assert!(fb.state.linked().is_empty(), "B's link to A is closed");
+    let gone = fed
+        .remove_peer(authed(
+            &b.admin(),
+            pb::RemovePeerRequest {
+                name: "a.example".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
     browser.stop().await;
 
     // A peer asking for a room that is not mapped is refused. The probe speaks as A's gateway
-    // (its certificate), which stops first.
+    // (its certificate), which stops first; B adds A again.
     f3.close();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            fb.state.linked().is_empty().then_some(())
-        })
+    fed.add_peer(authed(&b.admin(), a_peer.clone()))
         .await
-        .is_some(),
-        "B sees A's gateway gone"
-    );
+        .unwrap();
     let id = Identity::from_pem(
         "a.example",
         &read(&b.file("fed-ca.pem")),

@@ -116,9 +116,8 @@ impl FederationService for Api {
             .addrs
             .iter()
             .map(|a| {
-                a.parse::<std::net::SocketAddr>().map_err(|_| {
-                    Status::invalid_argument(format!("address {a:?} is not IP:PORT"))
-                })
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|_| Status::invalid_argument(format!("address {a:?} is not IP:PORT")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let peer = AddedPeer {

@@ -7,7 +7,6 @@
 //! The active gateway dials each peer's first address; while a peer stays unlinked it moves to
 //! the peer's next address every [`ROTATE_AFTER`] (the peer's active gateway may be another).
 
-use super::config::PeerConfig;
 use super::link::FederationLinks;
 use serde::Serialize;
 use sfu_control::Membership;
@@ -30,19 +29,32 @@ struct ActiveRecord<'a> {
 pub struct Active {
     node_id: String,
     key: String,
-    peers: Vec<PeerConfig>,
+    /// Each peer's name and gateway addresses (never empty).
+    peers: Vec<(String, Vec<SocketAddr>)>,
     /// Per peer: the address dialed now, and since when it is unlinked.
     dialing: HashMap<String, (usize, Option<Instant>)>,
 }
 
 impl Active {
-    pub fn new(membership: &Membership, node_id: &str, peers: Vec<PeerConfig>) -> Self {
+    pub fn new(
+        membership: &Membership,
+        node_id: &str,
+        peers: Vec<(String, Vec<SocketAddr>)>,
+    ) -> Self {
         Self {
             node_id: node_id.to_owned(),
             key: format!("{}federation/active", membership.keys().prefix()),
             peers,
             dialing: HashMap::new(),
         }
+    }
+
+    /// The peers changed (added or removed at runtime): the next turn dials the new list.
+    pub fn set_peers(&mut self, peers: Vec<(String, Vec<SocketAddr>)>) {
+        // An empty map makes the next turn hand the link manager the whole list (dialers of
+        // peers no longer listed stop).
+        self.dialing.clear();
+        self.peers = peers;
     }
 
     /// One turn: claims the key if this gateway is not active yet, and keeps the dialed
@@ -72,15 +84,15 @@ impl Active {
         let linked = state.linked();
         let now = Instant::now();
         let mut changed = self.dialing.is_empty();
-        for p in &self.peers {
-            let (index, since) = self.dialing.entry(p.name.clone()).or_insert((0, None));
-            if linked.contains(&p.name) {
+        for (name, addrs) in &self.peers {
+            let (index, since) = self.dialing.entry(name.clone()).or_insert((0, None));
+            if linked.contains(name) {
                 *since = None;
                 continue;
             }
             let unlinked = *since.get_or_insert(now);
-            if p.addrs.len() > 1 && now.duration_since(unlinked) >= ROTATE_AFTER {
-                *index = (*index + 1) % p.addrs.len();
+            if addrs.len() > 1 && now.duration_since(unlinked) >= ROTATE_AFTER {
+                *index = (*index + 1) % addrs.len();
                 *since = Some(now);
                 changed = true;
             }
@@ -89,9 +101,9 @@ impl Active {
             let peers: Vec<(NodeId, SocketAddr)> = self
                 .peers
                 .iter()
-                .map(|p| {
-                    let i = self.dialing.get(&p.name).map_or(0, |d| d.0);
-                    (NodeId::from(p.name.as_str()), p.addrs[i % p.addrs.len()])
+                .map(|(name, addrs)| {
+                    let i = self.dialing.get(name).map_or(0, |d| d.0);
+                    (NodeId::from(name.as_str()), addrs[i % addrs.len()])
                 })
                 .collect();
             links.set_peers(&peers);

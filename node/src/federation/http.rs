@@ -3,7 +3,7 @@
 //!
 //! | request | effect |
 //! |---|---|
-//! | `GET /admin/federation/peers` | configured peers, and whether each is linked |
+//! | `GET /admin/federation/peers` | peers (configured or added), and whether each is linked |
 //! | `GET /admin/federation/rooms` | our mappings, each with whether the peer maps it back |
 //! | `PUT /admin/federation/rooms/{room}` `{"peer": "b.example", "peer_room": "joint"}` | map |
 //! | `DELETE /admin/federation/rooms/{room}` | unmap: media of the room stops crossing |
@@ -26,11 +26,10 @@ use std::sync::Arc;
 struct Api {
     federation: Arc<Federation>,
     auth: Arc<Authenticator>,
-    peers: Arc<Vec<String>>,
 }
 
 /// The routes, with their own state (merged into the node's router).
-pub fn routes(federation: Arc<Federation>, auth: Authenticator, peers: Vec<String>) -> Router {
+pub fn routes(federation: Arc<Federation>, auth: Authenticator) -> Router {
     Router::new()
         .route("/admin/federation/peers", get(peers_list))
         .route("/admin/federation/rooms", get(rooms_list))
@@ -41,7 +40,6 @@ pub fn routes(federation: Arc<Federation>, auth: Authenticator, peers: Vec<Strin
         .with_state(Api {
             federation,
             auth: Arc::new(auth),
-            peers: Arc::new(peers),
         })
 }
 
@@ -68,7 +66,9 @@ async fn peers_list(State(api): State<Api>, headers: HeaderMap) -> Result<Json<V
     let linked = api.federation.state.linked();
     Ok(Json(json!({
         "name": api.federation.name,
-        "peers": api.peers.iter().map(|p| json!({"name": p, "linked": linked.contains(p)})).collect::<Vec<_>>(),
+        "peers": api.federation.state.peer_names().into_iter().map(|(p, source)| json!({
+            "name": p, "source": source.as_str(), "linked": linked.contains(&p),
+        })).collect::<Vec<_>>(),
     })))
 }
 
@@ -114,14 +114,21 @@ async fn map(
     })?;
     crate::http::check_room_name(&room)?;
     crate::http::check_room_name(&body.peer_room)?;
-    if !api.peers.contains(&body.peer) {
+    let peers: Vec<String> = api
+        .federation
+        .state
+        .peer_names()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if !peers.contains(&body.peer) {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "unknown_peer",
             format!(
-                "{:?} is not a configured federation peer (peers: {})",
+                "{:?} is not a federation peer (peers: {})",
                 body.peer,
-                api.peers.join(", ")
+                peers.join(", ")
             ),
         ));
     }

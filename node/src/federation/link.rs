@@ -15,6 +15,7 @@
 use super::control::{self, Message};
 use super::mapping::Mappings;
 use super::metrics::{FederationMetrics, PeerCounters, PeerLabels};
+use super::peers::Trust;
 use super::roster;
 use crate::cluster::Router;
 use crate::webhook::{Event, ParticipantRef, Webhooks};
@@ -26,7 +27,7 @@ use sfu_relay::NodeId;
 use sfu_relay::quic::{Link, LinkHandler};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::mpsc;
 
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
@@ -84,7 +85,8 @@ pub struct FederationLinks {
     /// Our federation name.
     name: String,
     node_id: String,
-    allowed: Vec<String>,
+    /// The peers we may link with, each trusted through its own CA (see [`super::peers`]).
+    trust: RwLock<Trust>,
     router: Router,
     membership: Membership,
     mappings: Arc<Mappings>,
@@ -127,16 +129,16 @@ fn refused(room: String, track: u64, detail: &str) -> Frame {
     }
 }
 
-/// Who a gateway is: its federation name, its node id, and the peers it may link to.
+/// Who a gateway is: its federation name and its node id.
 pub struct Names {
     pub name: String,
     pub node_id: String,
-    pub peers: Vec<String>,
 }
 
 impl FederationLinks {
     pub fn new(
         names: Names,
+        trust: Trust,
         router: Router,
         membership: Membership,
         mappings: Arc<Mappings>,
@@ -147,7 +149,7 @@ impl FederationLinks {
             me: me.clone(),
             name: names.name,
             node_id: names.node_id,
-            allowed: names.peers,
+            trust: RwLock::new(trust),
             router,
             membership,
             mappings,
@@ -162,6 +164,27 @@ impl FederationLinks {
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn trust(&self) -> std::sync::RwLockReadGuard<'_, Trust> {
+        self.trust.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peers we may link with and where each comes from (config, added).
+    pub fn peer_names(&self) -> Vec<(String, super::peers::Source)> {
+        self.trust().names()
+    }
+
+    /// Replaces whom we trust (peers added or removed); closes the links of `unlink` (peers
+    /// removed, or whose CA changed): what crosses with them stops, as when a link goes down.
+    pub fn set_trust(&self, trust: Trust, unlink: &[String]) {
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = trust;
+        for p in self.peers().values() {
+            if unlink.contains(&p.raw.node.to_string()) {
+                tracing::info!(peer = %p.raw.node, "federation peer removed or changed: closing its link");
+                p.raw.connection.close(8u32.into(), b"peer removed");
+            }
+        }
     }
 
     /// Whether this gateway carries the federation now.
@@ -224,20 +247,31 @@ impl FederationLinks {
     fn publish(&self) {
         let records: Vec<PeerRecord> = {
             let peers = self.peers();
-            self.allowed
-                .iter()
-                .map(|name| PeerRecord {
-                    peer: name.clone(),
-                    gateway: self.node_id.clone(),
-                    linked: peers.contains_key(name),
+            self.peer_names()
+                .into_iter()
+                .map(|(name, source)| PeerRecord {
+                    linked: peers.contains_key(&name),
                     active_rooms: peers
-                        .get(name)
+                        .get(&name)
                         .map(|p| p.active.keys().cloned().collect())
                         .unwrap_or_default(),
+                    peer: name,
+                    gateway: self.node_id.clone(),
+                    source: source.as_str().to_owned(),
                 })
                 .collect()
         };
         let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        // Peers removed since: their records go.
+        published.retain(|peer, r| {
+            let keep = records.iter().any(|n| n.peer == *peer);
+            if !keep {
+                let keys = self.membership.keys();
+                self.membership
+                    .remove(sfu_control::federation::peer_key(keys, peer, &r.gateway));
+            }
+            keep
+        });
         for r in records {
             if published.get(&r.peer) != Some(&r) {
                 let key =
@@ -493,11 +527,29 @@ impl FederationLinks {
 impl LinkHandler for FederationLinks {
     fn link_up(&self, raw: Link) {
         let peer = raw.node.to_string();
-        if !self.allowed.contains(&peer) {
+        if !self.trust().knows(&peer) {
             bump(&self.stats.links_refused);
             self.metrics.refuse("unconfigured_peer");
             tracing::warn!(%peer, remote = %raw.connection.remote_address(), "federation link from a name that is no configured peer refused");
             raw.connection.close(5u32.into(), b"not a configured peer");
+            return;
+        }
+        // The endpoint's TLS trusts every peer's CA; the certificate must be from this one's.
+        let chain = raw
+            .connection
+            .peer_identity()
+            .and_then(|i| {
+                i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|c| *c)
+            .unwrap_or_default();
+        if let Err(e) = self.trust().verify(&peer, &chain) {
+            bump(&self.stats.links_refused);
+            self.metrics.refuse("wrong_ca");
+            tracing::warn!(%peer, remote = %raw.connection.remote_address(), "federation link refused: certificate {e}");
+            raw.connection
+                .close(5u32.into(), b"certificate not from the peer's CA");
             return;
         }
         if !self.is_active() {

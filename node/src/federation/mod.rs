@@ -15,6 +15,7 @@
 //! ([`link`] translates room names and refuses what is not mapped).
 //!
 //! - [`config`]: the `[federation]` section.
+//! - [`peers`]: the peers in effect (configured and added at runtime) and their trust.
 //! - [`active`]: which gateway of the cluster carries the federation (failover).
 //! - [`mapping`]: room mappings, kept in the cluster's etcd.
 //! - [`link`]: the link handler: translation, refusal, counters.
@@ -30,6 +31,7 @@ pub mod http;
 pub mod link;
 pub mod mapping;
 pub mod metrics;
+pub mod peers;
 pub mod roster;
 
 pub use config::{FederationConfig, PeerConfig};
@@ -39,8 +41,10 @@ use crate::media::MediaPlane;
 use anyhow::Context;
 use link::{FederationLinks, Stats};
 use mapping::Mappings;
+use peers::{KnownPeer, Source, Trust};
+use sfu_control::federation::AddedPeer;
 use sfu_control::{EtcdRegistry, Membership};
-use sfu_relay::quic::{Identity, LinkHandler, LinkManager};
+use sfu_relay::quic::{LinkHandler, LinkManager};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,14 @@ use std::time::Duration;
 pub const ALPN: &[u8] = b"sfu-federation/1";
 /// How often mappings are re-read and rosters compared with what was last sent.
 const SYNC_PERIOD: Duration = Duration::from_millis(300);
+
+/// Each peer's name and gateway addresses, for [`active::Active`].
+fn dial_list(peers: &[KnownPeer]) -> Vec<(String, Vec<SocketAddr>)> {
+    peers
+        .iter()
+        .map(|p| (p.name.clone(), p.addrs.clone()))
+        .collect()
+}
 
 /// A running federation gateway.
 pub struct Federation {
@@ -73,32 +85,38 @@ impl Federation {
         webhooks: crate::webhook::Webhooks,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        let mut cas = Vec::new();
+        let mut configured = Vec::new();
         for p in &config.peers {
             let pem = std::fs::read(&p.ca).with_context(|| {
                 format!("federation peer {}: reading {}", p.name, p.ca.display())
             })?;
-            cas.extend_from_slice(&pem);
-            cas.push(b'\n');
+            configured.push(KnownPeer {
+                name: p.name.clone(),
+                addrs: p.addrs.clone(),
+                ca_pem: pem,
+                source: Source::Config,
+            });
         }
         let read = |p: &std::path::Path| {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))
         };
-        let identity = Identity::from_pem(
+        let cert = read(&config.cert).context("federation.cert")?;
+        let key = read(&config.key).context("federation.key")?;
+        let added_prefix = sfu_control::federation::added_prefix(membership.keys());
+        let mut current = peers::effective(
             &config.name,
-            &cas,
-            &read(&config.cert).context("federation.cert")?,
-            &read(&config.key).context("federation.key")?,
-        )
-        .context("federation identity")?
-        .with_alpn(ALPN);
+            &configured,
+            membership.view::<AddedPeer>(&added_prefix),
+        );
+        let (trust, identity) =
+            Trust::build(&config.name, &cert, &key, &current).context("federation identity")?;
         let mappings = Arc::new(Mappings::new(registry, membership.keys()));
         let state = FederationLinks::new(
             link::Names {
                 name: config.name.clone(),
                 node_id: node_id.to_owned(),
-                peers: config.peers.iter().map(|p| p.name.clone()).collect(),
             },
+            trust,
             Router::new(media),
             membership.clone(),
             mappings.clone(),
@@ -111,12 +129,46 @@ impl Federation {
             state.clone() as Arc<dyn LinkHandler>,
         )
         .context("federation endpoint")?;
-        let mut active = active::Active::new(&membership, node_id, config.peers.clone());
+        let mut active = active::Active::new(&membership, node_id, dial_list(&current));
         let (s, m, l) = (state.clone(), mappings.clone(), links.clone());
+        let name = config.name.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SYNC_PERIOD);
             for n in 0u64.. {
                 tick.tick().await;
+                // Peers added or removed in the registry (the membership view follows it).
+                let fresh = peers::effective(
+                    &name,
+                    &configured,
+                    membership.view::<AddedPeer>(&added_prefix),
+                );
+                if fresh != current {
+                    match Trust::build(&name, &cert, &key, &fresh) {
+                        Ok((trust, identity)) => {
+                            let unlink: Vec<String> = current
+                                .iter()
+                                .filter(|old| {
+                                    !fresh
+                                        .iter()
+                                        .any(|p| p.name == old.name && p.ca_pem == old.ca_pem)
+                                })
+                                .map(|p| p.name.clone())
+                                .collect();
+                            if let Err(e) = l.set_identity(&identity) {
+                                tracing::warn!("federation: new trust not applied: {e:#}");
+                            }
+                            s.set_trust(trust, &unlink);
+                            active.set_peers(dial_list(&fresh));
+                            tracing::info!(
+                                peers = ?fresh.iter().map(|p| (&p.name, p.source.as_str())).collect::<Vec<_>>(),
+                                removed = ?unlink,
+                                "federation peers changed"
+                            );
+                        }
+                        Err(e) => tracing::warn!("federation: peers not applied: {e:#}"),
+                    }
+                    current = fresh;
+                }
                 active.turn(&membership, &s, &l).await;
                 if n % 10 == 9 {
                     s.resend_rosters();
@@ -130,7 +182,7 @@ impl Federation {
         tracing::info!(
             name = %config.name,
             addr = %links.local_addr()?,
-            peers = config.peers.len(),
+            peers = state.peer_names().len(),
             "federation gateway started"
         );
         Ok(Self {

@@ -107,10 +107,15 @@ pub async fn run(
                 .await?
                 .into_inner();
             if json {
-                print(serde_json::json!(r.peers.iter().map(|p| serde_json::json!({
-                    "name": p.name, "source": p.source, "addrs": p.addrs,
-                    "gateways": p.gateways, "linked_gateways": p.linked_gateways,
-                })).collect::<Vec<_>>()));
+                print(serde_json::json!(
+                    r.peers
+                        .iter()
+                        .map(|p| serde_json::json!({
+                            "name": p.name, "source": p.source, "addrs": p.addrs,
+                            "gateways": p.gateways, "linked_gateways": p.linked_gateways,
+                        }))
+                        .collect::<Vec<_>>()
+                ));
             } else {
                 let rows = r.peers.iter().map(|p| {
                     vec![
