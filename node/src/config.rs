@@ -74,12 +74,16 @@ pub struct RecordingConfig {
     /// Directory recordings are written to (created when the first one starts); relative
     /// paths are from the node's working directory.
     pub dir: std::path::PathBuf,
+    /// Free space (MB) the directory's filesystem must keep: a recording is refused below it
+    /// (`507`), and a running one stops, its file finalised (failed, "disk full"). 0: no check.
+    pub min_free_mb: u64,
 }
 
 impl Default for RecordingConfig {
     fn default() -> Self {
         Self {
             dir: "recordings".into(),
+            min_free_mb: 256,
         }
     }
 }
@@ -144,15 +148,15 @@ pub struct ClusterConfig {
     pub certs_dir: Option<std::path::PathBuf>,
     /// Nodes a track is fed to directly before further nodes are redirected to them.
     pub fanout: usize,
-    /// Registry lease time to live, in seconds (keep-alives go every third of it).
-    pub lease_ttl_secs: u64,
-    /// Participants this node takes before placement prefers others (0: none stated; the
-    /// measured CPU of its media workers and its egress decide).
     /// Relayed media goes straight between the media workers' UDP sockets (sealed with keys
     /// from the relay link's TLS session) when the peer offers it too and the path works;
     /// false: in the relay link's QUIC datagrams only (e.g. when the workers' ports are not
     /// reachable between nodes at the relay endpoint's address).
     pub direct_media: bool,
+    /// Registry lease time to live, in seconds (keep-alives go every third of it).
+    pub lease_ttl_secs: u64,
+    /// Participants this node takes before placement prefers others (0: none stated; the
+    /// measured CPU of its media workers and its egress decide).
     pub capacity: u32,
     /// Media this node may send, in Mbit/s (0: its fastest network interface's speed, or
     /// 1,000 if unknown).
@@ -172,11 +176,11 @@ impl Default for ClusterConfig {
             http_advertise: None,
             certs_dir: None,
             fanout: 4,
+            direct_media: true,
             lease_ttl_secs: 5,
             capacity: 0,
             egress_capacity_mbps: 0,
         }
-            direct_media: true,
     }
 }
 

@@ -122,6 +122,9 @@ impl Server {
         };
         let webhooks = workers.webhooks.clone();
         let media = MediaPlane::start(workers, metrics.clone())?;
+        media
+            .recordings()
+            .set_min_free_mb(config.recording.min_free_mb);
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await
@@ -164,10 +167,10 @@ impl Server {
                 config.cluster.relay_bind,
                 &identity,
                 Arc::new(Router::new(media.clone())),
+                direct_ports,
             )?;
             let bound = links.local_addr()?;
             let advertise = config
-                direct_ports,
                 .cluster
                 .relay_advertise
                 .unwrap_or_else(|| SocketAddr::new(host, bound.port()));

@@ -117,6 +117,59 @@ async fn keep(State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>, body: String)
     StatusCode::OK
 }
 
+/// A minimum of free space no disk has (MB): the node's disk counts as full.
+const FULL_MB: u64 = 1 << 40;
+
+/// A recording on cp1 (its minimum lowered to start it) whose disk then counts as full (the
+/// minimum raised above the free space, as a disk filling up would cross it): it stops by
+/// itself, failed with "disk full", and its file is finalised and decodes. The recordings on
+/// cp2 go on (the caller checks them whole). Returns its id.
+async fn disk_fills_up(
+    cluster: &Cluster,
+    browser: &mut Browser,
+    room: &str,
+    published: &[sfu_control::TrackRecord],
+) -> String {
+    let http = common::http();
+    let cp1 = cluster.nodes[0].media.recordings();
+    cp1.set_min_free_mb(0);
+    let video = published.iter().find(|t| t.kind == "video").unwrap();
+    let (status, info) = start_recording(&http, &cluster.url(0), room, &video.track).await;
+    assert_eq!(status, 201, "{info}");
+    let id = info["id"].as_str().unwrap().to_owned();
+    let _ = browser.until(Duration::from_secs(4), |_| false).await;
+    cp1.set_min_free_mb(FULL_MB);
+    let mut r = None;
+    for _ in 0..50 {
+        r = cp1.get(&id).filter(|r| r.state.finished());
+        if r.is_some() {
+            break;
+        }
+        let _ = browser.until(Duration::from_millis(100), |_| false).await;
+    }
+    let r = r.expect("a recording on a full disk stops within 5 s");
+    assert_eq!(
+        r.state,
+        sfu_node::recording::RecordingState::Failed,
+        "{r:?}"
+    );
+    assert!(r.error.starts_with("disk full: "), "{r:?}");
+    let file = Path::new(&r.file);
+    let (codec, duration) = probe(file);
+    eprintln!("stopped by a full disk: {codec} {duration:.2} s: {r:?}");
+    assert_eq!(codec, "vp8", "{r:?}");
+    assert!(
+        duration > 3.0,
+        "the file has what was recorded: {duration:.2} s"
+    );
+    let (ok, errors) = decode(file);
+    assert!(
+        ok && errors.is_empty(),
+        "the file is finalised and decodes: {errors}"
+    );
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracks_recorded_on_another_node_play_back_whole() {
     let _guard = browser_lock().await;
@@ -128,9 +181,13 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let cluster = Cluster::start_with(2, |_, c| {
+    let cluster = Cluster::start_with(2, |i, c| {
         c.recording.dir = dir.clone();
         c.webhook.urls = vec![hook.clone()];
+        if i == 0 {
+            // cp1's disk is "full": it must keep more free space than any disk has.
+            c.recording.min_free_mb = FULL_MB;
+        }
     })
     .await;
     let room = "rec-e2e";
@@ -168,6 +225,32 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert!(e.message().contains("no-such-room"), "{e:?}");
+    // A full disk is refused before anything starts: gRPC and the node's own API.
+    let e = api
+        .start_recording(authed(
+            &admin(),
+            pb::StartRecordingRequest {
+                node: "cp1".into(),
+                ..start(room, &published[0].track)
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("disk full"), "{e:?}");
+    let http = common::http();
+    let (status, problem) =
+        start_recording(&http, &cluster.url(0), room, &published[0].track).await;
+    assert_eq!(status, 507, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.starts_with("disk full: ") && detail.contains("recording.min_free_mb"),
+        "{problem}"
+    );
+    assert!(
+        cluster.nodes[0].media.recordings().list().is_empty(),
+        "nothing was started"
+    );
 
     // One recording per track, on cp2 (the publisher is on cp1).
     let mut ids = Vec::new();
@@ -193,7 +276,10 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         .recordings;
     assert_eq!(listed.len(), 2, "{listed:?}");
     // The browser keeps reporting while the recordings run (its output must be read).
-    let _ = browser.until(RECORDED, |_| false).await;
+    let full = disk_fills_up(&cluster, &mut browser, room, &published).await;
+    let _ = browser
+        .until(RECORDED.saturating_sub(started.elapsed()), |_| false)
+        .await;
     // The first recording stopped through the API; the second by draining its node, which
     // stops its recordings cleanly before anything else.
     let mut done = Vec::new();
@@ -274,12 +360,13 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
             .filter(|v| v["event"] == "egress_ended")
             .cloned()
             .collect();
-        if ended.len() == 2 {
+        if ended.len() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(ended.len(), 2, "{:?}", hooks.lock().unwrap());
+    // cp2's two, and the one the full disk stopped.
+    assert_eq!(ended.len(), 3, "{:?}", hooks.lock().unwrap());
     for (r, _) in &done {
         let e = ended
             .iter()
@@ -295,7 +382,16 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         .iter()
         .filter(|v| v["event"] == "egress_started")
         .count();
-    assert_eq!(started_hooks, 2);
+    assert_eq!(started_hooks, 3);
+    let ended_full = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v["event"] == "egress_ended" && v["egress"]["id"] == full.as_str());
+    assert!(
+        ended_full,
+        "egress_ended for the recording the full disk stopped"
+    );
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

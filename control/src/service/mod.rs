@@ -72,6 +72,8 @@ fn node_status(e: NodeCallError) -> Status {
     match e {
         NodeCallError::NotFound(m) => Status::not_found(m),
         NodeCallError::Unavailable { .. } => Status::unavailable(e.to_string()),
+        // Out of disk space for a recording.
+        NodeCallError::Failed { status: 507, .. } => Status::resource_exhausted(e.to_string()),
         NodeCallError::Failed { .. } => Status::internal(e.to_string()),
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! The track may be published on any node of the cluster: this node pulls it like a
 //! subscriber. An unknown room or track is `404` with what was not found; a codec that cannot
-//! be recorded `400`; a pipeline that cannot start `500` with GStreamer's reason.
+//! be recorded `400`; a recordings filesystem below `recording.min_free_mb` free `507` with
+//! the figures; a pipeline that cannot start `500` with GStreamer's reason.
 
 use super::{AppState, Problem};
 use crate::recording::{RecordingInfo, TrackSpec};
@@ -76,6 +77,14 @@ async fn start(
     Json(body): Json<StartBody>,
 ) -> Result<(StatusCode, Json<RecordingInfo>), Problem> {
     may_record(&state, &headers, &room)?;
+    // Refused before anything is created when the disk is (nearly) full.
+    if let Err(why) = state.media.recordings().check_space() {
+        return Err(Problem::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            why,
+        ));
+    }
     // The registry's track directory says what the track is, wherever it is published.
     let (participants, tracks) = state.membership.room(&room);
     if body.track.is_empty() {

@@ -21,12 +21,14 @@
 //!
 //! - [`Recordings`] (this file): the node's recordings, their state, and the webhooks
 //!   `egress_started` / `egress_ended`.
+//! - [`disk`]: free space, checked before a recording starts and while it runs.
 //! - [`pipeline`]: which GStreamer elements record which codec.
 //! - [`writer`]: the recording thread, and the handle a media worker feeds.
 //! - [`program`], [`program_writer`]: room recordings, one file for the whole room (the
 //!   active speaker's video, switched by the forwarder without decoding, and every
 //!   participant's audio mixed).
 
+pub mod disk;
 pub mod live;
 pub mod pipeline;
 pub mod program;
@@ -37,6 +39,7 @@ use crate::webhook::{EgressRef, Event, Webhooks};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -146,6 +149,8 @@ pub type Notify = Box<dyn Fn(&RecordingInfo, bool) + Send + Sync>;
 
 struct Inner {
     dir: PathBuf,
+    /// Free bytes the recordings' filesystem must keep (see [`disk`]).
+    min_free: AtomicU64,
     node: Arc<str>,
     webhooks: Webhooks,
     notify: Notify,
@@ -179,12 +184,27 @@ impl Recordings {
         Self {
             inner: Arc::new(Inner {
                 dir,
+                min_free: AtomicU64::new(0),
                 node,
                 webhooks,
                 notify,
                 entries: Mutex::default(),
             }),
         }
+    }
+
+    /// Free space the recordings' filesystem must keep: new recordings are refused below it,
+    /// and running ones stop (0: not checked).
+    pub fn set_min_free_mb(&self, mb: u64) {
+        self.inner
+            .min_free
+            .store(mb.saturating_mul(1024 * 1024), Ordering::Relaxed);
+    }
+
+    /// `Err` with the reason ("disk full: ...") if the recordings' filesystem has less free
+    /// space than the minimum.
+    pub fn check_space(&self) -> Result<(), String> {
+        disk::check(&self.inner.dir, self.inner.min_free.load(Ordering::Relaxed))
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

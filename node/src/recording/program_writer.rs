@@ -272,6 +272,9 @@ fn run(
     let mut branches: HashMap<u64, AudioBranch> = HashMap::new();
     let mut last_update = Instant::now();
     let mut failure: Option<String> = None;
+    // Why it stops by itself with a finalised file (the disk is full).
+    let mut stopped: Option<String> = None;
+    let mut space = super::disk::SpaceWatch::new();
     loop {
         let pushed = match rx.recv_timeout(POLL) {
             Ok(Message::Video(packet)) => match &program.video {
@@ -312,6 +315,11 @@ fn run(
             failure = Some(e);
             break;
         }
+        if let Some(why) = space.full(&recordings) {
+            tracing::warn!(recording = id, "{why}; stopping");
+            stopped = Some(why);
+            break;
+        }
         if last_update.elapsed() >= POLL {
             last_update = Instant::now();
             let ms = started.elapsed().as_millis() as u64;
@@ -335,7 +343,7 @@ fn run(
     }
     let _ = program.pipeline.set_state(gst::State::Null);
     recordings.update(&id, |i| i.duration_ms = ms);
-    match failure {
+    match failure.or(stopped) {
         Some(e) => recordings.finish(&id, RecordingState::Failed, &e),
         None => recordings.finish(&id, RecordingState::Complete, ""),
     }

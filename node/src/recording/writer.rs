@@ -192,6 +192,9 @@ fn run(
     let mut clock = MediaClock::default();
     let mut last_update = Instant::now();
     let mut failure: Option<String> = None;
+    // Why it stops by itself with a finalised file (the disk is full).
+    let mut stopped: Option<String> = None;
+    let mut space = super::disk::SpaceWatch::new();
     loop {
         match rx.recv_timeout(POLL) {
             Ok(packet) => {
@@ -206,6 +209,11 @@ fn run(
         }
         if let Some(e) = bus_error(&bus) {
             failure = Some(e);
+            break;
+        }
+        if let Some(why) = space.full(&recordings) {
+            tracing::warn!(recording = id, "{why}; stopping");
+            stopped = Some(why);
             break;
         }
         if last_update.elapsed() >= POLL {
@@ -231,7 +239,7 @@ fn run(
     let _ = b.pipeline.set_state(gst::State::Null);
     let ms = clock.millis(plan.clock_rate);
     recordings.update(&id, |i| i.duration_ms = ms);
-    match failure {
+    match failure.or(stopped) {
         Some(e) => recordings.finish(&id, RecordingState::Failed, &e),
         None => recordings.finish(&id, RecordingState::Complete, ""),
     }
