@@ -8,7 +8,7 @@
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The `video` grant of a token.
@@ -35,6 +35,9 @@ pub struct VideoGrant {
     /// room if it names none).
     #[serde(default)]
     pub room_record: bool,
+    /// May change its own name, metadata and attributes (LiveKit's name; absent: may not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub can_update_own_metadata: bool,
 }
 
 /// The claims of an access token.
@@ -52,6 +55,11 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default)]
     pub video: VideoGrant,
+    /// The participant's metadata and attributes at its join (LiveKit's claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<BTreeMap<String, String>>,
 }
 
 /// What a verified token allows.
@@ -67,6 +75,10 @@ pub struct Grants {
     pub room_create: bool,
     pub room_list: bool,
     pub room_record: bool,
+    pub can_update_own_metadata: bool,
+    /// From the token's `metadata` and `attributes` claims.
+    pub metadata: String,
+    pub attributes: BTreeMap<String, String>,
 }
 
 impl Grants {
@@ -214,6 +226,9 @@ impl Authenticator {
             room_create: c.video.room_create,
             room_list: c.video.room_list,
             room_record: c.video.room_record,
+            can_update_own_metadata: c.video.can_update_own_metadata,
+            metadata: c.metadata.unwrap_or_default(),
+            attributes: c.attributes.unwrap_or_default(),
         })
     }
 
@@ -251,6 +266,8 @@ pub fn admin_claims(api_key: &str, valid_for: Duration) -> Claims {
         exp: expiry_in(valid_for),
         nbf: None,
         name: None,
+        metadata: None,
+        attributes: None,
         video: VideoGrant {
             room_admin: true,
             room_create: true,
@@ -275,6 +292,8 @@ pub fn join_claims(
         exp: expiry_in(valid_for),
         nbf: None,
         name: Some(identity.to_owned()),
+        metadata: None,
+        attributes: None,
         video: VideoGrant {
             room: Some(room.to_owned()),
             room_join: true,
@@ -312,6 +331,29 @@ mod tests {
         assert!(g.can_publish && g.can_subscribe);
         assert_eq!(g.may_join("demo"), Ok(()));
         assert!(g.may_join("other").unwrap_err().is_forbidden());
+    }
+
+    #[test]
+    fn metadata_attributes_and_their_grant_come_from_livekits_claims() {
+        let a = auth();
+        let mut c: Claims = serde_json::from_value(serde_json::json!({
+            "iss": "devkey", "sub": "alice", "exp": expiry_in(Duration::from_secs(60)),
+            "metadata": "{\"avatar\":1}", "attributes": {"team": "red"},
+            "video": {"room": "demo", "roomJoin": true, "canUpdateOwnMetadata": true}
+        }))
+        .unwrap();
+        let g = a.verify(&a.sign(&c).unwrap()).unwrap();
+        assert_eq!(g.metadata, "{\"avatar\":1}");
+        assert_eq!(g.attributes["team"], "red");
+        assert!(g.can_update_own_metadata);
+        c.video.can_update_own_metadata = false;
+        c.metadata = None;
+        let g = a.verify(&a.sign(&c).unwrap()).unwrap();
+        assert!(
+            !g.can_update_own_metadata,
+            "absent: not allowed, as in LiveKit"
+        );
+        assert_eq!(g.metadata, "");
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! participant" and "its last" stay one transaction over one prefix, whoever they are.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// Whether a node takes new participants.
@@ -115,6 +116,12 @@ pub struct ParticipantRecord {
     /// The media worker of `node` the session is on (a room spans a node's workers).
     #[serde(default)]
     pub worker: u16,
+    /// What its application says about it (LiveKit's participant metadata and attributes),
+    /// so that participants on every node see it and its changes. Bounded by the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {

@@ -180,6 +180,8 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         joined_ms: 0,
         stage: true,
         worker: 0,
+        metadata: String::new(),
+        attributes: Default::default(),
     };
     put(
         keys.participant("lobby", "PA_1"),

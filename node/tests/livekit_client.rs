@@ -33,8 +33,19 @@ async fn load(b: &mut Browser, page: &str) {
 
 /// Connects a page's participant to `node` (its `http://` base URL) with livekit-client.
 async fn join(b: &mut Browser, page: &str, node: &str, identity: &str, publish: bool) {
+    join_with(
+        b,
+        page,
+        node,
+        &token(identity, ROOM, publish, true),
+        publish,
+    )
+    .await;
+}
+
+/// Like [`join`], with a token of its own.
+async fn join_with(b: &mut Browser, page: &str, node: &str, token: &str, publish: bool) {
     let url = node.replacen("http://", "ws://", 1);
-    let token = token(identity, ROOM, publish, true);
     let js = format!(
         "(async () => {{ while (!window.lkJoin) await new Promise(r => setTimeout(r, 20)); \
          await window.lkJoin({url:?}, {token:?}, {publish}); }})()"
@@ -51,6 +62,53 @@ fn events(s: &Sample, page: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// What a page sees of another participant.
+fn remote<'a>(s: &'a Sample, page: &str, identity: &str) -> Option<&'a Value> {
+    s["pages"][page]["stats"]["remote"]
+        .as_array()?
+        .iter()
+        .find(|p| p["identity"] == identity)
+}
+
+/// Alice's token: metadata and attributes, and the grant to change them herself.
+fn alice_token() -> String {
+    let mut claims = join_claims(
+        "devkey",
+        "alice",
+        ROOM,
+        true,
+        true,
+        Duration::from_secs(600),
+    );
+    claims.metadata = Some("from the token".into());
+    claims.attributes = Some([("team".to_owned(), "red".to_owned())].into());
+    claims.video.can_update_own_metadata = true;
+    token_for(&claims, "secret")
+}
+
+/// One call of LiveKit's server SDK (`tests/browser/server-sdk.mjs`) to the control plane;
+/// what it printed.
+async fn server_sdk(cluster: &Cluster, args: &[&str]) -> Value {
+    let script = browser_file("server-sdk.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&cluster.grpc(), "devkey", "secret"])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the server SDK finishes")
+        .expect("node runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the server SDK printed no JSON ({e}): {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 /// What a page sees of another participant's track of `source` (`camera`, `microphone`).
@@ -144,7 +202,7 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
     .await;
     load(&mut b, "alice").await;
     load(&mut b, "bob").await;
-    join(&mut b, "alice", &a, "alice", true).await;
+    join_with(&mut b, "alice", &a, &alice_token(), true).await;
     join(&mut b, "bob", &b_node, "bob", true).await;
     let s = expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(40)).await;
     for page in ["alice", "bob"] {
@@ -156,6 +214,17 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
             stat(&s, page, "firstFrameMs")
         );
     }
+    // Connection quality: on loopback each is told its own as excellent or good (LiveKit's
+    // clients start at unknown; the node scores every 5 s).
+    let (ok, s) = b
+        .until(Duration::from_secs(15), |s| {
+            ["alice", "bob"].iter().all(|p| {
+                let q = &s["pages"][p]["stats"]["quality"];
+                q == "excellent" || q == "good"
+            })
+        })
+        .await;
+    assert!(ok, "no connection quality: {s:#}");
     let cam = remote_track(&s, "bob", "alice", "camera").expect("bob sees alice's camera");
     assert_eq!(cam["muted"], false, "{s:#}");
     assert!(
@@ -174,6 +243,77 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         })
         .await;
     assert!(ok, "the chat messages did not arrive: {s:#}");
+
+    // Metadata and attributes, across nodes: alice's from her token, then her own changes
+    // (her token grants canUpdateOwnMetadata; bob's does not, and he is told so at once),
+    // then an administrator's through the control plane with LiveKit's server SDK.
+    let alice_seen = remote(&s, "bob", "alice").cloned().unwrap_or_default();
+    assert_eq!(alice_seen["metadata"], "from the token", "{s:#}");
+    assert_eq!(alice_seen["attributes"]["team"], "red", "{s:#}");
+    b.eval(
+        "alice",
+        "window.lkTry('update', async r => { await r.localParticipant.setMetadata('hello from alice'); \
+         await r.localParticipant.setAttributes({ hand: 'up', team: '' }); })",
+    )
+    .await;
+    b.eval(
+        "bob",
+        "window.lkTry('update', r => r.localParticipant.setMetadata('not allowed'))",
+    )
+    .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            let bob = events(s, "bob");
+            bob.contains(&"metadata alice hello from alice".to_owned())
+                && bob.contains(&r#"attributes alice {"hand":"up","team":""}"#.to_owned())
+                && bob.contains(&"failed update NOT_ALLOWED".to_owned())
+                && events(s, "alice").contains(&"done update".to_owned())
+        })
+        .await;
+    assert!(
+        ok,
+        "metadata and attributes did not go as they should: {s:#}"
+    );
+    let sdk = server_sdk(
+        &cluster,
+        &[
+            "update",
+            ROOM,
+            "bob",
+            r#"{"metadata": "from the server", "attributes": {"role": "host"}}"#,
+        ],
+    )
+    .await;
+    assert_eq!(sdk["ok"]["metadata"], "from the server", "{sdk}");
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            events(s, "alice").contains(&"metadata bob from the server".to_owned())
+                && remote(s, "alice", "bob").is_some_and(|p| p["attributes"]["role"] == "host")
+        })
+        .await;
+    assert!(ok, "the server SDK's update did not reach alice: {s:#}");
+
+    // Data from the server (the SDK's sendData): to everyone on both nodes, then to bob only.
+    for args in [
+        &["send", ROOM, "hello from the server", "true", "server"][..],
+        &["send", ROOM, "for bob", "false", "server", "bob"],
+    ] {
+        let sdk = server_sdk(&cluster, args).await;
+        assert_eq!(sdk["ok"], "sent", "{sdk}");
+    }
+    let (ok, s) = b
+        .until(Duration::from_secs(10), |s| {
+            ["alice", "bob"]
+                .iter()
+                .all(|p| events(s, p).contains(&"data ? server hello from the server".to_owned()))
+                && events(s, "bob").contains(&"data ? server for bob".to_owned())
+        })
+        .await;
+    assert!(ok, "the server's data did not arrive: {s:#}");
+    assert!(
+        !events(&s, "alice").iter().any(|e| e.contains("for bob")),
+        "data for bob reached alice: {s:#}"
+    );
 
     // Alice mutes her camera: bob, on the other node, sees it muted.
     b.eval(

@@ -485,6 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             room,
                             identity: identity.clone(),
                             permission: Some(pb::ParticipantPermission { can_publish }),
+                            ..Default::default()
                         },
                     ))
                     .await?;

@@ -74,6 +74,11 @@ fn node_status(e: NodeCallError) -> Status {
         NodeCallError::Unavailable { .. } => Status::unavailable(e.to_string()),
         // Out of disk space for a recording.
         NodeCallError::Failed { status: 507, .. } => Status::resource_exhausted(e.to_string()),
+        // The node refused what was asked (too large, malformed): the caller's error.
+        NodeCallError::Failed {
+            status: 400 | 413 | 422,
+            ..
+        } => Status::invalid_argument(e.to_string()),
         NodeCallError::Failed { .. } => Status::internal(e.to_string()),
     }
 }

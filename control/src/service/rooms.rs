@@ -12,6 +12,8 @@ use tonic::{Request, Response as GrpcResponse, Status};
 
 /// The most participants one page of `ListParticipants` holds.
 const MAX_PAGE: u32 = 1000;
+/// The largest data packet `SendData` sends (the nodes' bound on participants' packets).
+const MAX_DATA: usize = 15 * 1024;
 
 fn track_info(t: &TrackRecord) -> pb::TrackInfo {
     pb::TrackInfo {
@@ -45,6 +47,10 @@ struct Listed {
     stage: bool,
     hand_raised_ms: Option<u64>,
     tracks: Vec<ListedTrack>,
+    #[serde(default)]
+    metadata: String,
+    #[serde(default)]
+    attributes: std::collections::HashMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -81,6 +87,8 @@ impl super::Control {
                 kind: p.kind,
                 stage: p.stage,
                 hand_raised_ms: None,
+                metadata: p.metadata,
+                attributes: p.attributes.into_iter().collect(),
             })
             .collect();
         listed.sort_by(|a, b| a.sid.cmp(&b.sid));
@@ -241,6 +249,8 @@ impl RoomService for Api {
                     stage: p.stage,
                     hand_raised_ms: p.hand_raised_ms.unwrap_or(0),
                     kind: p.kind,
+                    metadata: p.metadata,
+                    attributes: p.attributes,
                 }
             }));
             if full {
@@ -276,23 +286,47 @@ impl RoomService for Api {
         let g = self.0.grants(&r)?;
         let req = r.into_inner();
         g.may_admin(&req.room).map_err(status)?;
-        let Some(can_publish) = req.permission.and_then(|p| p.can_publish) else {
+        let can_publish = req.permission.and_then(|p| p.can_publish);
+        let profile = req.name.is_some() || req.metadata.is_some() || !req.attributes.is_empty();
+        if can_publish.is_none() && !profile {
             return Err(Status::invalid_argument(
-                "nothing to update: set permission.can_publish",
+                "nothing to update: set permission.can_publish, name, metadata or attributes",
             ));
-        };
-        self.0
-            .on_participant(
-                &req.room,
-                &req.identity,
-                reqwest::Method::POST,
-                "/permissions",
-                Some(serde_json::json!({ "can_publish": can_publish })),
-            )
-            .await?;
+        }
+        // The name, metadata and attributes first: the node checks their sizes, and a refused
+        // update then changes nothing.
+        if profile {
+            self.0
+                .on_participant(
+                    &req.room,
+                    &req.identity,
+                    reqwest::Method::POST,
+                    "/metadata",
+                    Some(serde_json::json!({
+                        "name": req.name,
+                        "metadata": req.metadata,
+                        "attributes": req.attributes,
+                    })),
+                )
+                .await?;
+        }
+        if let Some(can_publish) = can_publish {
+            self.0
+                .on_participant(
+                    &req.room,
+                    &req.identity,
+                    reqwest::Method::POST,
+                    "/permissions",
+                    Some(serde_json::json!({ "can_publish": can_publish })),
+                )
+                .await?;
+        }
         Ok(GrpcResponse::new(pb::ParticipantInfo {
             identity: req.identity,
-            stage: can_publish,
+            stage: can_publish.unwrap_or_default(),
+            name: req.name.unwrap_or_default(),
+            metadata: req.metadata.unwrap_or_default(),
+            attributes: req.attributes,
             ..Default::default()
         }))
     }
@@ -377,6 +411,48 @@ impl RoomService for Api {
             )
             .await?;
         Ok(GrpcResponse::new(pb::UpdateSubscriptionsResponse {}))
+    }
+
+    /// Asks every node hosting the room to deliver the packet to its participants there: one
+    /// call per node, whatever the room's size. A node that cannot be reached fails the call
+    /// (the packet may have reached the others).
+    async fn send_data(
+        &self,
+        r: Request<pb::SendDataRequest>,
+    ) -> Result<GrpcResponse<pb::SendDataResponse>, Status> {
+        let g = self.0.grants(&r)?;
+        let req = r.into_inner();
+        g.may_admin(&req.room).map_err(status)?;
+        if req.data.len() > MAX_DATA {
+            return Err(Status::invalid_argument(format!(
+                "data larger than {MAX_DATA} bytes"
+            )));
+        }
+        let path = format!("/admin/rooms/{}/data", segment(&req.room));
+        let body = serde_json::json!({
+            "data": req.data,
+            "reliable": req.reliable,
+            "topic": req.topic,
+            "destinations": req.destination_identities.iter().chain(&req.destination_sids).collect::<Vec<_>>(),
+        });
+        let nodes = self.0.room_nodes(&req.room);
+        if nodes.is_empty() {
+            return Err(Status::not_found(format!("no room {:?}", req.room)));
+        }
+        for node in nodes {
+            match self
+                .0
+                .call_node(&node, reqwest::Method::POST, &path, Some(body.clone()))
+                .await
+            {
+                // The room's last participant there left meanwhile.
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(GrpcResponse::new(pb::SendDataResponse {}))
     }
 }
 

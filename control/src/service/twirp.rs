@@ -7,9 +7,9 @@
 //! method, and the answer mapped back and encoded as the request was (`application/protobuf`
 //! or JSON). Errors are Twirp's JSON error bodies with the status Twirp gives each code.
 //!
-//! What LiveKit has and we do not yet: participant metadata, names and attributes set by
-//! `UpdateParticipant` (refused as `unimplemented` rather than ignored), and `SendData` (data
-//! packets need the data channels of LiveKit's client protocol).
+//! `SendData` reaches LiveKit clients on every node of the room (the nodes hosting it are
+//! asked in turn). `UpdateParticipant` sets names, metadata and attributes as LiveKit does (an empty
+//! `metadata` or `name` leaves it as it is; an attribute with an empty value is removed).
 
 use super::Api;
 use axum::body::Bytes;
@@ -221,20 +221,16 @@ async fn dispatch(
         }
         "UpdateParticipant" => {
             let r: lk::UpdateParticipantRequest = decode(encoding, body)?;
-            if !r.metadata.is_empty() || !r.name.is_empty() || !r.attributes.is_empty() {
-                return Err(TwirpError(
-                    "unimplemented",
-                    "participant metadata, names and attributes are not supported; only \
-                     permission.can_publish"
-                        .into(),
-                ));
-            }
             let req = pb::UpdateParticipantRequest {
                 room: r.room,
                 identity: r.identity,
                 permission: r.permission.map(|p| pb::ParticipantPermission {
                     can_publish: Some(p.can_publish),
                 }),
+                // LiveKit leaves what is empty as it is.
+                name: Some(r.name).filter(|n| !n.is_empty()),
+                metadata: Some(r.metadata).filter(|m| !m.is_empty()),
+                attributes: r.attributes.into_iter().collect(),
             };
             let p = api.update_participant(authed(headers, req)).await?;
             encode(encoding, &participant_info(p.into_inner()))
@@ -253,10 +249,18 @@ async fn dispatch(
             encode(encoding, &lk::UpdateSubscriptionsResponse {})
         }
         "SendData" => {
-            return Err(TwirpError(
-                "unimplemented",
-                "SendData needs LiveKit's data channels, which nodes do not carry yet".into(),
-            ));
+            let r: lk::SendDataRequest = decode(encoding, body)?;
+            #[allow(deprecated)]
+            let req = pb::SendDataRequest {
+                room: r.room,
+                data: r.data,
+                reliable: r.kind != lk::data_packet::Kind::Lossy as i32,
+                topic: r.topic,
+                destination_identities: r.destination_identities,
+                destination_sids: r.destination_sids,
+            };
+            api.send_data(authed(headers, req)).await?;
+            encode(encoding, &lk::SendDataResponse {})
         }
         other => {
             return Err(TwirpError(
@@ -323,7 +327,12 @@ fn participant_info(p: pb::ParticipantInfo) -> lk::ParticipantInfo {
             can_publish_data: true,
             ..Default::default()
         }),
-        attributes: [("sfu.node".to_owned(), p.node)].into(),
+        metadata: p.metadata,
+        attributes: p
+            .attributes
+            .into_iter()
+            .chain([("sfu.node".to_owned(), p.node)])
+            .collect(),
         ..Default::default()
     }
 }

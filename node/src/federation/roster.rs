@@ -93,6 +93,8 @@ mod tests {
             joined_ms: 1,
             stage: true,
             worker: 3,
+            metadata: String::new(),
+            attributes: Default::default(),
         }
     }
 

@@ -10,6 +10,8 @@
 //! | `POST /admin/rooms/{room}/participants/{identity}/mute` `{"track": "TR_…", "muted": true}` | mute a track |
 //! | `POST /admin/rooms/{room}/participants/{identity}/subscriptions` `{"tracks": […], "subscribe": true}` | change subscriptions |
 //! | `POST /admin/rooms/{room}/participants/{identity}/permissions` `{"can_publish": true}` | promote to the stage, or demote |
+//! | `POST /admin/rooms/{room}/participants/{identity}/metadata` `{"name": …, "metadata": …, "attributes": {…}}` | change name, metadata, attributes (absent: unchanged; an empty attribute is removed) |
+//! | `POST /admin/rooms/{room}/data` `{"data": [bytes], "reliable": true, "topic": …, "destinations": […]}` | a data packet from the server to this node's participants of the room (LiveKit clients; to identities or sids named in `destinations` only, if any) |
 //! | `GET /admin/rooms/{room}/participants?after=SID&limit=N` | this node's participants of the room, by sid, after `after` |
 //!
 //! Each acts on this node only (a participant elsewhere is `404`): finding the node is the
@@ -44,7 +46,12 @@ pub fn routes() -> Router<AppState> {
             "/admin/rooms/{room}/participants/{identity}/permissions",
             post(permissions),
         )
+        .route(
+            "/admin/rooms/{room}/participants/{identity}/metadata",
+            post(metadata),
+        )
         .route("/admin/rooms/{room}/participants", get(list))
+        .route("/admin/rooms/{room}/data", post(send_data))
 }
 
 /// The most participants one page lists.
@@ -105,6 +112,81 @@ async fn permissions(
     run(&state, &room, op).await
 }
 
+#[derive(Deserialize)]
+struct MetadataBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+async fn metadata(
+    State(state): State<AppState>,
+    Path((room, identity)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<MetadataBody>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    let op = AdminOp::UpdateMetadata {
+        room: room.clone(),
+        identity,
+        own: None,
+        update: crate::media::MetadataUpdate {
+            name: body.name,
+            metadata: body.metadata,
+            attributes: body.attributes,
+        },
+    };
+    run(&state, &room, op).await
+}
+
+#[derive(Deserialize)]
+struct DataBody {
+    data: Vec<u8>,
+    #[serde(default)]
+    reliable: bool,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    destinations: Vec<String>,
+}
+
+async fn send_data(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<DataBody>,
+) -> Result<StatusCode, Problem> {
+    state.bearer(&headers)?.may_admin(&room)?;
+    if body.data.len() > crate::media::MAX_DATA_PACKET || body.destinations.len() > 1000 {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "at most {} bytes of data to at most 1000 destinations",
+                crate::media::MAX_DATA_PACKET
+            ),
+        ));
+    }
+    let data = crate::media::UserData::from_server(
+        body.data,
+        body.reliable,
+        body.topic,
+        body.destinations,
+    );
+    run(
+        &state,
+        &room,
+        AdminOp::SendData {
+            room: room.clone(),
+            data,
+        },
+    )
+    .await
+}
+
 #[derive(Deserialize, Default)]
 struct DrainBody {
     deadline_secs: Option<u64>,
@@ -132,7 +214,7 @@ async fn drain(
 /// Runs an operation on the workers of this node: on the one holding the participant, or on
 /// every one for a whole room (a room spans them).
 async fn run(state: &AppState, _room: &str, op: AdminOp) -> Result<StatusCode, Problem> {
-    let every = matches!(op, AdminOp::DeleteRoom { .. });
+    let every = matches!(op, AdminOp::DeleteRoom { .. } | AdminOp::SendData { .. });
     state
         .media
         .request_each(every, |reply| Command::Admin {

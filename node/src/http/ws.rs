@@ -558,6 +558,28 @@ impl Session {
                     .await?;
                 Ok(None)
             }
+            ClientMessage::UpdateMetadata {
+                name,
+                metadata,
+                attributes,
+            } => {
+                let op = crate::media::AdminOp::UpdateMetadata {
+                    room: room.clone(),
+                    identity: self.grants.identity.clone(),
+                    own: Some(participant.clone()),
+                    update: crate::media::MetadataUpdate {
+                        name,
+                        metadata,
+                        attributes,
+                    },
+                };
+                // To the worker this session lives on.
+                let worker = crate::media::worker_of(&participant).unwrap_or(0);
+                media
+                    .request_to(worker, |reply| Command::Admin { op, reply })
+                    .await?;
+                Ok(None)
+            }
             ClientMessage::RaiseHand | ClientMessage::LowerHand => {
                 let raise = matches!(message, ClientMessage::RaiseHand);
                 media
@@ -653,6 +675,7 @@ fn request_name(m: &ClientMessage) -> &'static str {
         ClientMessage::LowerHand => "lower_hand",
         ClientMessage::ParticipantCount => "participant_count",
         ClientMessage::UpdateParticipant { .. } => "update_participant",
+        ClientMessage::UpdateMetadata { .. } => "update_metadata",
         ClientMessage::Leave => "leave",
     }
 }

@@ -15,8 +15,10 @@ mod room;
 mod room_admin;
 mod room_data;
 mod room_drive;
+mod room_metadata;
 mod room_program;
 mod room_publish;
+mod room_quality;
 mod room_record;
 mod room_remote;
 mod room_roles;
@@ -43,6 +45,8 @@ use std::collections::HashMap;
 use tokio::sync::oneshot;
 
 pub use plane::{MediaPlane, worker_of};
+pub use room_data::{MAX_PACKET as MAX_DATA_PACKET, UserData};
+pub use room_metadata::MetadataUpdate;
 pub use worker::WorkerConfig;
 
 /// How a participant is connected.
@@ -269,6 +273,20 @@ pub enum AdminOp {
         tracks: Vec<String>,
         subscribe: bool,
     },
+    /// Changes a participant's name, metadata or attributes: its own request (`own`: its sid;
+    /// refused without `canUpdateOwnMetadata`) or an administrator's (the signaling session
+    /// with this identity).
+    UpdateMetadata {
+        room: String,
+        identity: String,
+        own: Option<String>,
+        update: MetadataUpdate,
+    },
+    /// A data packet from the server, for the room's participants on this worker.
+    SendData {
+        room: String,
+        data: UserData,
+    },
     /// Every WebSocket participant of every room of the worker reconnects to `url`.
     Migrate {
         url: String,
@@ -293,6 +311,8 @@ pub struct LocalParticipantInfo {
     /// When its hand went up, if it is up (Unix milliseconds).
     pub hand_raised_ms: Option<u64>,
     pub tracks: Vec<crate::signaling::protocol::TrackView>,
+    pub metadata: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// What the cluster tells a worker.

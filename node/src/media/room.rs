@@ -13,7 +13,7 @@ use super::roster::Roster;
 pub(super) use super::roster::{Participant, RemoteParticipant};
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, Permissions, ServerMessage, SignalError, TrackSourceName, TrackView,
+    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackSourceName, TrackView,
 };
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::RTCRtpSenderId;
@@ -119,6 +119,8 @@ pub(super) struct Inbound {
     pub rids: Vec<String>,
     /// SSRC of each layer once its first packet arrived.
     pub ssrcs: Vec<Option<u32>>,
+    /// Loss on each layer (connection quality).
+    pub rx: Vec<super::room_quality::RxLoss>,
 }
 
 impl Inbound {
@@ -170,6 +172,8 @@ pub(super) struct Peer {
     pub described: bool,
     /// The node's own transport (subscriber connections): webrtc-rs only negotiates them.
     pub transport: Option<super::transport::Transport>,
+    /// What its receiver reports said (subscriber connections; connection quality).
+    pub quality: super::room_quality::PeerReports,
 }
 
 /// See the module documentation.
@@ -206,6 +210,8 @@ pub struct LocalRoom {
     /// Room recordings fed by this room (see [`super::room_program`]); they keep it open.
     pub(super) programs: Vec<super::room_program::RoomProgram>,
     pub(super) next_recorder: u64,
+    /// When participants are next scored (see [`super::room_quality`]).
+    pub(super) next_quality: Instant,
 }
 
 impl LocalRoom {
@@ -236,6 +242,7 @@ impl LocalRoom {
             recorders: Vec::new(),
             programs: Vec::new(),
             next_recorder: 0,
+            next_quality: now + super::room_quality::PERIOD,
         }
     }
 
@@ -306,6 +313,8 @@ impl LocalRoom {
                 .iter()
                 .filter_map(|t| self.tracks.get(t).map(Published::view))
                 .collect(),
+            metadata: p.metadata.clone(),
+            attributes: p.attributes.clone(),
         }
     }
 
@@ -320,6 +329,8 @@ impl LocalRoom {
                 .iter()
                 .filter_map(|t| self.tracks.get(t).map(Published::view))
                 .collect(),
+            metadata: r.metadata.clone(),
+            attributes: r.attributes.clone(),
         }
     }
 
@@ -339,6 +350,8 @@ impl LocalRoom {
             joined_ms: p.joined_ms,
             stage: p.can_publish,
             worker: self.ctx.worker as u16,
+            metadata: p.metadata.clone(),
+            attributes: p.attributes.clone(),
         }
     }
 
@@ -353,6 +366,9 @@ impl LocalRoom {
         out: &mut Egress,
     ) -> Result<Joined, SignalError> {
         let identity = request.grants.identity.clone();
+        let g = &request.grants;
+        super::room_metadata::check_sizes(&g.name, &g.metadata, &g.attributes)
+            .map_err(|e| SignalError::new(e.code, format!("the access token: {}", e.message)))?;
         self.end_replaced(now, &identity, &request.kind, out);
         if self.ctx.max_participants > 0 && self.roster.local.len() >= self.ctx.max_participants {
             return Err(SignalError::new(ErrorCode::RoomFull, "the room is full"));
@@ -387,13 +403,14 @@ impl LocalRoom {
             data: Default::default(),
             last_hand: None,
             last_count_request: None,
+            metadata: request.grants.metadata,
+            attributes: request.grants.attributes,
+            can_update_metadata: request.grants.can_update_own_metadata,
+            metadata_budget: Default::default(),
+            quality: Default::default(),
         };
         let view = self.view(&participant);
-        let permissions = Permissions {
-            can_publish: participant.can_publish,
-            can_subscribe: participant.can_subscribe,
-            admin: participant.admin,
-        };
+        let permissions = participant.permissions();
         let others = self
             .roster
             .local
@@ -556,6 +573,7 @@ impl LocalRoom {
             negotiation: Negotiation::default(),
             described: false,
             transport,
+            quality: Default::default(),
         }));
         self.demux.push(DemuxUpdate::Add {
             ufrag: ice.ufrag,
@@ -676,6 +694,7 @@ impl LocalRoom {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         self.tell_counts(now, out);
+        self.tell_quality(now);
         self.steer_programs(now, out);
         let stale: Vec<(usize, &'static str)> = self
             .peers

@@ -68,6 +68,41 @@ pub struct UserData {
     pub packet: bytes::Bytes,
 }
 
+impl UserData {
+    /// A packet from the server (LiveKit's `SendData`): a user packet with no sender, for
+    /// the room's participants or those named (by identity or sid).
+    #[allow(deprecated)]
+    pub fn from_server(
+        payload: Vec<u8>,
+        reliable: bool,
+        topic: Option<String>,
+        destinations: Vec<String>,
+    ) -> Self {
+        use lk::data_packet::Kind;
+        let packet = lk::DataPacket {
+            kind: if reliable {
+                Kind::Reliable
+            } else {
+                Kind::Lossy
+            } as i32,
+            destination_identities: destinations.clone(),
+            value: Some(lk::data_packet::Value::User(lk::UserPacket {
+                payload,
+                topic,
+                destination_identities: destinations.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        UserData {
+            sender: String::new(),
+            destinations,
+            reliable,
+            packet: packet.encode_to_vec().into(),
+        }
+    }
+}
+
 impl LocalRoom {
     /// A data channel of a participant's publisher connection opened.
     pub(super) fn on_data_channel_open(&mut self, key: usize, id: RTCDataChannelId) {
@@ -133,9 +168,9 @@ impl LocalRoom {
     pub fn deliver_data(&mut self, now: Instant, data: &UserData) {
         let mut targets = Vec::new();
         for p in self.roster.local.values() {
-            if p.sid == data.sender
-                || (!data.destinations.is_empty() && !data.destinations.contains(&p.identity))
-            {
+            let named =
+                data.destinations.contains(&p.identity) || data.destinations.contains(&p.sid);
+            if p.sid == data.sender || (!data.destinations.is_empty() && !named) {
                 continue;
             }
             let channel = p

@@ -24,6 +24,7 @@ use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -279,11 +280,15 @@ impl LocalRoom {
     ) {
         match message.message {
             RTCMessage::RtpPacket(rtc_track, packet) => {
-                let peer = &self.peers[key];
-                let target = peer
-                    .inbound
-                    .get(&rtc_track)
-                    .and_then(|i| Some((i.track, i.layer_of(packet.header.ssrc)?)));
+                let peer = &mut self.peers[key];
+                let target = peer.inbound.get_mut(&rtc_track).and_then(|i| {
+                    let layer = i.layer_of(packet.header.ssrc)?;
+                    // Counted for connection quality: a few integer operations.
+                    if let Some(rx) = i.rx.get_mut(layer) {
+                        rx.on_packet(packet.header.sequence_number);
+                    }
+                    Some((i.track, layer))
+                });
                 match target {
                     Some((track, layer)) => {
                         self.core.handle_rtp(now, track, layer, packet);
@@ -327,8 +332,15 @@ impl LocalRoom {
                 };
                 let mut keyframes = Vec::new();
                 let mut nacks = Vec::new();
+                let mut reports = Vec::new();
                 for p in packets {
                     let any = p.as_any();
+                    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                        for r in &rr.reports {
+                            let kind = peer.outbound.iter().find(|o| o.ssrc == r.ssrc);
+                            reports.extend(kind.map(|o| (o.kind, r.clone())));
+                        }
+                    }
                     tracing::trace!(room = %self.name, rtcp = ?p.header().packet_type, "subscriber RTCP");
                     if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                         keyframes.extend(subscription(pli.media_ssrc));
@@ -347,6 +359,11 @@ impl LocalRoom {
                     {
                         self.core
                             .handle_remb(now, SinkId(key as u64), remb.bitrate as f64);
+                    }
+                }
+                if let Some(peer) = self.peers.get_mut(key) {
+                    for (kind, r) in &reports {
+                        peer.quality.on_report(now, *kind, r);
                     }
                 }
                 for sub in keyframes {
@@ -400,6 +417,9 @@ impl LocalRoom {
                         octet_count: report.octet_count,
                         ..Default::default()
                     };
+                    if let Some(peer) = self.peers.get_mut(sink.0 as usize) {
+                        peer.quality.on_sender_report(report.ssrc, report.ntp, now);
+                    }
                     self.write_rtcp(now, sink.0 as usize, Box::new(sr), out);
                 }
                 Output::Relay { sink, packet, .. } => {

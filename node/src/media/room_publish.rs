@@ -358,6 +358,7 @@ impl LocalRoom {
             Inbound {
                 track: id,
                 ssrcs: vec![None; rids.len()],
+                rx: vec![Default::default(); rids.len()],
                 rids,
             },
         );

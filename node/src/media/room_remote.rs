@@ -34,13 +34,16 @@ impl LocalRoom {
         if let Some(known) = self.roster.remote.get_mut(&record.sid) {
             // Another gateway carries a federated participant now (failover).
             known.node.clone_from(&record.node);
-            // A change of role.
-            if known.stage != record.stage {
+            // A change of role, or of name, metadata or attributes.
+            let restaged = known.stage != record.stage;
+            if restaged {
                 self.roster.set_remote_stage(&record.sid, record.stage);
-                if let Some(r) = self.roster.remote.get(&record.sid) {
-                    let participant = self.remote_view(&record.sid, r);
-                    self.broadcast("", &ServerMessage::ParticipantUpdated { participant });
-                }
+            }
+            if (self.remote_profile_changed(&record) || restaged)
+                && let Some(r) = self.roster.remote.get(&record.sid)
+            {
+                let participant = self.remote_view(&record.sid, r);
+                self.broadcast("", &ServerMessage::ParticipantUpdated { participant });
             }
             return;
         }
@@ -55,6 +58,8 @@ impl LocalRoom {
             stage: record.stage,
             seq: self.roster.next_seq,
             tracks: Vec::new(),
+            metadata: record.metadata,
+            attributes: record.attributes,
         };
         let view = self.remote_view(&record.sid, &r);
         self.roster.insert_remote(record.sid.clone(), r);

@@ -9,9 +9,7 @@ use super::LocalParticipantInfo;
 use super::egress::{Effect, Egress};
 use super::room::{LocalRoom, Published};
 use super::roster::hand_view;
-use crate::signaling::protocol::{
-    ErrorCode, ParticipantCounts, Permissions, ServerMessage, SignalError,
-};
+use crate::signaling::protocol::{ErrorCode, ParticipantCounts, ServerMessage, SignalError};
 use sfu_control::records::HandRecord;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -124,11 +122,7 @@ impl LocalRoom {
         let p = &self.roster.local[&sid];
         tracing::info!(room = %self.name, participant = %sid, can_publish, "role changed");
         p.send(ServerMessage::PermissionsChanged {
-            permissions: Permissions {
-                can_publish: p.can_publish,
-                can_subscribe: p.can_subscribe,
-                admin: p.admin,
-            },
+            permissions: p.permissions(),
         });
         Ok(())
     }
@@ -300,6 +294,8 @@ impl LocalRoom {
                 kind: p.record_kind(),
                 stage: p.can_publish,
                 hand_raised_ms: self.roster.hand(&p.sid).map(|h| h.raised_ms),
+                metadata: p.metadata.clone(),
+                attributes: p.attributes.clone(),
                 tracks: p
                     .tracks
                     .iter()
@@ -352,6 +348,9 @@ mod tests {
             room_create: false,
             room_list: false,
             room_record: false,
+            can_update_own_metadata: false,
+            metadata: String::new(),
+            attributes: Default::default(),
         };
         let request = JoinRequest {
             room: "r".into(),

@@ -18,12 +18,12 @@
 //! scan of the room.
 
 use super::ParticipantKind;
-use crate::signaling::protocol::{HandView, ParticipantCounts, ServerMessage};
+use crate::signaling::protocol::{HandView, ParticipantCounts, Permissions, ServerMessage};
 use crate::signaling::{Events, Outbound};
 use axum::extract::ws::Utf8Bytes;
 use sfu_control::records::HandRecord;
 use sfu_core::TrackId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 /// Rooms above this many participants are large unless their configuration says otherwise.
@@ -62,6 +62,14 @@ pub(super) struct Participant {
     /// When its last hand change or count request was accepted (each rate-limited).
     pub last_hand: Option<Instant>,
     pub last_count_request: Option<Instant>,
+    /// Its metadata and attributes (see [`super::room_metadata`]), whether it may change
+    /// them itself, and how many changes it may make now.
+    pub metadata: String,
+    pub attributes: BTreeMap<String, String>,
+    pub can_update_metadata: bool,
+    pub metadata_budget: super::room_metadata::Budget,
+    /// Its connection quality (see [`super::room_quality`]).
+    pub quality: super::room_quality::Score,
 }
 
 impl Participant {
@@ -81,6 +89,15 @@ impl Participant {
     pub fn record_kind(&self) -> &'static str {
         self.kind.record_name()
     }
+
+    pub fn permissions(&self) -> Permissions {
+        Permissions {
+            can_publish: self.can_publish,
+            can_subscribe: self.can_subscribe,
+            admin: self.admin,
+            can_update_metadata: self.can_update_metadata,
+        }
+    }
 }
 
 /// An announced participant of this room connected to another node.
@@ -94,6 +111,8 @@ pub(super) struct RemoteParticipant {
     pub stage: bool,
     pub seq: u64,
     pub tracks: Vec<TrackId>,
+    pub metadata: String,
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// See the module documentation.
@@ -444,6 +463,11 @@ mod tests {
                 data: Default::default(),
                 last_hand: None,
                 last_count_request: None,
+                metadata: String::new(),
+                attributes: BTreeMap::new(),
+                can_update_metadata: false,
+                metadata_budget: Default::default(),
+                quality: Default::default(),
             },
             rx,
         )

@@ -206,6 +206,8 @@ impl Worker {
             | AdminOp::DeleteRoom { room }
             | AdminOp::Mute { room, .. }
             | AdminOp::UpdatePermissions { room, .. }
+            | AdminOp::UpdateMetadata { room, .. }
+            | AdminOp::SendData { room, .. }
             | AdminOp::Subscriptions { room, .. } => room.clone(),
         };
         let idx = self
@@ -234,6 +236,16 @@ impl Worker {
                 can_publish,
                 ..
             } => room.update_permissions(now, &identity, can_publish, out),
+            AdminOp::UpdateMetadata {
+                identity,
+                own,
+                update,
+                ..
+            } => room.update_metadata(now, &identity, own.as_deref(), update, out),
+            AdminOp::SendData { data, .. } => {
+                room.deliver_data(now, &data);
+                Ok(())
+            }
             AdminOp::Subscriptions {
                 identity,
                 tracks,

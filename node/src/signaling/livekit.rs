@@ -14,8 +14,9 @@
 #![allow(deprecated)]
 
 use super::livekit_map::{
-    disconnect_reason, now_ms, permission, quality_of, reply, response, rid_of, room_sid, str_of,
-    track_info, track_settings, trickle,
+    attributes_of, disconnect_reason, now_ms, own_permission, permission, quality_of,
+    quality_update, reply, request_refused, response, rid_of, room_sid, str_of, track_info,
+    track_settings, trickle,
 };
 use super::protocol::{ClientMessage, ErrorCode, SignalError, TrackSourceName};
 use livekit_protocol as lk;
@@ -78,6 +79,8 @@ pub struct LiveKitCodec {
     /// server-requested mute.
     own_mutes: HashMap<String, bool>,
     speaking: BTreeSet<String>,
+    /// The client's last metadata update, answered with a `RequestResponse` if refused.
+    metadata_request: Option<lk::UpdateParticipantMetadata>,
     /// Recordings of the room running (`Room.active_recording` in every room we send).
     recordings: BTreeSet<String>,
     /// The room's stage and audience as last told: LiveKit's clients replace their whole
@@ -99,6 +102,7 @@ impl LiveKitCodec {
             next_offer_id: 0,
             own_mutes: HashMap::new(),
             speaking: BTreeSet::new(),
+            metadata_request: None,
             recordings: BTreeSet::new(),
             counts: (0, 0),
             version: 0,
@@ -156,6 +160,17 @@ impl LiveKitCodec {
             }
             signal_request::Message::TrackSetting(s) => track_settings(s)?,
             signal_request::Message::Leave(_) => vec![Decoded::Request(ClientMessage::Leave)],
+            signal_request::Message::UpdateMetadata(u) => {
+                // LiveKit leaves an empty name or metadata as it is (its clients send both
+                // every time); attributes are merged.
+                let request = ClientMessage::UpdateMetadata {
+                    name: Some(u.name.clone()).filter(|n| !n.is_empty()),
+                    metadata: Some(u.metadata.clone()).filter(|m| !m.is_empty()),
+                    attributes: u.attributes.clone().into_iter().collect(),
+                };
+                self.metadata_request = Some(u);
+                vec![Decoded::Request(request)]
+            }
             signal_request::Message::Ping(t) => vec![reply(signal_response::Message::Pong(t))],
             signal_request::Message::PingReq(p) => {
                 vec![reply(signal_response::Message::PongResp(lk::Pong {
@@ -163,7 +178,7 @@ impl LiveKitCodec {
                     timestamp: now_ms(),
                 }))]
             }
-            // Not translated (see docs/signaling.md): metadata, subscription permissions,
+            // Not translated (see docs/signaling.md): subscription permissions,
             // layer and local track updates, resume state, simulation, data tracks.
             other => {
                 tracing::debug!(room = %self.room, request = ?std::mem::discriminant(&other), "LiveKit request not translated");
@@ -253,7 +268,20 @@ impl LiveKitCodec {
                 })
             }
             "participant_joined" | "participant_updated" => {
-                let info = self.participant(&m["participant"]);
+                let p = &m["participant"];
+                if let Some(me) = self.me.as_mut().filter(|me| me.sid == p["sid"]) {
+                    // This client's own name, metadata or attributes changed.
+                    me.name = str_of(&p["name"]);
+                    me.metadata = str_of(&p["metadata"]);
+                    me.attributes = attributes_of(&p["attributes"]);
+                    let mut me = me.clone();
+                    me.version = self.bump();
+                    self.me = Some(me.clone());
+                    return vec![response(R::Update(lk::ParticipantUpdate {
+                        participants: vec![me],
+                    }))];
+                }
+                let info = self.participant(p);
                 // A role change keeps the tracks we know of.
                 let tracks = self
                     .others
@@ -334,7 +362,7 @@ impl LiveKitCodec {
                 let Some(me) = self.me.as_mut() else {
                     return Vec::new();
                 };
-                me.permission = Some(permission(m["can_publish"].as_bool().unwrap_or(false)));
+                me.permission = Some(own_permission(m));
                 me.version = version;
                 R::Update(lk::ParticipantUpdate {
                     participants: vec![me.clone()],
@@ -382,6 +410,7 @@ impl LiveKitCodec {
                 self.speaking = now;
                 R::SpeakersChanged(lk::SpeakersChanged { speakers })
             }
+            "connection_quality" => R::ConnectionQuality(quality_update(m)),
             "publisher_layers" => {
                 let sid = str_of(&m["track"]);
                 let wanted: Vec<String> = m["layers"]
@@ -419,7 +448,14 @@ impl LiveKitCodec {
             }),
             "error" => {
                 tracing::debug!(room = %self.room, error = %m, "signaling error on a LiveKit session");
-                return Vec::new();
+                // A refused metadata update is answered as LiveKit does, so that the client's
+                // `setMetadata` fails at once with the reason rather than timing out.
+                return match self.metadata_request.take() {
+                    Some(u) if m["request"] == "update_metadata" && u.request_id != 0 => {
+                        vec![request_refused(m, u)]
+                    }
+                    _ => Vec::new(),
+                };
             }
             // Raised hands have no LiveKit message; pongs answer our own pings only.
             _ => return Vec::new(),
@@ -442,10 +478,7 @@ impl LiveKitCodec {
 
     fn join_response(&mut self, m: &Value) -> lk::SignalResponse {
         let mut me = self.participant(&m["participant"]);
-        me.permission = Some(lk::ParticipantPermission {
-            can_subscribe: m["permissions"]["can_subscribe"].as_bool().unwrap_or(true),
-            ..permission(m["permissions"]["can_publish"].as_bool().unwrap_or(false))
-        });
+        me.permission = Some(own_permission(&m["permissions"]));
         self.me = Some(me.clone());
         let others: Vec<lk::ParticipantInfo> = m["participants"]
             .as_array()
@@ -501,6 +534,8 @@ impl LiveKitCodec {
             is_publisher: !tracks.is_empty(),
             tracks,
             permission: Some(permission(p["stage"].as_bool().unwrap_or(false))),
+            metadata: str_of(&p["metadata"]),
+            attributes: attributes_of(&p["attributes"]),
             version: self.bump(),
             joined_at: now_ms() / 1000,
             joined_at_ms: now_ms(),
@@ -619,6 +654,65 @@ mod tests {
         assert!(
             c.encode(&serde_json::json!({"type": "participant_left", "participant": "PA_2"}))
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn metadata_updates_are_requests_and_refusals_are_request_responses() {
+        let mut c = codec();
+        c.encode(&serde_json::json!({"type": "joined", "room": "room",
+            "participant": {"sid": "PA_1", "identity": "me", "name": "me", "stage": true, "tracks": [],
+                "metadata": "from the token", "attributes": {"team": "red"}},
+            "participants": [],
+            "permissions": {"can_publish": true, "can_subscribe": true, "admin": false, "can_update_metadata": false},
+            "counts": {"stage": 1, "audience": 0, "raised_hands": 0}}));
+        let d = c
+            .decode(&request(signal_request::Message::UpdateMetadata(
+                lk::UpdateParticipantMetadata {
+                    metadata: "new".into(),
+                    name: String::new(),
+                    attributes: [("hand".to_owned(), "up".to_owned())].into(),
+                    request_id: 5,
+                },
+            )))
+            .unwrap();
+        let [
+            Decoded::Request(ClientMessage::UpdateMetadata {
+                name,
+                metadata,
+                attributes,
+            }),
+        ] = &d[..]
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (name, metadata.as_deref()),
+            (&None, Some("new")),
+            "an empty name stays"
+        );
+        assert_eq!(attributes["hand"], "up");
+        let out = c.encode(&serde_json::json!({"type": "error", "code": "forbidden",
+            "message": "no", "request": "update_metadata"}));
+        let Some(signal_response::Message::RequestResponse(r)) = &out[0].message else {
+            panic!("{out:?}")
+        };
+        assert_eq!(r.request_id, 5);
+        assert_eq!(r.reason, lk::request_response::Reason::NotAllowed as i32);
+        // An accepted change comes back as this participant's own update.
+        let out = c.encode(
+            &serde_json::json!({"type": "participant_updated", "participant":
+            {"sid": "PA_1", "identity": "me", "name": "me", "stage": true, "tracks": [],
+             "metadata": "new", "attributes": {"team": "red", "hand": "up"}}}),
+        );
+        let Some(signal_response::Message::Update(u)) = &out[0].message else {
+            panic!("{out:?}")
+        };
+        assert_eq!(u.participants[0].metadata, "new");
+        assert_eq!(u.participants[0].attributes.len(), 2);
+        assert!(
+            u.participants[0].permission.as_ref().unwrap().can_publish,
+            "kept"
         );
     }
 

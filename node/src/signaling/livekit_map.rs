@@ -47,6 +47,67 @@ pub(super) fn permission(can_publish: bool) -> lk::ParticipantPermission {
     }
 }
 
+/// This client's own permissions, from our `permissions` (or `permissions_changed`).
+pub(super) fn own_permission(p: &Value) -> lk::ParticipantPermission {
+    lk::ParticipantPermission {
+        can_subscribe: p["can_subscribe"].as_bool().unwrap_or(true),
+        can_update_metadata: p["can_update_metadata"].as_bool().unwrap_or(false),
+        ..permission(p["can_publish"].as_bool().unwrap_or(false))
+    }
+}
+
+/// A participant's attributes, from its view's `attributes` object (absent: none).
+pub(super) fn attributes_of(v: &Value) -> std::collections::HashMap<String, String> {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), str_of(v)))
+        .collect()
+}
+
+/// The `RequestResponse` to a refused `UpdateParticipantMetadata`, from our `error`.
+pub(super) fn request_refused(
+    error: &Value,
+    request: lk::UpdateParticipantMetadata,
+) -> lk::SignalResponse {
+    use lk::request_response::{Reason, Request};
+    let reason = match error["code"].as_str().unwrap_or("") {
+        "forbidden" => Reason::NotAllowed,
+        "too_large" | "rate_limited" => Reason::LimitExceeded,
+        "not_found" => Reason::NotFound,
+        "bad_request" => Reason::InvalidRequest,
+        _ => Reason::UnclassifiedError,
+    };
+    response(signal_response::Message::RequestResponse(
+        lk::RequestResponse {
+            request_id: request.request_id,
+            reason: reason as i32,
+            message: str_of(&error["message"]),
+            request: Some(Request::UpdateMetadata(request)),
+        },
+    ))
+}
+
+/// `ConnectionQualityUpdate` from our `connection_quality`.
+pub(super) fn quality_update(m: &Value) -> lk::ConnectionQualityUpdate {
+    let updates = m["updates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| lk::ConnectionQualityInfo {
+            participant_sid: str_of(&u["participant"]),
+            quality: match u["quality"].as_str().unwrap_or("") {
+                "excellent" => lk::ConnectionQuality::Excellent,
+                "good" => lk::ConnectionQuality::Good,
+                "poor" => lk::ConnectionQuality::Poor,
+                _ => lk::ConnectionQuality::Lost,
+            } as i32,
+            score: u["score"].as_f64().unwrap_or(0.0) as f32,
+        })
+        .collect();
+    lk::ConnectionQualityUpdate { updates }
+}
+
 /// LiveKit's simulcast rids are `q`, `h`, `f` (low to high); others go by position.
 pub(super) fn quality_of(rid: &str, index: usize) -> i32 {
     match rid {

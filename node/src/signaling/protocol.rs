@@ -5,7 +5,7 @@
 //! servers can evolve independently, but unknown message types are errors.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Messages from the client.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -70,6 +70,18 @@ pub enum ClientMessage {
     /// An administrator (a token with `roomAdmin`) lets a participant on stage or takes it
     /// off: `can_publish` true promotes, false demotes (its tracks are unpublished).
     UpdateParticipant { identity: String, can_publish: bool },
+    /// Changes the client's own display name, metadata or attributes (needs the token's
+    /// `canUpdateOwnMetadata`). Absent fields stay as they are; attributes are merged, and one
+    /// with an empty value is removed. Everyone who sees the participant is told
+    /// (`participant_updated`, the client too).
+    UpdateMetadata {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        metadata: Option<String>,
+        #[serde(default)]
+        attributes: BTreeMap<String, String>,
+    },
     /// Keep-alive; answered with `pong`.
     Ping {
         #[serde(default)]
@@ -128,6 +140,12 @@ pub struct ParticipantView {
     /// On stage (may publish) or in the audience.
     pub stage: bool,
     pub tracks: Vec<TrackView>,
+    /// What its application says about it (LiveKit's metadata and attributes); left out
+    /// when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// How many are in a room, over the whole cluster.
@@ -155,6 +173,8 @@ pub struct Permissions {
     pub can_subscribe: bool,
     /// Sees raised hands and may promote and demote (`roomAdmin`).
     pub admin: bool,
+    /// May change its own name, metadata and attributes (`canUpdateOwnMetadata`).
+    pub can_update_metadata: bool,
 }
 
 /// A published track as subscribers see it.
@@ -180,6 +200,16 @@ pub struct SpeakerView {
     pub track: String,
     /// Loudness, 0.0 (silence) to 1.0 (full scale).
     pub level: f32,
+}
+
+/// A participant's connection quality (see `media::room_quality`).
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct QualityView {
+    pub participant: String,
+    /// `excellent`, `good`, `poor` or `lost`.
+    pub quality: &'static str,
+    /// Mean opinion score, 1 to 4.5.
+    pub score: f32,
 }
 
 /// Which track a media section of the subscriber peer connection carries.
@@ -276,6 +306,11 @@ pub enum ServerMessage {
         track: String,
         name: String,
         layers: Vec<String>,
+    },
+    /// Every few seconds: the connection quality of you and of the announced participants
+    /// on your node.
+    ConnectionQuality {
+        updates: Vec<QualityView>,
     },
     /// This node is going away (draining): reconnect to `url` with the same token, and
     /// publish and subscribe again there.

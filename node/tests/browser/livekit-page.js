@@ -54,6 +54,11 @@
         if (seen.lastSpeakers !== who) note(who);
         seen.lastSpeakers = who;
       })
+      .on(LK.RoomEvent.ParticipantMetadataChanged, (_, p) => note(`metadata ${p.identity} ${p.metadata}`))
+      .on(LK.RoomEvent.ParticipantNameChanged, (name, p) => note(`name ${p.identity} ${name}`))
+      .on(LK.RoomEvent.ParticipantAttributesChanged, (changed, p) =>
+        note(`attributes ${p.identity} ${JSON.stringify(changed)}`),
+      )
       .on(LK.RoomEvent.DataReceived, (payload, p, kind, topic) =>
         note(`data ${p ? p.identity : "?"} ${topic || ""} ${new TextDecoder().decode(payload)}`),
       )
@@ -76,6 +81,13 @@
       window.sfu.errors.push(`${e && e.message ? e.message : e} (status ${e && e.status})`);
     }
   };
+
+  // Runs `call(room)` (a promise) and notes how it ended: `done NAME` or `failed NAME REASON`.
+  window.lkTry = (name, call) =>
+    call(room).then(
+      () => note(`done ${name}`),
+      (e) => note(`failed ${name} ${e && (e.reasonName || e.message)}`),
+    );
 
   window.sfuStats = async () => {
     if (!room) return null;
@@ -102,7 +114,13 @@
           currentTime = Math.max(currentTime, v.currentTime);
         }
       }
-      remote.push({ identity: p.identity, tracks });
+      remote.push({
+        identity: p.identity,
+        name: p.name,
+        metadata: p.metadata,
+        attributes: p.attributes,
+        tracks,
+      });
     }
     return {
       framesDecoded,
@@ -117,6 +135,7 @@
       firstFrameMs: seen.firstFrameMs,
       events: seen.events,
       local: room.localParticipant.identity,
+      quality: room.localParticipant.connectionQuality,
       published: Array.from(room.localParticipant.trackPublications.values()).map((p) => ({
         sid: p.trackSid,
         source: p.source,
