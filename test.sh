@@ -52,6 +52,14 @@ if [ ! -x target/lk-venv/bin/python ] ||
   target/lk-venv/bin/pip install -q livekit==1.2.0
 fi
 
+# A real S3-compatible server for the recording upload test (node/tests/recording.rs): moto's
+# S3 and its server (flask), pinned, in a venv of its own.
+if [ ! -x target/s3-venv/bin/moto_server ] ||
+  ! target/s3-venv/bin/python -c 'import moto.server, boto3' >/dev/null 2>&1; then
+  python3 -m venv target/s3-venv
+  target/s3-venv/bin/pip install -q 'moto[s3]==5.1.18' flask==3.1.2 flask-cors==6.0.1
+fi
+
 # A fresh clone builds once: incremental compilation's caches (GBs for the workspace's test
 # binaries) would only take disk space.
 if [ "${CI:-}" = true ]; then

@@ -77,6 +77,8 @@ pub struct RecordingConfig {
     /// Free space (MB) the directory's filesystem must keep: a recording is refused below it
     /// (`507`), and a running one stops, its file finalised (failed, "disk full"). 0: no check.
     pub min_free_mb: u64,
+    /// `[recording.s3]`: upload finished files to S3-compatible storage.
+    pub s3: Option<crate::recording::upload::S3Config>,
 }
 
 impl Default for RecordingConfig {
@@ -84,6 +86,7 @@ impl Default for RecordingConfig {
         Self {
             dir: "recordings".into(),
             min_free_mb: 256,
+            s3: None,
         }
     }
 }

@@ -125,6 +125,10 @@ impl Server {
         media
             .recordings()
             .set_min_free_mb(config.recording.min_free_mb);
+        if let Some(s3) = &config.recording.s3 {
+            let uploader = crate::recording::upload::Uploader::new(s3.clone(), outgoing.clone());
+            media.recordings().set_uploader(uploader);
+        }
 
         let listener = tokio::net::TcpListener::bind(config.http_bind)
             .await

@@ -70,6 +70,12 @@ pub struct EgressRef {
     pub size_bytes: u64,
     /// Why it failed or ended by itself (empty otherwise).
     pub error: String,
+    /// With S3 configured: the uploaded file's URL, or why the upload failed (`egress_ended`
+    /// is sent once the upload is over).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upload_error: String,
 }
 
 impl From<&crate::recording::RecordingInfo> for EgressRef {
@@ -83,6 +89,8 @@ impl From<&crate::recording::RecordingInfo> for EgressRef {
             duration_ms: i.duration_ms,
             size_bytes: i.size_bytes,
             error: i.error.clone(),
+            url: i.url.clone(),
+            upload_error: i.upload_error.clone(),
         }
     }
 }

@@ -619,7 +619,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "id": r.id, "room": r.room, "kind": r.kind, "track": r.track, "codec": r.codec,
                     "state": r.state, "node": r.node, "file": r.file, "duration_ms": r.duration_ms,
                     "size_bytes": r.size_bytes, "started_ms": r.started_ms, "ended_ms": r.ended_ms,
-                    "error": r.error, "hls": r.hls,
+                    "error": r.error, "hls": r.hls, "url": r.url, "upload": r.upload,
+                    "upload_error": r.upload_error,
                     "streams": r.streams.iter().map(|s| serde_json::json!({
                         "url": s.url, "state": s.state, "error": s.error,
                     })).collect::<Vec<_>>(),
@@ -672,7 +673,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ));
                     } else {
                         let header = [
-                            "ID", "ROOM", "KIND", "STATE", "NODE", "FILE", "DURATION", "SIZE",
+                            "ID",
+                            "ROOM",
+                            "KIND",
+                            "STATE",
+                            "NODE",
+                            "FILE OR URL",
+                            "DURATION",
+                            "SIZE",
                         ];
                         let rows = all.recordings.iter().map(|r| {
                             vec![
@@ -685,7 +693,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                                     format!("{} ({})", r.state, r.error)
                                 },
                                 r.node.clone(),
-                                r.file.clone(),
+                                // Where it is: uploaded, or on the node.
+                                match r.upload.as_str() {
+                                    "uploaded" => r.url.clone(),
+                                    "" => r.file.clone(),
+                                    "failed" => {
+                                        format!("{} (upload failed: {})", r.file, r.upload_error)
+                                    }
+                                    other => format!("{} ({other})", r.file),
+                                },
                                 format!("{:.1}s", r.duration_ms as f64 / 1000.0),
                                 r.size_bytes.to_string(),
                             ]

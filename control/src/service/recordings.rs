@@ -30,6 +30,12 @@ struct Listed {
     streams: Vec<ListedStream>,
     #[serde(default)]
     hls: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    upload: String,
+    #[serde(default)]
+    upload_error: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -65,6 +71,9 @@ impl From<Listed> for pb::RecordingInfo {
                 })
                 .collect(),
             hls: l.hls,
+            url: l.url,
+            upload: l.upload,
+            upload_error: l.upload_error,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - [`disk`]: free space, checked before a recording starts and while it runs.
 //! - [`pipeline`]: which GStreamer elements record which codec.
 //! - [`writer`]: the recording thread, and the handle a media worker feeds.
+//! - [`upload`]: finished files uploaded to S3-compatible storage, when configured.
 //! - [`program`], [`program_writer`]: room recordings, one file for the whole room (the
 //!   active speaker's video, switched by the forwarder without decoding, and every
 //!   participant's audio mixed).
@@ -33,6 +34,7 @@ pub mod live;
 pub mod pipeline;
 pub mod program;
 pub mod program_writer;
+pub mod upload;
 pub mod writer;
 
 use crate::webhook::{EgressRef, Event, Webhooks};
@@ -97,6 +99,12 @@ pub struct RecordingInfo {
     pub streams: Vec<StreamInfo>,
     /// Room recordings with HLS: the playlist's path on this node's HTTP server.
     pub hls: String,
+    /// With `[recording.s3]`: the uploaded file's URL, once uploaded.
+    pub url: String,
+    /// With `[recording.s3]`: `uploading`, `uploaded` or `failed` (see `upload_error`) once
+    /// the file is finalised; empty before, and without S3.
+    pub upload: &'static str,
+    pub upload_error: String,
 }
 
 /// One RTMP destination of a room recording.
@@ -151,6 +159,8 @@ struct Inner {
     dir: PathBuf,
     /// Free bytes the recordings' filesystem must keep (see [`disk`]).
     min_free: AtomicU64,
+    /// Where finished files are uploaded, and the runtime that does it (see [`upload`]).
+    uploader: Mutex<Option<(upload::Uploader, tokio::runtime::Handle)>>,
     node: Arc<str>,
     webhooks: Webhooks,
     notify: Notify,
@@ -185,6 +195,7 @@ impl Recordings {
             inner: Arc::new(Inner {
                 dir,
                 min_free: AtomicU64::new(0),
+                uploader: Mutex::default(),
                 node,
                 webhooks,
                 notify,
@@ -199,6 +210,16 @@ impl Recordings {
         self.inner
             .min_free
             .store(mb.saturating_mul(1024 * 1024), Ordering::Relaxed);
+    }
+
+    /// Uploads every file finalised from now on (on the current tokio runtime).
+    pub fn set_uploader(&self, uploader: upload::Uploader) {
+        let handle = tokio::runtime::Handle::current();
+        *self
+            .inner
+            .uploader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((uploader, handle));
     }
 
     /// `Err` with the reason ("disk full: ...") if the recordings' filesystem has less free
@@ -246,6 +267,9 @@ impl Recordings {
             error: String::new(),
             streams: Vec::new(),
             hls: String::new(),
+            url: String::new(),
+            upload: "",
+            upload_error: String::new(),
         };
         let (done, _) = watch::channel(false);
         self.entries().insert(
@@ -299,9 +323,16 @@ impl Recordings {
         Some(e.info.clone())
     }
 
-    /// A recording is finished: its final state, sizes and the `egress_ended` webhook. A
-    /// reason given earlier (why it ended) is kept unless this one says more.
+    /// A recording is finished: its final state, sizes and the `egress_ended` webhook (after
+    /// its upload, if the file is uploaded). A reason given earlier (why it ended) is kept
+    /// unless this one says more.
     pub(crate) fn finish(&self, id: &str, state: RecordingState, error: &str) {
+        let uploader = self
+            .inner
+            .uploader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let info = {
             let mut entries = self.entries();
             let Some(e) = entries.get_mut(id) else { return };
@@ -321,6 +352,9 @@ impl Recordings {
             if let Ok(m) = std::fs::metadata(&e.info.file) {
                 e.info.size_bytes = m.len();
             }
+            if uploader.is_some() && e.info.size_bytes > 0 {
+                e.info.upload = "uploading";
+            }
             // Kept even with no one waiting now: a later stop finds it finished.
             e.done.send_replace(true);
             e.info.clone()
@@ -334,8 +368,38 @@ impl Recordings {
             error = info.error,
             "recording finished"
         );
-        self.webhook("egress_ended", &info);
         (self.inner.notify)(&info, false);
+        match uploader {
+            Some((uploader, runtime)) if info.upload == "uploading" => {
+                let me = self.clone();
+                runtime.spawn(async move { me.upload(uploader, info).await });
+            }
+            _ => self.webhook("egress_ended", &info),
+        }
+    }
+
+    /// Uploads a finished recording's file, then sends its `egress_ended` webhook with the
+    /// object's URL (or why the upload failed). The local file is kept either way.
+    async fn upload(self, uploader: upload::Uploader, info: RecordingInfo) {
+        let file = std::path::PathBuf::from(&info.file);
+        let result = uploader.upload(&file).await;
+        match &result {
+            Ok(url) => tracing::info!(recording = info.id, url, "recording uploaded"),
+            Err(e) => tracing::warn!(recording = info.id, "recording not uploaded: {e}"),
+        }
+        let info = self
+            .update(&info.id, |i| match result {
+                Ok(url) => {
+                    i.upload = "uploaded";
+                    i.url = url;
+                }
+                Err(e) => {
+                    i.upload = "failed";
+                    i.upload_error = e.to_string();
+                }
+            })
+            .unwrap_or(info);
+        self.webhook("egress_ended", &info);
     }
 
     fn webhook(&self, event: &'static str, info: &RecordingInfo) {
@@ -415,6 +479,9 @@ fn info_fallback(id: &str) -> RecordingInfo {
         error: String::new(),
         streams: Vec::new(),
         hls: String::new(),
+        url: String::new(),
+        upload: "",
+        upload_error: String::new(),
     }
 }
 

@@ -170,6 +170,9 @@ impl Recordings {
             } else {
                 String::new()
             },
+            url: String::new(),
+            upload: "",
+            upload_error: String::new(),
         };
         let (done, _) = watch::channel(false);
         self.entries().insert(
