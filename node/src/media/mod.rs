@@ -30,8 +30,8 @@ pub mod udp;
 pub mod worker;
 mod worker_cluster;
 mod worker_commands;
-mod worker_guard;
 mod worker_direct;
+mod worker_guard;
 mod worker_links;
 mod worker_metrics;
 
