@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vp8", vp8),
     ("red", red),
     ("relay_wire", relay_wire),
+    ("relay_direct", relay_direct),
     ("signaling", signaling),
     ("whip_patch", whip_patch),
     ("records", records),
@@ -358,6 +359,28 @@ pub fn relay_wire(data: &[u8]) {
     for record in records(Bytes::copy_from_slice(data)) {
         let Ok((_flow, rtp)) = record else { break };
         let _ = Packet::unmarshal(&mut rtp.clone());
+    }
+}
+
+/// The key the `relay_direct` target opens with (its seeds are sealed with it).
+pub const DIRECT_KEY: [u8; sfu_relay::direct::KEY_LEN] = *b"fuzz-direct-key!";
+
+/// A datagram on a worker's socket that starts like a relay link's direct datagram: the
+/// channel looked up, opened (seeds sealed with [`DIRECT_KEY`] get past authentication, so
+/// the replay window and the records behind it are reached), its records parsed.
+pub fn relay_direct(data: &[u8]) {
+    use sfu_relay::direct::{Opener, channel_of};
+    let _ = channel_of(data);
+    let mut opener = Opener::new(&DIRECT_KEY);
+    for _ in 0..2 {
+        let mut buf = data.to_vec();
+        let Ok((_worker, plain)) = opener.open(&mut buf) else {
+            return;
+        };
+        for record in sfu_relay::wire::records(Bytes::copy_from_slice(plain)) {
+            let Ok((_flow, rtp)) = record else { break };
+            let _ = Packet::unmarshal(&mut rtp.clone());
+        }
     }
 }
 

@@ -181,6 +181,7 @@ mod seeds {
             ("vp8", vp8()),
             ("red", red()),
             ("relay_wire", relay_wire()),
+            ("relay_direct", relay_direct()),
             ("signaling", signaling()),
             ("whip_patch", whip_patch()),
             ("records", records()),
@@ -432,6 +433,27 @@ mod seeds {
                 ],
             ),
             ("primary-only", vec![0x6f, 7, 7, 7]),
+        ]
+    }
+
+    /// Direct datagrams sealed with the target's key: a probe, one with records, and one
+    /// sealed by a high worker.
+    fn relay_direct() -> Files {
+        use sfu_relay::direct::Sealer;
+        let key = &sfu_node::fuzzing::DIRECT_KEY;
+        let a = rtp(96, 1000, 0, 0x100, true, &vp8_payload(1, 1, true));
+        let b = audio_rtp(7, &[0x6f, 1, 2, 3]);
+        let mut records = sfu_relay::wire::encode_datagram(1, &a).to_vec();
+        records.extend_from_slice(&sfu_relay::wire::encode_datagram(300, &b));
+        let seal = |worker, payload: &[u8]| {
+            let mut out = BytesMut::new();
+            Sealer::new(key, 0x5eed, worker).seal(payload, &mut out);
+            out.to_vec()
+        };
+        vec![
+            ("probe", seal(0, &[])),
+            ("two-records", seal(1, &records)),
+            ("worker-1000", seal(1000, &records[..records.len() / 2])),
         ]
     }
 
