@@ -1,5 +1,6 @@
 //! A relay link through a lossy, jittery path: 5 % of datagrams lost and each delayed by up
-//! to 30 ms (so they reorder), both ways, between two nodes of a real cluster (etcd, QUIC).
+//! to 30 ms (so they reorder), both ways, between two nodes of a real cluster (etcd, QUIC):
+//! its QUIC connection and its direct media path (worker to worker) each through a proxy.
 //!
 //! A publisher of the load tester sends to node `ia`; subscribers on node `ib` get its media
 //! only over the impaired link. Their video must freeze less than 1 % of the time: the relay
@@ -32,10 +33,6 @@ fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
     c.cluster.etcd = vec![etcd.to_owned()];
     c.cluster.certs_dir = Some(certs.to_owned());
     c.cluster.name = "impaired".into();
-    // Relayed media in the link's QUIC datagrams, through the impairing proxy: the direct
-    // path (worker to worker) would pass beside it. Both paths carry the same records and
-    // recover losses with the same NACKs; `direct_relay.rs` tests the direct one.
-    c.cluster.direct_media = false;
     c.dev = true;
     c
 }
@@ -57,8 +54,13 @@ async fn subscribers_behind_a_lossy_jittery_relay_link_barely_freeze() {
     let ids = ["ia".to_owned(), "ib".to_owned()];
     sfu_relay::certs::ensure_dev_certs(&certs, &ids).unwrap();
 
-    // `ia` sorts first, so it dials `ib`: at the address `ib` advertises, the proxy's.
-    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // `ia` sorts first, so it dials `ib`: at the address `ib` advertises, the proxy's on
+    // 127.0.0.3. The link's media then goes to `ib`'s media worker port at that address too
+    // (the direct path): a second proxy there, on the same port, forwards to the worker on
+    // 127.0.0.1. Both are impaired alike; the direct one carries the media.
+    let front = tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let media_front = tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let media_port = media_front.local_addr().unwrap().port();
     // `Server::relay_addr` is the advertised address: `ib` listens on a port chosen here.
     let b_relay = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -66,15 +68,20 @@ async fn subscribers_behind_a_lossy_jittery_relay_link_barely_freeze() {
     let mut b_config = node_config("ib", &etcd.endpoint, &certs);
     b_config.cluster.relay_bind = b_relay;
     b_config.cluster.relay_advertise = Some(front.local_addr().unwrap());
+    b_config.rtc.workers = 1;
+    b_config.rtc.bind_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    b_config.rtc.udp_port = media_port;
     let b = Server::start(b_config).await.expect("node ib starts");
+    let impairment = |seed| Impairment {
+        loss,
+        jitter: Duration::from_millis(jitter_ms),
+        seed,
+    };
+    let quic_proxy = ImpairProxy::with_socket(front, b_relay, impairment(12));
     let proxy = ImpairProxy::with_socket(
-        front,
-        b_relay,
-        Impairment {
-            loss,
-            jitter: Duration::from_millis(jitter_ms),
-            seed: 12,
-        },
+        media_front,
+        ([127, 0, 0, 1], media_port).into(),
+        impairment(13),
     );
     let a = Server::start(node_config("ia", &etcd.endpoint, &certs))
         .await
@@ -126,6 +133,23 @@ bitrate_kbps = 32
         a.metrics.retransmitted.get(),
         b.metrics.retransmitted.get()
     );
+    // Counters reach the metrics once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let direct = a
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sfu_relay_datagrams_out_total{path=\"direct\"}")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    println!(
+        "ia sent {direct} datagrams on the direct path; the QUIC path's proxy {:?}",
+        quic_proxy.counts()
+    );
     a.stop().await;
     b.stop().await;
     let _ = std::fs::remove_dir_all(&certs);
@@ -135,9 +159,13 @@ bitrate_kbps = 32
         report.receivers_complete as u32, subscribers,
         "every subscriber gets audio and video over the link: {report}"
     );
-    // The link carried the media, and the path really lost about `loss` of it.
+    // The link's direct path carried the media, and really lost about `loss` of it.
     let carried = counts.received - before.received;
     assert!(carried > 1_000, "{counts:?}");
+    assert!(
+        direct >= carried as f64,
+        "{direct} direct datagrams, {counts:?}"
+    );
     assert!(
         (counts.loss() - loss).abs() <= loss * 0.3 + 0.002,
         "the proxy dropped {:.2} % of {} datagrams, not {:.0} %",
