@@ -274,6 +274,16 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         ok,
         "metadata and attributes did not go as they should: {s:#}"
     );
+    let at = |page: &str, event: &str| s["pages"][page]["stats"]["at"][event].as_f64();
+    if let (Some(start), Some(seen)) = (
+        at("alice", "start update"),
+        at("bob", "metadata alice hello from alice"),
+    ) {
+        eprintln!(
+            "metadata: alice's setMetadata seen by bob on the other node after {} ms",
+            seen - start
+        );
+    }
     let sdk = server_sdk(
         &cluster,
         &[

@@ -195,7 +195,7 @@ impl LocalRoom {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::room::RoomContext;
     use super::super::{JoinRequest, ParticipantKind};
     use super::*;
@@ -203,7 +203,8 @@ mod tests {
     use crate::signaling::Outbound;
     use std::sync::Arc;
 
-    fn room(now: Instant) -> LocalRoom {
+    /// A room of node `n1`, for tests of the room's parts.
+    pub(crate) fn room(now: Instant) -> LocalRoom {
         let ctx = Arc::new(RoomContext {
             node_id: "n1".into(),
             candidates: vec!["127.0.0.1:9".parse().unwrap()],
@@ -219,7 +220,8 @@ mod tests {
         LocalRoom::new("r".into(), ctx, now, 50)
     }
 
-    fn join(
+    /// Joins a signaling participant; its sid and its messages.
+    pub(crate) fn join(
         r: &mut LocalRoom,
         now: Instant,
         identity: &str,
@@ -255,6 +257,17 @@ mod tests {
     }
 
     fn updated(rx: &mut crate::signaling::EventsRx) -> Vec<serde_json::Value> {
+        messages(rx, "participant_updated")
+            .into_iter()
+            .map(|m| m["participant"].clone())
+            .collect()
+    }
+
+    /// The messages of type `kind` waiting for a participant.
+    pub(crate) fn messages(
+        rx: &mut crate::signaling::EventsRx,
+        kind: &str,
+    ) -> Vec<serde_json::Value> {
         let mut found = Vec::new();
         while let Ok(m) = rx.try_recv() {
             let text = match m {
@@ -262,8 +275,8 @@ mod tests {
                 Outbound::Shared(t) => t.as_str().to_owned(),
             };
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            if v["type"] == "participant_updated" {
-                found.push(v["participant"].clone());
+            if v["type"] == kind {
+                found.push(v);
             }
         }
         found

@@ -140,25 +140,32 @@ impl PeerReports {
     }
 }
 
-/// A participant's smoothed score (0 to 100).
+/// A participant's smoothed score (0 to 100), and the quality the room was last told.
 #[derive(Debug, Clone, Copy)]
-pub struct Score(pub f64);
+pub struct Score {
+    value: f64,
+    told: Option<&'static str>,
+}
 
 impl Default for Score {
     fn default() -> Self {
-        Score(100.0)
+        Score::of(100.0)
     }
 }
 
 impl Score {
+    fn of(value: f64) -> Self {
+        Score { value, told: None }
+    }
+
     fn update(&mut self, raw: f64) {
-        let factor = if raw < self.0 { 0.8 } else { 0.4 };
-        self.0 = factor * raw + (1.0 - factor) * self.0;
+        let factor = if raw < self.value { 0.8 } else { 0.4 };
+        self.value = factor * raw + (1.0 - factor) * self.value;
     }
 
     /// LiveKit's quality for the score.
     pub fn quality(self) -> &'static str {
-        match self.0 {
+        match self.value {
             s if s > 80.0 => "excellent",
             s if s > 40.0 => "good",
             s if s > 20.0 => "poor",
@@ -168,7 +175,7 @@ impl Score {
 
     /// The score as a mean opinion score (1 to 4.5), as LiveKit reports it.
     pub fn mos(self) -> f32 {
-        let s = self.0.clamp(0.0, 100.0);
+        let s = self.value.clamp(0.0, 100.0);
         (1.0 + 0.035 * s + 0.000007 * s * (s - 60.0) * (100.0 - s)) as f32
     }
 }
@@ -230,26 +237,37 @@ impl LocalRoom {
                 p.quality.update(raw);
             }
         }
+        // Told only when something changed (a quality, or someone not told yet), so that a
+        // steady room, or a large room's audience, costs no messages.
         let view = |p: &super::room::Participant| QualityView {
             participant: p.sid.clone(),
             quality: p.quality.quality(),
             score: p.quality.mos(),
         };
-        let announced: Vec<QualityView> = self
-            .roster
-            .local
-            .values()
-            .filter(|p| p.announced)
-            .take(MAX_TOLD)
-            .map(view)
-            .collect();
-        if !announced.is_empty() {
-            self.broadcast("", &ServerMessage::ConnectionQuality { updates: announced });
+        let mut changed = false;
+        for p in self.roster.local.values_mut() {
+            let now_told = Some(p.quality.quality());
+            if p.quality.told != now_told {
+                p.quality.told = now_told;
+                if p.announced {
+                    changed = true;
+                } else {
+                    p.send(ServerMessage::ConnectionQuality {
+                        updates: vec![view(p)],
+                    });
+                }
+            }
         }
-        for p in self.roster.local.values().filter(|p| !p.announced) {
-            p.send(ServerMessage::ConnectionQuality {
-                updates: vec![view(p)],
-            });
+        if changed {
+            let announced: Vec<QualityView> = self
+                .roster
+                .local
+                .values()
+                .filter(|p| p.announced)
+                .take(MAX_TOLD)
+                .map(view)
+                .collect();
+            self.broadcast("", &ServerMessage::ConnectionQuality { updates: announced });
         }
     }
 }
@@ -278,20 +296,63 @@ mod tests {
     #[test]
     fn scores_map_to_livekits_qualities() {
         // Loopback: nothing lost, a millisecond of round trip.
-        assert_eq!(Score(packet_score(0.0, 1.0, 1.0)).quality(), "excellent");
+        assert_eq!(
+            Score::of(packet_score(0.0, 1.0, 1.0)).quality(),
+            "excellent"
+        );
         // 2.5% audio loss is GOOD's edge, 7.5% POOR's.
-        assert_eq!(Score(packet_score(5.0 * 8.0, 0.0, 0.0)).quality(), "good");
-        assert_eq!(Score(packet_score(10.0 * 8.0, 0.0, 0.0)).quality(), "lost");
+        assert_eq!(
+            Score::of(packet_score(5.0 * 8.0, 0.0, 0.0)).quality(),
+            "good"
+        );
+        assert_eq!(
+            Score::of(packet_score(10.0 * 8.0, 0.0, 0.0)).quality(),
+            "lost"
+        );
         // 300 ms of round trip alone (150 ms of delay) costs 3.75 points; above 160 ms of
         // delay each 10 ms costs one.
         assert!((packet_score(0.0, 300.0, 0.0) - 96.25).abs() < 1e-9);
         assert!((packet_score(0.0, 400.0, 0.0) - 92.0).abs() < 1e-9);
         let mut s = Score::default();
         s.update(0.0);
-        assert!((s.0 - 20.0).abs() < 1e-9, "falls fast");
+        assert!((s.value - 20.0).abs() < 1e-9, "falls fast");
         s.update(100.0);
-        assert!((s.0 - 52.0).abs() < 1e-9, "rises slowly");
-        assert!((Score(100.0).mos() - 4.5).abs() < 1e-6);
+        assert!((s.value - 52.0).abs() < 1e-9, "rises slowly");
+        assert!((Score::default().mos() - 4.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn qualities_are_told_when_they_change_or_someone_was_not_told_yet() {
+        use super::super::room_metadata::tests::{join, messages, room};
+        let t0 = Instant::now();
+        let mut r = room(t0);
+        let (alice, mut alice_rx) = join(&mut r, t0, "alice", false, "");
+        let (_bob, mut bob_rx) = join(&mut r, t0, "bob", false, "");
+        messages(&mut alice_rx, "");
+        r.tell_quality(t0 + PERIOD);
+        let told = messages(&mut alice_rx, "connection_quality");
+        assert_eq!(told.len(), 1, "{told:?}");
+        let updates = told[0]["updates"].as_array().unwrap();
+        assert_eq!(updates.len(), 2, "both, to each");
+        assert!(updates.iter().any(|u| u["participant"] == alice.as_str()));
+        assert_eq!(
+            updates[0]["quality"], "excellent",
+            "nothing against them yet"
+        );
+        assert_eq!(messages(&mut bob_rx, "connection_quality").len(), 1);
+        r.tell_quality(t0 + PERIOD * 2);
+        assert!(
+            messages(&mut alice_rx, "connection_quality").is_empty(),
+            "nothing changed: nothing told"
+        );
+        let (_carol, _carol_rx) = join(&mut r, t0, "carol", false, "");
+        r.tell_quality(t0 + PERIOD * 3);
+        let told = messages(&mut alice_rx, "connection_quality");
+        assert_eq!(
+            told[0]["updates"].as_array().unwrap().len(),
+            3,
+            "carol is new"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
   let started = 0;
   const videos = new Map(); // track sid -> <video>
 
+  // When each event was first seen (wall clock, to compare pages).
+  const at = {};
   function note(e) {
+    if (!(e in at)) at[e] = Date.now();
     seen.events.push(e);
     if (seen.events.length > 200) seen.events.shift();
   }
@@ -83,11 +86,13 @@
   };
 
   // Runs `call(room)` (a promise) and notes how it ended: `done NAME` or `failed NAME REASON`.
-  window.lkTry = (name, call) =>
-    call(room).then(
+  window.lkTry = (name, call) => {
+    at[`start ${name}`] = Date.now();
+    return call(room).then(
       () => note(`done ${name}`),
       (e) => note(`failed ${name} ${e && (e.reasonName || e.message)}`),
     );
+  };
 
   window.sfuStats = async () => {
     if (!room) return null;
@@ -134,6 +139,7 @@
       publishedMs: seen.connectedMs,
       firstFrameMs: seen.firstFrameMs,
       events: seen.events,
+      at,
       local: room.localParticipant.identity,
       quality: room.localParticipant.connectionQuality,
       published: Array.from(room.localParticipant.trackPublications.values()).map((p) => ({
