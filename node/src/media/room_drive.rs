@@ -387,7 +387,7 @@ impl LocalRoom {
                     ..
                 } => {
                     if super::room_record::is_recorder(sink) {
-                        self.record(sink, &packet, &edits);
+                        self.record(now, sink, &packet, &edits);
                         continue;
                     }
                     // The direct send path: written once into the send buffer, protected in

@@ -13,7 +13,7 @@
 
 use super::egress::Egress;
 use super::room::LocalRoom;
-use super::room_record::RECORDER_BIT;
+use super::room_record::{LossWatch, RECORDER_BIT};
 use crate::recording::ProgramRecorder;
 use crate::recording::program::{AUDIO_PT, VIDEO_PT};
 use crate::signaling::protocol::{ErrorCode, SignalError, TrackSourceName};
@@ -31,6 +31,7 @@ struct Feed {
     sink: SinkId,
     subscription: SubscriptionId,
     track: TrackId,
+    loss: LossWatch,
 }
 
 /// A room recording fed by this room.
@@ -188,6 +189,7 @@ impl LocalRoom {
                         sink,
                         subscription,
                         track: *track,
+                        loss: LossWatch::default(),
                     });
                     changed = true;
                 }
@@ -242,6 +244,7 @@ impl LocalRoom {
                         sink,
                         subscription,
                         track: target,
+                        loss: LossWatch::default(),
                     });
                 }
             }
@@ -308,18 +311,31 @@ impl LocalRoom {
     /// A packet the core forwarded to a sink of a room recording. True if it was one.
     pub(super) fn record_program(
         &mut self,
+        now: Instant,
         sink: SinkId,
         packet: &Packet,
         edits: &PacketEdits,
     ) -> bool {
+        let seq = packet.header.sequence_number;
         for (i, p) in self.programs.iter_mut().enumerate() {
-            let alive = if p.video.as_ref().is_some_and(|f| f.sink == sink) {
-                p.recorder.push_video(packet, edits)
-            } else if p.audio.iter().any(|f| f.sink == sink) {
-                p.recorder.push_audio(sink.0, packet, edits)
+            let (alive, loss) = if let Some(f) = p.video.as_mut().filter(|f| f.sink == sink) {
+                let loss = f
+                    .loss
+                    .on_packet(now, seq, true)
+                    .map(|l| (f.subscription, l));
+                (p.recorder.push_video(packet, edits), loss)
+            } else if let Some(f) = p.audio.iter_mut().find(|f| f.sink == sink) {
+                let loss = f
+                    .loss
+                    .on_packet(now, seq, false)
+                    .map(|l| (f.subscription, l));
+                (p.recorder.push_audio(sink.0, packet, edits), loss)
             } else {
                 continue;
             };
+            if let Some((subscription, loss)) = loss {
+                self.repair(now, subscription, loss);
+            }
             if !alive {
                 // Its thread is gone (the recording failed): it stops being fed.
                 let p = self.programs.swap_remove(i);

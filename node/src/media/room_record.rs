@@ -11,7 +11,7 @@ use super::room::LocalRoom;
 use crate::recording::Recorder;
 use crate::signaling::protocol::{ErrorCode, SignalError};
 use sfu_core::{Packet, PacketEdits, SinkId, SubscriptionId, SubscriptionSettings, TrackId};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Sink ids of recordings carry this bit (peer connections' are slab keys; relay links'
 /// carry the top bit).
@@ -28,6 +28,64 @@ pub(super) struct TrackRecorder {
     pub(super) track: TrackId,
     subscription: SubscriptionId,
     recorder: Recorder,
+    video: bool,
+    loss: LossWatch,
+}
+
+/// Lost packets asked for again at most this many at once (the retransmission cache holds
+/// about a second of video).
+const MAX_NACK: u16 = 64;
+/// A recording's video asks for a keyframe after a loss at most this often: each one costs
+/// the publisher a large frame, for every subscriber.
+const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
+
+/// Losses in what a recording is fed. Its subscription has no receiver to send NACKs or
+/// PLIs as a browser does, so the room does it for it: a gap in the (forwarder-rewritten,
+/// continuous) sequence numbers is asked for again from the node's retransmission cache,
+/// which the jitter buffer (300 ms) can still put in place, and for video a keyframe is
+/// asked for too, so a loss the cache cannot repair damages the picture for a moment rather
+/// than until the publisher's next keyframe. Per packet: a few comparisons.
+#[derive(Default)]
+pub(super) struct LossWatch {
+    next: Option<u16>,
+    keyframe_asked: Option<Instant>,
+}
+
+/// What to ask for after a gap.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Loss {
+    pub(super) lost: Vec<u16>,
+    pub(super) keyframe: bool,
+}
+
+impl LossWatch {
+    /// A packet with sequence number `seq` was forwarded: the packets it shows missing.
+    /// Late and retransmitted packets (behind the next expected) are no news.
+    pub(super) fn on_packet(&mut self, now: Instant, seq: u16, video: bool) -> Option<Loss> {
+        let Some(next) = self.next else {
+            self.next = Some(seq.wrapping_add(1));
+            return None;
+        };
+        let ahead = seq.wrapping_sub(next);
+        if ahead >= 0x8000 {
+            return None;
+        }
+        self.next = Some(seq.wrapping_add(1));
+        if ahead == 0 {
+            return None;
+        }
+        let lost = (0..ahead.min(MAX_NACK))
+            .map(|i| next.wrapping_add(i))
+            .collect();
+        let keyframe = video
+            && self
+                .keyframe_asked
+                .is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY);
+        if keyframe {
+            self.keyframe_asked = Some(now);
+        }
+        Some(Loss { lost, keyframe })
+    }
 }
 
 impl LocalRoom {
@@ -79,11 +137,17 @@ impl LocalRoom {
             tracing::debug!(room = %self.name, "recording subscription: {e}");
         }
         tracing::info!(room = %self.name, %track, recording = recorder.id(), "recording started");
+        let video = self
+            .tracks
+            .get(&id)
+            .is_some_and(|t| t.kind == sfu_core::MediaKind::Video);
         self.recorders.push(TrackRecorder {
             sink,
             track: id,
             subscription,
             recorder,
+            video,
+            loss: LossWatch::default(),
         });
         self.refresh_demand(now, out);
         Ok(())
@@ -113,15 +177,38 @@ impl LocalRoom {
 
     /// A packet the core forwarded to a recording: handed to its thread. A recording whose
     /// thread is gone (it failed) stops being fed.
-    pub(super) fn record(&mut self, sink: SinkId, packet: &Packet, edits: &PacketEdits) {
+    pub(super) fn record(
+        &mut self,
+        now: Instant,
+        sink: SinkId,
+        packet: &Packet,
+        edits: &PacketEdits,
+    ) {
         let Some(i) = self.recorders.iter().position(|r| r.sink == sink) else {
-            self.record_program(sink, packet, edits);
+            self.record_program(now, sink, packet, edits);
             return;
         };
+        let r = &mut self.recorders[i];
+        if let Some(loss) = r
+            .loss
+            .on_packet(now, packet.header.sequence_number, r.video)
+        {
+            let subscription = r.subscription;
+            self.repair(now, subscription, loss);
+        }
         if !self.recorders[i].recorder.push(packet, edits) {
             let r = self.recorders.swap_remove(i);
             self.core.unsubscribe(r.subscription);
             r.recorder.end("");
+        }
+    }
+
+    /// Asks the forwarding core for what a recording's subscription lost (see [`LossWatch`]).
+    pub(super) fn repair(&mut self, now: Instant, subscription: SubscriptionId, loss: Loss) {
+        tracing::debug!(room = %self.name, lost = loss.lost.len(), keyframe = loss.keyframe, "a recording lost packets");
+        self.core.handle_nack(now, subscription, &loss.lost);
+        if loss.keyframe {
+            self.core.handle_keyframe_request(now, subscription);
         }
     }
 
@@ -141,5 +228,47 @@ impl LocalRoom {
             .iter()
             .map(|r| r.track)
             .chain(self.program_tracks())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_asked_for_again_and_video_asks_a_keyframe_now_and_then() {
+        let t0 = Instant::now();
+        let mut w = LossWatch::default();
+        assert_eq!(w.on_packet(t0, 65534, true), None);
+        assert_eq!(w.on_packet(t0, 65535, true), None);
+        // 0 and 1 lost, across the wrap.
+        let loss = w.on_packet(t0, 2, true).unwrap();
+        assert_eq!(
+            loss,
+            Loss {
+                lost: vec![0, 1],
+                keyframe: true
+            }
+        );
+        // A retransmission or a late packet is no news.
+        assert_eq!(w.on_packet(t0, 1, true), None);
+        assert_eq!(w.on_packet(t0, 3, true), None);
+        // Another loss soon after: asked for again, no second keyframe yet.
+        let soon = t0 + Duration::from_millis(500);
+        let loss = w.on_packet(soon, 5, true).unwrap();
+        assert_eq!(
+            loss,
+            Loss {
+                lost: vec![4],
+                keyframe: false
+            }
+        );
+        let later = t0 + KEYFRAME_EVERY;
+        assert!(w.on_packet(later, 7, true).unwrap().keyframe);
+        // A long gap asks for the first MAX_NACK; audio never asks for keyframes.
+        let mut a = LossWatch::default();
+        a.on_packet(t0, 10, false);
+        let loss = a.on_packet(t0, 1000, false).unwrap();
+        assert_eq!((loss.lost.len(), loss.keyframe), (MAX_NACK as usize, false));
     }
 }
