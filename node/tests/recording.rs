@@ -181,9 +181,14 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let s3 = moto("recordings").await;
     let cluster = Cluster::start_with(2, |i, c| {
         c.recording.dir = dir.clone();
         c.webhook.urls = vec![hook.clone()];
+        if i == 1 {
+            // cp2 uploads its files.
+            c.recording.s3 = Some(s3_config(&s3, "cluster/"));
+        }
         if i == 0 {
             // cp1's disk is "full": it must keep more free space than any disk has.
             c.recording.min_free_mb = FULL_MB;
@@ -353,7 +358,36 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         assert!(ok && errors.is_empty(), "{kind} decodes cleanly: {errors}");
     }
 
-    // The webhooks: started and ended for each, the end with the file, duration and size.
+    // cp2's files are uploaded: gRPC lists each object's URL.
+    let mut urls = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let all = api
+            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .recordings;
+        urls = all
+            .into_iter()
+            .filter(|r| r.upload == "uploaded" && done.iter().any(|(d, _, _)| d.id == r.id))
+            .map(|r| (r.id, r.url))
+            .collect();
+        if urls.len() == done.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(urls.len(), done.len(), "both files uploaded: {urls:?}");
+    for (r, _, _) in &done {
+        let name = Path::new(&r.file).file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            urls[&r.id],
+            format!("{}/recordings/cluster/{name}", s3.endpoint)
+        );
+    }
+
+    // The webhooks: started and ended for each, the end with the file, duration, size and
+    // (cp2's, sent once uploaded) the object's URL.
     let mut ended = Vec::new();
     for _ in 0..50 {
         ended = hooks
@@ -378,6 +412,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         assert_eq!(e["egress"]["file"], r.file.as_str(), "{e}");
         assert_eq!(e["egress"]["size_bytes"], r.size_bytes, "{e}");
         assert!(e["egress"]["duration_ms"].as_u64().unwrap() > 15_000, "{e}");
+        assert_eq!(e["egress"]["url"], urls[&r.id].as_str(), "{e}");
     }
     let started_hooks = hooks
         .lock()
@@ -731,6 +766,18 @@ async fn moto(bucket: &str) -> Moto {
     m
 }
 
+/// A node's `[recording.s3]` for moto's bucket `recordings`.
+fn s3_config(s3: &Moto, prefix: &str) -> sfu_node::recording::upload::S3Config {
+    sfu_node::recording::upload::S3Config {
+        endpoint: s3.endpoint.clone(),
+        bucket: "recordings".into(),
+        region: "us-east-1".into(),
+        access_key: s3.access_key.clone(),
+        secret_key: s3.secret_key.clone(),
+        prefix: prefix.into(),
+    }
+}
+
 /// An object of moto's, read with boto3 (AWS's own client, in moto's venv).
 fn s3_object(s3: &Moto, bucket: &str, key: &str) -> Vec<u8> {
     let script = "import sys, boto3\n\
@@ -769,14 +816,7 @@ async fn h264_is_recorded_to_mp4() {
     let mut config = sfu_node::Config::loopback();
     config.recording.dir = dir.clone();
     config.webhook.urls = vec![hook];
-    config.recording.s3 = Some(sfu_node::recording::upload::S3Config {
-        endpoint: s3.endpoint.clone(),
-        bucket: "recordings".into(),
-        region: "us-east-1".into(),
-        access_key: s3.access_key.clone(),
-        secret_key: s3.secret_key.clone(),
-        prefix: "e2e/".into(),
-    });
+    config.recording.s3 = Some(s3_config(&s3, "e2e/"));
     let node = sfu_node::Server::start(config).await.unwrap();
     let base = format!("http://{}", node.http_addr);
     let room = "rec-h264";
