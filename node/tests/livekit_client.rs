@@ -582,7 +582,9 @@ async fn next_response<T>(
 /// LiveKit's protocol on the wire, without a browser: the connection is the join; a frame that
 /// is not a `SignalRequest`, a text frame, announced tracks past the bound and a bad candidate
 /// are each counted as signaling errors and the session goes on (it still answers a ping); a
-/// JSON client on the same `/rtc` is unaffected.
+/// metadata update without `canUpdateOwnMetadata` gets LiveKit's `RequestResponse`; a JSON
+/// client on the same `/rtc` changes its name and attributes (an oversized metadata refused)
+/// and the LiveKit client sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_protocol_bad_input_is_counted_and_the_session_goes_on() {
     use futures_util::SinkExt;
@@ -661,9 +663,73 @@ async fn livekit_protocol_bad_input_is_counted_and_the_session_goes_on() {
     let after = common::metric(&common::metrics(&base).await, "sfu_signaling_errors_total");
     assert_eq!(after - before, 4.0, "four bad requests counted");
 
-    // A JSON client joins the same room on the same path.
-    let (_json, joined) = common::control::ws_join(&base, &token("json", "wire", true, true)).await;
+    // Metadata without canUpdateOwnMetadata: LiveKit's RequestResponse, with the request's id.
+    ws.send(request(signal_request::Message::UpdateMetadata(
+        lk::UpdateParticipantMetadata {
+            metadata: "mine".into(),
+            request_id: 9,
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    let refused = next_response(&mut ws, |m| match m {
+        signal_response::Message::RequestResponse(r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused.request_id, 9);
+    assert_eq!(
+        refused.reason,
+        lk::request_response::Reason::NotAllowed as i32,
+        "{refused:?}"
+    );
+
+    // A JSON client joins the same room on the same path; with the grant it changes its
+    // metadata and the LiveKit client sees it; too much is refused.
+    let mut claims = join_claims(
+        "devkey",
+        "json",
+        "wire",
+        true,
+        true,
+        Duration::from_secs(60),
+    );
+    claims.video.can_update_own_metadata = true;
+    let (mut json, joined) = common::control::ws_join(&base, &token_for(&claims, "secret")).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(joined["participants"][0]["identity"], "lk-wire", "{joined}");
+    assert_eq!(
+        joined["permissions"]["can_update_metadata"], true,
+        "{joined}"
+    );
+    common::control::ws_send(
+        &mut json,
+        serde_json::json!({"type": "update_metadata", "metadata": "x".repeat(17 * 1024)}),
+    )
+    .await;
+    let error = common::control::next_of(&mut json, &["error"], Duration::from_secs(10)).await;
+    assert_eq!(error["code"], "too_large", "{error}");
+    common::control::ws_send(
+        &mut json,
+        serde_json::json!({"type": "update_metadata", "name": "Jason", "attributes": {"k": "v"}}),
+    )
+    .await;
+    let mine =
+        common::control::next_of(&mut json, &["participant_updated"], Duration::from_secs(10))
+            .await;
+    assert_eq!(mine["participant"]["name"], "Jason", "{mine}");
+    let seen = next_response(&mut ws, |m| match m {
+        signal_response::Message::Update(u) => u
+            .participants
+            .into_iter()
+            .find(|p| p.identity == "json" && p.name == "Jason"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (seen.name.as_str(), seen.attributes["k"].as_str()),
+        ("Jason", "v")
+    );
     node.stop().await;
 }

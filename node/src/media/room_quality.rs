@@ -27,6 +27,8 @@ pub const PERIOD: Duration = Duration::from_secs(5);
 /// Participants' qualities in one message at most (the stage of a large room is small; the
 /// rest hear their own only).
 const MAX_TOLD: usize = 100;
+/// Streams whose last sender report a subscriber connection remembers.
+const MAX_STREAMS: usize = 64;
 
 /// The loss on one received RTP stream.
 #[derive(Clone, Debug, Default)]
@@ -95,7 +97,13 @@ impl PeerReports {
         let lsr = (ntp >> 16) as u32;
         match self.sent.iter_mut().find(|(s, _, _)| *s == ssrc) {
             Some(e) => *e = (ssrc, lsr, now),
-            None => self.sent.push((ssrc, lsr, now)),
+            None => {
+                // Streams come and go on a long session: the oldest report is forgotten.
+                if self.sent.len() >= MAX_STREAMS {
+                    self.sent.remove(0);
+                }
+                self.sent.push((ssrc, lsr, now));
+            }
         }
     }
 
