@@ -367,4 +367,32 @@ mod tests {
             "http://127.0.0.1:9000/rec/town%20hall/a-EG_1.webm"
         );
     }
+
+    /// What an upload costs before it starts: hashing the file (BENCHMARKS.md, "Recording
+    /// uploads"). `cargo test -p sfu-node --lib upload::tests::hash_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement: writes and reads 512 MB"]
+    fn hash_speed() {
+        let file = std::env::temp_dir().join(format!("sfu-hash-{}.bin", rand::random::<u32>()));
+        let block: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        {
+            let mut f = std::fs::File::create(&file).unwrap();
+            for _ in 0..512 {
+                std::io::Write::write_all(&mut f, &block).unwrap();
+            }
+        }
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let (_, size) = sha256_file(&file).unwrap();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "SHA-256 of {} MB: {secs:.2} s, {:.0} MB/s",
+                size >> 20,
+                (size >> 20) as f64 / secs
+            );
+        }
+        let _ = std::fs::remove_file(&file);
+    }
 }
