@@ -6,6 +6,8 @@
 //! peer; B adds A at runtime through its control plane (`FederationService.AddPeer`) and
 //! removes it later, which closes the link and stops the media.
 
+#[path = "federation/bad_input.rs"]
+mod bad_input;
 mod common;
 
 use common::control::{authed, eventually, ws_join};
@@ -772,7 +774,17 @@ async fn two_clusters_share_a_mapped_room() {
         .await
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
-    browser.stop().await;
+    // A room of B alone, with one page on B's gateway: its media must keep flowing through
+    // the bad input below.
+    browser.close_page("alice").await;
+    browser.close_page("bob").await;
+    browser
+        .open(
+            "carol",
+            &page(&b, "local", "carol").replace(&b.plain_url(), &b.url()),
+        )
+        .await;
+    browser.open("dave", &page(&b, "local", "dave")).await;
 
     // A peer asking for a room that is not mapped is refused. The probe speaks as A's gateway
     // (its certificate), which stops first; B adds A again.
@@ -813,6 +825,38 @@ async fn two_clusters_share_a_mapped_room() {
             >= 1
     );
     m.close();
+
+    // Bad input from a raw client with A's certificate; B's local room keeps its media.
+    expect_media(
+        &mut browser,
+        &["carol", "dave"],
+        30.0,
+        Duration::from_secs(60),
+    )
+    .await;
+    let bad_from = Instant::now();
+    bad_input::run(bad_input::Target {
+        addr: b.fed_addr,
+        name: "b.example",
+        ca: &read(&b.file("fed-ca.pem")),
+        as_name: "a.example",
+        cert: &read(&a.file("fed.pem")),
+        key: &read(&a.file("fed.key")),
+        http: b.url(),
+    })
+    .await;
+    println!(
+        "bad input cases took {:.1} s",
+        bad_from.elapsed().as_secs_f64()
+    );
+    expect_media(
+        &mut browser,
+        &["carol", "dave"],
+        30.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    browser.stop().await;
 
     for n in [a.node, a.plain, b.node, b.plain]
         .into_iter()

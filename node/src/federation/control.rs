@@ -29,12 +29,33 @@ pub async fn write(send: &mut sfu_relay::quinn::SendStream, m: &Message) -> anyh
     Ok(())
 }
 
-pub async fn read(recv: &mut sfu_relay::quinn::RecvStream) -> anyhow::Result<Message> {
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream ended or broke (the link went down).
+    #[error("stream: {0}")]
+    Stream(#[from] sfu_relay::quinn::ReadExactError),
+    /// The peer announced a message over [`MAX_MESSAGE`].
+    #[error("federation message of {0} bytes (at most {MAX_MESSAGE})")]
+    TooLarge(usize),
+    /// Bytes that are no message.
+    #[error("malformed federation message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+impl ReadError {
+    /// The peer sent something wrong (not just went away).
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, ReadError::Stream(_))
+    }
+}
+
+pub async fn read(recv: &mut sfu_relay::quinn::RecvStream) -> Result<Message, ReadError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_MESSAGE {
-        anyhow::bail!("federation message of {len} bytes (at most {MAX_MESSAGE})");
+        return Err(ReadError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;

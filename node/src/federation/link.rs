@@ -12,7 +12,8 @@
 //! go straight to the connection (they carry only flow ids, which the peer routes by the
 //! `FlowOpen` frames that passed the check).
 
-use super::control::{self, Message};
+use super::control::Message;
+use super::guard::{self, Bucket, LogGate};
 use super::mapping::Mappings;
 use super::metrics::{FederationMetrics, PeerCounters, PeerLabels};
 use super::peers::Trust;
@@ -30,10 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::mpsc;
 
+mod messages;
+
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
 const MAX_FED_TRACKS: usize = 4096;
-/// The most mappings a peer may announce.
-const MAX_PEER_MAPPINGS: usize = 10_000;
 
 /// Counters, per gateway (every peer together).
 #[derive(Default)]
@@ -50,6 +51,12 @@ pub struct Stats {
     /// Frames our workers sent about a room no longer mapped (dropped).
     pub outbound_dropped: AtomicU64,
     pub links_up: AtomicU64,
+    /// Links closed for bytes that are no frame or message (either stream).
+    pub malformed: AtomicU64,
+    /// Subscriptions dropped over a peer's rate ([`guard::Bucket`]).
+    pub flood: AtomicU64,
+    /// Malformed datagrams dropped.
+    pub bad_datagrams: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -77,6 +84,11 @@ struct Peer {
     members: HashMap<String, Vec<ParticipantRef>>,
     sent_rosters: HashMap<String, Vec<u8>>,
     counters: PeerCounters,
+    /// Bounds the subscriptions it sends.
+    subscriptions: Bucket,
+    /// One log line a second for its refused subscriptions, and one for bad datagrams.
+    refusals_log: LogGate,
+    datagrams_log: LogGate,
 }
 
 /// See the module documentation.
@@ -417,111 +429,6 @@ impl FederationLinks {
         self.announce(room, &p.members.remove(room).unwrap_or_default(), &[]);
         p.sent_rosters.remove(room);
     }
-
-    fn on_message(&self, peer: &str, m: Message) {
-        let mut peers = self.peers();
-        let Some(p) = peers.get_mut(peer) else { return };
-        match m {
-            Message::Mappings { rooms } => {
-                if rooms.len() > MAX_PEER_MAPPINGS {
-                    tracing::warn!(%peer, n = rooms.len(), "federation peer announced too many mappings; ignored");
-                    return;
-                }
-                p.theirs = rooms.into_iter().collect();
-                // Before the rosters that follow on the stream arrive.
-                self.update_active(peer, p);
-            }
-            Message::Roster {
-                room,
-                participants,
-                tracks,
-            } => {
-                if !p.active.contains_key(&room) {
-                    bump(&self.stats.rosters_refused);
-                    self.metrics.refuse("roster");
-                    tracing::info!(%peer, %room, "federation roster for a room not mapped by both sides refused");
-                    return;
-                }
-                match roster::federated(peer, &p.link_name, participants, tracks) {
-                    Ok((ps, ts)) => {
-                        let keys = self.membership.keys();
-                        let mut written = Vec::new();
-                        for r in &ps {
-                            let k = keys.participant(&room, &r.sid);
-                            self.membership.set_json(k.clone(), r);
-                            written.push(k);
-                        }
-                        for t in &ts {
-                            let k = keys.track(&room, &t.track);
-                            self.membership.set_json(k.clone(), t);
-                            written.push(k);
-                        }
-                        for old in p.written.remove(&room).unwrap_or_default() {
-                            if !written.contains(&old) {
-                                self.membership.remove(old);
-                            }
-                        }
-                        p.written.insert(room.clone(), written);
-                        let members: Vec<ParticipantRef> = ps
-                            .iter()
-                            .map(|r| ParticipantRef {
-                                sid: r.sid.clone(),
-                                identity: r.identity.clone(),
-                                name: r.name.clone(),
-                            })
-                            .collect();
-                        let before = p.members.insert(room.clone(), members.clone());
-                        self.announce(&room, &before.unwrap_or_default(), &members);
-                    }
-                    Err(e) => {
-                        bump(&self.stats.rosters_refused);
-                        self.metrics.refuse("roster");
-                        tracing::warn!(%peer, %room, "federation roster refused: {e}");
-                    }
-                }
-            }
-        }
-    }
-
-    /// The federation's own stream with one peer: opened by the side whose name sorts first.
-    async fn control_stream(
-        self: Arc<Self>,
-        peer: String,
-        conn: sfu_relay::quinn::Connection,
-        mut out: mpsc::UnboundedReceiver<Message>,
-    ) {
-        let streams = if self.name < peer {
-            conn.open_bi().await
-        } else {
-            conn.accept_bi().await
-        };
-        let Ok((mut send, mut recv)) = streams else {
-            return;
-        };
-        let writer = async {
-            while let Some(m) = out.recv().await {
-                if control::write(&mut send, &m).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let reader = async {
-            loop {
-                match control::read(&mut recv).await {
-                    Ok(m) => self.on_message(&peer, m),
-                    Err(e) => {
-                        tracing::info!(%peer, "federation stream ended: {e:#}");
-                        conn.close(6u32.into(), b"federation stream error");
-                        break;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = writer => {}
-            _ = reader => {}
-        }
-    }
 }
 
 impl LinkHandler for FederationLinks {
@@ -580,6 +487,13 @@ impl LinkHandler for FederationLinks {
                 members: HashMap::new(),
                 sent_rosters: HashMap::new(),
                 counters: PeerCounters::new(&self.metrics, &peer),
+                subscriptions: Bucket::new(
+                    std::time::Instant::now(),
+                    guard::SUBSCRIBE_RATE,
+                    guard::SUBSCRIBE_BURST,
+                ),
+                refusals_log: LogGate::default(),
+                datagrams_log: LogGate::default(),
             },
         );
         self.metrics
@@ -626,6 +540,15 @@ impl LinkHandler for FederationLinks {
         let Some(p) = peers.get_mut(&**from) else {
             return;
         };
+        let now = std::time::Instant::now();
+        if matches!(body, Body::Subscribe(_)) && !p.subscriptions.take(now) {
+            bump(&self.stats.flood);
+            p.counters.flood.inc();
+            if let Some(more) = p.refusals_log.pass(now) {
+                tracing::warn!(peer = %from, more, "federation peer sends subscriptions faster than {} a second: dropped", guard::SUBSCRIBE_RATE);
+            }
+            return;
+        }
         let mut ours = None;
         let Ok(named) = room_of(&mut body) else {
             self.metrics.refuse("unknown_frame");
@@ -640,7 +563,9 @@ impl LinkHandler for FederationLinks {
                     && !s.layers.is_empty()
                 {
                     bump(&self.stats.subscriptions_refused);
-                    tracing::info!(peer = %from, room = %s.room, "federation subscription to a room not mapped by both sides refused");
+                    if let Some(more) = p.refusals_log.pass(now) {
+                        tracing::info!(peer = %from, room = %s.room, more, "federation subscription to a room not mapped by both sides refused");
+                    }
                     p.raw
                         .send_frame(refused(s.room.clone(), s.track, "room not mapped"));
                 }
@@ -680,6 +605,9 @@ impl LinkHandler for FederationLinks {
                         } else {
                             "no such track"
                         };
+                        if let Some(more) = p.refusals_log.pass(now) {
+                            tracing::info!(peer = %from, %room, track = s.track, more, "federation subscription refused: {detail}");
+                        }
                         p.raw.send_frame(refused(peer_room, s.track, detail));
                         return;
                     }
@@ -707,13 +635,30 @@ impl LinkHandler for FederationLinks {
     }
 
     fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
-        let link = self.peers().get(&**from).map(|p| {
-            p.counters.datagrams_in.inc();
-            p.counters.bytes_in.inc_by(datagram.len() as u64);
-            p.link_name.clone()
-        });
-        if let Some(link) = link {
-            self.router.datagram(&link, datagram);
+        let mut peers = self.peers();
+        let Some(p) = peers.get_mut(&**from) else {
+            return;
+        };
+        p.counters.datagrams_in.inc();
+        p.counters.bytes_in.inc_by(datagram.len() as u64);
+        // Only datagrams that parse reach our workers (whose flow table, keyed by link, drops
+        // records of flows the peer did not open).
+        if !guard::datagram_ok(&datagram) {
+            bump(&self.stats.bad_datagrams);
+            p.counters.bad_datagrams.inc();
+            if let Some(more) = p.datagrams_log.pass(std::time::Instant::now()) {
+                tracing::warn!(peer = %from, len = datagram.len(), more, "malformed federation datagram dropped");
+            }
+            return;
         }
+        let link = p.link_name.clone();
+        drop(peers);
+        self.router.datagram(&link, datagram);
+    }
+
+    fn malformed(&self, from: &NodeId, error: &anyhow::Error) {
+        bump(&self.stats.malformed);
+        self.metrics.refuse("malformed_frame");
+        tracing::warn!(peer = %from, "federation link closed: {error:#}");
     }
 }

@@ -65,7 +65,7 @@ impl FederationMetrics {
         );
         r.register(
             "refused",
-            "Federation input refused: unconfigured_peer, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame, standby",
+            "Federation input refused: unconfigured_peer, wrong_ca, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame, standby, malformed_frame, malformed_message, flood, datagram",
             self.refused.clone(),
         );
     }
@@ -81,6 +81,9 @@ pub struct PeerCounters {
     pub frames_out: Counter,
     pub datagrams_in: Counter,
     pub bytes_in: Counter,
+    /// Refusals counted on the hot path, by handle (no family lock per packet).
+    pub flood: Counter,
+    pub bad_datagrams: Counter,
 }
 
 impl PeerCounters {
@@ -88,11 +91,19 @@ impl PeerCounters {
         let l = PeerLabels {
             peer: peer.to_owned(),
         };
+        // One statement per handle: `get_or_create` returns a guard holding its family's read
+        // lock until the statement ends, and creating a second label of the same family in the
+        // same statement would wait for that lock forever.
+        let refused = |reason| m.refused.get_or_create(&RefusedLabels { reason }).clone();
+        let flood = refused("flood");
+        let bad_datagrams = refused("datagram");
         Self {
             frames_in: m.frames_in.get_or_create(&l).clone(),
             frames_out: m.frames_out.get_or_create(&l).clone(),
             datagrams_in: m.datagrams_in.get_or_create(&l).clone(),
             bytes_in: m.bytes_in.get_or_create(&l).clone(),
+            flood,
+            bad_datagrams,
         }
     }
 }

@@ -21,12 +21,14 @@
 //! - [`link`]: the link handler: translation, refusal, counters.
 //! - [`roster`]: the participants and tracks that cross.
 //! - [`control`]: the federation's own messages.
+//! - [`guard`]: bounds on what a peer can make us do (rates, datagram checks, log lines).
 //! - [`http`]: the admin API (map, unmap, list).
 //! - [`metrics`]: Prometheus metrics per peer.
 
 pub mod active;
 pub mod config;
 pub mod control;
+pub mod guard;
 pub mod http;
 pub mod link;
 pub mod mapping;
