@@ -326,3 +326,82 @@ async fn sfuctl_recordings_list_and_refuse_what_does_not_exist() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found: no recording EG_missing"), "{err}");
 }
+
+/// `sfuctl federation peers add|list|remove`: a peer added at runtime is kept in etcd and
+/// listed as `added` (what gateways do with it is tested in `node/tests/federation.rs`); bad
+/// input is refused plainly; a room can be mapped to an added peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfuctl_adds_and_removes_federation_peers() {
+    let etcd = Etcd::start().expect("etcd starts");
+    let service = Service::start(&etcd.endpoint).await;
+    let url = &service.url;
+    let dir = std::env::temp_dir().join(format!("sfuctl-fed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("b-ca.pem");
+    std::fs::write(
+        &ca,
+        sfu_relay::certs::create_ca("b.example CA").unwrap().cert,
+    )
+    .unwrap();
+    let ca = ca.to_str().unwrap();
+    let bad = sfuctl(
+        url,
+        &[
+            "federation",
+            "peers",
+            "add",
+            "b.example",
+            "--addr",
+            "b1:7443",
+            "--ca",
+            ca,
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("IP:PORT"), "{err}");
+    let added = json(
+        url,
+        &[
+            "federation",
+            "peers",
+            "add",
+            "b.example",
+            "--addr",
+            "192.0.2.7:7443",
+            "--addr",
+            "192.0.2.8:7443",
+            "--ca",
+            ca,
+        ],
+    );
+    assert_eq!(added["source"], "added", "{added}");
+    let listed = json(url, &["federation", "peers", "list"]);
+    assert_eq!(listed[0]["name"], "b.example", "{listed}");
+    assert_eq!(listed[0]["source"], "added");
+    assert_eq!(listed[0]["addrs"][1], "192.0.2.8:7443");
+    let table = ok(url, &["federation", "peers", "list"]);
+    let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        words(lines[0]),
+        ["PEER", "SOURCE", "GATEWAYS", "LINKED"],
+        "{table}"
+    );
+    assert_eq!(words(lines[1]), ["b.example", "added"], "{table}");
+    // A room can be mapped to it before any gateway links.
+    ok(
+        url,
+        &["federation", "rooms", "map", "joint", "--peer", "b.example"],
+    );
+    ok(url, &["federation", "peers", "remove", "b.example"]);
+    assert_eq!(
+        json(url, &["federation", "peers", "list"]),
+        serde_json::json!([])
+    );
+    let again = sfuctl(url, &["federation", "peers", "remove", "b.example"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("not an added federation peer"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
