@@ -213,6 +213,25 @@ impl Browser {
         serde_json::from_str(&line).expect("driver prints JSON")
     }
 
+    /// The newest report: those that queued up while the test was not reading are skipped
+    /// (after a wait, [`Browser::sample`] returns the oldest, seconds old).
+    pub async fn latest(&mut self) -> Sample {
+        let mut newest = None;
+        // `next_line` is cancel safe: a timeout loses no line.
+        while let Ok(line) =
+            tokio::time::timeout(Duration::from_millis(50), self.lines.next_line()).await
+        {
+            match line {
+                Ok(Some(l)) => newest = Some(l),
+                _ => break,
+            }
+        }
+        match newest {
+            Some(l) => serde_json::from_str(&l).expect("driver prints JSON"),
+            None => self.sample().await,
+        }
+    }
+
     /// Samples until `done` holds, for at most `limit`; returns the last sample either way,
     /// with whether `done` held.
     pub async fn until(
