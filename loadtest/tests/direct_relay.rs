@@ -19,6 +19,7 @@ fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
     c.cluster.etcd = vec![etcd.to_owned()];
     c.cluster.certs_dir = Some(certs.to_owned());
     c.cluster.name = "direct".into();
+    c.cluster.direct_media = true;
     c.dev = true;
     c
 }

@@ -241,8 +241,9 @@ async fn a_room_spans_three_nodes_and_survives_failures() {
     .await;
 
     // Cut node 3's relay links; once they are down, restore them: media resumes. Relayed media
-    // goes worker to worker beside the proxy, so it stops when the link is declared down (its
-    // QUIC connection idle for 5 s), not at the cut.
+    // on the direct path (`cluster.direct_media`) goes worker to worker beside the proxy and
+    // stops only when the link is declared down (its QUIC connection idle for 5 s): the check
+    // waits for that, whichever path media takes.
     let downs = |n: &NodeProcess| n.log_text().matches("relay link down").count();
     let downs_before = downs(&n3);
     proxy.set_cut(true);
