@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +35,9 @@ pub struct Shared {
     /// (peer, flow) → worker, for the flows other nodes send us: a `FlowOpen` ties a flow to
     /// the home worker of its room. Looked up once per relay datagram received.
     pub inbound_flows: Mutex<HashMap<(NodeId, u32), usize>>,
+    /// Relayed records whose flow was not (or no longer) open, dropped before any worker saw
+    /// them; a worker adds them to the drop counter when it reports.
+    pub unknown_flow_records: AtomicU64,
 }
 
 /// A relay datagram's records, grouped by the worker each goes to.
@@ -56,6 +59,7 @@ impl Shared {
                 break;
             };
             let Some(&worker) = flows.get(&(from.clone(), flow)) else {
+                self.unknown_flow_records.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             match each.iter_mut().find(|(w, _)| *w == worker) {
@@ -104,6 +108,7 @@ impl MediaPlane {
             load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
             track_owners: RwLock::default(),
             inbound_flows: Mutex::default(),
+            unknown_flow_records: AtomicU64::new(0),
         });
         // Every worker may hold participants of a recorded room: each is told. Other nodes
         // learn it from the registry (a key bound to this node's lease, so a node that dies

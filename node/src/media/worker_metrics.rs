@@ -34,6 +34,12 @@ impl Worker {
         m.count_drop("unknown_ufrag", d.unknown_ufrag);
         m.count_drop("socket_send_failed", d.send_failed);
         m.count_drop("relay_rejected", d.relay_rejected);
+        m.count_drop(
+            "relay_unknown_flow",
+            self.shared
+                .unknown_flow_records
+                .swap(0, std::sync::atomic::Ordering::Relaxed),
+        );
         let d = std::mem::take(&mut self.direct_drops);
         m.count_drop("direct_unknown_channel", d.unknown_channel);
         m.count_drop("direct_rejected", d.rejected);
