@@ -293,3 +293,155 @@ async fn participant_records(cluster: &Cluster, alice: &mut Browser, room: &str)
         .await;
     assert!(hidden, "alice is told it ended: {s}");
 }
+
+/// The times (seconds) of each video frame of `file`, in the order `frame_colours` reads
+/// them.
+fn frame_times(file: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+/// A host starts the room recording before anyone publishes (the demo page joined without
+/// publishing); alice publishes a few seconds later. The file has the speaker's video from
+/// when it came (a placeholder picture before), in time with the audio recorded from the
+/// start, and decodes without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_recording_started_before_any_video_gets_it_when_it_comes() {
+    let _guard = browser_lock().await;
+    let dir = std::env::temp_dir().join(format!("sfu-latevideo-{}", rand::random::<u32>()));
+    let mut config = sfu_node::Config::loopback();
+    config.recording.dir = dir.join("recordings");
+    let node = sfu_node::Server::start(config).await.unwrap();
+    let base = format!("http://{}", node.http_addr);
+    let room = "latevideo";
+    let red = camera_and_tone(&dir, "red", "red", "320x240", 440);
+    let page = |who: &str, publish: u8| {
+        format!("{base}/demo.html?room={room}&identity={who}&autojoin=1&publish={publish}")
+    };
+    let mut browser = Browser::launch_with_args(&[("host", page("host", 0))], &red).await;
+    let http = common::http();
+    let participants = |http: reqwest::Client| {
+        let url = format!("{base}/admin/rooms/{room}/participants");
+        async move {
+            let listed: serde_json::Value = http
+                .get(url)
+                .bearer_auth(admin())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            listed
+        }
+    };
+    for _ in 0..60 {
+        if participants(http.clone()).await[0]["identity"] == "host" {
+            break;
+        }
+        run_for(&mut [&mut browser], Duration::from_millis(300)).await;
+    }
+    let r = http
+        .post(format!("{base}/admin/rooms/{room}/recordings"))
+        .bearer_auth(admin())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let started_info: serde_json::Value = r.json().await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        started_info["codec"], "video/VP8+audio/opus",
+        "{started_info}"
+    );
+    // Nobody publishes for 3 s, then alice does.
+    run_for(&mut [&mut browser], Duration::from_secs(3)).await;
+    browser.open("alice", &page("alice", 1)).await;
+    let mut published = None;
+    for _ in 0..100 {
+        let listed = participants(http.clone()).await;
+        let tracks = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["tracks"].as_array())
+            .map(Vec::len)
+            .sum::<usize>();
+        if tracks == 2 {
+            published = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        run_for(&mut [&mut browser], Duration::from_millis(200)).await;
+    }
+    let published = published.expect("alice publishes");
+    run_for(&mut [&mut browser], Duration::from_secs(6)).await;
+    let id = started_info["id"].as_str().unwrap();
+    let done: serde_json::Value = http
+        .delete(format!("{base}/admin/recordings/{id}"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let truth = started.elapsed().as_secs_f64();
+    browser.stop().await;
+    assert_eq!(done["state"], "complete", "{done}");
+    let file = Path::new(done["file"].as_str().unwrap());
+    let (streams, duration) = probe(file);
+    eprintln!(
+        "{streams:?}, {duration:.2} s in the file, {truth:.2} s recorded, alice published at {published:.2} s: {done}"
+    );
+    assert_eq!(
+        streams,
+        [
+            ("video".to_owned(), "vp8".to_owned()),
+            ("audio".to_owned(), "opus".to_owned())
+        ],
+        "one video and one audio stream"
+    );
+    assert!(
+        (duration - truth).abs() < 1.0,
+        "ffprobe says {duration:.2} s, recorded for {truth:.2} s"
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&decoded.stderr);
+    assert!(
+        decoded.status.success() && errors.is_empty(),
+        "decodes cleanly: {errors}"
+    );
+    // Alice's red picture, from when she published (audio, recorded from the start, keeps
+    // the file's clock: a picture put at the start would show red seconds too early).
+    let colours = frame_colours(file);
+    let times = frame_times(file);
+    assert_eq!(colours.len(), times.len(), "{colours} {times:?}");
+    let red = colours.matches('r').count();
+    let first_red = colours.find('r').map(|i| times[i]);
+    eprintln!(
+        "{red} red frames of {}, the first at {first_red:?} s",
+        colours.len()
+    );
+    assert!(red > 60, "{colours}");
+    let first_red = first_red.unwrap();
+    assert!(
+        first_red > published - 1.0 && first_red < published + 3.0,
+        "the first red frame at {first_red:.2} s, alice published at {published:.2} s"
+    );
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -93,14 +93,9 @@ async fn start(
             let message = format!("no room {room} in the cluster");
             return Err(SignalError::new(ErrorCode::NotFound, message).into());
         }
-        // The file has a video stream if there is VP8 video to show now (the muxer cannot
-        // add one later).
-        let with_video = tracks
-            .iter()
-            .any(|t| t.kind == "video" && t.codec_mime.eq_ignore_ascii_case("video/VP8"));
         let info = state
             .media
-            .record_room(&room, with_video, body.streams, body.hls)
+            .record_room(&room, body.streams, body.hls)
             .await?;
         return Ok((StatusCode::CREATED, Json(info)));
     }

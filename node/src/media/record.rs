@@ -51,19 +51,17 @@ impl MediaPlane {
     }
 
     /// Records a room into a new file on this node (see [`crate::recording::program`]),
-    /// streamed live to `streams` (RTMP URLs) and as HLS if `hls`: `with_video` if the room
-    /// has VP8 video to show. Answers once it runs.
+    /// streamed live to `streams` (RTMP URLs) and as HLS if `hls`. Answers once it runs.
     pub async fn record_room(
         &self,
         room: &str,
-        with_video: bool,
         streams: Vec<String>,
         hls: bool,
     ) -> Result<RecordingInfo, SignalError> {
         let worker = self.worker_for(room);
         let (info, recorder) = self
             .recordings()
-            .start_room(room, with_video, streams, hls, worker)
+            .start_room(room, streams, hls, worker)
             .await
             .map_err(|e| SignalError::new(ErrorCode::Internal, e.to_string()))?;
         let room = room.to_owned();

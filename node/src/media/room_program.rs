@@ -197,9 +197,6 @@ impl LocalRoom {
             self.programs[i].audio = p;
 
             // Video: to the track to show, not more often than MIN_HOLD.
-            if !self.programs[i].recorder.with_video {
-                continue;
-            }
             let current = self.programs[i].video.as_ref().map(|f| f.track);
             let held = self.programs[i]
                 .switched_at
@@ -319,10 +316,13 @@ impl LocalRoom {
         let seq = packet.header.sequence_number;
         for (i, p) in self.programs.iter_mut().enumerate() {
             let (alive, loss) = if let Some(f) = p.video.as_mut().filter(|f| f.sink == sink) {
-                let loss = f
-                    .loss
-                    .on_packet(now, seq, true)
-                    .map(|l| (f.subscription, l));
+                // A gap, or a keyframe the pipeline asked for (its depayloader, a live
+                // output's decoder, the picture after a placeholder).
+                let loss = match f.loss.on_packet(now, seq, true) {
+                    None if p.recorder.keyframes.take() => f.loss.keyframe_wanted(now),
+                    loss => loss,
+                };
+                let loss = loss.map(|l| (f.subscription, l));
                 (p.recorder.push_video(packet, edits), loss)
             } else if let Some(f) = p.audio.iter_mut().find(|f| f.sink == sink) {
                 let loss = f

@@ -86,6 +86,22 @@ impl LossWatch {
         }
         Some(Loss { lost, keyframe })
     }
+
+    /// The recording's pipeline asked for a keyframe (its depayloader after a loss, or a
+    /// live output's decoder): asked of the publisher, paced as after a gap.
+    pub(super) fn keyframe_wanted(&mut self, now: Instant) -> Option<Loss> {
+        let due = self
+            .keyframe_asked
+            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY);
+        if !due {
+            return None;
+        }
+        self.keyframe_asked = Some(now);
+        Some(Loss {
+            lost: Vec::new(),
+            keyframe: true,
+        })
+    }
 }
 
 impl LocalRoom {
@@ -189,10 +205,12 @@ impl LocalRoom {
             return;
         };
         let r = &mut self.recorders[i];
-        if let Some(loss) = r
-            .loss
-            .on_packet(now, packet.header.sequence_number, r.video)
-        {
+        let seq = packet.header.sequence_number;
+        let loss = match r.loss.on_packet(now, seq, r.video) {
+            None if r.video && r.recorder.keyframes.take() => r.loss.keyframe_wanted(now),
+            loss => loss,
+        };
+        if let Some(loss) = loss {
             let subscription = r.subscription;
             self.repair(now, subscription, loss);
         }
@@ -206,7 +224,9 @@ impl LocalRoom {
     /// Asks the forwarding core for what a recording's subscription lost (see [`LossWatch`]).
     pub(super) fn repair(&mut self, now: Instant, subscription: SubscriptionId, loss: Loss) {
         tracing::debug!(room = %self.name, lost = loss.lost.len(), keyframe = loss.keyframe, "a recording lost packets");
-        self.core.handle_nack(now, subscription, &loss.lost);
+        if !loss.lost.is_empty() {
+            self.core.handle_nack(now, subscription, &loss.lost);
+        }
         if loss.keyframe {
             self.core.handle_keyframe_request(now, subscription);
         }

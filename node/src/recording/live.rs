@@ -120,6 +120,13 @@ impl Live {
                 q.set_property("max-size-bytes", 0u32);
                 q.set_property("max-size-time", 5_000_000_000u64);
                 let decode = element("vp8dec")?;
+                // A decoder that has no reference picture (its keyframe lost, or broken)
+                // asks upstream for a keyframe, which reaches the room as a request to the
+                // publisher (`video_gate::KeyframeRequests`), and shows nothing broken
+                // meanwhile. Without it, it waited for a keyframe that a publisher sends
+                // only when asked, and the live stream carried audio alone.
+                set_if_known(&decode, "automatic-request-sync-points", "true");
+                set_if_known(&decode, "discard-corrupted-frames", "true");
                 let decoded = queue(true)?;
                 let convert = element("videoconvert")?;
                 let scale = element("videoscale")?;

@@ -35,6 +35,7 @@ pub mod pipeline;
 pub mod program;
 pub mod program_writer;
 pub mod upload;
+pub mod video_gate;
 pub mod writer;
 
 use crate::webhook::{EgressRef, Event, Webhooks};

@@ -9,6 +9,7 @@
 //! muxer starts the file at time 0 and keeps RTP's timing from there.
 
 use super::RecordingError;
+use super::video_gate::KeyframeRequests;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -93,8 +94,13 @@ pub(super) fn set_if_known(e: &gst::Element, name: &str, value: &str) {
     }
 }
 
-/// Builds the pipeline writing `file` (not started).
-pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
+/// Builds the pipeline writing `file` (not started); the keyframes its depayloader asks for
+/// after a loss are raised in `requests`.
+pub fn build(
+    plan: &Plan,
+    file: &Path,
+    requests: &KeyframeRequests,
+) -> Result<Built, RecordingError> {
     let pipeline = gst::Pipeline::new();
     let caps = gst::Caps::builder("application/x-rtp")
         .field("media", plan.media)
@@ -123,6 +129,16 @@ pub fn build(plan: &Plan, file: &Path) -> Result<Built, RecordingError> {
     // does (two video frames on one millisecond are an error to WebM readers).
     jitter.set_property_from_str("mode", "none");
     let depay = element(plan.depayloader)?;
+    // After a loss the file gets no picture that refers to what is missing (the depayloader
+    // waits for the next keyframe), and that keyframe is asked for: the request reaches the
+    // appsrc, where `requests` takes it to the media worker.
+    if plan.media == "video" {
+        set_if_known(&depay, "wait-for-keyframe", "true");
+        set_if_known(&depay, "request-keyframe", "true");
+        if let Some(pad) = src.static_pad("src") {
+            requests.watch(&pad);
+        }
+    }
     // rtpopusdepay (1.22) says no sample rate, which the WebM muxer needs: Opus in RTP is
     // always 48 kHz (RFC 7587), so it is added.
     // H.264 also needs a parser: MP4 wants the picture size and codec data, which only the
@@ -205,7 +221,7 @@ mod tests {
         gst::init().unwrap();
         let file = std::env::temp_dir().join(format!("opus-{}.webm", rand::random::<u32>()));
         let p = plan("audio/opus", 48000).unwrap();
-        let b = build(&p, &file).unwrap();
+        let b = build(&p, &file, &KeyframeRequests::default()).unwrap();
         b.pipeline.set_state(gst::State::Playing).unwrap();
         for i in 0..50u16 {
             // A 20 ms CELT silence frame (TOC 0xF8), 960 ticks apart.

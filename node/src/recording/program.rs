@@ -3,7 +3,9 @@
 //! participant:
 //!
 //! ```text
-//! appsrc (VP8 RTP, one stream the forwarder switches) → rtpjitterbuffer → rtpvp8depay ──────┐
+//! appsrc (VP8 RTP, one stream the forwarder switches) → rtpjitterbuffer → rtpvp8depay ─┐
+//! appsrc (a black placeholder keyframe, while there is no video) ───────────── funnel ◀┘
+//!                                                                                  ↓ tee ───┐
 //! audiotestsrc (live silence) ─────────────────────────────┐                                 │
 //! appsrc (Opus RTP) → rtpjitterbuffer → rtpopusdepay → opusdec → audioconvert → audioresample ┤
 //!   … one branch per audio track, added and removed while it runs                 audiomixer │
@@ -16,10 +18,16 @@
 //! change at a keyframe (Matroska allows that). Audio is decoded, mixed and encoded again:
 //! every branch is timed on the pipeline's clock (live sources), and the live silence keeps
 //! the mixer going when nobody publishes audio, so participants can come and go.
+//!
+//! The file always declares its video stream, even when the recording starts before any
+//! camera: the muxer writes nothing until every stream has data, so while there is no video
+//! a placeholder picture keeps it writing (see [`super::video_gate`]), and the speakers'
+//! video takes over at its first keyframe.
 
 use super::RecordingError;
 use super::live::{Live, LiveSpec};
 use super::pipeline::{JITTER_LATENCY_MS, element, set_if_known};
+use super::video_gate::{KeyframeRequests, VideoGate, placeholder_caps};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
@@ -42,8 +50,10 @@ const APPSRC_MAX_BYTES: u64 = 2_500_000;
 /// The running program pipeline's parts the recording thread drives.
 pub struct Program {
     pub pipeline: gst::Pipeline,
-    /// `None` for a room that had no video when the recording started.
-    pub video: Option<gst_app::AppSrc>,
+    /// The speaker's video (RTP).
+    pub video: gst_app::AppSrc,
+    /// The placeholder picture while there is no video, and the keyframe requests.
+    pub gate: VideoGate,
     mixer: gst::Element,
     /// RTMP and HLS outputs, if any were asked for.
     pub live: Option<Live>,
@@ -87,6 +97,12 @@ fn add_and_link(pipeline: &gst::Pipeline, chain: &[&gst::Element]) -> Result<(),
         .map_err(|e| RecordingError::Pipeline(format!("linking the pipeline: {e}")))
 }
 
+/// An element's static pad.
+fn pad(e: &gst::Element, name: &str) -> Result<gst::Pad, RecordingError> {
+    e.static_pad(name)
+        .ok_or_else(|| RecordingError::Pipeline(format!("{} has no {name} pad", e.name())))
+}
+
 /// Links `from`'s source pad to a new request pad of `to` (a muxer or mixer).
 fn link_request(
     from: &gst::Element,
@@ -106,11 +122,11 @@ fn link_request(
 
 impl Program {
     /// Builds the pipeline writing `file` (WebM: VP8 and Opus), not started, with the live
-    /// outputs `live` asks for. Without `with_video`, the file has audio only.
+    /// outputs `live` asks for.
     pub fn build(
         file: &Path,
-        with_video: bool,
         live: &LiveSpec,
+        requests: KeyframeRequests,
     ) -> Result<Program, RecordingError> {
         let pipeline = gst::Pipeline::new();
         let mux = element("webmmux")?;
@@ -123,36 +139,60 @@ impl Program {
         sink.set_property("buffer-size", 8192u32);
         add_and_link(&pipeline, &[&mux, &sink])?;
 
-        let video = if with_video {
+        let (video, tee, gate) = {
             let src = rtp_source("video", "VP8", 90_000, VIDEO_PT);
+            requests.watch(&pad(src.upcast_ref(), "src")?);
             let jitter = element("rtpjitterbuffer")?;
             jitter.set_property("latency", JITTER_LATENCY_MS);
             // RTP timing only: frames of a burst keep their own times (see `pipeline`).
             jitter.set_property_from_str("mode", "none");
             let depay = element("rtpvp8depay")?;
+            // After a loss the file gets no picture that refers to what is missing, and a
+            // keyframe is asked for (see `video_gate`).
+            set_if_known(&depay, "wait-for-keyframe", "true");
+            set_if_known(&depay, "request-keyframe", "true");
             // The picture follows cameras whose capture times jitter (frames 15 to 50 ms
             // apart on a busy machine): the stream has no frame rate, only millisecond
             // times. Readers that assume a constant rate put two such frames on one tick
             // (ffmpeg guesses 30 fps and reports "non monotonically increasing dts"). A
             // DefaultDuration of 2 ms (500 fps, the finest ffmpeg takes from Matroska) gives
             // them ticks fine enough for any two real frames.
+            let framerate = gst::Fraction::new(500, 1);
             let rate = element("capssetter")?;
             rate.set_property(
                 "caps",
                 gst::Caps::builder("video/x-vp8")
-                    .field("framerate", gst::Fraction::new(500, 1))
+                    .field("framerate", framerate)
                     .build(),
             );
+            // The real video and the placeholder picture while there is none.
+            let funnel = element("funnel")?;
             let queue = element("queue")?;
             let tee = element("tee")?;
             add_and_link(
                 &pipeline,
-                &[src.upcast_ref(), &jitter, &depay, &rate, &tee, &queue],
+                &[
+                    src.upcast_ref(),
+                    &jitter,
+                    &depay,
+                    &rate,
+                    &funnel,
+                    &tee,
+                    &queue,
+                ],
             )?;
+            let gate = VideoGate::new(
+                placeholder_caps(framerate),
+                &pad(&rate, "src")?,
+                &pad(&funnel, "src")?,
+                requests,
+            )?;
+            pipeline
+                .add(gate.src())
+                .map_err(|e| RecordingError::Pipeline(format!("adding the placeholder: {e}")))?;
+            link_request(gate.src().upcast_ref(), &funnel, "sink_%u")?;
             link_request(&queue, &mux, "video_%u")?;
-            Some((src, tee))
-        } else {
-            None
+            (src, tee, gate)
         };
 
         let silence = element("audiotestsrc")?;
@@ -187,12 +227,12 @@ impl Program {
         let live = if live.is_empty() {
             None
         } else {
-            let video_tee = video.as_ref().map(|(_, tee)| tee);
-            Some(Live::build(&pipeline, video_tee, &audio_tee, live)?)
+            Some(Live::build(&pipeline, Some(&tee), &audio_tee, live)?)
         };
         Ok(Program {
             pipeline,
-            video: video.map(|(src, _)| src),
+            video,
+            gate,
             mixer,
             live,
         })
@@ -255,12 +295,13 @@ mod tests {
     use super::*;
 
     /// Two participants' Opus (20 ms CELT silence frames), one joining late and one leaving
-    /// early, mixed into one audio stream as long as the recording.
+    /// early, mixed into one audio stream as long as the recording; no video, so the video
+    /// stream gets the placeholder picture.
     #[test]
     fn audio_branches_come_and_go_and_the_mix_lasts_the_whole_recording() {
         gstreamer::init().unwrap();
         let file = std::env::temp_dir().join(format!("prog-{}.webm", rand::random::<u32>()));
-        let p = Program::build(&file, false, &LiveSpec::default()).unwrap();
+        let p = Program::build(&file, &LiveSpec::default(), KeyframeRequests::default()).unwrap();
         p.pipeline.set_state(gst::State::Playing).unwrap();
         let packet = |i: u32| {
             let mut rtp = vec![0x80, AUDIO_PT, (i >> 8) as u8, i as u8];
@@ -286,6 +327,9 @@ mod tests {
             {
                 p.remove_audio(a);
             }
+            // As the recording thread does.
+            p.gate
+                .fill(std::time::Instant::now(), p.pipeline.current_running_time());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let truth = start.elapsed().as_secs_f64();
@@ -320,6 +364,25 @@ mod tests {
             (duration - truth).abs() < 0.5,
             "{duration} s in the file, {truth} s recorded"
         );
+        // No video came: the file's video stream has the placeholder picture (a keyframe
+        // after FIRST_WAIT), and the whole file decodes.
+        let frames = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+            .args(["-show_entries", "stream=codec_name,nb_read_frames"])
+            .args(["-of", "csv=p=0"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let frames = String::from_utf8_lossy(&frames.stdout).trim().to_owned();
+        assert_eq!(frames, "vp8,1", "one placeholder picture in 1.5 s");
+        let decoded = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(&file)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        let errors = String::from_utf8_lossy(&decoded.stderr);
+        assert!(decoded.status.success() && errors.is_empty(), "{errors}");
         let _ = std::fs::remove_file(&file);
     }
 }

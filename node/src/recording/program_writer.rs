@@ -8,6 +8,7 @@
 
 use super::live::{HLS_PLAYLIST, LiveSpec, hls_dir};
 use super::program::{AudioBranch, Program};
+use super::video_gate::KeyframeRequests;
 use super::writer::{bus_error, init, serialize};
 use super::{
     Entry, RecordingError, RecordingInfo, RecordingState, Recordings, StreamInfo, now_ms, safe,
@@ -45,8 +46,8 @@ pub struct ProgramRecorder {
     id: Arc<str>,
     tx: SyncSender<Message>,
     recordings: Recordings,
-    /// Whether the file has a video stream (the room had video when it started).
-    pub with_video: bool,
+    /// Keyframes the pipeline asks for (the worker asks the shown track's publisher).
+    pub keyframes: KeyframeRequests,
     /// Packets dropped because the thread was behind.
     pub dropped: u64,
 }
@@ -125,7 +126,6 @@ impl Recordings {
     pub async fn start_room(
         &self,
         room: &str,
-        with_video: bool,
         streams: Vec<String>,
         hls: bool,
         worker: usize,
@@ -144,11 +144,7 @@ impl Recordings {
             room: room.to_owned(),
             kind: "room",
             track: String::new(),
-            codec: if with_video {
-                "video/VP8+audio/opus".into()
-            } else {
-                "audio/opus".into()
-            },
+            codec: "video/VP8+audio/opus".into(),
             state: RecordingState::Starting,
             node: self.inner.node.to_string(),
             file: file.display().to_string(),
@@ -190,7 +186,7 @@ impl Recordings {
             ))
         });
         let recorder = match started {
-            Ok(()) => spawn(id.clone(), with_video, live, file, self.clone()).await,
+            Ok(()) => spawn(id.clone(), live, file, self.clone()).await,
             Err(e) => Err(e),
         };
         match recorder {
@@ -213,23 +209,23 @@ impl Recordings {
 /// Starts the thread; resolves once its pipeline runs (or could not start).
 async fn spawn(
     id: String,
-    with_video: bool,
     live: LiveSpec,
     file: PathBuf,
     recordings: Recordings,
 ) -> Result<ProgramRecorder, RecordingError> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let (tx, rx) = sync_channel::<Message>(CHANNEL);
+    let keyframes = KeyframeRequests::default();
     let recorder = ProgramRecorder {
         id: Arc::from(id.as_str()),
         tx,
         recordings: recordings.clone(),
-        with_video,
+        keyframes: keyframes.clone(),
         dropped: 0,
     };
     std::thread::Builder::new()
         .name(format!("room-{}", &id[id.len().saturating_sub(6)..]))
-        .spawn(move || run(id, with_video, live, file, recordings, rx, ready_tx))
+        .spawn(move || run(id, keyframes, live, file, recordings, rx, ready_tx))
         .map_err(|e| RecordingError::Pipeline(format!("starting its thread: {e}")))?;
     match ready_rx.await {
         Ok(Ok(())) => Ok(recorder),
@@ -242,14 +238,14 @@ async fn spawn(
 
 fn run(
     id: String,
-    with_video: bool,
+    keyframes: KeyframeRequests,
     live: LiveSpec,
     file: PathBuf,
     recordings: Recordings,
     rx: Receiver<Message>,
     ready: oneshot::Sender<Result<(), RecordingError>>,
 ) {
-    let built = init().and_then(|()| Program::build(&file, with_video, &live));
+    let built = init().and_then(|()| Program::build(&file, &live, keyframes));
     let built = built.and_then(|p| {
         p.pipeline.set_state(gst::State::Playing).map_err(|_| {
             let bus = p.pipeline.bus();
@@ -280,10 +276,10 @@ fn run(
     let mut space = super::disk::SpaceWatch::new();
     loop {
         let pushed = match rx.recv_timeout(POLL) {
-            Ok(Message::Video(packet)) => match &program.video {
-                Some(src) => src.push_buffer(gst::Buffer::from_mut_slice(packet)).err(),
-                None => None,
-            },
+            Ok(Message::Video(packet)) => program
+                .video
+                .push_buffer(gst::Buffer::from_mut_slice(packet))
+                .err(),
             Ok(Message::Audio(branch, packet)) => {
                 let b = match branches.entry(branch) {
                     Slot::Occupied(b) => b.into_mut(),
@@ -314,6 +310,9 @@ fn run(
             failure = Some(format!("the pipeline refused data: {e:?}"));
             break;
         }
+        program
+            .gate
+            .fill(Instant::now(), program.pipeline.current_running_time());
         if let Some(e) = errors(&program, &bus, &id, &recordings) {
             failure = Some(e);
             break;

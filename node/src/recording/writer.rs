@@ -6,6 +6,7 @@
 //! own threads (the appsrc's, the jitter buffer's) take it from there.
 
 use super::pipeline::{self, Plan};
+use super::video_gate::KeyframeRequests;
 use super::{RecordingError, RecordingState, Recordings};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -32,6 +33,9 @@ pub struct Recorder {
     recordings: Recordings,
     /// The payload type its subscription is given.
     pub payload_type: u8,
+    /// Keyframes the pipeline asks for (its depayloader after a loss): the worker asks the
+    /// publisher.
+    pub keyframes: KeyframeRequests,
     /// Packets dropped because the recording thread was behind.
     pub dropped: u64,
 }
@@ -109,16 +113,18 @@ pub(super) fn spawn(
 ) -> impl std::future::Future<Output = Result<Recorder, RecordingError>> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL);
+    let keyframes = KeyframeRequests::default();
     let recorder = Recorder {
         id: Arc::from(id.as_str()),
         tx,
         recordings: recordings.clone(),
         payload_type: plan.payload_type,
+        keyframes: keyframes.clone(),
         dropped: 0,
     };
     let spawned = std::thread::Builder::new()
         .name(format!("rec-{}", &id[id.len().saturating_sub(6)..]))
-        .spawn(move || run(id, plan, file, recordings, rx, ready_tx));
+        .spawn(move || run(id, plan, file, keyframes, recordings, rx, ready_tx));
     async move {
         spawned.map_err(|e| RecordingError::Pipeline(format!("starting its thread: {e}")))?;
         match ready_rx.await {
@@ -167,11 +173,12 @@ fn run(
     id: String,
     plan: Plan,
     file: PathBuf,
+    keyframes: KeyframeRequests,
     recordings: Recordings,
     rx: Receiver<Vec<u8>>,
     ready: oneshot::Sender<Result<(), RecordingError>>,
 ) {
-    let built = init().and_then(|()| pipeline::build(&plan, &file));
+    let built = init().and_then(|()| pipeline::build(&plan, &file, &keyframes));
     let built = built.and_then(|b| {
         b.pipeline
             .set_state(gst::State::Playing)
