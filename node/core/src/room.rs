@@ -27,7 +27,7 @@ use crate::speakers::{Speaker, SpeakerConfig, Speakers};
 use crate::subscription::{
     Rtx, SenderReport, Subscription, SubscriptionParams, SubscriptionSettings,
 };
-use crate::track::{Track, TrackInfo};
+use crate::track::{RelaySink, Track, TrackInfo};
 use rtp::packet::Packet;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -173,6 +173,9 @@ pub struct Room {
     pub(crate) next_probe_step: Option<Instant>,
     pub(crate) next_allocation: Option<Instant>,
     pub(crate) stats: RoomStats,
+    /// Relay sinks attached to a track before the room knew it, attached when it is added
+    /// (see [`Room::subscribe_relay`]).
+    pub(crate) pending_relays: IdMap<TrackId, Vec<RelaySink>>,
 }
 
 impl Room {
@@ -190,6 +193,7 @@ impl Room {
             next_probe_step: None,
             next_allocation: None,
             stats: RoomStats::default(),
+            pending_relays: IdMap::default(),
         }
     }
 
@@ -229,9 +233,11 @@ impl Room {
             self.speakers
                 .add_track(info.id, info.participant.clone(), info.local);
         }
+        let id = info.id;
         self.tracks
-            .insert(info.id, Track::new(info, self.config.cache_size));
+            .insert(id, Track::new(info, self.config.cache_size));
         self.next_tick.get_or_insert(now + self.config.tick);
+        self.attach_pending_relays(now, id);
         Ok(())
     }
 
@@ -335,7 +341,9 @@ impl Room {
     /// Ends a subscription or relay subscription; returns its sink.
     pub fn unsubscribe(&mut self, id: SubscriptionId) -> Option<SinkId> {
         let track_id = self.index.remove(&id)?;
-        let track = self.tracks.get_mut(&track_id)?;
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return self.drop_pending_relay(track_id, id);
+        };
         if let Some(pos) = track.subscriptions.iter().position(|s| s.id == id) {
             return Some(track.subscriptions.swap_remove(pos).sink);
         }

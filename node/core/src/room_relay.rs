@@ -11,6 +11,13 @@ use std::time::Instant;
 impl Room {
     /// Feeds one layer of a track, untouched, to a relay link. Video gets a keyframe request
     /// at once: the other node subscribes because it has subscribers waiting.
+    ///
+    /// A track the room does not know yet gets the sink when it is added: a federation
+    /// gateway's relay feeds a peer's track as soon as the peer accepts it, which can be
+    /// before the gateway's rooms have read the track's registry record (the gateway wrote
+    /// it, and the subscriber's node, which read it first, asked for the track). A sink
+    /// dropped then was never attached again, and the subscriber's node got a flow that
+    /// carried nothing, for good.
     pub fn subscribe_relay(
         &mut self,
         now: Instant,
@@ -18,21 +25,60 @@ impl Room {
         layer: LayerIndex,
         sink: SinkId,
     ) -> Result<SubscriptionId, RoomError> {
-        let track = self
-            .tracks
-            .get_mut(&track_id)
-            .ok_or(RoomError::UnknownTrack(track_id))?;
+        let id = SubscriptionId(self.next_subscription);
+        let relay = RelaySink { id, sink, layer };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            self.next_subscription += 1;
+            self.pending_relays.entry(track_id).or_default().push(relay);
+            self.index.insert(id, track_id);
+            return Ok(id);
+        };
         if layer >= track.layers.len() {
             return Err(RoomError::UnknownTrack(track_id));
         }
-        let id = SubscriptionId(self.next_subscription);
         self.next_subscription += 1;
-        track.relays.push(RelaySink { id, sink, layer });
+        track.relays.push(relay);
         self.index.insert(id, track_id);
         if track.info.kind == MediaKind::Video {
             request_keyframe(track, layer, now, &mut self.outputs, &mut self.stats);
         }
         Ok(id)
+    }
+
+    /// Attaches the relay sinks that waited for `track_id` (see [`Room::subscribe_relay`]);
+    /// those of a layer the track does not have are dropped.
+    pub(crate) fn attach_pending_relays(&mut self, now: Instant, track_id: TrackId) {
+        let Some(waiting) = self.pending_relays.remove(&track_id) else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        for relay in waiting {
+            if relay.layer >= track.layers.len() {
+                self.index.remove(&relay.id);
+                continue;
+            }
+            track.relays.push(relay);
+            if track.info.kind == MediaKind::Video {
+                request_keyframe(track, relay.layer, now, &mut self.outputs, &mut self.stats);
+            }
+        }
+    }
+
+    /// Forgets a relay sink still waiting for its track; its sink if it was one.
+    pub(crate) fn drop_pending_relay(
+        &mut self,
+        track_id: TrackId,
+        id: SubscriptionId,
+    ) -> Option<SinkId> {
+        let waiting = self.pending_relays.get_mut(&track_id)?;
+        let pos = waiting.iter().position(|r| r.id == id)?;
+        let sink = waiting.swap_remove(pos).sink;
+        if waiting.is_empty() {
+            self.pending_relays.remove(&track_id);
+        }
+        Some(sink)
     }
 
     /// A relay link reported lost packets of the layer it is fed (source sequence numbers).

@@ -548,3 +548,40 @@ fn a_nack_flood_stays_inside_the_retransmission_budget() {
     assert!(resent_bytes > 0, "some repair still goes");
     assert!(h.room.stats().nack_over_budget > 0);
 }
+
+#[test]
+fn a_relay_sink_attached_before_its_track_is_known_is_fed_once_the_track_is_added() {
+    let mut h = Harness::new();
+    let (early, dropped) = (SinkId(1 << 63 | 7), SinkId(1 << 63 | 8));
+    let sub = h.room.subscribe_relay(h.now, AUDIO, 0, early).unwrap();
+    let other = h.room.subscribe_relay(h.now, AUDIO, 0, dropped).unwrap();
+    assert_eq!(h.room.unsubscribe(other), Some(dropped));
+    h.room
+        .add_track(
+            h.now,
+            TrackInfo::new(AUDIO, MediaKind::Audio, Codec::Opus, 48_000, 1),
+        )
+        .unwrap();
+    h.drain();
+    let mut packet = vp8(9, 100, 960, false);
+    packet.header.payload_type = 111;
+    h.room.handle_rtp(h.now, AUDIO, 0, packet);
+    let relayed: Vec<SinkId> = h
+        .drain()
+        .iter()
+        .filter_map(|o| match o {
+            Output::Relay { sink, .. } => Some(*sink),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        relayed,
+        [early],
+        "the waiting sink is fed, the dropped one not"
+    );
+    assert_eq!(h.room.unsubscribe(sub), Some(early));
+    // A layer the track turns out not to have is refused then, as at once.
+    let sub = h.room.subscribe_relay(h.now, VIDEO, 2, dropped).unwrap();
+    h.add_video(VIDEO, 1);
+    assert_eq!(h.room.unsubscribe(sub), None);
+}
