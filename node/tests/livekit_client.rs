@@ -344,6 +344,38 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
     )
     .await;
 
+    // Bob's signaling connection breaks (livekit-client closes its WebSocket): he resumes
+    // (`reconnect=1`) with the same sid and his peer connections, the publisher's after an ICE
+    // restart; alice sees no leave and no second join, and media flows both ways again.
+    let bob_sid = s["pages"]["bob"]["stats"]["sid"].clone();
+    let bob_joins = |s: &Sample| {
+        events(s, "alice")
+            .iter()
+            .filter(|e| *e == "joined bob")
+            .count()
+    };
+    let joins_before = bob_joins(&s);
+    b.eval("bob", "window.lkRoom.simulateScenario('signal-reconnect')")
+        .await;
+    let (ok, s) = b
+        .until(Duration::from_secs(15), |s| {
+            events(s, "bob").contains(&"reconnected".to_owned())
+        })
+        .await;
+    assert!(ok, "bob did not resume: {s:#}");
+    let bob_events = events(&s, "bob");
+    assert!(
+        bob_events.contains(&"signal-reconnecting".to_owned())
+            && !bob_events.contains(&"reconnecting".to_owned()),
+        "a resume, not a full reconnection: {s:#}"
+    );
+    assert_eq!(s["pages"]["bob"]["stats"]["sid"], bob_sid, "{s:#}");
+    let s = expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(20)).await;
+    assert!(
+        !events(&s, "alice").contains(&"left bob".to_owned()) && bob_joins(&s) == joins_before,
+        "alice saw bob leave or join again: {s:#}"
+    );
+
     // A third participant joins as audience (no publish permission, in a large room) and
     // receives both; the others count it without being told who it is.
     b.open("carol", &format!("{a}/healthz")).await;
@@ -732,4 +764,32 @@ async fn livekit_protocol_bad_input_is_counted_and_the_session_goes_on() {
         ("Jason", "v")
     );
     node.stop().await;
+}
+
+/// How long LiveKit's Python SDK takes to join, be subscribed and decode a first frame, with
+/// publishers on both nodes (as in the test above), `RUNS` times. Run by hand:
+/// `cargo test -p sfu-node --test livekit_client python_sdk_times -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn python_sdk_times() {
+    const RUNS: usize = 8;
+    let _browser = browser_lock().await;
+    let cluster = Cluster::start(2, 0).await;
+    let (a, b_node) = (cluster.url(0), cluster.url(1));
+    let mut b = Browser::launch(&[
+        ("alice", format!("{a}/healthz")),
+        ("bob", format!("{b_node}/healthz")),
+    ])
+    .await;
+    load(&mut b, "alice").await;
+    load(&mut b, "bob").await;
+    join(&mut b, "alice", &a, "alice", true).await;
+    join(&mut b, "bob", &b_node, "bob", true).await;
+    expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(40)).await;
+    for i in 0..RUNS {
+        let py = python_receive(&b_node, &format!("py{i}"), 6).await;
+        eprintln!("python SDK run {i}: {py}");
+    }
+    b.stop().await;
+    cluster.stop().await;
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub media: MediaPlane,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<whip::Sessions>,
+    /// LiveKit sessions waiting for their client to resume them.
+    pub parked: Arc<ws::Parked>,
     pub membership: sfu_control::Membership,
     pub node_id: Arc<str>,
     pub drain: Arc<crate::drain::Drain>,
@@ -80,6 +82,7 @@ impl AppState {
             media,
             metrics,
             sessions: Arc::default(),
+            parked: Arc::default(),
             membership,
             node_id,
             drain,

@@ -7,7 +7,10 @@
 //! The same session speaks LiveKit's client protocol when the client says it is a LiveKit SDK
 //! (`sdk` or `protocol` in the query, as every LiveKit SDK sends): binary protobuf frames,
 //! translated to and from the JSON protocol's messages by [`LiveKitCodec`]; the session
-//! joins at once, as LiveKit's clients expect.
+//! joins at once, as LiveKit's clients expect, or resumes a parked session ([`resume`]).
+
+mod resume;
+pub use resume::Parked;
 
 use super::{AppState, Problem, check_room_name};
 use crate::auth::Grants;
@@ -39,6 +42,7 @@ pub struct ConnectQuery {
     protocol: Option<String>,
     auto_subscribe: Option<String>,
     reconnect: Option<String>,
+    sid: Option<String>,
 }
 
 /// How a session's messages travel.
@@ -47,7 +51,8 @@ enum Encoding {
     LiveKit {
         codec: Box<LiveKitCodec>,
         auto_subscribe: bool,
-        resume: bool,
+        /// The participant sid of a resume (`reconnect=1`).
+        resume: Option<String>,
     },
 }
 
@@ -76,7 +81,8 @@ pub async fn upgrade(
                 room.clone(),
             )),
             auto_subscribe: query.auto_subscribe.as_deref() != Some("0"),
-            resume: query.reconnect.as_deref() == Some("1"),
+            resume: (query.reconnect.as_deref() == Some("1"))
+                .then(|| query.sid.clone().unwrap_or_default()),
         }
     } else {
         Encoding::Json
@@ -167,27 +173,32 @@ impl Session {
             auto_subscribe,
             resume,
             ..
-        } = self.encoding
+        } = &mut self.encoding
         {
-            // LiveKit's clients send no join: the connection is the join. A resume (the
-            // client kept its peer connections) is not supported: told to reconnect fully.
-            let reply = if resume {
-                ServerMessage::Migrate {
-                    url: String::new(),
-                    reason: "resuming is not supported; reconnect".into(),
-                }
-            } else {
-                match self.handle(ClientMessage::Join { auto_subscribe }).await {
-                    Ok(Some(joined)) => joined,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::info!(room = %self.room, "LiveKit join refused: {e}");
-                        ServerMessage::Left { reason: e.message }
-                    }
-                }
+            // LiveKit's clients send no join: the connection is the join, or the resume of a
+            // session whose client kept its peer connections.
+            let (auto_subscribe, resume) = (*auto_subscribe, resume.take());
+            let reply = match resume {
+                Some(sid) => self.resume(&mut socket, &sid).await,
+                None => Some(
+                    match self.handle(ClientMessage::Join { auto_subscribe }).await {
+                        Ok(Some(joined)) => joined,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::info!(room = %self.room, "LiveKit join refused: {e}");
+                            ServerMessage::Left { reason: e.message }
+                        }
+                    },
+                ),
             };
-            let refused = !matches!(reply, ServerMessage::Joined { .. });
-            if emit(&mut self.encoding, &mut socket, &reply).await.is_err() || refused {
+            let refused = reply
+                .as_ref()
+                .is_some_and(|r| !matches!(r, ServerMessage::Joined { .. }));
+            let sent = match &reply {
+                Some(r) => emit(&mut self.encoding, &mut socket, r).await,
+                None => Ok(()),
+            };
+            if sent.is_err() || refused {
                 self.leave_and_close(socket, "signaling connection closed", false)
                     .await;
                 return;
@@ -260,6 +271,10 @@ impl Session {
         } else {
             "signaling connection closed"
         };
+        if !too_slow {
+            // A LiveKit client may come back for its session (a resume).
+            self.park();
+        }
         self.leave_and_close(socket, reason, too_slow || idle_out)
             .await;
     }

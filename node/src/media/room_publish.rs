@@ -1,5 +1,7 @@
 //! Publisher peer connections: offer/answer, and turning their media sections into tracks.
 
+mod simulcast;
+
 use super::egress::Effect;
 use super::egress::Egress;
 use super::peer::{Direction, add_host_candidates};
@@ -182,6 +184,16 @@ impl LocalRoom {
             ));
         }
         let existing = p.publisher;
+        // A renegotiation keeps the simulcast layers webrtc-rs already receives (see
+        // `simulcast`).
+        let (sdp, held) = match existing.and_then(|k| self.peers.get(k)) {
+            Some(peer) => simulcast::hold_bound(&sdp, |track, rids| {
+                peer.inbound.get(track).is_some_and(|i| {
+                    rids.len() == i.rids.len() && rids.iter().all(|r| i.rids.contains(r))
+                })
+            }),
+            None => (sdp, Vec::new()),
+        };
         let offer = client_offer(sdp)?;
         let key = match existing {
             Some(k) => k,
@@ -191,7 +203,7 @@ impl LocalRoom {
             Ok(answer) => {
                 self.sync_inbound(now, key, out);
                 self.drive(now, key, out);
-                Ok(answer)
+                Ok(simulcast::restore(&answer, &held))
             }
             Err(e) => {
                 if existing.is_none() {

@@ -18,6 +18,15 @@ pub(super) fn response(m: signal_response::Message) -> lk::SignalResponse {
     lk::SignalResponse { message: Some(m) }
 }
 
+/// The mute state of each track a resuming client publishes, from its `SyncState`.
+pub(super) fn sync_mutes(s: &lk::SyncState) -> impl Iterator<Item = (String, bool)> + '_ {
+    s.publish_tracks
+        .iter()
+        .filter_map(|p| p.track.as_ref())
+        .take(MAX_TRACKS_PER_REQUEST)
+        .map(|t| (t.sid.clone(), t.muted))
+}
+
 pub(super) fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or("").to_owned()
 }

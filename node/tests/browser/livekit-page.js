@@ -65,6 +65,10 @@
       .on(LK.RoomEvent.DataReceived, (payload, p, kind, topic) =>
         note(`data ${p ? p.identity : "?"} ${topic || ""} ${new TextDecoder().decode(payload)}`),
       )
+      // A resume (the signaling connection alone is re-established) against a full reconnection.
+      .on(LK.RoomEvent.SignalReconnecting, () => note("signal-reconnecting"))
+      .on(LK.RoomEvent.Reconnecting, () => note("reconnecting"))
+      .on(LK.RoomEvent.Reconnected, () => note("reconnected"))
       .on(LK.RoomEvent.Disconnected, (reason) => {
         window.sfu.state = "disconnected";
         note(`disconnected ${reason}`);
@@ -127,7 +131,17 @@
         tracks,
       });
     }
+    // What this participant sends: video packets, and its publisher connection's pair.
+    let videoSent = 0;
+    for (const pub of room.localParticipant.trackPublications.values()) {
+      const t = pub.track;
+      if (!t || !t.sender || t.kind !== "video") continue;
+      (await t.sender.getStats()).forEach((s) => {
+        if (s.type === "outbound-rtp") videoSent += s.packetsSent || 0;
+      });
+    }
     return {
+      videoSent,
       framesDecoded,
       videoWidth,
       currentTime,
@@ -141,6 +155,7 @@
       events: seen.events,
       at,
       local: room.localParticipant.identity,
+      sid: room.localParticipant.sid,
       quality: room.localParticipant.connectionQuality,
       published: Array.from(room.localParticipant.trackPublications.values()).map((p) => ({
         sid: p.trackSid,
