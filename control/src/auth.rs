@@ -63,7 +63,7 @@ pub struct Claims {
 }
 
 /// What a verified token allows.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
     pub identity: String,
     pub name: String,

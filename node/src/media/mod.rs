@@ -1,10 +1,15 @@
 //! The media plane: worker threads that own rooms, their peer connections and a UDP socket.
 //!
-//! Rooms are sharded over workers by a hash of their name, so everything a packet touches on
-//! its way from publisher to subscribers (peer connections, the forwarding core, the socket)
-//! belongs to one thread and is used with `&mut`: no lock, no channel, no task wake-up per
-//! packet. The signaling layer talks to a room's worker with [`Command`]s; the worker talks back
-//! with replies and per-participant [`ServerMessage`] events, at signaling rate.
+//! A participant lives on one media worker (the one with the fewest participants when it
+//! joined), and a room spans the workers its participants live on, which relay its tracks to
+//! each other as nodes do (see [`plane`]). Everything a packet touches on its way from a
+//! publisher to the subscribers of one worker (peer connections, the forwarding core, the
+//! socket) belongs to that worker's thread and is used with `&mut`: no lock, no channel, no
+//! task wake-up per packet. Each worker is a sans-IO [`worker::WorkerCore`] driven by a thread
+//! of its own. The signaling layer talks to a room's workers with [`Command`]s; the workers talk
+//! back with replies and per-participant [`ServerMessage`] events, at signaling rate.
+//!
+//! [`ServerMessage`]: crate::signaling::protocol::ServerMessage
 
 pub mod demux;
 mod egress;
@@ -28,12 +33,6 @@ mod rtcp_tap;
 pub mod transport;
 pub mod udp;
 pub mod worker;
-mod worker_cluster;
-mod worker_commands;
-mod worker_direct;
-mod worker_guard;
-mod worker_links;
-mod worker_metrics;
 
 use crate::auth::Grants;
 use crate::signaling::Events;

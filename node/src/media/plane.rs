@@ -145,7 +145,7 @@ impl MediaPlane {
         );
         let mut udp_addrs = Vec::new();
         for (index, (_, rx)) in channels.into_iter().enumerate() {
-            let addr = worker::spawn(
+            let addr = worker::io::spawn(
                 index,
                 &config,
                 metrics.clone(),

@@ -13,7 +13,7 @@
 //! keys with it, so everyone is told its recordings ended.
 
 use super::plane::MediaPlane;
-use super::worker::Worker;
+use super::worker::WorkerCore;
 use super::{Command, RecordCommand};
 use crate::recording::{RecordingInfo, RecordingState, Recordings, TrackSpec};
 use crate::signaling::protocol::{ErrorCode, SignalError};
@@ -173,7 +173,7 @@ fn kind_name(kind: &str) -> &'static str {
     if kind == "room" { "room" } else { "track" }
 }
 
-impl Worker {
+impl WorkerCore {
     pub(super) fn handle_record(&mut self, now: Instant, command: RecordCommand) {
         match command {
             RecordCommand::Start {
@@ -184,7 +184,7 @@ impl Worker {
             } => {
                 // Opened here if no participant of this node is in it: what the rest of the
                 // cluster has in the room comes from the registry.
-                let Some(idx) = self.room_index(&room, true) else {
+                let Some(idx) = self.room_index(now, &room, true) else {
                     recorder.fail("the room could not be opened on this node");
                     let _ = reply.send(Err(SignalError::new(
                         ErrorCode::Internal,
@@ -193,7 +193,7 @@ impl Worker {
                     return;
                 };
                 let result = self.rooms[idx].start_recording(now, &track, recorder, &mut self.out);
-                self.after_room(idx);
+                self.after_room(now, idx);
                 let _ = reply.send(result);
             }
             RecordCommand::StartRoom {
@@ -201,13 +201,13 @@ impl Worker {
                 recorder,
                 reply,
             } => {
-                let Some(idx) = self.room_index(&room, true) else {
+                let Some(idx) = self.room_index(now, &room, true) else {
                     let why = "the room could not be opened on this node";
                     let _ = reply.send(Err(super::room_program::refuse(recorder, why)));
                     return;
                 };
                 let result = self.rooms[idx].start_program(now, recorder, &mut self.out);
-                self.after_room(idx);
+                self.after_room(now, idx);
                 let _ = reply.send(result);
             }
             RecordCommand::Notice {
@@ -216,15 +216,15 @@ impl Worker {
                 kind,
                 active,
             } => {
-                if let Some(idx) = self.room_index(&room, false) {
+                if let Some(idx) = self.room_index(now, &room, false) {
                     self.rooms[idx].tell_recording(&id, kind, active);
                 }
             }
             RecordCommand::Stop { room, id, reply } => {
-                let result = match self.room_index(&room, false) {
+                let result = match self.room_index(now, &room, false) {
                     Some(idx) => {
                         let r = self.rooms[idx].stop_recording(now, &id, &mut self.out);
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                         r
                     }
                     None => Err(SignalError::new(

@@ -144,6 +144,11 @@ impl SendQueue {
         self.queue.len()
     }
 
+    /// Takes the queued datagrams instead of sending them (a simulation delivers them).
+    pub fn drain(&mut self) -> impl Iterator<Item = (SocketAddr, bytes::BytesMut)> + '_ {
+        self.queue.drain(..)
+    }
+
     /// Sends everything queued. Returns the number of datagrams the kernel refused (full
     /// buffer or unreachable destination); they are dropped, as UDP would drop them anyway.
     pub async fn flush(&mut self, socket: &UdpSocket) -> usize {

@@ -12,13 +12,13 @@
 //! `catch_unwind` costs nothing while no panic happens, which is why it can sit on the
 //! per-datagram path.
 
-use super::worker::Worker;
+use super::WorkerCore;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
-impl Worker {
+impl WorkerCore {
     /// Runs `f` (the handling of one input); a panic in it closes the room it was in.
-    pub(super) fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+    pub(in crate::media) fn guarded(&mut self, now: Instant, f: impl FnOnce(&mut Self)) {
         self.touching = None;
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(self))) {
             let what = panic
@@ -28,25 +28,24 @@ impl Worker {
                 .unwrap_or_else(|| "(no message)".to_owned());
             self.metrics.room_panics.inc();
             match self.touching.take() {
-                Some(idx) => self.close_panicked(idx, &what),
+                Some(idx) => self.close_panicked(now, idx, &what),
                 None => tracing::error!(worker = self.index, "panic outside any room: {what}"),
             }
         }
     }
 
-    fn close_panicked(&mut self, idx: usize, what: &str) {
+    fn close_panicked(&mut self, now: Instant, idx: usize, what: &str) {
         let name = self.rooms.get(idx).map(|r| r.name.clone());
         tracing::error!(
             worker = self.index,
             room = name.as_deref().unwrap_or("?"),
             "panic while handling the room: {what}; closing it on this worker"
         );
-        let now = Instant::now();
         let closed = catch_unwind(AssertUnwindSafe(|| {
             if let Some(room) = self.rooms.get_mut(idx) {
                 room.remove_all(now, "the room failed on this node", &mut self.out);
             }
-            self.after_room(idx);
+            self.after_room(now, idx);
         }));
         if closed.is_err() || self.rooms.contains(idx) {
             self.evict_room(idx);

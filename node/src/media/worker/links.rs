@@ -12,9 +12,9 @@
 //! in the link's QUIC datagrams, while small probes go the direct way every
 //! [`PROBE_EVERY`] until one is confirmed.
 
-use super::transport::arena::SendArena;
-use super::udp::{MAX_DATAGRAM, SendQueue};
-use super::{ClusterInput, Command};
+use crate::media::transport::arena::SendArena;
+use crate::media::udp::{MAX_DATAGRAM, SendQueue};
+use crate::media::{ClusterInput, Command};
 use bytes::Bytes;
 use sfu_proto::relay::Frame;
 use sfu_relay::NodeId;
@@ -36,7 +36,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 const DIRECT_SLACK: usize = 8;
 
 /// See the module documentation.
-pub(super) enum LinkHandle {
+pub(in crate::media) enum LinkHandle {
     Quic {
         link: Link,
         /// Boxed: the key schedule is large, and sibling links have none.
@@ -50,7 +50,7 @@ pub(super) enum LinkHandle {
 }
 
 /// A worker's sending end of a link's direct path.
-pub(super) struct DirectSend {
+pub(in crate::media) struct DirectSend {
     path: Arc<DirectPath>,
     worker: u32,
     to: SocketAddr,
@@ -61,7 +61,7 @@ pub(super) struct DirectSend {
 
 /// Where a link's datagram went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Sent {
+pub(in crate::media) enum Sent {
     Direct,
     Quic,
     Sibling,
@@ -69,15 +69,15 @@ pub(super) enum Sent {
 }
 
 /// The worker's send buffer and batch, which direct datagrams join.
-pub(super) struct DirectOut<'a> {
-    pub(super) now: Instant,
-    pub(super) udp: &'a mut SendQueue,
-    pub(super) arena: &'a mut SendArena,
+pub(in crate::media) struct DirectOut<'a> {
+    pub(in crate::media) now: Instant,
+    pub(in crate::media) udp: &'a mut SendQueue,
+    pub(in crate::media) arena: &'a mut SendArena,
 }
 
 impl LinkHandle {
     /// A link to another node, as worker `worker` sends on it.
-    pub(super) fn quic(link: Link, worker: usize) -> Self {
+    pub(in crate::media) fn quic(link: Link, worker: usize) -> Self {
         let worker = worker as u32;
         let direct = link.direct.clone().and_then(|path| {
             Some(Box::new(DirectSend {
@@ -91,7 +91,7 @@ impl LinkHandle {
         LinkHandle::Quic { link, direct }
     }
 
-    pub(super) fn send_frame(&self, frame: Frame) {
+    pub(in crate::media) fn send_frame(&self, frame: Frame) {
         match self {
             LinkHandle::Quic { link, .. } => link.send_frame(frame),
             LinkHandle::Sibling { me, to } => {
@@ -104,7 +104,7 @@ impl LinkHandle {
     }
 
     /// The largest datagram the link takes now.
-    pub(super) fn max_datagram_size(&self) -> usize {
+    pub(in crate::media) fn max_datagram_size(&self) -> usize {
         match self {
             LinkHandle::Quic { link, direct } => {
                 let quic = link.max_datagram_size();
@@ -121,7 +121,7 @@ impl LinkHandle {
 
     /// Sends a datagram of relayed media: directly (into `out`) if the path is confirmed and
     /// it fits, else on the link.
-    pub(super) fn send_datagram(&self, datagram: Bytes, out: &mut DirectOut<'_>) -> Sent {
+    pub(in crate::media) fn send_datagram(&self, datagram: Bytes, out: &mut DirectOut<'_>) -> Sent {
         match self {
             LinkHandle::Quic { link, direct } => {
                 if let Some(d) = direct {

@@ -1,12 +1,12 @@
 //! A media worker's metrics: its rooms' counters added to the node's, about once a second.
 
-use super::room_drive::EdgeDrops;
-use super::worker::Worker;
+use super::WorkerCore;
+use crate::media::room_drive::EdgeDrops;
 use crate::metrics::Metrics;
 use sfu_core::{DropReason, RoomStats};
 
-impl Worker {
-    pub(super) fn report_metrics(&mut self) {
+impl WorkerCore {
+    pub(in crate::media) fn report_metrics(&mut self) {
         let m = &self.metrics;
         let now = self.snapshot();
         // Joins go to the worker with the fewest participants.
@@ -57,7 +57,7 @@ impl Worker {
     }
 }
 
-pub(super) fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
+pub(in crate::media) fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     m.packets_in.inc_by(now.packets_in - before.packets_in);
     m.bytes_in.inc_by(now.bytes_in - before.bytes_in);
     m.packets_out.inc_by(now.packets_out - before.packets_out);
@@ -97,7 +97,7 @@ pub(super) fn add_room_stats(m: &Metrics, now: &RoomStats, before: &RoomStats) {
     );
 }
 
-pub(super) fn add_edge_drops(m: &Metrics, now: &EdgeDrops, before: &EdgeDrops) {
+pub(in crate::media) fn add_edge_drops(m: &Metrics, now: &EdgeDrops, before: &EdgeDrops) {
     m.count_drop("rejected_by_peer", now.rejected - before.rejected);
     m.count_drop("unknown_track", now.unknown_track - before.unknown_track);
     m.count_drop("send_failed", now.send_failed - before.send_failed);

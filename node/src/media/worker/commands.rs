@@ -1,23 +1,23 @@
 //! A media worker's commands: signaling requests and administrative operations, each applied
 //! to the room it names.
 
-use super::worker::Worker;
-use super::{AdminOp, Command};
+use super::WorkerCore;
+use crate::media::{AdminOp, Command};
 use std::time::Instant;
 
-impl Worker {
-    pub(super) fn handle_command(&mut self, command: Command) {
+impl WorkerCore {
+    /// Carries out a command (under [`WorkerCore::guarded`]).
+    pub(super) fn apply_command(&mut self, now: Instant, command: Command) {
         use crate::signaling::protocol::{ErrorCode, SignalError};
-        let now = Instant::now();
         let not_found = || SignalError::new(ErrorCode::NotFound, "no such session in this room");
         macro_rules! in_room {
             ($room:expr, $reply:expr, |$r:ident, $out:ident| $body:expr) => {{
-                let result = match self.room_index(&$room, false) {
+                let result = match self.room_index(now, &$room, false) {
                     Some(idx) => {
                         let $r = &mut self.rooms[idx];
                         let $out = &mut self.out;
                         let result = $body;
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                         result
                     }
                     None => Err(not_found()),
@@ -27,7 +27,7 @@ impl Worker {
         }
         match command {
             Command::Join(request, reply) => {
-                let Some(idx) = self.room_index(&request.room, true) else {
+                let Some(idx) = self.room_index(now, &request.room, true) else {
                     return;
                 };
                 let auto = request.auto_subscribe;
@@ -39,16 +39,16 @@ impl Worker {
                     room.subscribe_existing(now, &joined.participant.sid);
                 }
                 let _ = reply.send(result);
-                self.after_room(idx);
+                self.after_room(now, idx);
             }
             Command::Leave {
                 room,
                 participant,
                 reason,
             } => {
-                if let Some(idx) = self.room_index(&room, false) {
+                if let Some(idx) = self.room_index(now, &room, false) {
                     self.rooms[idx].leave(now, &participant, &reason, &mut self.out);
-                    self.after_room(idx);
+                    self.after_room(now, idx);
                 }
             }
             Command::Publish {
@@ -167,10 +167,10 @@ impl Worker {
             Command::Admin { op, reply } => {
                 let _ = reply.send(self.admin(now, op));
             }
-            Command::Cluster(input) => self.handle_cluster(input),
+            Command::Cluster(input) => self.handle_cluster(now, input),
             Command::Record(c) => self.handle_record(now, c),
             Command::InjectPanic { room } => {
-                if let Some(idx) = self.room_index(&room, false) {
+                if let Some(idx) = self.room_index(now, &room, false) {
                     self.touching = Some(idx);
                     panic!("injected in room {room:?} (test hook)");
                 }
@@ -178,7 +178,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn admin(
+    pub(in crate::media) fn admin(
         &mut self,
         now: Instant,
         op: AdminOp,
@@ -196,9 +196,9 @@ impl Worker {
                 identity,
                 kind,
             } => {
-                if let Some(idx) = self.room_index(room, false) {
+                if let Some(idx) = self.room_index(now, room, false) {
                     self.rooms[idx].end_replaced(now, identity, kind, &mut self.out);
-                    self.after_room(idx);
+                    self.after_room(now, idx);
                 }
                 return Ok(());
             }
@@ -211,7 +211,7 @@ impl Worker {
             | AdminOp::Subscriptions { room, .. } => room.clone(),
         };
         let idx = self
-            .room_index(&room_name, false)
+            .room_index(now, &room_name, false)
             .ok_or_else(|| SignalError::new(ErrorCode::NotFound, "room not on this node"))?;
         let room = &mut self.rooms[idx];
         let out = &mut self.out;
@@ -258,7 +258,7 @@ impl Worker {
             }),
             AdminOp::Migrate { .. } | AdminOp::EndReplaced { .. } => Ok(()),
         };
-        self.after_room(idx);
+        self.after_room(now, idx);
         result
     }
 }

@@ -7,8 +7,8 @@
 //! link's control stream, and its records routed by flow as the QUIC path routes them: to the
 //! room's home worker, which is this one or a sibling (one hand-off per datagram).
 
-use super::worker::Worker;
-use super::{ClusterInput, Command};
+use super::WorkerCore;
+use crate::media::{ClusterInput, Command};
 use bytes::{Bytes, BytesMut};
 use sfu_proto::relay::{DirectConfirmed, Frame, frame::Body};
 use sfu_relay::NodeId;
@@ -17,7 +17,7 @@ use sfu_relay::quic::Link;
 use std::time::Instant;
 
 /// One link's direct path as this worker receives on it.
-pub(super) struct DirectIn {
+pub(in crate::media) struct DirectIn {
     from: NodeId,
     opener: Opener,
     /// To confirm the peer's workers on.
@@ -28,16 +28,16 @@ pub(super) struct DirectIn {
 
 /// Direct datagrams dropped, by why.
 #[derive(Default)]
-pub(super) struct DirectDrops {
+pub(in crate::media) struct DirectDrops {
     /// Naming no channel this worker knows (an old link's, or not ours).
-    pub(super) unknown_channel: u64,
+    pub(in crate::media) unknown_channel: u64,
     /// Failing to open (forged, damaged, another key) or seen before.
-    pub(super) rejected: u64,
+    pub(in crate::media) rejected: u64,
 }
 
-impl Worker {
+impl WorkerCore {
     /// A link came up: open what its peer sends directly.
-    pub(super) fn direct_link_up(&mut self, link: &Link) {
+    pub(in crate::media) fn direct_link_up(&mut self, link: &Link) {
         // A link replacing an older one to the same node brings new keys and a new channel.
         self.direct_link_down(&link.node);
         if let Some(path) = &link.direct {
@@ -53,12 +53,12 @@ impl Worker {
         }
     }
 
-    pub(super) fn direct_link_down(&mut self, node: &NodeId) {
+    pub(in crate::media) fn direct_link_down(&mut self, node: &NodeId) {
         self.direct_in.retain(|_, d| d.from != *node);
     }
 
     /// A datagram starting with [`MAGIC`] arrived on the worker's socket.
-    pub(super) fn handle_direct(&mut self, now: Instant, data: &[u8]) {
+    pub(in crate::media) fn handle_direct(&mut self, now: Instant, data: &[u8]) {
         debug_assert_eq!(data.first(), Some(&MAGIC));
         let Some(d) = channel_of(data).and_then(|c| self.direct_in.get_mut(&c)) else {
             self.direct_drops.unknown_channel += 1;
@@ -102,7 +102,7 @@ impl Worker {
     }
 
     /// Relayed packets from `from` (a node, or a sibling worker), to their rooms.
-    pub(super) fn handle_relay_records(
+    pub(in crate::media) fn handle_relay_records(
         &mut self,
         now: Instant,
         from: &NodeId,
@@ -122,7 +122,7 @@ impl Worker {
                             packet,
                             &mut self.out,
                         );
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                     }
                 }
                 Err(_) => self.drops.relay_rejected += 1,

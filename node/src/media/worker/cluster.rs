@@ -2,18 +2,18 @@
 //! relay, the relay's outputs carried out on its rooms, and registry changes and relay input
 //! routed to them.
 
-use super::ClusterInput;
-use super::egress::Effect;
-use super::worker::{CoreRooms, LINKED_GRACE, Worker};
-use super::worker_links::{LinkHandle, Sent};
+use super::links::{LinkHandle, Sent};
+use super::{CoreRooms, LINKED_GRACE, WorkerCore};
+use crate::media::ClusterInput;
+use crate::media::egress::Effect;
 use sfu_control::ClusterEvent;
 use sfu_relay::NodeId;
 use sfu_relay::core::{Output as RelayOutput, TrackKey};
 use std::time::Instant;
 
-impl Worker {
+impl WorkerCore {
     /// Registry records and relay changes that rooms asked for.
-    pub(super) fn apply_effects(&mut self, now: Instant) {
+    pub(in crate::media) fn apply_effects(&mut self, now: Instant) {
         let effects = std::mem::take(&mut self.out.effects);
         if effects.is_empty() {
             return;
@@ -258,7 +258,7 @@ impl Worker {
     }
 
     /// Carries out the relay's outputs.
-    pub(super) fn drain_relay(&mut self, now: Instant) {
+    pub(in crate::media) fn drain_relay(&mut self, now: Instant) {
         while let Some(output) = self.relay.poll_output() {
             let room = output.room().map(str::to_owned);
             let mut rooms = CoreRooms {
@@ -273,21 +273,21 @@ impl Worker {
                     }
                 }
                 Some(RelayOutput::Feeding { key, .. }) => {
-                    if let Some(idx) = self.room_index(&key.room, true) {
+                    if let Some(idx) = self.room_index(now, &key.room, true) {
                         self.rooms[idx].on_feeding(now, key.track, &mut self.out);
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                     }
                 }
                 Some(RelayOutput::Unfed { key, ended }) => {
-                    if let Some(idx) = self.room_index(&key.room, false) {
+                    if let Some(idx) = self.room_index(now, &key.room, false) {
                         self.rooms[idx].on_unfed(now, key.track, ended, &mut self.out);
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                     }
                 }
                 Some(RelayOutput::Levels { room, levels }) => {
-                    if let Some(idx) = self.room_index(&room, false) {
+                    if let Some(idx) = self.room_index(now, &room, false) {
                         self.rooms[idx].on_shared_levels(now, &levels);
-                        self.after_room(idx);
+                        self.after_room(now, idx);
                     }
                 }
                 _ => {}
@@ -300,27 +300,23 @@ impl Worker {
                 room.route_core_outputs(now, &mut self.out);
             }
         }
-        self.send_relay_datagrams();
+        self.send_relay_datagrams(now);
     }
 
     /// Sends what the rooms relayed this turn, packed per link.
-    pub(super) fn send_relay_datagrams(&mut self) {
+    pub(in crate::media) fn send_relay_datagrams(&mut self, now: Instant) {
         if self.out.relay.is_empty() {
             return;
         }
         let (relay, links, drops) = (&self.relay, &self.links, &mut self.drops);
         let link_of = |link: u32| relay.node_of_link(link).and_then(|n| links.get(n));
-        let super::egress::Egress {
+        let crate::media::egress::Egress {
             relay: outbox,
             udp,
             arena,
             ..
         } = &mut self.out;
-        let mut out = super::worker_links::DirectOut {
-            now: Instant::now(),
-            udp,
-            arena,
-        };
+        let mut out = super::links::DirectOut { now, udp, arena };
         let (mut direct, mut quic) = (0, 0);
         outbox.flush(
             |link| link_of(link).map_or(0, |l| l.max_datagram_size()),
@@ -335,8 +331,7 @@ impl Worker {
         self.relay_sent.quic += quic;
     }
 
-    pub(super) fn handle_cluster(&mut self, input: ClusterInput) {
-        let now = Instant::now();
+    pub(in crate::media) fn handle_cluster(&mut self, now: Instant, input: ClusterInput) {
         match input {
             ClusterInput::LinkUp(link) => {
                 let node = link.node.clone();
@@ -371,15 +366,15 @@ impl Worker {
                 ..
             } => {
                 // For this worker's participants only: not forwarded further.
-                if let Some(idx) = self.room_index(&u.room, false) {
-                    let data = super::room_data::UserData {
+                if let Some(idx) = self.room_index(now, &u.room, false) {
+                    let data = crate::media::room_data::UserData {
                         sender: u.participant,
                         destinations: u.destinations,
                         reliable: u.reliable,
                         packet: u.packet.into(),
                     };
                     self.rooms[idx].deliver_data(now, &data);
-                    self.after_room(idx);
+                    self.after_room(now, idx);
                 }
             }
             ClusterInput::Frame { from, mut frame } => {
@@ -443,7 +438,7 @@ impl Worker {
     }
 
     /// The node a deletion is about, if it is one we hold a link to.
-    pub(super) fn linked_node(&self, e: &ClusterEvent) -> Option<String> {
+    pub(in crate::media) fn linked_node(&self, e: &ClusterEvent) -> Option<String> {
         let node = match e {
             ClusterEvent::NodeGone(node) => Some(node.clone()),
             ClusterEvent::TrackGone { room, track } => {
@@ -462,7 +457,7 @@ impl Worker {
     }
 
     /// Whether a deferred deletion was undone by the node writing its keys again.
-    pub(super) fn reappeared(&self, e: &ClusterEvent) -> bool {
+    pub(in crate::media) fn reappeared(&self, e: &ClusterEvent) -> bool {
         match e {
             ClusterEvent::NodeGone(node) => self.membership.nodes().iter().any(|n| &n.id == node),
             ClusterEvent::TrackGone { room, track } => self
@@ -478,7 +473,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn handle_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+    pub(in crate::media) fn handle_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
         if let Some(node) = self.linked_node(&e) {
             tracing::debug!(%node, "registry deletion about a linked node deferred: {e:?}");
             self.deferred.push((now + LINKED_GRACE, e));
@@ -487,7 +482,7 @@ impl Worker {
         self.apply_cluster_event(now, e);
     }
 
-    pub(super) fn apply_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
+    pub(in crate::media) fn apply_cluster_event(&mut self, now: Instant, e: ClusterEvent) {
         let room_of = |e: &ClusterEvent| match e {
             ClusterEvent::Participant { room, .. }
             | ClusterEvent::ParticipantGone { room, .. }
@@ -503,12 +498,12 @@ impl Worker {
             for idx in rooms {
                 self.touching = Some(idx);
                 self.rooms[idx].on_node_gone(now, node, &mut self.out);
-                self.after_room(idx);
+                self.after_room(now, idx);
             }
             return;
         }
         let Some(room) = room_of(&e) else { return };
-        let Some(idx) = self.room_index(&room, false) else {
+        let Some(idx) = self.room_index(now, &room, false) else {
             return;
         };
         let r = &mut self.rooms[idx];
@@ -528,6 +523,6 @@ impl Worker {
             ClusterEvent::HandGone { sid, .. } => r.on_hand_gone(&sid),
             _ => {}
         }
-        self.after_room(idx);
+        self.after_room(now, idx);
     }
 }
