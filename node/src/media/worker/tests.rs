@@ -1,10 +1,12 @@
 //! The worker core driven in virtual time by real webrtc-rs peer connections, as `quinn`'s
 //! tests drive two endpoints: no socket, no thread, no sleep. A [`Net`] holds the workers of
-//! one node (linked through their command queues, as in the node) and the clients' peer
-//! connections, carries datagrams between them with a fixed one-way latency (optionally
-//! losing every n-th), and jumps to the next instant anything is due. ICE, DTLS-SRTP, the
-//! signaling commands and the forwarding all run for real; a few virtual seconds take a
-//! fraction of a second.
+//! one or more nodes (a node's workers linked through their command queues, as in the node;
+//! nodes linked in process as their relay links would hand frames and datagrams to a worker,
+//! sharing one in-memory registry) and the clients' peer connections. It carries datagrams
+//! with a fixed one-way latency, optionally losing every n-th to the subscriber or on the
+//! relay link, and jumps to the next instant anything is due. ICE, DTLS-SRTP, signaling
+//! commands, registry records, the relay core and the forwarding all run for real; a few
+//! virtual seconds take a fraction of a second.
 
 use super::{WorkerConfig, WorkerCore};
 use crate::auth::Grants;
@@ -33,6 +35,7 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_control::{ClusterEvent, Keys, Membership, MemoryRegistry};
+use sfu_relay::NodeId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,11 +61,34 @@ struct InFlight {
     data: BytesMut,
 }
 
-/// One media worker of the node under test, and what its siblings hand it.
+/// One media worker of a node under test, and what its siblings and links hand it.
 struct Worker {
+    node: usize,
     core: WorkerCore,
     addr: SocketAddr,
+    inbox: mpsc::UnboundedSender<Command>,
     commands: mpsc::UnboundedReceiver<Command>,
+}
+
+fn node_name(n: usize) -> String {
+    format!("n{}", n + 1)
+}
+
+impl WorkerCore {
+    /// Links this worker to node `name` in process: what it sends there goes to `to` as a
+    /// relay link would deliver it, from `me` (this node).
+    fn link_in_process(
+        &mut self,
+        now: Instant,
+        name: NodeId,
+        me: NodeId,
+        to: mpsc::UnboundedSender<Command>,
+    ) {
+        self.links
+            .insert(name.clone(), super::links::LinkHandle::Sibling { me, to });
+        self.relay.handle_link_up(now, name);
+        self.drain_relay(now);
+    }
 }
 
 /// A client's peer connection, at an address of its own.
@@ -333,8 +359,13 @@ struct Net {
     lost: usize,
     /// The media clock's origin.
     epoch: Instant,
-    /// What the registry tells the node (other workers' participants and tracks).
-    registry_events: mpsc::UnboundedReceiver<ClusterEvent>,
+    /// What the registry tells each node (other workers' and nodes' participants and
+    /// tracks).
+    registry_events: Vec<mpsc::UnboundedReceiver<ClusterEvent>>,
+    /// Every `relay_lose_every`-th relay datagram between nodes is lost (0: none).
+    relay_lose_every: usize,
+    relay_sent: usize,
+    relay_lost: usize,
     /// Publishing clients send media from then on.
     next_audio: Option<Instant>,
     next_video: Option<Instant>,
@@ -343,40 +374,49 @@ struct Net {
 impl Net {
     /// A node of `workers` media workers.
     fn new(workers: usize) -> Self {
+        Self::cluster(&[workers])
+    }
+
+    /// Nodes `n1`, `n2`... of `workers[i]` media workers each, sharing one registry, each
+    /// node's first worker linked to every other node's (an in-process relay link, as a QUIC
+    /// link hands frames and datagrams to a worker).
+    fn cluster(nodes: &[usize]) -> Self {
         let now = Instant::now();
-        let (events, registry_events) = mpsc::unbounded_channel();
-        let membership = Membership::start(
-            MemoryRegistry::new(),
-            Keys::new("sim"),
-            Duration::from_secs(3),
-            events,
-        );
-        let config = WorkerConfig {
-            workers,
-            bind_ip: [127, 0, 0, 1].into(),
-            first_port: 0,
-            announced_ips: vec![[127, 0, 0, 1].into()],
-            max_participants: 0,
-            default_max_layer: 2,
-            large_room_threshold: 50,
-            core: Default::default(),
-            node_id: "n1".into(),
-            fanout: 4,
-            membership,
-            webhooks: Default::default(),
-            recordings_dir: std::env::temp_dir(),
-        };
-        let channels: Vec<_> = (0..workers).map(|_| mpsc::unbounded_channel()).collect();
-        let senders: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
-        let shared = Arc::new(Shared {
-            load: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-            ..Default::default()
-        });
-        let workers = channels
-            .into_iter()
-            .enumerate()
-            .map(|(i, (_, commands))| {
-                let addr = address(40_000 + i as u16);
+        let registry = MemoryRegistry::new();
+        let mut workers = Vec::new();
+        let mut registry_events = Vec::new();
+        for (n, &count) in nodes.iter().enumerate() {
+            let (events, rx) = mpsc::unbounded_channel();
+            registry_events.push(rx);
+            let membership = Membership::start(
+                registry.clone(),
+                Keys::new("sim"),
+                Duration::from_secs(3),
+                events,
+            );
+            let config = WorkerConfig {
+                workers: count,
+                bind_ip: [127, 0, 0, 1].into(),
+                first_port: 0,
+                announced_ips: vec![[127, 0, 0, 1].into()],
+                max_participants: 0,
+                default_max_layer: 2,
+                large_room_threshold: 50,
+                core: Default::default(),
+                node_id: node_name(n).into(),
+                fanout: 4,
+                membership,
+                webhooks: Default::default(),
+                recordings_dir: std::env::temp_dir(),
+            };
+            let channels: Vec<_> = (0..count).map(|_| mpsc::unbounded_channel()).collect();
+            let senders: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
+            let shared = Arc::new(Shared {
+                load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+                ..Default::default()
+            });
+            for (i, (inbox, commands)) in channels.into_iter().enumerate() {
+                let addr = address(40_000 + workers.len() as u16);
                 let core = WorkerCore::new(
                     now,
                     i,
@@ -387,14 +427,16 @@ impl Net {
                     shared.clone(),
                 )
                 .unwrap();
-                Worker {
+                workers.push(Worker {
+                    node: n,
                     core,
                     addr,
+                    inbox,
                     commands,
-                }
-            })
-            .collect();
-        Self {
+                });
+            }
+        }
+        let mut net = Self {
             now,
             epoch: now,
             registry_events,
@@ -404,9 +446,31 @@ impl Net {
             lose_every: 0,
             sent: 0,
             lost: 0,
+            relay_lose_every: 0,
+            relay_sent: 0,
+            relay_lost: 0,
             next_audio: None,
             next_video: None,
+        };
+        for a in 0..nodes.len() {
+            for b in (0..nodes.len()).filter(|b| *b != a) {
+                let to = net.first_worker(b);
+                let inbox = net.workers[to].inbox.clone();
+                let from = net.first_worker(a);
+                net.workers[from].core.link_in_process(
+                    now,
+                    node_name(b).into(),
+                    node_name(a).into(),
+                    inbox,
+                );
+            }
         }
+        net
+    }
+
+    /// The index of node `n`'s first worker.
+    fn first_worker(&self, n: usize) -> usize {
+        self.workers.iter().position(|w| w.node == n).unwrap()
     }
 
     fn add_client(&mut self) -> usize {
@@ -524,10 +588,12 @@ impl Net {
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
-        while let Ok(e) = self.registry_events.try_recv() {
-            for w in &mut self.workers {
-                let input = Command::Cluster(ClusterInput::Event(e.clone()));
-                w.core.handle_command(now, input);
+        for n in 0..self.registry_events.len() {
+            while let Ok(e) = self.registry_events[n].try_recv() {
+                for w in self.workers.iter_mut().filter(|w| w.node == n) {
+                    let input = Command::Cluster(ClusterInput::Event(e.clone()));
+                    w.core.handle_command(now, input);
+                }
             }
         }
         for c in 0..self.clients.len() {
@@ -539,6 +605,18 @@ impl Net {
         for w in 0..self.workers.len() {
             // What its siblings handed it (relayed packets, frames): as the thread would.
             while let Ok(c) = self.workers[w].commands.try_recv() {
+                // Relay datagrams from another node (not a sibling worker: `node#wN`).
+                if let Command::Cluster(ClusterInput::Datagrams { from, .. }) = &c
+                    && !from.contains('#')
+                {
+                    self.relay_sent += 1;
+                    if self.relay_lose_every > 0
+                        && self.relay_sent.is_multiple_of(self.relay_lose_every)
+                    {
+                        self.relay_lost += 1;
+                        continue;
+                    }
+                }
                 self.workers[w].core.handle_command(now, c);
             }
         }
@@ -611,10 +689,9 @@ impl Net {
     }
 }
 
-/// Alice publishes on worker `pw`, Bob subscribes on worker `sw`; Bob receives both tracks.
-async fn publish_and_receive(workers: usize, pw: usize, sw: usize, lose_every: usize) -> Net {
-    let mut net = Net::new(workers);
-    net.lose_every = lose_every;
+/// Alice publishes on worker `pw`, Bob subscribes on worker `sw` (indexes over all nodes'
+/// workers); Bob receives both tracks.
+async fn publish_and_receive(mut net: Net, pw: usize, sw: usize) -> Net {
     let alice = net.add_client();
     let bob = net.add_client();
     let (alice_joined, _alice_events) = net.join(pw, "alice");
@@ -644,7 +721,7 @@ async fn publish_and_receive(workers: usize, pw: usize, sw: usize, lose_every: u
 
 #[tokio::test]
 async fn a_subscriber_receives_a_publisher_on_the_same_worker_in_virtual_time() {
-    let net = publish_and_receive(1, 0, 0, 0).await;
+    let net = publish_and_receive(Net::new(1), 0, 0).await;
     let bob = &net.clients[1];
     // Opus and VP8, in the payload types negotiated with Bob.
     assert_eq!(bob.payload_types.len(), 2, "{:?}", bob.payload_types);
@@ -653,15 +730,19 @@ async fn a_subscriber_receives_a_publisher_on_the_same_worker_in_virtual_time() 
 #[tokio::test]
 async fn a_room_spans_two_workers_in_virtual_time() {
     // Alice on worker 0, Bob on worker 1: the track crosses the in-process link once.
-    let net = publish_and_receive(2, 0, 1, 0).await;
-    assert!(net.clients[1].packets() >= 100);
+    let net = publish_and_receive(Net::new(2), 0, 1).await;
+    let (home, edge) = (net.stats(0), net.stats(1));
+    assert!(home.relayed > 0 && home.packets_out == 0, "{home:?}");
+    assert!(edge.packets_out >= 100, "{edge:?}");
 }
 
 #[tokio::test]
 async fn media_gets_through_a_lossy_network_in_virtual_time() {
     // Every 20th datagram to Bob lost, the handshakes' too: retransmissions (STUN, DTLS) and
     // NACKs carry the session through.
-    let net = publish_and_receive(2, 0, 1, 20).await;
+    let mut net = Net::new(2);
+    net.lose_every = 20;
+    let net = publish_and_receive(net, 0, 1).await;
     let (home, edge) = (net.stats(0), net.stats(1));
     assert!(net.lost > 0, "the network lost nothing");
     // Bob's worker answered his NACKs from its own cache; the in-process link between the
@@ -673,4 +754,23 @@ async fn media_gets_through_a_lossy_network_in_virtual_time() {
         net.sent
     );
     assert_eq!(home.nacks_received, 0, "{home:?}");
+}
+
+#[tokio::test]
+async fn a_track_crosses_a_lossy_relay_link_between_two_nodes_in_virtual_time() {
+    // Alice on node n1, Bob on node n2: n2 learns the track from the registry, asks n1 for
+    // it over their link, and asks again for what the link lost (one datagram in ten).
+    let mut net = Net::cluster(&[1, 1]);
+    net.relay_lose_every = 10;
+    let net = publish_and_receive(net, 0, 1).await;
+    let (origin, edge) = (net.stats(0), net.stats(1));
+    assert!(net.relay_lost > 0, "the link lost nothing");
+    assert!(origin.relayed > 0, "{origin:?}");
+    assert!(
+        origin.nacks_received > 0 && origin.retransmitted > 0,
+        "lost {} of {} relay datagrams: {origin:?}",
+        net.relay_lost,
+        net.relay_sent
+    );
+    assert!(edge.packets_out > 0, "{edge:?}");
 }
