@@ -7,32 +7,14 @@
 //! at the address `da` reaches it at: `da`'s probes are never confirmed and its media for `dc`
 //! stays in QUIC datagrams. Every subscriber must get audio and video either way.
 
+mod common;
+
+use common::{metric, node_config};
 use sfu_control::testing::Etcd;
 use sfu_loadtest::run::{Watch, run};
 use sfu_loadtest::scenario::Scenario;
-use sfu_node::{Config, Server};
+use sfu_node::Server;
 use std::net::{IpAddr, Ipv4Addr};
-
-fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
-    let mut c = Config::loopback();
-    c.cluster.node_id = id.to_owned();
-    c.cluster.etcd = vec![etcd.to_owned()];
-    c.cluster.certs_dir = Some(certs.to_owned());
-    c.cluster.name = "direct".into();
-    c.cluster.direct_media = true;
-    c.dev = true;
-    c
-}
-
-/// The value of a metric line (`name{labels} value`) in a node's exposition, 0 if absent.
-fn metric(server: &Server, line_start: &str) -> f64 {
-    server
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_media_goes_worker_to_worker_where_it_can_and_in_quic_where_not() {
@@ -40,13 +22,13 @@ async fn relayed_media_goes_worker_to_worker_where_it_can_and_in_quic_where_not(
     let certs = std::env::temp_dir().join(format!("sfu-direct-{}", std::process::id()));
     let ids = ["da".to_owned(), "db".to_owned(), "dc".to_owned()];
     sfu_relay::certs::ensure_dev_certs(&certs, &ids).unwrap();
-    let a = Server::start(node_config("da", &etcd.endpoint, &certs))
+    let a = Server::start(node_config("direct", "da", &etcd.endpoint, &certs))
         .await
         .expect("node da starts");
-    let b = Server::start(node_config("db", &etcd.endpoint, &certs))
+    let b = Server::start(node_config("direct", "db", &etcd.endpoint, &certs))
         .await
         .expect("node db starts");
-    let mut c_config = node_config("dc", &etcd.endpoint, &certs);
+    let mut c_config = node_config("direct", "dc", &etcd.endpoint, &certs);
     c_config.rtc.bind_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     // Advertised as bound (by default the advertised address is the media address's).
     let c_relay = std::net::UdpSocket::bind("127.0.0.2:0")

@@ -13,11 +13,14 @@
 //! The same test measures (`--nocapture` prints the report): `IMPAIR_LOSS` (0.05),
 //! `IMPAIR_JITTER_MS` (30), `IMPAIR_SECS` (measured seconds, 15), `IMPAIR_SUBSCRIBERS` (4).
 
+mod common;
+
+use common::{metric, node_config};
 use sfu_control::testing::Etcd;
 use sfu_loadtest::impair::{ImpairProxy, Impairment};
 use sfu_loadtest::run::{Watch, run};
 use sfu_loadtest::scenario::Scenario;
-use sfu_node::{Config, Server};
+use sfu_node::Server;
 use std::time::Duration;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -25,17 +28,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn node_config(id: &str, etcd: &str, certs: &std::path::Path) -> Config {
-    let mut c = Config::loopback();
-    c.cluster.node_id = id.to_owned();
-    c.cluster.etcd = vec![etcd.to_owned()];
-    c.cluster.certs_dir = Some(certs.to_owned());
-    c.cluster.name = "impaired".into();
-    c.cluster.direct_media = true;
-    c.dev = true;
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +58,7 @@ async fn subscribers_behind_a_lossy_jittery_relay_link_barely_freeze() {
     let b_relay = std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .unwrap();
-    let mut b_config = node_config("ib", &etcd.endpoint, &certs);
+    let mut b_config = node_config("impaired", "ib", &etcd.endpoint, &certs);
     b_config.cluster.relay_bind = b_relay;
     b_config.cluster.relay_advertise = Some(front.local_addr().unwrap());
     b_config.rtc.workers = 1;
@@ -84,7 +76,7 @@ async fn subscribers_behind_a_lossy_jittery_relay_link_barely_freeze() {
         ([127, 0, 0, 1], media_port).into(),
         impairment(13),
     );
-    let a = Server::start(node_config("ia", &etcd.endpoint, &certs))
+    let a = Server::start(node_config("impaired", "ia", &etcd.endpoint, &certs))
         .await
         .expect("node ia starts");
 
@@ -136,17 +128,7 @@ bitrate_kbps = 32
     );
     // Counters reach the metrics once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let direct = a
-        .metrics
-        .encode()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("sfu_relay_datagrams_out_total{path=\"direct\"}")?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0);
+    let direct = metric(&a, "sfu_relay_datagrams_out_total{path=\"direct\"}");
     println!(
         "ia sent {direct} datagrams on the direct path; the QUIC path's proxy {:?}",
         quic_proxy.counts()
