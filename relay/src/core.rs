@@ -10,7 +10,8 @@
 //! - **Want** (downstream): the node has local subscribers, or feeds other nodes, and the track
 //!   is published elsewhere. It subscribes to the origin, or to the node the origin redirected
 //!   it to, for exactly the layers it needs. Loss on the flows is repaired with NACKs to that
-//!   node; if the link to it breaks, the node goes back to the origin.
+//!   node; if the link to it breaks, the node goes back to where it started (the origin, or
+//!   the worker of its node that pulls the track from other nodes for it).
 //! - **Feed** (upstream): the node has the track (it is the origin, or it receives it) and
 //!   other nodes subscribe to it. It feeds at most `fanout` nodes directly, one copy per link;
 //!   further nodes are redirected to those it feeds, so the track spreads as a tree. A feed
@@ -175,6 +176,12 @@ pub(crate) enum WantState {
 
 pub(crate) struct Want {
     pub(crate) origin: NodeId,
+    /// Where to ask first, and again whenever a route fails (no answer, link down, loop,
+    /// too many redirects): the origin, or the node `set_demand_via` named. A worker that
+    /// pulls through its node's home worker must never go around it to the origin: the
+    /// origin feeds a node once per link, so it would take the worker's subscription for the
+    /// home worker's, answer nothing, and the worker would wait for good.
+    pub(crate) start: NodeId,
     /// Layers local subscribers need.
     pub(crate) local_layers: Vec<LayerIndex>,
     /// The node asked (the origin, or where it redirected us).
@@ -299,15 +306,15 @@ impl Relay {
         let keys: Vec<TrackKey> = self
             .wants
             .iter()
-            .filter(|(_, w)| w.state == WantState::Idle && (w.via == node || w.origin == node))
+            .filter(|(_, w)| w.state == WantState::Idle && (w.via == node || w.start == node))
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
             if let Some(w) = self.wants.get_mut(&key)
                 && w.via != node
             {
-                // Only the origin came up: start over there.
-                w.via = w.origin.clone();
+                // Only where it starts came up: start over there.
+                w.via = w.start.clone();
                 w.redirects = 0;
             }
             self.request(now, &key);
@@ -350,8 +357,8 @@ impl Relay {
             w.requested.clear();
             w.path.clear();
             // Tree repair: an interior node left; the origin takes us back (or redirects us
-            // to another of its children).
-            w.via = w.origin.clone();
+            // to another of its children), through our home worker if we pull through it.
+            w.via = w.start.clone();
             w.redirects = 0;
             self.request(now, &key);
         }
@@ -422,6 +429,7 @@ impl Relay {
                 self.wants.insert(
                     key.clone(),
                     Want {
+                        start: via.clone(),
                         via,
                         origin,
                         local_layers: layers,
@@ -621,8 +629,9 @@ impl Relay {
             .collect();
         for key in stale {
             if let Some(w) = self.wants.get_mut(&key) {
-                // No answer: the node asked may be overloaded or gone; the origin decides.
-                w.via = w.origin.clone();
+                // No answer: the node asked may be overloaded or gone; the origin decides
+                // (asked through our home worker, if we pull through it: see `Want::start`).
+                w.via = w.start.clone();
                 w.redirects = 0;
                 w.state = WantState::Idle;
             }

@@ -84,6 +84,7 @@ impl Relay {
                     key.clone(),
                     Want {
                         via: origin.clone(),
+                        start: origin.clone(),
                         origin,
                         local_layers: Vec::new(),
                         redirects: 0,

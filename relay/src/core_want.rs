@@ -120,9 +120,9 @@ impl Relay {
             return;
         }
         if path.contains(&me) {
-            // A loop: the offered feed passes through us. Go back to the origin.
+            // A loop: the offered feed passes through us. Go back to where we started.
             let (via, origin) = (w.via.clone(), w.origin.clone());
-            w.via = origin.clone();
+            w.via = w.start.clone();
             w.redirects = 0;
             w.state = WantState::Idle;
             self.send(
@@ -178,7 +178,7 @@ impl Relay {
         w.redirects += 1;
         w.via = if via == me || w.redirects > max {
             w.redirects = 0;
-            w.origin.clone()
+            w.start.clone()
         } else {
             via
         };
@@ -197,13 +197,13 @@ impl Relay {
         if &w.via != from {
             return;
         }
-        if w.via != w.origin && r.reason() == Reason::Loop {
-            w.via = w.origin.clone();
+        if w.via != w.start && r.reason() == Reason::Loop {
+            w.via = w.start.clone();
             w.redirects = 0;
             w.state = WantState::Idle;
             self.request(now, &key);
-        } else if r.reason() == Reason::NotFound && w.via == w.origin {
-            // The origin no longer has it.
+        } else if r.reason() == Reason::NotFound && w.via == w.start {
+            // The origin no longer has it (or the home worker we pull it through says so).
             self.wants.remove(&key);
             self.end_feed(&key);
             self.outputs.push_back(Output::Unfed { key, ended: true });

@@ -49,9 +49,15 @@ impl SinkTable {
                 let r = rooms.room_mut(&key.room)?;
                 match r.subscribe_relay(now, key.track, layer, sink) {
                     Ok(sub) => {
+                        if r.track(key.track).is_none() {
+                            // The room learns of the track later (a federation gateway's
+                            // view of its own registry writes lags); the sink waits for it.
+                            tracing::debug!(room = %key.room, track = %key.track, "relay sink waits for its track");
+                        }
                         self.subscriptions.insert(sink, (key, sub));
                     }
-                    Err(e) => tracing::debug!("relay attach: {e}"),
+                    // A flow that will carry nothing: worth seeing.
+                    Err(e) => tracing::warn!(room = %key.room, "relay attach: {e}"),
                 }
                 None
             }

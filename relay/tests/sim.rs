@@ -296,6 +296,43 @@ fn a_track_that_moves_is_asked_for_where_it_is_now() {
     assert!(unsubscribed_a && asked_c, "{outs:?}");
 }
 
+/// A worker pulling a track through its node's home worker keeps asking the home worker when
+/// the answer is slow (and when the origin's link comes and goes): the origin feeds a node once
+/// per link and would take the worker's subscription for the home worker's, answering nothing.
+#[test]
+fn a_worker_that_pulls_through_its_home_worker_never_goes_around_it() {
+    let now = Instant::now();
+    let mut w0 = Relay::new("b2#w0".into(), RelayConfig::default());
+    w0.handle_link_up(now, "b1".into());
+    w0.handle_link_up(now, "b2#w1".into());
+    w0.set_demand_via(now, key(), "b1".into(), "b2#w1".into(), vec![0]);
+    let asked = |r: &mut Relay| -> Vec<String> {
+        std::iter::from_fn(|| r.poll_output())
+            .filter_map(|o| match o {
+                Output::Send {
+                    to,
+                    frame:
+                        Frame {
+                            body: Some(Body::Subscribe(s)),
+                        },
+                } if !s.layers.is_empty() => Some(to.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(asked(&mut w0), ["b2#w1"]);
+    // No answer within the subscription timeout (the home worker waits for the origin).
+    let later = now + Duration::from_secs(3);
+    w0.handle_timeout(later);
+    assert_eq!(asked(&mut w0), ["b2#w1"], "asked again where it starts");
+    w0.handle_link_down(later, &"b1".into());
+    w0.handle_link_up(later, "b1".into());
+    assert!(
+        asked(&mut w0).iter().all(|n| n != "b1"),
+        "never the origin itself"
+    );
+}
+
 /// Dynacast across the cluster: a layer nobody on any node watches stops flowing over the
 /// relay link and is paused at the publisher; when a subscriber wants it again, it comes back.
 #[test]
