@@ -7,10 +7,14 @@
 //! | `GET /admin/federation/rooms` | our mappings, each with whether the peer maps it back |
 //! | `PUT /admin/federation/rooms/{room}` `{"peer": "b.example", "peer_room": "joint"}` | map |
 //! | `DELETE /admin/federation/rooms/{room}` | unmap: media of the room stops crossing |
+//! | `PUT /admin/federation/rooms/{room}/stopped/{track}` | stop forwarding a peer's track in our cluster (see [`super::link::Stop`]) |
+//! | `DELETE /admin/federation/rooms/{room}/stopped/{track}` | forward it again |
+//! | `GET /admin/federation/rooms/{room}/stopped` | the tracks stopped in the room |
 //!
 //! Mappings live in the cluster's etcd, so any gateway of the cluster serves the same ones.
 
 use super::Federation;
+use super::link::Stop;
 use super::mapping::RoomMapping;
 use crate::http::Problem;
 use axum::extract::{Path, State};
@@ -36,6 +40,11 @@ pub fn routes(federation: Arc<Federation>, auth: Authenticator) -> Router {
         .route(
             "/admin/federation/rooms/{room}",
             axum::routing::put(map).delete(unmap),
+        )
+        .route("/admin/federation/rooms/{room}/stopped", get(stopped_list))
+        .route(
+            "/admin/federation/rooms/{room}/stopped/{track}",
+            axum::routing::put(stop).delete(forward),
         )
         .with_state(Api {
             federation,
@@ -167,4 +176,50 @@ async fn unmap(
     }
     tracing::info!(%room, "federation: room unmapped");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops forwarding a peer's track in our cluster (the peer is not affected).
+async fn stop(
+    State(api): State<Api>,
+    Path((room, track)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    admin(&api, &headers)?;
+    match api.federation.state.stop_track(&room, &track) {
+        Stop::Stopped | Stop::Already => Ok(StatusCode::NO_CONTENT),
+        Stop::Unknown => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown_track",
+            format!("no federated track {track:?} in room {room:?}"),
+        )),
+    }
+}
+
+/// Forwards a stopped track again (with the peer's next roster, within 3 s).
+async fn forward(
+    State(api): State<Api>,
+    Path((room, track)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, Problem> {
+    admin(&api, &headers)?;
+    if api.federation.state.forward_track(&room, &track) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_stopped",
+            format!("track {track:?} of room {room:?} is not stopped"),
+        ))
+    }
+}
+
+async fn stopped_list(
+    State(api): State<Api>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Problem> {
+    admin(&api, &headers)?;
+    Ok(Json(
+        json!({ "tracks": api.federation.state.stopped_tracks(&room) }),
+    ))
 }

@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::mpsc;
 
 mod messages;
+mod stop;
+
+pub use stop::Stop;
 
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
 const MAX_FED_TRACKS: usize = 4096;
@@ -110,6 +113,8 @@ pub struct FederationLinks {
     webhooks: Webhooks,
     /// Whether this gateway carries the federation now (see [`super::active`]).
     active: std::sync::atomic::AtomicBool,
+    /// The peers' tracks our administrator stopped in our cluster: (our room, track id).
+    stopped: Mutex<HashSet<(String, String)>>,
 }
 
 /// The room a frame is about (`Ok(None)`: it names none), or `Err` for a frame that never
@@ -171,6 +176,7 @@ impl FederationLinks {
             published: Mutex::new(HashMap::new()),
             webhooks,
             active: std::sync::atomic::AtomicBool::new(false),
+            stopped: Mutex::new(HashSet::new()),
         })
     }
 

@@ -47,7 +47,8 @@ impl FederationLinks {
                             self.membership.set_json(k.clone(), r);
                             written.push(k);
                         }
-                        for t in &ts {
+                        // Tracks our administrator stopped stay out of our cluster.
+                        for t in ts.iter().filter(|t| !self.is_stopped(&room, &t.track)) {
                             let k = keys.track(&room, &t.track);
                             self.membership.set_json(k.clone(), t);
                             written.push(k);
