@@ -17,5 +17,5 @@ pub mod testing;
 pub mod tls;
 
 pub use membership::{ClusterEvent, Membership};
-pub use records::{Keys, NodeRecord, ParticipantRecord, TrackRecord};
+pub use records::{Keys, NodeRecord, ParticipantRecord, QualityRecord, TrackRecord};
 pub use registry::{EtcdRegistry, MemoryRegistry, Registry};

@@ -122,6 +122,20 @@ pub struct ParticipantRecord {
     pub metadata: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// Its connection quality as its node last scored it, so that clients on every node hear
+    /// it; rewritten when it changes, at most every 10 s. Absent until scored, and in
+    /// records of nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityRecord>,
+}
+
+/// A participant's connection quality (LiveKit's `ConnectionQualityInfo`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct QualityRecord {
+    /// `excellent`, `good`, `poor` or `lost`.
+    pub quality: String,
+    /// Mean opinion score, 1 to 4.5.
+    pub score: f32,
 }
 
 fn yes() -> bool {

@@ -182,6 +182,7 @@ async fn sfuctl_operates_a_cluster_through_sfu_control() {
         worker: 0,
         metadata: String::new(),
         attributes: Default::default(),
+        quality: None,
     };
     put(
         keys.participant("lobby", "PA_1"),

@@ -215,13 +215,17 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         );
     }
     // Connection quality: on loopback each is told its own as excellent or good (LiveKit's
-    // clients start at unknown; the node scores every 5 s).
+    // clients start at unknown; the node scores every 5 s), and the other's, scored on the
+    // other node (carried in its registry record).
+    let fine = |q: &Value| q == "excellent" || q == "good";
     let (ok, s) = b
         .until(Duration::from_secs(15), |s| {
-            ["alice", "bob"].iter().all(|p| {
-                let q = &s["pages"][p]["stats"]["quality"];
-                q == "excellent" || q == "good"
-            })
+            [("alice", "bob"), ("bob", "alice")]
+                .iter()
+                .all(|(p, other)| {
+                    fine(&s["pages"][p]["stats"]["quality"])
+                        && remote(s, p, other).is_some_and(|o| fine(&o["quality"]))
+                })
         })
         .await;
     assert!(ok, "no connection quality: {s:#}");

@@ -95,6 +95,7 @@ mod tests {
             worker: 3,
             metadata: String::new(),
             attributes: Default::default(),
+            quality: None,
         }
     }
 

@@ -352,6 +352,7 @@ impl LocalRoom {
             worker: self.ctx.worker as u16,
             metadata: p.metadata.clone(),
             attributes: p.attributes.clone(),
+            quality: p.quality.record(),
         }
     }
 
@@ -694,7 +695,7 @@ impl LocalRoom {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         self.tell_counts(now, out);
-        self.tell_quality(now);
+        self.tell_quality(now, out);
         self.steer_programs(now, out);
         let stale: Vec<(usize, &'static str)> = self
             .peers

@@ -379,6 +379,7 @@ pub(super) mod tests {
             worker: 0,
             metadata: "token".into(),
             attributes: BTreeMap::new(),
+            quality: None,
         };
         let mut out = Egress::default();
         r.on_remote_participant(t0, record.clone(), &mut out);

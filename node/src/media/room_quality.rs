@@ -1,6 +1,9 @@
 //! Connection quality (LiveKit's `ConnectionQualityUpdate`): every few seconds, each
 //! participant here is scored from what the node knows of its two connections, and told its
-//! quality with those of the room's other participants of this worker.
+//! quality with those of the room's other announced participants. Those of other workers and
+//! nodes come with their registry records: an announced participant's record is rewritten
+//! when its quality changes, at most every [`WRITE_PERIOD`] (a registry write and a watch event
+//! on every node of the room each time).
 //!
 //! What goes in, per scoring window:
 //! - what it publishes: the loss on each received stream, from sequence numbers (RFC 3550
@@ -24,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// How often participants are scored and told.
 pub const PERIOD: Duration = Duration::from_secs(5);
+/// How often a participant's registry record is rewritten at most for its quality.
+pub const WRITE_PERIOD: Duration = Duration::from_secs(10);
 /// Participants' qualities in one message at most (the stage of a large room is small; the
 /// rest hear their own only).
 const MAX_TOLD: usize = 100;
@@ -148,11 +153,14 @@ impl PeerReports {
     }
 }
 
-/// A participant's smoothed score (0 to 100), and the quality the room was last told.
+/// A participant's smoothed score (0 to 100), the quality the room was last told, and the
+/// quality (and score) in its registry record and when that was written.
 #[derive(Debug, Clone, Copy)]
 pub struct Score {
     value: f64,
     told: Option<&'static str>,
+    written: Option<(&'static str, f32)>,
+    written_at: Option<Instant>,
 }
 
 impl Default for Score {
@@ -163,7 +171,35 @@ impl Default for Score {
 
 impl Score {
     fn of(value: f64) -> Self {
-        Score { value, told: None }
+        Score {
+            value,
+            told: None,
+            written: None,
+            written_at: None,
+        }
+    }
+
+    /// What the participant's registry record says of its quality.
+    pub fn record(self) -> Option<sfu_control::QualityRecord> {
+        self.written
+            .map(|(quality, score)| sfu_control::QualityRecord {
+                quality: quality.to_owned(),
+                score,
+            })
+    }
+
+    /// Whether the registry record should be rewritten now (the quality changed since it was
+    /// written, and not too recently); if so, takes the current quality as written.
+    fn take_write(&mut self, now: Instant) -> bool {
+        let quality = self.quality();
+        if self.written.is_some_and(|(q, _)| q == quality)
+            || self.written_at.is_some_and(|t| now < t + WRITE_PERIOD)
+        {
+            return false;
+        }
+        self.written = Some((quality, self.mos()));
+        self.written_at = Some(now);
+        true
     }
 
     fn update(&mut self, raw: f64) {
@@ -195,6 +231,16 @@ fn loss_weight(kind: MediaKind) -> f64 {
     }
 }
 
+/// A quality's name as the protocol spells it (one of LiveKit's four; anything else is `lost`).
+pub fn quality_name(q: &str) -> &'static str {
+    match q {
+        "excellent" => "excellent",
+        "good" => "good",
+        "poor" => "poor",
+        _ => "lost",
+    }
+}
+
 /// LiveKit's packet score: 100 less the delay's and the (weighted) loss's effects.
 fn packet_score(loss_effect: f64, rtt_ms: f64, jitter_ms: f64) -> f64 {
     let delay = rtt_ms / 2.0 + jitter_ms * 2.0;
@@ -209,7 +255,7 @@ fn packet_score(loss_effect: f64, rtt_ms: f64, jitter_ms: f64) -> f64 {
 impl LocalRoom {
     /// Every [`PERIOD`]: scores each participant here, then tells everyone the qualities of
     /// the announced ones (one message, encoded once) and each unannounced one its own.
-    pub(super) fn tell_quality(&mut self, now: Instant) {
+    pub(super) fn tell_quality(&mut self, now: Instant, out: &mut super::egress::Egress) {
         if now < self.next_quality {
             return;
         }
@@ -253,7 +299,11 @@ impl LocalRoom {
             score: p.quality.mos(),
         };
         let mut changed = false;
+        let mut write = Vec::new();
         for p in self.roster.local.values_mut() {
+            if p.announced && p.quality.take_write(now) {
+                write.push(p.sid.clone());
+            }
             let now_told = Some(p.quality.quality());
             if p.quality.told != now_told {
                 p.quality.told = now_told;
@@ -266,23 +316,56 @@ impl LocalRoom {
                 }
             }
         }
+        for sid in write {
+            if let Some(p) = self.roster.local.get(&sid) {
+                out.effects.push(super::egress::Effect::ParticipantUpdated {
+                    room: self.name.clone(),
+                    record: self.participant_record(p),
+                });
+            }
+        }
         if changed {
+            let remote = self.roster.remote.iter().filter_map(|(sid, r)| {
+                r.quality.as_ref().map(|q| QualityView {
+                    participant: sid.clone(),
+                    quality: quality_name(&q.quality),
+                    score: q.score,
+                })
+            });
             let announced: Vec<QualityView> = self
                 .roster
                 .local
                 .values()
                 .filter(|p| p.announced)
-                .take(MAX_TOLD)
                 .map(view)
+                .chain(remote)
+                .take(MAX_TOLD)
                 .collect();
             self.broadcast("", &ServerMessage::ConnectionQuality { updates: announced });
         }
+    }
+
+    /// A participant of another worker or node has a new quality in its record: the room
+    /// hears it at once.
+    pub(super) fn on_remote_quality(&mut self, sid: &str, quality: &sfu_control::QualityRecord) {
+        let update = QualityView {
+            participant: sid.to_owned(),
+            quality: quality_name(&quality.quality),
+            score: quality.score,
+        };
+        self.broadcast(
+            "",
+            &ServerMessage::ConnectionQuality {
+                updates: vec![update],
+            },
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::egress::{Effect, Egress};
 
     #[test]
     fn loss_is_counted_from_sequence_numbers_across_wraps_and_reordering() {
@@ -337,7 +420,18 @@ mod tests {
         let (alice, mut alice_rx) = join(&mut r, t0, "alice", false, "");
         let (_bob, mut bob_rx) = join(&mut r, t0, "bob", false, "");
         messages(&mut alice_rx, "");
-        r.tell_quality(t0 + PERIOD);
+        let mut out = Egress::default();
+        r.tell_quality(t0 + PERIOD, &mut out);
+        let written: Vec<_> = out
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ParticipantUpdated { record, .. } => record.quality.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(written.len(), 2, "both records carry their first quality");
+        assert_eq!(written[0].quality, "excellent");
         let told = messages(&mut alice_rx, "connection_quality");
         assert_eq!(told.len(), 1, "{told:?}");
         let updates = told[0]["updates"].as_array().unwrap();
@@ -348,19 +442,49 @@ mod tests {
             "nothing against them yet"
         );
         assert_eq!(messages(&mut bob_rx, "connection_quality").len(), 1);
-        r.tell_quality(t0 + PERIOD * 2);
+        let mut out = Egress::default();
+        r.tell_quality(t0 + PERIOD * 2, &mut out);
         assert!(
             messages(&mut alice_rx, "connection_quality").is_empty(),
             "nothing changed: nothing told"
         );
+        assert!(out.effects.is_empty(), "nor written");
         let (_carol, _carol_rx) = join(&mut r, t0, "carol", false, "");
-        r.tell_quality(t0 + PERIOD * 3);
+        r.tell_quality(t0 + PERIOD * 3, &mut Egress::default());
         let told = messages(&mut alice_rx, "connection_quality");
         assert_eq!(
             told[0]["updates"].as_array().unwrap().len(),
             3,
             "carol is new"
         );
+        // A participant of another node: its record's quality is told at once, and when it
+        // changes.
+        let mut record = sfu_control::ParticipantRecord {
+            sid: "PA_far".into(),
+            identity: "far".into(),
+            name: "Far".into(),
+            node: "n2".into(),
+            kind: "client".into(),
+            joined_ms: 1,
+            stage: true,
+            worker: 0,
+            metadata: String::new(),
+            attributes: Default::default(),
+            quality: Some(sfu_control::QualityRecord {
+                quality: "good".into(),
+                score: 3.9,
+            }),
+        };
+        r.on_remote_participant(t0, record.clone(), &mut Egress::default());
+        let told = messages(&mut alice_rx, "connection_quality");
+        assert_eq!(told[0]["updates"][0]["participant"], "PA_far", "{told:?}");
+        assert_eq!(told[0]["updates"][0]["quality"], "good");
+        r.on_remote_participant(t0, record.clone(), &mut Egress::default());
+        assert!(messages(&mut alice_rx, "connection_quality").is_empty());
+        record.quality.as_mut().unwrap().quality = "poor".into();
+        r.on_remote_participant(t0, record, &mut Egress::default());
+        let told = messages(&mut alice_rx, "connection_quality");
+        assert_eq!(told[0]["updates"][0]["quality"], "poor", "{told:?}");
     }
 
     #[test]

@@ -45,6 +45,14 @@ impl LocalRoom {
                 let participant = self.remote_view(&record.sid, r);
                 self.broadcast("", &ServerMessage::ParticipantUpdated { participant });
             }
+            if let Some(known) = self.roster.remote.get_mut(&record.sid)
+                && known.quality != record.quality
+            {
+                known.quality.clone_from(&record.quality);
+                if let Some(q) = &record.quality {
+                    self.on_remote_quality(&record.sid, q);
+                }
+            }
             return;
         }
         self.end_superseded(now, &record, out);
@@ -60,10 +68,15 @@ impl LocalRoom {
             tracks: Vec::new(),
             metadata: record.metadata,
             attributes: record.attributes,
+            quality: record.quality,
         };
         let view = self.remote_view(&record.sid, &r);
+        let quality = r.quality.clone();
         self.roster.insert_remote(record.sid.clone(), r);
         self.broadcast("", &ServerMessage::ParticipantJoined { participant: view });
+        if let Some(q) = quality {
+            self.on_remote_quality(&record.sid, &q);
+        }
     }
 
     /// The counted audience of another worker of this node, or of another node, changed

@@ -113,6 +113,8 @@ pub(super) struct RemoteParticipant {
     pub tracks: Vec<TrackId>,
     pub metadata: String,
     pub attributes: BTreeMap<String, String>,
+    /// Its connection quality, as its record last said (see [`super::room_quality`]).
+    pub quality: Option<sfu_control::QualityRecord>,
 }
 
 /// See the module documentation.

@@ -128,6 +128,7 @@
         name: p.name,
         metadata: p.metadata,
         attributes: p.attributes,
+        quality: p.connectionQuality,
         tracks,
       });
     }
