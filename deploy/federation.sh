@@ -8,6 +8,9 @@
 #   deploy/federation.sh                  # a/node-1: http://127.0.0.1:7101 ... b/node-2: :7202
 #   ROOM=joint deploy/federation.sh       # the room mapped (same name on both sides)
 #   PROFILE=debug deploy/federation.sh    # debug builds (faster to build, slower to run)
+#   EXTRA_KEYS=lt:SECRET deploy/federation.sh  # every node also takes this key (one load-test
+#                                         # run publishing on A and subscribing on B, see
+#                                         # BENCHMARKS.md "Federation")
 #
 # Open a/node-1 and b/node-2 in a browser with the token each side's key mints
 # (SFU_API_KEY=KEY SFU_API_SECRET=SECRET sfuctl token create --identity alice --room joint),
@@ -112,7 +115,7 @@ for s in 1 2; do
   for n in 1 2; do
     config=()
     [ "$n" = 1 ] && config=(--config "$dir/gateway.toml")
-    "$BIN/sfu-node" "${config[@]}" --keys "${side}key:${secret[$side]}" --node-id "node-$n" \
+    "$BIN/sfu-node" "${config[@]}" --keys "${side}key:${secret[$side]}${EXTRA_KEYS:+,$EXTRA_KEYS}" --node-id "node-$n" \
       --etcd "http://127.0.0.1:$etcd_client" --certs-dir "$dir/mesh" \
       --bind "127.0.0.1:$((base + n))" --udp-port "$((base + 10 + n))" --workers 1 \
       --relay-bind "127.0.0.1:$((base + 20 + n))" --node-ip 127.0.0.1 \
