@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::control::admin;
 use common::media::{Nginx, camera_and_tone, measure, probe, run_for, run_limited};
+use common::recording::{RecordingApi, assert_decodes};
 use common::{Browser, browser_lock};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A node recording into a fresh directory, a real nginx-rtmp beside it, and alice publishing
 /// a red camera (of `size`) and a tone in `room` from Chromium.
@@ -41,19 +41,10 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
     let _ = common::tracing_subscriber_init();
     let room = "live";
     let (dir, nginx, node, base, mut alice) = live_node("sfu-live", room, "320x240").await;
-    let http = common::http();
+    let api = RecordingApi::new(&base);
     // Once the publisher's two tracks are listed, and media flows.
     for _ in 0..60 {
-        let listed: serde_json::Value = http
-            .get(format!("{base}/admin/rooms/{room}/participants"))
-            .bearer_auth(admin())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or_default();
-        if listed[0]["tracks"].as_array().is_some_and(|t| t.len() == 2) {
+        if api.tracks(room).await.len() == 2 {
             break;
         }
         run_for(&mut [&mut alice], Duration::from_millis(500)).await;
@@ -61,41 +52,31 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
     run_for(&mut [&mut alice], Duration::from_secs(2)).await;
 
     // Bad input: not an RTMP URL.
-    let r = http
-        .post(format!("{base}/admin/rooms/{room}/recordings"))
-        .bearer_auth(admin())
-        .json(&serde_json::json!({ "streams": ["http://example.com/x"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    let (status, _) = api
+        .start(
+            room,
+            serde_json::json!({ "streams": ["http://example.com/x"] }),
+        )
+        .await;
+    assert_eq!(status, 400);
 
     // One destination that works, one that does not answer (nothing listens on port 9).
     let live = format!("rtmp://127.0.0.1:{}/live/x", nginx.port);
     let dead = "rtmp://127.0.0.1:9/live/nobody".to_owned();
-    let r = http
-        .post(format!("{base}/admin/rooms/{room}/recordings"))
-        .bearer_auth(admin())
-        .json(&serde_json::json!({ "streams": [live, dead], "hls": true }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let started: serde_json::Value = r.json().await.unwrap();
+    let (status, started) = api
+        .start(
+            room,
+            serde_json::json!({ "streams": [live, dead], "hls": true }),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let since = Instant::now();
     let id = started["id"].as_str().unwrap().to_owned();
     let playlist = format!("{base}{}", started["hls"].as_str().unwrap());
     run_for(&mut [&mut alice], Duration::from_secs(4)).await;
 
     // The dead destination failed with its reason; the recording and the other go on.
-    let info: serde_json::Value = http
-        .get(format!("{base}/admin/recordings/{id}"))
-        .bearer_auth(admin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = api.get(&id).await;
     eprintln!("streaming: {info}");
     assert_eq!(info["state"], "active", "{info}");
     assert_eq!(info["streams"][0]["state"], "active", "{info}");
@@ -132,6 +113,10 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
         let both = ok && codecs == ["aac", "h264"];
         seen = (both, out, err);
         if both {
+            eprintln!(
+                "H.264 and AAC on the RTMP stream {:.1} s after the recording started",
+                since.elapsed().as_secs_f64()
+            );
             break;
         }
     }
@@ -141,21 +126,15 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
     let s = alice.sample().await;
     assert_eq!(common::state(&s, "alice"), "publishing", "{s}");
 
-    let done: serde_json::Value = http
-        .delete(format!("{base}/admin/recordings/{id}"))
-        .bearer_auth(admin())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done = api.stop(&id).await;
     alice.stop().await;
     assert_eq!(done["state"], "complete", "{done}");
     assert_eq!(done["streams"][0]["state"], "ended", "{done}");
     // The file is there as for any room recording.
-    let (streams, _) = probe(Path::new(done["file"].as_str().unwrap()));
+    let file = Path::new(done["file"].as_str().unwrap());
+    let (streams, _) = probe(file);
     assert_eq!(streams.len(), 2, "{streams:?}");
+    assert_decodes(file, "the room recording");
 
     // What nginx recorded plays.
     drop(nginx);
@@ -180,6 +159,7 @@ async fn a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone(
     assert!(duration > 5.0, "{duration} s streamed to nginx");
 
     // The HLS playlist, served by the node, plays in ffmpeg.
+    let http = common::http();
     let text = http
         .get(&playlist)
         .send()
@@ -219,53 +199,19 @@ async fn room_recording_cost() {
     let _guard = browser_lock().await;
     let room = "bench";
     let (dir, nginx, node, base, mut browser) = live_node("sfu-livebench", room, "640x360").await;
-    let http = common::http();
+    let api = RecordingApi::new(&base);
     run_for(&mut [&mut browser], Duration::from_secs(8)).await;
     let (idle, idle_rss) = measure(&mut browser, WINDOW).await;
-
-    let start = |body: serde_json::Value| {
-        let http = http.clone();
-        let url = format!("{base}/admin/rooms/{room}/recordings");
-        async move {
-            let r: serde_json::Value = http
-                .post(url)
-                .bearer_auth(admin())
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["id"].as_str().unwrap().to_owned()
-        }
-    };
-    let stop = |id: String| {
-        let http = http.clone();
-        let url = format!("{base}/admin/recordings/{id}");
-        async move {
-            let r: serde_json::Value = http
-                .delete(url)
-                .bearer_auth(admin())
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r
-        }
-    };
 
     // N room recordings (files only).
     let mut ids = Vec::new();
     for _ in 0..N {
-        ids.push(start(serde_json::json!({})).await);
+        ids.push(api.started(room, serde_json::json!({})).await);
     }
     run_for(&mut [&mut browser], Duration::from_secs(3)).await;
     let (rooms, rooms_rss) = measure(&mut browser, WINDOW).await;
     for id in ids.drain(..) {
-        let r = stop(id).await;
+        let r = api.stop(&id).await;
         assert_eq!(r["state"], "complete", "{r}");
     }
 
@@ -274,10 +220,12 @@ async fn room_recording_cost() {
         let urls: Vec<String> = (0..streams)
             .map(|i| format!("rtmp://127.0.0.1:{}/live/s{i}", nginx.port))
             .collect();
-        let id = start(serde_json::json!({ "streams": urls })).await;
+        let id = api
+            .started(room, serde_json::json!({ "streams": urls }))
+            .await;
         run_for(&mut [&mut browser], Duration::from_secs(3)).await;
         let (cpu, rss) = measure(&mut browser, WINDOW).await;
-        let r = stop(id).await;
+        let r = api.stop(&id).await;
         println!(
             "1 room recording + {streams} RTMP stream(s): {cpu:.1} % of a core (+{:.1} over idle), RSS {} MB (+{:.1} MB); streams: {}",
             cpu - idle,

@@ -363,8 +363,8 @@ async fn a_room_recording_started_before_any_video_gets_it_when_it_comes() {
         started_info["codec"], "video/VP8+audio/opus",
         "{started_info}"
     );
-    // Nobody publishes for 3 s, then alice does.
-    run_for(&mut [&mut browser], Duration::from_secs(3)).await;
+    // Nobody publishes for 5 s (the placeholder comes after 3), then alice does.
+    run_for(&mut [&mut browser], Duration::from_secs(5)).await;
     browser.open("alice", &page("alice", 1)).await;
     let mut published = None;
     for _ in 0..100 {

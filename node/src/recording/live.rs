@@ -133,6 +133,9 @@ impl Live {
                 // Speakers' pictures differ in size: each is fitted into the same frame.
                 scale.set_property("add-borders", true);
                 let rate = element("videorate")?;
+                // From the first picture on, not a second of copies of it back to the
+                // segment's start.
+                set_if_known(&rate, "skip-to-first", "true");
                 let caps = element("capsfilter")?;
                 caps.set_property(
                     "caps",
@@ -155,6 +158,9 @@ impl Live {
                         &q, &decode, &decoded, &convert, &scale, &rate, &caps, &encode, &tee,
                     ],
                 )?;
+                if let Some(pad) = encode.static_pad("src") {
+                    timed_only(&pad);
+                }
                 let sink = q.static_pad("sink").ok_or_else(|| {
                     RecordingError::Pipeline("the transcoding queue has no sink".into())
                 })?;
@@ -312,6 +318,35 @@ impl Live {
         let _ = bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&bin);
     }
+}
+
+/// Gives the encoder's frames a time when it gives them none (seen: its first frame, the
+/// keyframe with the stream's SPS and PPS, when the first picture came a second or more after
+/// the pipeline started): the FLV muxer never picks a frame without a time while audio waits
+/// (it picks the lowest time), so the RTMP stream carried audio alone, with every later frame
+/// queued behind that one. Such a frame takes the time of the frame before it (or 0).
+fn timed_only(pad: &gst::Pad) {
+    // Nanoseconds; the probe runs on the encoder's streaming thread only.
+    let last_ns = std::sync::atomic::AtomicU64::new(0);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(b) = info.buffer_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        match b.pts() {
+            Some(pts) => last_ns.store(pts.nseconds(), ordering),
+            None => {
+                let last = gst::ClockTime::from_nseconds(last_ns.load(ordering));
+                tracing::debug!("an H.264 frame without a time gets {last}");
+                let b = b.make_mut();
+                b.set_pts(last);
+                if b.dts().is_none() {
+                    b.set_dts(last);
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 fn link_pads(from: &gst::Element, to: &gst::Pad) -> Result<(), RecordingError> {

@@ -312,7 +312,7 @@ mod tests {
         let start = std::time::Instant::now();
         let mut a = Some(p.add_audio().unwrap());
         let mut b = None;
-        for i in 0..75u32 {
+        for i in 0..175u32 {
             if let Some(a) = &a {
                 a.src.push_buffer(packet(i)).unwrap();
             }
@@ -322,7 +322,7 @@ mod tests {
             if let Some(b) = &b {
                 b.src.push_buffer(packet(i - 25)).unwrap();
             }
-            if i == 50
+            if i == 150
                 && let Some(a) = a.take()
             {
                 p.remove_audio(a);
@@ -374,7 +374,7 @@ mod tests {
             .output()
             .unwrap();
         let frames = String::from_utf8_lossy(&frames.stdout).trim().to_owned();
-        assert_eq!(frames, "vp8,1", "one placeholder picture in 1.5 s");
+        assert_eq!(frames, "vp8,1", "one placeholder picture in 3.5 s");
         let decoded = std::process::Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-i"])
             .arg(&file)

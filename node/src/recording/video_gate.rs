@@ -24,11 +24,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a room recording waits for its first video before the placeholder (a room with
-/// video gets its first keyframe well within this: it is asked for at once).
-pub const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// video gets its first keyframe well within this: it is asked for at once). Longer than
+/// needed on purpose: the live outputs misbehaved in runs where a placeholder came first and
+/// the real video a second later (see docs/recording.md, "Not yet").
+pub const FIRST_WAIT: Duration = Duration::from_secs(3);
 /// How long without real video counts as none (a speaker switch takes a keyframe, a few
 /// hundred milliseconds; a camera that stalls longer shows black until it comes back).
-pub const GAP: Duration = Duration::from_secs(2);
+pub const GAP: Duration = Duration::from_secs(3);
 /// How often the placeholder is repeated while there is no video: the muxer holds audio
 /// until video is as far, so this is also the most audio waits.
 pub const PLACEHOLDER_EVERY: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
 //! Test harness: a node started in-process on ephemeral loopback ports, and headless Chromium
 //! driven by `tests/browser/driver.mjs`. Submodules: [`control`] (etcd, cluster nodes and
-//! `sfu-control`), [`media`] (recording and streaming helpers), [`process`] (node
+//! `sfu-control`), [`media`] (recording and streaming helpers), [`recording`] (a node's
+//! recording API, ffprobe and ffmpeg on files, webhooks), [`process`] (node
 //! processes), [`sdp`] (client SDP), [`shaper`] (a bandwidth limiter), [`noise`] (a camera
 //! video no encoder can compress).
 
@@ -11,6 +12,7 @@ pub mod limited;
 pub mod media;
 pub mod noise;
 pub mod process;
+pub mod recording;
 pub mod sdp;
 pub mod shaper;
 
