@@ -11,9 +11,9 @@
 //! must (STUN, DTLS, RTCP and a sample of the media) and measures the rest from RTP headers.
 //! Once connected it no longer wakes for every datagram: its socket leaves tokio's reactor
 //! (which would otherwise handle an event per datagram) and is read when a timer says
-//! ([`READ_PERIOD_MAX`] at most between reads), with arrival times from the kernel, so the
-//! wake-up, the poll of everything the task waits on and the read that finds the socket empty
-//! are paid per batch instead of per packet. Asking a peer connection anything (events,
+//! ([`crate::read_pace`]: as rarely as its receive buffer allows), with arrival times from the
+//! kernel, so the wake-up, the poll of everything the task waits on and the read that finds
+//! the socket empty are paid per batch instead of per packet. Asking a peer connection anything (events,
 //! packets, its timeout) costs a pass over its whole handler pipeline, so a light connection
 //! asks only when it passed it something since it last asked (a sans-IO peer connection
 //! changes only when called), and once connected runs its timers once a second
@@ -21,6 +21,7 @@
 
 use crate::light::{Light, Verdict};
 use crate::media::sent_at;
+use crate::read_pace::ReadPace;
 use crate::stamped;
 use crate::state::{PeerState, Shared, lock};
 use crate::stats::Arrival;
@@ -64,18 +65,6 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// Datagrams read per wake-up at most, so that one busy peer cannot starve the others.
 pub const READ_BATCH: usize = 64;
-/// Longest time a connected light connection leaves datagrams in its socket: two reads a
-/// second, where its receiver reports and timers (once a second) fall on every other read.
-pub const READ_PERIOD_MAX: Duration = Duration::from_millis(500);
-/// The period starts here once connected and adapts to the packet rate: a read of fewer than
-/// [`IDLE_READ`] datagrams doubles it (up to [`READ_PERIOD_MAX`]), one of more than
-/// [`BUSY_READ`] halves it (down to [`READ_PERIOD_MIN`]). The socket's queue so stays far
-/// below its receive buffer (208 KiB by default on Linux, some 90 full-size datagrams), also
-/// when a keyframe arrives.
-const READ_PERIOD_START: Duration = Duration::from_millis(50);
-const READ_PERIOD_MIN: Duration = Duration::from_millis(10);
-const BUSY_READ: usize = 32;
-const IDLE_READ: usize = 8;
 /// How often a connected light connection runs its peer connection's timers. The only one
 /// left then is ICE's: webrtc-rs's agent ticks every 200 ms to see whether its keepalive
 /// (every 2 s) is due, and a tick costs a pass over the pipeline; once a second keeps the
@@ -97,7 +86,9 @@ impl Socket {
         }
     }
 
-    /// Reads a batch into `batch`: how many datagrams, 0 when there were none.
+    /// Reads a batch into `batch`: how many datagrams, 0 when there were none. A socket read
+    /// on a timer (a connected light connection's) reads short: whole datagrams only for the
+    /// sample ([`stamped`]).
     fn recv(&self, batch: &mut stamped::Batch) -> io::Result<usize> {
         let fd = self.fd();
         let r = match self {
@@ -107,7 +98,7 @@ impl Socket {
             Socket::Reactor(s) => {
                 let mut got = 0;
                 let r = s.try_io(Interest::READABLE, || {
-                    got = batch.recv(fd)?;
+                    got = batch.recv(fd, false)?;
                     if got < stamped::BATCH {
                         Err(io::ErrorKind::WouldBlock.into())
                     } else {
@@ -119,7 +110,7 @@ impl Socket {
                     _ => Err(e),
                 })
             }
-            Socket::Timer(_) => batch.recv(fd),
+            Socket::Timer(_) => batch.recv(fd, true),
         };
         match r {
             Ok(n) => Ok(n),
@@ -218,9 +209,9 @@ pub struct Conn {
     stirred: bool,
     /// The peer connection's timeout when it was last asked.
     pc_timeout: Option<Instant>,
-    /// A connected light connection reads its socket at this instant, not on readiness.
-    next_read: Option<Instant>,
-    read_period: Duration,
+    /// A light connection's read schedule: once connected, it reads its socket on this
+    /// timer, not on readiness.
+    pace: Option<ReadPace>,
     /// When a connected light connection last ran its peer connection's timers.
     last_tick: Option<Instant>,
 }
@@ -233,9 +224,12 @@ impl Conn {
             .await
             .context("binding a UDP socket (out of file descriptors or ports?)")?;
         let local = socket.local_addr()?;
-        if light {
+        let pace = if light {
             stamped::enable(socket.as_raw_fd()).context("asking for receive timestamps")?;
-        }
+            Some(ReadPace::for_socket(socket.as_raw_fd()).context("sizing the receive buffer")?)
+        } else {
+            None
+        };
         let registry = if sending {
             Registry::new()
                 .with(Slot::SenderReport, SenderReportBuilder::new().build())
@@ -274,8 +268,7 @@ impl Conn {
             light: light.then(Box::default),
             stirred: true,
             pc_timeout: None,
-            next_read: None,
-            read_period: READ_PERIOD_START,
+            pace,
             last_tick: None,
         })
     }
@@ -382,7 +375,9 @@ impl Conn {
             let fd = s.as_fd().try_clone_to_owned()?;
             self.socket = Socket::Timer(std::net::UdpSocket::from(fd));
         }
-        self.next_read = Some(now + self.read_period);
+        if let Some(pace) = &mut self.pace {
+            pace.start(now);
+        }
         self.last_tick = Some(now);
         Ok(())
     }
@@ -401,8 +396,8 @@ impl Conn {
             while read < limit {
                 let n = self.socket.recv(batch)?;
                 for i in 0..n {
-                    if let Some((d, from, at)) = batch.datagram(i) {
-                        self.on_datagram(d, from, at, shared, &mut state);
+                    if let Some(d) = batch.datagram(i) {
+                        self.on_datagram(d, shared, &mut state);
                     }
                 }
                 read += n;
@@ -414,20 +409,31 @@ impl Conn {
         })
     }
 
-    /// One datagram that arrived `at`: to the peer connection, or, on a light connection,
-    /// measured from its header into `state` (locked from `shared` when first needed).
+    /// One datagram: to the peer connection, or, on a light connection, measured from its
+    /// header into `state` (locked from `shared` when first needed).
     fn on_datagram<'s>(
         &mut self,
-        d: &[u8],
-        from: SocketAddr,
-        at: Instant,
+        datagram: stamped::Datagram<'_>,
         shared: &'s Shared,
         state: &mut Option<MutexGuard<'s, PeerState>>,
     ) {
+        let stamped::Datagram {
+            bytes: d, from, at, ..
+        } = datagram;
         let verdict = match self.light.as_deref_mut() {
-            Some(light) => light.classify(d),
+            Some(light) => light.classify(d, datagram.len, datagram.sample),
+            // Larger than any datagram a server sends: dropped, as an oversized read would be.
+            None if !datagram.whole() => return,
             None => return self.feed(at, from, d),
         };
+        if verdict == Verdict::Unreadable {
+            state
+                .get_or_insert_with(|| lock(shared))
+                .reception
+                .light
+                .unreadable += 1;
+            return;
+        }
         if verdict == Verdict::NotRtp {
             self.feed(at, from, d);
             // Measured now, in arrival order with the packets around it (jitter and freezes
@@ -488,8 +494,8 @@ impl Conn {
             self.pc_timeout = self.pc.poll_timeout();
             self.stirred = false;
         }
-        if self.next_read.is_some() {
-            return self.next_read;
+        if let Some(next) = self.pace.as_ref().and_then(ReadPace::next) {
+            return Some(next);
         }
         match (self.pc_timeout, light.next_report()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -500,14 +506,16 @@ impl Conn {
     /// Runs what is due at `now`: a light connection's read, the peer connection's timers,
     /// and a light connection's receiver reports (from the measurements in `shared`).
     pub fn handle_timeout(&mut self, now: Instant, shared: &Shared) -> io::Result<()> {
-        if self.next_read.is_some_and(|t| t <= now) {
+        if self
+            .pace
+            .as_ref()
+            .and_then(ReadPace::next)
+            .is_some_and(|t| t <= now)
+        {
             let read = self.read(shared, usize::MAX)?;
-            if read > BUSY_READ {
-                self.read_period = (self.read_period / 2).max(READ_PERIOD_MIN);
-            } else if read < IDLE_READ {
-                self.read_period = (self.read_period * 2).min(READ_PERIOD_MAX);
+            if let Some(pace) = &mut self.pace {
+                pace.after_read(now, read);
             }
-            self.next_read = Some(now + self.read_period);
         }
         if self.stirred && self.light.is_some() {
             self.pc_timeout = self.pc.poll_timeout();

@@ -15,7 +15,8 @@
 //! [`light`]), [`sender`] (what a publisher sends, from [`media`]) and [`signal`] (how it
 //! joins each target); [`state`], [`stats`] (with [`playout`]: when a frame could be shown)
 //! and [`series`] hold the measurements;
-//! [`stamped`] reads datagrams with their kernel arrival time; [`procstat`] reads CPU and
+//! [`stamped`] reads datagrams with their kernel arrival time, when [`read_pace`] says;
+//! [`procstat`] reads CPU and
 //! memory; [`report`], [`progress`] and [`plot`] show the results. [`impair`] is a lossy,
 //! jittery UDP path in process, for tests and measurements on machines without netem.
 
@@ -29,6 +30,7 @@ pub mod playout;
 pub mod plot;
 pub mod procstat;
 pub mod progress;
+pub mod read_pace;
 pub mod report;
 pub mod run;
 pub mod scenario;

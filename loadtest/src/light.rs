@@ -3,16 +3,19 @@
 //!
 //! SRTP encrypts only the payload of an RTP packet: the header (SSRC, sequence number,
 //! timestamp, marker bit) stays in clear, and an authentication tag follows the payload. A
-//! light receiving connection ([`crate::conn::Conn`] with a [`Light`]) sorts each datagram by
-//! its first bytes (RFC 7983; RTCP by its packet type, RFC 5761):
+//! light receiving connection ([`crate::conn::Conn`] with a [`Light`]) reads its socket in
+//! batches where one slot in [`SAMPLE_EVERY`] takes whole datagrams and the others only their
+//! first bytes ([`crate::stamped`]: a short read, with each datagram's length on the wire). It
+//! sorts each datagram by its first bytes (RFC 7983; RTCP by its packet type, RFC 5761):
 //!
 //! - STUN, DTLS and RTCP go to the peer connection as they always do: ICE consent checks, the
-//!   DTLS handshake, sender reports and keyframe requests work as in a browser;
-//! - RTP whose sequence number is a multiple of [`SAMPLE_EVERY`] (one packet in 32 of every
-//!   stream), and RTP of a payload type the answer did not negotiate, go to the peer
-//!   connection too, to be authenticated, decrypted and measured there;
+//!   DTLS handshake, sender reports and keyframe requests work as in a browser (they are small
+//!   enough to be read whole in any slot);
+//! - RTP read whole in a slot of the sample (one datagram in 32, from a random offset in each
+//!   read), and RTP of a payload type the answer did not negotiate, go to the peer connection
+//!   too, to be authenticated, decrypted and measured there;
 //! - every other RTP packet is measured from its header (loss, jitter, bitrate, freezes, time
-//!   to first media) and dropped without being decrypted.
+//!   to first media) and dropped without being decrypted (or even read past its header).
 //!
 //! A stream that fails authentication shows up twice: as sampled packets that never came out
 //! of the peer connection ([`LightCounts`](crate::stats::LightCounts)), and as loss (the
@@ -22,18 +25,19 @@
 //! and no header extension could carry it in clear through this project's nodes: the
 //! forwarder writes a fresh header for every forwarded packet and copies no extension
 //! (`Rewrite::header` in node/core/src/forwarder.rs; the only extension a subscriber gets is
-//! the transport-wide sequence number the node writes itself). The sample is picked by
-//! sequence number, not by arrival, so its latency is that of the whole stream, measured on
-//! one packet in 32.
+//! the transport-wide sequence number the node writes itself). The sample is picked by the
+//! datagram's place in a read, from an offset drawn for every read, and reads follow a timer
+//! that knows nothing of the stream: every packet has the same chance, so the sample's latency
+//! is that of the whole stream, measured on one packet in 32 (audio and video alike).
 //!
 //! **Receiver reports come from here.** The peer connection sees only the sample: its
 //! receiver-report interceptor would report 31 packets in 32 lost. A light connection has no
 //! such interceptor; [`Light::reports`] writes RFC 3550 receiver reports once a second from
 //! what the headers said, with the sender reports' timing for round-trip estimates.
 //!
-//! The SRTP context sees gaps of 31 between sampled sequence numbers: its rollover-counter
-//! estimate follows jumps of up to 2^15, and its replay window only rejects packets older
-//! than the newest, so the sample decrypts as it would in a stream without gaps.
+//! The SRTP context sees irregular gaps between sampled sequence numbers (32 on average): its
+//! rollover-counter estimate follows jumps of up to 2^15, and its replay window only rejects
+//! packets older than the newest, so the sample decrypts as it would in a stream without gaps.
 
 use crate::stats::Reception;
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -41,10 +45,9 @@ use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtcp::sender_report::SenderReport;
 use std::time::{Duration, Instant};
 
-/// One RTP packet in this many per stream is authenticated and decrypted (those whose
-/// sequence number is a multiple of it): enough to catch a broken stream within a second
-/// (audio sends 50 packets a second) and to measure latency on hundreds of packets a second
-/// over a room's receivers. A sampled packet costs as much as a full receiver's (some 15,000
+/// One datagram in this many is read whole and, if it is RTP, authenticated and decrypted:
+/// enough to catch a broken stream within a second or two (audio sends 50 packets a second)
+/// and to measure latency on hundreds of packets a second over a room's receivers. A sampled packet costs as much as a full receiver's (some 15,000
 /// instructions through the peer connection's pipeline), a header-only one a tenth of that:
 /// halving the sample from 1 in 16 cut the instructions per received packet by a fifth
 /// (BENCHMARKS.md, "The light load tester").
@@ -145,6 +148,9 @@ pub enum Verdict {
     Decrypt,
     /// Not RTP: STUN, DTLS or RTCP, for the peer connection.
     NotRtp,
+    /// Read short, and neither RTP of a negotiated payload type nor whole: nothing can be
+    /// done with it (counted).
+    Unreadable,
 }
 
 /// A stream's receiver-report state: what the last report said, and the last sender report.
@@ -201,16 +207,26 @@ impl Light {
             .map(|(_, video)| *video)
     }
 
-    /// Sorts a datagram; see [`Verdict`].
-    pub fn classify(&mut self, d: &[u8]) -> Verdict {
+    /// Sorts a datagram of `len` bytes on the wire of which `d` was read; `sample`: whether it
+    /// fell in a slot of the sample. See [`Verdict`].
+    pub fn classify(&mut self, d: &[u8], len: usize, sample: bool) -> Verdict {
+        let whole = d.len() == len;
         let Some(header) = rtp_header(d) else {
-            return Verdict::NotRtp;
+            return if whole {
+                Verdict::NotRtp
+            } else {
+                Verdict::Unreadable
+            };
         };
         let Some(video) = self.video(header.payload_type) else {
-            return Verdict::Decrypt;
+            return if whole {
+                Verdict::Decrypt
+            } else {
+                Verdict::Unreadable
+            };
         };
-        let body = d.len() - header.len;
-        if header.seq.is_multiple_of(SAMPLE_EVERY) {
+        let body = len.saturating_sub(header.len);
+        if sample && whole {
             if !self.tag_learnt && self.tag_probe.is_none() {
                 self.tag_probe = Some((header.ssrc, header.seq, body));
             }
@@ -392,31 +408,60 @@ mod tests {
         assert_eq!(payload_kinds(sdp), [(111, false), (96, true)]);
     }
 
+    /// `classify` of a datagram read whole.
+    fn whole(l: &mut Light, d: &[u8], sample: bool) -> Verdict {
+        l.classify(d, d.len(), sample)
+    }
+
     #[test]
-    fn one_packet_in_sixteen_is_decrypted_and_teaches_the_tag_length() {
+    fn the_sample_is_decrypted_and_teaches_the_tag_length() {
         let mut l = Light::default();
         l.negotiated("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n");
-        // Not negotiated: decrypted, whatever its sequence number.
+        // Not negotiated: decrypted, in the sample or not.
+        let other = datagram(97, 1, false, 100, 10);
+        assert_eq!(whole(&mut l, &other, false), Verdict::Decrypt);
+        assert_eq!(whole(&mut l, &[0, 1, 0, 0], false), Verdict::NotRtp);
+        // Only what fell in the sample, whatever its sequence number.
         assert_eq!(
-            l.classify(&datagram(97, 1, false, 100, 10)),
+            whole(&mut l, &datagram(96, 7, false, 100, 10), true),
             Verdict::Decrypt
         );
-        assert_eq!(l.classify(&[0, 1, 0, 0]), Verdict::NotRtp);
-        let decrypted: Vec<u16> = (0..64u16)
-            .filter(|&seq| l.classify(&datagram(96, seq, false, 100, 10)) == Verdict::Decrypt)
-            .collect();
-        assert_eq!(decrypted, [0, 32]);
-        // Until the sample tells, the tag is taken for AES-GCM's 16 bytes.
-        let bytes = |l: &mut Light| match l.classify(&datagram(96, 65, false, 100, 10)) {
-            Verdict::HeaderOnly { bytes, video, .. } => {
-                assert!(video);
-                bytes
+        // Until the sample tells, the tag is taken for AES-GCM's 16 bytes; read short (the
+        // header alone), a packet's bytes come from its length on the wire.
+        let bytes = |l: &mut Light| {
+            let d = datagram(96, 65, false, 100, 10);
+            match l.classify(&d[..20], d.len(), false) {
+                Verdict::HeaderOnly { bytes, video, .. } => {
+                    assert!(video);
+                    bytes
+                }
+                v => panic!("{v:?}"),
             }
-            v => panic!("{v:?}"),
         };
         assert_eq!(bytes(&mut l), 94);
-        l.on_decrypted(0xdead_beef, 0, 100, false);
+        l.on_decrypted(0xdead_beef, 7, 100, false);
         assert_eq!(bytes(&mut l), 100, "HMAC-SHA1-80's 10 bytes, learnt");
+    }
+
+    #[test]
+    fn what_is_read_short_is_measured_from_its_header_or_counted() {
+        let mut l = Light::default();
+        l.negotiated("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n");
+        let d = datagram(96, 3, true, 1000, 16);
+        // A sample slot that got only part of it (never happens: sample slots read whole).
+        assert!(matches!(
+            l.classify(&d[..64], d.len(), true),
+            Verdict::HeaderOnly { bytes: 1000, .. }
+        ));
+        // Not negotiated, or not RTP, and cut short: nothing to measure.
+        let other = datagram(97, 3, false, 1000, 16);
+        assert_eq!(
+            l.classify(&other[..64], other.len(), false),
+            Verdict::Unreadable
+        );
+        assert_eq!(l.classify(&[0, 1, 0, 0], 300, false), Verdict::Unreadable);
+        // A header longer than what was read: not taken for one.
+        assert_eq!(l.classify(&d[..14], d.len(), false), Verdict::Unreadable);
     }
 
     #[test]

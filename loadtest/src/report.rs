@@ -314,6 +314,7 @@ pub fn build(i: Inputs<'_>) -> Report {
                     let l = &s.reception.light;
                     t.header_only += l.header_only;
                     t.sampled += l.sampled;
+                    t.unreadable += l.unreadable;
                     t.authenticated += l.authenticated;
                     t
                 })
@@ -424,11 +425,12 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "light receivers: {} packets measured from the header alone, {} of {} sampled \
-                 packets authenticated ({} failed)",
+                 packets authenticated ({} failed), {} datagrams read short and unreadable",
                 l.header_only,
                 l.authenticated,
                 l.sampled,
-                l.sampled.saturating_sub(l.authenticated)
+                l.sampled.saturating_sub(l.authenticated),
+                l.unreadable
             )?;
         }
         if self.sfu_processes.len() > 1 {

@@ -261,6 +261,10 @@ pub struct LightCounts {
     /// Sampled packets that came out of the peer connection authenticated and decrypted (the
     /// rest failed: a broken stream).
     pub authenticated: u64,
+    /// Datagrams read short (outside the sample) that were neither RTP of a negotiated
+    /// payload type nor small enough to be read whole: dropped unmeasured. None is expected
+    /// (STUN and RTCP fit the short read); more than a few means the short read is too short.
+    pub unreadable: u64,
 }
 
 /// Everything a peer receives: one entry per stream, its latency over the window, and the
