@@ -52,7 +52,7 @@ if [ ! -x target/lk-venv/bin/python ] ||
   target/lk-venv/bin/pip install -q livekit==1.2.0
 fi
 
-# A real S3-compatible server for the recording upload test (node/tests/recording.rs): moto's
+# A real S3-compatible server for the recording upload test (node/tests/recording/): moto's
 # S3 and its server (flask), pinned, in a venv of its own.
 if [ ! -x target/s3-venv/bin/moto_server ] ||
   ! target/s3-venv/bin/python -c 'import moto.server, boto3' >/dev/null 2>&1; then
@@ -72,7 +72,8 @@ if (($#)); then
 fi
 # Two tests with known intermittent bugs run on their own after everything else, with one more
 # attempt each (failing twice fails the run), until they have shown themselves steady:
-# - federation: a federated audio track sometimes stays silent (docs/federation.md);
+# - federation: a federated track sometimes stayed silent (two causes fixed on 2026-12-03, see
+#   docs/federation.md; kept here until it has passed many more runs);
 # - live_stream: the RTMP stream sometimes carries no video for a minute (seen once in CI-like
 #   conditions on 2026-12-03: ffprobe found only AAC four times; docs/recording.md).
 quarantined=(
