@@ -1,6 +1,7 @@
 //! An in-process bandwidth limiter for media: a UDP proxy in front of a node's media port that
 //! delivers what the node sends to each client at a limited rate, through a drop-tail queue,
-//! as a slow access link would. Client-to-node traffic passes unchanged.
+//! as a slow access link would. Client-to-node traffic passes unchanged, unless told to lose
+//! some of it ([`Shaper::set_drop_up_every`]).
 //!
 //! The node announces the proxy's address as its ICE candidate; each client gets its own
 //! upstream socket, so the node still sees one address per client.
@@ -22,6 +23,7 @@ const IP_UDP_OVERHEAD: u64 = 28;
 pub struct Shaper {
     rate_bps: Arc<AtomicU64>,
     drop_every: Arc<AtomicU64>,
+    drop_up_every: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,10 +34,18 @@ impl Shaper {
         let front = Arc::new(UdpSocket::bind(listen).await.expect("limiter binds"));
         let rate = Arc::new(AtomicU64::new(rate_bps));
         let drop_every = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(front, node, rate.clone(), drop_every.clone()));
+        let drop_up_every = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            front,
+            node,
+            rate.clone(),
+            drop_every.clone(),
+            drop_up_every.clone(),
+        ));
         Shaper {
             rate_bps: rate,
             drop_every,
+            drop_up_every,
             task,
         }
     }
@@ -43,6 +53,11 @@ impl Shaper {
     /// Drops every `n`th packet towards clients (0: none), as a lossy link would.
     pub fn set_drop_every(&self, n: u64) {
         self.drop_every.store(n, Ordering::Relaxed);
+    }
+
+    /// Drops every `n`th packet from clients to the node (0: none), as a lossy uplink would.
+    pub fn set_drop_up_every(&self, n: u64) {
+        self.drop_up_every.store(n, Ordering::Relaxed);
     }
 
     /// Changes the limit (for every client, at once).
@@ -62,8 +77,10 @@ async fn run(
     node: SocketAddr,
     rate: Arc<AtomicU64>,
     drop_every: Arc<AtomicU64>,
+    drop_up_every: Arc<AtomicU64>,
 ) {
     let mut upstream: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut count = 0u64;
     let mut tasks = Vec::new();
     let mut buf = vec![0u8; 2048];
     while let Ok((n, client)) = front.recv_from(&mut buf).await {
@@ -86,6 +103,11 @@ async fn run(
                 s
             }
         };
+        count += 1;
+        let every = drop_up_every.load(Ordering::Relaxed);
+        if every > 0 && count.is_multiple_of(every) {
+            continue;
+        }
         let _ = socket.send_to(&buf[..n], node).await;
     }
 }

@@ -2,14 +2,15 @@
 //! through the control plane's gRPC API (and by a drain) on the node that is not the
 //! publisher's (so the tracks come over a relay link), files checked with ffprobe and decoded
 //! by ffmpeg (this file); a node killed mid-recording leaves a file ffmpeg decodes
-//! (`killed`); H.264 to MP4 and the upload to S3-compatible storage (`h264`, `moto`); what a
-//! recording costs (`cost`, ignored).
+//! (`killed`); H.264 to MP4 and the upload to S3-compatible storage (`h264`, `moto`); a
+//! lossy publisher's recording (`loss`); what a recording costs (`cost`, ignored).
 
 #[path = "../common/mod.rs"]
 mod common;
 mod cost;
 mod h264;
 mod killed;
+mod loss;
 mod moto;
 
 use common::control::{Cluster, admin, authed};
