@@ -153,9 +153,9 @@ pub struct ClusterConfig {
     pub fanout: usize,
     /// Relayed media goes straight between the media workers' UDP sockets (sealed with keys
     /// from the relay link's TLS session) when the peer offers it too and the path works;
-    /// false: in the relay link's QUIC datagrams only. Off by default for now: with it on, the
-    /// federation test loses a federated audio track in about two runs of three (relay link,
-    /// federation link, relay link), not yet understood; see BENCHMARKS.md for what it saves.
+    /// false: in the relay link's QUIC datagrams only (e.g. where the media ports are closed
+    /// between nodes: the path is then never confirmed and media stays in QUIC anyway). On by
+    /// default: see BENCHMARKS.md for what it saves.
     pub direct_media: bool,
     /// Registry lease time to live, in seconds (keep-alives go every third of it).
     pub lease_ttl_secs: u64,
@@ -180,7 +180,7 @@ impl Default for ClusterConfig {
             http_advertise: None,
             certs_dir: None,
             fanout: 4,
-            direct_media: false,
+            direct_media: true,
             lease_ttl_secs: 5,
             capacity: 0,
             egress_capacity_mbps: 0,

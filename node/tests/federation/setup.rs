@@ -244,9 +244,11 @@ pub async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
             config.cluster.certs_dir = Some(dir.join("mesh"));
             config.cluster.name = short.to_owned();
             config.keys = [(key.clone(), secret.clone())].into();
-            // The relay's direct media path is off by default; SFU_TEST_DIRECT_MEDIA=1 turns
-            // it on (it made a federated track's loss more frequent).
-            config.cluster.direct_media = std::env::var("SFU_TEST_DIRECT_MEDIA").is_ok();
+            // The relay's direct media path is on by default; SFU_TEST_DIRECT_MEDIA=0 turns it
+            // off (with it on, the races of docs/federation.md's fixed bugs were more frequent).
+            if std::env::var("SFU_TEST_DIRECT_MEDIA").as_deref() == Ok("0") {
+                config.cluster.direct_media = false;
+            }
             config
         };
         // B has no configured peer: the test adds A through B's control plane.
