@@ -139,8 +139,9 @@ fn check(r: &Report, video_streams: f64) {
 }
 
 /// What light receivers must show besides: they measured most packets from the header
-/// alone, decrypted about one in 32, and the sample authenticated (but for a packet or two
-/// between reading and decrypting when the window opened or closed).
+/// alone, decrypted about one in 32, the sample authenticated (but for a packet or two
+/// between reading and decrypting when the window opened or closed), and every datagram read
+/// short was one they could measure.
 fn check_light(r: &Report) {
     let l = r
         .light
@@ -152,6 +153,8 @@ fn check_light(r: &Report) {
         "one packet in 32 decrypted: {l:?}"
     );
     assert_eq!(l.header_only + l.authenticated, r.packets_received, "{l:?}");
+    // Reads are short but for the sample: STUN and RTCP must still fit whole.
+    assert_eq!(l.unreadable, 0, "nothing read short was lost: {l:?}");
 }
 
 /// This project's WebSocket protocol: publishers receive each other, subscribers both.
