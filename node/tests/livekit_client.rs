@@ -142,25 +142,35 @@ async fn python_receive(node: &str, identity: &str, seconds: u32) -> Value {
         std::path::Path::new(&python).exists(),
         "LiveKit's Python SDK is missing: run ./test.sh (it makes target/lk-venv)"
     );
-    let run = tokio::process::Command::new(&python)
-        .arg(format!(
-            "{}/tests/python/livekit_receive.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .arg(node.replacen("http://", "ws://", 1))
-        .arg(token(identity, ROOM, false, true))
-        .arg(seconds.to_string())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 30), run)
-        .await
-        .expect("the Python SDK finishes")
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "Python SDK: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The SDK's native library (the `livekit` 1.2 wheel's) aborts now and then while joining:
+    // "panic in a function that cannot unwind" right after its /rtc/v1 attempt falls back to
+    // /rtc, in 1 of 24 runs of `python_sdk_times` on a loaded machine (BENCHMARKS.md). A crash
+    // of the SDK is run again once; any other failure fails the test.
+    let mut attempt = 0;
+    let out = loop {
+        let run = tokio::process::Command::new(&python)
+            .arg(format!(
+                "{}/tests/python/livekit_receive.py",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg(node.replacen("http://", "ws://", 1))
+            .arg(token(identity, ROOM, false, true))
+            .arg(seconds.to_string())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 30), run)
+            .await
+            .expect("the Python SDK finishes")
+            .expect("python runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && stderr.contains("non-unwinding panic") && attempt == 0 {
+            eprintln!("the Python SDK crashed in its native library; once more: {stderr}");
+            attempt += 1;
+            continue;
+        }
+        assert!(out.status.success(), "Python SDK: {stderr}");
+        break out;
+    };
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "Python SDK printed no JSON ({e}): {}",
@@ -771,14 +781,15 @@ async fn livekit_protocol_bad_input_is_counted_and_the_session_goes_on() {
 }
 
 /// How long LiveKit's Python SDK takes to join, be subscribed and decode a first frame, with
-/// publishers on both nodes (as in the test above), `RUNS` times. Run by hand:
+/// publishers on both nodes in a large room (as in the test above), `RUNS` times. Run by hand:
 /// `cargo test -p sfu-node --test livekit_client python_sdk_times -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn python_sdk_times() {
-    const RUNS: usize = 8;
+    const RUNS: usize = 12;
     let _browser = browser_lock().await;
-    let cluster = Cluster::start(2, 0).await;
+    // A large room, as in the test above: the Python SDK joins as an audience member.
+    let cluster = Cluster::start_with(2, |_, c| c.room.large_room_threshold = 2).await;
     let (a, b_node) = (cluster.url(0), cluster.url(1));
     let mut b = Browser::launch(&[
         ("alice", format!("{a}/healthz")),
@@ -790,9 +801,38 @@ async fn python_sdk_times() {
     join(&mut b, "alice", &a, "alice", true).await;
     join(&mut b, "bob", &b_node, "bob", true).await;
     expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(40)).await;
+    // What the node dropped or asked for during a run (a freeze shows there).
+    let counters = |m: &str| -> Vec<(String, f64)> {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("sfu_dropped_packets_total")
+                    || l.starts_with("sfu_keyframe")
+                    || l.starts_with("sfu_pli")
+                    || l.starts_with("sfu_nack")
+            })
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    };
     for i in 0..RUNS {
-        let py = python_receive(&b_node, &format!("py{i}"), 6).await;
-        eprintln!("python SDK run {i}: {py}");
+        let before = counters(&common::metrics(&b_node).await);
+        let node = b_node.clone();
+        let run = tokio::spawn(async move { python_receive(&node, &format!("py{i}"), 6).await });
+        match run.await {
+            Ok(py) => eprintln!("python SDK run {i}: {py}"),
+            Err(e) => eprintln!("python SDK run {i} failed: {e}"),
+        }
+        let after = counters(&common::metrics(&b_node).await);
+        let grew: Vec<String> = after
+            .iter()
+            .filter_map(|(k, v)| {
+                let was = before.iter().find(|(b, _)| b == k).map_or(0.0, |(_, b)| *b);
+                (*v > was).then(|| format!("{k} +{}", v - was))
+            })
+            .collect();
+        eprintln!("  node B meanwhile: {grew:?}");
     }
     b.stop().await;
     cluster.stop().await;
