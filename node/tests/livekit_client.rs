@@ -384,6 +384,13 @@ async fn livekit_client_participants_on_two_nodes_see_and_hear_each_other() {
         "a resume, not a full reconnection: {s:#}"
     );
     assert_eq!(s["pages"]["bob"]["stats"]["sid"], bob_sid, "{s:#}");
+    let at = |event: &str| s["pages"]["bob"]["stats"]["at"][event].as_f64();
+    if let (Some(lost), Some(back)) = (at("signal-reconnecting"), at("reconnected")) {
+        eprintln!(
+            "resume: bob reconnected {} ms after his signaling connection closed",
+            back - lost
+        );
+    }
     let s = expect_decoding(&mut b, &["alice", "bob"], Duration::from_secs(20)).await;
     assert!(
         !events(&s, "alice").contains(&"left bob".to_owned()) && bob_joins(&s) == joins_before,
