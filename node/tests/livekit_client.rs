@@ -844,3 +844,85 @@ async fn python_sdk_times() {
     b.stop().await;
     cluster.stop().await;
 }
+
+/// A resume on the wire: a LiveKit session whose WebSocket closed is parked, and the same
+/// identity coming back with `reconnect=1` and its sid takes it over (`ReconnectResponse`, the
+/// same participant, which missed no roster change meanwhile); another identity's token, or a
+/// sid nobody parked, is told to reconnect fully (`LeaveRequest` `RECONNECT`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_resume_takes_over_a_parked_session_of_the_same_identity_only() {
+    let node = common::start_node().await;
+    let url = |identity: &str, extra: &str| {
+        format!(
+            "ws://{}/rtc?access_token={}&auto_subscribe=1&sdk=rust&protocol=16{extra}",
+            node.http_addr,
+            token(identity, "resume", true, true)
+        )
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url("anna", ""))
+        .await
+        .unwrap();
+    let join = next_response(&mut ws, |m| match m {
+        signal_response::Message::Join(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    let sid = join.participant.unwrap().sid;
+    ws.close(None).await.unwrap();
+    // The node closes its side once the session is parked.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    drained.await.expect("the node closes the WebSocket");
+    // Someone joins while anna is away: she hears of it once resumed.
+    let (mut other, _) = tokio_tungstenite::connect_async(url("otto", ""))
+        .await
+        .unwrap();
+    let joined = next_response(&mut other, |m| match m {
+        signal_response::Message::Join(j) => Some(j),
+        _ => None,
+    })
+    .await;
+    assert!(
+        joined.other_participants.iter().any(|p| p.sid == sid),
+        "anna is still in the room while parked: {joined:?}"
+    );
+    let leave = |m| match m {
+        signal_response::Message::Leave(l) => Some(l),
+        signal_response::Message::Reconnect(_) => panic!("resumed someone else's session"),
+        _ => None,
+    };
+    // Otto cannot take anna's session with his own token; nor can anyone resume a sid that
+    // was never parked.
+    let (mut thief, _) =
+        tokio_tungstenite::connect_async(url("otto", &format!("&reconnect=1&sid={sid}")))
+            .await
+            .unwrap();
+    let refused = next_response(&mut thief, leave).await;
+    assert_eq!(refused.action, lk::leave_request::Action::Reconnect as i32);
+    let (mut lost, _) = tokio_tungstenite::connect_async(url("anna", "&reconnect=1&sid=PA_0"))
+        .await
+        .unwrap();
+    next_response(&mut lost, leave).await;
+    let (mut back, _) =
+        tokio_tungstenite::connect_async(url("anna", &format!("&reconnect=1&sid={sid}")))
+            .await
+            .unwrap();
+    let mut resumed = false;
+    let otto = next_response(&mut back, |m| match m {
+        signal_response::Message::Reconnect(_) => {
+            resumed = true;
+            None
+        }
+        signal_response::Message::Update(u) => {
+            u.participants.into_iter().find(|p| p.identity == "otto")
+        }
+        signal_response::Message::Leave(l) => panic!("not resumed: {l:?}"),
+        _ => None,
+    })
+    .await;
+    assert!(resumed, "the ReconnectResponse comes first");
+    assert_eq!(otto.identity, "otto");
+    node.stop().await;
+}
