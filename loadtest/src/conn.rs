@@ -99,7 +99,7 @@ impl Socket {
                 let mut got = 0;
                 let r = s.try_io(Interest::READABLE, || {
                     got = batch.recv(fd, false)?;
-                    if got < stamped::BATCH {
+                    if got < stamped::slots(false) {
                         Err(io::ErrorKind::WouldBlock.into())
                     } else {
                         Ok(())
@@ -401,7 +401,7 @@ impl Conn {
                     }
                 }
                 read += n;
-                if n < stamped::BATCH {
+                if n < stamped::slots(matches!(self.socket, Socket::Timer(_))) {
                     break;
                 }
             }

@@ -29,6 +29,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Datagrams read by one system call at most.
 pub const BATCH: usize = 64;
+/// Datagrams read by one system call of a read that is not short (a socket in the reactor,
+/// read at readiness: a few datagrams at a time), so that such a read prepares no more
+/// message headers than it is likely to fill.
+pub const READY_BATCH: usize = 16;
+
+/// Slots a read uses: all of them for a short read (on a timer, many datagrams waiting).
+pub fn slots(short: bool) -> usize {
+    if short { BATCH } else { READY_BATCH }
+}
 /// Largest datagram read (media packets stay under 1,200 bytes; DTLS flights under 1,500).
 const MAX_DATAGRAM: usize = 2048;
 /// Bytes read of a datagram outside the sample in a short read: an RTP header with its CSRCs
@@ -102,8 +111,6 @@ pub struct Batch {
     clock: Clock,
     /// Slots `i` with `i % SAMPLE_EVERY == sample_offset` are the last read's sample.
     sample_offset: usize,
-    /// Whether the last read was short (slots outside the sample read [`HEADER_SLOT`] bytes).
-    short: bool,
 }
 
 /// One datagram of a batch.
@@ -150,18 +157,17 @@ impl Batch {
             count: 0,
             clock: Clock::now(),
             sample_offset: 0,
-            short: false,
         }
     }
 
-    /// Reads up to [`BATCH`] datagrams from `fd` without blocking; how many it read (an
+    /// Reads up to [`slots`] datagrams from `fd` without blocking; how many it read (an
     /// error, `WouldBlock` included, when none). A `short` read takes whole datagrams only in
     /// the slots of the sample (see the module documentation).
     pub fn recv(&mut self, fd: RawFd, short: bool) -> io::Result<usize> {
         self.sample_offset = rand::random_range(0..SAMPLE_EVERY);
-        self.short = short;
         let b = &mut *self.b;
-        for i in 0..BATCH {
+        let slots = slots(short);
+        for i in 0..slots {
             let whole = !short || i % SAMPLE_EVERY == self.sample_offset;
             b.iovs[i] = libc::iovec {
                 iov_base: b.data[i].as_mut_ptr().cast(),
@@ -184,7 +190,7 @@ impl Batch {
             libc::recvmmsg(
                 fd,
                 b.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                slots as libc::c_uint,
                 libc::MSG_DONTWAIT | libc::MSG_TRUNC,
                 std::ptr::null_mut(),
             )
@@ -279,7 +285,7 @@ mod tests {
             // still differ by that much (stamped on arrival by the kernel, not when read).
             // Compared with each other, not with the clocks, which a loaded machine or a
             // wall-clock step would make this test depend on.
-            for i in 0..BATCH + 2 {
+            for i in 0..READY_BATCH + 2 {
                 tx.send_to(&[i as u8; 3], rx.local_addr().unwrap()).unwrap();
                 if i == 0 {
                     std::thread::sleep(Duration::from_millis(50));
@@ -287,11 +293,11 @@ mod tests {
             }
             assert_eq!(
                 b.recv(rx.as_raw_fd(), false).unwrap(),
-                BATCH,
+                READY_BATCH,
                 "a full batch"
             );
             let mut stamps = Vec::new();
-            for i in 0..BATCH {
+            for i in 0..READY_BATCH {
                 let d = b.datagram(i).unwrap();
                 assert_eq!(
                     (d.bytes, d.len, d.from),
@@ -306,7 +312,7 @@ mod tests {
                 "kernel stamps 50 ms apart: {apart:?}"
             );
             assert_eq!(b.recv(rx.as_raw_fd(), false).unwrap(), 2, "then the rest");
-            assert_eq!(b.datagram(1).unwrap().bytes, &[BATCH as u8 + 1; 3]);
+            assert_eq!(b.datagram(1).unwrap().bytes, &[READY_BATCH as u8 + 1; 3]);
             assert!(b.datagram(2).is_none(), "nothing past the batch");
         });
     }
