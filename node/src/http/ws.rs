@@ -140,6 +140,8 @@ struct Session {
     /// The client stopped reading what it is sent: the session ends.
     too_slow: bool,
     encoding: Encoding,
+    /// A LiveKit session's handle for a resume that finds it still live (see [`resume`]).
+    takeover: resume::Takeover,
 }
 
 /// What the loop does after a client message.
@@ -160,6 +162,7 @@ impl Session {
             events_rx,
             too_slow: false,
             encoding,
+            takeover: resume::Takeover::default(),
         }
     }
 
@@ -203,9 +206,11 @@ impl Session {
                     .await;
                 return;
             }
+            self.watch_takeover();
         }
         loop {
             tokio::select! {
+                () = self.takeover.requested() => break,
                 _ = keepalive.tick() => {
                     if heard.elapsed() >= idle {
                         idle_out = true;
@@ -275,6 +280,7 @@ impl Session {
             // A LiveKit client may come back for its session (a resume).
             self.park();
         }
+        self.takeover.done(&self.state.parked);
         self.leave_and_close(socket, reason, too_slow || idle_out)
             .await;
     }

@@ -8,8 +8,10 @@
 //! that comes back in time with a token for the same identity and room takes the session over:
 //! it is answered with a `ReconnectResponse`, then sent what queued meanwhile, and nobody else
 //! in the room sees it leave or join. Past [`PARK_FOR`] the participant leaves as it would
-//! have at once. A resume that finds nothing parked (too late, another node, a node restarted)
-//! is answered with `LeaveRequest` action `RECONNECT`, and the client joins again fully.
+//! have at once. A client whose network broke often comes back before the node noticed
+//! (`limits.ws_idle_secs`): its session is still live, and is asked to park at once
+//! ([`Takeover`]). A resume that finds nothing (too late, another node, a node restarted) is
+//! answered with `LeaveRequest` action `RECONNECT`, and the client joins again fully.
 
 use super::{Encoding, Session, send_binary};
 use crate::media::{Command, MediaPlane};
@@ -21,12 +23,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// How long a LiveKit session whose signaling connection broke waits for its client. LiveKit's
 /// clients try to resume at once and again after 0.3, 1.2, 2.7 and 4.8 s (then they join
 /// again fully); LiveKit's server waits 20 s by default, but a parked participant still counts
 /// in its room and receives media nobody watches.
 pub const PARK_FOR: Duration = Duration::from_secs(10);
+/// How long a resume waits for a live session it asked to park.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// A session waiting for its client to resume it.
 pub struct ParkedSession {
@@ -38,11 +43,64 @@ pub struct ParkedSession {
     events_rx: EventsRx,
 }
 
-/// The node's parked sessions, by participant sid.
+/// A live LiveKit session as a resume may find it: whose it is, and how to ask it to park
+/// (the sender given is told once it is parked).
+struct Live {
+    generation: u64,
+    identity: String,
+    room: String,
+    ask: oneshot::Sender<oneshot::Sender<()>>,
+}
+
+/// The node's parked sessions, and its live LiveKit sessions, by participant sid.
 #[derive(Default)]
 pub struct Parked {
     sessions: Mutex<HashMap<String, (u64, ParkedSession)>>,
+    live: Mutex<HashMap<String, Live>>,
     generation: AtomicU64,
+}
+
+/// A live session's side of a takeover (see the module documentation).
+#[derive(Default)]
+pub(super) struct Takeover {
+    /// While registered: its sid and generation in [`Parked`]'s live sessions, and where a
+    /// request to park arrives.
+    watch: Option<(String, u64, oneshot::Receiver<oneshot::Sender<()>>)>,
+    /// The resume that asked, told once the session is parked.
+    asked: Option<oneshot::Sender<()>>,
+}
+
+impl Takeover {
+    /// Resolves when a resume asks this session to park; never if none can.
+    pub(super) async fn requested(&mut self) {
+        let Some((_, _, rx)) = &mut self.watch else {
+            return std::future::pending().await;
+        };
+        match rx.await {
+            Ok(asked) => {
+                self.asked = Some(asked);
+                self.watch = None;
+            }
+            Err(_) => {
+                self.watch = None;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The session ended (parked or not): it is no longer found live, and a resume waiting
+    /// for it is told.
+    pub(super) fn done(&mut self, parked: &Parked) {
+        if let Some((sid, generation, _)) = self.watch.take() {
+            let mut live = parked.lock_live();
+            if live.get(&sid).is_some_and(|l| l.generation == generation) {
+                live.remove(&sid);
+            }
+        }
+        if let Some(asked) = self.asked.take() {
+            let _ = asked.send(());
+        }
+    }
 }
 
 impl Parked {
@@ -86,6 +144,24 @@ impl Parked {
         sessions.remove(sid).map(|(_, s)| s)
     }
 
+    /// Asks the live session `sid`, if it is `identity`'s in `room`, to park; the receiver
+    /// hears when it did.
+    fn ask_live(&self, sid: &str, identity: &str, room: &str) -> Option<oneshot::Receiver<()>> {
+        let mut live = self.lock_live();
+        let l = live.get(sid)?;
+        if l.identity != identity || l.room != room {
+            return None;
+        }
+        let l = live.remove(sid)?;
+        let (tx, rx) = oneshot::channel();
+        l.ask.send(tx).ok()?;
+        Some(rx)
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// How many sessions are parked now.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -102,6 +178,29 @@ impl Parked {
 }
 
 impl Session {
+    /// Makes this LiveKit session findable by a resume while it is live.
+    pub(super) fn watch_takeover(&mut self) {
+        if !matches!(self.encoding, Encoding::LiveKit { .. }) {
+            return;
+        }
+        let Some(sid) = self.participant.clone() else {
+            return;
+        };
+        let (ask, rx) = oneshot::channel();
+        let parked = &self.state.parked;
+        let generation = parked.generation.fetch_add(1, Ordering::Relaxed);
+        parked.lock_live().insert(
+            sid.clone(),
+            Live {
+                generation,
+                identity: self.grants.identity.clone(),
+                room: self.room.clone(),
+                ask,
+            },
+        );
+        self.takeover.watch = Some((sid, generation, rx));
+    }
+
     /// Parks this session if its client may resume it: a LiveKit session still in its room
     /// (no leave from either side). Its participant then stays until resumed or expired.
     pub(super) fn park(&mut self) {
@@ -135,11 +234,16 @@ impl Session {
         socket: &mut WebSocket,
         sid: &str,
     ) -> Option<ServerMessage> {
-        let Some(parked) = self
-            .state
-            .parked
-            .take(sid, &self.grants.identity, &self.room)
-        else {
+        let (parked, identity) = (&self.state.parked, &self.grants.identity);
+        let mut found = parked.take(sid, identity, &self.room);
+        if found.is_none()
+            && let Some(parking) = parked.ask_live(sid, identity, &self.room)
+        {
+            // Still live: its client noticed the broken connection before the node did.
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, parking).await;
+            found = parked.take(sid, identity, &self.room);
+        }
+        let Some(parked) = found else {
             tracing::info!(room = %self.room, participant = %sid, "nothing to resume: the client reconnects fully");
             return Some(ServerMessage::Migrate {
                 url: String::new(),
