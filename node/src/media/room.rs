@@ -212,6 +212,9 @@ pub struct LocalRoom {
     pub(super) next_recorder: u64,
     /// When participants are next scored (see [`super::room_quality`]).
     pub(super) next_quality: Instant,
+    /// A participant of another worker or node has a new quality since the room last told
+    /// qualities: told with its own at the next [`super::room_quality::PERIOD`].
+    pub(super) remote_quality_changed: bool,
 }
 
 impl LocalRoom {
@@ -243,6 +246,7 @@ impl LocalRoom {
             programs: Vec::new(),
             next_recorder: 0,
             next_quality: now + super::room_quality::PERIOD,
+            remote_quality_changed: false,
         }
     }
 

@@ -324,7 +324,10 @@ impl LocalRoom {
                 });
             }
         }
-        if changed {
+        // Remote changes are coalesced into this period's message: told at once, every
+        // change of every participant on every other node would reach every client, a large
+        // room's audience too.
+        if changed || std::mem::take(&mut self.remote_quality_changed) {
             let remote = self.roster.remote.iter().filter_map(|(sid, r)| {
                 r.quality.as_ref().map(|q| QualityView {
                     participant: sid.clone(),
@@ -346,19 +349,9 @@ impl LocalRoom {
     }
 
     /// A participant of another worker or node has a new quality in its record: the room
-    /// hears it at once.
-    pub(super) fn on_remote_quality(&mut self, sid: &str, quality: &sfu_control::QualityRecord) {
-        let update = QualityView {
-            participant: sid.to_owned(),
-            quality: quality_name(&quality.quality),
-            score: quality.score,
-        };
-        self.broadcast(
-            "",
-            &ServerMessage::ConnectionQuality {
-                updates: vec![update],
-            },
-        );
+    /// tells it with the next period's qualities.
+    pub(super) fn on_remote_quality(&mut self) {
+        self.remote_quality_changed = true;
     }
 }
 
@@ -457,8 +450,8 @@ mod tests {
             3,
             "carol is new"
         );
-        // A participant of another node: its record's quality is told at once, and when it
-        // changes.
+        // A participant of another node: its record's quality is told with the next period's,
+        // and when it changes; not again while it does not.
         let mut record = sfu_control::ParticipantRecord {
             sid: "PA_far".into(),
             identity: "far".into(),
@@ -475,16 +468,29 @@ mod tests {
                 score: 3.9,
             }),
         };
+        let far = |told: &[serde_json::Value]| {
+            told.iter()
+                .flat_map(|m| m["updates"].as_array().unwrap().clone())
+                .filter(|u| u["participant"] == "PA_far")
+                .map(|u| u["quality"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
         r.on_remote_participant(t0, record.clone(), &mut Egress::default());
+        r.tell_quality(t0 + PERIOD * 4, &mut Egress::default());
         let told = messages(&mut alice_rx, "connection_quality");
-        assert_eq!(told[0]["updates"][0]["participant"], "PA_far", "{told:?}");
-        assert_eq!(told[0]["updates"][0]["quality"], "good");
+        assert_eq!(far(&told), ["good"], "{told:?}");
         r.on_remote_participant(t0, record.clone(), &mut Egress::default());
+        r.tell_quality(t0 + PERIOD * 5, &mut Egress::default());
         assert!(messages(&mut alice_rx, "connection_quality").is_empty());
         record.quality.as_mut().unwrap().quality = "poor".into();
+        // Several changes within one period make one message.
+        r.on_remote_participant(t0, record.clone(), &mut Egress::default());
+        record.quality.as_mut().unwrap().score = 2.1;
         r.on_remote_participant(t0, record, &mut Egress::default());
+        r.tell_quality(t0 + PERIOD * 6, &mut Egress::default());
         let told = messages(&mut alice_rx, "connection_quality");
-        assert_eq!(told[0]["updates"][0]["quality"], "poor", "{told:?}");
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(far(&told), ["poor"], "{told:?}");
     }
 
     #[test]

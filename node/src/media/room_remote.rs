@@ -49,8 +49,8 @@ impl LocalRoom {
                 && known.quality != record.quality
             {
                 known.quality.clone_from(&record.quality);
-                if let Some(q) = &record.quality {
-                    self.on_remote_quality(&record.sid, q);
+                if record.quality.is_some() {
+                    self.on_remote_quality();
                 }
             }
             return;
@@ -71,11 +71,11 @@ impl LocalRoom {
             quality: record.quality,
         };
         let view = self.remote_view(&record.sid, &r);
-        let quality = r.quality.clone();
+        let quality = r.quality.is_some();
         self.roster.insert_remote(record.sid.clone(), r);
         self.broadcast("", &ServerMessage::ParticipantJoined { participant: view });
-        if let Some(q) = quality {
-            self.on_remote_quality(&record.sid, &q);
+        if quality {
+            self.on_remote_quality();
         }
     }
 
