@@ -210,17 +210,7 @@ async fn a_room_recording_follows_the_speaker_and_mixes_everyone() {
         (duration - truth).abs() < 1.0,
         "ffprobe says {duration:.2} s, recorded for {truth:.2} s"
     );
-    let decoded = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    let errors = String::from_utf8_lossy(&decoded.stderr);
-    assert!(
-        decoded.status.success() && errors.is_empty(),
-        "decodes cleanly: {errors}"
-    );
+    common::recording::assert_decodes(file, "the room recording");
     // The picture follows the speaker: alice (red), bob (blue), alice again.
     let colours = frame_colours(file);
     let red_frames = colours.matches('r').count();
@@ -414,17 +404,7 @@ async fn a_room_recording_started_before_any_video_gets_it_when_it_comes() {
         (duration - truth).abs() < 1.0,
         "ffprobe says {duration:.2} s, recorded for {truth:.2} s"
     );
-    let decoded = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    let errors = String::from_utf8_lossy(&decoded.stderr);
-    assert!(
-        decoded.status.success() && errors.is_empty(),
-        "decodes cleanly: {errors}"
-    );
+    common::recording::assert_decodes(file, "the room recording");
     // Alice's red picture, from when she published (audio, recorded from the start, keeps
     // the file's clock: a picture put at the start would show red seconds too early).
     let colours = frame_colours(file);
