@@ -163,7 +163,7 @@ fn run_timers(room: &mut Room, now: Instant) {
 }
 
 /// Compound RTCP from a subscriber on `sink`, routed to the core as the node's media worker does
-/// (`room_drive.rs`): PLI/FIR, NACK, TWCC, REMB. Unknown SSRCs fall back to one of the sink's
+/// (`room/drive.rs`): PLI/FIR, NACK, TWCC, REMB. Unknown SSRCs fall back to one of the sink's
 /// subscriptions so that feedback reaches the core more often.
 fn subscriber_rtcp(room: &mut Room, now: Instant, subs: &Subs, sink: SinkId, chunk: &[u8]) {
     let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut Bytes::copy_from_slice(chunk)) else {

@@ -100,7 +100,7 @@ pub enum Effect {
     UserData {
         room: String,
         nodes: Vec<String>,
-        data: super::room_data::UserData,
+        data: super::room::data::UserData,
     },
 }
 

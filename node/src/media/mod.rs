@@ -17,18 +17,7 @@ pub mod peer;
 mod plane;
 mod record;
 mod room;
-mod room_admin;
-mod room_data;
-mod room_drive;
-mod room_metadata;
-mod room_program;
-mod room_publish;
-mod room_quality;
-mod room_record;
-mod room_remote;
-mod room_roles;
-mod room_subscribe;
-pub mod roster;
+pub use room::roster;
 mod rtcp_tap;
 pub mod transport;
 pub mod udp;
@@ -44,8 +33,8 @@ use std::collections::HashMap;
 use tokio::sync::oneshot;
 
 pub use plane::{MediaPlane, worker_of};
-pub use room_data::{MAX_PACKET as MAX_DATA_PACKET, UserData};
-pub use room_metadata::MetadataUpdate;
+pub use room::data::{MAX_PACKET as MAX_DATA_PACKET, UserData};
+pub use room::metadata::MetadataUpdate;
 pub use worker::WorkerConfig;
 
 /// How a participant is connected.

@@ -203,7 +203,7 @@ impl WorkerCore {
             } => {
                 let Some(idx) = self.room_index(now, &room, true) else {
                     let why = "the room could not be opened on this node";
-                    let _ = reply.send(Err(super::room_program::refuse(recorder, why)));
+                    let _ = reply.send(Err(super::room::program::refuse(recorder, why)));
                     return;
                 };
                 let result = self.rooms[idx].start_program(now, recorder, &mut self.out);

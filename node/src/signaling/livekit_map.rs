@@ -50,7 +50,7 @@ pub(super) fn permission(can_publish: bool) -> lk::ParticipantPermission {
     lk::ParticipantPermission {
         can_subscribe: true,
         can_publish,
-        // Data packets are open to every participant, audience too (see media::room_data).
+        // Data packets are open to every participant, audience too (see media::room::data).
         can_publish_data: true,
         ..Default::default()
     }

@@ -202,7 +202,7 @@ pub struct SpeakerView {
     pub level: f32,
 }
 
-/// A participant's connection quality (see `media::room_quality`).
+/// A participant's connection quality (see `media::room::quality`).
 #[derive(Debug, Serialize, Clone, PartialEq)]
 pub struct QualityView {
     pub participant: String,

@@ -367,7 +367,7 @@ impl WorkerCore {
             } => {
                 // For this worker's participants only: not forwarded further.
                 if let Some(idx) = self.room_index(now, &u.room, false) {
-                    let data = crate::media::room_data::UserData {
+                    let data = crate::media::room::data::UserData {
                         sender: u.participant,
                         destinations: u.destinations,
                         reliable: u.reliable,

@@ -1,7 +1,7 @@
 //! A media worker's metrics: its rooms' counters added to the node's, about once a second.
 
 use super::WorkerCore;
-use crate::media::room_drive::EdgeDrops;
+use crate::media::room::drive::EdgeDrops;
 use crate::metrics::Metrics;
 use sfu_core::{DropReason, RoomStats};
 

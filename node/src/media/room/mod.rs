@@ -1,20 +1,34 @@
 //! The part of a room that lives on this node: its participants, their peer connections, the
 //! tracks they publish, and the forwarding core that connects them.
 //!
-//! A [`LocalRoom`] is owned by one media worker and used with `&mut` only. Its methods are
-//! split by concern over several files: this one (membership and events), `room_publish`
-//! (publisher peer connections and their tracks), `room_subscribe` (subscriber peer
-//! connections, negotiation, WHEP sources) and `room_drive` (datagrams, timers and the packet
-//! path).
+//! A [`LocalRoom`] is owned by one media worker and used with `&mut` only. This file holds
+//! membership and events; the other files of this folder hold the rest of the room by concern:
+//! `roster` (who is in the room), `publish` (publisher peer connections and their tracks),
+//! `subscribe` (subscriber peer connections, negotiation, WHEP sources), `remote` (tracks of
+//! other workers and nodes), `drive` (datagrams, timers and the packet path), `roles`, `admin`,
+//! `metadata`, `data`, `quality`, and the recordings the room feeds (`record`, `program`).
+
+mod admin;
+pub(super) mod data;
+pub(super) mod drive;
+pub(super) mod metadata;
+pub(super) mod program;
+mod publish;
+pub(super) mod quality;
+mod record;
+mod remote;
+mod roles;
+pub mod roster;
+mod subscribe;
 
 use super::egress::Egress;
 use super::peer::{Direction, IceCredentials};
-use super::roster::Roster;
-pub(super) use super::roster::{Participant, RemoteParticipant};
 use super::{JoinRequest, Joined, ParticipantKind};
 use crate::signaling::protocol::{
     ErrorCode, ParticipantView, ServerMessage, SignalError, TrackSourceName, TrackView,
 };
+use roster::Roster;
+pub(super) use roster::{Participant, RemoteParticipant};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use sfu_core::{LayerIndex, MediaKind, SubscriptionId, TrackId};
@@ -120,7 +134,7 @@ pub(super) struct Inbound {
     /// SSRC of each layer once its first packet arrived.
     pub ssrcs: Vec<Option<u32>>,
     /// Loss on each layer (connection quality).
-    pub rx: Vec<super::room_quality::RxLoss>,
+    pub rx: Vec<quality::RxLoss>,
 }
 
 impl Inbound {
@@ -173,7 +187,7 @@ pub(super) struct Peer {
     /// The node's own transport (subscriber connections): webrtc-rs only negotiates them.
     pub transport: Option<super::transport::Transport>,
     /// What its receiver reports said (subscriber connections; connection quality).
-    pub quality: super::room_quality::PeerReports,
+    pub quality: quality::PeerReports,
 }
 
 /// See the module documentation.
@@ -181,7 +195,7 @@ pub struct LocalRoom {
     pub(super) name: String,
     pub(super) ctx: Arc<RoomContext>,
     pub(super) core: sfu_core::Room,
-    /// Who is in the room (see [`super::roster`]).
+    /// Who is in the room (see [`roster`]).
     pub(super) roster: Roster,
     /// The layers last asked of the cluster for each remote track.
     pub(super) demand: HashMap<TrackId, Vec<LayerIndex>>,
@@ -203,17 +217,17 @@ pub struct LocalRoom {
     /// Core counters already added to the metrics.
     pub reported: sfu_core::RoomStats,
     /// Packets dropped at the edge of the room, and those already reported.
-    pub drops: super::room_drive::EdgeDrops,
-    pub reported_drops: super::room_drive::EdgeDrops,
-    /// Recordings fed by this room (see [`super::room_record`]); they keep it open.
-    pub(super) recorders: Vec<super::room_record::TrackRecorder>,
-    /// Room recordings fed by this room (see [`super::room_program`]); they keep it open.
-    pub(super) programs: Vec<super::room_program::RoomProgram>,
+    pub drops: drive::EdgeDrops,
+    pub reported_drops: drive::EdgeDrops,
+    /// Recordings fed by this room (see [`record`]); they keep it open.
+    pub(super) recorders: Vec<record::TrackRecorder>,
+    /// Room recordings fed by this room (see [`program`]); they keep it open.
+    pub(super) programs: Vec<program::RoomProgram>,
     pub(super) next_recorder: u64,
-    /// When participants are next scored (see [`super::room_quality`]).
+    /// When participants are next scored (see [`quality`]).
     pub(super) next_quality: Instant,
     /// A participant of another worker or node has a new quality since the room last told
-    /// qualities: told with its own at the next [`super::room_quality::PERIOD`].
+    /// qualities: told with its own at the next [`quality::PERIOD`].
     pub(super) remote_quality_changed: bool,
 }
 
@@ -245,7 +259,7 @@ impl LocalRoom {
             recorders: Vec::new(),
             programs: Vec::new(),
             next_recorder: 0,
-            next_quality: now + super::room_quality::PERIOD,
+            next_quality: now + quality::PERIOD,
             remote_quality_changed: false,
         }
     }
@@ -363,7 +377,7 @@ impl LocalRoom {
     /// Adds a participant. A second session with the same identity replaces the first, as
     /// users who reload a page expect. Work here does not grow with the room: the roster sent
     /// back is the announced part of it, and an audience member of a large room is told to no
-    /// one (see [`super::roster`]).
+    /// one (see [`roster`]).
     pub fn join(
         &mut self,
         now: Instant,
@@ -372,7 +386,7 @@ impl LocalRoom {
     ) -> Result<Joined, SignalError> {
         let identity = request.grants.identity.clone();
         let g = &request.grants;
-        super::room_metadata::check_sizes(&g.name, &g.metadata, &g.attributes)
+        metadata::check_sizes(&g.name, &g.metadata, &g.attributes)
             .map_err(|e| SignalError::new(e.code, format!("the access token: {}", e.message)))?;
         self.end_replaced(now, &identity, &request.kind, out);
         if self.ctx.max_participants > 0 && self.roster.local.len() >= self.ctx.max_participants {

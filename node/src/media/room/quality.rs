@@ -20,7 +20,7 @@
 //! EXCELLENT above 80, GOOD above 40, POOR above 20, LOST below. A window with nothing to
 //! judge (nothing published or reported) keeps the score, as LiveKit keeps muted tracks'.
 
-use super::room::LocalRoom;
+use crate::media::room::LocalRoom;
 use crate::signaling::protocol::{QualityView, ServerMessage};
 use sfu_core::MediaKind;
 use std::time::{Duration, Instant};
@@ -255,7 +255,11 @@ fn packet_score(loss_effect: f64, rtt_ms: f64, jitter_ms: f64) -> f64 {
 impl LocalRoom {
     /// Every [`PERIOD`]: scores each participant here, then tells everyone the qualities of
     /// the announced ones (one message, encoded once) and each unannounced one its own.
-    pub(super) fn tell_quality(&mut self, now: Instant, out: &mut super::egress::Egress) {
+    pub(in crate::media) fn tell_quality(
+        &mut self,
+        now: Instant,
+        out: &mut crate::media::egress::Egress,
+    ) {
         if now < self.next_quality {
             return;
         }
@@ -293,7 +297,7 @@ impl LocalRoom {
         }
         // Told only when something changed (a quality, or someone not told yet), so that a
         // steady room, or a large room's audience, costs no messages.
-        let view = |p: &super::room::Participant| QualityView {
+        let view = |p: &crate::media::room::Participant| QualityView {
             participant: p.sid.clone(),
             quality: p.quality.quality(),
             score: p.quality.mos(),
@@ -318,10 +322,11 @@ impl LocalRoom {
         }
         for sid in write {
             if let Some(p) = self.roster.local.get(&sid) {
-                out.effects.push(super::egress::Effect::ParticipantUpdated {
-                    room: self.name.clone(),
-                    record: self.participant_record(p),
-                });
+                out.effects
+                    .push(crate::media::egress::Effect::ParticipantUpdated {
+                        room: self.name.clone(),
+                        record: self.participant_record(p),
+                    });
             }
         }
         // Remote changes are coalesced into this period's message: told at once, every
@@ -350,7 +355,7 @@ impl LocalRoom {
 
     /// A participant of another worker or node has a new quality in its record: the room
     /// tells it with the next period's qualities.
-    pub(super) fn on_remote_quality(&mut self) {
+    pub(in crate::media) fn on_remote_quality(&mut self) {
         self.remote_quality_changed = true;
     }
 }
@@ -407,7 +412,7 @@ mod tests {
 
     #[test]
     fn qualities_are_told_when_they_change_or_someone_was_not_told_yet() {
-        use super::super::room_metadata::tests::{join, messages, room};
+        use crate::media::room::metadata::tests::{join, messages, room};
         let t0 = Instant::now();
         let mut r = room(t0);
         let (alice, mut alice_rx) = join(&mut r, t0, "alice", false, "");

@@ -1,11 +1,11 @@
 //! Subscriber peer connections: which tracks they carry, the node-initiated offer/answer for
 //! WebSocket clients, and source selection for WHEP players.
 
-use super::ParticipantKind;
-use super::egress::Egress;
-use super::peer::{Direction, add_host_candidates};
-use super::room::{LocalRoom, Outbound};
-use super::room_publish::{internal, invalid_sdp};
+use crate::media::ParticipantKind;
+use crate::media::egress::Egress;
+use crate::media::peer::{Direction, add_host_candidates};
+use crate::media::room::publish::{internal, invalid_sdp};
+use crate::media::room::{LocalRoom, Outbound};
 use crate::signaling::protocol::{ErrorCode, SectionTrack, ServerMessage, SignalError};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -29,7 +29,7 @@ fn sha256_fingerprint(sdp: &str) -> Option<String> {
 
 /// Hands the peer's certificate fingerprint to the node's transport of its connection; true
 /// if that connected it (the handshake had finished before the answer arrived).
-fn set_fingerprint(peer: &mut super::room::Peer, sdp: &str) -> Result<bool, SignalError> {
+fn set_fingerprint(peer: &mut crate::media::room::Peer, sdp: &str) -> Result<bool, SignalError> {
     let Some(t) = &mut peer.transport else {
         return Ok(false);
     };
@@ -102,7 +102,7 @@ impl LocalRoom {
         now: Instant,
         sid: &str,
         track: &str,
-        settings: super::TrackSettings,
+        settings: crate::media::TrackSettings,
     ) -> Result<(), SignalError> {
         let id: TrackId = track.parse().map_err(|_| {
             SignalError::new(
@@ -132,12 +132,12 @@ impl LocalRoom {
 
     /// Turns a client's settings into the forwarding core's: the rendered height picks the
     /// highest useful simulcast layer.
-    pub(super) fn apply_settings(
+    pub(in crate::media) fn apply_settings(
         &mut self,
         now: Instant,
         subscription: sfu_core::SubscriptionId,
         track: TrackId,
-        settings: super::TrackSettings,
+        settings: crate::media::TrackSettings,
     ) {
         let default_max = self.ctx.default_max_layer;
         let Some(t) = self.core.track(track) else {
@@ -158,7 +158,12 @@ impl LocalRoom {
     }
 
     /// Subscribes interested participants to a newly published track.
-    pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
+    pub(in crate::media) fn on_track_published(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        out: &mut Egress,
+    ) {
         let owner = self.tracks.get(&track).map(|t| t.owner.clone());
         let auto: Vec<String> = self
             .roster
@@ -265,7 +270,7 @@ impl LocalRoom {
         });
         if let Some(mut t) = transceiver.and_then(|t| peer.pc.rtp_transceiver(t)) {
             // Only the track's codec: see `peer::codecs_for`.
-            let preferred = super::peer::codecs_for(&codec_mime);
+            let preferred = crate::media::peer::codecs_for(&codec_mime);
             if let Err(e) = t.set_codec_preferences(preferred) {
                 tracing::debug!(room = %self.name, "codec preferences: {e}");
             }
@@ -303,7 +308,11 @@ impl LocalRoom {
 
     /// Sends a new offer to the client if its subscriber connection changed and no offer is
     /// outstanding (changes made meanwhile go into the next offer, after the answer).
-    pub(super) fn negotiate(&mut self, now: Instant, sid: &str) -> Result<(), SignalError> {
+    pub(in crate::media) fn negotiate(
+        &mut self,
+        now: Instant,
+        sid: &str,
+    ) -> Result<(), SignalError> {
         let Some(key) = self.roster.local.get(sid).and_then(|p| p.subscriber) else {
             return Ok(());
         };
@@ -384,7 +393,7 @@ impl LocalRoom {
         for o in &mut peer.outbound {
             o.negotiated = true;
         }
-        let params = super::peer::sink_params(&mut peer.pc);
+        let params = crate::media::peer::sink_params(&mut peer.pc);
         tracing::debug!(room = %self.name, participant = %sid, ?params, "subscriber congestion control");
         self.core.set_sink(SinkId(key as u64), params);
         if connected_now {
@@ -397,7 +406,7 @@ impl LocalRoom {
     }
 
     /// Creates forwarding-core subscriptions for negotiated sections of a connected peer.
-    pub(super) fn attach_subscriptions(&mut self, now: Instant, key: usize) {
+    pub(in crate::media) fn attach_subscriptions(&mut self, now: Instant, key: usize) {
         let default_max_layer = self.ctx.default_max_layer;
         let Some(peer) = self.peers.get_mut(key) else {
             return;
@@ -448,7 +457,7 @@ impl LocalRoom {
     }
 
     /// A subscription ended because its track went away.
-    pub(super) fn on_subscription_ended(
+    pub(in crate::media) fn on_subscription_ended(
         &mut self,
         now: Instant,
         key: usize,
@@ -513,7 +522,7 @@ impl LocalRoom {
                 "the offer has no a=fingerprint:sha-256 line",
             )
         })?;
-        let offer = super::room_publish::client_offer(sdp)?;
+        let offer = crate::media::room::publish::client_offer(sdp)?;
         let key = self.create_peer(now, sid, Direction::Subscribe)?;
         if let Some(t) = &mut self.peers[key].transport
             && let Err(e) = t.set_remote_fingerprint(&fingerprint)
@@ -599,7 +608,7 @@ impl LocalRoom {
         peer.pc
             .set_local_description(now, answer)
             .map_err(invalid_sdp)?;
-        let params = super::peer::sink_params(&mut peer.pc);
+        let params = crate::media::peer::sink_params(&mut peer.pc);
         let sdp = peer
             .pc
             .local_description()
@@ -612,7 +621,7 @@ impl LocalRoom {
     /// Points every connected WHEP player at its source: the publisher it asked for, or the
     /// publisher that joined first. A player whose source leaves moves to the next one without
     /// a break in its RTP streams.
-    pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
+    pub(in crate::media) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
         let players: Vec<(String, Option<String>, usize)> = self
             .roster
             .local
@@ -756,13 +765,13 @@ fn rtx_for(
 fn red_for(
     pc: &mut rtc::peer_connection::RTCPeerConnection,
     sender: RTCRtpSenderId,
-    track: &super::room::Published,
+    track: &crate::media::room::Published,
 ) -> Option<u8> {
     if track.kind != MediaKind::Audio || track.red_payload_type.is_none() {
         return None;
     }
     let mut s = pc.rtp_sender(sender)?;
-    super::peer::red_payload_type(&s.get_parameters().rtp_parameters.codecs)
+    crate::media::peer::red_payload_type(&s.get_parameters().rtp_parameters.codecs)
 }
 
 /// The payload type a subscriber negotiated on a sender for a codec (matching MIME type, and

@@ -2,10 +2,10 @@
 
 mod simulcast;
 
-use super::egress::Effect;
-use super::egress::Egress;
-use super::peer::{Direction, add_host_candidates};
-use super::room::{Inbound, LocalRoom, Origin, Published};
+use crate::media::egress::Effect;
+use crate::media::egress::Egress;
+use crate::media::peer::{Direction, add_host_candidates};
+use crate::media::room::{Inbound, LocalRoom, Origin, Published};
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError, TrackSourceName};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// RFC 6464 client-to-mixer audio level.
-pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub(in crate::media) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
-pub(super) fn core_source(s: TrackSourceName) -> TrackSource {
+pub(in crate::media) fn core_source(s: TrackSourceName) -> TrackSource {
     match s {
         TrackSourceName::Camera => TrackSource::Camera,
         TrackSourceName::Microphone => TrackSource::Microphone,
@@ -27,7 +27,7 @@ pub(super) fn core_source(s: TrackSourceName) -> TrackSource {
 
 impl LocalRoom {
     /// The registry record of a track published here.
-    pub(super) fn track_record(&self, p: &Published) -> sfu_control::TrackRecord {
+    pub(in crate::media) fn track_record(&self, p: &Published) -> sfu_control::TrackRecord {
         let view = p.view();
         sfu_control::TrackRecord {
             track: p.id.to_string(),
@@ -48,7 +48,7 @@ impl LocalRoom {
 }
 
 /// The clock rate of a published track (codec default when SDP gave none).
-pub(super) fn info_clock(p: &Published) -> u32 {
+pub(in crate::media) fn info_clock(p: &Published) -> u32 {
     if p.rtc_codec.clock_rate > 0 {
         p.rtc_codec.clock_rate
     } else {
@@ -56,7 +56,7 @@ pub(super) fn info_clock(p: &Published) -> u32 {
     }
 }
 
-pub(super) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
+pub(in crate::media) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::InvalidSdp, format!("invalid SDP: {e}"))
 }
 
@@ -71,7 +71,7 @@ pub const MAX_RIDS_PER_SECTION: usize = 4;
 
 /// A client's offer, refused before it is parsed if it asks for more than the node gives any
 /// client (see [`MAX_OFFERED_SECTIONS`]).
-pub(super) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalError> {
+pub(in crate::media) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalError> {
     let (mut sections, mut rids) = (0usize, 0usize);
     for line in sdp.lines() {
         if line.starts_with("m=") {
@@ -96,7 +96,7 @@ pub(super) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalE
     RTCSessionDescription::offer(sdp).map_err(invalid_sdp)
 }
 
-pub(super) fn internal(e: impl std::fmt::Display) -> SignalError {
+pub(in crate::media) fn internal(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::Internal, e.to_string())
 }
 
@@ -123,7 +123,7 @@ fn is_media_codec(mime: &str) -> bool {
 
 /// Orders simulcast RIDs from lowest to highest quality. Browsers and SDKs use `q/h/f`
 /// (quarter, half, full) or `l/m/h` (low, mid, high); other names keep their SDP order.
-pub(super) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
+pub(in crate::media) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
     let lmh = rids.iter().any(|r| r == "l" || r == "m");
     let rank = |rid: &str| -> usize {
         match rid.to_ascii_lowercase().as_str() {
@@ -284,7 +284,7 @@ impl LocalRoom {
                 .iter()
                 .find(|h| h.uri == AUDIO_LEVEL_URI)
                 .and_then(|h| u8::try_from(h.id).ok());
-            let red_payload_type = super::peer::red_payload_type(&params.codecs);
+            let red_payload_type = crate::media::peer::red_payload_type(&params.codecs);
             found.push(Offered {
                 rtc_track,
                 kind,
@@ -408,13 +408,18 @@ impl LocalRoom {
     }
 
     /// Ends a track: its subscriptions, its place in the publisher's list, its announcement.
-    pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
+    pub(in crate::media) fn unpublish_track(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        out: &mut Egress,
+    ) {
         self.release_program_track(now, track);
         let Some(published) = self.tracks.remove(&track) else {
             return;
         };
         for (subscription, sink) in self.core.remove_track(track) {
-            if super::room_record::is_recorder(sink) {
+            if crate::media::room::record::is_recorder(sink) {
                 self.recording_ended(sink);
             } else if sfu_relay::core::decode_sink(sink).is_none() {
                 self.on_subscription_ended(now, sink.0 as usize, subscription, out);

@@ -6,8 +6,8 @@
 //! a node it feeds) wants it, and only the layers they need; the forwarding core gets the
 //! track when the first flow is accepted ([`LocalRoom::on_feeding`]).
 
-use super::egress::{Effect, Egress};
-use super::room::{LocalRoom, Origin, Published, RemoteParticipant};
+use crate::media::egress::{Effect, Egress};
+use crate::media::room::{LocalRoom, Origin, Published, RemoteParticipant};
 use crate::signaling::protocol::{ServerMessage, TrackSourceName};
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use sfu_control::{ParticipantRecord, TrackRecord};
@@ -88,7 +88,7 @@ impl LocalRoom {
     }
 
     /// This worker's name: `node#wN`.
-    pub(super) fn own_name(&self) -> String {
+    pub(in crate::media) fn own_name(&self) -> String {
         sfu_control::records::worker_key(&self.ctx.node_id, self.ctx.worker as u16)
     }
 
@@ -112,7 +112,7 @@ impl LocalRoom {
     /// worker of this one) from: another node's tracks come through the room's home worker,
     /// the only one of this node that pulls them from other nodes.
     fn pull_from(&self, origin: &str) -> String {
-        let home = super::plane::home_worker(&self.name, self.ctx.workers);
+        let home = crate::media::plane::home_worker(&self.name, self.ctx.workers);
         if origin.contains('#') || home == self.ctx.worker {
             origin.to_owned()
         } else {
@@ -303,7 +303,7 @@ impl LocalRoom {
     /// Tells the cluster which layers of each remote track local subscribers need, at most
     /// every [`DEMAND_PERIOD`]: what the allocator wants changes with bandwidth estimates, and
     /// a room's deadlines fire far more often than that (every peer's timers).
-    pub(super) fn refresh_demand_periodic(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn refresh_demand_periodic(&mut self, now: Instant, out: &mut Egress) {
         if now >= self.next_demand {
             self.refresh_demand(now, out);
         }
@@ -311,7 +311,7 @@ impl LocalRoom {
 
     /// Tells the cluster which layers of each remote track local subscribers need now. One
     /// pass over the peers, however many remote tracks.
-    pub(super) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
         self.next_demand = now + DEMAND_PERIOD;
         let remote: Vec<(TrackId, String, usize)> = self
             .tracks
@@ -415,11 +415,11 @@ fn remote_track_info(p: &Published) -> TrackInfo {
         p.id,
         p.kind,
         Codec::from_mime(&p.rtc_codec.mime_type),
-        super::room_publish::info_clock(p),
+        crate::media::room::publish::info_clock(p),
         p.rids.len().max(1),
     );
     info.participant = Arc::from(p.owner.as_str());
-    info.source = super::room_publish::core_source(p.source);
+    info.source = crate::media::room::publish::core_source(p.source);
     info.local = false;
     info.audio_levels = p.audio_levels;
     info.red_payload_type = p.red_payload_type;

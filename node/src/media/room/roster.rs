@@ -17,7 +17,7 @@
 //! per node and encoded once for all of them. Lookups by identity go through an index, never a
 //! scan of the room.
 
-use super::ParticipantKind;
+use crate::media::ParticipantKind;
 use crate::signaling::protocol::{HandView, ParticipantCounts, Permissions, ServerMessage};
 use crate::signaling::{Events, Outbound};
 use axum::extract::ws::Utf8Bytes;
@@ -30,7 +30,7 @@ use std::time::Instant;
 pub const DEFAULT_LARGE_ROOM_THRESHOLD: u32 = 50;
 
 /// A participant connected to this node.
-pub(super) struct Participant {
+pub(in crate::media) struct Participant {
     pub sid: String,
     pub identity: String,
     pub name: String,
@@ -57,19 +57,19 @@ pub(super) struct Participant {
     pub sources: HashMap<String, crate::signaling::protocol::TrackSourceName>,
     /// Sids announced before publishing, by msid track id (see `Command::Publish`).
     pub track_sids: HashMap<String, TrackId>,
-    /// Its data channels and data budget (see [`super::room_data`]).
-    pub data: super::room_data::DataState,
+    /// Its data channels and data budget (see [`crate::media::room::data`]).
+    pub data: crate::media::room::data::DataState,
     /// When its last hand change or count request was accepted (each rate-limited).
     pub last_hand: Option<Instant>,
     pub last_count_request: Option<Instant>,
-    /// Its metadata and attributes (see [`super::room_metadata`]), whether it may change
+    /// Its metadata and attributes (see [`crate::media::room::metadata`]), whether it may change
     /// them itself, and how many changes it may make now.
     pub metadata: String,
     pub attributes: BTreeMap<String, String>,
     pub can_update_metadata: bool,
-    pub metadata_budget: super::room_metadata::Budget,
-    /// Its connection quality (see [`super::room_quality`]).
-    pub quality: super::room_quality::Score,
+    pub metadata_budget: crate::media::room::metadata::Budget,
+    /// Its connection quality (see [`crate::media::room::quality`]).
+    pub quality: crate::media::room::quality::Score,
 }
 
 impl Participant {
@@ -101,7 +101,7 @@ impl Participant {
 }
 
 /// An announced participant of this room connected to another node.
-pub(super) struct RemoteParticipant {
+pub(in crate::media) struct RemoteParticipant {
     pub identity: String,
     pub name: String,
     pub node: String,
@@ -113,12 +113,12 @@ pub(super) struct RemoteParticipant {
     pub tracks: Vec<TrackId>,
     pub metadata: String,
     pub attributes: BTreeMap<String, String>,
-    /// Its connection quality, as its record last said (see [`super::room_quality`]).
+    /// Its connection quality, as its record last said (see [`crate::media::room::quality`]).
     pub quality: Option<sfu_control::QualityRecord>,
 }
 
 /// See the module documentation.
-pub(super) struct Roster {
+pub(in crate::media) struct Roster {
     /// Participants connected here, by sid.
     pub local: HashMap<String, Participant>,
     /// Announced participants on other nodes, by sid.
@@ -417,7 +417,7 @@ fn unindex(index: &mut HashMap<String, Vec<String>>, identity: &str, sid: &str) 
     }
 }
 
-pub(super) fn hand_view(h: &HandRecord) -> HandView {
+pub(in crate::media) fn hand_view(h: &HandRecord) -> HandView {
     HandView {
         sid: h.sid.clone(),
         identity: h.identity.clone(),
@@ -427,7 +427,7 @@ pub(super) fn hand_view(h: &HandRecord) -> HandView {
 }
 
 /// A server message as the text frame every recipient gets.
-pub(super) fn encode(message: &ServerMessage) -> Utf8Bytes {
+pub(in crate::media) fn encode(message: &ServerMessage) -> Utf8Bytes {
     // Our messages always serialise.
     Utf8Bytes::from(serde_json::to_string(message).unwrap_or_default())
 }

@@ -6,8 +6,8 @@
 //! pulled for it like for any local subscriber ([`LocalRoom::refresh_demand`] counts it). The
 //! packet path adds one check of a bit in the sink id for ordinary subscribers.
 
-use super::egress::Egress;
-use super::room::LocalRoom;
+use crate::media::egress::Egress;
+use crate::media::room::LocalRoom;
 use crate::recording::Recorder;
 use crate::signaling::protocol::{ErrorCode, SignalError};
 use sfu_core::{Packet, PacketEdits, SinkId, SubscriptionId, SubscriptionSettings, TrackId};
@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 
 /// Sink ids of recordings carry this bit (peer connections' are slab keys; relay links'
 /// carry the top bit).
-pub(super) const RECORDER_BIT: u64 = 1 << 62;
+pub(in crate::media) const RECORDER_BIT: u64 = 1 << 62;
 
 /// Whether a sink is a recording.
-pub(super) fn is_recorder(sink: SinkId) -> bool {
+pub(in crate::media) fn is_recorder(sink: SinkId) -> bool {
     sink.0 & RECORDER_BIT != 0 && sfu_relay::core::decode_sink(sink).is_none()
 }
 
 /// A recording fed by this room.
-pub(super) struct TrackRecorder {
+pub(in crate::media) struct TrackRecorder {
     sink: SinkId,
-    pub(super) track: TrackId,
+    pub(in crate::media) track: TrackId,
     subscription: SubscriptionId,
     recorder: Recorder,
     video: bool,
@@ -46,22 +46,27 @@ const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
 /// asked for too, so a loss the cache cannot repair damages the picture for a moment rather
 /// than until the publisher's next keyframe. Per packet: a few comparisons.
 #[derive(Default)]
-pub(super) struct LossWatch {
+pub(in crate::media) struct LossWatch {
     next: Option<u16>,
     keyframe_asked: Option<Instant>,
 }
 
 /// What to ask for after a gap.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Loss {
-    pub(super) lost: Vec<u16>,
-    pub(super) keyframe: bool,
+pub(in crate::media) struct Loss {
+    pub(in crate::media) lost: Vec<u16>,
+    pub(in crate::media) keyframe: bool,
 }
 
 impl LossWatch {
     /// A packet with sequence number `seq` was forwarded: the packets it shows missing.
     /// Late and retransmitted packets (behind the next expected) are no news.
-    pub(super) fn on_packet(&mut self, now: Instant, seq: u16, video: bool) -> Option<Loss> {
+    pub(in crate::media) fn on_packet(
+        &mut self,
+        now: Instant,
+        seq: u16,
+        video: bool,
+    ) -> Option<Loss> {
         let Some(next) = self.next else {
             self.next = Some(seq.wrapping_add(1));
             return None;
@@ -89,7 +94,7 @@ impl LossWatch {
 
     /// The recording's pipeline asked for a keyframe (its depayloader after a loss, or a
     /// live output's decoder): asked of the publisher, paced as after a gap.
-    pub(super) fn keyframe_wanted(&mut self, now: Instant) -> Option<Loss> {
+    pub(in crate::media) fn keyframe_wanted(&mut self, now: Instant) -> Option<Loss> {
         let due = self
             .keyframe_asked
             .is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY);
@@ -193,7 +198,7 @@ impl LocalRoom {
 
     /// A packet the core forwarded to a recording: handed to its thread. A recording whose
     /// thread is gone (it failed) stops being fed.
-    pub(super) fn record(
+    pub(in crate::media) fn record(
         &mut self,
         now: Instant,
         sink: SinkId,
@@ -222,7 +227,12 @@ impl LocalRoom {
     }
 
     /// Asks the forwarding core for what a recording's subscription lost (see [`LossWatch`]).
-    pub(super) fn repair(&mut self, now: Instant, subscription: SubscriptionId, loss: Loss) {
+    pub(in crate::media) fn repair(
+        &mut self,
+        now: Instant,
+        subscription: SubscriptionId,
+        loss: Loss,
+    ) {
         tracing::debug!(room = %self.name, lost = loss.lost.len(), keyframe = loss.keyframe, "a recording lost packets");
         if !loss.lost.is_empty() {
             self.core.handle_nack(now, subscription, &loss.lost);
@@ -233,7 +243,7 @@ impl LocalRoom {
     }
 
     /// The track of a recording went away (unpublished, or its node left): it ends.
-    pub(super) fn recording_ended(&mut self, sink: SinkId) {
+    pub(in crate::media) fn recording_ended(&mut self, sink: SinkId) {
         if let Some(i) = self.recorders.iter().position(|r| r.sink == sink) {
             let r = self.recorders.swap_remove(i);
             r.recorder.end("the track was unpublished");
@@ -243,7 +253,7 @@ impl LocalRoom {
     }
 
     /// Recorded tracks (one entry per recording), for the demand on remote tracks.
-    pub(super) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+    pub(in crate::media) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
         self.recorders
             .iter()
             .map(|r| r.track)

@@ -11,8 +11,8 @@
 //! who sees the participant, and the record is part of every joiner's roster: LiveKit allows
 //! tens of kilobytes; a participant's name, avatar and status fit in far less.
 
-use super::egress::{Effect, Egress};
-use super::room::LocalRoom;
+use crate::media::egress::{Effect, Egress};
+use crate::media::room::LocalRoom;
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -157,13 +157,13 @@ impl LocalRoom {
     /// else its WHIP publisher.
     fn session_of(&self, identity: &str) -> Result<String, SignalError> {
         let sids = self.roster.sids_of(identity);
-        let of_kind = |kind: super::ParticipantKind| {
+        let of_kind = |kind: crate::media::ParticipantKind| {
             sids.iter()
                 .find(|sid| self.roster.local.get(*sid).is_some_and(|p| p.kind == kind))
                 .cloned()
         };
-        of_kind(super::ParticipantKind::Client)
-            .or_else(|| of_kind(super::ParticipantKind::Whip))
+        of_kind(crate::media::ParticipantKind::Client)
+            .or_else(|| of_kind(crate::media::ParticipantKind::Whip))
             .ok_or_else(|| {
                 SignalError::new(
                     ErrorCode::NotFound,
@@ -174,7 +174,7 @@ impl LocalRoom {
 
     /// A remote participant's record changed its name, metadata or attributes: whether it
     /// did (the caller tells the room).
-    pub(super) fn remote_profile_changed(
+    pub(in crate::media) fn remote_profile_changed(
         &mut self,
         record: &sfu_control::ParticipantRecord,
     ) -> bool {
@@ -195,11 +195,11 @@ impl LocalRoom {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use super::super::room::RoomContext;
-    use super::super::{JoinRequest, ParticipantKind};
+pub(in crate::media) mod tests {
     use super::*;
     use crate::auth::Grants;
+    use crate::media::room::RoomContext;
+    use crate::media::{JoinRequest, ParticipantKind};
     use crate::signaling::Outbound;
     use std::sync::Arc;
 
@@ -211,7 +211,7 @@ pub(super) mod tests {
             max_participants: 0,
             default_max_layer: 2,
             large_room_threshold: 50,
-            certificate: super::super::peer::worker_certificate().unwrap(),
+            certificate: crate::media::peer::worker_certificate().unwrap(),
             crypto: rtc::crypto::default_provider().unwrap(),
             worker: 0,
             workers: 1,

@@ -8,8 +8,8 @@
 //! to the packet's destination identities only if it names some. Packets are bounded in size
 //! and, per participant, in rate; what is refused is counted (`EdgeDrops`), never queued.
 
-use super::egress::{Effect, Egress};
-use super::room::LocalRoom;
+use crate::media::egress::{Effect, Egress};
+use crate::media::room::LocalRoom;
 use livekit_protocol as lk;
 use prost::Message as _;
 use rtc::data_channel::{RTCDataChannelId, RTCDataChannelMessage};
@@ -105,7 +105,7 @@ impl UserData {
 
 impl LocalRoom {
     /// A data channel of a participant's publisher connection opened.
-    pub(super) fn on_data_channel_open(&mut self, key: usize, id: RTCDataChannelId) {
+    pub(in crate::media) fn on_data_channel_open(&mut self, key: usize, id: RTCDataChannelId) {
         let peer = &mut self.peers[key];
         let Some(label) = peer.pc.data_channel(id).map(|c| c.label().to_owned()) else {
             return;
@@ -122,7 +122,7 @@ impl LocalRoom {
 
     /// A message on a participant's data channel: checked, rewritten with its sender, and
     /// delivered to the room.
-    pub(super) fn on_data_message(
+    pub(in crate::media) fn on_data_message(
         &mut self,
         now: Instant,
         key: usize,

@@ -1,9 +1,9 @@
 //! What administrators (through the control plane) and draining do to a room: remove
 //! participants, mute tracks, change subscriptions, send participants elsewhere.
 
-use super::ParticipantKind;
-use super::egress::{Effect, Egress};
-use super::room::{LocalRoom, Origin};
+use crate::media::ParticipantKind;
+use crate::media::egress::{Effect, Egress};
+use crate::media::room::{LocalRoom, Origin};
 use crate::signaling::protocol::{ErrorCode, ServerMessage, SignalError};
 use sfu_control::ParticipantRecord;
 use sfu_core::TrackId;
@@ -58,7 +58,7 @@ impl LocalRoom {
     /// The `joined_ms` of a session joining now: the wall clock, but later than any session
     /// with this identity and kind on other nodes, so that the node holding the older one ends
     /// it (see [`LocalRoom::end_superseded`]) even if its clock runs ahead of ours.
-    pub(super) fn join_time(&self, identity: &str, kind: &ParticipantKind) -> u64 {
+    pub(in crate::media) fn join_time(&self, identity: &str, kind: &ParticipantKind) -> u64 {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -72,7 +72,7 @@ impl LocalRoom {
     /// A session joined on another node: a local session with its identity and kind that
     /// joined before it (by `joined_ms`, then sid) ends, as a reload on the same node would
     /// end it. Both nodes see both records and judge them alike, so exactly one stays.
-    pub(super) fn end_superseded(
+    pub(in crate::media) fn end_superseded(
         &mut self,
         now: Instant,
         record: &ParticipantRecord,

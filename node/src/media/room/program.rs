@@ -11,9 +11,9 @@
 //! unpublished meanwhile); tracks published on other nodes are pulled like for any local
 //! subscriber ([`LocalRoom::refresh_demand`] counts them).
 
-use super::egress::Egress;
-use super::room::LocalRoom;
-use super::room_record::{LossWatch, RECORDER_BIT};
+use crate::media::egress::Egress;
+use crate::media::room::LocalRoom;
+use crate::media::room::record::{LossWatch, RECORDER_BIT};
 use crate::recording::ProgramRecorder;
 use crate::recording::program::{AUDIO_PT, VIDEO_PT};
 use crate::signaling::protocol::{ErrorCode, SignalError, TrackSourceName};
@@ -35,7 +35,7 @@ struct Feed {
 }
 
 /// A room recording fed by this room.
-pub(super) struct RoomProgram {
+pub(in crate::media) struct RoomProgram {
     recorder: ProgramRecorder,
     video: Option<Feed>,
     /// When the video last switched.
@@ -43,7 +43,7 @@ pub(super) struct RoomProgram {
     audio: Vec<Feed>,
 }
 
-fn codec_is(p: &super::room::Published, codec: &str) -> bool {
+fn codec_is(p: &crate::media::room::Published, codec: &str) -> bool {
     p.rtc_codec
         .mime_type
         .rsplit('/')
@@ -118,7 +118,7 @@ impl LocalRoom {
         current: Option<TrackId>,
         except: Option<TrackId>,
     ) -> Option<TrackId> {
-        let videos: Vec<&super::room::Published> = {
+        let videos: Vec<&crate::media::room::Published> = {
             let mut v: Vec<_> = self
                 .tracks
                 .values()
@@ -155,7 +155,7 @@ impl LocalRoom {
 
     /// Brings every room recording in line with the room: its video on the track to show,
     /// one audio branch per Opus track.
-    pub(super) fn steer_programs(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn steer_programs(&mut self, now: Instant, out: &mut Egress) {
         if self.programs.is_empty() {
             return;
         }
@@ -257,7 +257,7 @@ impl LocalRoom {
     /// A track is about to be unpublished: room recordings showing it move to another now,
     /// while their subscription still exists, so the file's video stream goes on with
     /// continuous sequence numbers and timestamps (a new subscription would start another).
-    pub(super) fn release_program_track(&mut self, now: Instant, track: TrackId) {
+    pub(in crate::media) fn release_program_track(&mut self, now: Instant, track: TrackId) {
         for i in 0..self.programs.len() {
             let Some(f) = &self.programs[i].video else {
                 continue;
@@ -288,7 +288,12 @@ impl LocalRoom {
     }
 
     /// Stops a room recording fed here; false if there is none with this id.
-    pub(super) fn stop_program(&mut self, now: Instant, id: &str, out: &mut Egress) -> bool {
+    pub(in crate::media) fn stop_program(
+        &mut self,
+        now: Instant,
+        id: &str,
+        out: &mut Egress,
+    ) -> bool {
         let Some(i) = self.programs.iter().position(|p| p.recorder.id() == id) else {
             return false;
         };
@@ -306,7 +311,7 @@ impl LocalRoom {
     }
 
     /// A packet the core forwarded to a sink of a room recording. True if it was one.
-    pub(super) fn record_program(
+    pub(in crate::media) fn record_program(
         &mut self,
         now: Instant,
         sink: SinkId,
@@ -348,7 +353,7 @@ impl LocalRoom {
 
     /// A track feeding a room recording went away: its branch leaves the mix, or the video
     /// waits for the next steering. True if the sink was one of a room recording.
-    pub(super) fn program_track_ended(&mut self, sink: SinkId) -> bool {
+    pub(in crate::media) fn program_track_ended(&mut self, sink: SinkId) -> bool {
         for p in &mut self.programs {
             if p.video.as_ref().is_some_and(|f| f.sink == sink) {
                 p.video = None;
@@ -365,14 +370,14 @@ impl LocalRoom {
     }
 
     /// Tracks fed to room recordings, for the demand on remote tracks.
-    pub(super) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+    pub(in crate::media) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
         self.programs
             .iter()
             .flat_map(|p| p.video.iter().chain(&p.audio).map(|f| f.track))
     }
 
     /// Whether this room feeds a room recording (it keeps the room open).
-    pub(super) fn has_programs(&self) -> bool {
+    pub(in crate::media) fn has_programs(&self) -> bool {
         !self.programs.is_empty()
     }
 }
@@ -380,7 +385,7 @@ impl LocalRoom {
 impl LocalRoom {
     /// Tells the room's participants here that a recording started or ended (every worker
     /// of the recording node is told; see [`crate::recording::Notify`]).
-    pub(super) fn tell_recording(&self, id: &str, kind: &'static str, active: bool) {
+    pub(in crate::media) fn tell_recording(&self, id: &str, kind: &'static str, active: bool) {
         self.broadcast(
             "",
             &crate::signaling::protocol::ServerMessage::Recording {
@@ -393,7 +398,7 @@ impl LocalRoom {
 }
 
 /// A room recording that cannot start in this room.
-pub(super) fn refuse(recorder: ProgramRecorder, why: &str) -> SignalError {
+pub(in crate::media) fn refuse(recorder: ProgramRecorder, why: &str) -> SignalError {
     recorder.fail(why);
     SignalError::new(ErrorCode::Internal, why)
 }

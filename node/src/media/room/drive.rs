@@ -4,17 +4,17 @@
 //! Everything here runs on the room's worker thread for each datagram. Per packet and
 //! subscriber it does one header rewrite (in the core), one write of the packet into the
 //! worker's send buffer with its edits and SRTP protection in place (the node's own transport,
-//! [`super::transport`]) and one entry in the worker's send batch; nothing is allocated.
+//! [`crate::media::transport`]) and one entry in the worker's send batch; nothing is allocated.
 //! Publishers' connections are webrtc-rs's; subscribers' are negotiated by webrtc-rs and
 //! carried by the node.
 
-use super::ParticipantKind;
-use super::demux::{PacketClass, classify};
-use super::egress::Effect;
-use super::egress::Egress;
-use super::peer::Direction;
-use super::room::{LocalRoom, Origin};
-use super::transport::TransportEvent;
+use crate::media::ParticipantKind;
+use crate::media::demux::{PacketClass, classify};
+use crate::media::egress::Effect;
+use crate::media::egress::Egress;
+use crate::media::peer::Direction;
+use crate::media::room::{LocalRoom, Origin};
+use crate::media::transport::TransportEvent;
 use crate::signaling::protocol::{ServerMessage, SpeakerView};
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -46,7 +46,7 @@ pub struct EdgeDrops {
     /// Packets a subscriber's peer connection refused to send.
     pub send_failed: u64,
     /// Participants' data packets refused (too large, too many, not a participant's packet,
-    /// or not sendable to a recipient); see [`super::room_data`].
+    /// or not sendable to a recipient); see [`crate::media::room::data`].
     pub data_refused: u64,
 }
 
@@ -139,7 +139,7 @@ impl LocalRoom {
 
     /// A subscriber connection is up: its subscriptions start (a WHEP player's sources are
     /// chosen).
-    pub(super) fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    pub(in crate::media) fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let peer = &mut self.peers[key];
         if peer.connected {
             return;
@@ -209,7 +209,7 @@ impl LocalRoom {
     }
 
     /// Drains a peer connection: its events, its media, its datagrams; then the core's outputs.
-    pub(super) fn drive(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    pub(in crate::media) fn drive(&mut self, now: Instant, key: usize, out: &mut Egress) {
         // Events first: a track opened by a packet must be known before that packet is read.
         loop {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -377,7 +377,7 @@ impl LocalRoom {
     }
 
     /// Carries out what the forwarding core asked for.
-    pub(super) fn route_core_outputs(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn route_core_outputs(&mut self, now: Instant, out: &mut Egress) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Rtp {
@@ -386,7 +386,7 @@ impl LocalRoom {
                     edits,
                     ..
                 } => {
-                    if super::room_record::is_recorder(sink) {
+                    if crate::media::room::record::is_recorder(sink) {
                         self.record(now, sink, &packet, &edits);
                         continue;
                     }

@@ -1,14 +1,14 @@
 //! Stage and audience: promotion and demotion, raised hands, and the counts that tell a large
-//! room's clients how many are watching (see [`super::roster`] for who is announced).
+//! room's clients how many are watching (see [`crate::media::room::roster`] for who is announced).
 //!
 //! Raised hands live in the registry (one record per hand, bound to the lease of the node the
 //! audience member is connected to), so administrators on every node see one queue; a node
 //! changes its roster when the registry tells it, its own hands included, so there is one path.
 
-use super::LocalParticipantInfo;
-use super::egress::{Effect, Egress};
-use super::room::{LocalRoom, Published};
-use super::roster::hand_view;
+use crate::media::LocalParticipantInfo;
+use crate::media::egress::{Effect, Egress};
+use crate::media::room::roster::hand_view;
+use crate::media::room::{LocalRoom, Published};
 use crate::signaling::protocol::{ErrorCode, ParticipantCounts, ServerMessage, SignalError};
 use sfu_control::records::HandRecord;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Speaker changes reach clients at most this often (the latest ranking wins): in a large
 /// room every change is a message to everyone, and two people talking over each other would
 /// otherwise flip the ranking many times a second.
-pub(super) const SPEAKERS_PERIOD: Duration = Duration::from_millis(500);
+pub(in crate::media) const SPEAKERS_PERIOD: Duration = Duration::from_millis(500);
 /// A participant may raise or lower its hand, or ask for the counts, this often.
 const REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 /// The counted audience is written to the registry at most this often (a count going from
@@ -52,7 +52,7 @@ impl LocalRoom {
                 self.roster
                     .local
                     .get(*sid)
-                    .is_some_and(|p| p.kind == super::ParticipantKind::Client)
+                    .is_some_and(|p| p.kind == crate::media::ParticipantKind::Client)
             })
             .cloned()
             .ok_or_else(|| {
@@ -216,7 +216,7 @@ impl LocalRoom {
 
     /// The active speakers changed: told at once, unless they were told less than
     /// [`SPEAKERS_PERIOD`] ago; then the latest ranking waits for the period to end.
-    pub(super) fn speakers_changed(
+    pub(in crate::media) fn speakers_changed(
         &mut self,
         now: Instant,
         speakers: Vec<crate::signaling::protocol::SpeakerView>,
@@ -231,7 +231,7 @@ impl LocalRoom {
     }
 
     /// Sends the ranking that waited, once its period is over.
-    pub(super) fn flush_speakers(&mut self, now: Instant) {
+    pub(in crate::media) fn flush_speakers(&mut self, now: Instant) {
         if self.speakers_due.is_some_and(|t| now >= t)
             && let Some(speakers) = self.speakers_pending.take()
         {
@@ -242,7 +242,7 @@ impl LocalRoom {
 
     /// The counted audience here changed: from or to zero it is written at once, otherwise
     /// with the next report.
-    pub(super) fn audience_changed(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn audience_changed(&mut self, now: Instant, out: &mut Egress) {
         let count = self.roster.local_unannounced();
         if (count == 0) != (self.roster.audience_reported == 0) {
             self.report_audience(now, out);
@@ -262,7 +262,7 @@ impl LocalRoom {
 
     /// Once a second: the counts to clients if they changed (one message, encoded once), and
     /// the counted audience to the registry every few seconds if it changed.
-    pub(super) fn tell_counts(&mut self, now: Instant, out: &mut Egress) {
+    pub(in crate::media) fn tell_counts(&mut self, now: Instant, out: &mut Egress) {
         if let Some(counts) = self.roster.take_changed_counts() {
             self.broadcast("", &ServerMessage::ParticipantCount { counts });
         }
@@ -308,10 +308,10 @@ impl LocalRoom {
 
 #[cfg(test)]
 mod tests {
-    use super::super::room::RoomContext;
-    use super::super::{JoinRequest, ParticipantKind};
     use super::*;
     use crate::auth::Grants;
+    use crate::media::room::RoomContext;
+    use crate::media::{JoinRequest, ParticipantKind};
     use crate::signaling::Outbound;
     use std::sync::Arc;
 
@@ -322,7 +322,7 @@ mod tests {
             max_participants: 0,
             default_max_layer: 2,
             large_room_threshold: threshold,
-            certificate: super::super::peer::worker_certificate().unwrap(),
+            certificate: crate::media::peer::worker_certificate().unwrap(),
             crypto: rtc::crypto::default_provider().unwrap(),
             worker: 0,
             workers: 1,
