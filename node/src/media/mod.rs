@@ -131,6 +131,13 @@ pub enum Command {
         subscribe: bool,
         reply: Reply<()>,
     },
+    /// Nothing is forwarded to the participant while `paused` (its signaling session is parked
+    /// for a resume); its subscriptions stay, and forwarding starts again with a keyframe.
+    Pause {
+        room: String,
+        participant: String,
+        paused: bool,
+    },
     /// The answer to the server's offer on the subscriber peer connection.
     SubscriberAnswer {
         room: String,
@@ -328,6 +335,7 @@ impl Command {
             Command::Leave { participant, .. }
             | Command::Publish { participant, .. }
             | Command::TrackSettings { participant, .. }
+            | Command::Pause { participant, .. }
             | Command::Unpublish { participant, .. }
             | Command::Subscribe { participant, .. }
             | Command::SubscriberAnswer { participant, .. }

@@ -12,6 +12,7 @@ mod admin;
 pub(super) mod data;
 pub(super) mod drive;
 pub(super) mod metadata;
+mod pause;
 pub(super) mod program;
 mod publish;
 pub(super) mod quality;
@@ -188,6 +189,8 @@ pub(super) struct Peer {
     pub transport: Option<super::transport::Transport>,
     /// What its receiver reports said (subscriber connections; connection quality).
     pub quality: quality::PeerReports,
+    /// Subscriber connections: nothing is forwarded (see [`pause`]).
+    pub paused: bool,
 }
 
 /// See the module documentation.
@@ -593,6 +596,7 @@ impl LocalRoom {
             described: false,
             transport,
             quality: Default::default(),
+            paused: false,
         }));
         self.demux.push(DemuxUpdate::Add {
             ufrag: ice.ufrag,

@@ -4,6 +4,7 @@
 use crate::media::ParticipantKind;
 use crate::media::egress::Egress;
 use crate::media::peer::{Direction, add_host_candidates};
+use crate::media::room::pause;
 use crate::media::room::publish::{internal, invalid_sdp};
 use crate::media::room::{LocalRoom, Outbound};
 use crate::signaling::protocol::{ErrorCode, SectionTrack, ServerMessage, SignalError};
@@ -444,7 +445,7 @@ impl LocalRoom {
             match self.core.subscribe(now, source, SinkId(key as u64), params) {
                 Ok(sub) => {
                     peer.outbound[i].subscription = Some(sub);
-                    if let Some(settings) = peer.outbound[i].settings {
+                    if let Some(settings) = pause::settings(peer, i) {
                         pending.push((sub, source, settings));
                     }
                 }

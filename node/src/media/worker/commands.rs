@@ -76,6 +76,18 @@ impl WorkerCore {
                 r.refresh_demand(now, out);
                 result
             }),
+            Command::Pause {
+                room,
+                participant,
+                paused,
+            } => {
+                if let Some(idx) = self.room_index(now, &room, false) {
+                    let r = &mut self.rooms[idx];
+                    r.pause(now, &participant, paused);
+                    r.refresh_demand(now, &mut self.out);
+                    self.after_room(now, idx);
+                }
+            }
             Command::Unpublish {
                 room,
                 participant,

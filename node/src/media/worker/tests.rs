@@ -774,3 +774,5 @@ async fn a_track_crosses_a_lossy_relay_link_between_two_nodes_in_virtual_time() 
     );
     assert!(edge.packets_out > 0, "{edge:?}");
 }
+
+mod pause;
