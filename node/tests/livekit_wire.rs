@@ -1,7 +1,8 @@
-//! LiveKit's client protocol on the wire, without a browser (a WebSocket speaking protobuf
-//! `SignalRequest`s): bad input is counted and the session goes on, metadata updates are
-//! answered as LiveKit does, and a LiveKit session is resumed only by its own identity,
-//! whether parked or still live. Each test runs one node in-process (under a second).
+//! Signaling on the wire, without a browser (a WebSocket speaking LiveKit's protobuf
+//! `SignalRequest`s, or our JSON): bad input is counted and the session goes on, metadata
+//! updates are answered as LiveKit does, and a session of either protocol is resumed only by
+//! its own identity, whether parked or still live. Each test runs one node in-process (about
+//! a second).
 
 mod common;
 
@@ -291,5 +292,110 @@ async fn livekit_resume_takes_over_its_own_session_parked_or_live() {
         }
     });
     closed.await.expect("the old WebSocket is closed");
+    node.stop().await;
+}
+
+/// Our JSON protocol resumes with the same session logic: a session that joined `resumable`
+/// and lost its WebSocket is parked (it stays in the room), and its own identity's `join` with
+/// `resume` and its sid takes it over (`resumed`, then what it missed), parked or still live;
+/// another identity's token gets a fresh join instead, a LiveKit client cannot take over a
+/// JSON session, and a session that did not ask to be resumable leaves at once as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_resume_takes_over_its_own_session_parked_or_live() {
+    use common::control::{Ws, next_of, ws_send};
+    use futures_util::StreamExt;
+    use serde_json::json;
+    let node = common::start_node().await;
+    let connect = |identity: &str| {
+        let url = format!(
+            "ws://{}/rtc?access_token={}",
+            node.http_addr,
+            token(identity, "json-resume", true, true)
+        );
+        async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
+    };
+    let join = |mut ws: Ws, message: serde_json::Value| async move {
+        ws_send(&mut ws, message).await;
+        let answer = next_of(
+            &mut ws,
+            &["joined", "resumed", "error"],
+            Duration::from_secs(10),
+        )
+        .await;
+        (ws, answer)
+    };
+    let closed = |mut ws: Ws| async move {
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        });
+        drained.await.expect("the node closes the WebSocket");
+    };
+    let (mut anna, joined) = join(
+        connect("anna").await,
+        json!({"type": "join", "resumable": true}),
+    )
+    .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let sid = joined["participant"]["sid"].as_str().unwrap().to_owned();
+    anna.close(None).await.unwrap();
+    closed(anna).await;
+    // Anna is still in the room while parked; Otto joins meanwhile.
+    let (otto, joined) = join(connect("otto").await, json!({"type": "join"})).await;
+    assert!(
+        joined["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["sid"] == sid),
+        "anna is in the room while parked: {joined}"
+    );
+    // Eve's token cannot take anna's session: her resume is a join of her own.
+    let (_eve, answer) = join(connect("eve").await, json!({"type": "join", "resume": sid})).await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(answer["participant"]["identity"], "eve", "{answer}");
+    // A LiveKit client cannot take over a JSON session (its codec never told it anything).
+    let url = format!(
+        "ws://{}/rtc?access_token={}&sdk=rust&protocol=16&reconnect=1&sid={sid}",
+        node.http_addr,
+        token("anna", "json-resume", true, true)
+    );
+    let (mut lk, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    next_response(&mut lk, |m| match m {
+        signal_response::Message::Leave(l) => Some(l),
+        signal_response::Message::Reconnect(_) => panic!("a JSON session resumed by LiveKit"),
+        _ => None,
+    })
+    .await;
+    // Anna comes back: the same participant, told of the joins she missed.
+    let (mut back, answer) = join(
+        connect("anna").await,
+        json!({"type": "join", "resume": sid}),
+    )
+    .await;
+    assert_eq!(answer["type"], "resumed", "{answer}");
+    assert_eq!(answer["participant"], sid.as_str(), "{answer}");
+    let missed = next_of(&mut back, &["participant_joined"], Duration::from_secs(10)).await;
+    assert_eq!(missed["participant"]["identity"], "otto", "{missed}");
+    // Her network breaks unnoticed by the node: a resume takes the live session over and the
+    // old WebSocket is closed.
+    let (_again, answer) = join(
+        connect("anna").await,
+        json!({"type": "join", "resume": sid}),
+    )
+    .await;
+    assert_eq!(answer["type"], "resumed", "{answer}");
+    closed(back).await;
+    // Otto did not ask to be resumable: his leaving is seen at once.
+    let started = std::time::Instant::now();
+    let (mut watcher, _) = join(connect("watcher").await, json!({"type": "join"})).await;
+    let otto_sid = joined["participant"]["sid"].as_str().unwrap().to_owned();
+    drop(otto);
+    let left = next_of(&mut watcher, &["participant_left"], Duration::from_secs(5)).await;
+    assert_eq!(left["participant"], otto_sid.as_str(), "{left}");
+    assert!(started.elapsed() < Duration::from_secs(5));
     node.stop().await;
 }

@@ -9,12 +9,13 @@
 //! translated to and from the JSON protocol's messages by [`LiveKitCodec`]; the session
 //! joins at once, as LiveKit's clients expect, or resumes a parked session ([`resume`]).
 
+mod join;
 mod resume;
 pub use resume::Parked;
 
 use super::{AppState, Problem, check_room_name};
 use crate::auth::Grants;
-use crate::media::{Command, JoinRequest, ParticipantKind};
+use crate::media::Command;
 use crate::signaling::Outbound;
 use crate::signaling::livekit::{Decoded, LiveKitCodec, ServerSide};
 use crate::signaling::protocol::{ClientMessage, ErrorCode, ServerMessage, SignalError};
@@ -140,7 +141,10 @@ struct Session {
     /// The client stopped reading what it is sent: the session ends.
     too_slow: bool,
     encoding: Encoding,
-    /// A LiveKit session's handle for a resume that finds it still live (see [`resume`]).
+    /// Whether the session is parked for a resume when its WebSocket closes without a leave:
+    /// always for LiveKit's clients, on request for JSON ones (see [`resume`]).
+    resumable: bool,
+    /// A resumable session's handle for a resume that finds it still live (see [`resume`]).
     takeover: resume::Takeover,
 }
 
@@ -161,6 +165,7 @@ impl Session {
             events_tx,
             events_rx,
             too_slow: false,
+            resumable: matches!(encoding, Encoding::LiveKit { .. }),
             encoding,
             takeover: resume::Takeover::default(),
         }
@@ -181,32 +186,24 @@ impl Session {
             // LiveKit's clients send no join: the connection is the join, or the resume of a
             // session whose client kept its peer connections.
             let (auto_subscribe, resume) = (*auto_subscribe, resume.take());
-            let reply = match resume {
-                Some(sid) => self.resume(&mut socket, &sid).await,
-                None => Some(
-                    match self.handle(ClientMessage::Join { auto_subscribe }).await {
-                        Ok(Some(joined)) => joined,
-                        Ok(None) => return,
-                        Err(e) => {
-                            tracing::info!(room = %self.room, "LiveKit join refused: {e}");
-                            ServerMessage::Left { reason: e.message }
-                        }
-                    },
-                ),
+            let reply = match self.join(auto_subscribe, true, resume).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::info!(room = %self.room, "LiveKit join refused: {e}");
+                    ServerMessage::Left { reason: e.message }
+                }
             };
-            let refused = reply
-                .as_ref()
-                .is_some_and(|r| !matches!(r, ServerMessage::Joined { .. }));
-            let sent = match &reply {
-                Some(r) => emit(&mut self.encoding, &mut socket, r).await,
-                None => Ok(()),
-            };
+            let refused = !matches!(
+                reply,
+                ServerMessage::Joined { .. } | ServerMessage::Resumed { .. }
+            );
+            let sent = emit(&mut self.encoding, &mut socket, &reply).await;
             if sent.is_err() || refused {
+                self.takeover.done(&self.state.parked);
                 self.leave_and_close(socket, "signaling connection closed", false)
                     .await;
                 return;
             }
-            self.watch_takeover();
         }
         loop {
             tokio::select! {
@@ -277,7 +274,7 @@ impl Session {
             "signaling connection closed"
         };
         if !too_slow {
-            // A LiveKit client may come back for its session (a resume).
+            // A resumable client may come back for its session.
             self.park();
         }
         self.takeover.done(&self.state.parked);
@@ -418,30 +415,13 @@ impl Session {
         message: ClientMessage,
     ) -> Result<Option<ServerMessage>, SignalError> {
         let room = self.room.clone();
-        if let ClientMessage::Join { auto_subscribe } = message {
-            if self.participant.is_some() {
-                return Err(SignalError::new(ErrorCode::InvalidState, "already joined"));
-            }
-            let request = JoinRequest {
-                room: room.clone(),
-                grants: self.grants.clone(),
-                kind: ParticipantKind::Client,
-                auto_subscribe,
-                events: Some(self.events_tx.clone()),
-                place: false,
-            };
-            let joined = self.state.admit_and_join(request).await?;
-            self.participant = Some(joined.participant.sid.clone());
-            // Queued now, sent after the joined reply.
-            super::recordings::announce(&self.state, &room, &self.events_tx);
-            return Ok(Some(ServerMessage::Joined {
-                room,
-                participant: joined.participant,
-                participants: joined.others,
-                permissions: joined.permissions,
-                counts: joined.counts,
-                hands: joined.hands,
-            }));
+        if let ClientMessage::Join {
+            auto_subscribe,
+            resumable,
+            resume,
+        } = message
+        {
+            return self.join(auto_subscribe, resumable, resume).await.map(Some);
         }
         if let ClientMessage::Ping { id } = message {
             return Ok(Some(ServerMessage::Pong { id }));

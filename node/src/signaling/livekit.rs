@@ -254,6 +254,7 @@ impl LiveKitCodec {
         use signal_response::Message as R;
         let out = match m["type"].as_str().unwrap_or("") {
             "joined" => return vec![self.join_response(m)],
+            "resumed" => return vec![self.reconnect_response()],
             "publish_answer" => R::Answer(lk::SessionDescription {
                 r#type: "answer".into(),
                 sdp: str_of(&m["sdp"]),

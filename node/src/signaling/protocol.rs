@@ -16,6 +16,16 @@ pub enum ClientMessage {
         /// Subscribe to every track in the room, now and later (default true).
         #[serde(default = "yes")]
         auto_subscribe: bool,
+        /// Park the session for a resume when its WebSocket closes without a leave, instead of
+        /// leaving the room at once (default false: a client that cannot resume would leave a
+        /// participant nobody answers for in the room for the parking time).
+        #[serde(default)]
+        resumable: bool,
+        /// The participant sid of a session to resume (implies `resumable`): answered with
+        /// `resumed` if it is parked (or still live) for this identity and room, else this is
+        /// a fresh join, answered with `joined`.
+        #[serde(default)]
+        resume: Option<String>,
     },
     /// An SDP offer for the publisher peer connection (first or renegotiation).
     Publish {
@@ -331,6 +341,12 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<String>,
     },
+    /// Answer to a `join` with `resume`: the session was taken over, with its participant,
+    /// peer connections and subscriptions; what it missed follows.
+    Resumed {
+        room: String,
+        participant: String,
+    },
     /// The server ended the session (the WebSocket closes next).
     Left {
         reason: String,
@@ -390,9 +406,13 @@ mod tests {
         assert_eq!(
             m,
             ClientMessage::Join {
-                auto_subscribe: true
+                auto_subscribe: true,
+                resumable: false,
+                resume: None
             }
         );
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"join","resume":"PA_1"}"#).unwrap();
+        assert!(matches!(m, ClientMessage::Join { resume: Some(s), .. } if s == "PA_1"));
         let m: ClientMessage =
             serde_json::from_str(r#"{"type":"subscribe","tracks":["TR_1"],"extra":1}"#).unwrap();
         assert_eq!(

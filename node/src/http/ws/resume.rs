@@ -1,31 +1,32 @@
-//! Resuming a LiveKit session (`/rtc?reconnect=1&sid=PA_…`).
+//! Resuming a session whose WebSocket broke: one session logic for both encodings.
 //!
 //! LiveKit's clients keep their peer connections when only the signaling connection breaks,
-//! and come back with `reconnect=1` and their participant's sid. So a LiveKit session whose
-//! WebSocket closes without a leave is not ended at once: it is parked for [`PARK_FOR`] with
-//! everything a resume needs (the participant stays in its room, with its peer connections; the
-//! room's messages keep queueing; the codec keeps the roster the client was told). A client
-//! that comes back in time with a token for the same identity and room takes the session over:
-//! it is answered with a `ReconnectResponse`, then sent what queued meanwhile, and nobody else
-//! in the room sees it leave or join. Past [`PARK_FOR`] the participant leaves as it would
-//! have at once. A client whose network broke often comes back before the node noticed
-//! (`limits.ws_idle_secs`): its session is still live, and is asked to park at once
-//! ([`Takeover`]). A resume that finds nothing (too late, another node, a node restarted) is
-//! answered with `LeaveRequest` action `RECONNECT`, and the client joins again fully.
+//! and come back with `reconnect=1` and their participant's sid; JSON clients that joined with
+//! `resumable` come back with a `join` naming it in `resume`. So such a session whose WebSocket
+//! closes without a leave is not ended at once: it is parked for [`PARK_FOR`] with everything a
+//! resume needs (the participant stays in its room, with its peer connections and
+//! subscriptions, though nothing is forwarded to it meanwhile; the room's messages keep
+//! queueing; a LiveKit codec keeps the roster the client was told). A client that comes back
+//! in time with a token for the same identity and room, speaking the same encoding, takes the
+//! session over: it is answered with `resumed` (LiveKit: a `ReconnectResponse`), then sent what
+//! queued meanwhile, and nobody else in the room sees it leave or join. Past [`PARK_FOR`] the
+//! participant leaves as it would have at once. A client whose network broke often comes back
+//! before the node noticed (`limits.ws_idle_secs`): its session is still live, and is asked to
+//! park at once ([`Takeover`]). A resume that finds nothing (too late, another node, a node
+//! restarted) is a fresh join for a JSON client, and a `LeaveRequest` with action `RECONNECT`
+//! for a LiveKit one, which then joins again fully.
 
-use super::{Encoding, Session, send_binary};
+use super::{Encoding, Session};
 use crate::media::{Command, MediaPlane};
-use crate::signaling::livekit::LiveKitCodec;
 use crate::signaling::protocol::ServerMessage;
 use crate::signaling::{Events, EventsRx};
-use axum::extract::ws::WebSocket;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// How long a LiveKit session whose signaling connection broke waits for its client. LiveKit's
+/// How long a session whose signaling connection broke waits for its client. LiveKit's
 /// clients try to resume at once and again after 0.3, 1.2, 2.7 and 4.8 s (then they join
 /// again fully); LiveKit's server waits 20 s by default, but a parked participant still counts
 /// in its room and receives media nobody watches.
@@ -38,21 +39,23 @@ pub struct ParkedSession {
     room: String,
     identity: String,
     participant: String,
-    codec: Box<LiveKitCodec>,
+    /// Its encoding: a LiveKit session's codec holds what its client was told.
+    encoding: Encoding,
     events_tx: Events,
     events_rx: EventsRx,
 }
 
-/// A live LiveKit session as a resume may find it: whose it is, and how to ask it to park
+/// A live resumable session as a resume may find it: whose it is, and how to ask it to park
 /// (the sender given is told once it is parked).
 struct Live {
     generation: u64,
     identity: String,
     room: String,
+    livekit: bool,
     ask: oneshot::Sender<oneshot::Sender<()>>,
 }
 
-/// The node's parked sessions, and its live LiveKit sessions, by participant sid.
+/// The node's parked sessions, and its live resumable sessions, by participant sid.
 #[derive(Default)]
 pub struct Parked {
     sessions: Mutex<HashMap<String, (u64, ParkedSession)>>,
@@ -121,7 +124,7 @@ impl Parked {
                 }
             };
             if expired.is_some() {
-                tracing::info!(%room, participant = %sid, "a LiveKit session was not resumed in time: it leaves");
+                tracing::info!(%room, participant = %sid, "a parked session was not resumed in time: it leaves");
                 let _ = media.send(
                     &room,
                     Command::Leave {
@@ -134,11 +137,13 @@ impl Parked {
         });
     }
 
-    /// Takes the session parked as `sid` if it is `identity`'s in `room`.
-    fn take(&self, sid: &str, identity: &str, room: &str) -> Option<ParkedSession> {
+    /// Takes the session parked as `sid` if it is `identity`'s in `room`, of the same
+    /// encoding (`livekit`).
+    fn take(&self, sid: &str, identity: &str, room: &str, livekit: bool) -> Option<ParkedSession> {
         let mut sessions = self.lock();
         let (_, s) = sessions.get(sid)?;
-        if s.identity != identity || s.room != room {
+        let same = matches!(s.encoding, Encoding::LiveKit { .. }) == livekit;
+        if s.identity != identity || s.room != room || !same {
             return None;
         }
         sessions.remove(sid).map(|(_, s)| s)
@@ -146,10 +151,16 @@ impl Parked {
 
     /// Asks the live session `sid`, if it is `identity`'s in `room`, to park; the receiver
     /// hears when it did.
-    fn ask_live(&self, sid: &str, identity: &str, room: &str) -> Option<oneshot::Receiver<()>> {
+    fn ask_live(
+        &self,
+        sid: &str,
+        identity: &str,
+        room: &str,
+        livekit: bool,
+    ) -> Option<oneshot::Receiver<()>> {
         let mut live = self.lock_live();
         let l = live.get(sid)?;
-        if l.identity != identity || l.room != room {
+        if l.identity != identity || l.room != room || l.livekit != livekit {
             return None;
         }
         let l = live.remove(sid)?;
@@ -178,9 +189,9 @@ impl Parked {
 }
 
 impl Session {
-    /// Makes this LiveKit session findable by a resume while it is live.
+    /// Makes this resumable session findable by a resume while it is live.
     pub(super) fn watch_takeover(&mut self) {
-        if !matches!(self.encoding, Encoding::LiveKit { .. }) {
+        if !self.resumable {
             return;
         }
         let Some(sid) = self.participant.clone() else {
@@ -195,23 +206,21 @@ impl Session {
                 generation,
                 identity: self.grants.identity.clone(),
                 room: self.room.clone(),
+                livekit: matches!(self.encoding, Encoding::LiveKit { .. }),
                 ask,
             },
         );
         self.takeover.watch = Some((sid, generation, rx));
     }
 
-    /// Parks this session if its client may resume it: a LiveKit session still in its room
-    /// (no leave from either side). Its participant then stays until resumed or expired.
+    /// Parks this session if its client may resume it: a resumable session still in its room
+    /// (no leave from either side). Its participant then stays until resumed or expired, and
+    /// nothing is forwarded to it meanwhile.
     pub(super) fn park(&mut self) {
-        if !matches!(self.encoding, Encoding::LiveKit { .. }) {
+        if !self.resumable {
             return;
         }
         let Some(participant) = self.participant.take() else {
-            return;
-        };
-        let Encoding::LiveKit { codec, .. } = std::mem::replace(&mut self.encoding, Encoding::Json)
-        else {
             return;
         };
         let (events_tx, events_rx) = crate::signaling::events();
@@ -219,51 +228,58 @@ impl Session {
             room: self.room.clone(),
             identity: self.grants.identity.clone(),
             participant,
-            codec,
+            encoding: std::mem::replace(&mut self.encoding, Encoding::Json),
             events_tx: std::mem::replace(&mut self.events_tx, events_tx),
             events_rx: std::mem::replace(&mut self.events_rx, events_rx),
         };
-        tracing::info!(room = %self.room, participant = %session.participant, "LiveKit session parked for a resume");
+        tracing::info!(room = %self.room, participant = %session.participant, "session parked for a resume");
+        self.pause(&session.participant, true);
         self.state.parked.park(self.state.media.clone(), session);
     }
 
-    /// A resume (`reconnect=1`) of session `sid`: takes the parked session over and answers
-    /// with a `ReconnectResponse` (`None`), or returns what to answer instead.
-    pub(super) async fn resume(
-        &mut self,
-        socket: &mut WebSocket,
-        sid: &str,
-    ) -> Option<ServerMessage> {
+    /// Resumes session `sid`: takes the parked session over (asking it to park first if it is
+    /// still live) and returns the `resumed` answer, or `None` if there is nothing to resume.
+    pub(super) async fn resume(&mut self, sid: &str) -> Option<ServerMessage> {
+        let livekit = matches!(self.encoding, Encoding::LiveKit { .. });
         let (parked, identity) = (&self.state.parked, &self.grants.identity);
-        let mut found = parked.take(sid, identity, &self.room);
+        let mut found = parked.take(sid, identity, &self.room, livekit);
         if found.is_none()
-            && let Some(parking) = parked.ask_live(sid, identity, &self.room)
+            && let Some(parking) = parked.ask_live(sid, identity, &self.room, livekit)
         {
             // Still live: its client noticed the broken connection before the node did.
             let _ = tokio::time::timeout(TAKEOVER_WAIT, parking).await;
-            found = parked.take(sid, identity, &self.room);
+            found = parked.take(sid, identity, &self.room, livekit);
         }
         let Some(parked) = found else {
-            tracing::info!(room = %self.room, participant = %sid, "nothing to resume: the client reconnects fully");
-            return Some(ServerMessage::Migrate {
-                url: String::new(),
-                reason: "nothing to resume; reconnect".into(),
-            });
+            tracing::info!(room = %self.room, participant = %sid, "nothing to resume");
+            return None;
         };
-        tracing::info!(room = %self.room, participant = %sid, "LiveKit session resumed");
-        let response = parked.codec.reconnect_response();
-        if let Encoding::LiveKit { codec, .. } = &mut self.encoding {
-            *codec = parked.codec;
+        tracing::info!(room = %self.room, participant = %sid, "session resumed");
+        if let (Encoding::LiveKit { codec, .. }, Encoding::LiveKit { codec: kept, .. }) =
+            (&mut self.encoding, parked.encoding)
+        {
+            *codec = kept;
         }
-        self.participant = Some(parked.participant);
+        self.pause(&parked.participant, false);
+        self.participant = Some(parked.participant.clone());
         self.events_tx = parked.events_tx;
         self.events_rx = parked.events_rx;
-        // Sent before anything that queued meanwhile: the client drops other messages until it
-        // has its answer. If it cannot be sent, the session ends as any other and is parked
-        // again.
-        if let Err(e) = send_binary(socket, &response).await {
-            self.too_slow |= super::is_too_slow(&e);
-        }
-        None
+        Some(ServerMessage::Resumed {
+            room: self.room.clone(),
+            participant: parked.participant,
+        })
+    }
+
+    /// Pauses (or resumes) what is forwarded to a participant whose client is away; its
+    /// subscriptions stay.
+    fn pause(&self, participant: &str, paused: bool) {
+        let _ = self.state.media.send(
+            &self.room,
+            Command::Pause {
+                room: self.room.clone(),
+                participant: participant.to_owned(),
+                paused,
+            },
+        );
     }
 }
