@@ -6,11 +6,17 @@
 //! - `<prefix>federation/peers/<peer>/<gateway>`: a [`PeerRecord`], written by each gateway
 //!   under its lease: the peers it is configured for, whether the link is up, and the rooms both
 //!   sides map.
+//! - `<prefix>federation/stopped/<room>/<track>`: a [`StoppedTrack`], a peer's track an
+//!   administrator stopped forwarding in our cluster, bound to no lease: every gateway (and the
+//!   one that takes over after a failover) keeps it out of our registry until it is resumed or
+//!   the room unmapped.
 //! - `<prefix>federation/added/<peer>`: an [`AddedPeer`], a peer added by an administrator
 //!   (`FederationService.AddPeer`) beside those in the gateways' configuration, bound to no
 //!   lease. Gateways watch these and link to (or unlink from) them at runtime.
 
+use crate::Membership;
 use crate::records::Keys;
+use crate::registry::{Registry, RegistryError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -105,4 +111,124 @@ pub fn peers_prefix(keys: &Keys) -> String {
 
 pub fn peer_key(keys: &Keys, peer: &str, gateway: &str) -> String {
     format!("{}{peer}/{gateway}", peers_prefix(keys))
+}
+
+/// A peer's track an administrator stopped forwarding in our `room` (see the module doc).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct StoppedTrack {
+    pub room: String,
+    pub track: String,
+}
+
+pub fn stopped_prefix(keys: &Keys) -> String {
+    format!("{}federation/stopped/", keys.prefix())
+}
+
+/// Where the stops of one room are (room names hold no '/', so this is the room's alone).
+pub fn stopped_room_prefix(keys: &Keys, room: &str) -> String {
+    format!("{}{room}/", stopped_prefix(keys))
+}
+
+pub fn stopped_key(keys: &Keys, room: &str, track: &str) -> String {
+    format!("{}{track}", stopped_room_prefix(keys, room))
+}
+
+/// Whether a track's origin (or a participant's node) is a federation link (`gateway~peer`),
+/// not a node of ours.
+pub fn is_federated(origin: &str) -> bool {
+    origin.contains('~')
+}
+
+/// The outcome of [`stop_track`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Stopped now.
+    Stopped,
+    /// It was stopped already.
+    Already,
+    /// No peer's track of that id is in the room (our registry holds none).
+    Unknown,
+}
+
+/// Stops forwarding a peer's `track` in our `room`: records the stop, which the gateways
+/// apply within a sync period. Only a track a peer announced in the room can be stopped.
+pub async fn stop_track<R: Registry>(
+    registry: &R,
+    membership: &Membership,
+    room: &str,
+    track: &str,
+) -> Result<Stop, RegistryError> {
+    let keys = membership.keys();
+    if stopped_tracks(registry, keys, room)
+        .await?
+        .iter()
+        .any(|t| t == track)
+    {
+        return Ok(Stop::Already);
+    }
+    let (_, tracks) = membership.room(room);
+    if !tracks
+        .iter()
+        .any(|t| t.track == track && is_federated(&t.origin))
+    {
+        return Ok(Stop::Unknown);
+    }
+    let value = StoppedTrack {
+        room: room.to_owned(),
+        track: track.to_owned(),
+    };
+    let value = serde_json::to_vec(&value).unwrap_or_default();
+    registry
+        .put_persistent(&stopped_key(keys, room, track), value)
+        .await?;
+    Ok(Stop::Stopped)
+}
+
+/// Forwards a stopped track again; false if it was not stopped.
+pub async fn resume_track<R: Registry>(
+    registry: &R,
+    keys: &Keys,
+    room: &str,
+    track: &str,
+) -> Result<bool, RegistryError> {
+    if !stopped_tracks(registry, keys, room)
+        .await?
+        .iter()
+        .any(|t| t == track)
+    {
+        return Ok(false);
+    }
+    registry.delete(&stopped_key(keys, room, track)).await?;
+    Ok(true)
+}
+
+/// The tracks stopped in our `room`, sorted, read from the registry now.
+pub async fn stopped_tracks<R: Registry>(
+    registry: &R,
+    keys: &Keys,
+    room: &str,
+) -> Result<Vec<String>, RegistryError> {
+    let (listing, _) = registry.list(&stopped_room_prefix(keys, room)).await?;
+    let mut tracks: Vec<String> = listing
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<StoppedTrack>(&v).ok())
+        .filter(|s| s.room == room)
+        .map(|s| s.track)
+        .collect();
+    tracks.sort();
+    Ok(tracks)
+}
+
+/// Forgets the stops of a room that is unmapped (they were about that mapping).
+pub async fn forget_stops<R: Registry>(
+    registry: &R,
+    keys: &Keys,
+    room: &str,
+) -> Result<(), RegistryError> {
+    for track in stopped_tracks(registry, keys, room).await? {
+        registry
+            .delete(&stopped_key(keys, room, track.as_str()))
+            .await?;
+    }
+    Ok(())
 }

@@ -330,7 +330,8 @@ async fn sfuctl_recordings_list_and_refuse_what_does_not_exist() {
 
 /// `sfuctl federation peers add|list|remove`: a peer added at runtime is kept in etcd and
 /// listed as `added` (what gateways do with it is tested in `node/tests/federation.rs`); bad
-/// input is refused plainly; a room can be mapped to an added peer.
+/// input is refused plainly; a room can be mapped to an added peer; an unknown track cannot be
+/// stopped nor resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sfuctl_adds_and_removes_federation_peers() {
     let etcd = Etcd::start().expect("etcd starts");
@@ -394,6 +395,37 @@ async fn sfuctl_adds_and_removes_federation_peers() {
     ok(
         url,
         &["federation", "rooms", "map", "joint", "--peer", "b.example"],
+    );
+    // Only a track a peer announced in the room can be stopped (stopping and resuming one is
+    // tested with real gateways in node/tests/federation); none is stopped yet.
+    let unknown = sfuctl(
+        url,
+        &[
+            "federation",
+            "rooms",
+            "stop",
+            "joint",
+            "TR_0000000000000001",
+        ],
+    );
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("no federated track"), "{err}");
+    let resume = sfuctl(
+        url,
+        &[
+            "federation",
+            "rooms",
+            "resume",
+            "joint",
+            "TR_0000000000000001",
+        ],
+    );
+    let err = String::from_utf8_lossy(&resume.stderr);
+    assert!(err.contains("is not stopped"), "{err}");
+    assert_eq!(
+        json(url, &["federation", "rooms", "stopped", "joint"]),
+        serde_json::json!([])
     );
     ok(url, &["federation", "peers", "remove", "b.example"]);
     assert_eq!(

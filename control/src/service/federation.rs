@@ -4,8 +4,8 @@
 
 use super::{Api, status};
 use crate::federation::{
-    AddedPeer, PeerRecord, RoomMapping, added_key, added_prefix, peers_prefix, room_key,
-    rooms_prefix,
+    AddedPeer, PeerRecord, RoomMapping, Stop, added_key, added_prefix, forget_stops, peers_prefix,
+    resume_track, room_key, rooms_prefix, stop_track, stopped_tracks,
 };
 use crate::registry::Registry;
 use sfu_proto::control as pb;
@@ -227,6 +227,9 @@ impl FederationService for Api {
             .delete(&key)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        forget_stops(&self.0.registry, self.0.membership.keys(), &room)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(GrpcResponse::new(pb::UnmapRoomResponse {}))
     }
 
@@ -248,5 +251,66 @@ impl FederationService for Api {
             .map(|m| self.mapping(m, &peers))
             .collect();
         Ok(GrpcResponse::new(pb::ListMappingsResponse { mappings }))
+    }
+
+    async fn stop_track(
+        &self,
+        r: Request<pb::StopTrackRequest>,
+    ) -> Result<GrpcResponse<pb::StopTrackResponse>, Status> {
+        self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
+        let req = r.into_inner();
+        room_name(&req.room, "room")?;
+        let stop = stop_track(&self.0.registry, &self.0.membership, &req.room, &req.track)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        match stop {
+            Stop::Unknown => Err(Status::not_found(format!(
+                "no federated track {:?} in room {:?}",
+                req.track, req.room
+            ))),
+            Stop::Stopped | Stop::Already => {
+                tracing::info!(room = %req.room, track = %req.track, "federated track stopped");
+                Ok(GrpcResponse::new(pb::StopTrackResponse {
+                    already: stop == Stop::Already,
+                }))
+            }
+        }
+    }
+
+    async fn resume_track(
+        &self,
+        r: Request<pb::ResumeTrackRequest>,
+    ) -> Result<GrpcResponse<pb::ResumeTrackResponse>, Status> {
+        self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
+        let req = r.into_inner();
+        let resumed = resume_track(
+            &self.0.registry,
+            self.0.membership.keys(),
+            &req.room,
+            &req.track,
+        )
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !resumed {
+            return Err(Status::not_found(format!(
+                "track {:?} of room {:?} is not stopped",
+                req.track, req.room
+            )));
+        }
+        tracing::info!(room = %req.room, track = %req.track, "federated track resumed");
+        Ok(GrpcResponse::new(pb::ResumeTrackResponse {}))
+    }
+
+    async fn list_stopped_tracks(
+        &self,
+        r: Request<pb::ListStoppedTracksRequest>,
+    ) -> Result<GrpcResponse<pb::ListStoppedTracksResponse>, Status> {
+        self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
+        let room = r.into_inner().room;
+        room_name(&room, "room")?;
+        let tracks = stopped_tracks(&self.0.registry, self.0.membership.keys(), &room)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(GrpcResponse::new(pb::ListStoppedTracksResponse { tracks }))
     }
 }

@@ -7,15 +7,15 @@
 //! | `GET /admin/federation/rooms` | our mappings, each with whether the peer maps it back |
 //! | `PUT /admin/federation/rooms/{room}` `{"peer": "b.example", "peer_room": "joint"}` | map |
 //! | `DELETE /admin/federation/rooms/{room}` | unmap: media of the room stops crossing |
-//! | `PUT /admin/federation/rooms/{room}/stopped/{track}` | stop forwarding a peer's track in our cluster (see [`super::link::Stop`]) |
+//! | `PUT /admin/federation/rooms/{room}/stopped/{track}` | stop forwarding a peer's track in our cluster (kept in the registry; see [`super::mapping`]) |
 //! | `DELETE /admin/federation/rooms/{room}/stopped/{track}` | forward it again |
 //! | `GET /admin/federation/rooms/{room}/stopped` | the tracks stopped in the room |
 //!
-//! Mappings live in the cluster's etcd, so any gateway of the cluster serves the same ones.
+//! Mappings and stops live in the cluster's etcd, so any gateway of the cluster serves the same
+//! ones and every gateway applies them.
 
 use super::Federation;
-use super::link::Stop;
-use super::mapping::RoomMapping;
+use super::mapping::{RoomMapping, Stop};
 use crate::http::Problem;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -185,7 +185,13 @@ async fn stop(
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
     admin(&api, &headers)?;
-    match api.federation.state.stop_track(&room, &track) {
+    let stop = api
+        .federation
+        .mappings
+        .stop(&room, &track)
+        .await
+        .map_err(unavailable)?;
+    match stop {
         Stop::Stopped | Stop::Already => Ok(StatusCode::NO_CONTENT),
         Stop::Unknown => Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -195,14 +201,20 @@ async fn stop(
     }
 }
 
-/// Forwards a stopped track again (with the peer's next roster, within 3 s).
+/// Forwards a stopped track again (the active gateway applies it within a sync period).
 async fn forward(
     State(api): State<Api>,
     Path((room, track)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
     admin(&api, &headers)?;
-    if api.federation.state.forward_track(&room, &track) {
+    let resumed = api
+        .federation
+        .mappings
+        .resume(&room, &track)
+        .await
+        .map_err(unavailable)?;
+    if resumed {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::new(
@@ -219,7 +231,11 @@ async fn stopped_list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, Problem> {
     admin(&api, &headers)?;
-    Ok(Json(
-        json!({ "tracks": api.federation.state.stopped_tracks(&room) }),
-    ))
+    let tracks = api
+        .federation
+        .mappings
+        .stopped(&room)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "tracks": tracks })))
 }

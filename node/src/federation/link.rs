@@ -34,8 +34,6 @@ use tokio::sync::mpsc;
 mod messages;
 mod stop;
 
-pub use stop::Stop;
-
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
 const MAX_FED_TRACKS: usize = 4096;
 
@@ -85,6 +83,9 @@ struct Peer {
     written: HashMap<String, Vec<String>>,
     /// The peer's participants announced in each of our rooms (for webhooks).
     members: HashMap<String, Vec<ParticipantRef>>,
+    /// The peer's tracks in each of our rooms as its last roster had them (stopped ones
+    /// included: a track resumed is written again from here).
+    tracks: HashMap<String, Vec<sfu_control::TrackRecord>>,
     sent_rosters: HashMap<String, Vec<u8>>,
     counters: PeerCounters,
     /// Bounds the subscriptions it sends.
@@ -113,7 +114,8 @@ pub struct FederationLinks {
     webhooks: Webhooks,
     /// Whether this gateway carries the federation now (see [`super::active`]).
     active: std::sync::atomic::AtomicBool,
-    /// The peers' tracks our administrator stopped in our cluster: (our room, track id).
+    /// The peers' tracks our administrator stopped in our cluster: (our room, track id), as
+    /// last read from the registry (see [`stop`]).
     stopped: Mutex<HashSet<(String, String)>>,
 }
 
@@ -256,6 +258,7 @@ impl FederationLinks {
     /// Runs every few hundred milliseconds: sends our mappings and rosters where they
     /// changed, and stops what crosses for rooms no longer mapped by both sides.
     pub fn sync(&self) {
+        self.apply_stops();
         self.sync_links();
         self.publish();
     }
@@ -433,6 +436,7 @@ impl FederationLinks {
             self.membership.remove(key);
         }
         self.announce(room, &p.members.remove(room).unwrap_or_default(), &[]);
+        p.tracks.remove(room);
         p.sent_rosters.remove(room);
     }
 }
@@ -491,6 +495,7 @@ impl LinkHandler for FederationLinks {
                 flows: HashMap::new(),
                 written: HashMap::new(),
                 members: HashMap::new(),
+                tracks: HashMap::new(),
                 sent_rosters: HashMap::new(),
                 counters: PeerCounters::new(&self.metrics, &peer),
                 subscriptions: Bucket::new(

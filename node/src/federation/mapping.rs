@@ -2,25 +2,30 @@
 //! cluster's etcd (`<prefix>federation/rooms/<room>`, not bound to any lease: a mapping outlives
 //! gateways), so every gateway of the cluster, and the one that takes over, sees the same ones.
 //! A room crosses only while both sides map it to each other (see [`super::link`]).
+//!
+//! The peers' tracks an administrator stopped in our cluster are kept beside the mappings
+//! (`<prefix>federation/stopped/<room>/<track>`); unmapping a room forgets its stops.
 
-pub use sfu_control::federation::RoomMapping;
-use sfu_control::{EtcdRegistry, Keys, Registry, registry::RegistryError};
+pub use sfu_control::federation::{RoomMapping, Stop};
+use sfu_control::{EtcdRegistry, Membership, Registry, federation, registry::RegistryError};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 /// The mappings, as last read.
 pub struct Mappings {
     registry: EtcdRegistry,
+    membership: Membership,
     prefix: String,
     /// Our room → its mapping.
     current: RwLock<BTreeMap<String, RoomMapping>>,
 }
 
 impl Mappings {
-    pub fn new(registry: EtcdRegistry, keys: &Keys) -> Self {
+    pub fn new(registry: EtcdRegistry, membership: Membership) -> Self {
         Self {
             registry,
-            prefix: sfu_control::federation::rooms_prefix(keys),
+            prefix: federation::rooms_prefix(membership.keys()),
+            membership,
             current: RwLock::new(BTreeMap::new()),
         }
     }
@@ -43,8 +48,24 @@ impl Mappings {
         self.registry
             .delete(&format!("{}{room}", self.prefix))
             .await?;
+        federation::forget_stops(&self.registry, self.membership.keys(), room).await?;
         self.refresh().await?;
         Ok(true)
+    }
+
+    /// Stops forwarding a peer's `track` in our `room` (see [`super::link`]'s `stop`).
+    pub async fn stop(&self, room: &str, track: &str) -> Result<Stop, RegistryError> {
+        federation::stop_track(&self.registry, &self.membership, room, track).await
+    }
+
+    /// Forwards a stopped track again; false if it was not stopped.
+    pub async fn resume(&self, room: &str, track: &str) -> Result<bool, RegistryError> {
+        federation::resume_track(&self.registry, self.membership.keys(), room, track).await
+    }
+
+    /// The tracks stopped in our `room`, read from the registry now.
+    pub async fn stopped(&self, room: &str) -> Result<Vec<String>, RegistryError> {
+        federation::stopped_tracks(&self.registry, self.membership.keys(), room).await
     }
 
     /// Reads them from the registry again.

@@ -112,7 +112,7 @@ impl Federation {
         );
         let (trust, identity) =
             Trust::build(&config.name, &cert, &key, &current).context("federation identity")?;
-        let mappings = Arc::new(Mappings::new(registry, membership.keys()));
+        let mappings = Arc::new(Mappings::new(registry, membership.clone()));
         let state = FederationLinks::new(
             link::Names {
                 name: config.name.clone(),

@@ -11,9 +11,7 @@ use sfu_control::{Membership, ParticipantRecord, TrackRecord};
 pub const MAX_ROSTER: usize = 1000;
 
 /// Whether a record's node (or a track's origin) is a federation link, not a node.
-pub fn is_federated(node: &str) -> bool {
-    node.contains('~')
-}
+pub use sfu_control::federation::is_federated;
 
 /// Our stage participants of a room and their tracks, sorted (so that equal rosters encode
 /// equally).

@@ -16,6 +16,19 @@ pub async fn expect_media(
     limit: Duration,
     sides: [&Side; 2],
 ) -> Sample {
+    expect_media_but(browser, pages, &[], frames, limit, sides).await
+}
+
+/// [`expect_media`], except that the pages in `no_audio` need not have received audio (their
+/// peer's microphone is stopped on their side).
+pub async fn expect_media_but(
+    browser: &mut Browser,
+    pages: &[&str],
+    no_audio: &[&str],
+    frames: f64,
+    limit: Duration,
+    sides: [&Side; 2],
+) -> Sample {
     let mut baseline: Option<Vec<f64>> = None;
     let (ok, last) = browser
         .until(limit, |s| {
@@ -25,7 +38,8 @@ pub async fn expect_media(
                 .iter()
                 .zip(decoded.iter().zip(base.iter()))
                 .all(|(p, (now, start))| {
-                    now - start >= frames && stat(s, p, "audioPacketsReceived") > 0.0
+                    now - start >= frames
+                        && (no_audio.contains(p) || stat(s, p, "audioPacketsReceived") > 0.0)
                 })
         })
         .await;

@@ -10,6 +10,8 @@
 //! - [`setup`]: the two clusters, and requests to their admin APIs and B's control plane;
 //! - [`links`]: links that must be refused;
 //! - [`checks`]: media flowing or stopped, and a federated track stopped on one side;
+//! - [`stops`]: stopped federated tracks kept through a failover, and stopped through B's
+//!   control plane;
 //! - [`bad_input`]: a raw QUIC client with a peer's real certificate sending garbage.
 
 #[path = "../common/mod.rs"]
@@ -19,8 +21,9 @@ mod bad_input;
 mod checks;
 mod links;
 mod setup;
+mod stops;
 
-use checks::{expect_media, media_stops};
+use checks::{expect_media, expect_media_but, media_stops};
 use common::control::{authed, eventually, ws_join};
 use common::{Browser, browser_lock};
 use reqwest::Method;
@@ -197,6 +200,8 @@ async fn two_clusters_share_a_mapped_room() {
 
     // A's administrator stops B's camera in A, and lets it through again.
     checks::stop_in_a_only(&mut browser, &a, &b).await;
+    // B's control plane stops A's microphone in B and resumes it.
+    stops::through_control_plane(&control, &b).await;
 
     // Unmapping on one side (B) stops media both ways within seconds.
     let listed = control
@@ -242,15 +247,19 @@ async fn two_clusters_share_a_mapped_room() {
         .await
         .unwrap();
     expect_media(&mut browser, &both, 30.0, Duration::from_secs(60), [&a, &b]).await;
+    // A stops B's microphone on a1; after the failover a3 keeps it stopped.
+    let mic = stops::stop_microphone(&a).await;
     let failed = Instant::now();
     fa.close();
     a.node.membership.leave().await;
-    expect_media(&mut browser, &both, 30.0, Duration::from_secs(30), [&a, &b]).await;
+    let limit = Duration::from_secs(30);
+    expect_media_but(&mut browser, &both, &["alice"], 30.0, limit, [&a, &b]).await;
     println!(
         "failover: both sides decoding 30 more frames {:.1} s after the active gateway went",
         failed.elapsed().as_secs_f64()
     );
     assert_eq!(f3.state.linked(), ["b.example"]);
+    stops::still_stopped_after_failover(&mut browser, &a, &b, &mic).await;
 
     // B removes A as a peer: the link closes and media stops both ways.
     control.remove_peer("a.example").await.unwrap();

@@ -53,6 +53,13 @@ pub enum RoomsCmd {
     Unmap { room: String },
     /// Our mappings, each with whether the peer maps it back (active).
     List,
+    /// Stops forwarding a peer's TRACK in our ROOM, in our cluster only (kept in the
+    /// registry: every gateway applies it, after a failover too).
+    Stop { room: String, track: String },
+    /// Forwards a stopped TRACK of ROOM again.
+    Resume { room: String, track: String },
+    /// The peers' tracks stopped in ROOM.
+    Stopped { room: String },
 }
 
 fn mapping(m: &pb::RoomMapping) -> serde_json::Value {
@@ -153,6 +160,48 @@ pub async fn run(
                     print(serde_json::json!({ "unmapped": room }));
                 } else {
                     println!("unmapped {room}");
+                }
+            }
+            RoomsCmd::Stop { room, track } => {
+                let req = pb::StopTrackRequest {
+                    room: room.clone(),
+                    track: track.clone(),
+                };
+                let r = c.stop_track(authed(admin, req)).await?.into_inner();
+                if json {
+                    print(
+                        serde_json::json!({"room": room, "stopped": track, "already": r.already}),
+                    );
+                } else if r.already {
+                    println!("{track} of {room} was stopped already");
+                } else {
+                    println!("stopped {track} in {room}");
+                }
+            }
+            RoomsCmd::Resume { room, track } => {
+                let req = pb::ResumeTrackRequest {
+                    room: room.clone(),
+                    track: track.clone(),
+                };
+                c.resume_track(authed(admin, req)).await?;
+                if json {
+                    print(serde_json::json!({"room": room, "resumed": track}));
+                } else {
+                    println!("resumed {track} in {room}");
+                }
+            }
+            RoomsCmd::Stopped { room } => {
+                let req = pb::ListStoppedTracksRequest { room };
+                let r = c
+                    .list_stopped_tracks(authed(admin, req))
+                    .await?
+                    .into_inner();
+                if json {
+                    print(serde_json::json!(r.tracks));
+                } else {
+                    for t in r.tracks {
+                        println!("{t}");
+                    }
                 }
             }
             RoomsCmd::List => {

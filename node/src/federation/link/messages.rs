@@ -59,6 +59,7 @@ impl FederationLinks {
                             }
                         }
                         p.written.insert(room.clone(), written);
+                        p.tracks.insert(room.clone(), ts);
                         let members: Vec<ParticipantRef> = ps
                             .iter()
                             .map(|r| ParticipantRef {
