@@ -63,6 +63,8 @@ pub struct Metrics {
     pub tasks: Gauge,
     /// A federation gateway's links, per peer (`sfu_federation_…`).
     pub federation: crate::federation::metrics::FederationMetrics,
+    /// Repair of loss between publishers and the node (`sfu_publisher_…`).
+    pub repair: crate::media::repair::RepairMetrics,
 }
 
 impl Metrics {
@@ -97,9 +99,11 @@ impl Metrics {
             webhooks_dropped: Counter::default(),
             joins_throttled: Counter::default(),
             federation: Default::default(),
+            repair: Default::default(),
             registry: Registry::default(),
         };
         m.federation.register(&mut registry);
+        m.repair.register(&mut registry);
         registry.register(
             "rooms",
             "Rooms with participants on this node",

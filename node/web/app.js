@@ -606,6 +606,9 @@ window.sfuStats = async function () {
     frameHeight: 0,
     // Publisher side: bytes sent per simulcast RID (dynacast turns layers off).
     layerBytesSent: {},
+    layerFramesEncoded: {},
+    nackCount: 0,
+    retransmittedPacketsSent: 0,
     speakers: sfu.speakers.map((sid) => (sfu.participants.get(sid) || {}).identity || sid),
     // The simulcast layers the node last asked this publisher to send (dynacast).
     publisherLayers: sfu.publisherLayers ? sfu.publisherLayers.layers : null,
@@ -646,6 +649,10 @@ window.sfuStats = async function () {
     stats.forEach((s) => {
       if (s.type === "outbound-rtp" && s.kind === "video") {
         out.layerBytesSent[s.rid || "-"] = s.bytesSent || 0;
+        out.layerFramesEncoded[s.rid || "-"] = s.framesEncoded || 0;
+        // Repair of loss on the way to the node: NACKs the node sent, packets sent again.
+        out.nackCount += s.nackCount || 0;
+        out.retransmittedPacketsSent += s.retransmittedPacketsSent || 0;
       }
       if (s.type === "candidate-pair" && s.nominated && s.availableOutgoingBitrate) {
         out.availableOutgoingBitrate = s.availableOutgoingBitrate;

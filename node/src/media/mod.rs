@@ -16,6 +16,7 @@ mod egress;
 pub mod peer;
 mod plane;
 mod record;
+pub mod repair;
 mod room;
 pub use room::roster;
 mod rtcp_tap;

@@ -6,7 +6,8 @@
 //! so that [`demux`](super::demux) can route a peer's first STUN packet to it.
 //!
 //! Interceptors are chosen per direction. Publisher connections get NACK generation (loss on the
-//! first hop is repaired by the publisher), receiver reports and transport-wide congestion
+//! first hop is repaired by the publisher, its retransmissions put back by
+//! [`repair`](super::repair)), receiver reports and transport-wide congestion
 //! control feedback (so the browser's bandwidth estimate can ramp up). Subscriber connections
 //! get none: the forwarding core answers NACKs from its per-track cache and writes sender
 //! reports itself, so no per-subscriber copy of any packet is kept.
@@ -228,6 +229,7 @@ pub fn build(
     direction: Direction,
     credentials: &IceCredentials,
     certificate: &RTCCertificate,
+    repair: &super::repair::RepairMetrics,
     now: Instant,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut me = MediaEngine::default();
@@ -276,8 +278,20 @@ pub fn build(
             RtpCodecKind::Audio,
             None,
         )?;
+        // Loss on the way in is asked for again (10 times at most, every 100 ms), and the
+        // retransmissions of simulcast layers are put back into their streams (see
+        // `super::repair`: webrtc-rs drops them otherwise).
         registry = registry
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(
+                Slot::from(super::repair::REPAIR_SLOT),
+                super::repair::RtxRepair::new(repair.clone()),
+            )
+            .with(
+                Slot::NackGenerator,
+                NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(10)
+                    .build(),
+            )
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
     }

@@ -179,9 +179,16 @@ fn run(
     ready: oneshot::Sender<Result<(), RecordingError>>,
 ) {
     let built = init().and_then(|()| pipeline::build(&plan, &file, &keyframes));
+    // Paused until the first packet (the file is opened now, so a failure is reported at
+    // once). The jitter buffer times packets from their RTP timestamps counted from time 0,
+    // and waits for a missing one until its time plus its latency on the pipeline's clock:
+    // started before the first packet (the keyframe asked for comes a second or so later),
+    // the clock would be past every packet's time by that much, and a gap would be declared
+    // lost at once, before the publisher's retransmission came (measured: 5 to 60 ms after
+    // the gap, while the depayloader dropped what followed until the next keyframe).
     let built = built.and_then(|b| {
         b.pipeline
-            .set_state(gst::State::Playing)
+            .set_state(gst::State::Paused)
             .map_err(|_| RecordingError::Pipeline(first_error(&b.pipeline, &file)))?;
         Ok(b)
     });
@@ -205,6 +212,10 @@ fn run(
     loop {
         match rx.recv_timeout(POLL) {
             Ok(packet) => {
+                if clock.first.is_none() && b.pipeline.set_state(gst::State::Playing).is_err() {
+                    failure = Some(first_error(&b.pipeline, &file));
+                    break;
+                }
                 clock.on_packet(&packet);
                 if let Err(e) = b.src.push_buffer(gst::Buffer::from_mut_slice(packet)) {
                     failure = Some(format!("the pipeline refused data: {e:?}"));
@@ -231,6 +242,10 @@ fn run(
     }
     // Whatever ended it, the muxer finishes the file: duration and cues on a clean stop.
     drop(rx);
+    if clock.first.is_none() {
+        // Never started: the end of stream flows only when playing.
+        let _ = b.pipeline.set_state(gst::State::Playing);
+    }
     let _ = b.src.end_of_stream();
     if failure.is_none() {
         let end = bus.timed_pop_filtered(

@@ -216,6 +216,7 @@ pub(in crate::media) mod tests {
             worker: 0,
             workers: 1,
             core: Default::default(),
+            repair: Default::default(),
         });
         LocalRoom::new("r".into(), ctx, now, 50)
     }

@@ -68,6 +68,8 @@ pub struct RoomContext {
     pub worker: usize,
     pub workers: usize,
     pub core: sfu_core::RoomConfig,
+    /// The node's counters of repair by publishers, for its publisher connections.
+    pub repair: super::repair::RepairMetrics,
 }
 
 /// Changes to the worker's datagram routing that a room asks for.
@@ -557,7 +559,8 @@ impl LocalRoom {
         direction: Direction,
     ) -> Result<usize, SignalError> {
         let ice = IceCredentials::random();
-        let pc = super::peer::build(direction, &ice, &self.ctx.certificate, now).map_err(|e| {
+        let (certificate, repair) = (&self.ctx.certificate, &self.ctx.repair);
+        let pc = super::peer::build(direction, &ice, certificate, repair, now).map_err(|e| {
             SignalError::new(
                 ErrorCode::Internal,
                 format!("creating peer connection: {e}"),

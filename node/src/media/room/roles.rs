@@ -327,6 +327,7 @@ mod tests {
             worker: 0,
             workers: 1,
             core: Default::default(),
+            repair: Default::default(),
         });
         LocalRoom::new("r".into(), ctx, now, threshold)
     }

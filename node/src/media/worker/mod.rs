@@ -187,6 +187,7 @@ impl WorkerCore {
             worker: index,
             workers: siblings.len(),
             core: config.core,
+            repair: metrics.repair.clone(),
         });
         // The relay core names this worker `node#wN`: the other workers of the node link to it
         // under that name (other nodes know only the node).
