@@ -537,6 +537,9 @@ async fn join_time_against_the_json_protocol() {
         ("demo page, JSON protocol", ""),
     ] {
         let mut times = Vec::new();
+        // livekit-client's `room.connect()` alone (signaling, and the publisher connection it
+        // waits for), where the refused `/rtc/v1` attempt shows.
+        let mut connects = Vec::new();
         for i in 0..RUNS {
             let name = format!("v{i}");
             let identity = format!("viewer-{}-{i}", results.len());
@@ -591,6 +594,7 @@ async fn join_time_against_the_json_protocol() {
                 .or(st["marks"]["firstFrameMs"].as_f64())
                 .unwrap();
             times.push(ms);
+            connects.extend(st["joinMs"].as_f64());
             b.close_page(&name).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -601,6 +605,15 @@ async fn join_time_against_the_json_protocol() {
             times[0],
             times[RUNS - 1]
         );
+        if !connects.is_empty() {
+            connects.sort_by(f64::total_cmp);
+            eprintln!(
+                "{way}: room.connect() p50 {:.0} ms, min {:.0}, max {:.0}",
+                connects[connects.len() / 2],
+                connects[0],
+                connects[connects.len() - 1]
+            );
+        }
         results.push((way, times));
     }
     b.stop().await;

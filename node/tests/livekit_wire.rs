@@ -399,3 +399,45 @@ async fn json_resume_takes_over_its_own_session_parked_or_live() {
     assert!(started.elapsed() < Duration::from_secs(5));
     node.stop().await;
 }
+
+/// `/rtc/v1` (LiveKit's single peer connection) is refused so that livekit-client falls back
+/// to `/rtc` at once: the upgrade is a `404`, and so is `/rtc/v1/validate` for a good token,
+/// without the words that would make the client give up ("requested room does not exist");
+/// for a bad token the validate answers `401` as `/rtc/validate` does, so the client reports
+/// it without trying `/rtc` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtc_v1_is_refused_so_that_livekit_clients_fall_back() {
+    use tokio_tungstenite::tungstenite::Error;
+    let node = common::start_node().await;
+    let good = token("v1", "v1-room", true, true);
+    let url = format!(
+        "ws://{}/rtc/v1?access_token={good}&join_request=AAAA",
+        node.http_addr
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 404),
+        other => panic!("the /rtc/v1 upgrade was not refused with 404: {other:?}"),
+    }
+    let http = common::http();
+    let validate = |t: &str| {
+        http.get(format!(
+            "http://{}/rtc/v1/validate?access_token={t}",
+            node.http_addr
+        ))
+        .send()
+    };
+    let response = validate(&good).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("v1 RTC path not served") && !body.contains("requested room does not exist"),
+        "{body}"
+    );
+    let response = validate("forged").await.unwrap();
+    assert_eq!(response.status(), 401, "{:?}", response.text().await);
+    // The v0 path still joins with the same token.
+    let (_ws, joined) =
+        common::control::ws_join(&format!("http://{}", node.http_addr), &good).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    node.stop().await;
+}

@@ -236,6 +236,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/rtc", get(ws::upgrade))
         .route("/rtc/validate", get(ws::validate))
+        .route("/rtc/v1", get(ws::v1::upgrade))
+        .route("/rtc/v1/validate", get(ws::v1::validate))
         .merge(whip::routes())
         .merge(admin::routes())
         .merge(recordings::routes())

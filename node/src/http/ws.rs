@@ -12,6 +12,7 @@
 mod join;
 mod resume;
 pub use resume::Parked;
+pub mod v1;
 
 use super::{AppState, Problem, check_room_name};
 use crate::auth::Grants;
