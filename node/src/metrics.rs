@@ -58,6 +58,10 @@ pub struct Metrics {
     pub slow_clients: Counter,
     /// WebSocket clients disconnected because nothing came from them for too long.
     pub idle_clients: Counter,
+    /// Signaling sessions parked for a resume now, and how many were parked and resumed.
+    pub parked_sessions: Gauge,
+    pub sessions_parked: Counter,
+    pub sessions_resumed: Counter,
     /// Tasks alive on the node's tokio runtime, read when metrics are served: a count that
     /// keeps growing while participants come and go is a leak (see `BENCHMARKS.md`, soak).
     pub tasks: Gauge,
@@ -86,6 +90,9 @@ impl Metrics {
             slow_clients: Counter::default(),
             idle_clients: Counter::default(),
             tasks: Gauge::default(),
+            parked_sessions: Gauge::default(),
+            sessions_parked: Counter::default(),
+            sessions_resumed: Counter::default(),
             nacks_received: Counter::default(),
             retransmitted: Counter::default(),
             keyframe_requests_received: Counter::default(),
@@ -169,6 +176,21 @@ impl Metrics {
             "idle_clients",
             "WebSocket clients disconnected because nothing (not even a pong) came from them for limits.ws_idle_secs",
             m.idle_clients.clone(),
+        );
+        registry.register(
+            "parked_sessions",
+            "Signaling sessions whose WebSocket closed without a leave, kept for their client to resume",
+            m.parked_sessions.clone(),
+        );
+        registry.register(
+            "sessions_parked",
+            "Signaling sessions parked for a resume",
+            m.sessions_parked.clone(),
+        );
+        registry.register(
+            "sessions_resumed",
+            "Parked (or still live) signaling sessions taken over by their client's resume",
+            m.sessions_resumed.clone(),
         );
         registry.register(
             "tasks",

@@ -343,6 +343,13 @@ async fn json_resume_takes_over_its_own_session_parked_or_live() {
     let sid = joined["participant"]["sid"].as_str().unwrap().to_owned();
     anna.close(None).await.unwrap();
     closed(anna).await;
+    let base = format!("http://{}", node.http_addr);
+    let parked = || async { common::metric(&common::metrics(&base).await, "sfu_parked_sessions") };
+    assert_eq!(
+        parked().await,
+        1.0,
+        "the node closes the WebSocket once parked"
+    );
     // Anna is still in the room while parked; Otto joins meanwhile.
     let (otto, joined) = join(connect("otto").await, json!({"type": "join"})).await;
     assert!(
@@ -380,6 +387,9 @@ async fn json_resume_takes_over_its_own_session_parked_or_live() {
     assert_eq!(answer["participant"], sid.as_str(), "{answer}");
     let missed = next_of(&mut back, &["participant_joined"], Duration::from_secs(10)).await;
     assert_eq!(missed["participant"]["identity"], "otto", "{missed}");
+    assert_eq!(parked().await, 0.0);
+    let metrics = common::metrics(&base).await;
+    assert_eq!(common::metric(&metrics, "sfu_sessions_resumed_total"), 1.0);
     // Her network breaks unnoticed by the node: a resume takes the live session over and the
     // old WebSocket is closed.
     let (_again, answer) = join(

@@ -20,6 +20,7 @@ use super::{Encoding, Session};
 use crate::media::{Command, MediaPlane};
 use crate::signaling::protocol::ServerMessage;
 use crate::signaling::{Events, EventsRx};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,8 +109,10 @@ impl Takeover {
 
 impl Parked {
     /// Parks a session; if it is not resumed within [`PARK_FOR`] its participant leaves.
-    fn park(self: &Arc<Self>, media: MediaPlane, session: ParkedSession) {
+    /// `parked_now` counts the sessions parked now.
+    fn park(self: &Arc<Self>, media: MediaPlane, session: ParkedSession, parked_now: Gauge) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        parked_now.inc();
         let sid = session.participant.clone();
         let room = session.room.clone();
         self.lock().insert(sid.clone(), (generation, session));
@@ -124,6 +127,7 @@ impl Parked {
                 }
             };
             if expired.is_some() {
+                parked_now.dec();
                 tracing::info!(%room, participant = %sid, "a parked session was not resumed in time: it leaves");
                 let _ = media.send(
                     &room,
@@ -234,7 +238,12 @@ impl Session {
         };
         tracing::info!(room = %self.room, participant = %session.participant, "session parked for a resume");
         self.pause(&session.participant, true);
-        self.state.parked.park(self.state.media.clone(), session);
+        let metrics = &self.state.metrics;
+        metrics.sessions_parked.inc();
+        let parked_now = metrics.parked_sessions.clone();
+        self.state
+            .parked
+            .park(self.state.media.clone(), session, parked_now);
     }
 
     /// Resumes session `sid`: takes the parked session over (asking it to park first if it is
@@ -255,6 +264,8 @@ impl Session {
             return None;
         };
         tracing::info!(room = %self.room, participant = %sid, "session resumed");
+        self.state.metrics.parked_sessions.dec();
+        self.state.metrics.sessions_resumed.inc();
         if let (Encoding::LiveKit { codec, .. }, Encoding::LiveKit { codec: kept, .. }) =
             (&mut self.encoding, parked.encoding)
         {
