@@ -80,7 +80,7 @@ pub struct Cli {
     #[arg(long)]
     pub duration: Option<f64>,
     /// Light receivers: measure media from the clear RTP headers and authenticate and decrypt
-    /// one packet in 32 (latency from those), for a fraction of the CPU per packet.
+    /// one packet in 64 (latency from those), for a fraction of the CPU per packet.
     #[arg(long)]
     pub light: bool,
     /// Address the peers' sockets bind to.

@@ -11,7 +11,7 @@
 //! join_rate = 20                    # peers started per second
 //! warmup_secs = 3
 //! duration_secs = 30
-//! light_receivers = false           # measure from RTP headers, decrypt 1 packet in 32
+//! light_receivers = false           # measure from RTP headers, decrypt 1 packet in 64
 //!
 //! [target]
 //! kind = "sfu"                      # sfu (WebSocket protocol) | whip (WHIP/WHEP) | janus
