@@ -130,3 +130,73 @@ async fn whip_publisher_reaches_whep_players_with_h264() {
     browser.stop().await;
     node.stop().await;
 }
+
+/// The demo page with `&resume=1` resumes its session when its WebSocket breaks: both pages
+/// close theirs, take their sessions over on the same node (`resumed`, peer connections kept,
+/// nobody seen leaving), and media flows again to the viewer, whose forwarding was paused
+/// while it was away. A resumable page that closes leaves at once (`leave` on `pagehide`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_page_resumes_its_session_when_its_websocket_breaks() {
+    let _guard = browser_lock().await;
+    let node = start_node().await;
+    let base = format!("http://{}", node.http_addr);
+    let room = "resume-e2e";
+    let page = |identity: &str, publish: u8| {
+        format!(
+            "{base}/demo.html?room={room}&identity={identity}&autojoin=1&publish={publish}&resume=1"
+        )
+    };
+    let mut browser = Browser::launch(&[("pub", page("alice", 1)), ("sub", page("bob", 0))]).await;
+    expect_media(&mut browser, &["sub"], 30.0, LIMIT).await;
+    for p in ["pub", "sub"] {
+        browser.eval(p, "window.sfu.ws.close()").await;
+    }
+    let (ok, s) = browser
+        .until(Duration::from_secs(20), |s| {
+            ["pub", "sub"].iter().all(|p| stat(s, p, "resumes") == 1.0)
+        })
+        .await;
+    assert!(ok, "both pages resumed: {s:#}");
+    assert_eq!(stat(&s, "sub", "reconnects"), 0.0, "{s:#}");
+    assert_eq!(node.media.snapshot().await.participants, 2);
+    let last = expect_media(&mut browser, &["sub"], 30.0, LIMIT).await;
+    for p in ["pub", "sub"] {
+        assert!(
+            last["pages"][p]["stats"]["left"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "nobody was seen leaving: {last:#}"
+        );
+    }
+    eprintln!(
+        "resume: the demo page resumed in {} ms (viewer), {} ms (publisher)",
+        stat(&last, "sub", "lastResumeMs"),
+        stat(&last, "pub", "lastResumeMs")
+    );
+    let metrics = common::metrics(&base).await;
+    assert_eq!(
+        common::metric(&metrics, "sfu_sessions_resumed_total"),
+        2.0,
+        "{metrics}"
+    );
+    // Closing the publisher's tab: the viewer sees it leave well before a parked session
+    // would have expired (10 s).
+    let closed = std::time::Instant::now();
+    browser.close_page("pub").await;
+    let (ok, s) = browser
+        .until(Duration::from_secs(20), |s| {
+            s["pages"]["sub"]["stats"]["left"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        })
+        .await;
+    assert!(ok, "the viewer saw alice leave: {s:#}");
+    assert!(
+        closed.elapsed() < Duration::from_secs(5),
+        "a closed resumable page left at once, not after parking: {:?}",
+        closed.elapsed()
+    );
+    browser.stop().await;
+    node.stop().await;
+}

@@ -9,6 +9,10 @@
 // A node that dies (killed, crashed, unreachable) closes the WebSocket without `left`: the
 // page shows "reconnecting" and tries again with backoff (see `reconnect`), placed by the
 // control plane away from the lost node, or on the same node without &control.
+// With &resume=1 the session is resumable: when its WebSocket breaks, the page first takes its
+// session over on the same node (`join` with `resume`), keeping its peer connections, and joins
+// again fully only if that fails (docs/signaling.md, "Resuming a session"); it leaves on
+// `pagehide`, so that a closed tab does not wait in its room for a resume.
 //
 // Large rooms: tiles are ordered by who spoke last (`speakers` events), each tile tells the
 // node the size it renders at (`track_settings`, so the node sends the simulcast layer that
@@ -58,6 +62,10 @@ const sfu = {
   reconnects: 0, // reconnections that succeeded
   lostAt: null, // when the connection was lost (ms since the epoch)
   lastReconnectMs: null, // how long the last reconnection took, loss to `joined`
+  resuming: false, // a resume of our session is under way (&resume=1)
+  resumes: 0, // resumes that succeeded
+  lastResumeMs: null, // how long the last resume took, loss to `resumed`
+  stateBeforeLoss: null, // the state to go back to once resumed
   cameraOpens: 0, // getUserMedia calls (a reconnection reuses the camera: no new prompt)
   marks: {}, // free-form values tests set in the page and read back through sfuStats
   recordings: new Set(), // ids of the room's recordings running (told by `recording`)
@@ -87,8 +95,12 @@ async function getToken(room, identity, publish) {
   return (await r.json()).token;
 }
 
+// Whether sessions are resumable (&resume=1).
+const RESUMABLE = params.get("resume") === "1";
+
 function send(msg) {
-  sfu.ws.send(JSON.stringify(msg));
+  // Nothing to send on while a resume opens its connection.
+  if (sfu.ws && sfu.ws.readyState === WebSocket.OPEN) sfu.ws.send(JSON.stringify(msg));
 }
 
 // Tells the node how large each video of a participant is shown (0 x 0: not visible).
@@ -410,8 +422,14 @@ function disconnect() {
     sfu.ws.onclose = null;
     sfu.ws.close();
   }
+  sfu.ws = null;
+  closePeers();
+}
+
+// Closes the peer connections and forgets the room's participants.
+function closePeers() {
   for (const pc of [sfu.pub, sfu.sub]) if (pc) pc.close();
-  sfu.pub = sfu.sub = sfu.ws = null;
+  sfu.pub = sfu.sub = null;
   sfu.sections.clear();
   for (const sid of [...sfu.participants.keys()]) if (sid !== "self") removeTile(sid);
 }
@@ -442,10 +460,33 @@ function reconnect(room, identity, withMedia, token) {
   }, wait);
 }
 
-async function join(room, identity, withMedia, base, token) {
-  if (!sfu.reconnecting) setState("connecting");
+// Takes our session over on the same node after its WebSocket broke, keeping the peer
+// connections; if that fails (the node is gone, or answers too late), joins again fully.
+const RESUME_WAIT_MS = 3000;
+function resume(room, identity, withMedia, token) {
+  if (sfu.lostAt === null) sfu.lostAt = Date.now();
+  sfu.stateBeforeLoss = sfu.state;
+  sfu.resuming = true;
+  sfu.ws = null;
+  setState("resuming");
+  log("signaling connection lost; resuming the session");
+  const giveUp = () => {
+    sfu.resuming = false;
+    reconnect(room, identity, withMedia, token);
+  };
+  setTimeout(() => {
+    if (sfu.resuming && sfu.ws) sfu.ws.close(); // its onclose gives up
+  }, RESUME_WAIT_MS);
+  join(room, identity, withMedia, sfu.url, token, sfu.self.sid).catch((e) => {
+    log(`resuming failed: ${e}`);
+    if (sfu.resuming) giveUp();
+  });
+}
+
+async function join(room, identity, withMedia, base, token, resumeSid) {
+  if (!sfu.reconnecting && !resumeSid) setState("connecting");
   token = token || (await getToken(room, identity, withMedia));
-  sfu.node = null;
+  if (!resumeSid) sfu.node = null;
   if (!base && params.get("control")) {
     const placed = await place(params.get("control"), token, sfu.avoid);
     base = placed.url;
@@ -461,11 +502,22 @@ async function join(room, identity, withMedia, base, token) {
   let opened = false;
   ws.onopen = () => {
     opened = true;
-    send({ type: "join" });
+    if (resumeSid) send({ type: "join", resumable: true, resume: resumeSid });
+    else send(RESUMABLE ? { type: "join", resumable: true } : { type: "join" });
   };
   ws.onclose = () => {
     if (sfu.ws !== ws) return; // replaced by a newer connection
     if (sfu.state === "left") return; // the node ended the session on purpose
+    if (resumeSid && sfu.resuming) {
+      // The resume's own connection failed: join again fully.
+      sfu.resuming = false;
+      reconnect(room, identity, withMedia, token);
+      return;
+    }
+    if (RESUMABLE && opened && sfu.self && !sfu.reconnecting && !sfu.resuming && sfu.state !== "connecting") {
+      resume(room, identity, withMedia, token);
+      return;
+    }
     if (sfu.reconnecting || (opened && sfu.state !== "connecting")) {
       reconnect(room, identity, withMedia, token);
       return;
@@ -483,7 +535,22 @@ async function join(room, identity, withMedia, base, token) {
     sfu.messages[msg.type] = (sfu.messages[msg.type] || 0) + 1;
     try {
       switch (msg.type) {
+        case "resumed":
+          sfu.resuming = false;
+          sfu.resumes += 1;
+          sfu.lastResumeMs = Date.now() - sfu.lostAt;
+          sfu.lostAt = null;
+          setState(sfu.stateBeforeLoss || "joined");
+          log(`resumed after ${sfu.lastResumeMs} ms`);
+          break;
         case "joined":
+          if (sfu.resuming) {
+            // Nothing was left to resume: a new session, on new peer connections.
+            log("nothing to resume: joined again");
+            sfu.resuming = false;
+            sfu.lostAt = null;
+            closePeers();
+          }
           if (sfu.reconnecting) {
             sfu.reconnects += 1;
             sfu.lastReconnectMs = Date.now() - sfu.lostAt;
@@ -622,6 +689,8 @@ window.sfuStats = async function () {
     node: sfu.node,
     reconnects: sfu.reconnects,
     lastReconnectMs: sfu.lastReconnectMs,
+    resumes: sfu.resumes,
+    lastResumeMs: sfu.lastResumeMs,
     cameraOpens: sfu.cameraOpens,
     marks: sfu.marks,
     recordings: [...sfu.recordings],
@@ -661,6 +730,11 @@ window.sfuStats = async function () {
   }
   return out;
 };
+
+// A resumable session leaves when its tab goes, rather than wait in its room for a resume.
+window.addEventListener("pagehide", () => {
+  if (RESUMABLE && sfu.self) send({ type: "leave" });
+});
 
 window.addEventListener("DOMContentLoaded", () => {
   $("room").value = params.get("room") || "demo";
