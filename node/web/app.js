@@ -475,7 +475,10 @@ function resume(room, identity, withMedia, token) {
     reconnect(room, identity, withMedia, token);
   };
   setTimeout(() => {
-    if (sfu.resuming && sfu.ws) sfu.ws.close(); // its onclose gives up
+    if (!sfu.resuming) return;
+    // A node that does not answer (gone without refusing connections): give up.
+    if (sfu.ws) sfu.ws.close(); // its onclose gives up
+    else giveUp();
   }, RESUME_WAIT_MS);
   join(room, identity, withMedia, sfu.url, token, sfu.self.sid).catch((e) => {
     log(`resuming failed: ${e}`);
@@ -494,6 +497,7 @@ async function join(room, identity, withMedia, base, token, resumeSid) {
   }
   base = base || location.origin;
   await admitted(base);
+  if (resumeSid && !sfu.resuming) return; // given up meanwhile
   sfu.url = base;
   const url = new URL(base);
   const proto = url.protocol === "https:" ? "wss" : "ws";
