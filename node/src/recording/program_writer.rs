@@ -311,10 +311,11 @@ fn run(
             break;
         }
         // The placeholder picture only where nothing goes live: a live program's RTMP stream
-        // lost its video in runs where the placeholder came before the first real picture
-        // (6 of 7 runs with it after 1 s; the live test failed twice in a row in a
-        // fresh-clone CI run with it after 3 s; docs/recording.md, "Not yet"). A live
-        // program's file waits for the first picture, as it did before the placeholder.
+        // lost its video in runs where the placeholder came before the first real picture.
+        // One cause is found and fixed (a repeated segment at the funnel sent the live
+        // branch's times back: `video_gate`), after which the placeholder at once passed 6 of
+        // 6 live runs on a quiet machine but stalled 1 of 3 on a saturated one, as before
+        // (docs/recording.md, "Not yet"). A live program's file waits for the first picture.
         if program.live.is_none() {
             program
                 .gate

@@ -215,6 +215,35 @@ impl VideoGate {
             }
             gst::PadProbeReturn::Ok
         });
+        // One timeline after the funnel. When its input changes (placeholder to real video or
+        // back) the funnel sends on the new input's stream start and segment: the same times
+        // (both inputs are timed on the pipeline's clock, see `GateState::offset`), but a new
+        // segment resets what follows. The live outputs' `videorate` then started its frames
+        // again from the segment's start, seconds behind the placeholder's, and the FLV
+        // muxer got video going back in time: nginx's recording had frames on the same
+        // millisecond, or no video after the placeholder's (docs/recording.md). Only the
+        // first of each goes on; caps changes (a new picture size) still do.
+        let seen = Arc::new(Mutex::new((false, false)));
+        out.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            let Some(gst::PadProbeData::Event(e)) = &info.data else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let Ok(mut seen) = seen.lock() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let again = match e.type_() {
+                gst::EventType::StreamStart => std::mem::replace(&mut seen.0, true),
+                gst::EventType::Segment => std::mem::replace(&mut seen.1, true),
+                _ => false,
+            };
+            if again {
+                // Handled rather than dropped: a sticky event dropped by a probe is sent again
+                // before every buffer.
+                info.data.take();
+                return gst::PadProbeReturn::Handled;
+            }
+            gst::PadProbeReturn::Ok
+        });
         // Whatever goes to the muxer: times only go forward (a real frame timed from its
         // capture may come a few milliseconds before a placeholder timed at its push).
         let s = state.clone();
