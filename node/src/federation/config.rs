@@ -20,6 +20,22 @@ pub struct FederationConfig {
     pub key: PathBuf,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// How our participants appear to peers (each peer may override it; peers added at
+    /// runtime get this one).
+    #[serde(default)]
+    pub identities: Identities,
+}
+
+/// How our participants appear to a peer (who namespaces them with our name either way).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Identities {
+    /// Their identities and names, as our clients see them.
+    #[default]
+    Identity,
+    /// A stable pseudonym per identity (a keyed hash, different for each peer), with no name,
+    /// metadata or attributes that would reveal who it is.
+    Pseudonym,
 }
 
 /// A federation peer: another organisation's cluster.
@@ -32,6 +48,9 @@ pub struct PeerConfig {
     pub addrs: Vec<SocketAddr>,
     /// The only CA (or self-signed certificate) trusted for this peer.
     pub ca: PathBuf,
+    /// How our participants appear to this peer (default: the section's `identities`).
+    #[serde(default)]
+    pub identities: Option<Identities>,
 }
 
 impl FederationConfig {
@@ -77,7 +96,9 @@ mod tests {
                 name: peer.into(),
                 addrs,
                 ca: "ca".into(),
+                identities: None,
             }],
+            identities: Identities::Identity,
         }
     }
 
@@ -115,10 +136,13 @@ mod tests {
             name = "b.example"
             addrs = ["192.0.2.1:7443"]
             ca = "b-ca.pem"
+            identities = "pseudonym"
             "#,
         )
         .unwrap();
         assert_eq!(c.peers[0].name, "b.example");
+        assert_eq!(c.peers[0].identities, Some(Identities::Pseudonym));
+        assert_eq!(c.identities, Identities::Identity);
         assert!(toml::from_str::<FederationConfig>("name = 1").is_err());
     }
 }

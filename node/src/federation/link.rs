@@ -101,6 +101,7 @@ pub struct FederationLinks {
     /// Our federation name.
     name: String,
     node_id: String,
+    pseudonyms: roster::Pseudonyms,
     /// The peers we may link with, each trusted through its own CA (see [`super::peers`]).
     trust: RwLock<Trust>,
     router: Router,
@@ -152,6 +153,8 @@ fn refused(room: String, track: u64, detail: &str) -> Frame {
 pub struct Names {
     pub name: String,
     pub node_id: String,
+    /// Which peers see our participants under pseudonyms.
+    pub pseudonyms: roster::Pseudonyms,
 }
 
 impl FederationLinks {
@@ -168,6 +171,7 @@ impl FederationLinks {
             me: me.clone(),
             name: names.name,
             node_id: names.node_id,
+            pseudonyms: names.pseudonyms,
             trust: RwLock::new(trust),
             router,
             membership,
@@ -317,7 +321,11 @@ impl FederationLinks {
             }
             self.update_active(name, p);
             for (ours, theirs) in &p.active {
-                let (participants, tracks) = roster::local(&self.membership, ours);
+                let (mut participants, mut tracks) = roster::local(&self.membership, ours);
+                if self.pseudonyms.for_peer(name) {
+                    let key = &self.pseudonyms.key;
+                    roster::pseudonymize(key, name, &mut participants, &mut tracks);
+                }
                 let m = Message::Roster {
                     room: theirs.clone(),
                     participants,

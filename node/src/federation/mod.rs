@@ -36,7 +36,7 @@ pub mod metrics;
 pub mod peers;
 pub mod roster;
 
-pub use config::{FederationConfig, PeerConfig};
+pub use config::{FederationConfig, Identities, PeerConfig};
 
 use crate::cluster::Router;
 use crate::media::MediaPlane;
@@ -117,6 +117,15 @@ impl Federation {
             link::Names {
                 name: config.name.clone(),
                 node_id: node_id.to_owned(),
+                pseudonyms: roster::Pseudonyms {
+                    key: key.clone(),
+                    default: config.identities,
+                    peers: config
+                        .peers
+                        .iter()
+                        .filter_map(|p| Some((p.name.clone(), p.identities?)))
+                        .collect(),
+                },
             },
             trust,
             Router::new(media),

@@ -5,7 +5,9 @@
 //! (from any peer) never go back out. A peer's participants are namespaced (`peer/identity`)
 //! and placed on the link (`gateway~peer`), which is where our rooms pull their tracks from.
 
+use super::config::Identities;
 use sfu_control::{Membership, ParticipantRecord, TrackRecord};
+use std::collections::HashMap;
 
 /// The most participants, and tracks, of one room that cross.
 pub const MAX_ROSTER: usize = 1000;
@@ -26,6 +28,49 @@ pub fn local(membership: &Membership, room: &str) -> (Vec<ParticipantRecord>, Ve
     tracks.sort_by(|a, b| a.track.cmp(&b.track));
     tracks.truncate(MAX_ROSTER);
     (participants, tracks)
+}
+
+/// Which peers see our participants under pseudonyms, and the key those are made with (our
+/// federation key: every gateway of the cluster has it, so a failover keeps them).
+#[derive(Default)]
+pub struct Pseudonyms {
+    pub key: Vec<u8>,
+    /// For peers not in `peers` (added at runtime).
+    pub default: Identities,
+    pub peers: HashMap<String, Identities>,
+}
+
+impl Pseudonyms {
+    pub fn for_peer(&self, peer: &str) -> bool {
+        self.peers.get(peer).copied().unwrap_or(self.default) == Identities::Pseudonym
+    }
+}
+
+/// Replaces our participants' identities with stable pseudonyms for `peer` (a keyed hash of the
+/// identity: the same participant gets the same one at every join, each peer another), and
+/// drops what would reveal them: names, metadata, attributes, track names.
+pub fn pseudonymize(
+    key: &[u8],
+    peer: &str,
+    participants: &mut [ParticipantRecord],
+    tracks: &mut [TrackRecord],
+) {
+    use hmac::Mac;
+    for p in participants.iter_mut() {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+        mac.update(peer.as_bytes());
+        mac.update(b"/");
+        mac.update(p.identity.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        p.identity = format!("guest-{hex}");
+        p.name = String::new();
+        p.metadata = String::new();
+        p.attributes = Default::default();
+    }
+    for t in tracks.iter_mut() {
+        t.name = String::new();
+    }
 }
 
 /// Ids that become parts of registry keys: letters, digits, `_` and `-`.
@@ -129,6 +174,30 @@ mod tests {
         assert_eq!((ts[0].origin.as_str(), ts[0].worker), ("a1~b.example", 0));
         assert!(!ts[0].audio_levels);
         assert!(is_federated(&ts[0].origin) && !is_federated("b2"));
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_peer_and_reveal_nothing() {
+        let mut one = vec![participant("PA_1", "bob")];
+        one[0].metadata = "bob@b.example".into();
+        let mut two = vec![participant("PA_2", "bob"), participant("PA_3", "carol")];
+        let mut ts = vec![track("TR_00000000000000ff", "PA_1")];
+        ts[0].name = "bob's camera".into();
+        pseudonymize(b"key", "a.example", &mut one, &mut ts);
+        pseudonymize(b"key", "a.example", &mut two, &mut []);
+        assert!(one[0].identity.starts_with("guest-"), "{}", one[0].identity);
+        assert_eq!(one[0].identity, two[0].identity, "stable across joins");
+        assert_ne!(two[0].identity, two[1].identity);
+        assert!(one[0].name.is_empty() && one[0].metadata.is_empty() && ts[0].name.is_empty());
+        let mut other = vec![participant("PA_1", "bob")];
+        pseudonymize(b"key", "c.example", &mut other, &mut []);
+        assert_ne!(
+            other[0].identity, one[0].identity,
+            "another peer, another pseudonym"
+        );
+        let mut rekeyed = vec![participant("PA_1", "bob")];
+        pseudonymize(b"other key", "a.example", &mut rekeyed, &mut []);
+        assert_ne!(rekeyed[0].identity, one[0].identity);
     }
 
     #[test]

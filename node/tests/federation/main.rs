@@ -192,11 +192,26 @@ async fn two_clusters_share_a_mapped_room() {
         identities(&joined).contains(&"a.example/alice".to_owned()),
         "B sees A's alice as a.example/alice: {joined}"
     );
+    // B's configuration gives A pseudonyms: A sees B's bob as b.example/guest-..., with
+    // nothing that says bob.
     let (_, joined) = ws_join(&a.url(), &a.token("dave", "joint")).await;
+    let from_b: Vec<&serde_json::Value> = joined["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["identity"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("b.example/"))
+        })
+        .collect();
+    assert_eq!(from_b.len(), 1, "{joined}");
+    let pseudonym = from_b[0]["identity"].as_str().unwrap().to_owned();
     assert!(
-        identities(&joined).contains(&"b.example/bob".to_owned()),
-        "A sees B's bob as b.example/bob: {joined}"
+        pseudonym.starts_with("b.example/guest-") && !from_b[0].to_string().contains("bob"),
+        "A sees B's bob under a pseudonym only: {joined}"
     );
+    println!("A sees B's bob as {pseudonym}");
 
     // A's administrator stops B's camera in A, and lets it through again.
     checks::stop_in_a_only(&mut browser, &a, &b).await;
@@ -259,6 +274,12 @@ async fn two_clusters_share_a_mapped_room() {
         failed.elapsed().as_secs_f64()
     );
     assert_eq!(f3.state.linked(), ["b.example"]);
+    // The pseudonym is stable: the same through the second gateway.
+    let (ps, _) = a.plain.membership.room("joint");
+    assert!(
+        ps.iter().any(|p| p.identity == pseudonym),
+        "{pseudonym} after the failover: {ps:?}"
+    );
     stops::still_stopped_after_failover(&mut browser, &a, &b, &mic).await;
 
     // B removes A as a peer: the link closes and media stops both ways.

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sfu_control::auth::{admin_claims, join_claims, mint};
 use sfu_control::testing::Etcd;
-use sfu_node::federation::{FederationConfig, PeerConfig};
+use sfu_node::federation::{FederationConfig, Identities, PeerConfig};
 use sfu_node::{Config, Server};
 use sfu_proto::control as pb;
 use sfu_proto::control::federation_service_client::FederationServiceClient;
@@ -257,6 +257,7 @@ pub async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
                 name: peer_name,
                 addrs: vec![peer_addr],
                 ca: peer_dir.join("fed-ca.pem"),
+                identities: None,
             }]
         } else {
             vec![]
@@ -267,6 +268,12 @@ pub async fn start_pair() -> (Side, Side, mpsc::UnboundedReceiver<Value>) {
             cert: dir.join("fed.pem"),
             key: dir.join("fed.key"),
             peers,
+            // B shows A pseudonyms instead of its participants' identities.
+            identities: if short == "b" {
+                Identities::Pseudonym
+            } else {
+                Identities::Identity
+            },
         };
         let mut gateway = config(format!("{short}1"));
         gateway.federation = Some(federation.clone());
