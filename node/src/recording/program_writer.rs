@@ -310,17 +310,15 @@ fn run(
             failure = Some(format!("the pipeline refused data: {e:?}"));
             break;
         }
-        // The placeholder picture only where nothing goes live: a live program's RTMP stream
-        // lost its video in runs where the placeholder came before the first real picture.
-        // One cause is found and fixed (a repeated segment at the funnel sent the live
-        // branch's times back: `video_gate`), after which the placeholder at once passed 6 of
-        // 6 live runs on a quiet machine but stalled 1 of 3 on a saturated one, as before
-        // (docs/recording.md, "Not yet"). A live program's file waits for the first picture.
-        if program.live.is_none() {
-            program
-                .gate
-                .fill(Instant::now(), program.pipeline.current_running_time());
-        }
+        // The placeholder picture while there is no video, live programs too. Their RTMP
+        // stream lost its video in runs where the placeholder came before the first real
+        // picture, until a repeated segment at the funnel no longer sent the live branch's
+        // times back (`video_gate`): with the placeholder at once, 6 of 6 live runs then
+        // passed on a quiet machine. On a saturated machine the live branch sometimes stalls
+        // with or without it (1 of 3 runs each; docs/recording.md, "Not yet").
+        program
+            .gate
+            .fill(Instant::now(), program.pipeline.current_running_time());
         if let Some(e) = errors(&program, &bus, &id, &recordings) {
             failure = Some(e);
             break;
