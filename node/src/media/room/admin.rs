@@ -58,7 +58,7 @@ impl LocalRoom {
     /// The `joined_ms` of a session joining now: the wall clock, but later than any session
     /// with this identity and kind on other nodes, so that the node holding the older one ends
     /// it (see [`LocalRoom::end_superseded`]) even if its clock runs ahead of ours.
-    pub(in crate::media) fn join_time(&self, identity: &str, kind: &ParticipantKind) -> u64 {
+    pub(super) fn join_time(&self, identity: &str, kind: &ParticipantKind) -> u64 {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -72,7 +72,7 @@ impl LocalRoom {
     /// A session joined on another node: a local session with its identity and kind that
     /// joined before it (by `joined_ms`, then sid) ends, as a reload on the same node would
     /// end it. Both nodes see both records and judge them alike, so exactly one stays.
-    pub(in crate::media) fn end_superseded(
+    pub(super) fn end_superseded(
         &mut self,
         now: Instant,
         record: &ParticipantRecord,
@@ -136,7 +136,7 @@ impl LocalRoom {
             .parse()
             .map_err(|_| SignalError::new(ErrorCode::BadRequest, "malformed track sid"))?;
         let published = self
-            .tracks
+            .publications
             .get_mut(&id)
             .filter(|t| t.owner == sid && matches!(t.origin, Origin::Local { .. }))
             .ok_or_else(|| {
@@ -148,7 +148,7 @@ impl LocalRoom {
         published.muted = muted;
         // The core may not have the track (yet); the flag above is what matters then.
         let _ = self.core.set_track_muted(now, id, muted);
-        let record = self.track_record(&self.tracks[&id]);
+        let record = self.track_record(&self.publications[&id]);
         out.effects.push(Effect::TrackUpdated {
             room: self.name.clone(),
             record,

@@ -105,7 +105,7 @@ impl UserData {
 
 impl LocalRoom {
     /// A data channel of a participant's publisher connection opened.
-    pub(in crate::media) fn on_data_channel_open(&mut self, key: usize, id: RTCDataChannelId) {
+    pub(super) fn on_data_channel_open(&mut self, key: usize, id: RTCDataChannelId) {
         let peer = &mut self.peers[key];
         let Some(label) = peer.pc.data_channel(id).map(|c| c.label().to_owned()) else {
             return;
@@ -122,7 +122,7 @@ impl LocalRoom {
 
     /// A message on a participant's data channel: checked, rewritten with its sender, and
     /// delivered to the room.
-    pub(in crate::media) fn on_data_message(
+    pub(super) fn on_data_message(
         &mut self,
         now: Instant,
         key: usize,
@@ -191,7 +191,7 @@ impl LocalRoom {
             if !matches!(sent, Some(Ok(()))) {
                 self.drops.data_refused += 1;
             }
-            self.rearm(key);
+            self.peers.rearm(key);
         }
     }
 }

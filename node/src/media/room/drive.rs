@@ -32,7 +32,6 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_core::Output;
 use sfu_core::SinkId;
-use std::cmp::Reverse;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -75,7 +74,7 @@ impl LocalRoom {
                 Ok(event) => {
                     peer.last_heard = now;
                     match event {
-                        Some(TransportEvent::Address(addr)) => self.bind_peer_addr(key, addr),
+                        Some(TransportEvent::Address(addr)) => self.peers.bind_addr(key, addr),
                         Some(TransportEvent::Connected) => self.on_connected(now, key, out),
                         Some(TransportEvent::Closed) => {
                             self.on_peer_failed(now, key, "closed", out)
@@ -90,7 +89,7 @@ impl LocalRoom {
                 }
             }
             self.route_core_outputs(now, out);
-            self.rearm(key);
+            self.peers.rearm(key);
             return;
         }
         // A connection webrtc-rs runs (publishers): its peer's checks are verified here first,
@@ -104,7 +103,7 @@ impl LocalRoom {
                 &peer.ice.pwd,
                 self.ctx.crypto.crypto(),
             ) {
-                Ok(()) => self.bind_peer_addr(key, from),
+                Ok(()) => self.peers.bind_addr(key, from),
                 Err(StunError::NotBindingRequest) if peer.addrs.contains(&from) => {}
                 Err(e) => {
                     self.drops.rejected += 1;
@@ -139,7 +138,7 @@ impl LocalRoom {
 
     /// A subscriber connection is up: its subscriptions start (a WHEP player's sources are
     /// chosen).
-    pub(in crate::media) fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    pub(super) fn on_connected(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let peer = &mut self.peers[key];
         if peer.connected {
             return;
@@ -176,18 +175,8 @@ impl LocalRoom {
 
     /// Runs due timers: peer connections', the core's and the room's own.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Egress) {
-        while let Some(&Reverse((t, key, generation))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(peer) = self.peers.get_mut(key) else {
-                continue;
-            };
-            if peer.generation != generation || peer.timer != Some(t) {
-                continue;
-            }
-            peer.timer = None;
+        while let Some(key) = self.peers.pop_due(now) {
+            let peer = &mut self.peers[key];
             if let Err(e) = peer.pc.handle_timeout(now) {
                 tracing::debug!(room = %self.name, "peer timeout: {e}");
             }
@@ -209,7 +198,7 @@ impl LocalRoom {
     }
 
     /// Drains a peer connection: its events, its media, its datagrams; then the core's outputs.
-    pub(in crate::media) fn drive(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    pub(super) fn drive(&mut self, now: Instant, key: usize, out: &mut Egress) {
         // Events first: a track opened by a packet must be known before that packet is read.
         loop {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -235,7 +224,7 @@ impl LocalRoom {
             }
         }
         self.route_core_outputs(now, out);
-        self.rearm(key);
+        self.peers.rearm(key);
     }
 
     fn on_event(
@@ -449,7 +438,7 @@ impl LocalRoom {
                     }
                 }
                 Output::PublisherLayers { track, active } => {
-                    let Some(p) = self.tracks.get(&track) else {
+                    let Some(p) = self.publications.get(&track) else {
                         continue;
                     };
                     let layers: Vec<String> = p
@@ -469,7 +458,7 @@ impl LocalRoom {
                     }
                 }
                 Output::KeyframeRequest { track, layer } => {
-                    let Some(published) = self.tracks.get(&track) else {
+                    let Some(published) = self.publications.get(&track) else {
                         continue;
                     };
                     let key = match &published.origin {

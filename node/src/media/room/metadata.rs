@@ -174,7 +174,7 @@ impl LocalRoom {
 
     /// A remote participant's record changed its name, metadata or attributes: whether it
     /// did (the caller tells the room).
-    pub(in crate::media) fn remote_profile_changed(
+    pub(super) fn remote_profile_changed(
         &mut self,
         record: &sfu_control::ParticipantRecord,
     ) -> bool {
@@ -195,7 +195,7 @@ impl LocalRoom {
 }
 
 #[cfg(test)]
-pub(in crate::media) mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::auth::Grants;
     use crate::media::room::RoomContext;

@@ -13,7 +13,9 @@ pub(super) mod data;
 pub(super) mod drive;
 pub(super) mod metadata;
 mod pause;
+mod peers;
 pub(super) mod program;
+mod publications;
 mod publish;
 pub(super) mod quality;
 mod record;
@@ -25,28 +27,18 @@ mod subscribe;
 use super::egress::Egress;
 use super::peer::{Direction, IceCredentials};
 use super::{JoinRequest, Joined, ParticipantKind};
-use crate::signaling::protocol::{
-    ErrorCode, ParticipantView, ServerMessage, SignalError, TrackSourceName, TrackView,
-};
+use crate::signaling::protocol::{ErrorCode, ParticipantView, ServerMessage, SignalError};
+pub(super) use peers::DemuxUpdate;
+use peers::{Inbound, Outbound, Peer, Peers};
+use publications::{Origin, Publications, Published};
 use roster::Roster;
-pub(super) use roster::{Participant, RemoteParticipant};
-use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtp_transceiver::RTCRtpSenderId;
-use sfu_core::{LayerIndex, MediaKind, SubscriptionId, TrackId};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use roster::{Participant, RemoteParticipant};
+use sfu_core::{LayerIndex, TrackId};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// A peer connection that has not connected after this long is given up.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A connected peer that sent nothing for this long is gone. Browsers send ICE consent checks
-/// (RFC 7675) every few seconds and RTCP every second, so only a vanished peer is this quiet;
-/// webrtc-rs's ICE-lite agent does not time out on its own.
-pub(super) const SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Addresses a peer connection may be reached from (a browser checks from a few candidates).
-const MAX_PEER_ADDRS: usize = 4;
 /// Period of the room's housekeeping (connection deadlines).
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -72,151 +64,25 @@ pub struct RoomContext {
     pub repair: super::repair::RepairMetrics,
 }
 
-/// Changes to the worker's datagram routing that a room asks for.
-pub enum DemuxUpdate {
-    /// Route STUN with this ufrag to the peer.
-    Add { ufrag: String, peer: usize },
-    /// Route everything from this address to the peer (an authenticated check came from it).
-    Bind { addr: SocketAddr, peer: usize },
-    /// The peer is gone: forget its ufrag and addresses.
-    Remove {
-        ufrag: String,
-        addrs: Vec<SocketAddr>,
-    },
-}
-
-/// Where a track comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Origin {
-    /// Published on this node, on this peer connection.
-    Local { peer: usize },
-    /// Published on another node; relayed here while someone here wants it.
-    Remote { node: String },
-}
-
-/// A track published in this room, here or on another node.
-pub(super) struct Published {
-    pub id: TrackId,
-    pub owner: String,
-    pub kind: MediaKind,
-    pub rtc_codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
-    pub name: String,
-    pub rids: Vec<String>,
-    pub origin: Origin,
-    pub muted: bool,
-    pub source: TrackSourceName,
-    /// Audio whose levels are known (speaker ranking).
-    pub audio_levels: bool,
-    /// Payload type of RED in its packets (as its publisher negotiated it), if it may send RED.
-    pub red_payload_type: Option<u8>,
-}
-
-impl Published {
-    pub fn view(&self) -> TrackView {
-        TrackView {
-            sid: self.id.to_string(),
-            participant: self.owner.clone(),
-            kind: match self.kind {
-                MediaKind::Audio => "audio",
-                MediaKind::Video => "video",
-            },
-            codec: self.rtc_codec.mime_type.clone(),
-            layers: self.rids.clone(),
-            name: self.name.clone(),
-            muted: self.muted,
-            source: self.source.as_str(),
-        }
-    }
-}
-
-/// A track received on a publisher peer connection.
-pub(super) struct Inbound {
-    pub track: TrackId,
-    /// Simulcast RIDs, lowest quality first (one empty entry for a single stream).
-    pub rids: Vec<String>,
-    /// SSRC of each layer once its first packet arrived.
-    pub ssrcs: Vec<Option<u32>>,
-    /// Loss on each layer (connection quality).
-    pub rx: Vec<quality::RxLoss>,
-}
-
-impl Inbound {
-    pub fn layer_of(&self, ssrc: u32) -> Option<LayerIndex> {
-        self.ssrcs.iter().position(|s| *s == Some(ssrc))
-    }
-}
-
-/// A track sent on a subscriber peer connection.
-pub(super) struct Outbound {
-    pub sender: RTCRtpSenderId,
-    pub kind: MediaKind,
-    pub ssrc: u32,
-    /// The track feeding it (fixed for WebSocket clients; chosen by the node for WHEP).
-    pub source: Option<TrackId>,
-    pub subscription: Option<SubscriptionId>,
-    /// Whether the subscriber has accepted it in a completed offer/answer.
-    pub negotiated: bool,
-    /// What the client last said about showing it.
-    pub settings: Option<super::TrackSettings>,
-}
-
-/// Subscriber-side negotiation state (the node offers).
-#[derive(Default)]
-pub(super) struct Negotiation {
-    pub offer_outstanding: bool,
-    pub needs_offer: bool,
-}
-
-/// A peer connection and what flows over it.
-pub(super) struct Peer {
-    pub pc: RTCPeerConnection,
-    pub direction: Direction,
-    pub participant: String,
-    pub ice: IceCredentials,
-    pub addrs: Vec<SocketAddr>,
-    pub generation: u32,
-    pub created_at: Instant,
-    /// When the last datagram from this peer arrived.
-    pub last_heard: Instant,
-    pub connected: bool,
-    pub timer: Option<Instant>,
-    /// Publisher side, by webrtc-rs track id.
-    pub inbound: HashMap<String, Inbound>,
-    /// Subscriber side.
-    pub outbound: Vec<Outbound>,
-    pub negotiation: Negotiation,
-    /// Whether the first offer or answer was made (candidates are added once).
-    pub described: bool,
-    /// The node's own transport (subscriber connections): webrtc-rs only negotiates them.
-    pub transport: Option<super::transport::Transport>,
-    /// What its receiver reports said (subscriber connections; connection quality).
-    pub quality: quality::PeerReports,
-    /// Subscriber connections: nothing is forwarded (see [`pause`]).
-    pub paused: bool,
-}
-
 /// See the module documentation.
 pub struct LocalRoom {
-    pub(super) name: String,
-    pub(super) ctx: Arc<RoomContext>,
-    pub(super) core: sfu_core::Room,
+    name: String,
+    ctx: Arc<RoomContext>,
+    core: sfu_core::Room,
     /// Who is in the room (see [`roster`]).
-    pub(super) roster: Roster,
+    roster: Roster,
     /// The layers last asked of the cluster for each remote track.
-    pub(super) demand: HashMap<TrackId, Vec<LayerIndex>>,
-    /// Boxed: a peer connection is several kilobytes, and a slab keeps up to twice the slots
-    /// it holds; boxed, a spare slot costs a pointer.
-    pub(super) peers: slab::Slab<Box<Peer>>,
-    pub(super) tracks: HashMap<TrackId, Published>,
-    pub(super) timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
-    pub(super) demux: Vec<DemuxUpdate>,
-    pub(super) next_generation: u32,
-    pub(super) next_housekeeping: Instant,
+    demand: HashMap<TrackId, Vec<LayerIndex>>,
+    /// Peer connections (see [`peers`]).
+    peers: Peers,
+    /// Tracks published here or forwarded from elsewhere (see [`publications`]).
+    publications: Publications,
+    next_housekeeping: Instant,
     /// When the demand for remote tracks is next refreshed by itself.
-    pub(super) next_demand: Instant,
+    next_demand: Instant,
     /// Speaker changes: when the next may be told, and the latest one waiting for then.
-    pub(super) speakers_due: Option<Instant>,
-    pub(super) speakers_pending: Option<Vec<crate::signaling::protocol::SpeakerView>>,
+    speakers_due: Option<Instant>,
+    speakers_pending: Option<Vec<crate::signaling::protocol::SpeakerView>>,
     /// The deadline the worker has armed for this room.
     pub armed: Option<Instant>,
     /// Core counters already added to the metrics.
@@ -225,15 +91,15 @@ pub struct LocalRoom {
     pub drops: drive::EdgeDrops,
     pub reported_drops: drive::EdgeDrops,
     /// Recordings fed by this room (see [`record`]); they keep it open.
-    pub(super) recorders: Vec<record::TrackRecorder>,
+    recorders: Vec<record::TrackRecorder>,
     /// Room recordings fed by this room (see [`program`]); they keep it open.
-    pub(super) programs: Vec<program::RoomProgram>,
-    pub(super) next_recorder: u64,
+    programs: Vec<program::RoomProgram>,
+    next_recorder: u64,
     /// When participants are next scored (see [`quality`]).
-    pub(super) next_quality: Instant,
+    next_quality: Instant,
     /// A participant of another worker or node has a new quality since the room last told
     /// qualities: told with its own at the next [`quality::PERIOD`].
-    pub(super) remote_quality_changed: bool,
+    remote_quality_changed: bool,
 }
 
 impl LocalRoom {
@@ -248,11 +114,8 @@ impl LocalRoom {
             core,
             roster: Roster::new(threshold),
             demand: HashMap::new(),
-            peers: slab::Slab::new(),
-            tracks: HashMap::new(),
-            timers: BinaryHeap::new(),
-            demux: Vec::new(),
-            next_generation: 0,
+            peers: Peers::default(),
+            publications: Publications::default(),
             next_housekeeping: now + HOUSEKEEPING,
             next_demand: now,
             speakers_due: None,
@@ -274,6 +137,20 @@ impl LocalRoom {
         self.roster.local.is_empty() && self.recorders.is_empty() && !self.has_programs()
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The forwarding core, for the relay's sinks (tracks fed from links).
+    pub fn core_mut(&mut self) -> &mut sfu_core::Room {
+        &mut self.core
+    }
+
+    /// Applies a changed large-room threshold (configuration reload).
+    pub fn set_large_room_threshold(&mut self, threshold: u32) {
+        self.roster.threshold = threshold;
+    }
+
     pub fn participant_count(&self) -> usize {
         self.roster.local.len()
     }
@@ -281,10 +158,7 @@ impl LocalRoom {
     /// Tracks published on this worker (tracks of other workers or nodes it forwards are
     /// counted where they are published).
     pub fn track_count(&self) -> usize {
-        self.tracks
-            .values()
-            .filter(|t| matches!(t.origin, Origin::Local { .. }))
-            .count()
+        self.publications.local_count()
     }
 
     pub fn peer_count(&self) -> usize {
@@ -296,74 +170,46 @@ impl LocalRoom {
     }
 
     pub fn take_demux_updates(&mut self) -> std::vec::Drain<'_, DemuxUpdate> {
-        self.demux.drain(..)
+        self.peers.take_demux_updates()
     }
 
-    /// Records an address an authenticated connectivity check of a peer came from, and routes
-    /// its datagrams here. A peer keeps a few at most: the oldest is forgotten.
-    pub(super) fn bind_peer_addr(&mut self, peer: usize, addr: SocketAddr) {
-        let Some(p) = self.peers.get_mut(peer) else {
-            return;
-        };
-        if p.addrs.contains(&addr) {
-            return;
-        }
-        if p.addrs.len() >= MAX_PEER_ADDRS {
-            let old = p.addrs.remove(0);
-            self.demux.push(DemuxUpdate::Remove {
-                ufrag: String::new(),
-                addrs: vec![old],
-            });
-        }
-        p.addrs.push(addr);
-        self.demux.push(DemuxUpdate::Bind { addr, peer });
-    }
-
-    pub(super) fn participant(&self, sid: &str) -> Result<&Participant, SignalError> {
+    fn participant(&self, sid: &str) -> Result<&Participant, SignalError> {
         self.roster.local.get(sid).ok_or_else(|| {
             SignalError::new(ErrorCode::NotFound, "no such participant in this room")
         })
     }
 
-    pub(super) fn view(&self, p: &Participant) -> ParticipantView {
+    fn view(&self, p: &Participant) -> ParticipantView {
         ParticipantView {
             sid: p.sid.clone(),
             identity: p.identity.clone(),
             name: p.name.clone(),
             stage: p.can_publish,
-            tracks: p
-                .tracks
-                .iter()
-                .filter_map(|t| self.tracks.get(t).map(Published::view))
-                .collect(),
+            tracks: self.publications.views(&p.tracks),
             metadata: p.metadata.clone(),
             attributes: p.attributes.clone(),
         }
     }
 
-    pub(super) fn remote_view(&self, sid: &str, r: &RemoteParticipant) -> ParticipantView {
+    fn remote_view(&self, sid: &str, r: &RemoteParticipant) -> ParticipantView {
         ParticipantView {
             sid: sid.to_owned(),
             identity: r.identity.clone(),
             name: r.name.clone(),
             stage: r.stage,
-            tracks: r
-                .tracks
-                .iter()
-                .filter_map(|t| self.tracks.get(t).map(Published::view))
-                .collect(),
+            tracks: self.publications.views(&r.tracks),
             metadata: r.metadata.clone(),
             attributes: r.attributes.clone(),
         }
     }
 
     /// Sends a message to every WebSocket participant except `except` (encoded once).
-    pub(super) fn broadcast(&self, except: &str, message: &ServerMessage) {
+    fn broadcast(&self, except: &str, message: &ServerMessage) {
         self.roster.broadcast(except, message);
     }
 
     /// The registry record of a local participant.
-    pub(super) fn participant_record(&self, p: &Participant) -> sfu_control::ParticipantRecord {
+    fn participant_record(&self, p: &Participant) -> sfu_control::ParticipantRecord {
         sfu_control::ParticipantRecord {
             sid: p.sid.clone(),
             identity: p.identity.clone(),
@@ -552,7 +398,7 @@ impl LocalRoom {
     }
 
     /// Creates a peer connection for a participant.
-    pub(super) fn create_peer(
+    fn create_peer(
         &mut self,
         now: Instant,
         participant: &str,
@@ -566,7 +412,6 @@ impl LocalRoom {
                 format!("creating peer connection: {e}"),
             )
         })?;
-        self.next_generation = self.next_generation.wrapping_add(1);
         let transport = match direction {
             Direction::Subscribe => Some(
                 super::transport::Transport::new(
@@ -582,29 +427,9 @@ impl LocalRoom {
             ),
             Direction::Publish => None,
         };
-        let key = self.peers.insert(Box::new(Peer {
-            pc,
-            direction,
-            participant: participant.to_owned(),
-            ice: ice.clone(),
-            addrs: Vec::new(),
-            generation: self.next_generation,
-            created_at: now,
-            last_heard: now,
-            connected: false,
-            timer: None,
-            inbound: HashMap::new(),
-            outbound: Vec::new(),
-            negotiation: Negotiation::default(),
-            described: false,
-            transport,
-            quality: Default::default(),
-            paused: false,
-        }));
-        self.demux.push(DemuxUpdate::Add {
-            ufrag: ice.ufrag,
-            peer: key,
-        });
+        let key = self
+            .peers
+            .insert(Peer::new(pc, direction, participant, ice, transport, now));
         if let Some(p) = self.roster.local.get_mut(participant) {
             match direction {
                 Direction::Publish => p.publisher = Some(key),
@@ -615,7 +440,7 @@ impl LocalRoom {
     }
 
     /// Closes and forgets a peer connection, with everything it published or received.
-    pub(super) fn remove_peer(&mut self, now: Instant, key: usize, out: &mut Egress) {
+    fn remove_peer(&mut self, now: Instant, key: usize, out: &mut Egress) {
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -632,11 +457,9 @@ impl LocalRoom {
                 out.udp.push(t.transport.peer_addr, t.message);
             }
         }
-        let peer = self.peers.remove(key);
-        self.demux.push(DemuxUpdate::Remove {
-            ufrag: peer.ice.ufrag,
-            addrs: peer.addrs,
-        });
+        let Some(peer) = self.peers.remove(key) else {
+            return;
+        };
         for o in &peer.outbound {
             if let Some(sub) = o.subscription {
                 self.core.unsubscribe(sub);
@@ -658,7 +481,7 @@ impl LocalRoom {
     }
 
     /// A peer connection failed or closed on its own.
-    pub(super) fn on_peer_failed(&mut self, now: Instant, key: usize, why: &str, out: &mut Egress) {
+    fn on_peer_failed(&mut self, now: Instant, key: usize, why: &str, out: &mut Egress) {
         let Some(peer) = self.peers.get(key) else {
             return;
         };
@@ -682,25 +505,9 @@ impl LocalRoom {
         }
     }
 
-    /// Schedules the peer's next timeout.
-    pub(super) fn rearm(&mut self, key: usize) {
-        let Some(peer) = self.peers.get_mut(key) else {
-            return;
-        };
-        let pc = rtc::sansio::Protocol::poll_timeout(&mut peer.pc);
-        let own = peer.transport.as_ref().and_then(|t| t.poll_timeout());
-        let next = pc.into_iter().chain(own).min();
-        if next != peer.timer {
-            peer.timer = next;
-            if let Some(t) = next {
-                self.timers.push(Reverse((t, key, peer.generation)));
-            }
-        }
-    }
-
     /// When the room next needs [`handle_timeout`](Self::handle_timeout).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let peers = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let peers = self.peers.poll_timeout();
         let speakers = self.speakers_pending.as_ref().and(self.speakers_due);
         [
             peers,
@@ -714,7 +521,7 @@ impl LocalRoom {
     }
 
     /// Gives up on peer connections that never connected or went silent.
-    pub(super) fn housekeeping(&mut self, now: Instant, out: &mut Egress) {
+    fn housekeeping(&mut self, now: Instant, out: &mut Egress) {
         if now < self.next_housekeeping {
             return;
         }
@@ -722,21 +529,7 @@ impl LocalRoom {
         self.tell_counts(now, out);
         self.tell_quality(now, out);
         self.steer_programs(now, out);
-        let stale: Vec<(usize, &'static str)> = self
-            .peers
-            .iter()
-            .filter_map(|(k, p)| {
-                let age = now.saturating_duration_since(p.created_at);
-                let quiet = now.saturating_duration_since(p.last_heard);
-                if !p.connected && age > CONNECT_TIMEOUT {
-                    Some((k, "did not connect in time"))
-                } else if p.connected && quiet > SILENCE_TIMEOUT {
-                    Some((k, "went silent"))
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let stale = self.peers.stale(now);
         for (key, why) in stale {
             self.on_peer_failed(now, key, why, out);
         }

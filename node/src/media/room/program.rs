@@ -35,7 +35,7 @@ struct Feed {
 }
 
 /// A room recording fed by this room.
-pub(in crate::media) struct RoomProgram {
+pub(super) struct RoomProgram {
     recorder: ProgramRecorder,
     video: Option<Feed>,
     /// When the video last switched.
@@ -83,7 +83,7 @@ impl LocalRoom {
         sink: SinkId,
         payload_type: u8,
     ) -> Option<SubscriptionId> {
-        let top = self.tracks.get(&track)?.rids.len().max(1) - 1;
+        let top = self.publications.get(&track)?.rids.len().max(1) - 1;
         let params = sfu_core::SubscriptionParams {
             ssrc: rand::random(),
             payload_type,
@@ -120,8 +120,8 @@ impl LocalRoom {
     ) -> Option<TrackId> {
         let videos: Vec<&crate::media::room::Published> = {
             let mut v: Vec<_> = self
-                .tracks
-                .values()
+                .publications
+                .iter()
                 .filter(|t| t.kind == MediaKind::Video && codec_is(t, "VP8"))
                 .filter(|t| Some(t.id) != except)
                 .filter(|t| self.core.track(t.id).is_some())
@@ -137,8 +137,8 @@ impl LocalRoom {
             return Some(screen.id);
         }
         let speaker = self
-            .tracks
-            .values()
+            .publications
+            .iter()
             .filter(|t| t.kind == MediaKind::Audio)
             .filter_map(|t| Some((self.core.speaker_rank(t.id)?, &t.owner)))
             .min_by_key(|(rank, _)| *rank)
@@ -155,13 +155,13 @@ impl LocalRoom {
 
     /// Brings every room recording in line with the room: its video on the track to show,
     /// one audio branch per Opus track.
-    pub(in crate::media) fn steer_programs(&mut self, now: Instant, out: &mut Egress) {
+    pub(super) fn steer_programs(&mut self, now: Instant, out: &mut Egress) {
         if self.programs.is_empty() {
             return;
         }
         let audio_tracks: Vec<TrackId> = self
-            .tracks
-            .values()
+            .publications
+            .iter()
             .filter(|t| t.kind == MediaKind::Audio && codec_is(t, "opus"))
             .filter(|t| self.core.track(t.id).is_some())
             .map(|t| t.id)
@@ -211,7 +211,7 @@ impl LocalRoom {
                 continue;
             }
             let top = self
-                .tracks
+                .publications
                 .get(&target)
                 .map_or(0, |t| t.rids.len().max(1) - 1);
             let moved = match &self.programs[i].video {
@@ -257,7 +257,7 @@ impl LocalRoom {
     /// A track is about to be unpublished: room recordings showing it move to another now,
     /// while their subscription still exists, so the file's video stream goes on with
     /// continuous sequence numbers and timestamps (a new subscription would start another).
-    pub(in crate::media) fn release_program_track(&mut self, now: Instant, track: TrackId) {
+    pub(super) fn release_program_track(&mut self, now: Instant, track: TrackId) {
         for i in 0..self.programs.len() {
             let Some(f) = &self.programs[i].video else {
                 continue;
@@ -275,7 +275,7 @@ impl LocalRoom {
                 .is_ok()
             {
                 let top = self
-                    .tracks
+                    .publications
                     .get(&target)
                     .map_or(0, |t| t.rids.len().max(1) - 1);
                 self.pin_best(now, subscription, top);
@@ -288,12 +288,7 @@ impl LocalRoom {
     }
 
     /// Stops a room recording fed here; false if there is none with this id.
-    pub(in crate::media) fn stop_program(
-        &mut self,
-        now: Instant,
-        id: &str,
-        out: &mut Egress,
-    ) -> bool {
+    pub(super) fn stop_program(&mut self, now: Instant, id: &str, out: &mut Egress) -> bool {
         let Some(i) = self.programs.iter().position(|p| p.recorder.id() == id) else {
             return false;
         };
@@ -311,7 +306,7 @@ impl LocalRoom {
     }
 
     /// A packet the core forwarded to a sink of a room recording. True if it was one.
-    pub(in crate::media) fn record_program(
+    pub(super) fn record_program(
         &mut self,
         now: Instant,
         sink: SinkId,
@@ -353,7 +348,7 @@ impl LocalRoom {
 
     /// A track feeding a room recording went away: its branch leaves the mix, or the video
     /// waits for the next steering. True if the sink was one of a room recording.
-    pub(in crate::media) fn program_track_ended(&mut self, sink: SinkId) -> bool {
+    pub(super) fn program_track_ended(&mut self, sink: SinkId) -> bool {
         for p in &mut self.programs {
             if p.video.as_ref().is_some_and(|f| f.sink == sink) {
                 p.video = None;
@@ -370,14 +365,14 @@ impl LocalRoom {
     }
 
     /// Tracks fed to room recordings, for the demand on remote tracks.
-    pub(in crate::media) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+    pub(super) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
         self.programs
             .iter()
             .flat_map(|p| p.video.iter().chain(&p.audio).map(|f| f.track))
     }
 
     /// Whether this room feeds a room recording (it keeps the room open).
-    pub(in crate::media) fn has_programs(&self) -> bool {
+    pub(super) fn has_programs(&self) -> bool {
         !self.programs.is_empty()
     }
 }

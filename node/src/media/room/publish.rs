@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// RFC 6464 client-to-mixer audio level.
-pub(in crate::media) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub(super) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
-pub(in crate::media) fn core_source(s: TrackSourceName) -> TrackSource {
+pub(super) fn core_source(s: TrackSourceName) -> TrackSource {
     match s {
         TrackSourceName::Camera => TrackSource::Camera,
         TrackSourceName::Microphone => TrackSource::Microphone,
@@ -27,7 +27,7 @@ pub(in crate::media) fn core_source(s: TrackSourceName) -> TrackSource {
 
 impl LocalRoom {
     /// The registry record of a track published here.
-    pub(in crate::media) fn track_record(&self, p: &Published) -> sfu_control::TrackRecord {
+    pub(super) fn track_record(&self, p: &Published) -> sfu_control::TrackRecord {
         let view = p.view();
         sfu_control::TrackRecord {
             track: p.id.to_string(),
@@ -48,7 +48,7 @@ impl LocalRoom {
 }
 
 /// The clock rate of a published track (codec default when SDP gave none).
-pub(in crate::media) fn info_clock(p: &Published) -> u32 {
+pub(super) fn info_clock(p: &Published) -> u32 {
     if p.rtc_codec.clock_rate > 0 {
         p.rtc_codec.clock_rate
     } else {
@@ -56,7 +56,7 @@ pub(in crate::media) fn info_clock(p: &Published) -> u32 {
     }
 }
 
-pub(in crate::media) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
+pub(super) fn invalid_sdp(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::InvalidSdp, format!("invalid SDP: {e}"))
 }
 
@@ -71,7 +71,7 @@ pub const MAX_RIDS_PER_SECTION: usize = 4;
 
 /// A client's offer, refused before it is parsed if it asks for more than the node gives any
 /// client (see [`MAX_OFFERED_SECTIONS`]).
-pub(in crate::media) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalError> {
+pub(super) fn client_offer(sdp: String) -> Result<RTCSessionDescription, SignalError> {
     let (mut sections, mut rids) = (0usize, 0usize);
     for line in sdp.lines() {
         if line.starts_with("m=") {
@@ -96,7 +96,7 @@ pub(in crate::media) fn client_offer(sdp: String) -> Result<RTCSessionDescriptio
     RTCSessionDescription::offer(sdp).map_err(invalid_sdp)
 }
 
-pub(in crate::media) fn internal(e: impl std::fmt::Display) -> SignalError {
+pub(super) fn internal(e: impl std::fmt::Display) -> SignalError {
     SignalError::new(ErrorCode::Internal, e.to_string())
 }
 
@@ -123,7 +123,7 @@ fn is_media_codec(mime: &str) -> bool {
 
 /// Orders simulcast RIDs from lowest to highest quality. Browsers and SDKs use `q/h/f`
 /// (quarter, half, full) or `l/m/h` (low, mid, high); other names keep their SDP order.
-pub(in crate::media) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
+pub(super) fn order_rids(mut rids: Vec<String>) -> Vec<String> {
     let lmh = rids.iter().any(|r| r == "l" || r == "m");
     let rank = |rid: &str| -> usize {
         match rid.to_ascii_lowercase().as_str() {
@@ -328,7 +328,7 @@ impl LocalRoom {
             .local
             .get_mut(&owner)
             .and_then(|p| p.track_sids.remove(&o.rtc_track))
-            .filter(|id| !self.tracks.contains_key(id));
+            .filter(|id| !self.publications.contains(id));
         let id = announced.unwrap_or_else(|| TrackId(rand::random()));
         let source = self
             .roster
@@ -398,7 +398,7 @@ impl LocalRoom {
                 layers: layers as u32,
             },
         });
-        self.tracks.insert(id, published);
+        self.publications.insert(published);
         if let Some(p) = self.roster.local.get_mut(&owner) {
             p.tracks.push(id);
         }
@@ -408,14 +408,9 @@ impl LocalRoom {
     }
 
     /// Ends a track: its subscriptions, its place in the publisher's list, its announcement.
-    pub(in crate::media) fn unpublish_track(
-        &mut self,
-        now: Instant,
-        track: TrackId,
-        out: &mut Egress,
-    ) {
+    pub(super) fn unpublish_track(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
         self.release_program_track(now, track);
-        let Some(published) = self.tracks.remove(&track) else {
+        let Some(published) = self.publications.remove(&track) else {
             return;
         };
         for (subscription, sink) in self.core.remove_track(track) {
@@ -474,7 +469,7 @@ impl LocalRoom {
         let id: TrackId = track
             .parse()
             .map_err(|_| SignalError::new(ErrorCode::BadRequest, "malformed track sid"))?;
-        match self.tracks.get(&id) {
+        match self.publications.get(&id) {
             Some(t) if t.owner == sid => {
                 self.unpublish_track(now, id, out);
                 Ok(())

@@ -255,11 +255,7 @@ fn packet_score(loss_effect: f64, rtt_ms: f64, jitter_ms: f64) -> f64 {
 impl LocalRoom {
     /// Every [`PERIOD`]: scores each participant here, then tells everyone the qualities of
     /// the announced ones (one message, encoded once) and each unannounced one its own.
-    pub(in crate::media) fn tell_quality(
-        &mut self,
-        now: Instant,
-        out: &mut crate::media::egress::Egress,
-    ) {
+    pub(super) fn tell_quality(&mut self, now: Instant, out: &mut crate::media::egress::Egress) {
         if now < self.next_quality {
             return;
         }
@@ -278,7 +274,10 @@ impl LocalRoom {
             }
             if let Some(peer) = publisher.and_then(|k| self.peers.get_mut(k)) {
                 for inbound in peer.inbound.values_mut() {
-                    let kind = self.tracks.get(&inbound.track).map(|t| (t.kind, t.muted));
+                    let kind = self
+                        .publications
+                        .get(&inbound.track)
+                        .map(|t| (t.kind, t.muted));
                     for rx in &mut inbound.rx {
                         let (expected, lost) = rx.take_window();
                         if expected == 0 || kind.is_none_or(|(_, muted)| muted) {
@@ -355,7 +354,7 @@ impl LocalRoom {
 
     /// A participant of another worker or node has a new quality in its record: the room
     /// tells it with the next period's qualities.
-    pub(in crate::media) fn on_remote_quality(&mut self) {
+    pub(super) fn on_remote_quality(&mut self) {
         self.remote_quality_changed = true;
     }
 }

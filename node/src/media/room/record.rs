@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 
 /// Sink ids of recordings carry this bit (peer connections' are slab keys; relay links'
 /// carry the top bit).
-pub(in crate::media) const RECORDER_BIT: u64 = 1 << 62;
+pub(super) const RECORDER_BIT: u64 = 1 << 62;
 
 /// Whether a sink is a recording.
-pub(in crate::media) fn is_recorder(sink: SinkId) -> bool {
+pub(super) fn is_recorder(sink: SinkId) -> bool {
     sink.0 & RECORDER_BIT != 0 && sfu_relay::core::decode_sink(sink).is_none()
 }
 
 /// A recording fed by this room.
-pub(in crate::media) struct TrackRecorder {
+pub(super) struct TrackRecorder {
     sink: SinkId,
-    pub(in crate::media) track: TrackId,
+    pub(super) track: TrackId,
     subscription: SubscriptionId,
     recorder: Recorder,
     video: bool,
@@ -46,27 +46,22 @@ const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
 /// asked for too, so a loss the cache cannot repair damages the picture for a moment rather
 /// than until the publisher's next keyframe. Per packet: a few comparisons.
 #[derive(Default)]
-pub(in crate::media) struct LossWatch {
+pub(super) struct LossWatch {
     next: Option<u16>,
     keyframe_asked: Option<Instant>,
 }
 
 /// What to ask for after a gap.
 #[derive(Debug, PartialEq, Eq)]
-pub(in crate::media) struct Loss {
-    pub(in crate::media) lost: Vec<u16>,
-    pub(in crate::media) keyframe: bool,
+pub(super) struct Loss {
+    pub(super) lost: Vec<u16>,
+    pub(super) keyframe: bool,
 }
 
 impl LossWatch {
     /// A packet with sequence number `seq` was forwarded: the packets it shows missing.
     /// Late and retransmitted packets (behind the next expected) are no news.
-    pub(in crate::media) fn on_packet(
-        &mut self,
-        now: Instant,
-        seq: u16,
-        video: bool,
-    ) -> Option<Loss> {
+    pub(super) fn on_packet(&mut self, now: Instant, seq: u16, video: bool) -> Option<Loss> {
         let Some(next) = self.next else {
             self.next = Some(seq.wrapping_add(1));
             return None;
@@ -94,7 +89,7 @@ impl LossWatch {
 
     /// The recording's pipeline asked for a keyframe (its depayloader after a loss, or a
     /// live output's decoder): asked of the publisher, paced as after a gap.
-    pub(in crate::media) fn keyframe_wanted(&mut self, now: Instant) -> Option<Loss> {
+    pub(super) fn keyframe_wanted(&mut self, now: Instant) -> Option<Loss> {
         let due = self
             .keyframe_asked
             .is_none_or(|t| now.duration_since(t) >= KEYFRAME_EVERY);
@@ -122,7 +117,7 @@ impl LocalRoom {
         let found: Option<(TrackId, usize)> = track
             .parse::<TrackId>()
             .ok()
-            .and_then(|id| Some((id, self.tracks.get(&id)?.rids.len())))
+            .and_then(|id| Some((id, self.publications.get(&id)?.rids.len())))
             .filter(|(id, _)| self.core.track(*id).is_some());
         let Some((id, layers)) = found else {
             let e = SignalError::new(
@@ -159,7 +154,7 @@ impl LocalRoom {
         }
         tracing::info!(room = %self.name, %track, recording = recorder.id(), "recording started");
         let video = self
-            .tracks
+            .publications
             .get(&id)
             .is_some_and(|t| t.kind == sfu_core::MediaKind::Video);
         self.recorders.push(TrackRecorder {
@@ -198,7 +193,7 @@ impl LocalRoom {
 
     /// A packet the core forwarded to a recording: handed to its thread. A recording whose
     /// thread is gone (it failed) stops being fed.
-    pub(in crate::media) fn record(
+    pub(super) fn record(
         &mut self,
         now: Instant,
         sink: SinkId,
@@ -227,12 +222,7 @@ impl LocalRoom {
     }
 
     /// Asks the forwarding core for what a recording's subscription lost (see [`LossWatch`]).
-    pub(in crate::media) fn repair(
-        &mut self,
-        now: Instant,
-        subscription: SubscriptionId,
-        loss: Loss,
-    ) {
+    pub(super) fn repair(&mut self, now: Instant, subscription: SubscriptionId, loss: Loss) {
         tracing::debug!(room = %self.name, lost = loss.lost.len(), keyframe = loss.keyframe, "a recording lost packets");
         if !loss.lost.is_empty() {
             self.core.handle_nack(now, subscription, &loss.lost);
@@ -243,7 +233,7 @@ impl LocalRoom {
     }
 
     /// The track of a recording went away (unpublished, or its node left): it ends.
-    pub(in crate::media) fn recording_ended(&mut self, sink: SinkId) {
+    pub(super) fn recording_ended(&mut self, sink: SinkId) {
         if let Some(i) = self.recorders.iter().position(|r| r.sink == sink) {
             let r = self.recorders.swap_remove(i);
             r.recorder.end("the track was unpublished");
@@ -253,7 +243,7 @@ impl LocalRoom {
     }
 
     /// Recorded tracks (one entry per recording), for the demand on remote tracks.
-    pub(in crate::media) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+    pub(super) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
         self.recorders
             .iter()
             .map(|r| r.track)

@@ -88,7 +88,7 @@ impl LocalRoom {
     }
 
     /// This worker's name: `node#wN`.
-    pub(in crate::media) fn own_name(&self) -> String {
+    pub(super) fn own_name(&self) -> String {
         sfu_control::records::worker_key(&self.ctx.node_id, self.ctx.worker as u16)
     }
 
@@ -156,7 +156,7 @@ impl LocalRoom {
             tracing::warn!(room = %self.name, track = record.track, "malformed track id in the registry");
             return;
         };
-        if let Some(existing) = self.tracks.get_mut(&id) {
+        if let Some(existing) = self.publications.get_mut(&id) {
             // Another gateway carries a federated track now (failover): pull it from there.
             if let Origin::Remote { node } = &mut existing.origin
                 && *node != record.origin
@@ -219,7 +219,7 @@ impl LocalRoom {
             tracing::warn!(room = %self.name, "remote track: {e}");
         }
         let view = published.view();
-        self.tracks.insert(id, published);
+        self.publications.insert(published);
         if let Some(r) = self.roster.remote.get_mut(&record.participant) {
             r.tracks.push(id);
         }
@@ -234,7 +234,7 @@ impl LocalRoom {
             return;
         };
         if self
-            .tracks
+            .publications
             .get(&id)
             .is_some_and(|t| matches!(t.origin, Origin::Remote { .. }))
         {
@@ -256,8 +256,8 @@ impl LocalRoom {
         }
         self.roster.forget_node(node);
         let tracks: Vec<TrackId> = self
-            .tracks
-            .values()
+            .publications
+            .iter()
             .filter(|t| matches!(&t.origin, Origin::Remote { node: n } if n == node))
             .map(|t| t.id)
             .collect();
@@ -269,7 +269,7 @@ impl LocalRoom {
     /// The relay feeds a remote track now: the forwarding core gets it and waiting subscribers
     /// attach.
     pub fn on_feeding(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
-        let Some(p) = self.tracks.get(&track) else {
+        let Some(p) = self.publications.get(&track) else {
             return;
         };
         if self.core.track(track).is_none()
@@ -314,8 +314,8 @@ impl LocalRoom {
     pub(in crate::media) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
         self.next_demand = now + DEMAND_PERIOD;
         let remote: Vec<(TrackId, String, usize)> = self
-            .tracks
-            .values()
+            .publications
+            .iter()
             .filter_map(|t| match &t.origin {
                 Origin::Remote { node } => Some((t.id, node.clone(), t.rids.len().max(1))),
                 Origin::Local { .. } => None,
@@ -329,7 +329,7 @@ impl LocalRoom {
             .iter()
             .map(|(t, _, _)| (*t, (false, false)))
             .collect();
-        for (_, p) in &self.peers {
+        for (_, p) in self.peers.iter() {
             for o in &p.outbound {
                 if let Some(w) = o.source.and_then(|s| wants.get_mut(&s)) {
                     w.0 = true;
@@ -344,7 +344,7 @@ impl LocalRoom {
         }
         for (track, origin, layers) in remote {
             let (interested, attached) = wants.get(&track).copied().unwrap_or_default();
-            let kind = self.tracks.get(&track).map(|t| t.kind);
+            let kind = self.publications.get(&track).map(|t| t.kind);
             let wanted: Vec<LayerIndex> = if !interested {
                 Vec::new()
             } else if attached {
@@ -377,7 +377,7 @@ impl LocalRoom {
         for l in levels {
             let track = TrackId(l.track);
             let known_remote = self
-                .tracks
+                .publications
                 .get(&track)
                 .is_some_and(|t| matches!(t.origin, Origin::Remote { .. }) && t.audio_levels);
             if known_remote {
@@ -391,7 +391,7 @@ impl LocalRoom {
     /// The node a remote track comes from.
     pub fn track_origin(&self, track: &str) -> Option<String> {
         let id: TrackId = track.parse().ok()?;
-        match &self.tracks.get(&id)?.origin {
+        match &self.publications.get(&id)?.origin {
             Origin::Remote { node } => Some(node.clone()),
             Origin::Local { .. } => None,
         }

@@ -7,8 +7,8 @@
 
 use crate::media::LocalParticipantInfo;
 use crate::media::egress::{Effect, Egress};
+use crate::media::room::LocalRoom;
 use crate::media::room::roster::hand_view;
-use crate::media::room::{LocalRoom, Published};
 use crate::signaling::protocol::{ErrorCode, ParticipantCounts, ServerMessage, SignalError};
 use sfu_control::records::HandRecord;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Speaker changes reach clients at most this often (the latest ranking wins): in a large
 /// room every change is a message to everyone, and two people talking over each other would
 /// otherwise flip the ranking many times a second.
-pub(in crate::media) const SPEAKERS_PERIOD: Duration = Duration::from_millis(500);
+pub(super) const SPEAKERS_PERIOD: Duration = Duration::from_millis(500);
 /// A participant may raise or lower its hand, or ask for the counts, this often.
 const REQUEST_INTERVAL: Duration = Duration::from_secs(1);
 /// The counted audience is written to the registry at most this often (a count going from
@@ -216,7 +216,7 @@ impl LocalRoom {
 
     /// The active speakers changed: told at once, unless they were told less than
     /// [`SPEAKERS_PERIOD`] ago; then the latest ranking waits for the period to end.
-    pub(in crate::media) fn speakers_changed(
+    pub(super) fn speakers_changed(
         &mut self,
         now: Instant,
         speakers: Vec<crate::signaling::protocol::SpeakerView>,
@@ -231,7 +231,7 @@ impl LocalRoom {
     }
 
     /// Sends the ranking that waited, once its period is over.
-    pub(in crate::media) fn flush_speakers(&mut self, now: Instant) {
+    pub(super) fn flush_speakers(&mut self, now: Instant) {
         if self.speakers_due.is_some_and(|t| now >= t)
             && let Some(speakers) = self.speakers_pending.take()
         {
@@ -242,7 +242,7 @@ impl LocalRoom {
 
     /// The counted audience here changed: from or to zero it is written at once, otherwise
     /// with the next report.
-    pub(in crate::media) fn audience_changed(&mut self, now: Instant, out: &mut Egress) {
+    pub(super) fn audience_changed(&mut self, now: Instant, out: &mut Egress) {
         let count = self.roster.local_unannounced();
         if (count == 0) != (self.roster.audience_reported == 0) {
             self.report_audience(now, out);
@@ -262,7 +262,7 @@ impl LocalRoom {
 
     /// Once a second: the counts to clients if they changed (one message, encoded once), and
     /// the counted audience to the registry every few seconds if it changed.
-    pub(in crate::media) fn tell_counts(&mut self, now: Instant, out: &mut Egress) {
+    pub(super) fn tell_counts(&mut self, now: Instant, out: &mut Egress) {
         if let Some(counts) = self.roster.take_changed_counts() {
             self.broadcast("", &ServerMessage::ParticipantCount { counts });
         }
@@ -296,11 +296,7 @@ impl LocalRoom {
                 hand_raised_ms: self.roster.hand(&p.sid).map(|h| h.raised_ms),
                 metadata: p.metadata.clone(),
                 attributes: p.attributes.clone(),
-                tracks: p
-                    .tracks
-                    .iter()
-                    .filter_map(|t| self.tracks.get(t).map(Published::view))
-                    .collect(),
+                tracks: self.publications.views(&p.tracks),
             })
             .collect()
     }

@@ -30,7 +30,7 @@ use std::time::Instant;
 pub const DEFAULT_LARGE_ROOM_THRESHOLD: u32 = 50;
 
 /// A participant connected to this node.
-pub(in crate::media) struct Participant {
+pub(super) struct Participant {
     pub sid: String,
     pub identity: String,
     pub name: String,
@@ -101,7 +101,7 @@ impl Participant {
 }
 
 /// An announced participant of this room connected to another node.
-pub(in crate::media) struct RemoteParticipant {
+pub(super) struct RemoteParticipant {
     pub identity: String,
     pub name: String,
     pub node: String,
@@ -118,7 +118,7 @@ pub(in crate::media) struct RemoteParticipant {
 }
 
 /// See the module documentation.
-pub(in crate::media) struct Roster {
+pub(super) struct Roster {
     /// Participants connected here, by sid.
     pub local: HashMap<String, Participant>,
     /// Announced participants on other nodes, by sid.
@@ -417,7 +417,7 @@ fn unindex(index: &mut HashMap<String, Vec<String>>, identity: &str, sid: &str) 
     }
 }
 
-pub(in crate::media) fn hand_view(h: &HandRecord) -> HandView {
+pub(super) fn hand_view(h: &HandRecord) -> HandView {
     HandView {
         sid: h.sid.clone(),
         identity: h.identity.clone(),
@@ -427,7 +427,7 @@ pub(in crate::media) fn hand_view(h: &HandRecord) -> HandView {
 }
 
 /// A server message as the text frame every recipient gets.
-pub(in crate::media) fn encode(message: &ServerMessage) -> Utf8Bytes {
+pub(super) fn encode(message: &ServerMessage) -> Utf8Bytes {
     // Our messages always serialise.
     Utf8Bytes::from(serde_json::to_string(message).unwrap_or_default())
 }

@@ -78,7 +78,7 @@ impl LocalRoom {
             let id: TrackId = t.parse().map_err(|_| {
                 SignalError::new(ErrorCode::BadRequest, format!("malformed track sid {t:?}"))
             })?;
-            if subscribe && !self.tracks.contains_key(&id) {
+            if subscribe && !self.publications.contains(&id) {
                 return Err(SignalError::new(
                     ErrorCode::NotFound,
                     format!("no track {t}"),
@@ -133,7 +133,7 @@ impl LocalRoom {
 
     /// Turns a client's settings into the forwarding core's: the rendered height picks the
     /// highest useful simulcast layer.
-    pub(in crate::media) fn apply_settings(
+    pub(super) fn apply_settings(
         &mut self,
         now: Instant,
         subscription: sfu_core::SubscriptionId,
@@ -159,13 +159,8 @@ impl LocalRoom {
     }
 
     /// Subscribes interested participants to a newly published track.
-    pub(in crate::media) fn on_track_published(
-        &mut self,
-        now: Instant,
-        track: TrackId,
-        out: &mut Egress,
-    ) {
-        let owner = self.tracks.get(&track).map(|t| t.owner.clone());
+    pub(super) fn on_track_published(&mut self, now: Instant, track: TrackId, out: &mut Egress) {
+        let owner = self.publications.get(&track).map(|t| t.owner.clone());
         let auto: Vec<String> = self
             .roster
             .local
@@ -193,8 +188,8 @@ impl LocalRoom {
             return;
         }
         let tracks: Vec<TrackId> = self
-            .tracks
-            .values()
+            .publications
+            .iter()
             .filter(|t| t.owner != sid)
             .map(|t| t.id)
             .collect();
@@ -219,7 +214,7 @@ impl LocalRoom {
 
     /// Adds a send-only media section for `track` (sent at the next offer).
     fn add_outbound(&mut self, now: Instant, sid: &str, track: TrackId) -> Result<(), SignalError> {
-        let Some(published) = self.tracks.get(&track) else {
+        let Some(published) = self.publications.get(&track) else {
             return Err(SignalError::new(
                 ErrorCode::NotFound,
                 format!("no track {track}"),
@@ -309,11 +304,7 @@ impl LocalRoom {
 
     /// Sends a new offer to the client if its subscriber connection changed and no offer is
     /// outstanding (changes made meanwhile go into the next offer, after the answer).
-    pub(in crate::media) fn negotiate(
-        &mut self,
-        now: Instant,
-        sid: &str,
-    ) -> Result<(), SignalError> {
+    pub(super) fn negotiate(&mut self, now: Instant, sid: &str) -> Result<(), SignalError> {
         let Some(key) = self.roster.local.get(sid).and_then(|p| p.subscriber) else {
             return Ok(());
         };
@@ -347,7 +338,7 @@ impl LocalRoom {
                 .pc
                 .rtp_transceiver(RTCRtpTransceiverId::from(o.sender))
                 .and_then(|t| t.mid().clone());
-            if let (Some(mid), Some(t)) = (mid, self.tracks.get(&source)) {
+            if let (Some(mid), Some(t)) = (mid, self.publications.get(&source)) {
                 sections.push(SectionTrack {
                     mid,
                     track: source.to_string(),
@@ -407,7 +398,7 @@ impl LocalRoom {
     }
 
     /// Creates forwarding-core subscriptions for negotiated sections of a connected peer.
-    pub(in crate::media) fn attach_subscriptions(&mut self, now: Instant, key: usize) {
+    pub(super) fn attach_subscriptions(&mut self, now: Instant, key: usize) {
         let default_max_layer = self.ctx.default_max_layer;
         let Some(peer) = self.peers.get_mut(key) else {
             return;
@@ -421,7 +412,7 @@ impl LocalRoom {
             let (Some(source), None, true) = (o.source, o.subscription, o.negotiated) else {
                 continue;
             };
-            let Some(published) = self.tracks.get(&source) else {
+            let Some(published) = self.publications.get(&source) else {
                 continue;
             };
             if self.core.track(source).is_none() {
@@ -458,7 +449,7 @@ impl LocalRoom {
     }
 
     /// A subscription ended because its track went away.
-    pub(in crate::media) fn on_subscription_ended(
+    pub(super) fn on_subscription_ended(
         &mut self,
         now: Instant,
         key: usize,
@@ -622,7 +613,7 @@ impl LocalRoom {
     /// Points every connected WHEP player at its source: the publisher it asked for, or the
     /// publisher that joined first. A player whose source leaves moves to the next one without
     /// a break in its RTP streams.
-    pub(in crate::media) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
+    pub(super) fn choose_whep_sources(&mut self, now: Instant, _out: &mut Egress) {
         let players: Vec<(String, Option<String>, usize)> = self
             .roster
             .local
@@ -681,7 +672,7 @@ impl LocalRoom {
             (o.kind, o.sender, o.source, o.subscription)
         };
         let choice = candidates.iter().find_map(|t| {
-            let published = self.tracks.get(t)?;
+            let published = self.publications.get(t)?;
             if published.kind != kind {
                 return None;
             }
@@ -716,7 +707,7 @@ impl LocalRoom {
         }
         let rtx = rtx_for(&mut peer.pc, sender, payload_type);
         let red_payload_type = self
-            .tracks
+            .publications
             .get(&track)
             .and_then(|p| red_for(&mut peer.pc, sender, p));
         let params = SubscriptionParams {

@@ -33,7 +33,7 @@ impl WorkerCore {
                 let auto = request.auto_subscribe;
                 let threshold = self.large_room_threshold(&request.room);
                 let room = &mut self.rooms[idx];
-                room.roster.threshold = threshold;
+                room.set_large_room_threshold(threshold);
                 let result = room.join(now, request, &mut self.out);
                 if let (Ok(joined), true) = (&result, auto) {
                     room.subscribe_existing(now, &joined.participant.sid);

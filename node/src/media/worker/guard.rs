@@ -35,7 +35,7 @@ impl WorkerCore {
     }
 
     fn close_panicked(&mut self, now: Instant, idx: usize, what: &str) {
-        let name = self.rooms.get(idx).map(|r| r.name.clone());
+        let name = self.rooms.get(idx).map(|r| r.name().to_owned());
         tracing::error!(
             worker = self.index,
             room = name.as_deref().unwrap_or("?"),
@@ -59,10 +59,10 @@ impl WorkerCore {
         let Some(room) = self.rooms.try_remove(idx) else {
             return;
         };
-        self.room_by_name.remove(&room.name);
-        self.sinks.forget_room(&room.name);
+        self.room_by_name.remove(room.name());
+        self.sinks.forget_room(room.name());
         self.membership
-            .remove(self.membership.keys().room_node(&room.name, &self.name()));
+            .remove(self.membership.keys().room_node(room.name(), &self.name()));
         // Its peer connections and sessions go with it: clients see their connections close.
         if catch_unwind(AssertUnwindSafe(move || drop(room))).is_err() {
             tracing::error!(

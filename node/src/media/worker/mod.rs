@@ -152,7 +152,7 @@ pub(in crate::media) struct CoreRooms<'a> {
 impl Rooms for CoreRooms<'_> {
     fn room_mut(&mut self, name: &str) -> Option<&mut Room> {
         let idx = *self.by_name.get(name)?;
-        self.rooms.get_mut(idx).map(|r| &mut r.core)
+        self.rooms.get_mut(idx).map(|r| r.core_mut())
     }
 }
 
@@ -281,7 +281,7 @@ impl WorkerCore {
     pub(in crate::media) fn close(&mut self) {
         for (_, room) in &self.rooms {
             self.membership
-                .remove(self.membership.keys().room_node(&room.name, &self.name()));
+                .remove(self.membership.keys().room_node(room.name(), &self.name()));
         }
     }
 
@@ -385,15 +385,15 @@ impl WorkerCore {
         let Some(room) = self.rooms.get_mut(idx) else {
             return;
         };
-        if room.is_empty() && !room.has_demand() && !self.relay.has_room(&room.name) {
+        if room.is_empty() && !room.has_demand() && !self.relay.has_room(room.name()) {
             let room = self.rooms.remove(idx);
-            self.room_by_name.remove(&room.name);
-            self.sinks.forget_room(&room.name);
+            self.room_by_name.remove(room.name());
+            self.sinks.forget_room(room.name());
             self.membership
-                .remove(self.membership.keys().room_node(&room.name, &self.name()));
+                .remove(self.membership.keys().room_node(room.name(), &self.name()));
             add_room_stats(&self.metrics, room.core_stats(), &room.reported);
             add_edge_drops(&self.metrics, &room.drops, &room.reported_drops);
-            tracing::info!(room = %room.name, "room closed on this node");
+            tracing::info!(room = %room.name(), "room closed on this node");
             return;
         }
         let next = room.poll_timeout();
