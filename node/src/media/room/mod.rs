@@ -10,6 +10,7 @@
 
 mod admin;
 pub(super) mod data;
+mod demand;
 pub(super) mod drive;
 pub(super) mod metadata;
 mod pause;
@@ -71,15 +72,13 @@ pub struct LocalRoom {
     core: sfu_core::Room,
     /// Who is in the room (see [`roster`]).
     roster: Roster,
-    /// The layers last asked of the cluster for each remote track.
-    demand: HashMap<TrackId, Vec<LayerIndex>>,
+    /// The layers last asked of the cluster for each remote track (see [`demand`]).
+    demand: demand::Demand,
     /// Peer connections (see [`peers`]).
     peers: Peers,
     /// Tracks published here or forwarded from elsewhere (see [`publications`]).
     publications: Publications,
     next_housekeeping: Instant,
-    /// When the demand for remote tracks is next refreshed by itself.
-    next_demand: Instant,
     /// Speaker changes: when the next may be told, and the latest one waiting for then.
     speakers_due: Option<Instant>,
     speakers_pending: Option<Vec<crate::signaling::protocol::SpeakerView>>,
@@ -90,11 +89,8 @@ pub struct LocalRoom {
     /// Packets dropped at the edge of the room, and those already reported.
     pub drops: drive::EdgeDrops,
     pub reported_drops: drive::EdgeDrops,
-    /// Recordings fed by this room (see [`record`]); they keep it open.
-    recorders: Vec<record::TrackRecorder>,
-    /// Room recordings fed by this room (see [`program`]); they keep it open.
-    programs: Vec<program::RoomProgram>,
-    next_recorder: u64,
+    /// Recordings fed by this room (see [`record`] and [`program`]); they keep it open.
+    recordings: record::Recordings,
     /// When participants are next scored (see [`quality`]).
     next_quality: Instant,
     /// A participant of another worker or node has a new quality since the room last told
@@ -113,20 +109,17 @@ impl LocalRoom {
             ctx,
             core,
             roster: Roster::new(threshold),
-            demand: HashMap::new(),
+            demand: demand::Demand::new(now),
             peers: Peers::default(),
             publications: Publications::default(),
             next_housekeeping: now + HOUSEKEEPING,
-            next_demand: now,
             speakers_due: None,
             speakers_pending: None,
             armed: None,
             reported: sfu_core::RoomStats::default(),
             drops: Default::default(),
             reported_drops: Default::default(),
-            recorders: Vec::new(),
-            programs: Vec::new(),
-            next_recorder: 0,
+            recordings: Default::default(),
             next_quality: now + quality::PERIOD,
             remote_quality_changed: false,
         }
@@ -134,7 +127,7 @@ impl LocalRoom {
 
     /// No participant here, and nothing recorded here.
     pub fn is_empty(&self) -> bool {
-        self.roster.local.is_empty() && self.recorders.is_empty() && !self.has_programs()
+        self.roster.local.is_empty() && self.recordings.is_empty()
     }
 
     pub fn name(&self) -> &str {

@@ -13,7 +13,7 @@
 
 use crate::media::egress::Egress;
 use crate::media::room::LocalRoom;
-use crate::media::room::record::{LossWatch, RECORDER_BIT};
+use crate::media::room::record::{LossWatch, Recordings};
 use crate::recording::ProgramRecorder;
 use crate::recording::program::{AUDIO_PT, VIDEO_PT};
 use crate::signaling::protocol::{ErrorCode, SignalError, TrackSourceName};
@@ -60,7 +60,7 @@ impl LocalRoom {
         out: &mut Egress,
     ) -> Result<(), SignalError> {
         tracing::info!(room = %self.name, recording = recorder.id(), "room recording started");
-        self.programs.push(RoomProgram {
+        self.recordings.programs.push(RoomProgram {
             recorder,
             video: None,
             switched_at: None,
@@ -68,11 +68,6 @@ impl LocalRoom {
         });
         self.steer_programs(now, out);
         Ok(())
-    }
-
-    fn next_sink(&mut self) -> SinkId {
-        self.next_recorder += 1;
-        SinkId(RECORDER_BIT | self.next_recorder)
     }
 
     /// Subscribes a program's sink to a track, pinned to its best layer.
@@ -156,7 +151,7 @@ impl LocalRoom {
     /// Brings every room recording in line with the room: its video on the track to show,
     /// one audio branch per Opus track.
     pub(super) fn steer_programs(&mut self, now: Instant, out: &mut Egress) {
-        if self.programs.is_empty() {
+        if self.recordings.programs.is_empty() {
             return;
         }
         let audio_tracks: Vec<TrackId> = self
@@ -167,14 +162,14 @@ impl LocalRoom {
             .map(|t| t.id)
             .collect();
         let mut changed = false;
-        for i in 0..self.programs.len() {
+        for i in 0..self.recordings.programs.len() {
             // Audio: tracks gone leave the mix, new ones join.
-            let mut p = std::mem::take(&mut self.programs[i].audio);
+            let mut p = std::mem::take(&mut self.recordings.programs[i].audio);
             p.retain(|f| {
                 let keep = audio_tracks.contains(&f.track);
                 if !keep {
                     self.core.unsubscribe(f.subscription);
-                    self.programs[i].recorder.audio_gone(f.sink.0);
+                    self.recordings.programs[i].recorder.audio_gone(f.sink.0);
                     changed = true;
                 }
                 keep
@@ -183,7 +178,7 @@ impl LocalRoom {
                 if p.iter().any(|f| f.track == *track) {
                     continue;
                 }
-                let sink = self.next_sink();
+                let sink = self.recordings.new_sink();
                 if let Some(subscription) = self.subscribe_program(now, *track, sink, AUDIO_PT) {
                     p.push(Feed {
                         sink,
@@ -194,11 +189,11 @@ impl LocalRoom {
                     changed = true;
                 }
             }
-            self.programs[i].audio = p;
+            self.recordings.programs[i].audio = p;
 
             // Video: to the track to show, not more often than MIN_HOLD.
-            let current = self.programs[i].video.as_ref().map(|f| f.track);
-            let held = self.programs[i]
+            let current = self.recordings.programs[i].video.as_ref().map(|f| f.track);
+            let held = self.recordings.programs[i]
                 .switched_at
                 .is_some_and(|t| now.saturating_duration_since(t) < MIN_HOLD);
             if held && current.is_some_and(|c| self.core.track(c).is_some()) {
@@ -214,7 +209,7 @@ impl LocalRoom {
                 .publications
                 .get(&target)
                 .map_or(0, |t| t.rids.len().max(1) - 1);
-            let moved = match &self.programs[i].video {
+            let moved = match &self.recordings.programs[i].video {
                 Some(f) => match self.core.move_subscription(now, f.subscription, target) {
                     Ok(()) => {
                         let subscription = f.subscription;
@@ -224,20 +219,20 @@ impl LocalRoom {
                     Err(e) => {
                         tracing::debug!(room = %self.name, "room recording: {e}");
                         self.core.unsubscribe(f.subscription);
-                        self.programs[i].video = None;
+                        self.recordings.programs[i].video = None;
                         false
                     }
                 },
                 None => false,
             };
             if moved {
-                if let Some(f) = &mut self.programs[i].video {
+                if let Some(f) = &mut self.recordings.programs[i].video {
                     f.track = target;
                 }
             } else {
-                let sink = self.next_sink();
+                let sink = self.recordings.new_sink();
                 if let Some(subscription) = self.subscribe_program(now, target, sink, VIDEO_PT) {
-                    self.programs[i].video = Some(Feed {
+                    self.recordings.programs[i].video = Some(Feed {
                         sink,
                         subscription,
                         track: target,
@@ -245,8 +240,8 @@ impl LocalRoom {
                     });
                 }
             }
-            tracing::debug!(room = %self.name, recording = self.programs[i].recorder.id(), track = %target, "room recording shows another track");
-            self.programs[i].switched_at = Some(now);
+            tracing::debug!(room = %self.name, recording = self.recordings.programs[i].recorder.id(), track = %target, "room recording shows another track");
+            self.recordings.programs[i].switched_at = Some(now);
             changed = true;
         }
         if changed {
@@ -258,8 +253,8 @@ impl LocalRoom {
     /// while their subscription still exists, so the file's video stream goes on with
     /// continuous sequence numbers and timestamps (a new subscription would start another).
     pub(super) fn release_program_track(&mut self, now: Instant, track: TrackId) {
-        for i in 0..self.programs.len() {
-            let Some(f) = &self.programs[i].video else {
+        for i in 0..self.recordings.programs.len() {
+            let Some(f) = &self.recordings.programs[i].video else {
                 continue;
             };
             if f.track != track {
@@ -279,20 +274,25 @@ impl LocalRoom {
                     .get(&target)
                     .map_or(0, |t| t.rids.len().max(1) - 1);
                 self.pin_best(now, subscription, top);
-                if let Some(f) = &mut self.programs[i].video {
+                if let Some(f) = &mut self.recordings.programs[i].video {
                     f.track = target;
                 }
-                self.programs[i].switched_at = Some(now);
+                self.recordings.programs[i].switched_at = Some(now);
             }
         }
     }
 
     /// Stops a room recording fed here; false if there is none with this id.
     pub(super) fn stop_program(&mut self, now: Instant, id: &str, out: &mut Egress) -> bool {
-        let Some(i) = self.programs.iter().position(|p| p.recorder.id() == id) else {
+        let Some(i) = self
+            .recordings
+            .programs
+            .iter()
+            .position(|p| p.recorder.id() == id)
+        else {
             return false;
         };
-        let p = self.programs.swap_remove(i);
+        let p = self.recordings.programs.swap_remove(i);
         self.end_program(p, "");
         self.refresh_demand(now, out);
         true
@@ -314,7 +314,7 @@ impl LocalRoom {
         edits: &PacketEdits,
     ) -> bool {
         let seq = packet.header.sequence_number;
-        for (i, p) in self.programs.iter_mut().enumerate() {
+        for (i, p) in self.recordings.programs.iter_mut().enumerate() {
             let (alive, loss) = if let Some(f) = p.video.as_mut().filter(|f| f.sink == sink) {
                 // A gap, or a keyframe the pipeline asked for (its depayloader, a live
                 // output's decoder, the picture after a placeholder).
@@ -338,7 +338,7 @@ impl LocalRoom {
             }
             if !alive {
                 // Its thread is gone (the recording failed): it stops being fed.
-                let p = self.programs.swap_remove(i);
+                let p = self.recordings.programs.swap_remove(i);
                 self.end_program(p, "");
             }
             return true;
@@ -349,7 +349,7 @@ impl LocalRoom {
     /// A track feeding a room recording went away: its branch leaves the mix, or the video
     /// waits for the next steering. True if the sink was one of a room recording.
     pub(super) fn program_track_ended(&mut self, sink: SinkId) -> bool {
-        for p in &mut self.programs {
+        for p in &mut self.recordings.programs {
             if p.video.as_ref().is_some_and(|f| f.sink == sink) {
                 p.video = None;
                 p.switched_at = None;
@@ -362,18 +362,6 @@ impl LocalRoom {
             }
         }
         false
-    }
-
-    /// Tracks fed to room recordings, for the demand on remote tracks.
-    pub(super) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
-        self.programs
-            .iter()
-            .flat_map(|p| p.video.iter().chain(&p.audio).map(|f| f.track))
-    }
-
-    /// Whether this room feeds a room recording (it keeps the room open).
-    pub(super) fn has_programs(&self) -> bool {
-        !self.programs.is_empty()
     }
 }
 
@@ -396,4 +384,13 @@ impl LocalRoom {
 pub(in crate::media) fn refuse(recorder: ProgramRecorder, why: &str) -> SignalError {
     recorder.fail(why);
     SignalError::new(ErrorCode::Internal, why)
+}
+
+impl Recordings {
+    /// Tracks fed to room recordings, for the demand on remote tracks.
+    pub(super) fn program_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+        self.programs
+            .iter()
+            .flat_map(|p| p.video.iter().chain(&p.audio).map(|f| f.track))
+    }
 }

@@ -433,7 +433,7 @@ impl LocalRoom {
                 });
             }
             Origin::Remote { .. } => {
-                self.demand.remove(&track);
+                self.demand.forget(&track);
                 self.core.remove_remote_speaker(track);
                 out.effects.push(Effect::Forget {
                     room: self.name.clone(),

@@ -15,11 +15,42 @@ use std::time::{Duration, Instant};
 
 /// Sink ids of recordings carry this bit (peer connections' are slab keys; relay links'
 /// carry the top bit).
-pub(super) const RECORDER_BIT: u64 = 1 << 62;
+const RECORDER_BIT: u64 = 1 << 62;
 
 /// Whether a sink is a recording.
 pub(super) fn is_recorder(sink: SinkId) -> bool {
     sink.0 & RECORDER_BIT != 0 && sfu_relay::core::decode_sink(sink).is_none()
+}
+
+/// The recordings this room feeds on this worker: track recordings and room recordings
+/// (programs). They keep the room open; each has sinks of its own in the forwarding core, whose
+/// ids are unique in the room (see [`Recordings::new_sink`]).
+#[derive(Default)]
+pub(super) struct Recordings {
+    pub(super) tracks: Vec<TrackRecorder>,
+    pub(super) programs: Vec<super::program::RoomProgram>,
+    /// The last sink id handed out (without [`RECORDER_BIT`]).
+    last_sink: u64,
+}
+
+impl Recordings {
+    /// A sink id no other sink of the room has.
+    pub(super) fn new_sink(&mut self) -> SinkId {
+        self.last_sink += 1;
+        SinkId(RECORDER_BIT | self.last_sink)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.tracks.is_empty() && self.programs.is_empty()
+    }
+
+    /// Recorded tracks (one entry per recording), for the demand on remote tracks.
+    pub(super) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
+        self.tracks
+            .iter()
+            .map(|r| r.track)
+            .chain(self.program_tracks())
+    }
 }
 
 /// A recording fed by this room.
@@ -128,8 +159,7 @@ impl LocalRoom {
             return Err(e);
         };
         let top = layers.max(1) - 1;
-        self.next_recorder += 1;
-        let sink = SinkId(RECORDER_BIT | self.next_recorder);
+        let sink = self.recordings.new_sink();
         let params = sfu_core::SubscriptionParams {
             ssrc: rand::random(),
             payload_type: recorder.payload_type,
@@ -157,7 +187,7 @@ impl LocalRoom {
             .publications
             .get(&id)
             .is_some_and(|t| t.kind == sfu_core::MediaKind::Video);
-        self.recorders.push(TrackRecorder {
+        self.recordings.tracks.push(TrackRecorder {
             sink,
             track: id,
             subscription,
@@ -180,11 +210,12 @@ impl LocalRoom {
             return Ok(());
         }
         let i = self
-            .recorders
+            .recordings
+            .tracks
             .iter()
             .position(|r| r.recorder.id() == id)
             .ok_or_else(|| SignalError::new(ErrorCode::NotFound, format!("no recording {id}")))?;
-        let r = self.recorders.swap_remove(i);
+        let r = self.recordings.tracks.swap_remove(i);
         self.core.unsubscribe(r.subscription);
         r.recorder.end("");
         self.refresh_demand(now, out);
@@ -200,11 +231,11 @@ impl LocalRoom {
         packet: &Packet,
         edits: &PacketEdits,
     ) {
-        let Some(i) = self.recorders.iter().position(|r| r.sink == sink) else {
+        let Some(i) = self.recordings.tracks.iter().position(|r| r.sink == sink) else {
             self.record_program(now, sink, packet, edits);
             return;
         };
-        let r = &mut self.recorders[i];
+        let r = &mut self.recordings.tracks[i];
         let seq = packet.header.sequence_number;
         let loss = match r.loss.on_packet(now, seq, r.video) {
             None if r.video && r.recorder.keyframes.take() => r.loss.keyframe_wanted(now),
@@ -214,8 +245,8 @@ impl LocalRoom {
             let subscription = r.subscription;
             self.repair(now, subscription, loss);
         }
-        if !self.recorders[i].recorder.push(packet, edits) {
-            let r = self.recorders.swap_remove(i);
+        if !self.recordings.tracks[i].recorder.push(packet, edits) {
+            let r = self.recordings.tracks.swap_remove(i);
             self.core.unsubscribe(r.subscription);
             r.recorder.end("");
         }
@@ -234,20 +265,12 @@ impl LocalRoom {
 
     /// The track of a recording went away (unpublished, or its node left): it ends.
     pub(super) fn recording_ended(&mut self, sink: SinkId) {
-        if let Some(i) = self.recorders.iter().position(|r| r.sink == sink) {
-            let r = self.recorders.swap_remove(i);
+        if let Some(i) = self.recordings.tracks.iter().position(|r| r.sink == sink) {
+            let r = self.recordings.tracks.swap_remove(i);
             r.recorder.end("the track was unpublished");
         } else {
             self.program_track_ended(sink);
         }
-    }
-
-    /// Recorded tracks (one entry per recording), for the demand on remote tracks.
-    pub(super) fn recorded_tracks(&self) -> impl Iterator<Item = TrackId> + '_ {
-        self.recorders
-            .iter()
-            .map(|r| r.track)
-            .chain(self.program_tracks())
     }
 }
 

@@ -14,10 +14,7 @@ use sfu_control::{ParticipantRecord, TrackRecord};
 use sfu_core::{Codec, LayerIndex, MediaKind, TrackId, TrackInfo};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How often the demand for remote tracks is refreshed when nothing asked for it.
-const DEMAND_PERIOD: Duration = Duration::from_millis(200);
+use std::time::Instant;
 
 impl LocalRoom {
     /// A participant joined (or changed) on another node.
@@ -162,7 +159,7 @@ impl LocalRoom {
                 && *node != record.origin
             {
                 *node = record.origin.clone();
-                self.demand.remove(&id);
+                self.demand.forget(&id);
                 out.effects.push(Effect::Forget {
                     room: self.name.clone(),
                     track: id,
@@ -301,10 +298,10 @@ impl LocalRoom {
     }
 
     /// Tells the cluster which layers of each remote track local subscribers need, at most
-    /// every [`DEMAND_PERIOD`]: what the allocator wants changes with bandwidth estimates, and
+    /// every 200 ms ([`super::demand`]): what the allocator wants changes with bandwidth estimates, and
     /// a room's deadlines fire far more often than that (every peer's timers).
     pub(in crate::media) fn refresh_demand_periodic(&mut self, now: Instant, out: &mut Egress) {
-        if now >= self.next_demand {
+        if self.demand.due(now) {
             self.refresh_demand(now, out);
         }
     }
@@ -312,7 +309,7 @@ impl LocalRoom {
     /// Tells the cluster which layers of each remote track local subscribers need now. One
     /// pass over the peers, however many remote tracks.
     pub(in crate::media) fn refresh_demand(&mut self, now: Instant, out: &mut Egress) {
-        self.next_demand = now + DEMAND_PERIOD;
+        self.demand.refreshed(now);
         let remote: Vec<(TrackId, String, usize)> = self
             .publications
             .iter()
@@ -337,7 +334,7 @@ impl LocalRoom {
                 }
             }
         }
-        for track in self.recorded_tracks() {
+        for track in self.recordings.recorded_tracks() {
             if let Some(w) = wants.get_mut(&track) {
                 *w = (true, true);
             }
@@ -357,8 +354,7 @@ impl LocalRoom {
                 // when they are ready; the allocator trims it once they are.
                 (0..=self.ctx.default_max_layer.min(layers - 1)).collect()
             };
-            if self.demand.get(&track).map(Vec::as_slice).unwrap_or(&[]) != wanted.as_slice() {
-                self.demand.insert(track, wanted.clone());
+            if self.demand.update(track, &wanted) {
                 let origin = self.upstream_origin(origin);
                 out.effects.push(Effect::Demand {
                     room: self.name.clone(),
@@ -405,7 +401,7 @@ impl LocalRoom {
     /// Whether the room still holds anything: local participants or remote tracks being
     /// pulled.
     pub fn has_demand(&self) -> bool {
-        self.demand.values().any(|l| !l.is_empty())
+        self.demand.any()
     }
 }
 
