@@ -15,6 +15,7 @@ pub(super) mod drive;
 pub(super) mod metadata;
 mod pause;
 mod peers;
+mod players;
 pub(super) mod program;
 mod publications;
 mod publish;
