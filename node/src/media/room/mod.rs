@@ -1,12 +1,24 @@
 //! The part of a room that lives on this node: its participants, their peer connections, the
 //! tracks they publish, and the forwarding core that connects them.
 //!
-//! A [`LocalRoom`] is owned by one media worker and used with `&mut` only. This file holds
-//! membership and events; the other files of this folder hold the rest of the room by concern:
-//! `roster` (who is in the room), `publish` (publisher peer connections and their tracks),
-//! `subscribe` (subscriber peer connections, negotiation, WHEP sources), `remote` (tracks of
-//! other workers and nodes), `drive` (datagrams, timers and the packet path), `roles`, `admin`,
-//! `metadata`, `data`, `quality`, and the recordings the room feeds (`record`, `program`).
+//! A [`LocalRoom`] is owned by one media worker and used with `&mut` only. Its state is split
+//! by what owns it, each part with its own invariants:
+//! - [`roster`]: who is in the room, here and elsewhere, and who is announced to whom (stage
+//!   and audience);
+//! - [`peers`]: the peer connections, their deadlines and the demux routes they need;
+//! - [`publications`]: every track this worker knows, published here or forwarded from another
+//!   worker or node, with its origin;
+//! - subscriptions: what each subscriber connection carries (`peers::Outbound`, negotiated by
+//!   `subscribe` for WebSocket clients and `players` for WHEP players) and the forwarders of
+//!   the forwarding core (`sfu_core::Room`) that feed it;
+//! - remote tracks: learned from the registry and fed over links (`remote`), pulled only while
+//!   wanted ([`demand`]);
+//! - [`record`]`::Recordings`: the track and room recordings the room feeds.
+//!
+//! This file is membership (join, leave) and the peer connections' life; the other files are
+//! the flows that cross those parts: `publish` (publisher connections and their tracks), `drive`
+//! (datagrams, timers and the packet path), `roles`, `admin`, `metadata`, `data` (user data
+//! packets), `quality` (connection quality) and `program` (what room recordings show).
 
 mod admin;
 pub(super) mod data;
@@ -70,6 +82,7 @@ pub struct RoomContext {
 pub struct LocalRoom {
     name: String,
     ctx: Arc<RoomContext>,
+    /// The forwarding core: tracks, subscriptions, forwarders, allocation, speakers.
     core: sfu_core::Room,
     /// Who is in the room (see [`roster`]).
     roster: Roster,
@@ -79,6 +92,7 @@ pub struct LocalRoom {
     peers: Peers,
     /// Tracks published here or forwarded from elsewhere (see [`publications`]).
     publications: Publications,
+    /// When peer connections are next checked for timeouts (with counts and qualities).
     next_housekeeping: Instant,
     /// Speaker changes: when the next may be told, and the latest one waiting for then.
     speakers_due: Option<Instant>,
