@@ -11,7 +11,7 @@
 //! - Every few seconds the node record is written again with the node's load.
 
 use crate::media::worker::FLOW_WORKER_SHIFT;
-use crate::media::{ClusterInput, Command, MediaPlane};
+use crate::media::{ClusterInput, Command, MediaPlane, Shared, home_worker};
 use sfu_control::records::{Load, NodeRecord, NodeState};
 use sfu_control::{ClusterEvent, Membership};
 use sfu_proto::relay::Frame;
@@ -29,24 +29,54 @@ const LOAD_REPORT_PERIOD: Duration = Duration::from_secs(2);
 
 /// Routes relay input to media workers.
 pub struct Router {
-    media: MediaPlane,
+    /// The workers' command queues.
+    workers: Arc<[mpsc::UnboundedSender<Command>]>,
+    /// What the workers share: the flow table, the tracks' owners.
+    shared: Arc<Shared>,
 }
 
 impl Router {
     pub fn new(media: MediaPlane) -> Self {
-        Self { media }
+        let (workers, shared) = media.workers();
+        Self::over(workers, shared)
+    }
+
+    /// A router to these workers (the node's, or those of a simulated node).
+    pub(crate) fn over(
+        workers: Arc<[mpsc::UnboundedSender<Command>]>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self { workers, shared }
+    }
+
+    fn send_to(&self, worker: usize, command: Command) {
+        if let Some(w) = self.workers.get(worker) {
+            let _ = w.send(command);
+        }
     }
 
     fn broadcast(&self, make: impl Fn() -> ClusterInput) {
-        for i in 0..self.media.worker_count() {
-            let _ = self.media.send_to(i, Command::Cluster(make()));
+        for w in self.workers.iter() {
+            let _ = w.send(Command::Cluster(make()));
         }
+    }
+
+    /// The home worker of a room: the one that pulls its tracks from other nodes.
+    fn worker_for(&self, room: &str) -> usize {
+        home_worker(room, self.workers.len())
+    }
+
+    /// The worker a track is published on, else the room's home worker.
+    fn owner_of(&self, room: &str, track: u64) -> usize {
+        self.shared
+            .track_owner(room, sfu_core::TrackId(track))
+            .unwrap_or_else(|| self.worker_for(room))
     }
 
     /// (peer, flow) → worker, for the flows peers send us (the workers read it too, for
     /// what arrives on the direct path).
     fn flows(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u32), usize>> {
-        self.media.shared().inbound_flows()
+        self.shared.inbound_flows()
     }
 }
 
@@ -63,7 +93,7 @@ impl LinkHandler for Router {
     fn frame(&self, from: &NodeId, frame: Frame) {
         let worker = match &frame.body {
             Some(Body::FlowOpen(f)) => {
-                let w = self.media.worker_for(&f.room);
+                let w = self.worker_for(&f.room);
                 self.flows().insert((from.clone(), f.flow), w);
                 w
             }
@@ -73,18 +103,12 @@ impl LinkHandler for Router {
             },
             Some(Body::Nack(n)) => (n.flow >> FLOW_WORKER_SHIFT) as usize,
             // A track published on this node is fed by the worker it is published on.
-            Some(Body::Subscribe(s)) => self
-                .media
-                .track_owner(&s.room, sfu_core::TrackId(s.track))
-                .unwrap_or_else(|| self.media.worker_for(&s.room)),
-            Some(Body::Accepted(a)) => self.media.worker_for(&a.room),
-            Some(Body::Redirect(r)) => self.media.worker_for(&r.room),
-            Some(Body::Refused(r)) => self.media.worker_for(&r.room),
-            Some(Body::KeyframeRequest(k)) => self
-                .media
-                .track_owner(&k.room, sfu_core::TrackId(k.track))
-                .unwrap_or_else(|| self.media.worker_for(&k.room)),
-            Some(Body::TrackEnded(e)) => self.media.worker_for(&e.room),
+            Some(Body::Subscribe(s)) => self.owner_of(&s.room, s.track),
+            Some(Body::Accepted(a)) => self.worker_for(&a.room),
+            Some(Body::Redirect(r)) => self.worker_for(&r.room),
+            Some(Body::Refused(r)) => self.worker_for(&r.room),
+            Some(Body::KeyframeRequest(k)) => self.owner_of(&k.room, k.track),
+            Some(Body::TrackEnded(e)) => self.worker_for(&e.room),
             // Every worker of the room ranks speakers, and delivers data to its participants.
             Some(Body::AudioLevels(_)) | Some(Body::UserData(_)) => {
                 self.broadcast(|| ClusterInput::Frame {
@@ -96,7 +120,7 @@ impl LinkHandler for Router {
             // The link itself handles direct-path confirmations.
             Some(Body::Hello(_)) | Some(Body::DirectConfirmed(_)) | None => return,
         };
-        let _ = self.media.send_to(
+        self.send_to(
             worker,
             Command::Cluster(ClusterInput::Frame {
                 from: from.clone(),
@@ -108,9 +132,9 @@ impl LinkHandler for Router {
     /// A datagram's packets go to the workers their flows belong to: one command per worker
     /// per datagram, and one look-up of the flow table per datagram.
     fn datagram(&self, from: &NodeId, datagram: bytes::Bytes) {
-        let each = self.media.shared().route_records(from, datagram);
+        let each = self.shared.route_records(from, datagram);
         for (worker, records) in each {
-            let _ = self.media.send_to(
+            self.send_to(
                 worker,
                 Command::Cluster(ClusterInput::Datagrams {
                     from: from.clone(),

@@ -33,7 +33,7 @@ use crate::signaling::protocol::{
 use std::collections::HashMap;
 use tokio::sync::oneshot;
 
-pub use plane::{MediaPlane, worker_of};
+pub use plane::{MediaPlane, Shared, home_worker, worker_of};
 pub use room::data::{MAX_PACKET as MAX_DATA_PACKET, UserData};
 pub use room::metadata::MetadataUpdate;
 pub use worker::WorkerConfig;

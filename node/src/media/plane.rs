@@ -44,6 +44,15 @@ pub struct Shared {
 pub type RoutedRecords = Vec<(usize, Vec<(u32, Bytes)>)>;
 
 impl Shared {
+    /// The worker a track published on this node is published on.
+    pub fn track_owner(&self, room: &str, track: TrackId) -> Option<usize> {
+        self.track_owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(Arc::from(room), track))
+            .copied()
+    }
+
     pub fn inbound_flows(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, u32), usize>> {
         self.inbound_flows.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -201,12 +210,12 @@ impl MediaPlane {
 
     /// The worker a relay request about a track published here goes to.
     pub fn track_owner(&self, room: &str, track: TrackId) -> Option<usize> {
-        self.shared
-            .track_owners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(Arc::from(room), track))
-            .copied()
+        self.shared.track_owner(room, track)
+    }
+
+    /// The workers' command queues and what they share (for the relay's [`crate::cluster::Router`]).
+    pub fn workers(&self) -> (Arc<[mpsc::UnboundedSender<Command>]>, Arc<Shared>) {
+        (self.workers.clone(), self.shared.clone())
     }
 
     /// Sends a command: to the worker of the participant it is about, else to the room's home

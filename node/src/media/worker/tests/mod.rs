@@ -1,12 +1,12 @@
 //! The worker core driven in virtual time by real webrtc-rs peer connections, as `quinn`'s
 //! tests drive two endpoints: no socket, no thread, no sleep. A [`Net`] holds the workers of
 //! one or more nodes (a node's workers linked through their command queues, as in the node;
-//! nodes linked in process as their relay links would hand frames and datagrams to a worker,
-//! sharing one in-memory registry) and the clients' peer connections. It carries datagrams
-//! with a fixed one-way latency, optionally losing every n-th to the subscriber or on the
-//! relay link, and jumps to the next instant anything is due. ICE, DTLS-SRTP, signaling
-//! commands, registry records, the relay core and the forwarding all run for real; a few
-//! virtual seconds take a fraction of a second.
+//! every worker linked in process to every other node, whose real relay router,
+//! `crate::cluster::Router`, hands what it receives to its workers; one in-memory registry)
+//! and the clients' peer connections. It carries datagrams with a fixed one-way latency,
+//! optionally losing every n-th to the subscriber or on the relay link, and jumps to the next
+//! instant anything is due. ICE, DTLS-SRTP, signaling commands, registry records, the relay
+//! core and the forwarding all run for real; a few virtual seconds take a fraction of a second.
 
 mod client;
 mod net;
@@ -101,3 +101,25 @@ async fn a_track_crosses_a_lossy_relay_link_between_two_nodes_in_virtual_time() 
 }
 
 mod pause;
+
+#[tokio::test]
+async fn a_track_crosses_two_nodes_of_two_workers_in_virtual_time() {
+    // Alice on n1's first worker, Bob on the n2 worker that is not the room's home there: n2
+    // pulls the track through its home worker (the link's frames and datagrams go through
+    // n2's real router), which hands it to Bob's worker; the track crosses the link once.
+    let home = 2 + crate::media::home_worker("r", 2);
+    let bob = if home == 2 { 3 } else { 2 };
+    let net = publish_and_receive(Net::cluster(&[2, 2]), 0, bob).await;
+    let stats: Vec<_> = (0..4).map(|w| net.stats(w)).collect();
+    let origin = &stats[0];
+    assert!(origin.relayed > 0 && origin.packets_out == 0, "{stats:?}");
+    assert!(
+        stats[1].relayed == 0,
+        "n1's other worker relays nothing: {stats:?}"
+    );
+    assert!(
+        stats[home].relayed > 0,
+        "n2's home worker hands it on: {stats:?}"
+    );
+    assert!(stats[bob].packets_out >= 100, "{stats:?}");
+}

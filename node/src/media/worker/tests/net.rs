@@ -3,6 +3,7 @@
 
 use super::client::Client;
 use crate::auth::Grants;
+use crate::cluster::Router;
 use crate::media::plane::Shared;
 use crate::media::worker::{WorkerConfig, WorkerCore};
 use crate::media::{ClusterInput, Command, JoinRequest, Joined, ParticipantKind};
@@ -12,6 +13,7 @@ use bytes::BytesMut;
 use rtc::sansio::Protocol;
 use sfu_control::{ClusterEvent, Keys, Membership, MemoryRegistry};
 use sfu_relay::NodeId;
+use sfu_relay::quic::LinkHandler;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +44,6 @@ pub(super) struct Worker {
     pub(super) node: usize,
     pub(super) core: WorkerCore,
     pub(super) addr: SocketAddr,
-    pub(super) inbox: mpsc::UnboundedSender<Command>,
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
 }
 
@@ -69,8 +70,14 @@ impl WorkerCore {
     }
 }
 
-/// A client's peer connection, at an address of its own.
+/// A node's receiving end of its relay links.
+pub(super) struct NodeLinks {
+    pub(super) inbox: mpsc::UnboundedSender<Command>,
+    pub(super) received: mpsc::UnboundedReceiver<Command>,
+    pub(super) router: Router,
+}
 
+/// The simulated network: the nodes' workers, clients, and datagrams in flight.
 pub(super) struct Net {
     pub(super) now: Instant,
     pub(super) workers: Vec<Worker>,
@@ -89,6 +96,9 @@ pub(super) struct Net {
     pub(super) relay_lose_every: usize,
     pub(super) relay_sent: usize,
     pub(super) relay_lost: usize,
+    /// Each node's end of its relay links: what other nodes' workers send it, and the node's
+    /// real router (`crate::cluster::Router`) that hands it to the right worker.
+    pub(super) links: Vec<NodeLinks>,
     /// Publishing clients send media from then on.
     pub(super) next_audio: Option<Instant>,
     pub(super) next_video: Option<Instant>,
@@ -108,6 +118,7 @@ impl Net {
         let registry = MemoryRegistry::new();
         let mut workers = Vec::new();
         let mut registry_events = Vec::new();
+        let mut links = Vec::new();
         for (n, &count) in nodes.iter().enumerate() {
             let (events, rx) = mpsc::unbounded_channel();
             registry_events.push(rx);
@@ -138,7 +149,13 @@ impl Net {
                 load: (0..count).map(|_| AtomicUsize::new(0)).collect(),
                 ..Default::default()
             });
-            for (i, (inbox, commands)) in channels.into_iter().enumerate() {
+            let (inbox, received) = mpsc::unbounded_channel();
+            links.push(NodeLinks {
+                inbox,
+                received,
+                router: Router::over(senders.clone().into(), shared.clone()),
+            });
+            for (i, (_, commands)) in channels.into_iter().enumerate() {
                 let addr = address(40_000 + workers.len() as u16);
                 let core = WorkerCore::new(
                     now,
@@ -154,7 +171,6 @@ impl Net {
                     node: n,
                     core,
                     addr,
-                    inbox,
                     commands,
                 });
             }
@@ -174,13 +190,16 @@ impl Net {
             relay_lost: 0,
             next_audio: None,
             next_video: None,
+            links,
         };
-        for a in 0..nodes.len() {
+        // Every worker of a node has the node's link to each other node (as a QUIC link's
+        // handle is given to every worker), and what arrives goes through the receiving
+        // node's router.
+        for w in 0..net.workers.len() {
+            let a = net.workers[w].node;
             for b in (0..nodes.len()).filter(|b| *b != a) {
-                let to = net.first_worker(b);
-                let inbox = net.workers[to].inbox.clone();
-                let from = net.first_worker(a);
-                net.workers[from].core.link_in_process(
+                let inbox = net.links[b].inbox.clone();
+                net.workers[w].core.link_in_process(
                     now,
                     node_name(b).into(),
                     node_name(a).into(),
@@ -189,11 +208,6 @@ impl Net {
             }
         }
         net
-    }
-
-    /// The index of node `n`'s first worker.
-    pub(super) fn first_worker(&self, n: usize) -> usize {
-        self.workers.iter().position(|w| w.node == n).unwrap()
     }
 
     pub(super) fn add_client(&mut self) -> usize {
@@ -335,21 +349,33 @@ impl Net {
                 self.send(from, t.transport.peer_addr, t.message);
             }
         }
-        for w in 0..self.workers.len() {
-            // What its siblings handed it (relayed packets, frames): as the thread would.
-            while let Ok(c) = self.workers[w].commands.try_recv() {
-                // Relay datagrams from another node (not a sibling worker: `node#wN`).
-                if let Command::Cluster(ClusterInput::Datagrams { from, .. }) = &c
-                    && !from.contains('#')
-                {
-                    self.relay_sent += 1;
-                    if self.relay_lose_every > 0
-                        && self.relay_sent.is_multiple_of(self.relay_lose_every)
-                    {
-                        self.relay_lost += 1;
-                        continue;
+        // What other nodes sent each node, through its router (relay datagrams as the link
+        // carries them, one record each, lost every `relay_lose_every`-th hand-off).
+        for n in 0..self.links.len() {
+            while let Ok(c) = self.links[n].received.try_recv() {
+                let Command::Cluster(input) = c else { continue };
+                match input {
+                    ClusterInput::Frame { from, frame } => self.links[n].router.frame(&from, frame),
+                    ClusterInput::Datagrams { from, records } => {
+                        self.relay_sent += 1;
+                        if self.relay_lose_every > 0
+                            && self.relay_sent.is_multiple_of(self.relay_lose_every)
+                        {
+                            self.relay_lost += 1;
+                            continue;
+                        }
+                        for (flow, rtp) in records {
+                            let d = sfu_relay::wire::encode_datagram(flow, &rtp);
+                            self.links[n].router.datagram(&from, d);
+                        }
                     }
+                    _ => {}
                 }
+            }
+        }
+        for w in 0..self.workers.len() {
+            // What its siblings and its node's router handed it: as the thread would.
+            while let Ok(c) = self.workers[w].commands.try_recv() {
                 self.workers[w].core.handle_command(now, c);
             }
         }
@@ -361,7 +387,8 @@ impl Net {
                 self.send(from, to, data);
             }
         }
-        let siblings_busy = self.workers.iter().any(|w| !w.commands.is_empty());
+        let siblings_busy = self.workers.iter().any(|w| !w.commands.is_empty())
+            || self.links.iter().any(|l| !l.received.is_empty());
         let next = self
             .in_flight
             .iter()
