@@ -123,3 +123,49 @@ async fn a_track_crosses_two_nodes_of_two_workers_in_virtual_time() {
     );
     assert!(stats[bob].packets_out >= 100, "{stats:?}");
 }
+
+#[tokio::test]
+async fn a_fan_out_tree_feeds_five_nodes_with_the_origin_sending_two_copies() {
+    // Alice on n1, one subscriber on each of n2..n6, each node feeding at most two others:
+    // n1 sends each packet twice, nodes it feeds pass it on, and everyone receives it.
+    let mut net = Net::cluster_with_fanout(&[1; 6], 2);
+    let alice = net.add_client();
+    let (alice_joined, _alice_events) = net.join(0, "alice");
+    let mut subscribers = Vec::new();
+    for w in 1..6 {
+        let c = net.add_client();
+        let (joined, events) = net.join(w, &format!("s{w}"));
+        subscribers.push((w, c, joined.participant.sid.clone(), events));
+    }
+    net.publish(0, alice, &alice_joined.participant.sid);
+    let started = net.now;
+    while net.now < started + Duration::from_secs(10) {
+        for (w, c, sid, events) in &mut subscribers {
+            net.answer_offers(*w, *c, sid, events);
+        }
+        net.run_for(Duration::from_millis(100)).await;
+        let all = subscribers.iter().all(|(_, c, _, _)| {
+            net.clients[*c].received.len() == 2 && net.clients[*c].packets() >= 100
+        });
+        if all {
+            break;
+        }
+    }
+    let stats: Vec<_> = (0..6).map(|w| net.stats(w)).collect();
+    for (w, c, _, _) in &subscribers {
+        let client = &net.clients[*c];
+        assert!(
+            client.received.len() == 2 && client.packets() >= 100,
+            "the subscriber on n{} received {:?}: {stats:?}",
+            w + 1,
+            client.received
+        );
+    }
+    let origin = &stats[0];
+    assert!(
+        origin.relayed > origin.packets_in && origin.relayed <= 2 * origin.packets_in,
+        "n1 sends each packet to at most two nodes: {origin:?}"
+    );
+    let passed_on: u64 = stats[1..].iter().map(|s| s.relayed).sum();
+    assert!(passed_on > 0, "nodes n1 feeds pass the track on: {stats:?}");
+}

@@ -114,6 +114,11 @@ impl Net {
     /// node's first worker linked to every other node's (an in-process relay link, as a QUIC
     /// link hands frames and datagrams to a worker).
     pub(super) fn cluster(nodes: &[usize]) -> Self {
+        Self::cluster_with_fanout(nodes, 4)
+    }
+
+    /// As [`Net::cluster`], each node feeding at most `fanout` others directly with a track.
+    pub(super) fn cluster_with_fanout(nodes: &[usize], fanout: usize) -> Self {
         let now = Instant::now();
         let registry = MemoryRegistry::new();
         let mut workers = Vec::new();
@@ -138,7 +143,7 @@ impl Net {
                 large_room_threshold: 50,
                 core: Default::default(),
                 node_id: node_name(n).into(),
-                fanout: 4,
+                fanout,
                 membership,
                 webhooks: Default::default(),
                 recordings_dir: std::env::temp_dir(),
