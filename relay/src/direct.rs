@@ -159,6 +159,32 @@ impl Sealer {
         }
     }
 
+    /// The framing a datagram sealed in place needs (see [`Sealer::seal_in_place`]).
+    pub const FRAMING: crate::wire::Framing = crate::wire::Framing {
+        head: HEADER,
+        tail: TAG,
+    };
+
+    /// Seals a datagram whose first [`HEADER`] bytes were left for the header (their content
+    /// is overwritten) and whose payload follows, in place: no copy; the tag is appended
+    /// (within its spare capacity when it was framed with [`Sealer::FRAMING`]).
+    pub fn seal_in_place(&mut self, datagram: &mut BytesMut) {
+        assert!(datagram.len() >= HEADER, "a datagram framed for sealing");
+        self.counter += 1;
+        datagram[0] = MAGIC;
+        datagram[1..5].copy_from_slice(&self.channel.to_be_bytes());
+        datagram[5..9].copy_from_slice(&self.worker.to_be_bytes());
+        datagram[9..HEADER].copy_from_slice(&self.counter.to_be_bytes());
+        let (header, body) = datagram.split_at_mut(HEADER);
+        let nonce = Nonce::try_assume_unique_for_key(&header[5..HEADER]).expect("12-byte nonce");
+        // Sealing fails only for inputs larger than AES-GCM's limit (64 GiB).
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(&header[..5]), body)
+            .expect("a datagram-sized input");
+        datagram.extend_from_slice(tag.as_ref());
+    }
+
     /// Appends `payload` to `out`, sealed as one direct datagram.
     pub fn seal(&mut self, payload: &[u8], out: &mut BytesMut) {
         self.counter += 1;
@@ -299,6 +325,22 @@ mod tests {
         let (worker, plain) = opener.open(&mut out).unwrap();
         assert_eq!((worker, plain), (3, &b"records"[..]));
         assert_eq!(opener.open(&mut copy), Err(DirectError::Replayed));
+    }
+
+    #[test]
+    fn sealing_in_place_makes_what_sealing_a_copy_makes() {
+        let (mut a, mut b) = (Sealer::new(&K, 7, 2), Sealer::new(&K, 7, 2));
+        let mut copied = BytesMut::new();
+        a.seal(b"records", &mut copied);
+        let mut framed = BytesMut::with_capacity(HEADER + 7 + TAG);
+        framed.resize(HEADER, 0);
+        framed.extend_from_slice(b"records");
+        let at = framed.as_ptr();
+        b.seal_in_place(&mut framed);
+        assert_eq!(framed, copied);
+        assert_eq!(framed.as_ptr(), at, "sealed where it was written");
+        let (_, payload) = Opener::new(&K).open(&mut framed).unwrap();
+        assert_eq!(payload, b"records");
     }
 
     #[test]

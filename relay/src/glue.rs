@@ -5,8 +5,8 @@
 //! and pack the rooms' relayed packets into datagrams ([`Outbox`]).
 
 use crate::core::{Output, TrackKey, decode_sink};
-use crate::wire::DatagramWriter;
-use bytes::Bytes;
+use crate::wire::{DatagramWriter, Framing};
+use bytes::{Bytes, BytesMut};
 use sfu_core::{Packet, Room, SinkId, SubscriptionId};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -120,36 +120,51 @@ impl Outbox {
     /// Packs the queued packets and hands each datagram to `send(link, datagram)`; `max(link)`
     /// is the largest datagram the link takes now.
     pub fn flush(&mut self, mut max: impl FnMut(u32) -> usize, mut send: impl FnMut(u32, Bytes)) {
+        self.flush_framed(
+            |link| (max(link), Framing::NONE),
+            |link, d, _| send(link, d.freeze()),
+        );
+    }
+
+    /// As [`flush`](Self::flush), each link's datagrams framed as `max(link)` says (with the
+    /// records' limit), handed over unfrozen with their framing, e.g. to be sealed in place.
+    pub fn flush_framed(
+        &mut self,
+        mut max: impl FnMut(u32) -> (usize, Framing),
+        mut send: impl FnMut(u32, BytesMut, Framing),
+    ) {
         use rtc_shared::marshal::{Marshal, MarshalSize};
         // Stable: a link's packets stay in the order they were sent.
         self.packets.sort_by_key(|(link, _, _)| *link);
-        let mut current: Option<(u32, usize)> = None;
+        let mut current: Option<(u32, usize, Framing)> = None;
         for (link, flow, packet) in self.packets.drain(..) {
-            let limit = match current {
-                Some((l, limit)) if l == link => limit,
+            let (limit, framing) = match current {
+                Some((l, limit, framing)) if l == link => (limit, framing),
                 _ => {
-                    if let Some((l, _)) = current
-                        && let Some(d) = self.writer.finish()
+                    if let Some((l, _, _)) = current
+                        && let Some((d, f)) = self.writer.finish_framed()
                     {
-                        send(l, d);
+                        send(l, d, f);
                     }
-                    let limit = max(link);
-                    current = Some((link, limit));
-                    limit
+                    let (limit, framing) = max(link);
+                    current = Some((link, limit, framing));
+                    (limit, framing)
                 }
             };
             // A packet the room built marshals into a buffer of its own marshal size.
-            let full = self.writer.push(limit, flow, packet.marshal_size(), |out| {
-                packet.marshal_to(out).is_ok()
-            });
-            if let Some(d) = full {
-                send(link, d);
+            let full =
+                self.writer
+                    .push_framed(limit, framing, flow, packet.marshal_size(), |out| {
+                        packet.marshal_to(out).is_ok()
+                    });
+            if let Some((d, f)) = full {
+                send(link, d, f);
             }
         }
-        if let Some((l, _)) = current
-            && let Some(d) = self.writer.finish()
+        if let Some((l, _, _)) = current
+            && let Some((d, f)) = self.writer.finish_framed()
         {
-            send(l, d);
+            send(l, d, f);
         }
     }
 }

@@ -99,11 +99,26 @@ fn put_record(
     }
 }
 
+/// Room a datagram's user leaves around its records: `head` bytes before them (zeroed, for a
+/// header written later) and capacity for `tail` bytes after them (e.g. an AEAD tag), so that
+/// the datagram can be sealed in place rather than copied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Framing {
+    pub head: usize,
+    pub tail: usize,
+}
+
+impl Framing {
+    pub const NONE: Framing = Framing { head: 0, tail: 0 };
+}
+
 /// Packs records into datagrams of at most a given size. One writer per link; its buffer is
 /// split off into each datagram, so it costs an allocation per datagram, not per packet.
 #[derive(Default)]
 pub struct DatagramWriter {
     buf: BytesMut,
+    /// The framing of the datagram being written.
+    framing: Framing,
 }
 
 impl DatagramWriter {
@@ -118,18 +133,59 @@ impl DatagramWriter {
         len: usize,
         write: impl FnOnce(&mut [u8]) -> bool,
     ) -> Option<Bytes> {
+        self.push_framed(max, Framing::NONE, flow, len, write)
+            .map(|(d, _)| d.freeze())
+    }
+
+    /// As [`push`](Self::push), a datagram that starts here getting `framing` around its
+    /// records (`max` counts the records only); a finished datagram comes with its framing.
+    pub fn push_framed(
+        &mut self,
+        max: usize,
+        framing: Framing,
+        flow: u32,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Option<(BytesMut, Framing)> {
         let need = record_len(flow, len);
-        let full = (!self.buf.is_empty() && self.buf.len() + need > max).then(|| self.finish());
-        if self.buf.capacity() - self.buf.len() < need {
-            self.buf.reserve(need.max(max.min(64 * 1024)));
+        let body = self.buf.len().saturating_sub(self.framing.head);
+        let full = (body > 0 && body + need > max)
+            .then(|| self.finish_framed())
+            .flatten();
+        if self.buf.is_empty() {
+            self.framing = framing;
+        }
+        let room = need + self.framing.head + self.framing.tail;
+        if self.buf.capacity() - self.buf.len() < room {
+            self.buf.reserve(room.max(max.min(64 * 1024)));
+        }
+        if self.buf.is_empty() {
+            self.buf.resize(self.framing.head, 0);
         }
         put_record(&mut self.buf, flow, len, write);
-        full.flatten()
+        full
     }
 
     /// What is pending, as one datagram.
     pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+        self.finish_framed().map(|(d, _)| d.freeze())
+    }
+
+    /// What is pending, as one datagram with its framing (its head included, capacity for its
+    /// tail).
+    pub fn finish_framed(&mut self) -> Option<(BytesMut, Framing)> {
+        let framing = self.framing;
+        if self.buf.len() <= framing.head {
+            self.buf.clear();
+            return None;
+        }
+        // Split with the tail's bytes, then give them back as spare capacity of the datagram
+        // alone (a split-off buffer's capacity ends where it was split).
+        let len = self.buf.len();
+        self.buf.resize(len + framing.tail, 0);
+        let mut datagram = self.buf.split();
+        datagram.truncate(len);
+        Some((datagram, framing))
     }
 }
 
@@ -249,5 +305,44 @@ mod tests {
             assert_eq!((*flow, &r[..]), (i as u32, &rtp(i as u8)[..]));
         }
         assert_eq!((got[7].0, got[7].1.len()), (7, 3000));
+    }
+
+    #[test]
+    fn framed_datagrams_leave_room_for_a_header_and_a_tag() {
+        let mut w = DatagramWriter::default();
+        let framing = Framing { head: 17, tail: 16 };
+        let mut datagrams = Vec::new();
+        for i in 0..3u32 {
+            datagrams.extend(w.push_framed(1200, framing, i, 500, |out| {
+                out.fill(0x80);
+                true
+            }));
+        }
+        // A failed first write leaves no datagram of its head alone.
+        datagrams.extend(w.finish_framed());
+        assert!(w.push_framed(1200, framing, 9, 10, |_| false).is_none());
+        assert!(
+            w.finish_framed().is_none(),
+            "a head alone is not a datagram"
+        );
+        assert_eq!(datagrams.len(), 2);
+        for (d, f) in &datagrams {
+            assert_eq!(*f, framing);
+            assert!(d[..17].iter().all(|b| *b == 0));
+            assert!(d.capacity() - d.len() >= 16, "room for the tag");
+        }
+        let records: Vec<_> = datagrams
+            .into_iter()
+            .flat_map(|(d, f)| records(d.freeze().slice(f.head..)))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(records.len(), 3);
+        // Unframed datagrams after framed ones carry no head.
+        let d = w.push(1200, 1, 10, |o| {
+            o.fill(0x80);
+            true
+        });
+        assert!(d.is_none());
+        assert_eq!(w.finish().unwrap().len(), record_len(1, 10));
     }
 }

@@ -9,6 +9,7 @@ use crate::media::egress::Effect;
 use sfu_control::ClusterEvent;
 use sfu_relay::NodeId;
 use sfu_relay::core::{Output as RelayOutput, TrackKey};
+use sfu_relay::wire::Framing;
 use std::time::Instant;
 
 impl WorkerCore {
@@ -318,9 +319,9 @@ impl WorkerCore {
         } = &mut self.out;
         let mut out = super::links::DirectOut { now, udp, arena };
         let (mut direct, mut quic) = (0, 0);
-        outbox.flush(
-            |link| link_of(link).map_or(0, |l| l.max_datagram_size()),
-            |link, d| match link_of(link).map(|l| l.send_datagram(d, &mut out)) {
+        outbox.flush_framed(
+            |link| link_of(link).map_or((0, Framing::NONE), |l| l.datagram_limits()),
+            |link, d, framing| match link_of(link).map(|l| l.send_datagram(d, framing, &mut out)) {
                 Some(Sent::Direct) => direct += 1,
                 Some(Sent::Quic) => quic += 1,
                 Some(Sent::Sibling) => {}

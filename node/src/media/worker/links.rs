@@ -6,20 +6,21 @@
 //! command queue: a turn's packets for it in one command, their bytes shared, not copied.
 //!
 //! A link to another node sends its media datagrams on the [`direct`](sfu_relay::direct)
-//! path when the peer offered one and confirmed that it receives this worker's: sealed into
-//! the worker's send buffer and sent with its own `sendmmsg` batch, so a relayed packet costs
-//! about what a local delivery does. Until then (and for datagrams too large for it) they go
-//! in the link's QUIC datagrams, while small probes go the direct way every
-//! [`PROBE_EVERY`] until one is confirmed.
+//! path when the peer offered one and confirmed that it receives this worker's: packed with
+//! room for the header and tag, sealed in place and sent with the worker's own `sendmmsg`
+//! batch, so a relayed packet costs about what a local delivery does. Until then (and for
+//! datagrams too large for it) they go in the link's QUIC datagrams, while small probes go the
+//! direct way every [`PROBE_EVERY`] until one is confirmed.
 
 use crate::media::transport::arena::SendArena;
 use crate::media::udp::{MAX_DATAGRAM, SendQueue};
 use crate::media::{ClusterInput, Command};
-use bytes::Bytes;
+use bytes::{Buf, BytesMut};
 use sfu_proto::relay::Frame;
 use sfu_relay::NodeId;
-use sfu_relay::direct::{DirectPath, OVERHEAD, Sealer};
+use sfu_relay::direct::{DirectPath, OVERHEAD, Sealer, TAG};
 use sfu_relay::quic::Link;
+use sfu_relay::wire::Framing;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,31 +104,41 @@ impl LinkHandle {
         }
     }
 
-    /// The largest datagram the link takes now.
-    pub(in crate::media) fn max_datagram_size(&self) -> usize {
+    /// The largest datagram (its records) the link takes now, and how to frame it: datagrams
+    /// for a confirmed direct path leave room for sealing them in place.
+    pub(in crate::media) fn datagram_limits(&self) -> (usize, Framing) {
         match self {
             LinkHandle::Quic { link, direct } => {
                 let quic = link.max_datagram_size();
                 match direct {
-                    Some(d) if d.path.is_confirmed(d.worker) => quic
-                        .saturating_sub(DIRECT_SLACK)
-                        .min(MAX_DATAGRAM - OVERHEAD),
-                    _ => quic,
+                    Some(d) if d.path.is_confirmed(d.worker) => (
+                        quic.saturating_sub(DIRECT_SLACK)
+                            .min(MAX_DATAGRAM - OVERHEAD),
+                        Sealer::FRAMING,
+                    ),
+                    _ => (quic, Framing::NONE),
                 }
             }
-            LinkHandle::Sibling { .. } => SIBLING_DATAGRAM,
+            LinkHandle::Sibling { .. } => (SIBLING_DATAGRAM, Framing::NONE),
         }
     }
 
-    /// Sends a datagram of relayed media: directly (into `out`) if the path is confirmed and
+    /// Sends a datagram of relayed media (framed as [`datagram_limits`](Self::datagram_limits)
+    /// said): sealed in place into the worker's send batch if the direct path is confirmed and
     /// it fits, else on the link.
-    pub(in crate::media) fn send_datagram(&self, datagram: Bytes, out: &mut DirectOut<'_>) -> Sent {
+    pub(in crate::media) fn send_datagram(
+        &self,
+        mut datagram: BytesMut,
+        framing: Framing,
+        out: &mut DirectOut<'_>,
+    ) -> Sent {
         match self {
             LinkHandle::Quic { link, direct } => {
                 if let Some(d) = direct {
                     if d.path.is_confirmed(d.worker) {
-                        if datagram.len() + OVERHEAD <= MAX_DATAGRAM {
-                            d.seal(&datagram, out);
+                        if framing == Sealer::FRAMING && datagram.len() + TAG <= MAX_DATAGRAM {
+                            d.sealer.borrow_mut().seal_in_place(&mut datagram);
+                            out.udp.push(d.to, datagram);
                             return Sent::Direct;
                         }
                     } else if d
@@ -139,14 +150,17 @@ impl LinkHandle {
                         d.seal(&[], out);
                     }
                 }
-                if link.send_datagram(datagram) {
+                // Framed for a path that stopped being confirmed: the records alone.
+                datagram.advance(framing.head);
+                if link.send_datagram(datagram.freeze()) {
                     Sent::Quic
                 } else {
                     Sent::Failed
                 }
             }
             LinkHandle::Sibling { me, to } => {
-                let Ok(records) = sfu_relay::wire::records(datagram).collect() else {
+                datagram.advance(framing.head);
+                let Ok(records) = sfu_relay::wire::records(datagram.freeze()).collect() else {
                     return Sent::Failed;
                 };
                 let sent = to.send(Command::Cluster(ClusterInput::Datagrams {
@@ -164,7 +178,8 @@ impl LinkHandle {
 }
 
 impl DirectSend {
-    /// Seals `payload` into the worker's send buffer and queues it for the peer's worker.
+    /// Seals `payload` (a probe) into the worker's send buffer and queues it for the peer's
+    /// worker.
     fn seal(&self, payload: &[u8], out: &mut DirectOut<'_>) {
         let buf = out.arena.room(payload.len() + OVERHEAD);
         self.sealer.borrow_mut().seal(payload, buf);
