@@ -281,3 +281,88 @@ impl std::ops::IndexMut<usize> for Peers {
         &mut self.slab[key]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::peer::{build, worker_certificate};
+
+    fn peer(now: Instant) -> Peer {
+        let ice = IceCredentials::random();
+        let certificate = worker_certificate().unwrap();
+        let pc = build(
+            Direction::Subscribe,
+            &ice,
+            &certificate,
+            &Default::default(),
+            now,
+        )
+        .unwrap();
+        Peer::new(pc, Direction::Subscribe, "PA_x", ice, None, now)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_peer_is_routed_while_it_lives_and_keeps_four_addresses_at_most() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let key = peers.insert(peer(now));
+        let ufrag = peers[key].ice.ufrag.clone();
+        for port in 1..=5 {
+            peers.bind_addr(key, addr(port));
+        }
+        peers.bind_addr(key, addr(5)); // known: nothing to do
+        assert_eq!(peers[key].addrs, [2, 3, 4, 5].map(addr));
+        peers.remove(key).unwrap();
+        assert!(peers.remove(key).is_none() && peers.get(key).is_none());
+        let updates: Vec<String> = peers
+            .take_demux_updates()
+            .map(|u| match u {
+                DemuxUpdate::Add { ufrag, peer } => format!("add {ufrag} {peer}"),
+                DemuxUpdate::Bind { addr, peer } => format!("bind {} {peer}", addr.port()),
+                DemuxUpdate::Remove { ufrag, addrs } => {
+                    let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+                    format!("remove {ufrag} {ports:?}")
+                }
+            })
+            .collect();
+        let expected = [
+            format!("add {ufrag} {key}"),
+            format!("bind 1 {key}"),
+            format!("bind 2 {key}"),
+            format!("bind 3 {key}"),
+            format!("bind 4 {key}"),
+            // The fifth address pushes the first out.
+            "remove  [1]".to_owned(),
+            format!("bind 5 {key}"),
+            format!("remove {ufrag} [2, 3, 4, 5]"),
+        ];
+        assert_eq!(updates, expected);
+        assert_eq!(peers.take_demux_updates().count(), 0);
+    }
+
+    #[test]
+    fn a_deadline_fires_only_for_the_peer_that_asked_and_only_once() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let old = peers.insert(peer(now));
+        let at = now + Duration::from_millis(10);
+        peers[old].timer = Some(at);
+        peers.timers.push(Reverse((at, old, peers[old].generation)));
+        // The peer goes; another takes its slab key: the old deadline is not its own.
+        peers.remove(old);
+        let new = peers.insert(peer(now));
+        assert_eq!(new, old, "the slab reuses the key");
+        peers[new].timer = Some(at);
+        assert_eq!(peers.pop_due(at), None);
+        // Its own deadline fires once, and not before it is due.
+        peers.timers.push(Reverse((at, new, peers[new].generation)));
+        assert_eq!(peers.pop_due(now), None);
+        assert_eq!(peers.pop_due(at), Some(new));
+        assert_eq!(peers[new].timer, None);
+        assert_eq!(peers.pop_due(at), None);
+    }
+}
