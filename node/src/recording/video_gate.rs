@@ -119,6 +119,38 @@ fn encode_black() -> Result<gst::Buffer, RecordingError> {
     Ok(buffer)
 }
 
+/// One timeline after the funnel. When its input changes (placeholder to real video or
+/// back) the funnel sends on the new input's stream start and segment: the same times
+/// (both inputs are timed on the pipeline's clock, see `GateState::offset`), but a new
+/// segment resets what follows. The live outputs' `videorate` then started its frames
+/// again from the segment's start, seconds behind the placeholder's, and the FLV
+/// muxer got video going back in time: nginx's recording had frames on the same
+/// millisecond, or no video after the placeholder's (docs/recording.md). Only the
+/// first of each goes on; caps changes (a new picture size) still do.
+fn one_timeline(out: &gst::Pad) {
+    let seen = Arc::new(Mutex::new((false, false)));
+    out.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        let Some(gst::PadProbeData::Event(e)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let Ok(mut seen) = seen.lock() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        let again = match e.type_() {
+            gst::EventType::StreamStart => std::mem::replace(&mut seen.0, true),
+            gst::EventType::Segment => std::mem::replace(&mut seen.1, true),
+            _ => false,
+        };
+        if again {
+            // Handled rather than dropped: a sticky event dropped by a probe is sent again
+            // before every buffer.
+            info.data.take();
+            return gst::PadProbeReturn::Handled;
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 /// The caps of the placeholder: those of the depayloaded video (with the framerate the
 /// program sets) but for the size, the only field a Matroska muxer lets change.
 pub fn placeholder_caps(framerate: gst::Fraction) -> gst::Caps {
@@ -215,35 +247,7 @@ impl VideoGate {
             }
             gst::PadProbeReturn::Ok
         });
-        // One timeline after the funnel. When its input changes (placeholder to real video or
-        // back) the funnel sends on the new input's stream start and segment: the same times
-        // (both inputs are timed on the pipeline's clock, see `GateState::offset`), but a new
-        // segment resets what follows. The live outputs' `videorate` then started its frames
-        // again from the segment's start, seconds behind the placeholder's, and the FLV
-        // muxer got video going back in time: nginx's recording had frames on the same
-        // millisecond, or no video after the placeholder's (docs/recording.md). Only the
-        // first of each goes on; caps changes (a new picture size) still do.
-        let seen = Arc::new(Mutex::new((false, false)));
-        out.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            let Some(gst::PadProbeData::Event(e)) = &info.data else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let Ok(mut seen) = seen.lock() else {
-                return gst::PadProbeReturn::Ok;
-            };
-            let again = match e.type_() {
-                gst::EventType::StreamStart => std::mem::replace(&mut seen.0, true),
-                gst::EventType::Segment => std::mem::replace(&mut seen.1, true),
-                _ => false,
-            };
-            if again {
-                // Handled rather than dropped: a sticky event dropped by a probe is sent again
-                // before every buffer.
-                info.data.take();
-                return gst::PadProbeReturn::Handled;
-            }
-            gst::PadProbeReturn::Ok
-        });
+        one_timeline(out);
         // Whatever goes to the muxer: times only go forward (a real frame timed from its
         // capture may come a few milliseconds before a placeholder timed at its push).
         let s = state.clone();
@@ -321,5 +325,79 @@ impl VideoGate {
         // The next real video must start at a keyframe: asked for now.
         self.requests.ask();
         let _ = self.src.push_buffer(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A funnel's inputs taking turns (the placeholder, the real video, the placeholder
+    /// again): every buffer goes on, but only the first stream start and segment.
+    #[test]
+    fn a_funnel_switching_inputs_starts_no_new_segment() {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let caps = gst::Caps::builder("video/x-vp8").build();
+        let source = || {
+            gst_app::AppSrc::builder()
+                .caps(&caps)
+                .format(gst::Format::Time)
+                .build()
+        };
+        let (a, b) = (source(), source());
+        let funnel = element("funnel").unwrap();
+        let sink = element("fakesink").unwrap();
+        sink.set_property("sync", false);
+        pipeline
+            .add_many([a.upcast_ref(), b.upcast_ref(), &funnel, &sink])
+            .unwrap();
+        a.link(&funnel).unwrap();
+        b.link(&funnel).unwrap();
+        funnel.link(&sink).unwrap();
+        one_timeline(&funnel.static_pad("src").unwrap());
+        // Stream starts, segments and buffers reaching the sink.
+        let seen = Arc::new(Mutex::new([0; 3]));
+        let s = seen.clone();
+        let probe = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER;
+        sink.static_pad("sink")
+            .unwrap()
+            .add_probe(probe, move |_, info| {
+                let i = match &info.data {
+                    Some(gst::PadProbeData::Event(e)) => match e.type_() {
+                        gst::EventType::StreamStart => 0,
+                        gst::EventType::Segment => 1,
+                        _ => return gst::PadProbeReturn::Ok,
+                    },
+                    Some(gst::PadProbeData::Buffer(_)) => 2,
+                    _ => return gst::PadProbeReturn::Ok,
+                };
+                s.lock().unwrap()[i] += 1;
+                gst::PadProbeReturn::Ok
+            });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let frame = |ms: u64| {
+            let mut b = gst::Buffer::from_slice([0u8; 8]);
+            b.get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_mseconds(ms));
+            b
+        };
+        // Each push waits until the funnel passed the one before, so the inputs alternate.
+        let wait_for = |n: i32| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while seen.lock().unwrap()[2] < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        for (n, (src, ms)) in [(&a, 0), (&b, 33), (&b, 66), (&a, 100), (&b, 133)]
+            .into_iter()
+            .enumerate()
+        {
+            src.push_buffer(frame(ms)).unwrap();
+            wait_for(n as i32 + 1);
+        }
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert_eq!(*seen.lock().unwrap(), [1, 1, 5]);
     }
 }
