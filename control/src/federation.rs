@@ -40,6 +40,10 @@ pub struct PeerRecord {
     /// [`AddedPeer`] in the registry).
     #[serde(default)]
     pub source: String,
+    /// The peer's gateway address the link runs to (when linked): where a gateway taking over
+    /// dials first (the peer's active gateway, which may not be its first address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
 }
 
 /// A peer added at runtime: its name (its certificate must name it), its gateways' federation

@@ -4,12 +4,16 @@
 //! another one claims the key and dials the peers (failover). A standby gateway dials no one
 //! and refuses links (see [`super::link`]).
 //!
-//! The active gateway dials each peer's first address; while a peer stays unlinked it moves to
-//! the peer's next address every [`ROTATE_AFTER`] (the peer's active gateway may be another).
+//! The active gateway dials each peer's first address, or, after a failover, the address the
+//! previous active gateway was linked to (standby gateways remember it from the registry's
+//! peer records, which go with the dead gateway's lease); while a peer stays unlinked it moves
+//! to the peer's next address every [`ROTATE_AFTER`] (the peer's active gateway may be
+//! another).
 
 use super::link::FederationLinks;
 use serde::Serialize;
 use sfu_control::Membership;
+use sfu_control::federation::{PeerRecord, peers_prefix};
 use sfu_relay::NodeId;
 use sfu_relay::quic::LinkManager;
 use std::collections::HashMap;
@@ -33,6 +37,9 @@ pub struct Active {
     peers: Vec<(String, Vec<SocketAddr>)>,
     /// Per peer: the address dialed now, and since when it is unlinked.
     dialing: HashMap<String, (usize, Option<Instant>)>,
+    /// Whether the link manager was handed the list since this gateway became active (or the
+    /// peers changed).
+    started: bool,
 }
 
 impl Active {
@@ -46,15 +53,34 @@ impl Active {
             key: format!("{}federation/active", membership.keys().prefix()),
             peers,
             dialing: HashMap::new(),
+            started: false,
         }
     }
 
     /// The peers changed (added or removed at runtime): the next turn dials the new list.
     pub fn set_peers(&mut self, peers: Vec<(String, Vec<SocketAddr>)>) {
-        // An empty map makes the next turn hand the link manager the whole list (dialers of
-        // peers no longer listed stop).
+        // The next turn hands the link manager the whole list (dialers of peers no longer
+        // listed stop).
         self.dialing.clear();
+        self.started = false;
         self.peers = peers;
+    }
+
+    /// On standby: starts each peer's dialing at the address another gateway of ours is linked
+    /// to now, if it is one of the peer's addresses.
+    fn remember_linked(&mut self, membership: &Membership) {
+        let records: Vec<PeerRecord> = membership.view(&peers_prefix(membership.keys()));
+        for r in records
+            .iter()
+            .filter(|r| r.linked && r.gateway != self.node_id)
+        {
+            let Some((_, addrs)) = self.peers.iter().find(|(n, _)| *n == r.peer) else {
+                continue;
+            };
+            if let Some(i) = addrs.iter().position(|a| Some(*a) == r.remote) {
+                self.dialing.insert(r.peer.clone(), (i, None));
+            }
+        }
     }
 
     /// One turn: claims the key if this gateway is not active yet, and keeps the dialed
@@ -66,6 +92,7 @@ impl Active {
         links: &Arc<LinkManager>,
     ) {
         if !state.is_active() {
+            self.remember_linked(membership);
             let record = ActiveRecord {
                 gateway: &self.node_id,
             };
@@ -83,7 +110,9 @@ impl Active {
         }
         let linked = state.linked();
         let now = Instant::now();
-        let mut changed = self.dialing.is_empty();
+        // The first turn as the active gateway hands the link manager the whole list.
+        let mut changed = !self.started;
+        self.started = true;
         for (name, addrs) in &self.peers {
             let (index, since) = self.dialing.entry(name.clone()).or_insert((0, None));
             if linked.contains(name) {

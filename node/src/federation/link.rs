@@ -280,6 +280,7 @@ impl FederationLinks {
                         .get(&name)
                         .map(|p| p.active.keys().cloned().collect())
                         .unwrap_or_default(),
+                    remote: peers.get(&name).map(|p| p.raw.connection.remote_address()),
                     peer: name,
                     gateway: self.node_id.clone(),
                     source: source.as_str().to_owned(),
