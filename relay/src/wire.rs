@@ -112,8 +112,11 @@ impl Framing {
     pub const NONE: Framing = Framing { head: 0, tail: 0 };
 }
 
-/// Packs records into datagrams of at most a given size. One writer per link; its buffer is
-/// split off into each datagram, so it costs an allocation per datagram, not per packet.
+/// What a [`DatagramWriter`] allocates at once when its buffer runs out.
+const WRITER_CHUNK: usize = 64 * 1024;
+
+/// Packs records into datagrams of at most a given size. Its buffer is a chunk split off into
+/// each datagram: an allocation per chunk of datagrams, reclaimed once they are all dropped.
 #[derive(Default)]
 pub struct DatagramWriter {
     buf: BytesMut,
@@ -157,7 +160,10 @@ impl DatagramWriter {
         }
         let room = need + self.framing.head + self.framing.tail;
         if self.buf.capacity() - self.buf.len() < room {
-            self.buf.reserve(room.max(max.min(64 * 1024)));
+            // A chunk for many datagrams: those split off earlier may still be queued for the
+            // socket (sealed in place), so the buffer cannot always be reclaimed; a chunk
+            // makes that an allocation per chunk rather than per datagram.
+            self.buf.reserve(room.max(WRITER_CHUNK));
         }
         if self.buf.is_empty() {
             self.buf.resize(self.framing.head, 0);
