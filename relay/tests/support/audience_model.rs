@@ -1,6 +1,6 @@
 #![allow(dead_code)]
 //! A **model** of the registry and signaling traffic of one large room, after the rules of
-//! `node/src/media/roster.rs` and `node/src/media/room_roles.rs`. It is not the node's code
+//! `node/src/media/room/roster.rs` and `node/src/media/room/roles.rs`. It is not the node's code
 //! (that needs etcd and WebSockets); it counts the messages those rules send, in virtual time,
 //! and carries no media. The rules:
 //!
@@ -17,11 +17,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-/// `DEFAULT_LARGE_ROOM_THRESHOLD` in roster.rs.
+/// `DEFAULT_LARGE_ROOM_THRESHOLD` in room/roster.rs.
 pub const THRESHOLD: u32 = 50;
 /// `HOUSEKEEPING` in room.rs: counts are told to clients at most this often.
 pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// `AUDIENCE_REPORT` in room_roles.rs.
+/// `AUDIENCE_REPORT` in room/roles.rs.
 pub const AUDIENCE_REPORT: Duration = Duration::from_secs(2);
 /// From a write to the watch event on another node (etcd in one region; an assumption).
 pub const WATCH_DELAY: Duration = Duration::from_millis(50);

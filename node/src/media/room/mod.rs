@@ -18,7 +18,8 @@
 //! This file is membership (join, leave) and the peer connections' life; the other files are
 //! the flows that cross those parts: `publish` (publisher connections and their tracks), `drive`
 //! (datagrams, timers and the packet path), `roles`, `admin`, `metadata`, `data` (user data
-//! packets), `quality` (connection quality) and `program` (what room recordings show).
+//! packets), `quality` (connection quality), `pause` (nothing forwarded to a participant whose
+//! client is away) and `program` (what room recordings show).
 
 mod admin;
 pub(super) mod data;

@@ -31,7 +31,8 @@ pub enum DemuxUpdate {
     Add { ufrag: String, peer: usize },
     /// Route everything from this address to the peer (an authenticated check came from it).
     Bind { addr: SocketAddr, peer: usize },
-    /// The peer is gone: forget its ufrag and addresses.
+    /// Forget these addresses, and the ufrag unless empty: the peer is gone, or (no ufrag) one
+    /// of its addresses was pushed out by a newer one.
     Remove {
         ufrag: String,
         addrs: Vec<SocketAddr>,

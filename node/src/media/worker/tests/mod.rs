@@ -10,6 +10,7 @@
 
 mod client;
 mod net;
+mod pause;
 
 use net::Net;
 use std::time::Duration;
@@ -99,8 +100,6 @@ async fn a_track_crosses_a_lossy_relay_link_between_two_nodes_in_virtual_time() 
     );
     assert!(edge.packets_out > 0, "{edge:?}");
 }
-
-mod pause;
 
 #[tokio::test]
 async fn a_track_crosses_two_nodes_of_two_workers_in_virtual_time() {
