@@ -118,7 +118,7 @@ impl Federation {
                 name: config.name.clone(),
                 node_id: node_id.to_owned(),
                 pseudonyms: roster::Pseudonyms {
-                    key: key.clone(),
+                    key: roster::pseudonym_key(&key),
                     default: config.identities,
                     peers: config
                         .peers

@@ -30,8 +30,8 @@ pub fn local(membership: &Membership, room: &str) -> (Vec<ParticipantRecord>, Ve
     (participants, tracks)
 }
 
-/// Which peers see our participants under pseudonyms, and the key those are made with (our
-/// federation key: every gateway of the cluster has it, so a failover keeps them).
+/// Which peers see our participants under pseudonyms, and the key those are made with (see
+/// [`pseudonym_key`]).
 #[derive(Default)]
 pub struct Pseudonyms {
     pub key: Vec<u8>,
@@ -44,6 +44,18 @@ impl Pseudonyms {
     pub fn for_peer(&self, peer: &str) -> bool {
         self.peers.get(peer).copied().unwrap_or(self.default) == Identities::Pseudonym
     }
+}
+
+/// The key pseudonyms are made with, derived from our federation private key under a label of
+/// its own: every gateway of the cluster holds that key, so they all make the same pseudonyms
+/// and a failover keeps them, and the TLS key itself is never used as an HMAC key. A new
+/// federation key (or the same key encoded differently) gives new pseudonyms.
+pub fn pseudonym_key(federation_key: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(federation_key).expect("any key length");
+    mac.update(b"sfu federation pseudonyms v1");
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// Replaces our participants' identities with stable pseudonyms for `peer` (a keyed hash of the
