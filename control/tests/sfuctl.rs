@@ -421,6 +421,7 @@ async fn sfuctl_adds_and_removes_federation_peers() {
             "TR_0000000000000001",
         ],
     );
+    assert!(!resume.status.success());
     let err = String::from_utf8_lossy(&resume.stderr);
     assert!(err.contains("is not stopped"), "{err}");
     assert_eq!(

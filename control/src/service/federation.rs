@@ -283,6 +283,7 @@ impl FederationService for Api {
     ) -> Result<GrpcResponse<pb::ResumeTrackResponse>, Status> {
         self.0.grants(&r)?.may_admin_cluster().map_err(status)?;
         let req = r.into_inner();
+        room_name(&req.room, "room")?;
         let resumed = resume_track(
             &self.0.registry,
             self.0.membership.keys(),
