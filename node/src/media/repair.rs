@@ -143,8 +143,14 @@ struct Stream {
     rtx_ssrc: Option<u32>,
     /// Its MID and RID, from its first packets (simulcast).
     mid_rid: Option<(bytes::Bytes, bytes::Bytes)>,
+    /// Packets left in which to look for them: a stream whose first packets name no RID (audio,
+    /// a single video stream) is not searched on every packet.
+    rid_tries: u8,
     received: Received,
 }
+
+/// Packets of a stream searched for its MID and RID (browsers send them on the first ones).
+const RID_TRIES: u8 = 64;
 
 /// See the module documentation.
 pub struct RtxRepair {
@@ -179,7 +185,11 @@ impl RtxRepair {
         if let Some(s) = self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
             s.received.insert(packet.header.sequence_number);
             s.payload_type = packet.header.payload_type;
+            if s.mid_rid.is_none() && s.rid_tries > 0 {
+                s.rid_tries -= 1;
+            }
             if s.mid_rid.is_none()
+                && s.rid_tries > 0
                 && let (Some(mid), Some(rid)) = (
                     self.ext[0].and_then(|id| packet.header.get_extension(id)),
                     self.ext[1].and_then(|id| packet.header.get_extension(id)),
@@ -302,16 +312,21 @@ impl Interceptor for RtxRepair {
             };
             self.ext[slot] = u8::try_from(e.id).ok();
         }
-        // webrtc-rs binds a declared RTX stream as a stream of its own, after its media stream.
+        // webrtc-rs binds a declared RTX stream as a stream of its own, after its media stream;
+        // should it come first, it was taken for media: the media stream corrects that.
         let rtx = self.streams.iter().any(|s| s.rtx_ssrc == Some(info.ssrc));
         if rtx || self.streams.iter().any(|s| s.ssrc == info.ssrc) {
             return;
+        }
+        if let Some(rtx) = info.ssrc_rtx {
+            self.streams.retain(|s| s.ssrc != rtx);
         }
         self.streams.push(Stream {
             ssrc: info.ssrc,
             payload_type: info.payload_type,
             rtx_ssrc: info.ssrc_rtx,
             mid_rid: None,
+            rid_tries: RID_TRIES,
             received: Received::default(),
         });
     }

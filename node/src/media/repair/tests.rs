@@ -190,3 +190,17 @@ fn the_nack_generator_stops_asking_once_the_retransmission_came_and_never_nacks_
     );
     assert_eq!((metrics.repaired.get(), metrics.repeated.get()), (1, 2));
 }
+
+#[test]
+fn a_declared_rtx_stream_bound_before_its_media_stream_still_repairs_it() {
+    let metrics = RepairMetrics::default();
+    let mut r = RtxRepair::new(metrics.clone());
+    // The RTX stream first (taken for media at first), then the stream declaring it.
+    r.bind_remote_stream(&info(RTX, None));
+    r.bind_remote_stream(&info(MEDIA, Some(RTX)));
+    read(&mut r, rtp(MEDIA, 96, 20, b"twenty", &[]));
+    read(&mut r, rtp(MEDIA, 96, 22, b"twenty-two", &[]));
+    let p = read(&mut r, rtp(RTX, 97, 7, &[0, 21, 9], &[]));
+    assert_eq!((p.header.ssrc, p.header.sequence_number), (MEDIA, 21));
+    assert_eq!(metrics.repaired.get(), 1);
+}
