@@ -546,6 +546,8 @@ async function join(room, identity, withMedia, base, token, resumeSid) {
           sfu.lostAt = null;
           setState(sfu.stateBeforeLoss || "joined");
           log(`resumed after ${sfu.lastResumeMs} ms`);
+          // Sizes reported while the connection was down were not sent: report them again.
+          for (const sid of sfu.participants.keys()) reportSize(sid);
           break;
         case "joined":
           if (sfu.resuming) {
