@@ -192,6 +192,32 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         .into_inner()
         .recordings;
     assert_eq!(listed.len(), 2, "{listed:?}");
+    // When each recording's media began: a track recording's file starts at its first packet
+    // (its pipeline plays from then, so that retransmissions are waited for), which comes
+    // after the pull from cp1 and a keyframe. An active recording's duration is the media
+    // it holds, so its first media came `duration` before it was seen.
+    let mut media_from = std::collections::HashMap::new();
+    while media_from.len() < ids.len() && started.elapsed() < Duration::from_secs(5) {
+        let all = api
+            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .recordings;
+        for r in all.iter().filter(|r| r.duration_ms > 0) {
+            let seen = started.elapsed().as_secs_f64();
+            media_from
+                .entry(r.id.clone())
+                .or_insert((seen - r.duration_ms as f64 / 1000.0).max(0.0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, kind) in &ids {
+        assert!(
+            media_from.contains_key(id),
+            "{kind}: no media recorded within 5 s of the start: {media_from:?}"
+        );
+    }
     // The browser keeps reporting while the recordings run (its output must be read).
     let full = disk_fills_up(&cluster, &mut browser, room, &published).await;
     let _ = browser
@@ -211,7 +237,11 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         .into_inner();
     // Each recording's true length ends when it was stopped (a drain on a loaded machine
     // takes a second or more, which the first one must not be measured against).
-    done.push((r, kind.clone(), started.elapsed().as_secs_f64()));
+    done.push((
+        r,
+        kind.clone(),
+        started.elapsed().as_secs_f64() - media_from[id],
+    ));
     let mut nodes = NodeServiceClient::connect(cluster.grpc()).await.unwrap();
     nodes
         .drain_node(authed(
@@ -240,7 +270,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     done.push((
         drained.expect("the drain completes the recording"),
         kind.clone(),
-        started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64() - media_from[id],
     ));
     browser.stop().await;
 
@@ -255,7 +285,9 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
             "{r:?}"
         );
         let (codec, duration) = first_stream(file);
-        eprintln!("{kind}: {duration:.2} s in the file, {truth:.2} s recorded: {r:?}");
+        eprintln!(
+            "{kind}: {duration:.2} s in the file, {truth:.2} s recorded from its first media: {r:?}"
+        );
         let expected = if kind == "video" { "vp8" } else { "opus" };
         assert_eq!(codec, expected, "{r:?}");
         assert!(
