@@ -185,12 +185,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
         ids.push((r.id, t.kind.clone()));
     }
     let started = Instant::now();
-    let listed = api
-        .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .recordings;
+    let listed = all_recordings(&mut api).await;
     assert_eq!(listed.len(), 2, "{listed:?}");
     // When each recording's media began: a track recording's file starts at its first packet
     // (its pipeline plays from then, so that retransmissions are waited for), which comes
@@ -198,12 +193,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     // it holds, so its first media came `duration` before it was seen.
     let mut media_from = std::collections::HashMap::new();
     while media_from.len() < ids.len() && started.elapsed() < Duration::from_secs(5) {
-        let all = api
-            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .recordings;
+        let all = all_recordings(&mut api).await;
         for r in all.iter().filter(|r| r.duration_ms > 0) {
             let seen = started.elapsed().as_secs_f64();
             media_from
@@ -253,12 +243,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     let (id, kind) = &ids[1];
     let mut drained = None;
     for _ in 0..100 {
-        let all = api
-            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .recordings;
+        let all = all_recordings(&mut api).await;
         drained = all
             .into_iter()
             .find(|r| r.id == *id && r.state == "complete");
@@ -304,12 +289,7 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     // cp2's files are uploaded: gRPC lists each object's URL.
     let mut urls = std::collections::HashMap::new();
     for _ in 0..100 {
-        let all = api
-            .list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .recordings;
+        let all = all_recordings(&mut api).await;
         urls = all
             .into_iter()
             .filter(|r| r.upload == "uploaded" && done.iter().any(|(d, _, _)| d.id == r.id))
@@ -375,4 +355,15 @@ async fn tracks_recorded_on_another_node_play_back_whole() {
     );
     cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every recording of the cluster, as gRPC lists them.
+async fn all_recordings(
+    api: &mut RecordingServiceClient<tonic::transport::Channel>,
+) -> Vec<pb::RecordingInfo> {
+    api.list_recordings(authed(&admin(), pb::ListRecordingsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .recordings
 }
