@@ -205,12 +205,17 @@ pub(super) mod tests {
 
     /// A room of node `n1`, for tests of the room's parts.
     pub(crate) fn room(now: Instant) -> LocalRoom {
+        room_of_threshold(50, now)
+    }
+
+    /// The same, large from `threshold` participants on.
+    pub(crate) fn room_of_threshold(threshold: u32, now: Instant) -> LocalRoom {
         let ctx = Arc::new(RoomContext {
             node_id: "n1".into(),
             candidates: vec!["127.0.0.1:9".parse().unwrap()],
             max_participants: 0,
             default_max_layer: 2,
-            large_room_threshold: 50,
+            large_room_threshold: threshold,
             certificate: crate::media::peer::worker_certificate().unwrap(),
             crypto: rtc::crypto::default_provider().unwrap(),
             worker: 0,
@@ -218,7 +223,7 @@ pub(super) mod tests {
             core: Default::default(),
             repair: Default::default(),
         });
-        LocalRoom::new("r".into(), ctx, now, 50)
+        LocalRoom::new("r".into(), ctx, now, threshold)
     }
 
     /// Joins a signaling participant; its sid and its messages.

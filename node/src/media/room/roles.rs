@@ -306,26 +306,11 @@ impl LocalRoom {
 mod tests {
     use super::*;
     use crate::auth::Grants;
-    use crate::media::room::RoomContext;
     use crate::media::{JoinRequest, ParticipantKind};
     use crate::signaling::Outbound;
-    use std::sync::Arc;
 
     fn room(threshold: u32, now: Instant) -> LocalRoom {
-        let ctx = Arc::new(RoomContext {
-            node_id: "n1".into(),
-            candidates: vec!["127.0.0.1:9".parse().unwrap()],
-            max_participants: 0,
-            default_max_layer: 2,
-            large_room_threshold: threshold,
-            certificate: crate::media::peer::worker_certificate().unwrap(),
-            crypto: rtc::crypto::default_provider().unwrap(),
-            worker: 0,
-            workers: 1,
-            core: Default::default(),
-            repair: Default::default(),
-        });
-        LocalRoom::new("r".into(), ctx, now, threshold)
+        crate::media::room::metadata::tests::room_of_threshold(threshold, now)
     }
 
     fn request(
