@@ -5,7 +5,8 @@
 //!   ignore them); node records keep the relay link manager's peer list current.
 //! - Relay frames about a room go to its home worker, the one that pulls its tracks from other
 //!   nodes; requests about a track published here (subscribe, keyframe) go to the worker it is
-//!   published on; audio levels to every worker. Flows are routed by what the frames
+//!   published on; audio levels to every worker (and, on a federation gateway, to the
+//!   federation: see [`LevelsTap`]). Flows are routed by what the frames
 //!   announced: a `FlowOpen` ties a flow to the home worker of its room, and a flow this node
 //!   sends carries its worker's index in its top bits (so NACKs find it).
 //! - Every few seconds the node record is written again with the node's load.
@@ -20,12 +21,17 @@ use sfu_relay::NodeId;
 use sfu_relay::quic::{Link, LinkHandler, LinkManager};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 /// How often the node record (with load) is written.
 const LOAD_REPORT_PERIOD: Duration = Duration::from_secs(2);
+
+/// Where the audio levels other nodes share with this one go besides its workers: a
+/// federation gateway passes them on to its peers (`crate::federation::levels`). Set once,
+/// when the gateway starts.
+pub type LevelsTap = Arc<OnceLock<Box<dyn Fn(&sfu_proto::relay::AudioLevels) + Send + Sync>>>;
 
 /// Routes relay input to media workers.
 pub struct Router {
@@ -33,6 +39,7 @@ pub struct Router {
     workers: Arc<[mpsc::UnboundedSender<Command>]>,
     /// What the workers share: the flow table, the tracks' owners.
     shared: Arc<Shared>,
+    levels_tap: LevelsTap,
 }
 
 impl Router {
@@ -46,7 +53,34 @@ impl Router {
         workers: Arc<[mpsc::UnboundedSender<Command>]>,
         shared: Arc<Shared>,
     ) -> Self {
-        Self { workers, shared }
+        Self {
+            workers,
+            shared,
+            levels_tap: LevelsTap::default(),
+        }
+    }
+
+    /// See [`LevelsTap`].
+    pub fn levels_tap(&self) -> LevelsTap {
+        self.levels_tap.clone()
+    }
+
+    /// Has the room's home worker share audio levels with the nodes `to` over its relay links
+    /// (a federation gateway shares its peer's as a publisher's node shares its own).
+    pub fn share_levels(
+        &self,
+        room: &str,
+        to: Vec<NodeId>,
+        levels: Vec<sfu_proto::relay::AudioLevel>,
+    ) {
+        self.send_to(
+            self.worker_for(room),
+            Command::Cluster(ClusterInput::ShareLevels {
+                room: room.to_owned(),
+                to,
+                levels,
+            }),
+        );
     }
 
     fn send_to(&self, worker: usize, command: Command) {
@@ -111,6 +145,11 @@ impl LinkHandler for Router {
             Some(Body::TrackEnded(e)) => self.worker_for(&e.room),
             // Every worker of the room ranks speakers, and delivers data to its participants.
             Some(Body::AudioLevels(_)) | Some(Body::UserData(_)) => {
+                if let (Some(Body::AudioLevels(l)), Some(tap)) =
+                    (&frame.body, self.levels_tap.get())
+                {
+                    tap(l);
+                }
                 self.broadcast(|| ClusterInput::Frame {
                     from: from.clone(),
                     frame: frame.clone(),

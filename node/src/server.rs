@@ -147,6 +147,9 @@ impl Server {
             format!("{scheme}://{}", SocketAddr::new(host, http_addr.port()))
         });
 
+        // Levels other nodes share with this one reach the federation too, on a gateway.
+        let mesh_router = Arc::new(Router::new(media.clone()));
+        let levels_tap = mesh_router.levels_tap();
         let (links, relay_addr) = if config.cluster.enabled() {
             let dir = config
                 .cluster
@@ -170,7 +173,7 @@ impl Server {
             let links = LinkManager::start_with_direct(
                 config.cluster.relay_bind,
                 &identity,
-                Arc::new(Router::new(media.clone())),
+                mesh_router,
                 direct_ports,
             )?;
             let bound = links.local_addr()?;
@@ -252,6 +255,7 @@ impl Server {
                     .await
                     .context("federation")?,
                 );
+                fed.take_levels(&levels_tap);
                 let auth = sfu_control::auth::Authenticator::new(&config.effective_keys());
                 app = app.merge(crate::federation::http::routes(fed.clone(), auth));
                 Some(fed)

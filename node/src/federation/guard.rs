@@ -2,7 +2,8 @@
 //! may still be broken or hostile. Sans-IO (time is an argument).
 //!
 //! - [`Bucket`]: a token bucket bounding the subscriptions a peer may send (each costs a
-//!   registry look-up, and a refused one an answer on our send queue).
+//!   registry look-up, and a refused one an answer on our send queue), and the audio level
+//!   frames (each is shared with every node of ours hosting the room).
 //! - [`LogGate`]: at most one log line per second per peer and kind of refusal, so a flood
 //!   is logged, not written out line by line.
 //! - [`datagram_ok`]: a peer's media datagram must parse (records of flows it did not open
@@ -15,6 +16,13 @@ use std::time::{Duration, Instant};
 pub const SUBSCRIBE_BURST: f64 = 1000.0;
 /// Subscriptions per second a peer may send after a burst (layer changes, new tracks).
 pub const SUBSCRIBE_RATE: f64 = 200.0;
+
+/// Audio level frames a peer may send in a burst.
+pub const LEVELS_BURST: f64 = 200.0;
+/// Audio level frames per second a peer may send after a burst. Its gateway passes on each
+/// frame one of its nodes shares: four a second per room and node (and worker) with speaking
+/// publishers, so 25 such at once (a hundred with a burst).
+pub const LEVELS_RATE: f64 = 100.0;
 
 /// See the module documentation.
 pub struct Bucket {
@@ -96,6 +104,23 @@ mod tests {
         // Idle time fills it up to the burst only.
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!((0..8).filter(|_| b.take(t2)).count(), 5);
+    }
+
+    #[test]
+    fn a_level_flood_passes_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(t0, LEVELS_RATE, LEVELS_BURST);
+        // 10,000 frames over one second, evenly spread.
+        let passed = (0..10_000u64)
+            .filter(|i| b.take(t0 + Duration::from_micros(i * 100)))
+            .count();
+        let most = (LEVELS_BURST + LEVELS_RATE) as usize;
+        assert!((most - 2..=most).contains(&passed), "{passed}");
+        // A gateway passing on four frames a second for 20 rooms is never refused.
+        let t1 = t0 + Duration::from_secs(10);
+        let mut b = Bucket::new(t1, LEVELS_RATE, LEVELS_BURST);
+        let normal = (0..80 * 30u64).all(|i| b.take(t1 + Duration::from_micros(i * 12_500)));
+        assert!(normal);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use super::control::Message;
 use super::guard::{self, Bucket, LogGate};
+use super::levels::{self, Speakers};
 use super::mapping::Mappings;
 use super::metrics::{FederationMetrics, PeerCounters, PeerLabels};
 use super::peers::Trust;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use tokio::sync::mpsc;
 
 mod messages;
+mod ranking;
 mod stop;
 
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
@@ -58,6 +60,8 @@ pub struct Stats {
     pub flood: AtomicU64,
     /// Malformed datagrams dropped.
     pub bad_datagrams: AtomicU64,
+    /// Audio level frames dropped over a peer's rate.
+    pub levels_flood: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -87,12 +91,19 @@ struct Peer {
     /// included: a track resumed is written again from here).
     tracks: HashMap<String, Vec<sfu_control::TrackRecord>>,
     sent_rosters: HashMap<String, Vec<u8>>,
+    /// Our tracks whose levels it may learn, per our room: those our last roster announced.
+    announced: HashMap<String, Speakers>,
+    /// Its tracks whose levels we take, per our room: those its last roster announced.
+    heard: HashMap<String, Speakers>,
     counters: PeerCounters,
     /// Bounds the subscriptions it sends.
     subscriptions: Bucket,
+    /// Bounds the audio level frames it sends.
+    levels: Bucket,
     /// One log line a second for its refused subscriptions, and one for bad datagrams.
     refusals_log: LogGate,
     datagrams_log: LogGate,
+    levels_log: LogGate,
 }
 
 /// See the module documentation.
@@ -238,6 +249,13 @@ impl FederationLinks {
         let mut body = frame.body?;
         let peers = self.peers();
         let p = peers.get(peer)?;
+        // Levels of the tracks announced to it only (none for a room no longer mapped).
+        if let Body::AudioLevels(l) = &mut body {
+            l.levels = levels::pass(&l.levels, p.announced.get(&l.room)).kept;
+            if l.levels.is_empty() {
+                return None;
+            }
+        }
         if let Some(room) = room_of(&mut body).ok()? {
             let Some(theirs) = p.active.get(room.as_str()) else {
                 bump(&self.stats.outbound_dropped);
@@ -250,8 +268,8 @@ impl FederationLinks {
             // The peer finds the origin in its own registry.
             Body::Subscribe(s) => s.origin.clear(),
             Body::Accepted(a) => a.path = vec![self.name.clone()],
-            // Our other nodes are not reachable from the peer; levels stay in the cluster.
-            Body::Redirect(_) | Body::AudioLevels(_) => return None,
+            // Our other nodes are not reachable from the peer.
+            Body::Redirect(_) => return None,
             _ => {}
         }
         tracing::trace!(%peer, ?body, "federation frame out");
@@ -323,6 +341,8 @@ impl FederationLinks {
             self.update_active(name, p);
             for (ours, theirs) in &p.active {
                 let (mut participants, mut tracks) = roster::local(&self.membership, ours);
+                p.announced
+                    .insert(ours.clone(), levels::speakers(&tracks, |_| false));
                 if self.pseudonyms.for_peer(name) {
                     let key = &self.pseudonyms.key;
                     roster::pseudonymize(key, name, &mut participants, &mut tracks);
@@ -447,6 +467,8 @@ impl FederationLinks {
         self.announce(room, &p.members.remove(room).unwrap_or_default(), &[]);
         p.tracks.remove(room);
         p.sent_rosters.remove(room);
+        p.announced.remove(room);
+        p.heard.remove(room);
     }
 }
 
@@ -506,14 +528,22 @@ impl LinkHandler for FederationLinks {
                 members: HashMap::new(),
                 tracks: HashMap::new(),
                 sent_rosters: HashMap::new(),
+                announced: HashMap::new(),
+                heard: HashMap::new(),
                 counters: PeerCounters::new(&self.metrics, &peer),
                 subscriptions: Bucket::new(
                     std::time::Instant::now(),
                     guard::SUBSCRIBE_RATE,
                     guard::SUBSCRIBE_BURST,
                 ),
+                levels: Bucket::new(
+                    std::time::Instant::now(),
+                    guard::LEVELS_RATE,
+                    guard::LEVELS_BURST,
+                ),
                 refusals_log: LogGate::default(),
                 datagrams_log: LogGate::default(),
+                levels_log: LogGate::default(),
             },
         );
         self.metrics
@@ -569,6 +599,14 @@ impl LinkHandler for FederationLinks {
             }
             return;
         }
+        if matches!(body, Body::AudioLevels(_)) && !p.levels.take(now) {
+            bump(&self.stats.levels_flood);
+            p.counters.levels_flood.inc();
+            if let Some(more) = p.levels_log.pass(now) {
+                tracing::warn!(peer = %from, more, "federation peer sends audio levels faster than {} frames a second: dropped", guard::LEVELS_RATE);
+            }
+            return;
+        }
         let mut ours = None;
         let Ok(named) = room_of(&mut body) else {
             self.metrics.refuse("unknown_frame");
@@ -594,6 +632,9 @@ impl LinkHandler for FederationLinks {
             ours = Some(local);
         }
         let room = ours.unwrap_or_default();
+        if let Body::AudioLevels(l) = body {
+            return self.levels_in(peers, from, room, l);
+        }
         match &mut body {
             Body::Subscribe(s) if s.layers.is_empty() => {
                 p.fed.remove(&(room, s.track));
@@ -643,8 +684,8 @@ impl LinkHandler for FederationLinks {
             }
             // Only flows it opened (in mapped rooms).
             Body::FlowClose(f) if p.flows.remove(&f.flow).is_none() => return,
-            // A peer is fed directly, never sent to our other nodes; levels stay on each side.
-            Body::Redirect(_) | Body::AudioLevels(_) | Body::Hello(_) => return,
+            // A peer is fed directly, never sent to our other nodes.
+            Body::Redirect(_) | Body::Hello(_) => return,
             _ => {}
         }
         let link = p.link_name.clone();

@@ -65,7 +65,7 @@ impl FederationMetrics {
         );
         r.register(
             "refused",
-            "Federation input refused: unconfigured_peer, wrong_ca, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame, standby, malformed_frame, malformed_message, flood, datagram",
+            "Federation input refused: unconfigured_peer, wrong_ca, unmapped_room, subscription, roster, outbound_unmapped, unknown_frame, standby, malformed_frame, malformed_message, flood, datagram, levels_flood, levels",
             self.refused.clone(),
         );
     }
@@ -84,6 +84,9 @@ pub struct PeerCounters {
     /// Refusals counted on the hot path, by handle (no family lock per packet).
     pub flood: Counter,
     pub bad_datagrams: Counter,
+    /// Audio level frames over the peer's rate, and levels of tracks it did not announce.
+    pub levels_flood: Counter,
+    pub levels_refused: Counter,
 }
 
 impl PeerCounters {
@@ -97,6 +100,8 @@ impl PeerCounters {
         let refused = |reason| m.refused.get_or_create(&RefusedLabels { reason }).clone();
         let flood = refused("flood");
         let bad_datagrams = refused("datagram");
+        let levels_flood = refused("levels_flood");
+        let levels_refused = refused("levels");
         Self {
             frames_in: m.frames_in.get_or_create(&l).clone(),
             frames_out: m.frames_out.get_or_create(&l).clone(),
@@ -104,6 +109,8 @@ impl PeerCounters {
             bytes_in: m.bytes_in.get_or_create(&l).clone(),
             flood,
             bad_datagrams,
+            levels_flood,
+            levels_refused,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`link`]: the link handler: translation, refusal, counters.
 //! - [`roster`]: the participants and tracks that cross.
 //! - [`control`]: the federation's own messages.
+//! - [`levels`]: the audio levels that cross (speaker ranking on both sides).
 //! - [`guard`]: bounds on what a peer can make us do (rates, datagram checks, log lines).
 //! - [`http`]: the admin API (map, unmap, list).
 //! - [`metrics`]: Prometheus metrics per peer.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod control;
 pub mod guard;
 pub mod http;
+pub mod levels;
 pub mod link;
 pub mod mapping;
 pub mod metrics;
@@ -203,6 +205,20 @@ impl Federation {
             mappings,
             task,
         })
+    }
+
+    /// Passes the audio levels our nodes share with this gateway (`tap`: the mesh router's)
+    /// on to the peers (see [`levels`]).
+    pub fn take_levels(&self, tap: &crate::cluster::LevelsTap) {
+        let weak = Arc::downgrade(&self.state);
+        let set = tap.set(Box::new(move |l| {
+            if let Some(s) = weak.upgrade() {
+                s.levels_from_cluster(l);
+            }
+        }));
+        if set.is_err() {
+            tracing::warn!("federation: audio levels already passed elsewhere; not to the peers");
+        }
     }
 
     /// Where the federation endpoint listens.

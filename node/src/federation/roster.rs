@@ -127,8 +127,8 @@ pub fn federated(
         }
         t.origin = link.to_owned();
         t.worker = 0;
-        // Levels are measured and shared inside each cluster only (not across yet).
-        t.audio_levels = false;
+        // `audio_levels` as the peer has it: its gateway passes the track's levels on to us
+        // (`super::levels`), so our rooms rank it as any remote speaker.
         ts.push(t);
     }
     Ok((ps, ts))
@@ -184,7 +184,10 @@ mod tests {
         assert_eq!(ps[0].identity, "b.example/bob");
         assert_eq!((ps[0].node.as_str(), ps[0].worker), ("a1~b.example", 0));
         assert_eq!((ts[0].origin.as_str(), ts[0].worker), ("a1~b.example", 0));
-        assert!(!ts[0].audio_levels);
+        assert!(
+            ts[0].audio_levels,
+            "levels cross, so they are written as they are"
+        );
         assert!(is_federated(&ts[0].origin) && !is_federated("b2"));
     }
 

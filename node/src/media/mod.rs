@@ -326,6 +326,13 @@ pub enum ClusterInput {
         records: Vec<(u32, bytes::Bytes)>,
     },
     Event(sfu_control::ClusterEvent),
+    /// Audio levels to share with the nodes `to` over the relay links (a federation gateway
+    /// shares its peer's levels with the nodes hosting the room).
+    ShareLevels {
+        room: String,
+        to: Vec<sfu_relay::NodeId>,
+        levels: Vec<sfu_proto::relay::AudioLevel>,
+    },
 }
 
 impl Command {

@@ -5,7 +5,7 @@
 
 use super::{FederationLinks, bump};
 use crate::federation::control::{self, Message};
-use crate::federation::roster;
+use crate::federation::{levels, roster};
 use crate::webhook::ParticipantRef;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -59,6 +59,8 @@ impl FederationLinks {
                             }
                         }
                         p.written.insert(room.clone(), written);
+                        let heard = levels::speakers(&ts, |t| self.is_stopped(&room, &t.track));
+                        p.heard.insert(room.clone(), heard);
                         p.tracks.insert(room.clone(), ts);
                         let members: Vec<ParticipantRef> = ps
                             .iter()

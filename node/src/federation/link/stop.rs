@@ -12,6 +12,7 @@
 //! roster.
 
 use super::{FederationLinks, Peer};
+use crate::federation::levels;
 use sfu_control::federation::{StoppedTrack, stopped_prefix};
 use std::collections::HashSet;
 
@@ -56,6 +57,11 @@ impl FederationLinks {
     fn apply_stops_to(&self, p: &mut Peer, stopped: &HashSet<(String, String)>) {
         let keys = self.membership.keys();
         for (room, tracks) in &p.tracks {
+            // A stopped track's levels are dropped too (uncounted: the peer does not know).
+            let heard = levels::speakers(tracks, |t| {
+                stopped.contains(&(room.clone(), t.track.clone()))
+            });
+            p.heard.insert(room.clone(), heard);
             let written = p.written.entry(room.clone()).or_default();
             for t in tracks {
                 let key = keys.track(room, &t.track);

@@ -427,8 +427,17 @@ impl LocalRoom {
                     self.steer_programs(now, out);
                 }
                 Output::SharedLevels(levels) => {
-                    // Every node hosting part of the room ranks speakers, audience nodes too.
-                    let nodes = self.roster.nodes(&self.ctx.node_id);
+                    // Every node hosting part of the room ranks speakers, audience nodes too; a
+                    // peer's participants (`gateway~peer`) through their gateway, which passes
+                    // the levels on to the peer.
+                    let mut nodes: Vec<String> = self
+                        .roster
+                        .nodes(&self.ctx.node_id)
+                        .into_iter()
+                        .map(|n| self.upstream_origin(n))
+                        .collect();
+                    nodes.sort_unstable();
+                    nodes.dedup();
                     if !nodes.is_empty() {
                         out.effects.push(Effect::SharedLevels {
                             room: self.name.clone(),

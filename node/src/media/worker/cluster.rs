@@ -389,6 +389,10 @@ impl WorkerCore {
                 self.handle_relay_records(now, &from, records);
             }
             ClusterInput::Event(e) => self.handle_cluster_event(now, e),
+            ClusterInput::ShareLevels { room, to, levels } => {
+                self.relay.share_levels(&room, &to, &levels);
+                self.drain_relay(now);
+            }
         }
     }
 
