@@ -430,14 +430,7 @@ impl LocalRoom {
                     // Every node hosting part of the room ranks speakers, audience nodes too; a
                     // peer's participants (`gateway~peer`) through their gateway, which passes
                     // the levels on to the peer.
-                    let mut nodes: Vec<String> = self
-                        .roster
-                        .nodes(&self.ctx.node_id)
-                        .into_iter()
-                        .map(|n| self.upstream_origin(n))
-                        .collect();
-                    nodes.sort_unstable();
-                    nodes.dedup();
+                    let nodes = self.roster.level_nodes(&self.ctx.node_id);
                     if !nodes.is_empty() {
                         out.effects.push(Effect::SharedLevels {
                             room: self.name.clone(),

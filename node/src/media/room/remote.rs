@@ -120,7 +120,7 @@ impl LocalRoom {
     /// The node to ask for a track whose origin is `origin`: a federated track (origin
     /// `gateway~peer`, see `crate::federation`) is asked of its gateway, which alone holds the
     /// federation link; any other track of its origin.
-    pub(super) fn upstream_origin(&self, origin: String) -> String {
+    fn upstream_origin(&self, origin: String) -> String {
         match origin.split_once('~') {
             Some((gateway, _)) if gateway != &*self.ctx.node_id => gateway.to_owned(),
             _ => origin,
