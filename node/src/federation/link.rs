@@ -10,7 +10,8 @@
 //! Our workers see the peer as one more relay link, named `gateway~peer`: the frames they send
 //! on it come through [`FederationLinks::outbound`] (our room names to the peer's); datagrams
 //! go straight to the connection (they carry only flow ids, which the peer routes by the
-//! `FlowOpen` frames that passed the check).
+//! `FlowOpen` frames that passed the check). Audio levels cross for the tracks each side
+//! announced ([`ranking`], [`super::levels`]).
 
 use super::control::Message;
 use super::guard::{self, Bucket, LogGate};

@@ -4,9 +4,9 @@
 //! QUIC link (its own endpoint and port, ALPN `sfu-federation/1`) to each configured peer's
 //! gateway, with mutual TLS trusting only the peers' federation CAs, never the mesh CA. Over
 //! it go the relay protocol's frames and datagrams (the same wire format, so wants, layers,
-//! keyframe requests and NACKs work as on relay links) plus a small JSON protocol of its own
-//! on a second stream ([`control`]): each side's room mappings, and the participants and tracks
-//! of each room both sides map.
+//! keyframe requests, NACKs and audio levels work as on relay links: see [`levels`]) plus a
+//! small JSON protocol of its own on a second stream ([`control`]): each side's room mappings,
+//! and the participants and tracks of each room both sides map.
 //!
 //! Inside its cluster the gateway plays the node the peer's participants are on: it writes
 //! them into its registry (identities namespaced `peer/identity`, node `gateway~peer`), so its
