@@ -28,8 +28,11 @@
 //! - [`program`], [`program_writer`]: room recordings, one file for the whole room (the
 //!   active speaker's video, switched by the forwarder without decoding, and every
 //!   participant's audio mixed).
+//! - [`inspect`]: counters and graphs of a running room recording's pipeline, for
+//!   diagnosing stalls (off unless `SFU_RECORDING_INSPECT` is set).
 
 pub mod disk;
+pub mod inspect;
 pub mod live;
 pub mod pipeline;
 pub mod program;

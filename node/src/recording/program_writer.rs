@@ -274,6 +274,7 @@ fn run(
     // Why it stops by itself with a finalised file (the disk is full).
     let mut stopped: Option<String> = None;
     let mut space = super::disk::SpaceWatch::new();
+    let mut inspect = super::inspect::Inspect::from_env(&id);
     loop {
         let pushed = match rx.recv_timeout(POLL) {
             Ok(Message::Video(packet)) => program
@@ -319,6 +320,9 @@ fn run(
         program
             .gate
             .fill(Instant::now(), program.pipeline.current_running_time());
+        if let Some(i) = inspect.as_mut() {
+            i.tick(&program.pipeline);
+        }
         if let Some(e) = errors(&program, &bus, &id, &recordings) {
             failure = Some(e);
             break;
