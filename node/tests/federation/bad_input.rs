@@ -7,7 +7,7 @@
 use crate::common;
 use bytes::BytesMut;
 use sfu_proto::relay::frame::Body;
-use sfu_proto::relay::{Frame, Hello, PROTOCOL_VERSION, Subscribe};
+use sfu_proto::relay::{AudioLevel, AudioLevels, Frame, Hello, PROTOCOL_VERSION, Subscribe};
 use sfu_relay::quinn;
 use sfu_relay::wire;
 use std::net::SocketAddr;
@@ -125,6 +125,45 @@ async fn refused(t: &Target<'_>, reason: &str) -> f64 {
     )
 }
 
+/// A flood of audio level frames: past the peer's burst they are dropped and counted
+/// (`levels_flood`) before anything looks at them; the link stays up.
+async fn levels_flood(t: &Target<'_>, raw: &mut Raw) {
+    let before = refused(t, "levels_flood").await;
+    let mut out = BytesMut::new();
+    const SENT: u64 = 5000;
+    for track in 0..SENT {
+        let f = Frame {
+            body: Some(Body::AudioLevels(AudioLevels {
+                room: "joint-with-a".into(),
+                levels: vec![AudioLevel {
+                    track,
+                    participant: "PA_mallory".into(),
+                    level: 0,
+                }],
+            })),
+        };
+        wire::encode_frame(&f, &mut out);
+    }
+    raw.send.write_all(&out).await.unwrap();
+    let counted = common::control::eventually(Duration::from_secs(5), || async {
+        (refused(t, "levels_flood").await - before >= 4000.0).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the flood is counted");
+    // All read by now: the burst (200) and what the rate let through meanwhile passed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flood = refused(t, "levels_flood").await - before;
+    println!("{SENT} audio level frames at once: {flood} dropped as a flood");
+    assert!(
+        (4000.0..=4800.0).contains(&flood),
+        "bounded by the rate, past a burst of 200: {flood}"
+    );
+    assert!(
+        raw.conn.close_reason().is_none(),
+        "a flood of levels is not fatal"
+    );
+}
+
 /// Runs every case against `t`; returns when all were refused or bounded as expected.
 pub async fn run(t: Target<'_>) {
     // A flood of subscriptions: the first burst is answered (refused: the raw client maps no
@@ -162,6 +201,8 @@ pub async fn run(t: Target<'_>) {
         raw.conn.close_reason().is_none(),
         "a flood is bounded, not fatal"
     );
+
+    levels_flood(&t, &mut raw).await;
 
     // Garbage datagrams: dropped and counted; the link stays up.
     let before = refused(&t, "datagram").await;

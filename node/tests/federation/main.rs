@@ -12,6 +12,7 @@
 //! - [`checks`]: media flowing or stopped, and a federated track stopped on one side;
 //! - [`stops`]: stopped federated tracks kept through a failover, and stopped through B's
 //!   control plane;
+//! - [`speakers`]: speaker ranking across the link;
 //! - [`bad_input`]: a raw QUIC client with a peer's real certificate sending garbage.
 
 #[path = "../common/mod.rs"]
@@ -21,6 +22,7 @@ mod bad_input;
 mod checks;
 mod links;
 mod setup;
+mod speakers;
 mod stops;
 
 use checks::{expect_media, expect_media_but, media_stops};
@@ -154,6 +156,8 @@ async fn two_clusters_share_a_mapped_room() {
             "{last:#}"
         );
     }
+    // Each side ranks the other side's speaker: audio levels cross the link both ways.
+    speakers::each_side_ranks_the_other(&mut browser, "alice", "bob", "a.example/alice").await;
 
     // B's webhooks announce A's participant, namespaced.
     hook_about(&mut hooks, "participant_joined", "a.example/alice").await;
