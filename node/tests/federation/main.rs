@@ -13,6 +13,7 @@
 //! - [`stops`]: stopped federated tracks kept through a failover, and stopped through B's
 //!   control plane;
 //! - [`speakers`]: speaker ranking across the link;
+//! - [`kill`]: a second test, A's active gateway process killed with SIGKILL;
 //! - [`bad_input`]: a raw QUIC client with a peer's real certificate sending garbage.
 
 #[path = "../common/mod.rs"]
@@ -20,6 +21,7 @@ mod common;
 
 mod bad_input;
 mod checks;
+mod kill;
 mod links;
 mod setup;
 mod speakers;
