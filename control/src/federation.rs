@@ -117,6 +117,33 @@ pub fn peer_key(keys: &Keys, peer: &str, gateway: &str) -> String {
     format!("{}{peer}/{gateway}", peers_prefix(keys))
 }
 
+/// Where our nodes send the audio levels of `room` besides the nodes hosting it: to each
+/// gateway carrying the room to a peer now (linked, both sides map it, as its [`PeerRecord`]
+/// says), which passes them on, whoever the peer has in the room (an audience only, too). The
+/// gateway `me` sends them to its own federation link, `me~peer`.
+pub fn level_gateways(records: &[PeerRecord], room: &str, me: &str) -> Vec<String> {
+    let mut to: Vec<String> = records
+        .iter()
+        .filter(|r| r.linked && r.active_rooms.iter().any(|a| a == room))
+        .map(|r| {
+            if r.gateway == me {
+                format!("{me}~{}", r.peer)
+            } else {
+                r.gateway.clone()
+            }
+        })
+        .collect();
+    to.sort_unstable();
+    to.dedup();
+    to
+}
+
+/// [`level_gateways`] from the peer records in `membership`'s view.
+pub fn level_gateways_of(membership: &Membership, room: &str, me: &str) -> Vec<String> {
+    let records = membership.view::<PeerRecord>(&peers_prefix(membership.keys()));
+    level_gateways(&records, room, me)
+}
+
 /// A peer's track an administrator stopped forwarding in our `room` (see the module doc).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct StoppedTrack {
@@ -235,4 +262,37 @@ pub async fn forget_stops<R: Registry>(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(peer: &str, gateway: &str, linked: bool, rooms: &[&str]) -> PeerRecord {
+        PeerRecord {
+            peer: peer.into(),
+            gateway: gateway.into(),
+            linked,
+            active_rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn levels_go_to_the_gateways_carrying_the_room() {
+        let records = [
+            record("a.example", "b1", true, &["joint", "other"]),
+            record("c.example", "b1", true, &["joint"]),
+            // A standby gateway, or one whose link is down, carries nothing.
+            record("a.example", "b3", false, &[]),
+            record("d.example", "b4", false, &["joint"]),
+        ];
+        assert_eq!(level_gateways(&records, "joint", "b2"), ["b1"]);
+        assert_eq!(
+            level_gateways(&records, "joint", "b1"),
+            ["b1~a.example", "b1~c.example"],
+            "the gateway itself, to its links"
+        );
+        assert!(level_gateways(&records, "alone", "b2").is_empty());
+    }
 }

@@ -427,10 +427,9 @@ impl LocalRoom {
                     self.steer_programs(now, out);
                 }
                 Output::SharedLevels(levels) => {
-                    // Every node hosting part of the room ranks speakers, audience nodes too; a
-                    // peer's participants (`gateway~peer`) through their gateway, which passes
-                    // the levels on to the peer.
-                    let nodes = self.roster.level_nodes(&self.ctx.node_id);
+                    // Every node hosting part of the room ranks speakers, audience nodes too (and
+                    // federation gateways carrying the room: the worker adds them).
+                    let nodes = self.roster.nodes(&self.ctx.node_id);
                     if !nodes.is_empty() {
                         out.effects.push(Effect::SharedLevels {
                             room: self.name.clone(),

@@ -314,24 +314,6 @@ impl Roster {
         nodes
     }
 
-    /// The relay peers this node shares its audio levels with: [`Roster::nodes`], a peer's
-    /// federated participants (on `gateway~peer`, see `crate::federation`) through their
-    /// gateway, which passes the levels on to the peer (the gateway `me` holds that link
-    /// itself).
-    pub fn level_nodes(&self, me: &str) -> Vec<String> {
-        let mut nodes: Vec<String> = self
-            .nodes(me)
-            .into_iter()
-            .map(|n| match n.split_once('~') {
-                Some((gateway, _)) if gateway != me => gateway.to_owned(),
-                _ => n,
-            })
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes
-    }
-
     /// Forgets what another node held (it left the cluster): its workers' counts too.
     pub fn forget_node(&mut self, node: &str) {
         let counted: Vec<String> = self
@@ -536,36 +518,6 @@ mod tests {
             "the identity index forgets it"
         );
         assert_eq!(r.sids_of("id-PA_1"), ["PA_1".to_owned()]);
-    }
-
-    fn remote(node: &str) -> RemoteParticipant {
-        RemoteParticipant {
-            identity: String::new(),
-            name: String::new(),
-            node: node.into(),
-            kind: "client".into(),
-            joined_ms: 0,
-            stage: true,
-            seq: 0,
-            tracks: vec![],
-            metadata: String::new(),
-            attributes: BTreeMap::new(),
-            quality: None,
-        }
-    }
-
-    #[test]
-    fn levels_reach_a_peers_participants_through_their_gateway() {
-        let mut r = Roster::new(50);
-        r.insert_remote("PA_1".into(), remote("a2"));
-        r.insert_remote("PA_2".into(), remote("a1~b.example"));
-        r.insert_remote("PA_3".into(), remote("a1~b.example"));
-        r.insert_remote("PA_4".into(), remote("a1"));
-        r.set_remote_audience("a3#w1", 10);
-        assert_eq!(r.level_nodes("a4"), ["a1", "a2", "a3"], "once each");
-        // The gateway holds the federation link: the levels go to it.
-        r.remove_remote("PA_4");
-        assert_eq!(r.level_nodes("a1"), ["a1~b.example", "a2", "a3"]);
     }
 
     #[test]

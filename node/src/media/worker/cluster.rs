@@ -221,9 +221,17 @@ impl WorkerCore {
                 }
                 Effect::SharedLevels {
                     room,
-                    nodes,
+                    mut nodes,
                     levels,
                 } => {
+                    // A federation gateway carrying the room gets them too, to pass them on.
+                    let me = &*self.ctx.node_id;
+                    for g in sfu_control::federation::level_gateways_of(&self.membership, &room, me)
+                    {
+                        if !nodes.contains(&g) {
+                            nodes.push(g);
+                        }
+                    }
                     let nodes: Vec<NodeId> =
                         nodes.iter().map(|n| NodeId::from(n.as_str())).collect();
                     let levels: Vec<sfu_proto::relay::AudioLevel> = levels
