@@ -23,6 +23,8 @@ use super::pipeline::{element, set_if_known};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Picture of the live outputs: a 16:9 frame every speaker is scaled into (with borders).
 const WIDTH: i32 = 960;
@@ -59,6 +61,48 @@ impl LiveSpec {
 pub struct Live {
     /// Names of the RTMP bins, by stream index.
     rtmp_bins: Vec<String>,
+    /// Destinations that failed, by stream index: set by the failing element's own thread
+    /// as it posts its error (see [`cut_off`]).
+    failed: Arc<[AtomicBool]>,
+}
+
+/// The index of the RTMP bin (by name in `bins`) that `element` is in.
+fn bin_of(bins: &[String], element: &gst::Object) -> Option<usize> {
+    let mut o = Some(element.clone());
+    while let Some(e) = o {
+        if let Some(i) = bins.iter().position(|n| *n == e.name()) {
+            return Some(i);
+        }
+        o = e.parent();
+    }
+    None
+}
+
+/// Keeps a failed destination's failure to itself. A destination that fails (nothing
+/// answers, the connection drops) makes `rtmp2sink` return an error or `FLUSHING` for
+/// everything after; `flvmux` then refuses its inputs with it, the queue in front of each
+/// keeps that result for every later buffer, and the tee feeding it passes it back upstream
+/// (`allow-not-linked` only forgives an unlinked pad): the encoder, the decoder, the program's
+/// video tee and the jitter buffer before it all stopped, silently (`FLUSHING` is not an
+/// error), so the file got no more video and the live outputs no more H.264. That happened
+/// when the recording thread took the failed bin out only after data reached it (a loaded
+/// machine). Now, from the moment the failure is posted on the bus (before the sink returns
+/// its error), buffers are dropped on the way into the bin and inside it before the muxer,
+/// which reports them as passed; the bin is taken out later as before.
+fn cut_off(pad: &gst::Pad, failed: Arc<[AtomicBool]>, index: usize) {
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, info| {
+            if failed[index].load(Ordering::Acquire) {
+                // Taken and handled, so the push reports `Ok` (a `Drop` of data the
+                // binding took already makes GStreamer unref a null pointer, a critical).
+                info.data.take();
+                gst::PadProbeReturn::Handled
+            } else {
+                gst::PadProbeReturn::Ok
+            }
+        },
+    );
 }
 
 fn add_and_link(bin: &impl IsA<gst::Bin>, chain: &[&gst::Element]) -> Result<(), RecordingError> {
@@ -185,6 +229,11 @@ impl Live {
         };
 
         let mut rtmp_bins = Vec::new();
+        let failed: Arc<[AtomicBool]> = spec
+            .streams
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect();
         for (i, url) in spec.streams.iter().enumerate() {
             let name = format!("rtmp-{i}");
             let bin = gst::Bin::with_name(&name);
@@ -217,6 +266,7 @@ impl Live {
                     RecordingError::Pipeline("the RTMP video queue has no sink".into())
                 })?;
                 ghost(&bin, "video", &target)?;
+                cut_off(&pad, failed.clone(), i);
             }
             let q = queue(true)?;
             let parse = element("aacparse")?;
@@ -233,6 +283,12 @@ impl Live {
                 RecordingError::Pipeline("the RTMP audio queue has no sink".into())
             })?;
             ghost(&bin, "audio", &target)?;
+            cut_off(&pad, failed.clone(), i);
+            for name in ["video", "audio"] {
+                if let Some(pad) = bin.static_pad(name) {
+                    cut_off(&pad, failed.clone(), i);
+                }
+            }
             pipeline
                 .add(&bin)
                 .map_err(|e| RecordingError::Pipeline(format!("adding {name}: {e}")))?;
@@ -284,19 +340,26 @@ impl Live {
                 link_to(&aac, &sink)?;
             }
         }
-        Ok(Live { rtmp_bins })
+        if !rtmp_bins.is_empty()
+            && let Some(bus) = pipeline.bus()
+        {
+            // Runs on the thread posting the error, before the failing element goes on.
+            let (bins, failed) = (rtmp_bins.clone(), failed.clone());
+            bus.set_sync_handler(move |_, msg| {
+                if let gst::MessageView::Error(_) = msg.view()
+                    && let Some(i) = msg.src().and_then(|src| bin_of(&bins, src))
+                {
+                    failed[i].store(true, Ordering::Release);
+                }
+                gst::BusSyncReply::Pass
+            });
+        }
+        Ok(Live { rtmp_bins, failed })
     }
 
     /// The RTMP destination (its index) an element posting an error belongs to.
     pub fn stream_of(&self, element: &gst::Object) -> Option<usize> {
-        let mut o = Some(element.clone());
-        while let Some(e) = o {
-            if let Some(i) = self.rtmp_bins.iter().position(|n| *n == e.name()) {
-                return Some(i);
-            }
-            o = e.parent();
-        }
-        None
+        bin_of(&self.rtmp_bins, element)
     }
 
     /// Takes a failed RTMP destination out of the pipeline; the rest goes on.
@@ -304,6 +367,9 @@ impl Live {
         let Some(name) = self.rtmp_bins.get(index) else {
             return;
         };
+        if let Some(failed) = self.failed.get(index) {
+            failed.store(true, Ordering::Release);
+        }
         let Some(bin) = pipeline.by_name(name) else {
             return;
         };
@@ -317,6 +383,15 @@ impl Live {
         }
         let _ = bin.set_state(gst::State::Null);
         let _ = pipeline.remove(&bin);
+        // An error posted while the pipeline was still starting (its file's sink waits for
+        // its first buffer before it is playing, a second or so) fails that start: the
+        // pipeline stayed paused, the file's sink held its first buffer (the file stayed
+        // empty), the muxer and then the program's video tee waited behind it, and only the
+        // live sources' audio went on. Seen under load, when the connection's refusal came
+        // later than the start; asked again, the start completes without the bin.
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            tracing::warn!("the recording's pipeline does not play again after {name} failed");
+        }
     }
 }
 
@@ -371,4 +446,82 @@ pub fn servable(name: &str) -> bool {
 /// The HLS directory of recording `id` under the recordings directory.
 pub fn hls_dir(recordings: &Path, id: &str) -> PathBuf {
     recordings.join(format!("{id}-hls"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// A live program (VP8 test pictures and a tone, as the room's program gives) streamed to
+    /// a destination where nothing listens, whose failure the recording thread handles late
+    /// (3 s: a loaded machine). The file's branch (here a queue and an async sink, as the
+    /// file's `filesink`) gets every picture afterwards: before the fix it stopped for good,
+    /// at its first picture (the failure, posted while the pipeline was starting, left it
+    /// paused) or once the destination's error came back through the tees.
+    #[test]
+    fn a_failed_destination_not_yet_removed_stops_nothing_else() {
+        gst::init().unwrap();
+        let pipeline = gst::Pipeline::new();
+        let pictures = element("videotestsrc").unwrap();
+        pictures.set_property("is-live", true);
+        let raw = element("capsfilter").unwrap();
+        raw.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("width", 320i32)
+                .field("height", 240i32)
+                .field("framerate", gst::Fraction::new(30, 1))
+                .build(),
+        );
+        let vp8 = element("vp8enc").unwrap();
+        vp8.set_property("deadline", 1i64);
+        vp8.set_property("keyframe-max-dist", 30i32);
+        let video = element("tee").unwrap();
+        let file = element("queue").unwrap();
+        let file_sink = element("fakesink").unwrap();
+        file_sink.set_property("sync", false);
+        let tone = element("audiotestsrc").unwrap();
+        tone.set_property("is-live", true);
+        let audio = element("tee").unwrap();
+        let chain = [&pictures, &raw, &vp8, &video, &file, &file_sink];
+        add_and_link(&pipeline, &chain).unwrap();
+        add_and_link(&pipeline, &[&tone, &audio]).unwrap();
+        let spec = LiveSpec {
+            streams: vec!["rtmp://127.0.0.1:9/live/nobody".into()],
+            hls_dir: None,
+        };
+        let live = Live::build(&pipeline, Some(&video), &audio, &spec).unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let w = written.clone();
+        file_sink
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                w.fetch_add(1, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        // What the recording thread does with the error, late.
+        let bus = pipeline.bus().unwrap();
+        let error = bus
+            .pop_filtered(&[gst::MessageType::Error])
+            .expect("the destination failed");
+        let index = live.stream_of(&error.src().unwrap().clone());
+        assert_eq!(index, Some(0), "{error:?}");
+        live.remove_stream(&pipeline, 0);
+        let before = written.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_secs(2));
+        let after = written.load(Ordering::Relaxed);
+        let (_, state, _) = pipeline.state(gst::ClockTime::ZERO);
+        let _ = pipeline.set_state(gst::State::Null);
+        assert_eq!(state, gst::State::Playing);
+        // 30 fps: 60 in 2 s (and the second the file's queue held, if it was waiting).
+        assert!(
+            after >= before + 40,
+            "the file's branch stopped with the failed destination: {before} pictures, then {after}"
+        );
+    }
 }

@@ -314,9 +314,8 @@ fn run(
         // The placeholder picture while there is no video, live programs too. Their RTMP
         // stream lost its video in runs where the placeholder came before the first real
         // picture, until a repeated segment at the funnel no longer sent the live branch's
-        // times back (`video_gate`): with the placeholder at once, 6 of 6 live runs then
-        // passed on a quiet machine. On a saturated machine the live branch sometimes stalls
-        // with or without it (1 of 3 runs each; docs/recording.md, "Not yet").
+        // times back (`video_gate`). The stall seen later under load, with or without it,
+        // was a failed RTMP destination's (`live::cut_off`, `Live::remove_stream`).
         program
             .gate
             .fill(Instant::now(), program.pipeline.current_running_time());
