@@ -427,16 +427,14 @@ impl LocalRoom {
                     self.steer_programs(now, out);
                 }
                 Output::SharedLevels(levels) => {
-                    // Every node hosting part of the room ranks speakers, audience nodes too (and
-                    // federation gateways carrying the room: the worker adds them).
-                    let nodes = self.roster.nodes(&self.ctx.node_id);
-                    if !nodes.is_empty() {
-                        out.effects.push(Effect::SharedLevels {
-                            room: self.name.clone(),
-                            nodes,
-                            levels,
-                        });
-                    }
+                    // Every node hosting part of the room ranks speakers, audience nodes too;
+                    // so do federation gateways carrying the room, which the worker adds (from
+                    // the registry) even when no other node hosts it.
+                    out.effects.push(Effect::SharedLevels {
+                        room: self.name.clone(),
+                        nodes: self.roster.nodes(&self.ctx.node_id),
+                        levels,
+                    });
                 }
                 Output::PublisherLayers { track, active } => {
                     let Some(p) = self.publications.get(&track) else {

@@ -232,6 +232,9 @@ impl WorkerCore {
                             nodes.push(g);
                         }
                     }
+                    if nodes.is_empty() {
+                        continue;
+                    }
                     let nodes: Vec<NodeId> =
                         nodes.iter().map(|n| NodeId::from(n.as_str())).collect();
                     let levels: Vec<sfu_proto::relay::AudioLevel> = levels
