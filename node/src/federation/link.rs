@@ -39,6 +39,10 @@ mod stop;
 
 /// The most tracks one peer may subscribe to at once, and flows it may open to us.
 const MAX_FED_TRACKS: usize = 4096;
+/// The most frames held from a peer before its mappings arrive (see `Peer::early`).
+const EARLY_FRAMES: usize = 256;
+/// How long a peer's frames are held for its mappings at most.
+const EARLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters, per gateway (every peer together).
 #[derive(Default)]
@@ -74,6 +78,18 @@ struct Peer {
     raw: Link,
     /// How our workers name the link: `gateway~peer`.
     link_name: NodeId,
+    /// The link as our workers' relay gets it, held back until the peer's mappings arrive
+    /// (see `mappings_known`): the relay asks again at once for what it wanted through the
+    /// link's predecessor, and frames for rooms not yet known to be mapped would be dropped
+    /// on the way out and asked again only after the relay's 2 s subscription timeout.
+    relay_link: Option<Link>,
+    /// Frames the peer sent before its mappings arrived (the two go on different streams),
+    /// held to be handled once they have: refused as about unmapped rooms, the subscriptions
+    /// among them would be asked again only after the peer's 2 s timeout. `None` once the
+    /// mappings came (or [`EARLY_WAIT`] after the link came up, for a peer that sends none);
+    /// at most [`EARLY_FRAMES`].
+    early: Option<Vec<Frame>>,
+    up_at: std::time::Instant,
     control: mpsc::UnboundedSender<Message>,
     /// The peer's mappings with us: its room → ours.
     theirs: BTreeMap<String, String>,
@@ -281,6 +297,16 @@ impl FederationLinks {
     /// Runs every few hundred milliseconds: sends our mappings and rosters where they
     /// changed, and stops what crosses for rooms no longer mapped by both sides.
     pub fn sync(&self) {
+        let late: Vec<String> = self
+            .peers()
+            .iter()
+            .filter(|(_, p)| p.early.is_some() && p.up_at.elapsed() >= EARLY_WAIT)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for peer in late {
+            tracing::debug!(%peer, "federation peer sent no mappings: its frames are handled");
+            self.mappings_known(&peer);
+        }
         self.apply_stops();
         self.sync_links();
         self.publish();
@@ -514,14 +540,29 @@ impl LinkHandler for FederationLinks {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let wrapped = Link::new(link_name.clone(), raw.connection.clone(), tx);
         let conn = raw.connection.clone();
+        // Our mappings go out at once, first on the stream: the peer's relay waits for them,
+        // and the peer starts asking for tracks once it has them, which we refuse for rooms
+        // we do not know it maps (theirs, if they came only with the next sync).
+        let mine: Vec<(String, String)> = self
+            .mappings
+            .with_peer(&peer)
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        let _ = ctl_tx.send(Message::Mappings {
+            rooms: mine.clone(),
+        });
         self.peers().insert(
             peer.clone(),
             Peer {
                 raw: raw.clone(),
                 link_name,
+                relay_link: Some(wrapped),
+                early: Some(Vec::new()),
+                up_at: std::time::Instant::now(),
                 control: ctl_tx,
                 theirs: BTreeMap::new(),
-                sent_mappings: None,
+                sent_mappings: Some(mine),
                 active: BTreeMap::new(),
                 fed: HashSet::new(),
                 flows: HashMap::new(),
@@ -552,7 +593,6 @@ impl LinkHandler for FederationLinks {
             .get_or_create(&PeerLabels { peer: peer.clone() })
             .set(1);
         tracing::info!(%peer, remote = %conn.remote_address(), "federation link up");
-        self.router.link_up(wrapped);
         let (m, p) = (me.clone(), peer.clone());
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -591,6 +631,10 @@ impl LinkHandler for FederationLinks {
         let Some(p) = peers.get_mut(&**from) else {
             return;
         };
+        if let Some(early) = p.early.as_mut().filter(|e| e.len() < EARLY_FRAMES) {
+            early.push(Frame { body: Some(body) });
+            return;
+        }
         let now = std::time::Instant::now();
         if matches!(body, Body::Subscribe(_)) && !p.subscriptions.take(now) {
             bump(&self.stats.flood);

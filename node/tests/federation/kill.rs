@@ -110,26 +110,43 @@ async fn counter(node: &NodeProcess, series: &str) -> Option<f64> {
 
 const LINKED: &str = r#"sfu_federation_linked{peer="b.example"}"#;
 const FROM_A: &str = r#"sfu_federation_datagrams_in_total{peer="a.example"}"#;
+const FROM_B: &str = r#"sfu_federation_datagrams_in_total{peer="b.example"}"#;
 
-/// After the kill: when `a3` reports its link to B, and when B's gateway receives media from A
-/// again (its datagram counter growing by more than 20 over what it had when the link moved),
-/// polled every 50 ms for at most [`CI_BOUND`]; each `None` if it did not happen.
-async fn watch_failover(
-    a3: &NodeProcess,
-    b1: &NodeProcess,
-    kill: Instant,
-) -> (Option<f64>, Option<f64>) {
-    let (mut linked, mut crossing, mut base) = (None, None, 0.0);
-    while kill.elapsed() < CI_BOUND && crossing.is_none() {
-        if linked.is_none() && counter(a3, LINKED).await == Some(1.0) {
-            linked = Some(kill.elapsed().as_secs_f64());
-            base = counter(b1, FROM_A).await.unwrap_or(0.0);
-        } else if linked.is_some() && counter(b1, FROM_A).await.unwrap_or(0.0) > base + 20.0 {
-            crossing = Some(kill.elapsed().as_secs_f64());
+/// Seconds from the kill to each step of the failover; `None` for what did not happen within
+/// [`CI_BOUND`].
+#[derive(Debug, Default)]
+struct Failover {
+    /// `a3` reports its link to B.
+    linked: Option<f64>,
+    /// B's gateway receives media from A again, and `a3` from B: their federation datagram
+    /// counters grow by more than 20 over what they were when the link moved.
+    a_to_b: Option<f64>,
+    b_to_a: Option<f64>,
+}
+
+/// Polls `a3`'s and `b1`'s metrics every 50 ms after the kill (see [`Failover`]).
+async fn watch_failover(a3: &NodeProcess, b1: &NodeProcess, kill: Instant) -> Failover {
+    let mut f = Failover::default();
+    let (mut from_a, mut from_b) = (0.0, 0.0);
+    let at = |kill: Instant| Some(kill.elapsed().as_secs_f64());
+    while kill.elapsed() < CI_BOUND && (f.a_to_b.is_none() || f.b_to_a.is_none()) {
+        if f.linked.is_none() {
+            if counter(a3, LINKED).await == Some(1.0) {
+                f.linked = at(kill);
+                from_a = counter(b1, FROM_A).await.unwrap_or(0.0);
+                from_b = counter(a3, FROM_B).await.unwrap_or(0.0);
+            }
+        } else {
+            if f.a_to_b.is_none() && counter(b1, FROM_A).await.unwrap_or(0.0) > from_a + 20.0 {
+                f.a_to_b = at(kill);
+            }
+            if f.b_to_a.is_none() && counter(a3, FROM_B).await.unwrap_or(0.0) > from_b + 20.0 {
+                f.b_to_a = at(kill);
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (linked, crossing)
+    f
 }
 
 /// The demo page of `identity` in `room` on `node`, publishing its camera and microphone.
@@ -219,9 +236,10 @@ async fn killing_the_active_gateway_moves_the_link() {
     a1.signal("KILL");
     let kill = Instant::now();
     drop(a1);
-    let (link, crossing) = watch_failover(&a3.node, &b1.node, kill).await;
-    let link = link.unwrap_or_else(|| panic!("a3 did not take the link within {CI_BOUND:?}"));
-    let crossing = crossing.expect("A's media crosses to B again");
+    let f = watch_failover(&a3.node, &b1.node, kill).await;
+    let (Some(link), Some(a_to_b), Some(b_to_a)) = (f.linked, f.a_to_b, f.b_to_a) else {
+        panic!("no failover within {CI_BOUND:?}: {f:?}");
+    };
     // Both pages decode 30 frames and receive audio that can only have crossed the new link.
     // (Reports queued while the failover was watched are skipped: the baseline is now.)
     let base = progress(&browser.latest().await, &pages);
@@ -239,8 +257,8 @@ async fn killing_the_active_gateway_moves_the_link() {
         "media did not resume both ways after the kill: {last:#}"
     );
     println!(
-        "SIGKILL of A's active gateway: a3 linked {link:.2} s after it, B receiving A's media \
-         {crossing:.2} s, both pages decoding 30 more frames {:.1} s",
+        "SIGKILL of A's active gateway: a3 linked {link:.2} s after it, media crossing again \
+         A -> B {a_to_b:.2} s and B -> A {b_to_a:.2} s, both pages decoding 30 more frames {:.1} s",
         kill.elapsed().as_secs_f64()
     );
     assert_eq!(
@@ -248,6 +266,14 @@ async fn killing_the_active_gateway_moves_the_link() {
         Some(1.0)
     );
 
+    // Nothing crossed the new link before both sides knew the room mapped: no subscription
+    // was dropped on its way out or refused (each would wait for the relay's 2 s timeout).
+    for n in [&a3.node, &b1.node] {
+        for reason in ["unmapped_room", "outbound_unmapped"] {
+            let series = format!("sfu_federation_refused_total{{reason=\"{reason}\"}}");
+            assert_eq!(counter(n, &series).await, Some(0.0), "{}: {series}", n.id);
+        }
+    }
     browser.stop().await;
     drop((a3, b1));
     drop((a_etcd, b_etcd));

@@ -7,6 +7,8 @@ use super::{FederationLinks, bump};
 use crate::federation::control::{self, Message};
 use crate::federation::{levels, roster};
 use crate::webhook::ParticipantRef;
+use sfu_relay::NodeId;
+use sfu_relay::quic::LinkHandler;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -14,6 +16,24 @@ use tokio::sync::mpsc;
 const MAX_PEER_MAPPINGS: usize = 10_000;
 
 impl FederationLinks {
+    /// The rooms both sides map with `peer` are known (its mappings came, or it sent none in
+    /// time): the relay learns of the link (after a failover it asks again at once for the
+    /// tracks it wanted), and the frames held meanwhile are handled.
+    pub(super) fn mappings_known(&self, peer: &str) {
+        let (link, early) = {
+            let mut peers = self.peers();
+            let Some(p) = peers.get_mut(peer) else { return };
+            (p.relay_link.take(), p.early.take())
+        };
+        if let Some(link) = link {
+            self.router.link_up(link);
+        }
+        let from = NodeId::from(peer);
+        for f in early.unwrap_or_default() {
+            self.frame(&from, f);
+        }
+    }
+
     pub(super) fn on_message(&self, peer: &str, m: Message) {
         let mut peers = self.peers();
         let Some(p) = peers.get_mut(peer) else { return };
@@ -26,6 +46,8 @@ impl FederationLinks {
                 p.theirs = rooms.into_iter().collect();
                 // Before the rosters that follow on the stream arrive.
                 self.update_active(peer, p);
+                drop(peers);
+                self.mappings_known(peer);
             }
             Message::Roster {
                 room,
