@@ -70,16 +70,13 @@ fi
 if (($#)); then
   exec cargo test --workspace --locked --no-fail-fast "$@"
 fi
-# Two tests with known intermittent bugs run on their own after everything else, with one more
+# Tests with known intermittent bugs run on their own after everything else, with one more
 # attempt each (failing twice fails the run), until they have shown themselves steady:
 # - federation: a federated track sometimes stayed silent (two causes fixed on 2026-12-03, see
-#   docs/federation.md; kept here until it has passed many more runs);
-# - live_stream: the RTMP stream sometimes carries no video for a minute (seen once in CI-like
-#   conditions on 2026-12-03: ffprobe found only AAC four times; again in 1 of 3 runs with both
-#   cores saturated, 7 of 8 runs passing; docs/recording.md).
+#   docs/federation.md; kept here until it has passed many more runs).
+# (live_stream left on 2026-12-04: its stall was a failed RTMP destination's, fixed in 68df567.)
 quarantined=(
   "federation two_clusters_share_a_mapped_room"
-  "live_stream a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone"
 )
 skips=()
 for q in "${quarantined[@]}"; do
