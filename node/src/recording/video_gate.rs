@@ -222,7 +222,10 @@ impl VideoGate {
             let key = !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
             if s.need_key && !key {
                 r.ask();
-                return gst::PadProbeReturn::Drop;
+                // Taken and handled: a `Drop` of data the binding already took makes
+                // GStreamer unref a null pointer (a critical warning per frame).
+                info.data.take();
+                return gst::PadProbeReturn::Handled;
             }
             let Some(pts) = b.pts() else {
                 return gst::PadProbeReturn::Ok;
