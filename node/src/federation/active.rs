@@ -2,7 +2,9 @@
 //! registry key bound to its lease (`<prefix>federation/active`). Every gateway tries to claim
 //! it every few hundred milliseconds; when the active gateway stops or dies its lease goes, and
 //! another one claims the key and dials the peers (failover). A standby gateway dials no one
-//! and refuses links (see [`super::link`]).
+//! and refuses links (see [`super::link`]). An active gateway that finds the key held by
+//! another (its own lease expired while it stalled) steps down: it closes its links and
+//! stands by.
 //!
 //! The active gateway dials each peer's first address, or, after a failover, the address the
 //! previous active gateway was linked to (standby gateways remember it from the registry's
@@ -11,7 +13,7 @@
 //! another).
 
 use super::link::FederationLinks;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sfu_control::Membership;
 use sfu_control::federation::{PeerRecord, peers_prefix};
 use sfu_relay::NodeId;
@@ -27,6 +29,12 @@ const ROTATE_AFTER: Duration = Duration::from_millis(1500);
 #[derive(Serialize)]
 struct ActiveRecord<'a> {
     gateway: &'a str,
+}
+
+/// [`ActiveRecord`] as read from the registry view.
+#[derive(Deserialize)]
+struct Holder {
+    gateway: String,
 }
 
 /// See the module documentation.
@@ -83,6 +91,16 @@ impl Active {
         }
     }
 
+    /// Whether the registry view shows the key held by another gateway.
+    fn taken_by_another(&self, membership: &Membership) -> bool {
+        membership
+            .list(&self.key)
+            .iter()
+            .filter(|(k, _)| *k == self.key)
+            .filter_map(|(_, v)| serde_json::from_slice::<Holder>(v).ok())
+            .any(|h| h.gateway != self.node_id)
+    }
+
     /// One turn: claims the key if this gateway is not active yet, and keeps the dialed
     /// addresses current.
     pub async fn turn(
@@ -91,6 +109,18 @@ impl Active {
         state: &FederationLinks,
         links: &Arc<LinkManager>,
     ) {
+        if state.is_active() && self.taken_by_another(membership) {
+            // Our key went while this gateway stalled past its lease (a frozen process, a
+            // paused machine) and another gateway claimed it: that one carries the
+            // federation now. Dialing on would replace its link with the peer, and it ours,
+            // for good.
+            tracing::warn!(gateway = %self.node_id, "another gateway carries the federation now: this one steps down");
+            state.set_active(false);
+            links.set_peers(&[]);
+            state.close_links();
+            self.dialing.clear();
+            self.started = false;
+        }
         if !state.is_active() {
             self.remember_linked(membership);
             let record = ActiveRecord {

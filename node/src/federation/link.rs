@@ -239,6 +239,13 @@ impl FederationLinks {
         }
     }
 
+    /// Closes every federation link (this gateway stepped down).
+    pub fn close_links(&self) {
+        for p in self.peers().values() {
+            p.raw.connection.close(7u32.into(), b"standby gateway");
+        }
+    }
+
     /// Whether this gateway carries the federation now.
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Relaxed)

@@ -5,7 +5,9 @@
 //! learns it is gone only when its lease expires, and B only when the new gateway's link
 //! replaces the dead one. The standby takes the link and both pages decode again; the times
 //! from the kill are printed (the CI bound is generous: tests check behaviour, not speed;
-//! docs/federation.md has the measured figures).
+//! docs/federation.md has the measured figures). Then the killed gateway comes back on standby
+//! and the active one is frozen (SIGSTOP) past its lease: the other takes over, and the frozen
+//! one, continued, steps down instead of taking the link back.
 
 use crate::common::control::{admin, eventually};
 use crate::common::process::{NodeProcess, free_udp_port};
@@ -275,6 +277,39 @@ async fn killing_the_active_gateway_moves_the_link() {
         }
     }
     browser.stop().await;
+
+    // A gateway that stalls past its lease (SIGSTOP) and comes back steps down: a1, started
+    // again on standby, takes over while a3 is stopped; a3, continued, must leave it the link.
+    let a1 = start_gateway(&root, &a_etcd, ("a", "a1", ports[0]), ("b", &peer_b));
+    a1.node.wait_ready().await;
+    a3.node.signal("STOP");
+    let took = eventually(CI_BOUND, || async {
+        (counter(&a1.node, LINKED).await == Some(1.0)).then_some(())
+    })
+    .await;
+    a3.node.signal("CONT");
+    assert!(took.is_some(), "a1 takes over from the stalled a3");
+    // (Time for a3 to find the key taken: its lease is renewed every 0.67 s.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        seen.push((
+            counter(&a1.node, LINKED).await,
+            counter(&a3.node, LINKED).await,
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Before a3 stepped down, the two took the link from each other every few hundred ms.
+    assert!(
+        seen.iter().all(|s| *s == (Some(1.0), Some(0.0))),
+        "a1 keeps the link, a3 stands by ((a1, a3) linked, every 250 ms): {seen:?}"
+    );
+    assert!(
+        a3.node.log_text().contains("this one steps down"),
+        "a3 says it stepped down"
+    );
+    println!("the stalled gateway stepped down: a1 kept the link for 3 s");
+    drop(a1);
     drop((a3, b1));
     drop((a_etcd, b_etcd));
     let _ = std::fs::remove_dir_all(&root);
