@@ -91,14 +91,26 @@ impl Active {
         }
     }
 
-    /// Whether the registry view shows the key held by another gateway.
-    fn taken_by_another(&self, membership: &Membership) -> bool {
-        membership
-            .list(&self.key)
-            .iter()
-            .filter(|(k, _)| *k == self.key)
-            .filter_map(|(_, v)| serde_json::from_slice::<Holder>(v).ok())
-            .any(|h| h.gateway != self.node_id)
+    /// Whether the key is held by another gateway: first seen in the registry view, then
+    /// confirmed by reading the registry itself (the view may still show the previous
+    /// holder's record just after this gateway claimed the key).
+    async fn taken_by_another(&self, membership: &Membership) -> bool {
+        let another = |kvs: &[(String, Vec<u8>)]| {
+            kvs.iter()
+                .filter(|(k, _)| *k == self.key)
+                .filter_map(|(_, v)| serde_json::from_slice::<Holder>(v).ok())
+                .any(|h| h.gateway != self.node_id)
+        };
+        if !another(&membership.list(&self.key)) {
+            return false;
+        }
+        match membership.read(&self.key).await {
+            Ok((kvs, _)) => another(&kvs),
+            Err(e) => {
+                tracing::debug!("federation: reading the active gateway: {e}");
+                false
+            }
+        }
     }
 
     /// One turn: claims the key if this gateway is not active yet, and keeps the dialed
@@ -109,9 +121,9 @@ impl Active {
         state: &FederationLinks,
         links: &Arc<LinkManager>,
     ) {
-        if state.is_active() && self.taken_by_another(membership) {
+        if state.is_active() && self.taken_by_another(membership).await {
             // Our key went while this gateway stalled past its lease (a frozen process, a
-            // paused machine) and another gateway claimed it: that one carries the
+            // paused machine, etcd out of reach) and another gateway claimed it: that one carries the
             // federation now. Dialing on would replace its link with the peer, and it ours,
             // for good.
             tracing::warn!(gateway = %self.node_id, "another gateway carries the federation now: this one steps down");
