@@ -96,6 +96,7 @@ pub enum ClusterEvent {
 enum Op {
     Set(String, Vec<u8>),
     Remove(String),
+    Disown(String),
     Claim(
         String,
         Vec<u8>,
@@ -206,6 +207,13 @@ impl Membership {
     /// No longer owns `key`.
     pub fn remove(&self, key: String) {
         let _ = self.ops.send(Op::Remove(key));
+    }
+
+    /// No longer owns `key`, without deleting it: for a claimed key that another node may
+    /// hold now (this node's lease went and another claimed it), which must not be written
+    /// again for this node after a re-registration.
+    pub fn disown(&self, key: String) {
+        let _ = self.ops.send(Op::Disown(key));
     }
 
     /// Writes `key` under the node's lease only if no such key exists (a transaction);
@@ -412,6 +420,10 @@ impl<R: Registry> Task<R> {
                         self.desired.remove(&k);
                         self.claimed.remove(&k);
                         self.dirty.insert(k);
+                    }
+                    Some(Op::Disown(k)) => {
+                        self.desired.remove(&k);
+                        self.claimed.remove(&k);
                     }
                     Some(Op::Claim(k, v, reply)) => {
                         let result = match self.lease {

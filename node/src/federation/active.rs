@@ -121,12 +121,21 @@ impl Active {
         state: &FederationLinks,
         links: &Arc<LinkManager>,
     ) {
-        if state.is_active() && self.taken_by_another(membership).await {
+        let lost = state.is_active() && !membership.registered();
+        if lost || (state.is_active() && self.taken_by_another(membership).await) {
             // Our key went while this gateway stalled past its lease (a frozen process, a
-            // paused machine, etcd out of reach) and another gateway claimed it: that one carries the
-            // federation now. Dialing on would replace its link with the peer, and it ours,
-            // for good.
-            tracing::warn!(gateway = %self.node_id, "another gateway carries the federation now: this one steps down");
+            // paused machine) and another gateway claimed it: that one carries the federation
+            // now. Or this gateway lost its lease (etcd out of reach), so its key is gone or
+            // going and another gateway may claim it. Dialing on would replace that one's link
+            // with the peer, and it ours, for good. The key is disowned, not deleted (another
+            // may hold it): after a re-registration it is claimed again like a free key, never
+            // written back for a gateway on standby.
+            if lost {
+                tracing::warn!(gateway = %self.node_id, "the registry lease is lost: this one steps down");
+            } else {
+                tracing::warn!(gateway = %self.node_id, "another gateway carries the federation now: this one steps down");
+            }
+            membership.disown(self.key.clone());
             state.set_active(false);
             links.set_peers(&[]);
             state.close_links();

@@ -18,19 +18,38 @@ const MAX_PEER_MAPPINGS: usize = 10_000;
 impl FederationLinks {
     /// The rooms both sides map with `peer` are known (its mappings came, or it sent none in
     /// time): the relay learns of the link (after a failover it asks again at once for the
-    /// tracks it wanted), and the frames held meanwhile are handled.
+    /// tracks it wanted), and the frames held meanwhile are handled, in the order they came.
+    /// The link is announced under the peers' lock, as its end is, so a link that went in
+    /// between is never announced. Frames are handled in batches, the hold left empty but in
+    /// place meanwhile, so a frame arriving during a batch queues behind it instead of
+    /// overtaking it (an unsubscription before the subscription it undoes); the hold goes
+    /// once a batch finds it empty.
     pub(super) fn mappings_known(&self, peer: &str) {
-        let (link, early) = {
+        {
             let mut peers = self.peers();
             let Some(p) = peers.get_mut(peer) else { return };
-            (p.relay_link.take(), p.early.take())
-        };
-        if let Some(link) = link {
-            self.router.link_up(link);
+            if let Some(link) = p.relay_link.take() {
+                self.router.link_up(link);
+            }
         }
         let from = NodeId::from(peer);
-        for f in early.unwrap_or_default() {
-            self.frame(&from, f);
+        loop {
+            let batch = {
+                let mut peers = self.peers();
+                let Some(early) = peers.get_mut(peer).and_then(|p| p.early.as_mut()) else {
+                    return;
+                };
+                if early.is_empty() {
+                    if let Some(p) = peers.get_mut(peer) {
+                        p.early = None;
+                    }
+                    return;
+                }
+                std::mem::take(early)
+            };
+            for f in batch {
+                self.handle_frame(&from, f);
+            }
         }
     }
 
