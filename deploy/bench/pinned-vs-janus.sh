@@ -20,6 +20,8 @@ out=${OUT:-target/bench/pinned}
 mkdir -p "$out"
 
 netns() { # name host-side-dev ns-side-dev subnet
+  ip netns del "$1" 2>/dev/null || true
+  ip link del "$2" 2>/dev/null || true
   ip netns add "$1"
   ip link add "$2" type veth peer name "$3"
   ip link set "$3" netns "$1"
@@ -34,7 +36,7 @@ netns() { # name host-side-dev ns-side-dev subnet
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 point() { # kind N
-  local kind=$1 n=$2 pid url
+  local kind=$1 n=$2 pid url bind
   if [ "$kind" = sfu ]; then
     ip netns exec sfuns taskset -c 0 ${NODE_BIN:-target/release/sfu-node} ${NODE_DEV---dev} --workers 1 \
       --bind 10.77.0.2:7880 --node-ip 10.77.0.2 >"$out/sfu-$n.log" 2>&1 &
@@ -50,6 +52,8 @@ point() { # kind N
   sleep 2
   # The server's PID inside `ip netns exec` (which execs) and `taskset` (which execs too).
   pid=$!
+  # The server goes whatever happens to the load tester (it would hold core 0 for the next).
+  trap 'kill "$pid" 2>/dev/null' EXIT
   local before after
   before=$(ticks "$pid")
   taskset -c 1 ${LOADTEST_BIN:-target/release/sfu-loadtest} --scenario loadtest/scenarios/one-to-many.toml \
