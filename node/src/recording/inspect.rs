@@ -2,12 +2,13 @@
 //! (a stall under load does not show in the node's logs, and GStreamer's own debug log is
 //! slow enough to hide it). Off unless `SFU_RECORDING_INSPECT` names a directory; then the
 //! recording thread writes `{dir}/{id}.log` once a second and a graph of the pipeline
-//! (`{id}-{seconds}.dot`, with queue levels and other live properties) every five:
+//! (`{id}-{seconds}.dot`, with queue levels and other live properties) every five, the last
+//! 24 kept:
 //!
 //! - buffers counted on every source pad, with the last buffer's time and the last push's
 //!   result (`pad=count@seconds Ok(Ok)`);
 //! - events other than buffers that pass those pads (segments, caps, gaps...), each logged
-//!   with its pad once, as they come;
+//!   with its pad as it comes;
 //! - the pipeline's state (and the one it is going to), latency and running time.
 //!
 //! It costs one counter per buffer per pad while on, and nothing while off.
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const ENV: &str = "SFU_RECORDING_INSPECT";
 const EVERY: Duration = Duration::from_secs(1);
 const GRAPH_EVERY: u64 = 5;
+/// Graphs kept: the last two minutes (older ones are deleted as new ones come).
+const GRAPHS_KEPT: u64 = 24;
 /// No time seen yet.
 const NONE: u64 = u64::MAX;
 
@@ -151,6 +154,9 @@ impl Inspect {
             return;
         }
         self.last = Some(now);
+        // Pads of elements taken out (a speaker's audio branch that went) are forgotten.
+        self.pads
+            .retain(|_, (pad, _)| pad.has_as_ancestor(pipeline));
         self.attach(pipeline);
         let t = now.duration_since(self.started).as_secs_f64();
         let mut out = String::new();
@@ -197,6 +203,9 @@ impl Inspect {
             let dot = pipeline.debug_to_dot_data(gst::DebugGraphDetails::all());
             let file = self.dir.join(format!("{}-{:03}.dot", self.id, self.ticks));
             let _ = std::fs::write(file, dot.as_str());
+            if let Some(old) = self.ticks.checked_sub(GRAPH_EVERY * GRAPHS_KEPT) {
+                let _ = std::fs::remove_file(self.dir.join(format!("{}-{old:03}.dot", self.id)));
+            }
         }
         self.ticks += 1;
     }
