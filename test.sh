@@ -85,11 +85,12 @@ done
 status=0
 cargo test --workspace --locked --no-fail-fast -- "${skips[@]}" || status=$?
 for q in "${quarantined[@]}"; do
-  # Only the quarantined test: the binary's others ran above.
+  # Only the quarantined test: the binary's others ran above. --workspace, as above, so the
+  # binary built there is run (with -p the crate's features differ and it is built again).
   binary=${q%% *} name=${q#* }
-  if ! cargo test --locked -p sfu-node --test "$binary" -- --exact "$name"; then
+  if ! cargo test --workspace --locked --test "$binary" -- --exact "$name"; then
     echo "$q: failed once (known intermittent bug, see test.sh); trying again"
-    cargo test --locked -p sfu-node --test "$binary" -- --exact "$name" || status=1
+    cargo test --workspace --locked --test "$binary" -- --exact "$name" || status=1
   fi
 done
 exit "$status"
