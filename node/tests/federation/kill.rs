@@ -87,16 +87,7 @@ async fn admin_api(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = http()
-        .request(method, format!("{}/admin/federation/{path}", node.url()))
-        .bearer_auth(admin());
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    crate::setup::admin_call(&node.url(), &admin(), method, path, body).await
 }
 
 /// A counter of a node's metrics; `None` if the node does not answer.

@@ -81,16 +81,7 @@ impl Side {
     /// A request to the gateway's federation admin API: its status and JSON body (`null` if
     /// none).
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = http()
-            .request(method, format!("{}/admin/federation/{path}", self.url()))
-            .bearer_auth(self.admin());
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        admin_call(&self.url(), &self.admin(), method, path, body).await
     }
 
     pub async fn map(&self, room: &str, peer: &str, peer_room: &str) {
@@ -333,4 +324,25 @@ pub fn identities(joined: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A request to the federation admin API of the node at `base` with the admin token `admin`:
+/// its status and JSON body (`null` if none).
+pub async fn admin_call(
+    base: &str,
+    admin: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http()
+        .request(method, format!("{base}/admin/federation/{path}"))
+        .bearer_auth(admin);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
