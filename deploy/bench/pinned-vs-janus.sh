@@ -52,8 +52,9 @@ point() { # kind N
   sleep 2
   # The server's PID inside `ip netns exec` (which execs) and `taskset` (which execs too).
   pid=$!
-  # The server goes whatever happens to the load tester (it would hold core 0 for the next).
-  trap 'kill "$pid" 2>/dev/null' EXIT
+  # The server goes whatever happens to the load tester (it would hold core 0 for the next);
+  # the trap runs after this function's locals are gone, so it gets the PID as text.
+  trap "kill $pid 2>/dev/null || true" EXIT
   local before after
   before=$(ticks "$pid")
   taskset -c 1 ${LOADTEST_BIN:-target/release/sfu-loadtest} --scenario loadtest/scenarios/one-to-many.toml \

@@ -123,6 +123,10 @@ pub struct RtcConfig {
     pub node_ips: Vec<IpAddr>,
     /// Media worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Send a run of same-size datagrams to one destination as one message the kernel cuts
+    /// up (UDP GSO, Linux 4.18+; turned off by itself where the kernel or device refuses).
+    /// Off: one message per datagram, as before 2026-12-04.
+    pub udp_gso: bool,
 }
 
 /// Cluster membership. With no etcd endpoints the node runs standalone, with an in-memory
@@ -279,6 +283,7 @@ impl Default for RtcConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             node_ips: Vec::new(),
             workers: 0,
+            udp_gso: true,
         }
     }
 }

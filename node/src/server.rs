@@ -87,6 +87,7 @@ impl Server {
                 config.rtc.bind_ip
             },
             first_port: config.rtc.udp_port,
+            udp_gso: config.rtc.udp_gso,
             announced_ips: announced.clone(),
             max_participants: config.room.max_participants,
             default_max_layer: config.room.default_max_layer,

@@ -64,7 +64,7 @@ pub(in crate::media) fn spawn(
                 siblings,
                 shared,
             );
-            let core = match made {
+            let mut core = match made {
                 Ok(core) => {
                     let _ = made_tx.send(Ok(()));
                     core
@@ -74,6 +74,9 @@ pub(in crate::media) fn spawn(
                     return;
                 }
             };
+            if !config.udp_gso {
+                core.transmits().disable_gso();
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

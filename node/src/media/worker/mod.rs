@@ -66,6 +66,8 @@ pub struct WorkerConfig {
     pub bind_ip: IpAddr,
     /// Port of worker 0; worker `i` binds `first_port + i`. 0 lets the kernel choose.
     pub first_port: u16,
+    /// Whether sends may use UDP segmentation offload (`rtc.udp_gso`).
+    pub udp_gso: bool,
     /// Addresses announced as ICE host candidates.
     pub announced_ips: Vec<IpAddr>,
     pub max_participants: usize,

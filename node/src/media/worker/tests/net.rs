@@ -137,6 +137,7 @@ impl Net {
                 workers: count,
                 bind_ip: [127, 0, 0, 1].into(),
                 first_port: 0,
+                udp_gso: true,
                 announced_ips: vec![[127, 0, 0, 1].into()],
                 max_participants: 0,
                 default_max_layer: 2,
