@@ -34,6 +34,10 @@ pub struct Metrics {
     pub packets_out: Counter,
     pub bytes_out: Counter,
     pub relayed: Counter,
+    /// Datagrams the media workers' sockets sent, and the messages that carried them: fewer
+    /// messages than datagrams when UDP segmentation offload grouped them (`rtc.udp_gso`).
+    pub udp_datagrams_out: Counter,
+    pub udp_messages_out: Counter,
     /// Datagrams of relayed media sent to other nodes, by path.
     pub relay_datagrams_out: Family<PathLabels, Counter>,
     /// Datagrams of relayed media received on the direct path.
@@ -84,6 +88,8 @@ impl Metrics {
             packets_out: Counter::default(),
             bytes_out: Counter::default(),
             relayed: Counter::default(),
+            udp_datagrams_out: Counter::default(),
+            udp_messages_out: Counter::default(),
             relay_datagrams_out: Family::default(),
             relay_direct_in: Counter::default(),
             room_panics: Counter::default(),
@@ -151,6 +157,16 @@ impl Metrics {
             "relayed_packets",
             "RTP packets sent on relay links: to other nodes, and to the other media workers of this node",
             m.relayed.clone(),
+        );
+        registry.register(
+            "udp_datagrams_out",
+            "Datagrams the media workers' sockets sent",
+            m.udp_datagrams_out.clone(),
+        );
+        registry.register(
+            "udp_messages_out",
+            "Messages that carried them: fewer than the datagrams when UDP segmentation offload grouped a run to one peer",
+            m.udp_messages_out.clone(),
         );
         registry.register(
             "relay_datagrams_out",

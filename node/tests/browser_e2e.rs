@@ -59,6 +59,14 @@ async fn websocket_publisher_reaches_three_subscribers_with_simulcast() {
     // who negotiated RED too, received and played it (audio packets above).
     let red = common::metric(&metrics, "sfu_red_packets_total");
     assert!(red > 100.0, "RED audio arrived: {metrics}");
+    // The workers' sockets sent it all, in as many messages or fewer (a frame's packets to one
+    // subscriber share one where the kernel segments UDP).
+    let datagrams = common::metric(&metrics, "sfu_udp_datagrams_out_total");
+    let messages = common::metric(&metrics, "sfu_udp_messages_out_total");
+    assert!(
+        datagrams > 1000.0 && messages > 0.0 && messages <= datagrams,
+        "{datagrams} datagrams in {messages} messages: {metrics}"
+    );
     node.stop().await;
 }
 

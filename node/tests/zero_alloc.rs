@@ -199,7 +199,7 @@ fn fanning_a_packet_out_to_200_subscribers_allocates_nothing_in_steady_state() {
     COUNTING.with(|c| c.set(false));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(sent, 3_300 * SUBSCRIBERS);
-    let kernel = queue.sent();
+    let kernel = queue.take_sent();
     assert_eq!(kernel.datagrams, sent, "the kernel took every datagram");
     // Four packets of one size to each subscriber per flush: one message each where the
     // kernel segments UDP (Linux 4.18+, as on every machine this runs on).

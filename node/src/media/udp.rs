@@ -144,7 +144,7 @@ enum Gso {
     Off,
 }
 
-/// What the kernel took since the queue was made.
+/// What the kernel took (since the last [`SendQueue::take_sent`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sent {
     pub datagrams: u64,
@@ -200,9 +200,9 @@ impl SendQueue {
         self.gso = Gso::Off;
     }
 
-    /// What the kernel took so far.
-    pub fn sent(&self) -> Sent {
-        self.sent
+    /// What the kernel took since the last call (the worker reports it as metrics).
+    pub fn take_sent(&mut self) -> Sent {
+        std::mem::take(&mut self.sent)
     }
 
     /// Takes the queued datagrams instead of sending them (a simulation delivers them).

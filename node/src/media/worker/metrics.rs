@@ -7,6 +7,7 @@ use sfu_core::{DropReason, RoomStats};
 
 impl WorkerCore {
     pub(in crate::media) fn report_metrics(&mut self) {
+        let udp = self.transmits().take_sent();
         let m = &self.metrics;
         let now = self.snapshot();
         // Joins go to the worker with the fewest participants.
@@ -54,6 +55,8 @@ impl WorkerCore {
         if sent.quic > 0 {
             path("quic").inc_by(sent.quic);
         }
+        m.udp_datagrams_out.inc_by(udp.datagrams);
+        m.udp_messages_out.inc_by(udp.messages);
     }
 }
 
