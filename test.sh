@@ -74,9 +74,14 @@ fi
 # attempt each (failing twice fails the run), until they have shown themselves steady:
 # - federation: a federated track sometimes stayed silent (two causes fixed on 2026-12-03, see
 #   docs/federation.md; kept here until it has passed many more runs).
-# (live_stream left on 2026-12-04: its stall was a failed RTMP destination's, fixed in 68df567.)
+# - live_stream: left on 2026-12-04 (its stall was a failed RTMP destination's, fixed in
+#   68df567) and back the same day: in a fresh-clone CI run the stream played, but ffmpeg
+#   decoding nginx's FLV recording reported pairs of video frames on one millisecond ("non
+#   monotonically increasing dts ... 35 >= 35", 38, 41, ... 3 ms apart), a burst of frames at
+#   the stream's start not yet understood (docs/recording.md, "Not yet").
 quarantined=(
   "federation two_clusters_share_a_mapped_room"
+  "live_stream a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone"
 )
 skips=()
 for q in "${quarantined[@]}"; do
