@@ -79,10 +79,10 @@ fi
 #   decoding nginx's FLV recording reported pairs of video frames on one millisecond ("non
 #   monotonically increasing dts ... 35 >= 35", 38, 41, ... 3 ms apart), a burst of frames at
 #   the stream's start not yet understood (docs/recording.md, "Not yet").
-# - meeting_app: on 2026-12-04 the raised hand of an audience member (a LiveKit data packet,
-#   which livekit-client sends after negotiating her publisher connection on demand) did not
-#   reach the host within 10 s in 3 of 16 runs, with UDP GSO on (2 of 8, one a fresh-clone CI
-#   run) and off (1 of 8); not understood yet.
+# - meeting_app: failed in 3 of 16 runs on 2026-12-04, with UDP GSO on (2 of 8, one a
+#   fresh-clone CI run: both times an audience member's raised hand, a LiveKit data packet
+#   livekit-client sends after negotiating her publisher connection on demand, did not reach
+#   the host) and off (1 of 8, which assertion not kept); not understood yet.
 quarantined=(
   "federation two_clusters_share_a_mapped_room"
   "live_stream a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone"
