@@ -28,6 +28,7 @@ UDP=${UDP:-18340}
 mkdir -p "$OUT"
 LIGHT=""
 [ "$KIND" = light ] && LIGHT="--light"
+[ "$KIND" = light-no-gro ] && LIGHT="--light --no-gro"
 
 start_node() {
   SFU_LOG=warn taskset -c 0 "$B/sfu-node" --dev --workers 1 --bind "127.0.0.1:$PORT" \

@@ -83,6 +83,10 @@ pub struct Cli {
     /// one packet in 64 (latency from those), for a fraction of the CPU per packet.
     #[arg(long)]
     pub light: bool,
+    /// Light receivers read datagram by datagram, as a browser does, instead of taking a
+    /// sender's runs of equal-size datagrams whole (`UDP_GRO`).
+    #[arg(long)]
+    pub no_gro: bool,
     /// Address the peers' sockets bind to.
     #[arg(long)]
     pub bind: Option<String>,
@@ -262,6 +266,10 @@ impl Cli {
             s.light_receivers = true;
             a.by_flag.push(("light_receivers", "--light"));
         }
+        if self.no_gro {
+            s.light_gro = false;
+            a.by_flag.push(("light_gro", "--no-gro"));
+        }
         a.set(self.bind.clone(), &mut s.bind, "bind", "--bind");
         if let Some(k) = &self.api_key {
             s.auth.api_key = Some(k.clone());
@@ -329,6 +337,8 @@ mod tests {
         let s = parse(&["--scenario", path, "--rooms", "5", "--ptime", "60"]).unwrap();
         assert!(!s[0].light_receivers, "full receivers unless asked");
         assert!(parse(&["--scenario", path, "--light"]).unwrap()[0].light_receivers);
+        assert!(s[0].light_gro, "light receivers take segments unless told");
+        assert!(!parse(&["--scenario", path, "--no-gro"]).unwrap()[0].light_gro);
         assert_eq!(s[0].rooms, 5);
         assert_eq!(s[0].subscribers, 7);
         assert_eq!(s[0].target.kind, TargetKind::Sfu);

@@ -22,7 +22,7 @@
 use crate::light::{Light, Verdict};
 use crate::media::sent_at;
 use crate::read_pace::ReadPace;
-use crate::stamped;
+use crate::stamped::{self, ReadMode};
 use crate::state::{PeerState, Shared, lock};
 use crate::stats::Arrival;
 use anyhow::Context;
@@ -75,20 +75,28 @@ pub const LIGHT_TICK: Duration = Duration::from_secs(1);
 /// a timer (a connected light connection).
 enum Socket {
     Reactor(UdpSocket),
-    Timer(std::net::UdpSocket),
+    /// Read on a timer, short or segmented.
+    Timer(std::net::UdpSocket, ReadMode),
 }
 
 impl Socket {
     fn fd(&self) -> RawFd {
         match self {
             Socket::Reactor(s) => s.as_raw_fd(),
-            Socket::Timer(s) => s.as_raw_fd(),
+            Socket::Timer(s, _) => s.as_raw_fd(),
         }
     }
 
-    /// Reads a batch into `batch`: how many datagrams, 0 when there were none. A socket read
-    /// on a timer (a connected light connection's) reads short: whole datagrams only for the
-    /// sample ([`stamped`]).
+    fn mode(&self) -> ReadMode {
+        match self {
+            Socket::Reactor(_) => ReadMode::Ready,
+            Socket::Timer(_, mode) => *mode,
+        }
+    }
+
+    /// Reads a batch into `batch`: how many messages, 0 when there were none. A socket read
+    /// on a timer (a connected light connection's) reads short (whole datagrams only for the
+    /// sample) or segmented ([`stamped`]).
     fn recv(&self, batch: &mut stamped::Batch) -> io::Result<usize> {
         let fd = self.fd();
         let r = match self {
@@ -98,8 +106,8 @@ impl Socket {
             Socket::Reactor(s) => {
                 let mut got = 0;
                 let r = s.try_io(Interest::READABLE, || {
-                    got = batch.recv(fd, false)?;
-                    if got < stamped::slots(false) {
+                    got = batch.recv(fd, ReadMode::Ready)?;
+                    if got < stamped::slots(ReadMode::Ready) {
                         Err(io::ErrorKind::WouldBlock.into())
                     } else {
                         Ok(())
@@ -110,7 +118,7 @@ impl Socket {
                     _ => Err(e),
                 })
             }
-            Socket::Timer(_) => batch.recv(fd, true),
+            Socket::Timer(_, mode) => batch.recv(fd, *mode),
         };
         match r {
             Ok(n) => Ok(n),
@@ -214,12 +222,20 @@ pub struct Conn {
     pace: Option<ReadPace>,
     /// When a connected light connection last ran its peer connection's timers.
     last_tick: Option<Instant>,
+    /// Whether a light connection asks for segmented reads once connected.
+    segments: bool,
 }
 
 impl Conn {
     /// Opens a socket on `bind` and a peer connection; `sending` for publishing connections,
-    /// `light` for a light receiving one.
-    pub async fn open(bind: IpAddr, sending: bool, light: bool) -> anyhow::Result<Self> {
+    /// `light` for a light receiving one, which reads segmented messages once connected if
+    /// `segments` ([`stamped`]).
+    pub async fn open(
+        bind: IpAddr,
+        sending: bool,
+        light: bool,
+        segments: bool,
+    ) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind(SocketAddr::new(bind, 0))
             .await
             .context("binding a UDP socket (out of file descriptors or ports?)")?;
@@ -266,6 +282,7 @@ impl Conn {
             ssrc_kinds: Vec::new(),
             connected: false,
             light: light.then(Box::default),
+            segments,
             stirred: true,
             pc_timeout: None,
             pace,
@@ -364,16 +381,24 @@ impl Conn {
     pub fn readiness(&self) -> Option<&UdpSocket> {
         match &self.socket {
             Socket::Reactor(s) => Some(s),
-            Socket::Timer(_) => None,
+            Socket::Timer(..) => None,
         }
     }
 
     /// A light connection that just connected: its socket leaves the reactor (the reactor
-    /// closes its descriptor; a duplicate keeps the socket open) and is read on a timer.
+    /// closes its descriptor; a duplicate keeps the socket open) and is read on a timer,
+    /// segmented if asked and the kernel can. Segments are asked for only now: a message of
+    /// them would not fit a read at readiness, and no media comes before DTLS is done.
     fn read_on_timer(&mut self, now: Instant) -> io::Result<()> {
         if let Socket::Reactor(s) = &self.socket {
             let fd = s.as_fd().try_clone_to_owned()?;
-            self.socket = Socket::Timer(std::net::UdpSocket::from(fd));
+            let segmented = self.segments && stamped::enable_segments(fd.as_raw_fd())?;
+            let mode = if segmented {
+                ReadMode::Segmented
+            } else {
+                ReadMode::Short
+            };
+            self.socket = Socket::Timer(std::net::UdpSocket::from(fd), mode);
         }
         if let Some(pace) = &mut self.pace {
             pace.start(now);
@@ -395,13 +420,11 @@ impl Conn {
             let mut read = 0;
             while read < limit {
                 let n = self.socket.recv(batch)?;
-                for i in 0..n {
-                    if let Some(d) = batch.datagram(i) {
-                        self.on_datagram(d, shared, &mut state);
-                    }
+                for d in batch.datagrams() {
+                    self.on_datagram(d, shared, &mut state);
+                    read += 1;
                 }
-                read += n;
-                if n < stamped::slots(matches!(self.socket, Socket::Timer(_))) {
+                if n < stamped::slots(self.socket.mode()) {
                     break;
                 }
             }
@@ -666,7 +689,7 @@ impl Conn {
             // socket read on a timer never waits: its send buffer is far from full).
             let _ = match &self.socket {
                 Socket::Reactor(s) => s.send_to(&t.message, t.transport.peer_addr).await,
-                Socket::Timer(s) => s.send_to(&t.message, t.transport.peer_addr),
+                Socket::Timer(s, _) => s.send_to(&t.message, t.transport.peer_addr),
             };
         }
     }

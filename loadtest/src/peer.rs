@@ -54,6 +54,8 @@ pub struct Role {
     pub subscribe: bool,
     /// Receive as a light receiver ([`crate::light`]).
     pub light: bool,
+    /// A light receiver's socket reads segmented messages ([`crate::stamped`]).
+    pub light_gro: bool,
 }
 
 /// One simulated participant to run.
@@ -264,7 +266,7 @@ async fn join(
     });
     let publishing = match &spec.role.publish {
         Some(p) => {
-            let mut conn = Conn::open(spec.bind, true, false).await?;
+            let mut conn = Conn::open(spec.bind, true, false, false).await?;
             let publisher = Publisher::add_tracks(&mut conn.pc, &spec.identity, p)?;
             let offer = conn.offer()?;
             Some((conn, publisher, offer))
@@ -368,7 +370,7 @@ async fn join_whip(
         peer.publishing = Some((conn, publisher));
     }
     if spec.role.subscribe {
-        let mut conn = Conn::open(spec.bind, false, spec.role.light).await?;
+        let mut conn = Conn::open(spec.bind, false, spec.role.light, spec.role.light_gro).await?;
         conn.add_receivers()?;
         let offer = conn.offer()?;
         // A separate identity: one identity holds one session at a time.
@@ -516,7 +518,7 @@ async fn drive(
                 let conn = match &mut peer.receiving {
                     Some(c) => c,
                     None => {
-                        let c = Conn::open(spec.bind, false, spec.role.light).await?;
+                        let c = Conn::open(spec.bind, false, spec.role.light, spec.role.light_gro).await?;
                         peer.receiving.insert(c)
                     }
                 };

@@ -12,6 +12,7 @@
 //! warmup_secs = 3
 //! duration_secs = 30
 //! light_receivers = false           # measure from RTP headers, decrypt 1 packet in 64
+//! light_gro = true                  # light receivers take a sender's GSO runs whole (UDP_GRO)
 //!
 //! [target]
 //! kind = "sfu"                      # sfu (WebSocket protocol) | whip (WHIP/WHEP) | janus
@@ -223,6 +224,11 @@ pub struct Scenario {
     /// sample ([`crate::light`]): a fraction of the CPU per packet; latency from the sample.
     #[serde(default)]
     pub light_receivers: bool,
+    /// Light receivers ask the kernel for a sender's runs of equal-size datagrams as one
+    /// message (`UDP_GRO`, [`crate::stamped`]): the kernel's receive path is then paid per
+    /// message rather than per datagram. Off, they read datagram by datagram as a browser does.
+    #[serde(default = "yes")]
+    pub light_gro: bool,
     pub video: Option<VideoSpec>,
     pub audio: Option<AudioSpec>,
     #[serde(default)]
@@ -250,6 +256,7 @@ impl Default for Scenario {
             warmup_secs: default_warmup(),
             duration_secs: default_duration(),
             light_receivers: false,
+            light_gro: true,
             video: Some(VideoSpec::default()),
             audio: Some(AudioSpec::default()),
             speakers: SpeakerSpec::default(),
