@@ -18,6 +18,11 @@
 //! asks only when it passed it something since it last asked (a sans-IO peer connection
 //! changes only when called), and once connected runs its timers once a second
 //! ([`LIGHT_TICK`]).
+//!
+//! Toward an ICE-lite server (this project's node) a light connection goes further: once the
+//! session descriptions are agreed, its own [`Transport`] (ICE checks, DTLS, SRTP) takes every
+//! datagram, and the peer connection only writes and reads session descriptions; it never
+//! sees a datagram nor runs a timer, which keeps it small ([`crate::transport`]).
 
 use crate::light::{Light, Verdict};
 use crate::media::sent_at;
@@ -25,11 +30,13 @@ use crate::read_pace::ReadPace;
 use crate::stamped::{self, ReadMode};
 use crate::state::{PeerState, Shared, lock};
 use crate::stats::Arrival;
+use crate::transport::{Agreed, Transport, TransportEvent};
 use anyhow::Context;
 use bytes::BytesMut;
 use rtc::interceptor::{
     NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
 };
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -224,6 +231,13 @@ pub struct Conn {
     last_tick: Option<Instant>,
     /// Whether a light connection asks for segmented reads once connected.
     segments: bool,
+    /// A light connection's own transport, once agreed with an ICE-lite server.
+    transport: Option<Box<Transport>>,
+    /// What the transport decrypted that [`Conn::take_reads`] has yet to take.
+    transport_events: Vec<(Instant, TransportEvent)>,
+    /// The transport connected, or the server closed it, and [`Conn::drain`] has yet to say.
+    transport_up: bool,
+    transport_closed: bool,
 }
 
 impl Conn {
@@ -268,7 +282,17 @@ impl Conn {
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(100))
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .build();
-        let pc = RTCPeerConnectionBuilder::new()
+        let mut builder = RTCPeerConnectionBuilder::new();
+        if light {
+            // The certificate its own transport presents ([`crate::transport`]).
+            let certificate = crate::transport::certificate()?.clone();
+            builder = builder.with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![certificate])
+                    .build(),
+            );
+        }
+        let pc = builder
             .with_setting_engine(settings)
             .with_media_engine(media_engine(sending)?)
             .with_interceptor_registry(registry)
@@ -283,6 +307,10 @@ impl Conn {
             connected: false,
             light: light.then(Box::default),
             segments,
+            transport: None,
+            transport_events: Vec::new(),
+            transport_up: false,
+            transport_closed: false,
             stirred: true,
             pc_timeout: None,
             pace,
@@ -352,6 +380,8 @@ impl Conn {
         if let Some(light) = &mut self.light {
             light.negotiated(&sdp);
         }
+        let local = self.local_sdp()?;
+        self.take_transport(&local, &sdp)?;
         let answer = RTCSessionDescription::answer(sdp).context("parsing the answer")?;
         self.pc
             .set_remote_description(Instant::now(), answer)
@@ -359,21 +389,35 @@ impl Conn {
         Ok(())
     }
 
+    /// A light connection whose descriptions are agreed with an ICE-lite server takes its own
+    /// transport from here on (once: renegotiations change neither ICE nor DTLS).
+    fn take_transport(&mut self, local: &str, remote: &str) -> anyhow::Result<()> {
+        if self.light.is_none() || self.transport.is_some() {
+            return Ok(());
+        }
+        if let Some(agreed) = Agreed::from_sdp(local, remote).context("the light transport")? {
+            let t = Transport::new(self.local, agreed, Instant::now())?;
+            self.transport = Some(Box::new(t));
+        }
+        Ok(())
+    }
+
     /// Answers the far end's offer (first or renegotiation).
     pub fn answer(&mut self, sdp: String) -> anyhow::Result<String> {
         self.stirred = true;
-        let offer = RTCSessionDescription::offer(sdp).context("parsing the offer")?;
+        let offer = RTCSessionDescription::offer(sdp.clone()).context("parsing the offer")?;
         self.pc
             .set_remote_description(Instant::now(), offer)
             .context("applying the offer")?;
         self.add_candidate()?;
         let answer = self.pc.create_answer(None)?;
         self.pc.set_local_description(Instant::now(), answer)?;
-        let sdp = self.local_sdp()?;
+        let local = self.local_sdp()?;
         if let Some(light) = &mut self.light {
-            light.negotiated(&sdp);
+            light.negotiated(&local);
         }
-        Ok(sdp)
+        self.take_transport(&local, &sdp)?;
+        Ok(local)
     }
 
     /// The socket to wait on for readiness, without borrowing the connection, which is not
@@ -447,7 +491,7 @@ impl Conn {
             Some(light) => light.classify(d, datagram.len, datagram.sample),
             // Larger than any datagram a server sends: dropped, as an oversized read would be.
             None if !datagram.whole() => return,
-            None => return self.feed(at, from, d),
+            None => return self.feed(at, from, d, 0),
         };
         if verdict == Verdict::Unreadable {
             state
@@ -458,7 +502,7 @@ impl Conn {
             return;
         }
         if verdict == Verdict::NotRtp {
-            self.feed(at, from, d);
+            self.feed(at, from, d, 0);
             // Measured now, in arrival order with the packets around it (jitter and freezes
             // are measured from one packet to the next).
             self.take_reads(shared, state);
@@ -472,7 +516,9 @@ impl Conn {
         } = verdict
         else {
             s.reception.light.sampled += 1;
-            self.feed(at, from, d);
+            let roc =
+                crate::light::rtp_header(d).map_or(0, |h| s.reception.rollovers(h.ssrc, h.seq));
+            self.feed(at, from, d, roc);
             self.take_reads(shared, state);
             return;
         };
@@ -489,9 +535,22 @@ impl Conn {
         });
     }
 
-    /// Passes a datagram from `from` to the peer connection.
-    fn feed(&mut self, now: Instant, from: SocketAddr, d: &[u8]) {
+    /// Passes a datagram from `from` to the transport (`roc`: the rollover counter of an RTP
+    /// packet's stream), or else the peer connection.
+    fn feed(&mut self, now: Instant, from: SocketAddr, d: &[u8], roc: u32) {
         self.stirred = true;
+        if let Some(t) = self.transport.as_mut() {
+            // A datagram the transport refuses (garbage, a stray or forged packet, one that
+            // fails authentication) is dropped, as a browser would; a sampled packet that
+            // does not decrypt shows up in the light counts (sampled, not authenticated).
+            match t.handle_datagram(now, from, d, roc) {
+                Ok(Some(TransportEvent::Connected)) => self.transport_up = true,
+                Ok(Some(TransportEvent::Closed)) => self.transport_closed = true,
+                Ok(Some(event)) => self.transport_events.push((now, event)),
+                Ok(None) | Err(_) => {}
+            }
+            return;
+        }
         let input = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -513,7 +572,10 @@ impl Conn {
         let Some(light) = &self.light else {
             return self.pc.poll_timeout();
         };
-        if self.stirred {
+        if let Some(t) = &self.transport {
+            self.pc_timeout = t.poll_timeout();
+            self.stirred = false;
+        } else if self.stirred {
             self.pc_timeout = self.pc.poll_timeout();
             self.stirred = false;
         }
@@ -540,13 +602,20 @@ impl Conn {
                 pace.after_read(now, read);
             }
         }
-        if self.stirred && self.light.is_some() {
+        if let Some(t) = self.transport.as_mut() {
+            if t.poll_timeout().is_some_and(|at| at <= now) {
+                self.stirred = true;
+                // A check that cannot be built is not sent; the connection's timeout says.
+                let _ = t.handle_timeout(now);
+            }
+        } else if self.stirred && self.light.is_some() {
             self.pc_timeout = self.pc.poll_timeout();
         }
         let ticks = self
             .last_tick
             .is_none_or(|t| now.saturating_duration_since(t) >= LIGHT_TICK);
-        if self.light.is_none() || (ticks && self.pc_timeout.is_some_and(|t| t <= now)) {
+        let pc_due = ticks && self.transport.is_none() && self.pc_timeout.is_some_and(|t| t <= now);
+        if self.light.is_none() || pc_due {
             if self.last_tick.is_some() {
                 self.last_tick = Some(now);
             }
@@ -561,6 +630,11 @@ impl Conn {
             let reports = light.reports(now, &lock(shared).reception);
             for rr in reports {
                 self.stirred = true;
+                if let Some(t) = self.transport.as_mut() {
+                    // Refused only when the connection is not up: nothing to report to.
+                    let _ = t.send_rtcp(&[Box::new(rr)]);
+                    continue;
+                }
                 let message = RTCMessage::RtcpPacket(String::new(), vec![Box::new(rr)]);
                 // Refused only when the connection is not up, and then there is nothing to
                 // report to.
@@ -577,20 +651,17 @@ impl Conn {
         if !self.stirred {
             return Ok(out);
         }
+        if std::mem::take(&mut self.transport_up) {
+            self.on_connected(&mut out)?;
+        }
+        if self.transport_closed {
+            anyhow::bail!("the server closed DTLS");
+        }
         // Events first: a track opened by a packet is known before that packet is read.
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
-                    RTCPeerConnectionState::Connected if !self.connected => {
-                        self.connected = true;
-                        out.connected = true;
-                        if let Some(light) = &mut self.light {
-                            let now = Instant::now();
-                            light.on_connected(now);
-                            self.read_on_timer(now)
-                                .context("taking the socket out of the reactor")?;
-                        }
-                    }
+                    RTCPeerConnectionState::Connected => self.on_connected(&mut out)?,
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         anyhow::bail!("peer connection {s}");
                     }
@@ -609,6 +680,22 @@ impl Conn {
         Ok(out)
     }
 
+    /// The connection (its peer connection or its transport) is up.
+    fn on_connected(&mut self, out: &mut Drained) -> anyhow::Result<()> {
+        if self.connected {
+            return Ok(());
+        }
+        self.connected = true;
+        out.connected = true;
+        if let Some(light) = &mut self.light {
+            let now = Instant::now();
+            light.on_connected(now);
+            self.read_on_timer(now)
+                .context("taking the socket out of the reactor")?;
+        }
+        Ok(())
+    }
+
     /// Takes what the peer connection decrypted: packets are measured into `state` (locked
     /// from `shared` when first needed), sender reports noted by a light connection. Returns
     /// whether the far end asked for a keyframe (PLI or FIR).
@@ -618,60 +705,21 @@ impl Conn {
         state: &mut Option<MutexGuard<'s, PeerState>>,
     ) -> bool {
         let mut keyframe_requested = false;
+        for (now, event) in std::mem::take(&mut self.transport_events) {
+            match event {
+                TransportEvent::Rtp(p) => self.measure(now, "", &p, shared, state),
+                TransportEvent::Rtcp(packets) => keyframe_requested |= self.on_rtcp(now, &packets),
+                TransportEvent::Connected | TransportEvent::Closed => {}
+            }
+        }
+        if self.transport.is_some() {
+            return keyframe_requested;
+        }
         while let Some(TaggedRTCMessage { now, message }) = self.pc.poll_read() {
             match message {
-                RTCMessage::RtpPacket(track, p) => {
-                    let ssrc = p.header.ssrc;
-                    // A light connection takes the kind from the payload type, as it does
-                    // for the packets it does not decrypt.
-                    let mut known = None;
-                    if let Some(l) = self.light.as_deref_mut() {
-                        let h = &p.header;
-                        l.on_decrypted(ssrc, h.sequence_number, p.payload.len(), h.padding);
-                        known = l.video(h.payload_type);
-                    }
-                    let video = match known.or_else(|| {
-                        self.ssrc_kinds
-                            .iter()
-                            .find(|(s, _)| *s == ssrc)
-                            .map(|(_, v)| *v)
-                    }) {
-                        Some(video) => video,
-                        None => {
-                            // A track not announced yet: Opus is payload type 111 in every
-                            // offer we make or have seen; anything else is taken for video.
-                            let video = self
-                                .kinds
-                                .get(&track)
-                                .copied()
-                                .unwrap_or(p.header.payload_type != 111);
-                            self.ssrc_kinds.push((ssrc, video));
-                            video
-                        }
-                    };
-                    let s = state.get_or_insert_with(|| lock(shared));
-                    if self.light.is_some() {
-                        s.reception.light.authenticated += 1;
-                    }
-                    s.reception.on_packet(Arrival {
-                        now,
-                        ssrc,
-                        video,
-                        seq: p.header.sequence_number,
-                        rtp_time: p.header.timestamp,
-                        bytes: p.payload.len(),
-                        marker: p.header.marker,
-                        sent: sent_at(&p.payload, video),
-                    });
-                }
+                RTCMessage::RtpPacket(track, p) => self.measure(now, &track, &p, shared, state),
                 RTCMessage::RtcpPacket(_, packets) => {
-                    if let Some(light) = &mut self.light {
-                        light.on_rtcp(now, &packets);
-                    }
-                    keyframe_requested |= packets.iter().any(|p| {
-                        p.as_any().is::<PictureLossIndication>()
-                            || p.as_any().is::<FullIntraRequest>()
-                    });
+                    keyframe_requested |= self.on_rtcp(now, &packets)
                 }
                 _ => {}
             }
@@ -679,9 +727,87 @@ impl Conn {
         keyframe_requested
     }
 
+    /// Measures a decrypted packet of `track` (empty if not known) into `state`.
+    fn measure<'s>(
+        &mut self,
+        now: Instant,
+        track: &str,
+        p: &rtc::rtp::packet::Packet,
+        shared: &'s Shared,
+        state: &mut Option<MutexGuard<'s, PeerState>>,
+    ) {
+        let ssrc = p.header.ssrc;
+        // A light connection takes the kind from the payload type, as it does for the packets
+        // it does not decrypt.
+        let mut known = None;
+        if let Some(l) = self.light.as_deref_mut() {
+            let h = &p.header;
+            l.on_decrypted(ssrc, h.sequence_number, p.payload.len(), h.padding);
+            known = l.video(h.payload_type);
+        }
+        let video = match known.or_else(|| {
+            self.ssrc_kinds
+                .iter()
+                .find(|(s, _)| *s == ssrc)
+                .map(|(_, v)| *v)
+        }) {
+            Some(video) => video,
+            None => {
+                // A track not announced yet: Opus is payload type 111 in every offer we make
+                // or have seen; anything else is taken for video.
+                let video = self
+                    .kinds
+                    .get(track)
+                    .copied()
+                    .unwrap_or(p.header.payload_type != 111);
+                self.ssrc_kinds.push((ssrc, video));
+                video
+            }
+        };
+        let s = state.get_or_insert_with(|| lock(shared));
+        if self.light.is_some() {
+            s.reception.light.authenticated += 1;
+        }
+        s.reception.on_packet(Arrival {
+            now,
+            ssrc,
+            video,
+            seq: p.header.sequence_number,
+            rtp_time: p.header.timestamp,
+            bytes: p.payload.len(),
+            marker: p.header.marker,
+            sent: sent_at(&p.payload, video),
+        });
+    }
+
+    /// RTCP from the far end: sender reports noted by a light connection; whether it asks
+    /// for a keyframe (PLI or FIR).
+    fn on_rtcp(&mut self, now: Instant, packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+        if let Some(light) = &mut self.light {
+            light.on_rtcp(now, packets);
+        }
+        packets.iter().any(|p| {
+            p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+        })
+    }
+
     /// Sends what the connection has queued.
     pub async fn flush(&mut self) {
         if !self.stirred {
+            return;
+        }
+        if let Some(t) = self.transport.as_mut() {
+            let to = t.remote();
+            for d in t.take_out() {
+                // As below: a failed send is a lost packet.
+                let _ = match &self.socket {
+                    Socket::Reactor(s) => s.try_send_to(&d, to),
+                    Socket::Timer(s, _) => s.send_to(&d, to),
+                };
+            }
+            // The peer connection only negotiates: whatever it would send (it runs no timer,
+            // so nothing is expected) is not for the wire.
+            while self.pc.poll_write().is_some() {}
             return;
         }
         while let Some(t) = self.pc.poll_write() {
@@ -697,6 +823,9 @@ impl Conn {
     /// Closes the connection and sends what that queued (DTLS close notify).
     pub async fn close(&mut self) {
         self.stirred = true;
+        if let Some(t) = self.transport.as_mut() {
+            t.close(Instant::now());
+        }
         let _ = self.pc.close();
         self.flush().await;
     }

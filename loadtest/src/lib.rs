@@ -40,3 +40,4 @@ pub mod signal;
 pub mod stamped;
 pub mod state;
 pub mod stats;
+pub mod transport;

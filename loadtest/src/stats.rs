@@ -116,16 +116,10 @@ impl StreamStats {
         }
     }
 
-    /// Records one packet.
-    pub fn on_packet(
-        &mut self,
-        now: Instant,
-        seq: u16,
-        rtp_time: u32,
-        bytes: usize,
-        frame_end: bool,
-    ) {
-        let ext = match self.highest {
+    /// The extended sequence number of `seq`: in the cycle of the highest so far, or the one
+    /// before or after (RFC 3550 appendix A.1); cycles count from 1.
+    fn extend(&self, seq: u16) -> u64 {
+        match self.highest {
             None => (1u64 << 16) | seq as u64,
             Some(h) => {
                 let base = h & !0xffff;
@@ -138,7 +132,26 @@ impl StreamStats {
                     c
                 }
             }
-        };
+        }
+    }
+
+    /// The sender's SRTP rollover counter for `seq` (RFC 3711 §3.3.1): the wraps of the
+    /// sequence number since the stream's first packet, which started the sender's count.
+    pub fn rollovers(&self, seq: u16) -> u32 {
+        let base = self.base.unwrap_or(1 << 16) >> 16;
+        u32::try_from((self.extend(seq) >> 16).saturating_sub(base)).unwrap_or(u32::MAX)
+    }
+
+    /// Records one packet.
+    pub fn on_packet(
+        &mut self,
+        now: Instant,
+        seq: u16,
+        rtp_time: u32,
+        bytes: usize,
+        frame_end: bool,
+    ) {
+        let ext = self.extend(seq);
         self.first = Some(self.first.map_or(ext, |f| f.min(ext)));
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
         self.base = Some(self.base.map_or(ext, |b| b.min(ext)));
@@ -292,6 +305,14 @@ pub struct Arrival {
 }
 
 impl Reception {
+    /// The SRTP rollover counter of packet `seq` of stream `ssrc` (0 for a stream not seen).
+    pub fn rollovers(&self, ssrc: u32, seq: u16) -> u32 {
+        self.streams
+            .iter()
+            .find(|s| s.ssrc == ssrc)
+            .map_or(0, |s| s.stats.rollovers(seq))
+    }
+
     pub fn on_packet(&mut self, a: Arrival) {
         let i = match self.streams.iter().position(|s| s.ssrc == a.ssrc) {
             Some(i) => i,
@@ -368,6 +389,34 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a light receiver tells its SRTP decryption: the sender's count of wraps since the
+    /// stream's first packet, which it cannot guess from the sample alone.
+    #[test]
+    fn rollovers_count_the_wraps_since_the_first_packet() {
+        let mut r = Reception::default();
+        assert_eq!(r.rollovers(7, 100), 0, "a stream not seen yet");
+        let now = Instant::now();
+        for seq in [65_500u16, 65_535, 0, 1, 20_000, 40_000, 60_000, 5] {
+            r.on_packet(Arrival {
+                now,
+                ssrc: 7,
+                video: true,
+                seq,
+                rtp_time: 0,
+                bytes: 100,
+                marker: false,
+                sent: None,
+            });
+        }
+        assert_eq!(r.rollovers(7, 6), 2, "two wraps since 65,500");
+        assert_eq!(
+            r.rollovers(7, 65_100),
+            1,
+            "a late packet from before the last wrap"
+        );
+        assert_eq!(r.rollovers(8, 6), 0, "another stream");
+    }
 
     #[test]
     fn histogram_quantiles_are_close() {

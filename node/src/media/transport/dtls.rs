@@ -1,6 +1,9 @@
 //! The DTLS handshake of a subscriber's connection (RFC 5764), as the server: the browser,
 //! ICE-controlling and answering `setup:active`, starts it. Its certificate must match the
 //! fingerprint of its SDP; once done, the SRTP master keys are exported from it.
+//!
+//! The load tester's light receivers ([`Dtls::client`]) run the same handshake from the other
+//! end.
 
 use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
 use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
@@ -45,8 +48,10 @@ fn dtls_err(e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Dtls(e.to_string())
 }
 
-/// One connection's DTLS server.
+/// One connection's DTLS server (or client).
 pub struct Dtls {
+    /// Whether this end is the client, which orders the exported keys (RFC 5764 §4.2).
+    client: bool,
     endpoint: Endpoint,
     crypto: Arc<dyn RTCCryptoProvider>,
     /// SHA-256 of the certificate the peer's SDP announced (empty until the SDP is known).
@@ -78,12 +83,59 @@ impl Dtls {
             .build(false, None)
             .map_err(dtls_err)?;
         Ok(Self {
+            client: false,
             endpoint: Endpoint::new(local, TransportProtocol::UDP, Some(Arc::new(config))),
             crypto,
             fingerprint: Vec::new(),
             remote: None,
             finished_early: None,
         })
+    }
+
+    /// A client that starts the handshake with `remote` now (its ClientHello waits in
+    /// [`Dtls::poll_transmit`]), expecting the certificate `fingerprint` names (the hex of the
+    /// peer's `a=fingerprint:sha-256`).
+    pub fn client(
+        local: SocketAddr,
+        remote: SocketAddr,
+        certificate: &rtc::peer_connection::certificate::RTCCertificate,
+        crypto: Arc<dyn RTCCryptoProvider>,
+        fingerprint: &str,
+        now: Instant,
+    ) -> Result<Self, DtlsError> {
+        let config = ConfigBuilder::default()
+            .with_crypto_provider(crypto.clone())
+            .with_certificates(vec![certificate.dtls_certificate.clone()])
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ])
+            // Checked against the fingerprint once done, as the server does.
+            .with_insecure_skip_verify(true)
+            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+            .build(true, None)
+            .map_err(dtls_err)?;
+        let mut endpoint = Endpoint::new(local, TransportProtocol::UDP, None);
+        endpoint
+            .connect(now, remote, Arc::new(config), None)
+            .map_err(dtls_err)?;
+        let mut dtls = Self {
+            client: true,
+            endpoint,
+            crypto,
+            fingerprint: Vec::new(),
+            remote: Some(remote),
+            finished_early: None,
+        };
+        dtls.set_remote_fingerprint(fingerprint)?;
+        Ok(dtls)
+    }
+
+    /// The next datagram to send, and where (a client's, which runs outside a worker).
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, bytes::BytesMut)> {
+        self.endpoint
+            .poll_transmit()
+            .map(|t| (t.transport.peer_addr, t.message))
     }
 
     /// The peer's certificate fingerprint from its SDP (`a=fingerprint:sha-256 AB:CD:...`).
@@ -151,7 +203,7 @@ impl Dtls {
             SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => Profile::Aes128CmHmacSha1_80,
             _ => return Err(DtlsError::Profile),
         };
-        // RFC 5764 §4.2: client key, server key, client salt, server salt. We are the server.
+        // RFC 5764 §4.2: client key, server key, client salt, server salt.
         let (k, s) = (profile.key_len(), profile.salt_len());
         let material = state
             .export_keying_material(
@@ -161,12 +213,24 @@ impl Dtls {
             )
             .map_err(dtls_err)?;
         let m: &[u8] = material.as_ref();
-        Ok(SrtpKeys {
-            profile,
-            remote_key: m[..k].to_vec(),
-            local_key: m[k..2 * k].to_vec(),
-            remote_salt: m[2 * k..2 * k + s].to_vec(),
-            local_salt: m[2 * k + s..].to_vec(),
+        let (client_key, server_key) = (m[..k].to_vec(), m[k..2 * k].to_vec());
+        let (client_salt, server_salt) = (m[2 * k..2 * k + s].to_vec(), m[2 * k + s..].to_vec());
+        Ok(if self.client {
+            SrtpKeys {
+                profile,
+                local_key: client_key,
+                local_salt: client_salt,
+                remote_key: server_key,
+                remote_salt: server_salt,
+            }
+        } else {
+            SrtpKeys {
+                profile,
+                remote_key: client_key,
+                remote_salt: client_salt,
+                local_key: server_key,
+                local_salt: server_salt,
+            }
         })
     }
 
@@ -302,5 +366,67 @@ mod tests {
             handshake(&mut late, &browser),
             Err(DtlsError::Fingerprint)
         ));
+    }
+
+    /// The load tester's client and the node's server, in memory: each ends with the other's
+    /// keys as its remote ones, and a client that expects another certificate refuses.
+    #[test]
+    fn a_client_and_the_server_agree_on_mirrored_keys() {
+        let (node_cert, tester_cert) =
+            (worker_certificate().unwrap(), worker_certificate().unwrap());
+        let provider = rtc::crypto::default_provider().unwrap();
+        let (client_addr, server_addr): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:6000".parse().unwrap(),
+        );
+        let run = |expected: &RTCCertificate| {
+            let mut server = Dtls::new(server_addr, &node_cert, provider.clone()).unwrap();
+            server
+                .set_remote_fingerprint(&fingerprint(&tester_cert))
+                .unwrap();
+            let now = Instant::now();
+            let mut client = Dtls::client(
+                client_addr,
+                server_addr,
+                &tester_cert,
+                provider.clone(),
+                &fingerprint(expected),
+                now,
+            )
+            .unwrap();
+            let (mut server_keys, mut client_result) = (None, None);
+            let mut to_server: Vec<_> = std::iter::from_fn(|| client.poll_transmit()).collect();
+            for _ in 0..20 {
+                let mut to_client = Vec::new();
+                for (_, d) in to_server.drain(..) {
+                    if let Some(DtlsEvent::Connected(k)) =
+                        server.handle(now, client_addr, &d, &mut to_client).unwrap()
+                    {
+                        server_keys = Some(k);
+                    }
+                }
+                if to_client.is_empty() {
+                    break;
+                }
+                for (_, d) in to_client {
+                    match client.handle(now, server_addr, &d, &mut to_server) {
+                        Ok(Some(DtlsEvent::Connected(k))) => client_result = Some(Ok(k)),
+                        Err(e) => client_result = Some(Err(e)),
+                        _ => {}
+                    }
+                }
+            }
+            (server_keys, client_result)
+        };
+        let (server, client) = run(&node_cert);
+        let (server, client) = (server.unwrap(), client.unwrap().unwrap());
+        assert_eq!(client.local_key, server.remote_key);
+        assert_eq!(client.local_salt, server.remote_salt);
+        assert_eq!(client.remote_key, server.local_key);
+        assert_eq!(client.remote_salt, server.local_salt);
+        assert_ne!(client.local_key, client.remote_key, "one key per direction");
+
+        let (_, refused) = run(&tester_cert);
+        assert!(matches!(refused, Some(Err(DtlsError::Fingerprint))));
     }
 }

@@ -7,6 +7,10 @@
 //! Session keys come from the DTLS master key and salt by the AES-CM key derivation of RFC 3711
 //! §4.3 (key derivation rate 0, as RFC 5764 requires). RTCP, a few packets a second, goes
 //! through webrtc-rs's `srtp::Context` instead.
+//!
+//! The load tester's light receivers use the same keys the other way ([`RtpProtector::unprotect`])
+//! for the one packet in 64 they decrypt: they read every packet's header, so they know each
+//! stream's rollover counter, which a decryptor that sees only the sample cannot guess.
 
 use rtc::crypto::{
     AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto, StreamCipher,
@@ -48,6 +52,8 @@ pub enum SrtpError {
     Crypto(String),
     #[error("the packet is shorter than its header")]
     Short,
+    #[error("the packet does not authenticate")]
+    Unauthenticated,
 }
 
 fn crypto_err(e: impl std::fmt::Display) -> SrtpError {
@@ -138,7 +144,8 @@ pub struct RtpProtector {
 }
 
 impl RtpProtector {
-    /// Keys for the local (sending) side of a DTLS-SRTP session.
+    /// Keys for one direction of a DTLS-SRTP session: the local (sending) side's to protect,
+    /// the remote side's to unprotect.
     pub fn new(
         crypto: &dyn RTCCrypto,
         profile: Profile,
@@ -223,33 +230,14 @@ impl RtpProtector {
         let (roc, next) = state.index(seq);
         match &mut self.cipher {
             Cipher::Gcm { aead, salt } => {
-                // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the session salt.
-                let mut iv = [0u8; 12];
-                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-                iv[6..10].copy_from_slice(&roc.to_be_bytes());
-                iv[10..12].copy_from_slice(&seq.to_be_bytes());
-                for (v, s) in iv.iter_mut().zip(salt.iter()) {
-                    *v ^= s;
-                }
+                let iv = gcm_iv(salt, ssrc, roc, seq);
                 let (clear, rest) = packet.split_at_mut(len);
                 let (aad, payload) = clear.split_at_mut(header_len);
                 aead.seal_in_place(&iv, aad, payload, &mut rest[..16])
                     .map_err(crypto_err)?;
             }
             Cipher::CmSha1 { stream, mac, salt } => {
-                // RFC 3711 §4.1.1: the session salt, XOR the SSRC at bytes 4..8 and the
-                // 48-bit packet index (ROC || SEQ) at bytes 8..14.
-                let mut iv = [0u8; 16];
-                iv[..14].copy_from_slice(salt);
-                for (v, b) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
-                    *v ^= b;
-                }
-                for (v, b) in iv[8..12].iter_mut().zip(roc.to_be_bytes()) {
-                    *v ^= b;
-                }
-                for (v, b) in iv[12..14].iter_mut().zip(seq.to_be_bytes()) {
-                    *v ^= b;
-                }
+                let iv = cm_iv(salt, ssrc, roc, seq);
                 stream
                     .apply_keystream(&iv, &mut packet[header_len..len])
                     .map_err(crypto_err)?;
@@ -263,6 +251,78 @@ impl RtpProtector {
         self.rocs.insert(ssrc, next);
         Ok(len + self.profile.overhead())
     }
+
+    /// Authenticates and decrypts the SRTP packet `packet` (its header `header_len` bytes
+    /// long) where it lies, as sent with rollover counter `roc`: the clear packet's length.
+    pub fn unprotect(
+        &mut self,
+        packet: &mut [u8],
+        header_len: usize,
+        roc: u32,
+    ) -> Result<usize, SrtpError> {
+        let overhead = self.profile.overhead();
+        if header_len < 12 || packet.len() < header_len + overhead {
+            return Err(SrtpError::Short);
+        }
+        let len = packet.len() - overhead;
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        match &mut self.cipher {
+            Cipher::Gcm { aead, salt } => {
+                let iv = gcm_iv(salt, ssrc, roc, seq);
+                let (sealed, tag) = packet.split_at_mut(len);
+                let (aad, payload) = sealed.split_at_mut(header_len);
+                aead.open_in_place(&iv, aad, payload, tag)
+                    .map_err(|_| SrtpError::Unauthenticated)?;
+            }
+            Cipher::CmSha1 { stream, mac, salt } => {
+                let mut tag = [0u8; 20];
+                mac.sign(&[&packet[..len], &roc.to_be_bytes()], &mut tag)
+                    .map_err(crypto_err)?;
+                let differs = tag[..10]
+                    .iter()
+                    .zip(&packet[len..])
+                    .fold(0u8, |d, (a, b)| d | (a ^ b));
+                if differs != 0 {
+                    return Err(SrtpError::Unauthenticated);
+                }
+                let iv = cm_iv(salt, ssrc, roc, seq);
+                stream
+                    .apply_keystream(&iv, &mut packet[header_len..len])
+                    .map_err(crypto_err)?;
+            }
+        }
+        Ok(len)
+    }
+}
+
+/// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the session salt.
+fn gcm_iv(salt: &[u8; 12], ssrc: u32, roc: u32, seq: u16) -> [u8; 12] {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[6..10].copy_from_slice(&roc.to_be_bytes());
+    iv[10..12].copy_from_slice(&seq.to_be_bytes());
+    for (v, s) in iv.iter_mut().zip(salt.iter()) {
+        *v ^= s;
+    }
+    iv
+}
+
+/// RFC 3711 §4.1.1: the session salt, XOR the SSRC at bytes 4..8 and the 48-bit packet index
+/// (ROC || SEQ) at bytes 8..14.
+fn cm_iv(salt: &[u8; 14], ssrc: u32, roc: u32, seq: u16) -> [u8; 16] {
+    let mut iv = [0u8; 16];
+    iv[..14].copy_from_slice(salt);
+    for (v, b) in iv[4..8].iter_mut().zip(ssrc.to_be_bytes()) {
+        *v ^= b;
+    }
+    for (v, b) in iv[8..12].iter_mut().zip(roc.to_be_bytes()) {
+        *v ^= b;
+    }
+    for (v, b) in iv[12..14].iter_mut().zip(seq.to_be_bytes()) {
+        *v ^= b;
+    }
+    iv
 }
 
 #[cfg(test)]
@@ -321,6 +381,17 @@ mod tests {
                 buf.resize(clear.len() + profile.overhead(), 0);
                 let n = ours.protect(&mut buf, clear.len(), header_len).unwrap();
                 assert_eq!(&buf[..n], &expected[..], "{profile:?} seq {seq}");
+                // And back, with the rollover counter the sender used (1 from the wrap on,
+                // 0 for the resend from before it); a wrong one does not authenticate.
+                let roc = u32::from(i >= 3 && i != 5);
+                let mut theirs = RtpProtector::new(crypto, profile, &key, &salt).unwrap();
+                let mut wrong = buf[..n].to_vec();
+                assert!(matches!(
+                    theirs.unprotect(&mut wrong, header_len, roc ^ 1),
+                    Err(SrtpError::Unauthenticated)
+                ));
+                let m = theirs.unprotect(&mut buf[..n], header_len, roc).unwrap();
+                assert_eq!(&buf[..m], &clear[..], "{profile:?} seq {seq} unprotected");
             }
         }
     }
