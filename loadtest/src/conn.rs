@@ -767,6 +767,9 @@ impl Conn {
         let s = state.get_or_insert_with(|| lock(shared));
         if self.light.is_some() {
             s.reception.light.authenticated += 1;
+            if self.transport.is_some() {
+                s.reception.light.own_transport += 1;
+            }
         }
         s.reception.on_packet(Arrival {
             now,

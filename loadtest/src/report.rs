@@ -316,6 +316,7 @@ pub fn build(i: Inputs<'_>) -> Report {
                     t.sampled += l.sampled;
                     t.unreadable += l.unreadable;
                     t.authenticated += l.authenticated;
+                    t.own_transport += l.own_transport;
                     t
                 })
         }),
@@ -425,11 +426,13 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "light receivers: {} packets measured from the header alone, {} of {} sampled \
-                 packets authenticated ({} failed), {} datagrams read short and unreadable",
+                 packets authenticated ({} failed; {} by their own transport), {} datagrams read \
+                 short and unreadable",
                 l.header_only,
                 l.authenticated,
                 l.sampled,
                 l.sampled.saturating_sub(l.authenticated),
+                l.own_transport,
                 l.unreadable
             )?;
         }

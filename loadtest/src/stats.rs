@@ -274,6 +274,9 @@ pub struct LightCounts {
     /// Sampled packets that came out of the peer connection authenticated and decrypted (the
     /// rest failed: a broken stream).
     pub authenticated: u64,
+    /// Of those, the ones the light receiver's own transport decrypted
+    /// ([`crate::transport`]; the rest went through a peer connection, toward full-ICE servers).
+    pub own_transport: u64,
     /// Datagrams read short (outside the sample) that were neither RTP of a negotiated
     /// payload type nor small enough to be read whole: dropped unmeasured. None is expected
     /// (STUN and RTCP fit the short read); more than a few means the short read is too short.

@@ -147,6 +147,8 @@ fn check_light(r: &Report) {
         .light
         .unwrap_or_else(|| panic!("light receivers report how they read:\n{r}"));
     assert!(l.authenticated as f64 >= 0.99 * l.sampled as f64, "{l:?}");
+    // The node is ICE-lite: every light receiver runs its own transport, not webrtc-rs's.
+    assert_eq!(l.own_transport, l.authenticated, "{l:?}");
     let share = l.sampled as f64 / (l.sampled + l.header_only) as f64;
     assert!(
         (0.01..0.023).contains(&share),
