@@ -48,6 +48,24 @@ fn dtls_err(e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Dtls(e.to_string())
 }
 
+/// What both ends configure alike: our certificate, the SRTP profiles browsers offer, and no
+/// CA: the peer's certificate is self-signed and is checked against the SDP's fingerprint once
+/// the handshake is done (see `Dtls::keys`).
+fn config(
+    certificate: &rtc::peer_connection::certificate::RTCCertificate,
+    crypto: &Arc<dyn RTCCryptoProvider>,
+) -> ConfigBuilder {
+    ConfigBuilder::default()
+        .with_crypto_provider(crypto.clone())
+        .with_certificates(vec![certificate.dtls_certificate.clone()])
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
+        .with_insecure_skip_verify(true)
+        .with_extended_master_secret(ExtendedMasterSecretType::Require)
+}
+
 /// One connection's DTLS server (or client).
 pub struct Dtls {
     /// Whether this end is the client, which orders the exported keys (RFC 5764 §4.2).
@@ -68,18 +86,8 @@ impl Dtls {
         certificate: &rtc::peer_connection::certificate::RTCCertificate,
         crypto: Arc<dyn RTCCryptoProvider>,
     ) -> Result<Self, DtlsError> {
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(crypto.clone())
-            .with_certificates(vec![certificate.dtls_certificate.clone()])
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
+        let config = config(certificate, &crypto)
             .with_client_auth(ClientAuthType::RequireAnyClientCert)
-            // The peer's certificate is self-signed: it is checked against the SDP's
-            // fingerprint once the handshake is done (see `handle`), not against a CA.
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
             .build(false, None)
             .map_err(dtls_err)?;
         Ok(Self {
@@ -103,16 +111,7 @@ impl Dtls {
         fingerprint: &str,
         now: Instant,
     ) -> Result<Self, DtlsError> {
-        let config = ConfigBuilder::default()
-            .with_crypto_provider(crypto.clone())
-            .with_certificates(vec![certificate.dtls_certificate.clone()])
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ])
-            // Checked against the fingerprint once done, as the server does.
-            .with_insecure_skip_verify(true)
-            .with_extended_master_secret(ExtendedMasterSecretType::Require)
+        let config = config(certificate, &crypto)
             .build(true, None)
             .map_err(dtls_err)?;
         let mut endpoint = Endpoint::new(local, TransportProtocol::UDP, None);
