@@ -19,7 +19,7 @@
 //! changes only when called), and once connected runs its timers once a second
 //! ([`LIGHT_TICK`]).
 //!
-//! Toward an ICE-lite server (this project's node) a light connection goes further: once the
+//! A light connection goes further (toward this project's node, ICE-lite, and Janus): once the
 //! session descriptions are agreed, its own [`Transport`] (ICE checks, DTLS, SRTP) takes every
 //! datagram, and the peer connection only writes and reads session descriptions; it never
 //! sees a datagram nor runs a timer, which keeps it small ([`crate::transport`]).
@@ -381,7 +381,7 @@ impl Conn {
             light.negotiated(&sdp);
         }
         let local = self.local_sdp()?;
-        self.take_transport(&local, &sdp)?;
+        self.take_transport(&local, &sdp, true)?;
         let answer = RTCSessionDescription::answer(sdp).context("parsing the answer")?;
         self.pc
             .set_remote_description(Instant::now(), answer)
@@ -389,13 +389,15 @@ impl Conn {
         Ok(())
     }
 
-    /// A light connection whose descriptions are agreed with an ICE-lite server takes its own
-    /// transport from here on (once: renegotiations change neither ICE nor DTLS).
-    fn take_transport(&mut self, local: &str, remote: &str) -> anyhow::Result<()> {
+    /// A light connection whose descriptions are agreed (`offered`: `local` is our offer)
+    /// takes its own transport from here on if it can ([`Agreed::from_sdp`]; once:
+    /// renegotiations change neither ICE nor DTLS).
+    fn take_transport(&mut self, local: &str, remote: &str, offered: bool) -> anyhow::Result<()> {
         if self.light.is_none() || self.transport.is_some() {
             return Ok(());
         }
-        if let Some(agreed) = Agreed::from_sdp(local, remote).context("the light transport")? {
+        let agreed = Agreed::from_sdp(local, remote, offered).context("the light transport")?;
+        if let Some(agreed) = agreed {
             let t = Transport::new(self.local, agreed, Instant::now())?;
             self.transport = Some(Box::new(t));
         }
@@ -416,7 +418,7 @@ impl Conn {
         if let Some(light) = &mut self.light {
             light.negotiated(&local);
         }
-        self.take_transport(&local, &sdp)?;
+        self.take_transport(&local, &sdp, false)?;
         Ok(local)
     }
 
@@ -800,8 +802,7 @@ impl Conn {
             return;
         }
         if let Some(t) = self.transport.as_mut() {
-            let to = t.remote();
-            for d in t.take_out() {
+            for (to, d) in t.take_out() {
                 // As below: a failed send is a lost packet.
                 let _ = match &self.socket {
                     Socket::Reactor(s) => s.try_send_to(&d, to),

@@ -1,5 +1,5 @@
-//! A light receiver's own transport, once the session descriptions are agreed: ICE checks as
-//! the controlling agent, the DTLS client, and SRTP for the sample and for RTCP.
+//! A light receiver's own transport, once the session descriptions are agreed: ICE checks,
+//! the DTLS client, and SRTP for the sample and for RTCP.
 //!
 //! Why: one webrtc-rs peer connection holds some 88 KB once connected (its DTLS, SRTP and ICE
 //! state, its pipeline's queues; BENCHMARKS.md, "The load tester's own cost"), most of what a
@@ -10,10 +10,13 @@
 //! timers, and does the rest here, as the node's own transport does from the other end
 //! (`sfu_node::media::transport`, whose DTLS it shares).
 //!
-//! Only toward an ICE-lite server (this project's node), where the client is always the
-//! controlling agent and nominates the one pair it checks (RFC 8445 §6.1.1, §8.2: a lite
-//! server takes the first nomination). A full-ICE server (Janus) has its own checks, roles
-//! and nominations to agree on: there the peer connection keeps the datagrams as before.
+//! ICE: toward an ICE-lite server (this project's node), and toward a full one that offered
+//! (Janus), the roles are fixed by RFC 8445 §6.1.1. The client checks an ICE-lite server as
+//! the controlling agent, nominating the one pair it checks (USE-CANDIDATE; a lite server
+//! takes the first nomination), and DTLS starts once a check is answered. A full-ICE server
+//! that offered is the controlling agent: the client answers its checks (they prove they
+//! know our password), checks it back as the controlled agent, and starts DTLS once the
+//! server nominates a pair, toward the address that nomination came from.
 //!
 //! A sampled packet is decrypted with the rollover counter the caller knows from the headers
 //! of every packet ([`crate::stats::Reception::rollovers`]): a decryptor that sees one packet
@@ -30,7 +33,7 @@ use rtc::rtcp;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use rtc::stun::attributes::{
-    ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USE_CANDIDATE, ATTR_USERNAME,
+    ATTR_ICE_CONTROLLED, ATTR_ICE_CONTROLLING, ATTR_PRIORITY, ATTR_USE_CANDIDATE, ATTR_USERNAME,
 };
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
@@ -38,6 +41,7 @@ use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Message, Setter, Tran
 use rtc::stun::textattrs::TextAttribute;
 use sfu_node::media::transport::dtls::{Dtls, DtlsEvent, SrtpKeys};
 use sfu_node::media::transport::srtp::{Profile, RtpProtector};
+use sfu_node::media::transport::stun;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -100,12 +104,15 @@ pub fn certificate() -> Result<&'static RTCCertificate, TransportError> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Agreed {
     pub local_ufrag: String,
+    pub local_pwd: String,
     pub remote_ufrag: String,
     pub remote_pwd: String,
     /// The hex of the server's `a=fingerprint:sha-256`.
     pub fingerprint: String,
     /// The server's first UDP candidate of component 1.
     pub remote: SocketAddr,
+    /// Whether we are the controlling agent (see the module documentation).
+    pub controlling: bool,
 }
 
 /// The first value of `a=<name>:` in `sdp` (session or media level: bundled sections share
@@ -117,13 +124,20 @@ fn attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Agreed {
-    /// What `local` and `remote` agreed; `None` unless the server is ICE-lite and we take the
-    /// DTLS client's role (see the module documentation).
-    pub fn from_sdp(local: &str, remote: &str) -> Result<Option<Self>, TransportError> {
+    /// What `local` and `remote` agreed (`offered`: whether `local` is the offer); `None`
+    /// unless we take the DTLS client's role and the ICE roles are ones the transport plays
+    /// (see the module documentation).
+    pub fn from_sdp(
+        local: &str,
+        remote: &str,
+        offered: bool,
+    ) -> Result<Option<Self>, TransportError> {
         let lite = remote.lines().any(|l| l.trim_end() == "a=ice-lite");
         let client = attribute(local, "setup") == Some("active")
             || attribute(remote, "setup") == Some("passive");
-        if !lite || !client {
+        // A full-ICE server answering our offer would have to settle the roles with us.
+        let roles_fixed = lite || !offered;
+        if !roles_fixed || !client {
             return Ok(None);
         }
         let fingerprint = attribute(remote, "fingerprint")
@@ -153,10 +167,12 @@ impl Agreed {
         };
         Ok(Some(Self {
             local_ufrag: field(local, "ice-ufrag", "local ice-ufrag")?,
+            local_pwd: field(local, "ice-pwd", "local ice-pwd")?,
             remote_ufrag: field(remote, "ice-ufrag", "remote ice-ufrag")?,
             remote_pwd: field(remote, "ice-pwd", "remote ice-pwd")?,
             fingerprint: fingerprint.to_owned(),
             remote: remote_addr,
+            controlling: lite,
         }))
     }
 }
@@ -179,11 +195,14 @@ pub struct Transport {
     checks: [Option<TransactionId>; 4],
     /// When the next check is due.
     next_check: Instant,
-    /// Started once a check is answered.
+    /// One of our checks was answered; the server nominated a pair (controlled only).
+    answered: bool,
+    nominated: bool,
+    /// Started once ICE is done (see the module documentation).
     dtls: Option<Dtls>,
     keys: Option<Keys>,
-    /// Datagrams to send to the server.
-    out: Vec<BytesMut>,
+    /// Datagrams to send, and where.
+    out: Vec<(SocketAddr, BytesMut)>,
 }
 
 impl Transport {
@@ -196,6 +215,8 @@ impl Transport {
             tie_breaker: rand::random(),
             checks: [None; 4],
             next_check: now,
+            answered: false,
+            nominated: false,
             dtls: None,
             keys: None,
             out: Vec::new(),
@@ -206,12 +227,8 @@ impl Transport {
         self.keys.is_some()
     }
 
-    pub fn remote(&self) -> SocketAddr {
-        self.agreed.remote
-    }
-
-    /// A binding request nominating the one pair (USE-CANDIDATE), signed with the server's
-    /// password.
+    /// A binding request signed with the server's password; the controlling agent's
+    /// nominates the one pair (USE-CANDIDATE).
     fn check(&mut self) -> Result<(), TransportError> {
         let a = &self.agreed;
         let transaction = TransactionId::new();
@@ -226,9 +243,13 @@ impl Transport {
         ];
         let stun_err = |e: rtc::shared::error::Error| TransportError::Stun(e.to_string());
         m.build(&setters).map_err(stun_err)?;
-        m.add(ATTR_ICE_CONTROLLING, &self.tie_breaker.to_be_bytes());
+        if a.controlling {
+            m.add(ATTR_ICE_CONTROLLING, &self.tie_breaker.to_be_bytes());
+            m.add(ATTR_USE_CANDIDATE, &[]);
+        } else {
+            m.add(ATTR_ICE_CONTROLLED, &self.tie_breaker.to_be_bytes());
+        }
         m.add(ATTR_PRIORITY, &PRIORITY.to_be_bytes());
-        m.add(ATTR_USE_CANDIDATE, &[]);
         MessageIntegrity::new_short_term_integrity_with_provider(
             a.remote_pwd.clone(),
             self.crypto.crypto(),
@@ -238,7 +259,7 @@ impl Transport {
         FINGERPRINT.add_to(&mut m).map_err(stun_err)?;
         self.checks.rotate_right(1);
         self.checks[0] = Some(transaction);
-        self.out.push(BytesMut::from(&m.raw[..]));
+        self.out.push((a.remote, BytesMut::from(&m.raw[..])));
         Ok(())
     }
 
@@ -259,8 +280,9 @@ impl Transport {
     }
 
     /// A datagram from `from`: what it brought, if anything; `roc`: the rollover counter of
-    /// an RTP packet's stream. Datagrams from elsewhere than the server's candidate, and STUN
-    /// other than answers to our checks, are dropped.
+    /// an RTP packet's stream. STUN other than answers to our checks and authenticated checks
+    /// of the server, and other datagrams from elsewhere than the server's address, are
+    /// dropped.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -268,24 +290,40 @@ impl Transport {
         data: &[u8],
         roc: u32,
     ) -> Result<Option<TransportEvent>, TransportError> {
-        if from != self.agreed.remote {
+        let first = data.first().copied().unwrap_or(255);
+        if first > 3 && from != self.agreed.remote {
             return Ok(None);
         }
         // RFC 7983: the first byte tells STUN, DTLS and RTP/RTCP apart.
-        match data.first().copied().unwrap_or(255) {
+        match first {
             0..=3 => {
-                if self.dtls.is_none() && self.answers_check(data) {
-                    let cert = certificate()?;
+                let a = &self.agreed;
+                let crypto = self.crypto.crypto();
+                if let Ok(check) = stun::answer(data, from, &a.local_ufrag, &a.local_pwd, crypto) {
+                    self.out.push((from, BytesMut::from(&check.response[..])));
+                    if check.nominated && !a.controlling && !self.nominated {
+                        self.nominated = true;
+                        self.agreed.remote = from;
+                    }
+                } else if from == self.agreed.remote && self.answers_check(data) {
+                    self.answered = true;
+                }
+                let done = if self.agreed.controlling {
+                    self.answered
+                } else {
+                    self.nominated
+                };
+                if self.dtls.is_none() && done {
                     let a = &self.agreed;
                     let mut dtls = Dtls::client(
                         self.local,
                         a.remote,
-                        cert,
+                        certificate()?,
                         self.crypto.clone(),
                         &a.fingerprint,
                         now,
                     )?;
-                    while let Some((_, d)) = dtls.poll_transmit() {
+                    while let Some(d) = dtls.poll_transmit() {
                         self.out.push(d);
                     }
                     self.dtls = Some(dtls);
@@ -299,7 +337,7 @@ impl Transport {
                 };
                 let mut replies = Vec::new();
                 let event = dtls.handle(now, from, data, &mut replies)?;
-                self.out.extend(replies.into_iter().map(|(_, d)| d));
+                self.out.extend(replies);
                 match event {
                     Some(DtlsEvent::Connected(keys)) => {
                         self.keys = Some(self.session(keys)?);
@@ -361,8 +399,8 @@ impl Transport {
             return Ok(());
         };
         let clear = rtcp::packet::marshal(packets).map_err(srtp_err)?;
-        self.out
-            .push(keys.rtcp_out.encrypt_rtcp(&clear).map_err(srtp_err)?);
+        let protected = keys.rtcp_out.encrypt_rtcp(&clear).map_err(srtp_err)?;
+        self.out.push((self.agreed.remote, protected));
         Ok(())
     }
 
@@ -391,7 +429,7 @@ impl Transport {
         {
             let mut resent = Vec::new();
             dtls.handle_timeout(now, &mut resent);
-            self.out.extend(resent.into_iter().map(|(_, d)| d));
+            self.out.extend(resent);
         }
         Ok(())
     }
@@ -401,12 +439,12 @@ impl Transport {
         if let Some(dtls) = self.dtls.as_mut() {
             let mut out = Vec::new();
             dtls.close(now, &mut out);
-            self.out.extend(out.into_iter().map(|(_, d)| d));
+            self.out.extend(out);
         }
     }
 
-    /// The datagrams to send to [`Transport::remote`], oldest first.
-    pub fn take_out(&mut self) -> std::vec::Drain<'_, BytesMut> {
+    /// The datagrams to send, and where, oldest first.
+    pub fn take_out(&mut self) -> std::vec::Drain<'_, (SocketAddr, BytesMut)> {
         self.out.drain(..)
     }
 }
@@ -425,28 +463,41 @@ mod tests {
 
     #[test]
     fn an_ice_lite_server_and_our_client_role_give_the_transport_what_it_needs() {
-        let a = Agreed::from_sdp(ANSWER, NODE_OFFER).unwrap().unwrap();
+        let a = Agreed::from_sdp(ANSWER, NODE_OFFER, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             a,
             Agreed {
                 local_ufrag: "meU".into(),
+                local_pwd: "my-password".into(),
                 remote_ufrag: "nodeU".into(),
                 remote_pwd: "node-password-22-characters".into(),
                 fingerprint: "AB:CD:EF".into(),
                 remote: "127.0.0.1:7882".parse().unwrap(),
+                controlling: true,
             },
             "the UDP candidate, not the TCP one"
         );
         let full_ice = NODE_OFFER.replace("a=ice-lite\r\n", "");
+        let janus = Agreed::from_sdp(ANSWER, &full_ice, false).unwrap().unwrap();
         assert!(
-            Agreed::from_sdp(ANSWER, &full_ice).unwrap().is_none(),
-            "Janus keeps the peer connection"
+            !janus.controlling,
+            "a full-ICE server that offered controls"
+        );
+        assert!(
+            Agreed::from_sdp(ANSWER, &full_ice, true).unwrap().is_none(),
+            "a full-ICE server answering our offer would need role negotiation: not played"
         );
         let passive = ANSWER.replace("active", "passive");
-        assert!(Agreed::from_sdp(&passive, NODE_OFFER).unwrap().is_none());
+        assert!(
+            Agreed::from_sdp(&passive, NODE_OFFER, false)
+                .unwrap()
+                .is_none()
+        );
         let no_candidate = NODE_OFFER.replace("UDP", "tcp");
         assert!(matches!(
-            Agreed::from_sdp(ANSWER, &no_candidate),
+            Agreed::from_sdp(ANSWER, &no_candidate, false),
             Err(TransportError::Sdp("UDP candidate"))
         ));
     }
@@ -455,18 +506,21 @@ mod tests {
     /// proves it knows the node's password; the node's answer is taken, a forged one is not.
     #[test]
     fn checks_are_what_the_node_answers_and_only_its_answers_start_dtls() {
-        let agreed = Agreed::from_sdp(ANSWER, NODE_OFFER).unwrap().unwrap();
+        let agreed = Agreed::from_sdp(ANSWER, NODE_OFFER, false)
+            .unwrap()
+            .unwrap();
         let (node, local) = (agreed.remote, "127.0.0.1:5000".parse().unwrap());
         let now = Instant::now();
         let mut t = Transport::new(local, agreed, now).unwrap();
         assert_eq!(t.poll_timeout(), Some(now), "a check at once");
         t.handle_timeout(now).unwrap();
-        let check: Vec<_> = t.take_out().collect();
+        let check: Vec<_> = t.take_out().map(|(to, d)| (to, d.to_vec())).collect();
         assert_eq!(check.len(), 1);
+        assert_eq!(check[0].0, node);
         let provider = rtc::crypto::default_provider().unwrap();
         let crypto = provider.crypto();
         let forged = sfu_node::media::transport::stun::answer(
-            &check[0],
+            &check[0].1,
             local,
             "nodeU",
             "node-password-22-characters",
@@ -500,7 +554,88 @@ mod tests {
         assert!(t.take_out().next().is_none());
         t.handle_datagram(now, node, &forged.response, 0).unwrap();
         let hello: Vec<_> = t.take_out().collect();
-        assert!(matches!(hello[..], [ref d] if d[0] == 22), "a ClientHello");
+        assert!(
+            matches!(hello[..], [(to, ref d)] if d[0] == 22 && to == node),
+            "a ClientHello"
+        );
         assert!(!t.connected());
+    }
+
+    /// A check from the server (`username` "ours:theirs"), signed with `pwd`.
+    fn server_check(username: &str, pwd: &str, nominate: bool) -> Vec<u8> {
+        let provider = rtc::crypto::default_provider().unwrap();
+        let mut m = Message::new();
+        let setters: [Box<dyn Setter + '_>; 3] = [
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+        ];
+        m.build(&setters).unwrap();
+        m.add(ATTR_ICE_CONTROLLING, &7u64.to_be_bytes());
+        if nominate {
+            m.add(ATTR_USE_CANDIDATE, &[]);
+        }
+        MessageIntegrity::new_short_term_integrity_with_provider(pwd.into(), provider.crypto())
+            .add_to(&mut m)
+            .unwrap();
+        FINGERPRINT.add_to(&mut m).unwrap();
+        m.raw
+    }
+
+    /// Janus (full ICE, the offerer) controls: its authenticated checks are answered wherever
+    /// they come from, ours do not nominate, and DTLS starts toward the pair it nominates.
+    #[test]
+    fn a_full_ice_server_that_offered_nominates_and_dtls_follows_its_choice() {
+        let offer = NODE_OFFER.replace("a=ice-lite\r\n", "");
+        let agreed = Agreed::from_sdp(ANSWER, &offer, false).unwrap().unwrap();
+        let local = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        let mut t = Transport::new(local, agreed, now).unwrap();
+        t.handle_timeout(now).unwrap();
+        let ours: Vec<_> = t.take_out().map(|(_, d)| d.to_vec()).collect();
+        let provider = rtc::crypto::default_provider().unwrap();
+        let seen = sfu_node::media::transport::stun::answer(
+            &ours[0],
+            local,
+            "nodeU",
+            "node-password-22-characters",
+            provider.crypto(),
+        )
+        .unwrap();
+        assert!(!seen.nominated, "the controlled agent does not nominate");
+
+        // Janus checks from an address of its own that the offer did not list.
+        let janus: SocketAddr = "127.0.0.3:4000".parse().unwrap();
+        let forged = server_check("meU:nodeU", "guessed-password", true);
+        t.handle_datagram(now, janus, &forged, 0).unwrap();
+        assert!(
+            t.take_out().next().is_none(),
+            "a forged check is not answered"
+        );
+        t.handle_datagram(
+            now,
+            janus,
+            &server_check("meU:nodeU", "my-password", false),
+            0,
+        )
+        .unwrap();
+        let out: Vec<_> = t.take_out().collect();
+        assert!(
+            matches!(out[..], [(to, ref d)] if to == janus && d[0] == 1),
+            "answered, to where it came from: {out:?}"
+        );
+        t.handle_datagram(
+            now,
+            janus,
+            &server_check("meU:nodeU", "my-password", true),
+            0,
+        )
+        .unwrap();
+        let out: Vec<_> = t.take_out().collect();
+        assert!(
+            matches!(out[..], [(a, ref r), (b, ref hello)] if a == janus && r[0] == 1
+                && b == janus && hello[0] == 22),
+            "answered, then a ClientHello toward the nominated pair: {out:?}"
+        );
     }
 }
