@@ -8,17 +8,18 @@
 //! first bytes ([`crate::stamped`]: a short read, with each datagram's length on the wire). It
 //! sorts each datagram by its first bytes (RFC 7983; RTCP by its packet type, RFC 5761):
 //!
-//! - STUN, DTLS and RTCP go to the peer connection as they always do: ICE consent checks, the
-//!   DTLS handshake, sender reports and keyframe requests work as in a browser (they are small
-//!   enough to be read whole in any slot);
+//! - STUN, DTLS and RTCP go to the connection's transport ([`crate::transport`], or its peer
+//!   connection where it has none): ICE checks, the DTLS handshake, sender reports and
+//!   keyframe requests work as in a browser (they are small enough to be read whole in any
+//!   slot);
 //! - RTP read whole in a slot of the sample (one datagram in 64, from a random offset in each
-//!   read), and RTP of a payload type the answer did not negotiate, go to the peer connection
-//!   too, to be authenticated, decrypted and measured there;
+//!   read), and RTP of a payload type the answer did not negotiate, go there too, to be
+//!   authenticated, decrypted and measured;
 //! - every other RTP packet is measured from its header (loss, jitter, bitrate, freezes, time
 //!   to first media) and dropped without being decrypted (or even read past its header).
 //!
 //! A stream that fails authentication shows up twice: as sampled packets that never came out
-//! of the peer connection ([`LightCounts`](crate::stats::LightCounts)), and as loss (the
+//! decrypted ([`LightCounts`](crate::stats::LightCounts)), and as loss (the
 //! sample is counted only once it is authenticated).
 //!
 //! **Latency is measured on the sample only.** The publisher's send time is in the payload,
@@ -30,14 +31,14 @@
 //! that knows nothing of the stream: every packet has the same chance, so the sample's latency
 //! is that of the whole stream, measured on one packet in 64 (audio and video alike).
 //!
-//! **Receiver reports come from here.** The peer connection sees only the sample: its
-//! receiver-report interceptor would report 63 packets in 64 lost. A light connection has no
+//! **Receiver reports come from here.** The decryptor sees only the sample: a peer
+//! connection's receiver-report interceptor would report 63 packets in 64 lost. A light connection has no
 //! such interceptor; [`Light::reports`] writes RFC 3550 receiver reports once a second from
 //! what the headers said, with the sender reports' timing for round-trip estimates.
 //!
-//! The SRTP context sees irregular gaps between sampled sequence numbers (64 on average): its
-//! rollover-counter estimate follows jumps of up to 2^15, and its replay window only rejects
-//! packets older than the newest, so the sample decrypts as it would in a stream without gaps.
+//! The decryptor sees irregular gaps between sampled sequence numbers (64 on average), so it
+//! cannot track a stream's rollover counter itself: the transport decrypts with the one the
+//! headers of every packet tell ([`crate::stats::Reception::rollovers`]).
 
 use crate::stats::Reception;
 use rtc::rtcp::receiver_report::ReceiverReport;

@@ -45,7 +45,7 @@ pub const BATCH: usize = 64;
 /// message headers than it is likely to fill.
 pub const READY_BATCH: usize = 16;
 
-/// Messages read by one system call of a segmented read, each up to [`MAX_MESSAGE`] bytes (a
+/// Messages read by one system call of a segmented read, each up to 64 KiB (a
 /// message holds a frame's datagrams to one receiver: some five of a 1.5 Mbps video stream).
 pub const SEGMENTED_BATCH: usize = 16;
 
