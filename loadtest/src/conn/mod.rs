@@ -27,7 +27,7 @@
 use crate::light::{Light, Verdict};
 use crate::media::sent_at;
 use crate::read_pace::ReadPace;
-use crate::stamped::{self, ReadMode};
+use crate::stamped;
 use crate::state::{PeerState, Shared, lock};
 use crate::stats::Arrival;
 use crate::transport::{Agreed, Transport, TransportEvent};
@@ -37,9 +37,6 @@ use rtc::interceptor::{
     NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
 };
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
-};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -51,24 +48,24 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
-pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+mod engine;
+mod socket;
+
+use engine::media_engine;
+pub use engine::{AUDIO_LEVEL_URI, MID_URI, RID_URI};
+use socket::Socket;
 
 /// Datagrams read per wake-up at most, so that one busy peer cannot starve the others.
 pub const READ_BATCH: usize = 64;
@@ -77,121 +74,6 @@ pub const READ_BATCH: usize = 64;
 /// (every 2 s) is due, and a tick costs a pass over the pipeline; once a second keeps the
 /// keepalive within 3 s, well inside consent freshness's 30 s (RFC 7675).
 pub const LIGHT_TICK: Duration = Duration::from_secs(1);
-
-/// A connection's socket: in tokio's reactor, to wait on its readiness; or out of it, read on
-/// a timer (a connected light connection).
-enum Socket {
-    Reactor(UdpSocket),
-    /// Read on a timer, short or segmented.
-    Timer(std::net::UdpSocket, ReadMode),
-}
-
-impl Socket {
-    fn fd(&self) -> RawFd {
-        match self {
-            Socket::Reactor(s) => s.as_raw_fd(),
-            Socket::Timer(s, _) => s.as_raw_fd(),
-        }
-    }
-
-    fn mode(&self) -> ReadMode {
-        match self {
-            Socket::Reactor(_) => ReadMode::Ready,
-            Socket::Timer(_, mode) => *mode,
-        }
-    }
-
-    /// Reads a batch into `batch`: how many messages, 0 when there were none. A socket read
-    /// on a timer (a connected light connection's) reads short (whole datagrams only for the
-    /// sample) or segmented ([`stamped`]).
-    fn recv(&self, batch: &mut stamped::Batch) -> io::Result<usize> {
-        let fd = self.fd();
-        let r = match self {
-            // Readiness is cleared when the closure says `WouldBlock`: after a batch that
-            // was not full, the socket is empty (or tokio's next event says otherwise), so the
-            // next wake-up is not spent on a read that finds nothing.
-            Socket::Reactor(s) => {
-                let mut got = 0;
-                let r = s.try_io(Interest::READABLE, || {
-                    got = batch.recv(fd, ReadMode::Ready)?;
-                    if got < stamped::slots(ReadMode::Ready) {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(())
-                    }
-                });
-                r.map(|()| got).or_else(|e| match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(got),
-                    _ => Err(e),
-                })
-            }
-            Socket::Timer(_, mode) => batch.recv(fd, *mode),
-        };
-        match r {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            // ICMP port unreachable from a peer that went away surfaces here on Linux.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Opus and VP8, as most browsers send by default, with NACK and PLI feedback on video.
-/// Publishing connections also offer the MID, RID and audio-level header extensions.
-fn media_engine(sending: bool) -> Result<MediaEngine, rtc::shared::error::Error> {
-    let mut me = MediaEngine::default();
-    let feedback = ["", "pli"]
-        .into_iter()
-        .map(|p| RTCPFeedback {
-            typ: "nack".into(),
-            parameter: p.into(),
-        })
-        .collect();
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.into(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-                rtcp_feedback: vec![],
-            },
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )?;
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_VP8.into(),
-                clock_rate: 90_000,
-                channels: 0,
-                sdp_fmtp_line: "".into(),
-                rtcp_feedback: feedback,
-            },
-            payload_type: 96,
-        },
-        RtpCodecKind::Video,
-    )?;
-    if sending {
-        for uri in [MID_URI, RID_URI] {
-            me.register_header_extension(
-                RTCRtpHeaderExtensionCapability { uri: uri.into() },
-                RtpCodecKind::Video,
-                None,
-            )?;
-        }
-        me.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: AUDIO_LEVEL_URI.into(),
-            },
-            RtpCodecKind::Audio,
-            None,
-        )?;
-    }
-    Ok(me)
-}
 
 /// What [`Conn::drain`] found that the peer acts on.
 #[derive(Default)]
@@ -231,7 +113,7 @@ pub struct Conn {
     last_tick: Option<Instant>,
     /// Whether a light connection asks for segmented reads once connected.
     segments: bool,
-    /// A light connection's own transport, once agreed with an ICE-lite server.
+    /// A light connection's own transport, once the descriptions are agreed.
     transport: Option<Box<Transport>>,
     /// What the transport decrypted that [`Conn::take_reads`] has yet to take.
     transport_events: Vec<(Instant, TransportEvent)>,
@@ -425,10 +307,7 @@ impl Conn {
     /// The socket to wait on for readiness, without borrowing the connection, which is not
     /// `Sync`; none once a light connection reads on its timer.
     pub fn readiness(&self) -> Option<&UdpSocket> {
-        match &self.socket {
-            Socket::Reactor(s) => Some(s),
-            Socket::Timer(..) => None,
-        }
+        self.socket.readiness()
     }
 
     /// A light connection that just connected: its socket leaves the reactor (the reactor
@@ -436,16 +315,7 @@ impl Conn {
     /// segmented if asked and the kernel can. Segments are asked for only now: a message of
     /// them would not fit a read at readiness, and no media comes before DTLS is done.
     fn read_on_timer(&mut self, now: Instant) -> io::Result<()> {
-        if let Socket::Reactor(s) = &self.socket {
-            let fd = s.as_fd().try_clone_to_owned()?;
-            let segmented = self.segments && stamped::enable_segments(fd.as_raw_fd())?;
-            let mode = if segmented {
-                ReadMode::Segmented
-            } else {
-                ReadMode::Short
-            };
-            self.socket = Socket::Timer(std::net::UdpSocket::from(fd), mode);
-        }
+        self.socket.read_on_timer(self.segments)?;
         if let Some(pace) = &mut self.pace {
             pace.start(now);
         }
@@ -803,11 +673,7 @@ impl Conn {
         }
         if let Some(t) = self.transport.as_mut() {
             for (to, d) in t.take_out() {
-                // As below: a failed send is a lost packet.
-                let _ = match &self.socket {
-                    Socket::Reactor(s) => s.try_send_to(&d, to),
-                    Socket::Timer(s, _) => s.send_to(&d, to),
-                };
+                self.socket.send_to(&d, to).await;
             }
             // The peer connection only negotiates: whatever it would send (it runs no timer,
             // so nothing is expected) is not for the wire.
@@ -815,12 +681,7 @@ impl Conn {
             return;
         }
         while let Some(t) = self.pc.poll_write() {
-            // UDP: a send that fails is a lost packet, which the measurements will show (a
-            // socket read on a timer never waits: its send buffer is far from full).
-            let _ = match &self.socket {
-                Socket::Reactor(s) => s.send_to(&t.message, t.transport.peer_addr).await,
-                Socket::Timer(s, _) => s.send_to(&t.message, t.transport.peer_addr),
-            };
+            self.socket.send_to(&t.message, t.transport.peer_addr).await;
         }
     }
 
