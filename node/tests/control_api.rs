@@ -1,7 +1,8 @@
 //! The control plane's operations doing what they say, against real etcd and real nodes:
 //! rooms listed with their participants summed over nodes, then deleted; participants
 //! removed, muted and re-subscribed by an administrator; empty rooms forgotten after their
-//! timeout; the client's region honoured by placement, end to end.
+//! timeout; the client's region honoured by placement, end to end, and a new meeting's joins
+//! asked at once kept on one node.
 
 mod common;
 
@@ -391,5 +392,35 @@ async fn placement_honours_the_clients_region() {
         assert_eq!(on.as_deref(), Some(node.as_str()));
         drop(ws);
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joins_of_a_new_meeting_asked_at_once_go_to_one_node() {
+    // A participant capacity makes each join count against its node until the next report:
+    // without the meeting's recent joins, four at once would be spread over the three nodes.
+    let cluster = Cluster::start(3, 10).await;
+    let http = common::http();
+    let place = |who: String| {
+        let (http, control) = (http.clone(), cluster.control);
+        async move {
+            let r: Value = http
+                .post(format!("http://{control}/v1/join"))
+                .json(&serde_json::json!({ "token": token(&who, "burst", true, true) }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["node"].as_str().expect("a node").to_owned()
+        }
+    };
+    // Nobody has connected yet: the registry shows every one of them an empty room.
+    let placed = futures_util::future::join_all((0..4).map(|i| place(format!("early{i}")))).await;
+    assert!(
+        placed.iter().all(|n| *n == placed[0]),
+        "one meeting, one node: {placed:?}"
+    );
     cluster.stop().await;
 }

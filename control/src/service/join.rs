@@ -6,6 +6,13 @@
 //! each node's join rate as a token bucket (a node past it is skipped; if every node is,
 //! the client is told to come back: `429` with `Retry-After`, `RESOURCE_EXHAUSTED` in gRPC).
 //!
+//! A third piece keeps a new meeting together: a participant is in the registry only once it
+//! connected and its node wrote the record, a second or more after it was placed, so joins
+//! asked at once (a meeting's first minute, or everyone reconnecting after a node died) would
+//! each see an empty room and spread over the least loaded nodes. The joins this replica placed
+//! in the last [`RECENT_FOR`] count as the room's participants on their node until the registry
+//! shows them there.
+//!
 //! A client reconnecting after its node died names that node in `avoid`: a killed node stays
 //! in the registry (and keeps its participants, so a meeting's affinity points at it) until its
 //! lease expires. Avoided nodes are skipped while any other node can take the join; if none
@@ -19,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use sfu_proto::control as pb;
 use sfu_proto::control::join_service_server::JoinService;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response as GrpcResponse, Status};
 
@@ -27,7 +34,15 @@ use tonic::{Request, Response as GrpcResponse, Status};
 #[derive(Default)]
 pub(super) struct Placed {
     nodes: HashMap<String, NodePlaced>,
+    /// Recent joins per room: identity → the node it was sent to, and when.
+    recent: HashMap<String, HashMap<String, (String, Instant)>>,
+    /// When `recent` was last cleared of old joins.
+    swept: Option<Instant>,
 }
+
+/// How long a placed join counts for its room before the registry shows it: connecting, the
+/// node's record and the watch take about a second, a loaded page several.
+const RECENT_FOR: Duration = Duration::from_secs(10);
 
 struct NodePlaced {
     /// The load report the count is relative to.
@@ -87,15 +102,62 @@ impl Placed {
         p.since_report += 1;
         Ok(())
     }
+
+    /// Remembers that `identity` was sent to `node` for `room` (a later placement of the same
+    /// identity replaces it).
+    fn remember(&mut self, room: &str, identity: &str, node: &str, now: Instant) {
+        if self
+            .swept
+            .is_none_or(|t| now.saturating_duration_since(t) >= RECENT_FOR)
+        {
+            self.swept = Some(now);
+            self.recent.retain(|_, joins| {
+                joins.retain(|_, (_, at)| now.saturating_duration_since(*at) < RECENT_FOR);
+                !joins.is_empty()
+            });
+        }
+        self.recent
+            .entry(room.to_owned())
+            .or_default()
+            .insert(identity.to_owned(), (node.to_owned(), now));
+    }
+
+    /// The joins of `room` placed in the last [`RECENT_FOR`] as (node, identity), but for
+    /// `asking`'s own: a participant asking again is not drawn to where it was sent before.
+    fn recent<'a>(
+        &'a self,
+        room: &str,
+        asking: &'a str,
+        now: Instant,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.recent
+            .get(room)
+            .into_iter()
+            .flatten()
+            .filter(move |(identity, (_, at))| {
+                identity.as_str() != asking && now.saturating_duration_since(*at) < RECENT_FOR
+            })
+            .map(|(identity, (node, _))| (node.as_str(), identity.as_str()))
+    }
 }
 
 impl Control {
-    /// Nodes as placement sees them for `room`, and the room.
-    fn views(&self, room: &str) -> (Vec<NodeView>, RoomView) {
+    /// Nodes as placement sees them for `asking` joining `room`, and the room.
+    fn views(&self, room: &str, asking: &str, now: Instant) -> (Vec<NodeView>, RoomView) {
         let (in_room, tracks) = self.membership.room(room);
         let audience = self.membership.audience(room);
         let stage_nodes: BTreeSet<&str> = tracks.iter().map(|t| t.origin.as_str()).collect();
         let placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let registered: HashSet<(&str, &str)> = in_room
+            .iter()
+            .map(|p| (p.node.as_str(), p.identity.as_str()))
+            .collect();
+        let mut on_the_way: HashMap<&str, u32> = HashMap::new();
+        for (node, identity) in placed.recent(room, asking, now) {
+            if !registered.contains(&(node, identity)) {
+                *on_the_way.entry(node).or_default() += 1;
+            }
+        }
         let views = self
             .membership
             .nodes()
@@ -107,7 +169,8 @@ impl Control {
                         .iter()
                         .filter(|(name, _)| crate::records::node_of(name) == n.id)
                         .map(|(_, c)| c)
-                        .sum::<u32>();
+                        .sum::<u32>()
+                    + on_the_way.get(n.id.as_str()).copied().unwrap_or(0);
                 v.stage_here = stage_nodes.contains(n.id.as_str());
                 v.placed_since_report = placed.placed_since(&n.id, n.updated_ms);
                 v
@@ -138,7 +201,8 @@ impl Control {
         grants
             .may_join(&room_name)
             .map_err(|e| Refusal::Other(status(e)))?;
-        let (mut views, room) = self.views(&room_name);
+        let now = Instant::now();
+        let (mut views, room) = self.views(&room_name, &grants.identity, now);
         let avoid = &avoid[..avoid.len().min(MAX_AVOID)];
         let (mut avoided, kept): (Vec<NodeView>, Vec<NodeView>) =
             views.into_iter().partition(|v| avoid.contains(&v.id));
@@ -152,7 +216,6 @@ impl Control {
             ))));
         }
         let region = (!region.is_empty()).then_some(region);
-        let now = Instant::now();
         let mut soonest: Option<Duration> = None;
         // The best node past its join rate gives way to the next best.
         loop {
@@ -175,14 +238,10 @@ impl Control {
                 .iter()
                 .find(|n| n.id == chosen.id)
                 .map_or(0, |n| n.limits.joins_per_sec);
-            let taken = self.placed.lock().unwrap_or_else(|e| e.into_inner()).take(
-                &chosen.id,
-                chosen.updated_ms,
-                rate,
-                now,
-            );
-            match taken {
+            let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+            match placed.take(&chosen.id, chosen.updated_ms, rate, now) {
                 Ok(()) => {
+                    placed.remember(&room_name, &grants.identity, &chosen.id, now);
                     return Ok(pb::JoinResponse {
                         node: chosen.id,
                         url: chosen.http_url,
@@ -298,5 +357,40 @@ mod tests {
         for _ in 0..100 {
             assert!(p.take("b", 1, 0, t0).is_ok(), "0: no rate known, no limit");
         }
+    }
+
+    #[test]
+    fn recent_joins_count_for_their_room_but_not_for_the_one_asking_and_expire() {
+        let mut p = Placed::default();
+        let t0 = Instant::now();
+        p.remember("m", "ann", "a", t0);
+        p.remember("m", "bob", "a", t0);
+        p.remember("m", "bob", "b", t0 + Duration::from_secs(1));
+        p.remember("other", "cy", "c", t0);
+        let seen = |p: &Placed, asking: &str, at: Instant| {
+            let mut v: Vec<(String, String)> = p
+                .recent("m", asking, at)
+                .map(|(n, i)| (n.to_owned(), i.to_owned()))
+                .collect();
+            v.sort();
+            v
+        };
+        let pair = |n: &str, i: &str| (n.to_owned(), i.to_owned());
+        assert_eq!(
+            seen(&p, "dan", t0),
+            [pair("a", "ann"), pair("b", "bob")],
+            "a later placement of bob replaces the earlier"
+        );
+        assert_eq!(seen(&p, "ann", t0), [pair("b", "bob")], "not ann's own");
+        let later = t0 + RECENT_FOR + Duration::from_millis(500);
+        assert_eq!(seen(&p, "dan", later), [pair("b", "bob")], "ann's expired");
+        p.remember("m", "eve", "a", later + RECENT_FOR);
+        assert_eq!(
+            p.recent.len(),
+            1,
+            "old rooms are swept: {:?}",
+            p.recent.keys()
+        );
+        assert_eq!(p.recent["m"].len(), 1);
     }
 }
