@@ -83,12 +83,7 @@ fi
 #   fresh-clone CI run: both times an audience member's raised hand, a LiveKit data packet
 #   livekit-client sends after negotiating her publisher connection on demand, did not reach
 #   the host) and off (1 of 8, which assertion not kept); not understood yet.
-# - room_recording a_room_recording_started_before_any_video_gets_it_when_it_comes: failed once on
-#   2026-12-04 in a fresh-clone CI run with the live_stream symptom above (ffmpeg: "non
-#   monotonically increasing dts ... 3007 >= 3007" in the room recording); passed in the two
-#   fresh-clone runs before it. The same burst of frames on one millisecond, not understood yet.
 quarantined=(
-  "room_recording a_room_recording_started_before_any_video_gets_it_when_it_comes"
   "federation two_clusters_share_a_mapped_room"
   "live_stream a_room_streams_live_to_rtmp_and_hls_and_a_dead_destination_fails_alone"
   "meeting_app meeting_app_joins_plays_video_chats_and_embeds"

@@ -151,6 +151,35 @@ fn one_timeline(out: &gst::Pad) {
     });
 }
 
+/// The least time between two frames of the file: its declared frame duration (the program's
+/// 500 fps, a Matroska DefaultDuration of 2 ms), else a millisecond (Matroska's resolution).
+/// Readers that tick at the declared rate (ffmpeg) put two frames closer than that on one
+/// tick: a placeholder and the real keyframe after it 1 ms apart once made ffmpeg report "non
+/// monotonically increasing dts" for a room recording.
+fn tick(caps: &gst::Caps) -> gst::ClockTime {
+    caps.structure(0)
+        .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map(|f| {
+            gst::ClockTime::from_nseconds(1_000_000_000u64 * f.denom() as u64 / f.numer() as u64)
+        })
+        .unwrap_or(gst::ClockTime::from_mseconds(1))
+        .max(gst::ClockTime::from_mseconds(1))
+}
+
+/// The time a frame timed `pts` goes out at, after one that went out at `last`: its own, or
+/// `step` after the last if that is later.
+fn forward(
+    last: Option<gst::ClockTime>,
+    pts: gst::ClockTime,
+    step: gst::ClockTime,
+) -> gst::ClockTime {
+    match last.map(|l| l + step) {
+        Some(min) if pts < min => min,
+        _ => pts,
+    }
+}
+
 /// The caps of the placeholder: those of the depayloaded video (with the framerate the
 /// program sets) but for the size, the only field a Matroska muxer lets change.
 pub fn placeholder_caps(framerate: gst::Fraction) -> gst::Caps {
@@ -252,7 +281,9 @@ impl VideoGate {
         });
         one_timeline(out);
         // Whatever goes to the muxer: times only go forward (a real frame timed from its
-        // capture may come a few milliseconds before a placeholder timed at its push).
+        // capture may come a few milliseconds before a placeholder timed at its push), by at
+        // least the stream's declared frame duration (see `tick`).
+        let step = tick(&caps);
         let s = state.clone();
         out.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             let Some(b) = info.buffer_mut() else {
@@ -262,17 +293,13 @@ impl VideoGate {
                 return gst::PadProbeReturn::Ok;
             };
             if let Some(pts) = b.pts() {
-                let min = s.last_pts.map(|l| l + gst::ClockTime::from_mseconds(1));
-                let pts = match min {
-                    Some(min) if pts < min => {
-                        let b = b.make_mut();
-                        b.set_pts(min);
-                        b.set_dts(min);
-                        min
-                    }
-                    _ => pts,
-                };
-                s.last_pts = Some(pts);
+                let at = forward(s.last_pts, pts, step);
+                if at != pts {
+                    let b = b.make_mut();
+                    b.set_pts(at);
+                    b.set_dts(at);
+                }
+                s.last_pts = Some(at);
             }
             gst::PadProbeReturn::Ok
         });
@@ -334,6 +361,39 @@ impl VideoGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_go_out_at_least_one_declared_frame_duration_apart() {
+        gst::init().unwrap();
+        let ms = gst::ClockTime::from_mseconds;
+        let step = tick(&placeholder_caps(gst::Fraction::new(500, 1)));
+        assert_eq!(step, ms(2), "500 fps: 2 ms");
+        assert_eq!(tick(&gst::Caps::builder("video/x-vp8").build()), ms(1));
+        // The placeholder at 6,013.6 ms, then a real keyframe captured 3 ms earlier, then the
+        // real frames 33 ms apart.
+        let placeholder = ms(6_013) + gst::ClockTime::from_useconds(600);
+        let mut last = Some(forward(None, placeholder, step));
+        let mut ticks = vec![];
+        for pts in [ms(6_010), ms(6_043), ms(6_076)] {
+            let at = forward(last, pts, step);
+            last = Some(at);
+            ticks.push(at);
+        }
+        assert_eq!(ticks[0], placeholder + ms(2), "moved past the placeholder");
+        assert_eq!(&ticks[1..], [ms(6_043), ms(6_076)], "then their own times");
+        // As Matroska stores them (whole milliseconds) and ffmpeg reads them at 500 fps: no
+        // two on one tick.
+        let mut all = vec![placeholder];
+        all.extend(&ticks);
+        let at_500fps: Vec<u64> = all
+            .iter()
+            .map(|t| ((t.mseconds() as f64) / 2.0).round() as u64)
+            .collect();
+        assert!(
+            at_500fps.windows(2).all(|w| w[1] > w[0]),
+            "{all:?} -> {at_500fps:?}"
+        );
+    }
 
     /// A funnel's inputs taking turns (the placeholder, the real video, the placeholder
     /// again): every buffer goes on, but only the first stream start and segment.
