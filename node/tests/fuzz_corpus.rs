@@ -490,7 +490,7 @@ mod seeds {
         let mut writer = sfu_relay::wire::DatagramWriter::default();
         for (flow, packet) in [(1u32, &a), (300, &b)] {
             let none = writer.push(1200, flow, packet.len(), |out| {
-                out.copy_from_slice(packet);
+                out.extend_from_slice(packet);
                 true
             });
             assert!(none.is_none());

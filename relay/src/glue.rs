@@ -93,6 +93,24 @@ impl SinkTable {
     }
 }
 
+/// Appends `packet` as it goes on the wire: its header marshalled into room made for it, its
+/// payload copied once (marshalling the whole packet would first zero room for the payload).
+fn append_packet(packet: &Packet, out: &mut BytesMut) -> bool {
+    use rtc_shared::marshal::{Marshal, MarshalSize};
+    let at = out.len();
+    if packet.header.padding {
+        // Marshalling writes the padding back (rare: padding-only probes are not relayed).
+        out.resize(at + packet.marshal_size(), 0);
+        return packet.marshal_to(&mut out[at..]).is_ok();
+    }
+    out.resize(at + packet.header.marshal_size(), 0);
+    if packet.header.marshal_to(&mut out[at..]).is_err() {
+        return false;
+    }
+    out.extend_from_slice(&packet.payload);
+    true
+}
+
 /// What the rooms of a node (or worker) relay during one turn of its loop, packed per link into
 /// as few datagrams as the link's datagram size allows when the turn ends (see
 /// [`crate::wire`]). Packets keep their order within a link.
@@ -133,7 +151,7 @@ impl Outbox {
         mut max: impl FnMut(u32) -> (usize, Framing),
         mut send: impl FnMut(u32, BytesMut, Framing),
     ) {
-        use rtc_shared::marshal::{Marshal, MarshalSize};
+        use rtc_shared::marshal::MarshalSize;
         // Stable: a link's packets stay in the order they were sent.
         self.packets.sort_by_key(|(link, _, _)| *link);
         let mut current: Option<(u32, usize, Framing)> = None;
@@ -151,11 +169,10 @@ impl Outbox {
                     (limit, framing)
                 }
             };
-            // A packet the room built marshals into a buffer of its own marshal size.
             let full =
                 self.writer
                     .push_framed(limit, framing, flow, packet.marshal_size(), |out| {
-                        packet.marshal_to(out).is_ok()
+                        append_packet(&packet, out)
                     });
             if let Some((d, f)) = full {
                 send(link, d, f);
@@ -165,6 +182,60 @@ impl Outbox {
             && let Some((d, f)) = self.writer.finish_framed()
         {
             send(l, d, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::sink;
+    use rtc_shared::marshal::Marshal;
+
+    /// Packed records carry each packet as marshalling it whole would, padding included,
+    /// and keep a link's order.
+    #[test]
+    fn relayed_packets_are_packed_as_they_marshal() {
+        let packet = |seq: u16, len: usize, padding: bool| {
+            let mut p = Packet {
+                payload: Bytes::from(vec![seq as u8; len]),
+                ..Default::default()
+            };
+            p.header.version = 2;
+            p.header.ssrc = 7;
+            p.header.sequence_number = seq;
+            p.header.padding = padding;
+            p.header.csrc = vec![1, 2];
+            p
+        };
+        let sent = [
+            packet(1, 1100, false),
+            packet(2, 30, true),
+            packet(3, 1001, false),
+        ];
+        let mut outbox = Outbox::default();
+        for p in &sent {
+            assert!(outbox.push(sink(4, 9), p.clone()));
+        }
+        let mut datagrams = Vec::new();
+        outbox.flush(|_| 1200, |link, d| datagrams.push((link, d)));
+        let got: Vec<(u32, Bytes)> = datagrams
+            .iter()
+            .flat_map(|(link, d)| {
+                assert_eq!(*link, 4);
+                crate::wire::records(d.clone())
+            })
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), 3, "{} datagrams", datagrams.len());
+        for ((flow, rtp), p) in got.iter().zip(&sent) {
+            assert_eq!(*flow, 9);
+            assert_eq!(
+                rtp,
+                &p.marshal().unwrap(),
+                "packet {}",
+                p.header.sequence_number
+            );
         }
     }
 }

@@ -73,30 +73,46 @@ pub fn record_len(flow: u32, len: usize) -> usize {
 pub fn encode_datagram(flow: u32, rtp: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(record_len(flow, rtp.len()));
     put_record(&mut b, flow, rtp.len(), |out| {
-        out.copy_from_slice(rtp);
+        out.extend_from_slice(rtp);
         true
     });
     b.freeze()
 }
 
-/// Appends a record whose RTP `write` fills in; false (and nothing appended) if it failed.
+/// Appends a record whose `len` bytes of RTP `write` appends; false (and nothing appended) if
+/// it failed or appended another length. The RTP is appended rather than written into zeroed
+/// room: zeroing a video packet's worth of bytes cost more than its record's header.
 fn put_record(
     b: &mut BytesMut,
     flow: u32,
     len: usize,
-    write: impl FnOnce(&mut [u8]) -> bool,
+    write: impl FnOnce(&mut BytesMut) -> bool,
 ) -> bool {
     let start = b.len();
-    prost::encoding::encode_varint(flow as u64, b);
-    prost::encoding::encode_varint(len as u64, b);
+    let mut head = [0u8; 20];
+    let n = varint(flow as u64, &mut head);
+    let n = n + varint(len as u64, &mut head[n..]);
+    b.extend_from_slice(&head[..n]);
     let at = b.len();
-    b.resize(at + len, 0);
-    if write(&mut b[at..]) {
+    if write(b) && b.len() == at + len {
         true
     } else {
         b.truncate(start);
         false
     }
+}
+
+/// Writes `v` as a protobuf varint at the start of `out` (10 bytes hold any); returns its
+/// length. prost's `encode_varint` into a `BytesMut` checks capacity for every byte.
+fn varint(mut v: u64, out: &mut [u8]) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8 & 0x7f) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    n + 1
 }
 
 /// Room a datagram's user leaves around its records: `head` bytes before them (zeroed, for a
@@ -125,16 +141,17 @@ pub struct DatagramWriter {
 }
 
 impl DatagramWriter {
-    /// Adds `len` bytes of RTP for `flow`, written by `write`. If they would not fit beside
-    /// what is already there in `max` bytes, what was there is returned as a finished
-    /// datagram first. A record larger than `max` alone makes a datagram of its own (the link
-    /// sends it on a stream). A failed `write` adds nothing.
+    /// Adds `len` bytes of RTP for `flow`, which `write` appends to the buffer it is given.
+    /// If they would not fit beside what is already there in `max` bytes, what was there is
+    /// returned as a finished datagram first. A record larger than `max` alone makes a
+    /// datagram of its own (the link sends it on a stream). A `write` that fails or appends
+    /// another length than `len` adds nothing.
     pub fn push(
         &mut self,
         max: usize,
         flow: u32,
         len: usize,
-        write: impl FnOnce(&mut [u8]) -> bool,
+        write: impl FnOnce(&mut BytesMut) -> bool,
     ) -> Option<Bytes> {
         self.push_framed(max, Framing::NONE, flow, len, write)
             .map(|(d, _)| d.freeze())
@@ -148,7 +165,7 @@ impl DatagramWriter {
         framing: Framing,
         flow: u32,
         len: usize,
-        write: impl FnOnce(&mut [u8]) -> bool,
+        write: impl FnOnce(&mut BytesMut) -> bool,
     ) -> Option<(BytesMut, Framing)> {
         let need = record_len(flow, len);
         let body = self.buf.len().saturating_sub(self.framing.head);
@@ -287,14 +304,22 @@ mod tests {
         let mut datagrams = Vec::new();
         for i in 0..7u8 {
             datagrams.extend(w.push(1200, u32::from(i), 500, |out| {
-                out.copy_from_slice(&rtp(i));
+                out.extend_from_slice(&rtp(i));
                 true
             }));
         }
         // A failed write adds nothing; a record larger than the limit goes alone.
         assert!(w.push(1200, 8, 100, |_| false).is_none());
+        assert!(
+            w.push(1200, 8, 100, |out| {
+                out.extend_from_slice(&[0x80; 99]);
+                true
+            })
+            .is_none(),
+            "nor does one of another length than it said"
+        );
         datagrams.extend(w.push(1200, 7, 3000, |out| {
-            out.fill(0x80);
+            out.extend_from_slice(&[0x80; 3000]);
             true
         }));
         datagrams.extend(w.finish());
@@ -320,7 +345,7 @@ mod tests {
         let mut datagrams = Vec::new();
         for i in 0..3u32 {
             datagrams.extend(w.push_framed(1200, framing, i, 500, |out| {
-                out.fill(0x80);
+                out.extend_from_slice(&[0x80; 500]);
                 true
             }));
         }
@@ -345,7 +370,7 @@ mod tests {
         assert_eq!(records.len(), 3);
         // Unframed datagrams after framed ones carry no head.
         let d = w.push(1200, 1, 10, |o| {
-            o.fill(0x80);
+            o.extend_from_slice(&[0x80; 10]);
             true
         });
         assert!(d.is_none());
