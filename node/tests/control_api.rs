@@ -347,7 +347,6 @@ async fn placement_honours_the_clients_region() {
         [("cp1", "us"), ("cp2", "eu"), ("cp3", "eu")].map(|(a, b)| (a.to_owned(), b.to_owned()))
     );
     let mut join = JoinServiceClient::connect(cluster.grpc()).await.unwrap();
-    let http = common::http();
     for i in 0..6 {
         let t = token(&format!("traveller{i}"), "regional", true, true);
         let place = |region: &str| pb::JoinRequest {
@@ -362,15 +361,9 @@ async fn placement_honours_the_clients_region() {
         let elsewhere = join.join(place("ap")).await.unwrap().into_inner();
         assert!(!elsewhere.node.is_empty(), "no node in ap: any node");
         // Browsers ask over JSON, then connect where they were sent.
-        let r: Value = http
-            .post(format!("http://{}/v1/join", cluster.control))
-            .json(&serde_json::json!({ "token": t, "region": "eu" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = cluster
+            .place(serde_json::json!({ "token": t, "region": "eu" }))
+            .await;
         let node = r["node"].as_str().unwrap().to_owned();
         assert!(["cp2", "cp3"].contains(&node.as_str()), "{r}");
         let index = if node == "cp2" { 1 } else { 2 };
@@ -400,21 +393,11 @@ async fn joins_of_a_new_meeting_asked_at_once_go_to_one_node() {
     // A participant capacity makes each join count against its node until the next report:
     // without the meeting's recent joins, four at once would be spread over the three nodes.
     let cluster = Cluster::start(3, 10).await;
-    let http = common::http();
-    let place = |who: String| {
-        let (http, control) = (http.clone(), cluster.control);
-        async move {
-            let r: Value = http
-                .post(format!("http://{control}/v1/join"))
-                .json(&serde_json::json!({ "token": token(&who, "burst", true, true) }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["node"].as_str().expect("a node").to_owned()
-        }
+    let place = async |who: String| -> String {
+        let r = cluster
+            .place(serde_json::json!({ "token": token(&who, "burst", true, true) }))
+            .await;
+        r["node"].as_str().expect("a node").to_owned()
     };
     // Nobody has connected yet: the registry shows every one of them an empty room.
     let placed = futures_util::future::join_all((0..4).map(|i| place(format!("early{i}")))).await;

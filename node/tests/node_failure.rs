@@ -282,18 +282,11 @@ async fn placement_skips_avoided_nodes_while_another_can_take_the_join() {
     // Bob is on cp1: the meeting's affinity places everyone else there too.
     let (_bob, j) = ws_join(&cluster.url(0), &token("bob", "met", true, true)).await;
     assert_eq!(j["type"], "joined", "{j}");
-    let http = common::http();
     let alice = token("alice", "met", true, true);
     let place = async |avoid: &[&str]| -> String {
-        let r: serde_json::Value = http
-            .post(format!("http://{}/v1/join", cluster.control))
-            .json(&serde_json::json!({ "token": alice, "avoid": avoid }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = cluster
+            .place(serde_json::json!({ "token": alice, "avoid": avoid }))
+            .await;
         r["node"].as_str().unwrap_or_default().to_owned()
     };
     let (host, other) = (&cluster.nodes[0].node_id, &cluster.nodes[1].node_id);

@@ -100,6 +100,20 @@ impl Cluster {
         format!("http://{}", self.nodes[i].http_addr)
     }
 
+    /// Asks `POST /v1/join` as a browser does with `body` (`{"token", "region", "avoid"}`);
+    /// returns the answer: `{"node", "url"}` or a problem.
+    pub async fn place(&self, body: Value) -> Value {
+        super::http()
+            .post(format!("http://{}/v1/join", self.control))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn rooms(&self) -> RoomServiceClient<tonic::transport::Channel> {
         RoomServiceClient::connect(self.grpc()).await.unwrap()
     }

@@ -218,21 +218,12 @@ async fn only_session_on(cluster: &Cluster, identity: &str, node: usize) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_fills_a_node_up_to_capacity_then_spills_and_the_room_stays_one() {
     let cluster = Cluster::start(3, 5).await;
-    let http = common::http();
     let mut sockets = Vec::new();
     let mut placed: Vec<String> = Vec::new();
     let mut last = Value::Null;
     for i in 0..6 {
         let t = token(&format!("p{i}"), "placed", true, true);
-        let r: Value = http
-            .post(format!("http://{}/v1/join", cluster.control))
-            .json(&serde_json::json!({ "token": t }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = cluster.place(serde_json::json!({ "token": t })).await;
         let url = r["url"].as_str().expect("a node URL").to_owned();
         placed.push(r["node"].as_str().unwrap().to_owned());
         let (ws, joined) = ws_join(&url, &t).await;
