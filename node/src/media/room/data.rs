@@ -135,15 +135,27 @@ impl LocalRoom {
             return;
         };
         let Some(&(_, reliable)) = p.data.channels.iter().find(|(c, _)| *c == id) else {
+            tracing::debug!(
+                room = %self.name, participant = %p.identity, ?id,
+                "data on a channel not open (or not LiveKit's): dropped"
+            );
             self.drops.data_refused += 1;
             return;
         };
         if message.data.len() > MAX_PACKET || !p.data.admit(now, message.data.len()) {
+            tracing::debug!(
+                room = %self.name, participant = %p.identity, len = message.data.len(),
+                "data packet too large or over the rate: dropped"
+            );
             self.drops.data_refused += 1;
             return;
         }
         let (identity, sid) = (p.identity.clone(), p.sid.clone());
         let Some(packet) = rewrite(&message.data, &identity, &sid) else {
+            tracing::debug!(
+                room = %self.name, participant = %identity,
+                "data packet not one participants send each other: dropped"
+            );
             self.drops.data_refused += 1;
             return;
         };
@@ -181,6 +193,11 @@ impl LocalRoom {
                 .or_else(|| p.data.channels.first());
             if let (Some(key), Some(&(id, _))) = (p.publisher, channel) {
                 targets.push((key, id));
+            } else {
+                tracing::trace!(
+                    room = %self.name, participant = %p.identity,
+                    "no data channel to deliver a data packet on"
+                );
             }
         }
         for (key, id) in targets {
